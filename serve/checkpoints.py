@@ -1,0 +1,20 @@
+"""A checkpoint is configuration, not code: a name the UI shows and an endpoint that serves it."""
+
+from __future__ import annotations
+
+from pydantic import BaseModel, ConfigDict, Field
+
+
+class Checkpoint(BaseModel):
+    """One model behind an OpenAI-compatible `/v1/chat/completions`.
+
+    `base_url` None means the local server that `limachat serve` starts. `model` is the id the
+    endpoint knows (a vLLM LoRA adapter name, a served model name, a hosted model id)."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    name: str = Field(min_length=1)
+    model: str = Field(min_length=1)
+    base_url: str | None = None
+    api_key: str | None = None
+    omit_params: list[str] = []  # sampling keys this endpoint rejects, e.g. ["repetition_penalty"] for hosted APIs

@@ -1,0 +1,170 @@
+"""Streaming chat client for any OpenAI-compatible `/v1/chat/completions` (vLLM, llama.cpp, APIs).
+
+    client = ChatClient(checkpoint)
+    async for event in client.stream(messages, params):
+        if isinstance(event, str): ...        # text as it arrives
+        else: event.usage, event.ttft ...     # the final Completion
+
+Failures raise one of the ClientError subclasses below; each carries the text received so far.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+import time
+from collections.abc import AsyncIterator
+from dataclasses import dataclass, field
+from typing import Any
+
+import httpx
+
+from limachat.serve.checkpoints import Checkpoint
+
+# LIMA's sampling (Zhou et al., 2023, section 2): nucleus p=0.9, temperature 0.7, repetition penalty 1.2.
+LIMA_SAMPLING = {"temperature": 0.7, "top_p": 0.9, "repetition_penalty": 1.2, "max_tokens": 512}
+
+
+class ClientError(Exception):
+    """A request to a checkpoint failed. `partial` holds any text streamed before the failure."""
+
+    def __init__(self, message: str, *, partial: str = "", status: int | None = None):
+        super().__init__(message)
+        self.partial = partial
+        self.status = status
+
+
+class EndpointUnreachable(ClientError):
+    """Nothing answers at the endpoint's address (server down, wrong host or port)."""
+
+
+class UnknownModel(ClientError):
+    """The endpoint answers but does not serve the requested model id."""
+
+
+class ContextTooLong(ClientError):
+    """The prompt (plus max_tokens) does not fit the model's context window."""
+
+
+class HTTPStatusError(ClientError):
+    """Any other non-2xx answer."""
+
+
+class StreamBroken(ClientError):
+    """The stream stopped before its end; `partial` keeps what arrived."""
+
+
+@dataclass
+class Usage:
+    prompt_tokens: int = 0
+    completion_tokens: int = 0
+
+
+@dataclass
+class Completion:
+    """The last event of a stream."""
+
+    text: str
+    model: str
+    finish_reason: str | None
+    usage: Usage | None
+    ttft: float | None  # seconds from sending the request to the first text
+    latency: float  # seconds from sending the request to the end of the stream
+    params: dict[str, Any] = field(default_factory=dict)
+
+
+_CONTEXT_RE = re.compile(r"context length|maximum model length|context window|too long|context_length", re.I)
+_MODEL_RE = re.compile(r"model .*(does not exist|not found)|unknown model|no such model", re.I)
+
+
+def sampling_params(defaults: dict[str, Any] | None = None, **overrides: Any) -> dict[str, Any]:
+    """LIMA's sampling, then `defaults`, then per-request overrides; a None value drops the key
+    (for endpoints that reject it, e.g. repetition_penalty on hosted APIs)."""
+    merged = {**LIMA_SAMPLING, **(defaults or {}), **overrides}
+    return {k: v for k, v in merged.items() if v is not None}
+
+
+def _error_message(body: bytes) -> str:
+    try:
+        data = json.loads(body)
+    except ValueError:
+        return body.decode(errors="replace").strip()[:300]
+    err = data.get("error", data) if isinstance(data, dict) else data
+    if isinstance(err, dict):
+        return str(err.get("message") or err.get("detail") or err)
+    return str(err)
+
+
+def _classify(status: int, message: str, model: str, url: str) -> ClientError:
+    if status == 404 and _MODEL_RE.search(message):
+        return UnknownModel(f"{url} does not serve model {model!r}: {message}", status=status)
+    if status in (400, 413, 422) and _CONTEXT_RE.search(message):
+        return ContextTooLong(f"prompt too long for {model!r}: {message}", status=status)
+    if status == 404 and "model" in message.lower():
+        return UnknownModel(f"{url} does not serve model {model!r}: {message}", status=status)
+    return HTTPStatusError(f"{url} answered HTTP {status}: {message}", status=status)
+
+
+class ChatClient:
+    """Streams chat completions from one checkpoint. Safe to share across asyncio tasks."""
+
+    def __init__(self, checkpoint: Checkpoint, *, timeout: float = 600.0, connect_timeout: float = 5.0):
+        if not checkpoint.base_url:
+            raise ValueError(f"checkpoint {checkpoint.name!r} has no base_url")
+        self.checkpoint = checkpoint
+        self.url = checkpoint.base_url.rstrip("/") + "/chat/completions"
+        self.timeout = httpx.Timeout(timeout, connect=connect_timeout)
+        self.headers = {"Authorization": f"Bearer {checkpoint.api_key}"} if checkpoint.api_key else {}
+
+    async def stream(self, messages: list[dict[str, str]], params: dict[str, Any] | None = None) -> AsyncIterator[str | Completion]:
+        params = sampling_params(**{**(params or {}), **dict.fromkeys(self.checkpoint.omit_params)})
+        model = self.checkpoint.model
+        body = {"model": model, "messages": messages, "stream": True, "stream_options": {"include_usage": True}, **params}
+        text: list[str] = []
+        finish: str | None = None
+        usage: Usage | None = None
+        ttft: float | None = None
+        done = False
+        start = time.perf_counter()
+        try:
+            async with httpx.AsyncClient(timeout=self.timeout, headers=self.headers) as http:
+                async with http.stream("POST", self.url, json=body) as resp:
+                    if resp.status_code >= 400:
+                        raise _classify(resp.status_code, _error_message(await resp.aread()), model, self.url)
+                    async for line in resp.aiter_lines():
+                        if not line.startswith("data:"):
+                            continue
+                        data = line[5:].strip()
+                        if data == "[DONE]":
+                            done = True
+                            break
+                        chunk = json.loads(data)
+                        if "error" in chunk:  # vLLM reports errors raised mid-generation in-band
+                            raise StreamBroken(f"{model}: {_error_message(data.encode())}", partial="".join(text))
+                        if chunk.get("usage"):
+                            usage = Usage(chunk["usage"].get("prompt_tokens", 0), chunk["usage"].get("completion_tokens", 0))
+                        for choice in chunk.get("choices") or []:
+                            piece = (choice.get("delta") or {}).get("content")
+                            if piece:
+                                if ttft is None:
+                                    ttft = time.perf_counter() - start
+                                text.append(piece)
+                                yield piece
+                            finish = choice.get("finish_reason") or finish
+        except ClientError as e:
+            e.partial = e.partial or "".join(text)
+            raise
+        except (httpx.ConnectError, httpx.ConnectTimeout) as e:
+            raise EndpointUnreachable(f"cannot reach {self.url} ({type(e).__name__}: {e})") from e
+        except (httpx.TransportError, json.JSONDecodeError) as e:
+            raise StreamBroken(f"stream from {model} broke after {len(text)} chunks: {type(e).__name__}: {e}", partial="".join(text)) from e
+        if not done and finish is None:
+            raise StreamBroken(f"stream from {model} ended before it finished", partial="".join(text))
+        yield Completion("".join(text), model, finish, usage, ttft, time.perf_counter() - start, params)
+
+    async def complete(self, messages: list[dict[str, str]], params: dict[str, Any] | None = None) -> Completion:
+        """Run a stream to its end and return the Completion."""
+        async for event in self.stream(messages, params):
+            if isinstance(event, Completion):
+                return event
+        raise StreamBroken("stream produced no completion")  # unreachable: stream always ends with one

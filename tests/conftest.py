@@ -1,0 +1,108 @@
+"""Shared fixtures: a clean settings environment, the converted base model, the real vLLM server."""
+
+from __future__ import annotations
+
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import httpx
+import pytest
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+@pytest.fixture
+def clean_env(monkeypatch, tmp_path):
+    """No LIMACHAT_* variables and an empty working directory (so no stray limachat.toml)."""
+    for key in list(os.environ):
+        if key.startswith("LIMACHAT_"):
+            monkeypatch.delenv(key)
+    monkeypatch.chdir(tmp_path)
+    return tmp_path
+
+
+@pytest.fixture(scope="session")
+def model_home(tmp_path_factory) -> Path:
+    """A data directory holding the bundled base, converted once for the whole session."""
+    from limachat.serve.base import prepare_base
+
+    home = tmp_path_factory.mktemp("home")
+    prepare_base(home, None, progress=lambda m: print(m, file=sys.stderr))
+    return home
+
+
+class RunningServer:
+    """`limachat serve` running as a user would start it, in its own subprocess."""
+
+    def __init__(self, home: Path, port: int):
+        self.home, self.port = home, port
+        self.url = f"http://127.0.0.1:{port}/v1"
+        env = {k: v for k, v in os.environ.items() if not k.startswith("LIMACHAT_")}
+        env.update(LIMACHAT_HOME=str(home), PYTHONUNBUFFERED="1")
+        self.stderr_path = home / f"serve-{port}.stderr"
+        self.proc = subprocess.Popen([sys.executable, "-m", "limachat.cli", "serve", "--port", str(port)], env=env,
+                                     stdout=subprocess.DEVNULL, stderr=self.stderr_path.open("wb"), cwd=home)
+        self.started: dict[int, object] = {}
+
+    def output(self) -> str:
+        return self.stderr_path.read_text(errors="replace")
+
+    def track(self) -> None:
+        import psutil
+
+        for p in psutil.Process(self.proc.pid).children(recursive=True):
+            self.started.setdefault(p.pid, p)
+
+    def wait_ready(self, timeout: float = 900) -> None:
+        deadline = time.monotonic() + timeout
+        while "vLLM ready" not in self.output():
+            if self.proc.poll() is not None or time.monotonic() > deadline:
+                raise RuntimeError(f"limachat serve did not come up:\n{self.output()[-3000:]}")
+            time.sleep(1)
+        self.track()
+
+    def interrupt(self, timeout: float = 60) -> int:
+        self.track()
+        self.proc.send_signal(signal.SIGINT)
+        return self.proc.wait(timeout=timeout)
+
+    def leftovers(self) -> list:
+        import psutil
+
+        return [p for p in self.started.values() if p.is_running() and p.status() != psutil.STATUS_ZOMBIE]
+
+
+@pytest.fixture(scope="session")
+def vllm_server(model_home) -> RunningServer:
+    """The real vLLM CPU server on the bundled model with both adapters, for the whole session.
+
+    Tests marked `stops_server` run last and stop it; the teardown stops it if they did not."""
+    server = RunningServer(model_home, free_port())
+    try:
+        server.wait_ready()
+        yield server
+    finally:
+        if server.proc.poll() is None:
+            server.interrupt()
+        for p in server.leftovers():
+            p.kill()
+
+
+def pytest_collection_modifyitems(config, items):
+    """Tests that stop the shared server go after every other test."""
+    items.sort(key=lambda item: item.get_closest_marker("stops_server") is not None)
+
+
+def models(url: str) -> set[str]:
+    return {m["id"] for m in httpx.get(url + "/models", timeout=5).json()["data"]}

@@ -1,0 +1,64 @@
+"""The real vLLM CPU server on the bundled model, started the way a user starts it."""
+
+from __future__ import annotations
+
+import asyncio
+import time
+
+import pytest
+
+from conftest import models
+from limachat.serve.checkpoints import Checkpoint
+from limachat.serve.client import ChatClient, Completion, ContextTooLong, UnknownModel
+
+
+def stream(server, model: str, messages, **params):
+    client = ChatClient(Checkpoint(name=model, model=model, base_url=server.url))
+
+    async def go():
+        return [e async for e in client.stream(messages, params)]
+
+    return asyncio.run(go())
+
+
+def test_serves_base_and_both_adapters(vllm_server):
+    assert models(vllm_server.url) == {"base", "zero-shot", "dialogue"}
+    out = vllm_server.output()
+    assert f"vLLM ready in" in out and f"http://127.0.0.1:{vllm_server.port}/v1 serving base, zero-shot, dialogue" in out
+    assert "zero-shot: untrained LoRA adapter" in out
+
+
+@pytest.mark.parametrize("model", ["zero-shot", "dialogue", "base"])
+def test_streams_a_reply_with_usage_and_timing(vllm_server, model):
+    events = stream(vllm_server, model, [{"role": "user", "content": "What is the capital of France?"}],
+                    temperature=0.0, max_tokens=24)
+    done = events[-1]
+    pieces = events[:-1]
+    assert isinstance(done, Completion) and all(isinstance(p, str) for p in pieces)
+    assert len(pieces) >= 2, "the reply should arrive in several pieces, not at once"
+    assert "Paris" in done.text and done.text == "".join(pieces)
+    assert done.finish_reason in ("stop", "length")
+    assert done.usage.prompt_tokens > 5 and 1 <= done.usage.completion_tokens <= 24
+    assert 0 < done.ttft < done.latency < 120
+
+
+def test_unknown_model_from_real_server(vllm_server):
+    with pytest.raises(UnknownModel, match="does not serve model 'lima-7b'"):
+        stream(vllm_server, "lima-7b", [{"role": "user", "content": "hi"}])
+
+
+def test_prompt_longer_than_context_from_real_server(vllm_server):
+    long_prompt = "tell me more " * 1200  # ~3,600 tokens against a 2,048-token window
+    with pytest.raises(ContextTooLong):
+        stream(vllm_server, "dialogue", [{"role": "user", "content": long_prompt}], max_tokens=16)
+
+
+@pytest.mark.stops_server
+def test_ctrl_c_stops_every_process_it_started(vllm_server):
+    vllm_server.track()
+    assert len(vllm_server.started) >= 2, "vLLM's API server and its engine process"
+    code = vllm_server.interrupt()
+    assert code == 0
+    time.sleep(1)
+    assert vllm_server.leftovers() == []
+    assert vllm_server.output().rstrip().endswith("stopped")
