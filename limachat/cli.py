@@ -136,5 +136,71 @@ def demo_cmd(ctx: click.Context, base: str | None) -> None:
     _serve(_settings(ctx), base)
 
 
+def _store(settings: Settings):
+    from limachat.dialogues.store import Store
+
+    return Store(settings.db_path)
+
+
+@main.command("import")
+@click.argument("file", type=click.Path(exists=True, dir_okay=False, path_type=Path))
+@click.option("--format", "fmt", type=click.Choice(["lima", "messages", "sharegpt", "sessions"]),
+              help="Detected from the first line when not given.")
+@click.option("--skip-bad", is_flag=True, help="Skip bad lines (and count them) instead of stopping at the first.")
+@click.pass_context
+def import_cmd(ctx: click.Context, file: Path, fmt: str | None, skip_bad: bool) -> None:
+    """Import conversations (LIMA, messages, ShareGPT JSONL) or sessions exported by limachat."""
+    from limachat.dialogues.formats import FormatError, import_file
+
+    try:
+        report = import_file(_store(_settings(ctx)), file, fmt, skip_bad=skip_bad)
+    except FormatError as e:
+        raise click.ClickException(f"{e} (nothing imported; --skip-bad skips such lines)") from None
+    for line in report.warnings + report.bad:
+        click.echo(line, err=True)
+    click.echo(report.summary())
+
+
+@main.command("export")
+@click.option("--format", "fmt", type=click.Choice(["lima", "messages", "sessions"]), required=True)
+@click.option("-o", "--output", type=click.Path(dir_okay=False, path_type=Path), required=True)
+@click.option("--min-label", type=click.Choice(["fail", "pass", "excellent"]), help="Every assistant turn rated at least this.")
+@click.option("--cut-at-first-fail", is_flag=True, help="Keep each chain up to the exchange before its first fail.")
+@click.option("--prefer-gold", is_flag=True, help="Use gold edits in place of the replies they correct.")
+@click.option("--checkpoint", help="Only chains answered by this checkpoint.")
+@click.option("--annotator", help="Only this annotator's ratings count.")
+@click.option("--mode", type=click.Choice(["chat", "compare", "blind", "imported"]))
+@click.option("--since", help="Sessions created at or after this ISO date/time.")
+@click.option("--until", help="Sessions created before this ISO date/time.")
+@click.option("--min-turns", type=click.IntRange(1), default=1, show_default=True, help="Assistant turns per chain.")
+@click.pass_context
+def export_cmd(ctx: click.Context, fmt: str, output: Path, **filters) -> None:
+    """Export rated chains as training data (lima, messages) or every session in full (sessions)."""
+    from limachat.dialogues.export import Filters, export
+
+    given = [k for k, v in filters.items() if v not in (None, False) and not (k == "min_turns" and v == 1)]
+    if fmt == "sessions" and given:
+        raise click.ClickException(f"--format sessions writes every session in full; drop --{given[0].replace('_', '-')}")
+    chains, turns = export(_store(_settings(ctx)), output, fmt, Filters(**filters))
+    click.echo(f"{output}: {chains} {'sessions' if fmt == 'sessions' else 'chains'}, {turns} assistant turns")
+
+
+@main.command("report")
+@click.option("--png", type=click.Path(dir_okay=False, path_type=Path), help="Write the Figure 7 chart here.")
+@click.option("--csv", "csv_path", type=click.Path(dir_okay=False, path_type=Path), help="Write label counts and shares here.")
+@click.pass_context
+def report_cmd(ctx: click.Context, png: Path | None, csv_path: Path | None) -> None:
+    """LIMA's Figure 7 per checkpoint: label shares, fails, excellent share by turn, agreement."""
+    from limachat.dialogues import report as rep
+
+    report = rep.build(_store(_settings(ctx)))
+    click.echo(rep.markdown(report), nl=False)
+    if csv_path:
+        csv_path.write_text(rep.to_csv(report))
+    if png:
+        rep.figure7(report, png)
+        click.echo(f"chart: {png}", err=True)
+
+
 if __name__ == "__main__":
     main()

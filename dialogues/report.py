@@ -1,0 +1,249 @@
+"""LIMA section 6's analysis per checkpoint, and its Figure 7 as a stacked bar chart.
+
+A turn is counted once, with the lowest current label among its annotators (as in export).
+A conversation is one session side (a chat session, or side a / b of a compare session) followed
+down its latest branch; "first fail within 3" and per-conversation winners use that branch.
+"""
+
+from __future__ import annotations
+
+import csv
+import io
+from collections import Counter, defaultdict
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from limachat.dialogues.store import LABELS, Store
+
+RANK = {label: i for i, label in enumerate(LABELS)}
+COLORS = {"fail": "#d9534f", "pass": "#f0ad4e", "excellent": "#5cb85c"}
+
+
+@dataclass
+class CheckpointStats:
+    checkpoint: str
+    counts: Counter = field(default_factory=Counter)  # label -> assistant turns
+    by_turn: dict[int, Counter] = field(default_factory=lambda: defaultdict(Counter))  # exchange -> label counts
+    conversations: int = 0
+    early_fail: int = 0  # conversations whose first fail is within their first 3 assistant turns
+
+    @property
+    def rated(self) -> int:
+        return sum(self.counts.values())
+
+    def share(self, label: str) -> float:
+        return self.counts[label] / self.rated if self.rated else 0.0
+
+
+@dataclass
+class Report:
+    checkpoints: dict[str, CheckpointStats]
+    winners: list[dict[str, Any]]  # per compare conversation
+    agreement: list[dict[str, Any]]  # per annotator pair: turns, percent agreement, kappa
+    verdict_agreement: list[dict[str, Any]]  # per annotator pair: pairs, tie-discounted accuracy
+
+
+def cohen_kappa(a: list[str], b: list[str]) -> float | None:
+    n = len(a)
+    if n == 0:
+        return None
+    observed = sum(x == y for x, y in zip(a, b)) / n
+    ca, cb = Counter(a), Counter(b)
+    expected = sum(ca[k] * cb[k] for k in set(ca) | set(cb)) / (n * n)
+    return 1.0 if expected == 1 else (observed - expected) / (1 - expected)
+
+
+def tie_discounted(x: str, y: str) -> float:
+    """LIMA's annotator agreement on preferences: 1 when equal, 0.5 when exactly one is a tie."""
+    if x == y:
+        return 1.0
+    return 0.5 if "tie" in (x, y) else 0.0
+
+
+def build(store: Store) -> Report:
+    # Three scans in SQLite (the tree through its covering index, the newest reply per conversation,
+    # the current ratings), then plain Python.
+    turns = {row[0]: row for row in store.tuples("select id, parent_id, role, status, checkpoint, exchange from turns")}
+    latest = store.tuples(  # SQLite returns the bare column `id` from the row holding max(created)
+        """select session_id, coalesce(lane, ''), id, max(created) from turns
+           where role = 'assistant' and status = 'ok' group by session_id, coalesce(lane, '')""")
+    lowest: dict[str, str] = {}  # turn -> lowest current label among its annotators
+    by_annotator: dict[str, dict[str, str]] = defaultdict(dict)
+    for turn, annotator, label in store.tuples("select turn_id, annotator, label from ratings where current = 1"):
+        t = turns.get(turn)
+        if t is None or t[2] != "assistant" or t[3] != "ok":
+            continue
+        by_annotator[annotator][turn] = label
+        if turn not in lowest or RANK[label] < RANK[lowest[turn]]:
+            lowest[turn] = label
+    stats: dict[str, CheckpointStats] = {}
+
+    def of(name: str) -> CheckpointStats:
+        if name not in stats:
+            stats[name] = CheckpointStats(name)
+        return stats[name]
+
+    for turn, label in lowest.items():
+        s = of(turns[turn][4] or "imported")
+        s.counts[label] += 1
+        s.by_turn[turns[turn][5]][label] += 1
+
+    # Conversations: each (session, lane) followed down its latest branch.
+    lane_scores: dict[str, dict[str, tuple[str, float]]] = defaultdict(dict)
+    for session_id, lane, leaf, _ in latest:
+        labelled, node = [], leaf
+        while node is not None:
+            if node in lowest:
+                labelled.append(lowest[node])
+            node = turns[node][1]
+        labelled.reverse()
+        if not labelled:
+            continue
+        checkpoint = turns[leaf][4] or "imported"
+        s = of(checkpoint)
+        s.conversations += 1
+        s.early_fail += "fail" in labelled[:3]
+        lane_scores[session_id][lane] = (checkpoint, sum(RANK[lab] for lab in labelled) / len(labelled))
+
+    winners = _winners(store, lane_scores)
+    agreement = []
+    names = sorted(by_annotator)
+    for i, a in enumerate(names):
+        for b in names[i + 1:]:
+            both = sorted(set(by_annotator[a]) & set(by_annotator[b]))
+            if both:
+                la, lb = [by_annotator[a][t] for t in both], [by_annotator[b][t] for t in both]
+                agreement.append({"annotators": f"{a} / {b}", "turns": len(both),
+                                  "agreement": sum(x == y for x, y in zip(la, lb)) / len(both), "kappa": cohen_kappa(la, lb)})
+    return Report(stats, winners, agreement, _verdict_agreement(store))
+
+
+def _winners(store: Store, lane_scores) -> list[dict[str, Any]]:
+    verdicts = defaultdict(Counter)
+    names: dict[str, tuple[str, str]] = {}
+    for sid, verdict, a, b in store.tuples("select session_id, verdict, checkpoint_a, checkpoint_b from verdicts where current = 1"):
+        verdicts[sid][verdict] += 1
+        names[sid] = (a, b)
+    out = []
+    for sid in sorted(set(verdicts) | {s for s, lanes in lane_scores.items() if {"a", "b"} <= set(lanes)}):
+        if sid in verdicts:
+            a, b = names[sid]
+            c = verdicts[sid]
+            winner = a if c["a"] > c["b"] else b if c["b"] > c["a"] else "tie"
+            out.append({"session": sid, "a": a, "b": b, "winner": winner, "basis": f"verdicts {c['a']}-{c['b']}-{c['tie']} (a-b-tie)"})
+        else:
+            (a, sa), (b, sb) = lane_scores[sid]["a"], lane_scores[sid]["b"]
+            winner = a if sa > sb else b if sb > sa else "tie"
+            out.append({"session": sid, "a": a, "b": b, "winner": winner, "basis": f"mean label {sa:.2f} vs {sb:.2f}"})
+    return out
+
+
+def _verdict_agreement(store: Store) -> list[dict[str, Any]]:
+    by_pair: dict[tuple, dict[str, str]] = defaultdict(dict)
+    for a, b, annotator, verdict in store.tuples("select turn_a, turn_b, annotator, verdict from verdicts where current = 1"):
+        by_pair[(a, b)][annotator] = verdict
+    scores: dict[tuple[str, str], list[float]] = defaultdict(list)
+    for votes in by_pair.values():
+        names = sorted(votes)
+        for i, a in enumerate(names):
+            for b in names[i + 1:]:
+                scores[(a, b)].append(tie_discounted(votes[a], votes[b]))
+    return [{"annotators": f"{a} / {b}", "pairs": len(s), "accuracy": sum(s) / len(s)} for (a, b), s in sorted(scores.items())]
+
+
+def ordered(report: Report) -> list[CheckpointStats]:
+    """zero-shot, then dialogue (the paper's order), then any other checkpoint by name."""
+    first = {"zero-shot": 0, "dialogue": 1}
+    return sorted(report.checkpoints.values(), key=lambda s: (first.get(s.checkpoint, 2), s.checkpoint))
+
+
+def _pct(x: float) -> str:
+    return f"{100 * x:.1f}%"
+
+
+def _num(x: float | None) -> str:
+    return "n/a" if x is None else f"{x:.2f}"
+
+
+def markdown(report: Report) -> str:
+    stats = ordered(report)
+    lines = ["| checkpoint | rated turns | fail | pass | excellent | fails | first fail within 3 |",
+             "|---|---:|---:|---:|---:|---:|---:|"]
+    for s in stats:
+        lines.append(f"| {s.checkpoint} | {s.rated} | {_pct(s.share('fail'))} | {_pct(s.share('pass'))} | "
+                     f"{_pct(s.share('excellent'))} | {s.counts['fail']}/{s.rated} | {s.early_fail} of {s.conversations} |")
+    turns = sorted({i for s in stats for i in s.by_turn})
+    if turns:
+        lines += ["", "Excellent share by turn index:", "",
+                  "| checkpoint | " + " | ".join(f"turn {i}" for i in turns) + " |", "|---|" + "---:|" * len(turns)]
+        for s in stats:
+            cells = []
+            for i in turns:
+                c = s.by_turn.get(i, Counter())
+                n = sum(c.values())
+                cells.append(f"{_pct(c['excellent'] / n)} ({n})" if n else "-")
+            lines.append(f"| {s.checkpoint} | " + " | ".join(cells) + " |")
+    if report.winners:
+        lines += ["", "| session | a | b | better | from |", "|---|---|---|---|---|"]
+        lines += [f"| {w['session']} | {w['a']} | {w['b']} | {w['winner']} | {w['basis']} |" for w in report.winners]
+    if report.agreement:
+        lines += ["", "| annotators | shared turns | agreement | Cohen's kappa |", "|---|---:|---:|---:|"]
+        lines += [f"| {a['annotators']} | {a['turns']} | {_pct(a['agreement'])} | {_num(a['kappa'])} |" for a in report.agreement]
+    if report.verdict_agreement:
+        lines += ["", "| annotators | shared verdicts | tie-discounted accuracy |", "|---|---:|---:|"]
+        lines += [f"| {a['annotators']} | {a['pairs']} | {_pct(a['accuracy'])} |" for a in report.verdict_agreement]
+    return "\n".join(lines) + "\n"
+
+
+def to_csv(report: Report) -> str:
+    out = io.StringIO()
+    w = csv.writer(out)
+    w.writerow(["checkpoint", "turn", "rated", "fail", "pass", "excellent", "fail_share", "pass_share", "excellent_share"])
+    for s in ordered(report):
+        rows = [("all", s.counts)] + [(str(i), s.by_turn[i]) for i in sorted(s.by_turn)]
+        for turn, c in rows:
+            n = sum(c.values())
+            w.writerow([s.checkpoint, turn, n, c["fail"], c["pass"], c["excellent"],
+                        *(f"{c[k] / n:.4f}" if n else "" for k in LABELS)])
+    return out.getvalue()
+
+
+def figure7(report: Report, path: Path) -> None:
+    """Stacked bars of label shares per checkpoint, and the excellent share by turn index."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    stats = ordered(report)
+    fig, (ax, ax2) = plt.subplots(1, 2, figsize=(10, 3.6), gridspec_kw={"width_ratios": [1.1, 1]})
+    left = [0.0] * len(stats)
+    names = [f"{s.checkpoint}\n({s.rated} turns)" for s in stats]
+    for label in LABELS:
+        shares = [100 * s.share(label) for s in stats]
+        ax.barh(names, shares, left=left, color=COLORS[label], label=label.capitalize())
+        for y, (x0, w) in enumerate(zip(left, shares)):
+            if w >= 6:
+                ax.text(x0 + w / 2, y, f"{w:.1f}%", ha="center", va="center", fontsize=9, color="white")
+        left = [a + b for a, b in zip(left, shares)]
+    ax.set_xlim(0, 100)
+    ax.set_xlabel("share of rated assistant turns (%)")
+    ax.invert_yaxis()
+    ax.legend(loc="upper center", bbox_to_anchor=(0.5, -0.22), ncol=3, frameon=False)
+    ax.set_title("Labels per checkpoint")
+    for s in stats:
+        turns = sorted(s.by_turn)
+        ax2.plot(turns, [100 * s.by_turn[i]["excellent"] / sum(s.by_turn[i].values()) for i in turns], marker="o", label=s.checkpoint)
+    ax2.set_ylim(0, 100)
+    ax2.xaxis.get_major_locator().set_params(integer=True)
+    ax2.set_xlabel("turn index")
+    ax2.set_ylabel("excellent (%)")
+    ax2.set_title("Excellent share by turn")
+    if stats:
+        ax2.legend(frameon=False)
+    fig.tight_layout()
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(path, dpi=100)
+    plt.close(fig)

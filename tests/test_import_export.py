@@ -1,0 +1,229 @@
+"""Import (LIMA, messages, ShareGPT, sessions) and export (training chains, full sessions)."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+from click.testing import CliRunner
+
+from limachat.cli import main
+from limachat.dialogues import bundled
+from limachat.dialogues.export import Filters, chains, export
+from limachat.dialogues.formats import FormatError, import_file
+from limachat.dialogues.store import Store
+
+
+@pytest.fixture
+def store(tmp_path):
+    return Store(tmp_path / "lima.db")
+
+
+def write(path: Path, *records) -> Path:
+    path.write_text("".join((r if isinstance(r, str) else json.dumps(r)) + "\n" for r in records))
+    return path
+
+
+LIMA = [{"conversations": ["How do I boil an egg?", "Put it in boiling water for 8 minutes."], "source": "wikihow"},
+        {"conversations": ["Name a colour.", "Blue.", "Another?", "Green."], "source": "multi_turn"}]
+
+
+def test_each_format_imports_and_is_detected(store, tmp_path):
+    cases = {
+        "lima": LIMA,
+        "messages": [{"messages": [{"role": "system", "content": "Be brief."}, {"role": "user", "content": "Hi"},
+                                   {"role": "assistant", "content": "Hello!"}]}],
+        "sharegpt": [{"conversations": [{"from": "human", "value": "2+2?"}, {"from": "gpt", "value": "4"},
+                                        {"from": "human", "value": "times 3?"}, {"from": "gpt", "value": "12"}]}],
+    }
+    for fmt, records in cases.items():
+        report = import_file(store, write(tmp_path / f"{fmt}.jsonl", *records))
+        assert report.format == fmt and report.sessions_added == len(records) and not report.bad
+    rows = store.query("select role, content, exchange from turns order by created, id")
+    assert len(rows) == 2 + 4 + 2 + 4
+    messages_session = [s for s in store.sessions() if (s["meta"] or {}).get("system")][0]
+    assert messages_session["mode"] == "imported" and messages_session["meta"]["system"] == "Be brief."
+    assert {s["meta"].get("source") for s in store.sessions()} >= {"wikihow", "multi_turn"}
+
+
+def test_importing_twice_adds_nothing(store, tmp_path):
+    path = write(tmp_path / "lima.jsonl", *LIMA)
+    import_file(store, path)
+    again = import_file(store, path)
+    assert (again.sessions_added, again.sessions_present, again.turns_added) == (0, 2, 0)
+    assert len(store.sessions()) == 2
+
+
+@pytest.mark.parametrize("line, message", [
+    ('{"conversations": ["a", "b"', "not valid JSON"),
+    ('[1, 2]', "each line must be a JSON object"),
+    ('{"text": "hello"}', "not a known format"),
+    ('{"conversations": ["a", 3]}', '"conversations" must be a list of strings'),
+    ('{"messages": [{"role": "assistant", "content": "hi"}]}', "turn 1 is 'assistant' where 'user' belongs"),
+    ('{"messages": [{"role": "user", "content": "q"}, {"role": "bot", "content": "a"}]}', 'message 2 needs "role"'),
+    ('{"conversations": [{"from": "human", "value": "q"}, {"from": "alien", "value": "a"}]}', 'turn 2 needs "from"'),
+    ('{"conversations": ["q", "   "]}', "turn 2 is empty"),
+])
+def test_a_bad_line_names_file_and_line_and_nothing_is_written(store, tmp_path, line, message):
+    path = write(tmp_path / "bad.jsonl", LIMA[0], line)
+    with pytest.raises(FormatError) as e:
+        import_file(store, path)
+    assert str(e.value).startswith(f"{path}:2: ") and message in str(e.value)
+    assert store.sessions() == []  # the good first line was not half-imported
+
+
+def test_skip_bad_goes_on_and_counts(store, tmp_path):
+    path = write(tmp_path / "mixed.jsonl", LIMA[0], "{oops", LIMA[1], '{"conversations": []}')
+    report = import_file(store, path, skip_bad=True)
+    assert report.sessions_added == 2 and len(report.bad) == 2
+    assert report.bad[0].startswith(f"{path}:2: not valid JSON") and report.bad[1].startswith(f"{path}:4: ")
+
+
+def test_a_conversation_ending_with_the_user_is_reported_not_dropped(store, tmp_path):
+    path = write(tmp_path / "open.jsonl", {"conversations": ["q1", "a1", "q2"]})
+    report = import_file(store, path)
+    assert report.sessions_added == 1 and report.warnings == [f"{path}:1: ends with a user turn (kept; it has no answer to train on)"]
+    assert len(store.query("select * from turns")) == 3
+
+
+def test_the_bundled_set_imports_cleanly(store):
+    report = import_file(store, bundled("train.jsonl"))
+    assert report.format == "lima" and not report.bad and not report.warnings
+    sessions = store.sessions(limit=1000)
+    multi = [s for s in sessions if s["meta"]["source"] == "multi_turn"]
+    assert len(sessions) - len(multi) >= 60 and len(multi) >= 8
+    exchanges = {s["id"]: 0 for s in multi}
+    for t in store.query("select session_id, exchange from turns where role = 'assistant'"):
+        if t["session_id"] in exchanges:
+            exchanges[t["session_id"]] = max(exchanges[t["session_id"]], t["exchange"])
+    assert all(3 <= n <= 6 for n in exchanges.values())
+
+
+# -- export ---------------------------------------------------------------------------------------
+
+def rated_chain(store, labels, checkpoint="dialogue", annotator="ana", mode="chat", gold=None):
+    """A session whose assistant turns carry `labels` (None = unrated); returns the assistant turn ids."""
+    sid = store.start_session(mode)
+    parent, ids = None, []
+    for i, label in enumerate(labels):
+        u = store.add_user_turn(sid, f"{checkpoint} question {i} {labels}", parent_id=parent)
+        a = store.begin_assistant_turn(sid, u, checkpoint=checkpoint)
+        store.finish_assistant_turn(a, f"answer {i}")
+        if label:
+            store.rate(a, annotator, label)
+        if gold and i in gold:
+            store.edit(a, annotator, gold[i])
+        parent, ids = a, ids + [a]
+    return ids
+
+
+def test_export_filters(store):
+    rated_chain(store, ["excellent", "pass", "excellent"])
+    rated_chain(store, ["pass", "fail", "excellent"])
+    rated_chain(store, ["fail", "pass"], checkpoint="zero-shot")
+    rated_chain(store, ["excellent", None])
+    rated_chain(store, ["pass"], annotator="ben")
+
+    def count(**kw):
+        return [len(c.labels) for c in chains(store, Filters(**kw))]
+
+    assert sorted(count()) == [1, 2, 2, 3, 3]
+    assert sorted(count(min_label="pass")) == [1, 3]
+    assert count(min_label="excellent") == []
+    assert sorted(count(cut_at_first_fail=True)) == [1, 1, 2, 3]  # the zero-shot chain fails at once: gone
+    assert sorted(count(cut_at_first_fail=True, min_label="pass")) == [1, 1, 3]
+    assert count(checkpoint="zero-shot") == [2]
+    assert count(annotator="ben") == [1]
+    assert sorted(count(min_turns=3)) == [3, 3]
+    assert count(mode="compare") == []
+
+
+def test_prefer_gold_uses_the_correction(store):
+    rated_chain(store, ["fail"], gold={0: "the corrected answer"})
+    [plain] = chains(store, Filters())
+    [gold] = chains(store, Filters(prefer_gold=True, min_label="pass"))
+    assert plain.turns[1]["content"] == "answer 0"
+    assert gold.turns[1]["content"] == "the corrected answer" and gold.labels == ["excellent"]
+
+
+def test_identical_chains_are_written_once(store):
+    rated_chain(store, ["pass"])
+    rated_chain(store, ["pass"])
+    assert len(list(chains(store))) == 1
+
+
+def test_training_exports_load_in_datasets(store, tmp_path):
+    import datasets
+    rated_chain(store, ["excellent", "pass"])
+    rated_chain(store, ["pass"], checkpoint="zero-shot")
+    for fmt in ("lima", "messages"):
+        out = tmp_path / f"{fmt}.jsonl"
+        assert export(store, out, fmt, Filters(min_label="pass")) == (2, 3)
+        ds = datasets.load_dataset("json", data_files=str(out), split="train")
+        assert ds.num_rows == 2
+        row = ds[0] if len(ds[0].get("conversations") or ds[0].get("messages")) == 4 else ds[1]
+        if fmt == "lima":
+            assert row["source"] == "multi_turn" and row["conversations"][1] == "answer 0"
+        else:
+            assert [m["role"] for m in row["messages"]] == ["user", "assistant", "user", "assistant"]
+        assert row["limachat"]["labels"] == ["excellent", "pass"] and row["limachat"]["checkpoints"] == ["dialogue"]
+
+
+def test_sessions_round_trip_is_byte_identical(store, tmp_path):
+    ids = rated_chain(store, ["pass", "excellent"])
+    store.rate(ids[0], "ana", "fail")  # history: pass -> fail
+    store.rate(ids[0], "ben", "pass")
+    store.edit(ids[1], "ana", "gold text ünïcode")
+    sid = store.start_session("blind", annotator="ana", meta={"b": "zero-shot", "a": "dialogue"}, prompt_set="bundled")
+    ua, ub = store.add_user_turn(sid, "q", lane="a"), store.add_user_turn(sid, "q", lane="b")
+    a = store.begin_assistant_turn(sid, ua, checkpoint="dialogue", lane="a", params={"top_p": 0.9, "temperature": 0.7})
+    b = store.begin_assistant_turn(sid, ub, checkpoint="zero-shot", lane="b")
+    store.finish_assistant_turn(a, "A", ttft=0.123456789, latency=1 / 3)
+    store.finish_assistant_turn(b, "B", status="error", error="boom")
+    store.verdict(sid, a, b, "a", "ana")
+
+    first = tmp_path / "sessions.jsonl"
+    export(store, first, "sessions")
+    other = Store(tmp_path / "other.db")
+    report = import_file(other, first)
+    assert report.format == "sessions" and report.sessions_added == 2
+    second = tmp_path / "again.jsonl"
+    export(other, second, "sessions")
+    assert second.read_bytes() == first.read_bytes()
+    assert import_file(other, first).turns_added == 0  # merging the same file again adds nothing
+    export(other, second, "sessions")
+    assert second.read_bytes() == first.read_bytes()
+
+
+def test_merging_two_annotators_work(tmp_path):
+    """Two machines rate the same session; merging keeps both, each annotator's latest current."""
+    home = Store(tmp_path / "home.db")
+    [a] = rated_chain(home, ["pass"])
+    shared = tmp_path / "shared.jsonl"
+    export(home, shared, "sessions")
+    laptop = Store(tmp_path / "laptop.db")
+    import_file(laptop, shared)
+    laptop.rate(a, "ben", "excellent")
+    laptop.rate(a, "ana", "fail")  # ana changed her mind on the laptop
+    back = tmp_path / "back.jsonl"
+    export(laptop, back, "sessions")
+    import_file(home, back)
+    assert {r["annotator"]: r["label"] for r in home.ratings(a)} == {"ana": "fail", "ben": "excellent"}
+    assert len(home.ratings(a, history=True)) == 3
+
+
+def test_cli_import_export(tmp_path, clean_env):
+    runner = CliRunner()
+    src = write(tmp_path / "lima.jsonl", *LIMA)
+    result = runner.invoke(main, ["--home", str(tmp_path / "h"), "import", str(src)])
+    assert result.exit_code == 0 and "lima: 2 conversations added, 6 turns" in result.output
+    bad = write(tmp_path / "bad.jsonl", LIMA[0], "{x")
+    result = runner.invoke(main, ["--home", str(tmp_path / "h"), "import", str(bad)])
+    assert result.exit_code == 1
+    assert result.output.strip().splitlines()[-1].startswith(f"Error: {bad}:2: not valid JSON")
+    out = tmp_path / "out.jsonl"
+    result = runner.invoke(main, ["--home", str(tmp_path / "h"), "export", "--format", "messages", "-o", str(out)])
+    assert result.exit_code == 0 and f"{out}: 2 chains, 3 assistant turns" in result.output
+    result = runner.invoke(main, ["--home", str(tmp_path / "h"), "export", "--format", "sessions", "-o", str(out), "--min-label", "pass"])
+    assert result.exit_code == 1 and "drop --min-label" in result.output

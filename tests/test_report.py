@@ -1,0 +1,123 @@
+"""The report: LIMA's Figure 7 figures, turn index, early fails, winners and agreement."""
+
+from __future__ import annotations
+
+import csv
+import io
+
+import pytest
+from click.testing import CliRunner
+
+from limachat.cli import main
+from limachat.dialogues import report as rep
+from limachat.dialogues.store import Store
+
+
+def conversation(store, checkpoint, labels, annotator="ana", session=None, lane=None):
+    sid = session or store.start_session("chat")
+    parent, ids = None, []
+    for i, label in enumerate(labels):
+        u = store.add_user_turn(sid, f"q{i}", parent_id=parent, lane=lane)
+        a = store.begin_assistant_turn(sid, u, checkpoint=checkpoint, lane=lane)
+        store.finish_assistant_turn(a, f"a{i}")
+        store.rate(a, annotator, label)
+        parent, ids = a, ids + [a]
+    return sid, ids
+
+
+def paper_db(tmp_path) -> Store:
+    """The totals of LIMA's Figure 7 (Zhou et al., 2023): zero-shot 42 turns (19 excellent, 8 pass,
+    15 fail), dialogue 46 turns (35 excellent, 10 pass, 1 fail), spread over 10 conversations each.
+    The order of labels inside conversations is invented here; the paper reports only totals."""
+    store = Store(tmp_path / "paper.db")
+    for checkpoint, counts, lengths in (("zero-shot", {"excellent": 19, "pass": 8, "fail": 15}, [5, 5, 4, 4, 4, 4, 4, 4, 4, 4]),
+                                        ("dialogue", {"excellent": 35, "pass": 10, "fail": 1}, [5, 5, 5, 5, 5, 5, 4, 4, 4, 4])):
+        pool = [lab for lab, n in counts.items() for _ in range(n)]
+        pool.sort(key=lambda lab: {"fail": 0, "pass": 1, "excellent": 2}[lab])  # fails first: they come early
+        interleaved = [pool[i::10] for i in range(10)]
+        assert sorted(map(len, interleaved), reverse=True) == lengths
+        for labels in interleaved:
+            conversation(store, checkpoint, labels)
+    return store
+
+
+def test_figure7_totals_match_the_paper(tmp_path):
+    report = rep.build(paper_db(tmp_path))
+    zs, dl = report.checkpoints["zero-shot"], report.checkpoints["dialogue"]
+    assert (zs.rated, zs.counts["excellent"], zs.counts["pass"], zs.counts["fail"]) == (42, 19, 8, 15)
+    assert (dl.rated, dl.counts["excellent"], dl.counts["pass"], dl.counts["fail"]) == (46, 35, 10, 1)
+    md = rep.markdown(report)
+    assert "| zero-shot | 42 | 35.7% | 19.0% | 45.2% | 15/42 |" in md
+    assert "| dialogue | 46 | 2.2% | 21.7% | 76.1% | 1/46 |" in md
+    assert zs.conversations == dl.conversations == 10
+    assert dl.early_fail == 1 and zs.early_fail == 10  # the fixture puts every fail first
+
+
+def test_turn_index_and_early_fail(tmp_path):
+    store = Store(tmp_path / "t.db")
+    conversation(store, "zero-shot", ["excellent", "fail", "pass", "pass"])
+    conversation(store, "zero-shot", ["excellent", "excellent", "excellent", "fail"])
+    conversation(store, "zero-shot", ["pass"])
+    report = rep.build(store)
+    s = report.checkpoints["zero-shot"]
+    assert {i: dict(c) for i, c in s.by_turn.items()} == {
+        1: {"excellent": 2, "pass": 1}, 2: {"fail": 1, "excellent": 1}, 3: {"pass": 1, "excellent": 1}, 4: {"pass": 1, "fail": 1}}
+    assert (s.early_fail, s.conversations) == (1, 3)  # the fail at turn 4 is not within 3
+    rows = list(csv.DictReader(io.StringIO(rep.to_csv(report))))
+    turn2 = next(r for r in rows if r["turn"] == "2")
+    assert (turn2["rated"], turn2["excellent_share"]) == ("2", "0.5000")
+
+
+def test_a_turn_rated_by_two_annotators_counts_once_with_the_lower_label(tmp_path):
+    store = Store(tmp_path / "t.db")
+    _, [a] = conversation(store, "dialogue", ["excellent"])
+    store.rate(a, "ben", "pass")
+    s = rep.build(store).checkpoints["dialogue"]
+    assert s.rated == 1 and s.counts["pass"] == 1
+
+
+def test_winners_from_verdicts_else_from_labels(tmp_path):
+    store = Store(tmp_path / "t.db")
+    by_verdict = store.start_session("compare")
+    _, [za] = conversation(store, "zero-shot", ["excellent"], session=by_verdict, lane="a")
+    _, [db_] = conversation(store, "dialogue", ["pass"], session=by_verdict, lane="b")
+    store.verdict(by_verdict, za, db_, "b", "ana")
+    by_labels = store.start_session("compare")
+    conversation(store, "zero-shot", ["fail", "pass"], session=by_labels, lane="a")
+    conversation(store, "dialogue", ["excellent", "pass"], session=by_labels, lane="b")
+    winners = {w["session"]: w for w in rep.build(store).winners}
+    assert winners[by_verdict]["winner"] == "dialogue" and winners[by_verdict]["basis"].startswith("verdicts 0-1-0")
+    assert winners[by_labels]["winner"] == "dialogue" and winners[by_labels]["basis"] == "mean label 0.50 vs 1.50"
+
+
+def test_agreement_kappa_and_tie_discounted_accuracy(tmp_path):
+    store = Store(tmp_path / "t.db")
+    _, ids = conversation(store, "dialogue", ["excellent", "pass", "fail", "excellent"], annotator="ana")
+    for turn, label in zip(ids, ["excellent", "pass", "pass", "pass"]):
+        store.rate(turn, "ben", label)
+    [agree] = rep.build(store).agreement
+    assert agree["turns"] == 4 and agree["agreement"] == 0.5
+    # ana: E P F E, ben: E P P P -> p_o = 0.5, p_e = (2*1 + 1*3 + 1*0) / 16 = 5/16
+    assert agree["kappa"] == pytest.approx((0.5 - 5 / 16) / (1 - 5 / 16))
+    sid = store.start_session("compare")
+    pairs = []
+    for i in range(3):
+        _, [a] = conversation(store, "zero-shot", ["pass"], session=sid, lane="a")
+        _, [b] = conversation(store, "dialogue", ["pass"], session=sid, lane="b")
+        pairs.append((a, b))
+    for (a, b), (x, y) in zip(pairs, [("a", "a"), ("a", "tie"), ("a", "b")]):
+        store.verdict(sid, a, b, x, "ana")
+        store.verdict(sid, a, b, y, "ben")
+    [v] = rep.build(store).verdict_agreement
+    assert v["pairs"] == 3 and v["accuracy"] == pytest.approx((1 + 0.5 + 0) / 3)
+
+
+def test_cli_report_writes_markdown_csv_and_png(tmp_path, clean_env):
+    paper_db(tmp_path)
+    png, out_csv = tmp_path / "fig7.png", tmp_path / "fig7.csv"
+    result = CliRunner().invoke(main, ["--home", str(tmp_path), "report", "--png", str(png), "--csv", str(out_csv)],
+                                env={"LIMACHAT_DB": str(tmp_path / "paper.db")})
+    assert result.exit_code == 0, result.output
+    assert "45.2%" in result.output and "76.1%" in result.output
+    assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n" and png.stat().st_size > 10_000
+    assert "zero-shot,all,42,15,8,19" in out_csv.read_text()

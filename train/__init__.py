@@ -1,0 +1,1 @@
+"""Training the zero-shot and dialogue checkpoints: LIMA's recipe on TRL + PEFT."""
