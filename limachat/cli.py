@@ -8,7 +8,9 @@ from pathlib import Path
 
 import click
 
+from limachat.options import filter_options
 from limachat.settings import Settings, SettingsError, load_settings
+from limachat.train.command import train_cmd
 
 
 def _settings(ctx: click.Context) -> Settings:
@@ -76,7 +78,10 @@ def _serve(settings: Settings, base: str | None) -> None:
     from limachat.serve.server import ServerConfig, ServerError, VLLMServer, find_adapters, has_cuda_gpu
 
     prepared = _prepare(settings, base)
-    adapters = find_adapters(settings.home, prepared.adapter)
+    try:
+        adapters = find_adapters(settings.home, prepared.adapter, prepared.model)
+    except ServerError as e:
+        raise click.ClickException(str(e)) from None
     for a in adapters:
         what = "trained adapter" if a.trained else f"untrained LoRA adapter (same answers as the base; no {settings.home / 'checkpoints' / a.name})"
         _progress(f"{a.name}: {what} {a.path if a.trained else ''}".rstrip())
@@ -132,8 +137,15 @@ def serve_cmd(ctx: click.Context, port: int | None, host: str | None, base: str 
 @click.option("--base", help="A Hugging Face model id or local folder instead of the bundled model.")
 @click.pass_context
 def demo_cmd(ctx: click.Context, base: str | None) -> None:
-    """Everything `make demo` runs: prepare the base, then serve both checkpoints until Ctrl-C."""
-    _serve(_settings(ctx), base)
+    """Everything `make demo` runs: prepare the base, train both adapters on the bundled set (once;
+    skipped while data and settings are unchanged), then serve both checkpoints until Ctrl-C."""
+    from limachat.train.command import run
+    from limachat.train.data import bundled_examples, split
+
+    settings = _settings(ctx)
+    prepared = _prepare(settings, base)
+    run(settings, ["zero-shot", "dialogue"], split(bundled_examples()), prepared.model, {}, progress=_progress)
+    _serve(settings, base)
 
 
 def _store(settings: Settings):
@@ -164,15 +176,7 @@ def import_cmd(ctx: click.Context, file: Path, fmt: str | None, skip_bad: bool) 
 @main.command("export")
 @click.option("--format", "fmt", type=click.Choice(["lima", "messages", "sessions"]), required=True)
 @click.option("-o", "--output", type=click.Path(dir_okay=False, path_type=Path), required=True)
-@click.option("--min-label", type=click.Choice(["fail", "pass", "excellent"]), help="Every assistant turn rated at least this.")
-@click.option("--cut-at-first-fail", is_flag=True, help="Keep each chain up to the exchange before its first fail.")
-@click.option("--prefer-gold", is_flag=True, help="Use gold edits in place of the replies they correct.")
-@click.option("--checkpoint", help="Only chains answered by this checkpoint.")
-@click.option("--annotator", help="Only this annotator's ratings count.")
-@click.option("--mode", type=click.Choice(["chat", "compare", "blind", "imported"]))
-@click.option("--since", help="Sessions created at or after this ISO date/time.")
-@click.option("--until", help="Sessions created before this ISO date/time.")
-@click.option("--min-turns", type=click.IntRange(1), default=1, show_default=True, help="Assistant turns per chain.")
+@filter_options
 @click.pass_context
 def export_cmd(ctx: click.Context, fmt: str, output: Path, **filters) -> None:
     """Export rated chains as training data (lima, messages) or every session in full (sessions)."""
@@ -201,6 +205,8 @@ def report_cmd(ctx: click.Context, png: Path | None, csv_path: Path | None) -> N
         rep.figure7(report, png)
         click.echo(f"chart: {png}", err=True)
 
+
+main.add_command(train_cmd)
 
 if __name__ == "__main__":
     main()

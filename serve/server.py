@@ -6,6 +6,7 @@ ends the group and any process that left it, so nothing it started outlives it.
 
 from __future__ import annotations
 
+import json
 import os
 import re
 import signal
@@ -41,13 +42,27 @@ class Adapter:
     trained: bool
 
 
-def find_adapters(home: Path, untrained: Path) -> list[Adapter]:
-    """The trained adapter of each variant under <home>/checkpoints/<variant>, else the untrained one."""
+def _trained_for(folder: Path) -> str | None:
+    try:
+        return json.loads((folder / "training.json").read_text()).get("base_model")
+    except (OSError, ValueError):
+        return None
+
+
+def find_adapters(home: Path, untrained: Path, base_model: str | None = None) -> list[Adapter]:
+    """The trained adapter of each variant under <home>/checkpoints/<variant>, else the untrained one
+    (also when the trained one was made for another base)."""
     adapters = []
     for variant in VARIANTS:
         trained = home / "checkpoints" / variant
-        if (trained / "adapter_config.json").is_file():
+        if (trained / "adapter_config.json").is_file() and base_model and _trained_for(trained) not in (None, base_model):
+            adapters.append(Adapter(variant, untrained, False))
+        elif (trained / "adapter_config.json").is_file():
             adapters.append(Adapter(variant, trained, True))
+        elif (trained / "config.json").is_file():
+            raise ServerError(f"{trained} is a full fine-tuned model, which one vLLM server cannot serve beside another: "
+                              f"serve it with `limachat serve --base {trained} --port 8001` and point the {variant!r} "
+                              "checkpoint's base_url (model \"base\") at that port")
         else:
             adapters.append(Adapter(variant, untrained, False))
     return adapters

@@ -42,6 +42,21 @@ def model_home(tmp_path_factory) -> Path:
     return home
 
 
+@pytest.fixture(scope="session")
+def trained_home(model_home) -> Path:
+    """Both variants trained for a few real steps (TRL on CPU) into <home>/checkpoints/."""
+    from limachat.settings import Settings
+    from limachat.train.command import run
+    from limachat.train.data import bundled_examples, split
+
+    examples = bundled_examples()
+    tiny = split([e for e in examples if not e.multi_turn][:2] + [e for e in examples if e.multi_turn][:1])
+    base = str(model_home / "base" / "SmolLM2-135M-Instruct" / "model")
+    overrides = dict(epochs=4, batch_size=2, micro_batch_size=2, learning_rate=1e-3, final_learning_rate=1e-4, max_length=384)
+    run(Settings(home=model_home), ["zero-shot", "dialogue"], tiny, base, overrides, progress=lambda m: print(m, file=sys.stderr))
+    return model_home
+
+
 class RunningServer:
     """`limachat serve` running as a user would start it, in its own subprocess."""
 
@@ -84,11 +99,11 @@ class RunningServer:
 
 
 @pytest.fixture(scope="session")
-def vllm_server(model_home) -> RunningServer:
+def vllm_server(trained_home) -> RunningServer:
     """The real vLLM CPU server on the bundled model with both adapters, for the whole session.
 
     Tests marked `stops_server` run last and stop it; the teardown stops it if they did not."""
-    server = RunningServer(model_home, free_port())
+    server = RunningServer(trained_home, free_port())
     try:
         server.wait_ready()
         yield server

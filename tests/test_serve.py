@@ -25,7 +25,8 @@ def test_serves_base_and_both_adapters(vllm_server):
     assert models(vllm_server.url) == {"base", "zero-shot", "dialogue"}
     out = vllm_server.output()
     assert f"vLLM ready in" in out and f"http://127.0.0.1:{vllm_server.port}/v1 serving base, zero-shot, dialogue" in out
-    assert "zero-shot: untrained LoRA adapter" in out
+    home = vllm_server.home / "checkpoints"
+    assert f"zero-shot: trained adapter {home / 'zero-shot'}" in out and f"dialogue: trained adapter {home / 'dialogue'}" in out
 
 
 @pytest.mark.parametrize("model", ["zero-shot", "dialogue", "base"])

@@ -1,0 +1,160 @@
+"""Training: the variant split, loss masks, residual dropout, the EOT path, and a real short run."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+
+from limachat.train.data import IGNORE, Example, read_file, split, tokenize
+from limachat.train.dropout import add_residual_dropout, layer_rates
+from limachat.train.recipe import make_config
+from limachat.train.trainer import EOT, ensure_chat_template
+
+
+def smol_model(model_home: Path) -> str:
+    return str(model_home / "base" / "SmolLM2-135M-Instruct" / "model")
+
+
+def test_variant_split_on_a_lima_shaped_file(tmp_path):
+    path = tmp_path / "train.jsonl"
+    with path.open("w") as f:
+        for i in range(1000):
+            f.write(json.dumps({"conversations": [f"question {i}", f"answer {i}"], "source": "stackexchange"}) + "\n")
+        for i in range(30):
+            f.write(json.dumps({"conversations": [f"q{i}", "a", "follow-up", "b"], "source": "multi_turn"}) + "\n")
+    s = split(read_file(path))
+    assert len(s.variant("zero-shot")) == 1000
+    assert len(s.variant("dialogue")) == 1030
+    assert all(not ex.multi_turn for ex in s.variant("zero-shot"))
+
+
+def test_a_bad_training_line_names_file_and_line(tmp_path):
+    from limachat.dialogues.formats import FormatError
+
+    path = tmp_path / "bad.jsonl"
+    path.write_text('{"conversations": ["q", "a"]}\n{"conversations": "nope"}\n')
+    with pytest.raises(FormatError, match=rf"^{path}:2: "):
+        read_file(path)
+
+
+def test_loss_mask_covers_exactly_the_assistant_turns(model_home):
+    from transformers import AutoTokenizer
+
+    tok = AutoTokenizer.from_pretrained(smol_model(model_home))
+    ex = Example((("user", "Name a colour."), ("assistant", "Blue."), ("user", "Another?"), ("assistant", "Green, like grass.")),
+                 True, "test")
+    row = tokenize(ex, tok, 2048)
+    ids, labels = row["input_ids"], row["labels"]
+    assert len(ids) == len(labels) and not row["trimmed"]
+    spans, current = [], []
+    for token, label in zip(ids, labels):
+        if label == IGNORE:
+            if current:
+                spans.append(current)
+                current = []
+        else:
+            assert label == token
+            current.append(token)
+    if current:
+        spans.append(current)
+    end = "<|im_end|>"
+    assert [tok.decode(s).strip() for s in spans] == [f"Blue.{end}", f"Green, like grass.{end}"]
+    unlabeled = tok.decode([t for t, lab in zip(ids, labels) if lab == IGNORE])
+    assert "Name a colour." in unlabeled and "Another?" in unlabeled and "Blue." not in unlabeled
+
+
+def test_trimming_is_counted(model_home):
+    from transformers import AutoTokenizer
+
+    tok = AutoTokenizer.from_pretrained(smol_model(model_home))
+    row = tokenize(Example((("user", "hi " * 50), ("assistant", "yes " * 50)), False, "t"), tok, 64)
+    assert row["trimmed"] and len(row["input_ids"]) == 64 and row["tokens"] > 64
+
+
+def tiny_llama(layers: int = 4):
+    from transformers import LlamaConfig, LlamaForCausalLM
+
+    return LlamaForCausalLM(LlamaConfig(vocab_size=512, hidden_size=32, intermediate_size=64, num_hidden_layers=layers,
+                                        num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=128))
+
+
+def test_residual_dropout_rises_linearly_per_layer():
+    import torch
+
+    assert layer_rates(4, 0.3) == pytest.approx([0.0, 0.1, 0.2, 0.3])
+    model = tiny_llama(layers=5)
+    rates = add_residual_dropout(model, 0.2)
+    assert rates == pytest.approx([0.0, 0.05, 0.1, 0.15, 0.2])
+    got = [(l.self_attn.o_proj._limachat_residual_dropout, l.mlp.down_proj._limachat_residual_dropout) for l in model.model.layers]
+    assert got == [(r, r) for r in rates]
+    top = model.model.layers[-1].mlp.down_proj
+    x = torch.randn(2, 8, 64)
+    model.eval()
+    assert torch.equal(top(x), top(x))  # no dropout at inference
+    model.train()
+    assert (top(x) == 0).float().mean() > 0.05  # ~20% of the top layer's output dropped in training
+    bottom = model.model.layers[0].mlp.down_proj
+    assert (bottom(x) == 0).float().mean() == 0  # rate 0 at the bottom
+
+
+def test_small_models_top_out_at_0_2_and_large_at_0_3():
+    from limachat.train.recipe import top_dropout
+
+    cfg = make_config("lima", method="full")
+    assert (top_dropout(cfg, 135e6), top_dropout(cfg, 65e9)) == (0.2, 0.3)
+    assert (cfg.learning_rate, cfg.final_learning_rate, cfg.batch_size, cfg.epochs, cfg.max_length) == (1e-5, 1e-6, 32, 15, 2048)
+    assert (cfg.adam_beta1, cfg.adam_beta2, cfg.weight_decay, cfg.warmup_steps) == (0.9, 0.95, 0.1, 0)
+
+
+def test_end_of_turn_token_for_a_base_without_chat_template(model_home):
+    """A tiny llama built here, with SmolLM2's tokenizer stripped of its chat template."""
+    from transformers import AutoTokenizer
+
+    tok = AutoTokenizer.from_pretrained(smol_model(model_home))
+    tok.chat_template = None
+    assert ensure_chat_template(tok)
+    eot = tok.convert_tokens_to_ids(EOT)
+    row = tokenize(Example((("user", "q"), ("assistant", "a"), ("user", "q2"), ("assistant", "b")), True, "t"), tok, 256)
+    labelled = [t for t, lab in zip(row["input_ids"], row["labels"]) if lab != IGNORE]
+    assert labelled.count(eot) == 2 and row["input_ids"].count(eot) == 4  # every turn ends with it; the loss sees the assistant's
+    assert tok.decode(labelled) == f" a{EOT}\n b{EOT}\n"
+    model = tiny_llama()
+    model.resize_token_embeddings(len(tok))
+    assert model.get_input_embeddings().weight.shape[0] == len(tok) > eot
+
+
+def test_a_short_real_run_lowers_the_loss_and_changes_the_adapter(trained_home):
+    from safetensors import safe_open
+
+    for variant, examples in (("zero-shot", 2), ("dialogue", 3)):
+        out = trained_home / "checkpoints" / variant
+        record = json.loads((out / "training.json").read_text())
+        assert record["examples"] == examples and record["chains"] == (variant == "dialogue")
+        losses = [loss for _, loss in record["losses"]]
+        assert len(losses) == record["steps"] == (4 if variant == "zero-shot" else 8) and losses[-1] < losses[0], losses
+        assert record["served_epoch"] == 4 and sorted(p.name for p in (out / "epochs").iterdir()) == [f"epoch-{i}" for i in range(1, 5)]
+        config = json.loads((out / "train_config.json").read_text())
+        assert (config["variant"], config["method"], config["epochs"], config["learning_rate"]) == (variant, "lora", 4, 1e-3)
+        with safe_open(out / "adapter_model.safetensors", "pt") as f:
+            b = [f.get_tensor(k) for k in f.keys() if "lora_B" in k]
+        assert len(b) == 30 * 7 and all(t.abs().max() > 0 for t in b)  # B starts at zero: every one was trained
+
+
+def test_unchanged_data_is_not_retrained_and_epoch_switches(trained_home):
+    from limachat.settings import Settings
+    from limachat.train.command import run
+    from limachat.train.data import bundled_examples, split
+
+    examples = bundled_examples()
+    tiny = split([e for e in examples if not e.multi_turn][:2])
+    base = str(trained_home / "base" / "SmolLM2-135M-Instruct" / "model")
+    overrides = dict(epochs=4, batch_size=2, micro_batch_size=2, learning_rate=1e-3, final_learning_rate=1e-4, max_length=384)
+    said = []
+    run(Settings(home=trained_home), ["zero-shot"], tiny, base, overrides, epoch=2, progress=said.append)
+    out = trained_home / "checkpoints" / "zero-shot"
+    assert said == [f"zero-shot: up to date in {out}; now serving epoch 2"]
+    assert (out / "adapter_model.safetensors").read_bytes() == (out / "epochs" / "epoch-2" / "adapter_model.safetensors").read_bytes()
+    run(Settings(home=trained_home), ["zero-shot"], tiny, base, overrides, epoch=4, progress=said.append)
+    assert json.loads((out / "training.json").read_text())["served_epoch"] == 4

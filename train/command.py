@@ -1,0 +1,143 @@
+"""`limachat train`: pick the sources, split the variants, print the plan, train (or not)."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from pathlib import Path
+
+import click
+
+from limachat.options import filter_options
+from limachat.train.recipe import PRESETS
+
+def gather(settings, data: tuple[Path, ...], fmt: str | None, use_bundled: bool, from_db: bool, filters: dict):
+    from limachat.train.data import bundled_examples, from_chains, read_file, split
+
+    examples = []
+    for path in data:
+        examples += read_file(path, fmt)
+    if from_db:
+        from limachat.dialogues.export import Filters, chains
+        from limachat.dialogues.store import Store
+
+        examples += from_chains(chains(Store(settings.db_path), Filters(**filters)))
+    if use_bundled or not (data or from_db):
+        examples += bundled_examples()
+    return split(examples)
+
+
+def fingerprint(config, examples, base_model: str) -> str:
+    from limachat.train.data import data_hash
+
+    settings = config.model_dump(exclude={"variant"})
+    return hashlib.sha256(json.dumps([data_hash(examples), settings, base_model], sort_keys=True).encode()).hexdigest()[:16]
+
+
+def is_current(out_dir: Path, stamp: str) -> bool:
+    try:
+        return json.loads((out_dir / "training.json").read_text()).get("fingerprint") == stamp
+    except (OSError, ValueError):
+        return False
+
+
+def run(settings, variants: list[str], split_, base_model: str, overrides: dict, *, dry_run: bool = False,
+        epoch: int | None = None, progress=print, force: bool = False) -> None:
+    from limachat.train.recipe import make_config
+
+    for variant in variants:
+        config = make_config(variant=variant, **overrides)
+        examples = split_.variant(variant)
+        out_dir = settings.home / "checkpoints" / variant
+        stamp = fingerprint(config, examples, base_model)
+        if dry_run:
+            _dry_run(config, examples, base_model, progress)
+            continue
+        if not force and is_current(out_dir, stamp):
+            from limachat.train.trainer import select_epoch
+
+            if epoch is not None:
+                select_epoch(out_dir, epoch)
+                progress(f"{variant}: up to date in {out_dir}; now serving epoch {epoch}")
+            else:
+                progress(f"{variant}: up to date in {out_dir} (same data, settings and base); not retrained")
+            continue
+        from limachat.train.trainer import _write_record, main
+
+        record = main(config, examples, base_model, out_dir, progress, serve_epoch=epoch)
+        record["fingerprint"] = stamp
+        _write_record(out_dir, record)
+        progress(f"{variant}: trained in {record['seconds']:.0f} s ({record['tokens_per_second']:.0f} tokens/s), "
+                 f"final loss {record['losses'][-1][1] if record['losses'] else 'n/a'}; saved {out_dir}")
+
+
+def _dry_run(config, examples, base_model: str, progress) -> None:
+    """Print the plan and an estimate from one timed forward and backward pass (no weights change)."""
+    import time
+
+    from transformers import AutoTokenizer
+
+    from limachat.train.trainer import ensure_chat_template, load_model, prepare
+
+    tokenizer = AutoTokenizer.from_pretrained(base_model)
+    added = ensure_chat_template(tokenizer)
+    plan, rows = prepare(config, examples, tokenizer)
+    progress(plan.line() + f", {config.epochs} epochs ({config.recipe} recipe, {config.method})")
+    if not rows:
+        return
+    import torch
+
+    model, _ = load_model(base_model, config, tokenizer, added)
+    batch = sorted(rows, key=lambda r: len(r["input_ids"]))[len(rows) // 2:][: config.micro_batch_size]
+    width = max(len(r["input_ids"]) for r in batch)
+    device = next(model.parameters()).device
+    ids = torch.tensor([r["input_ids"] + [tokenizer.pad_token_id or 0] * (width - len(r["input_ids"])) for r in batch], device=device)
+    labels = torch.tensor([r["labels"] + [-100] * (width - len(r["labels"])) for r in batch], device=device)
+    model.train()
+    for i in range(2):  # the first pass warms up
+        t0 = time.perf_counter()
+        model(input_ids=ids, labels=labels).loss.backward()
+        dt = time.perf_counter() - t0
+    model.zero_grad()
+    rate = ids.numel() / dt
+    progress(f"  estimate: {plan.tokens * config.epochs / rate / 60:.1f} min at {rate:.0f} tokens/s (one timed micro-batch)")
+
+
+@click.command("train")
+@click.option("--variant", type=click.Choice(["zero-shot", "dialogue", "both"]), default="both", show_default=True)
+@click.option("--data", type=click.Path(exists=True, dir_okay=False, path_type=Path), multiple=True,
+              help="A training file (LIMA train.jsonl, messages or ShareGPT JSONL); repeatable.")
+@click.option("--format", "fmt", type=click.Choice(["lima", "messages", "sharegpt"]), help="Format of --data files.")
+@click.option("--bundled", is_flag=True, help="Add the bundled set (the default when no other source is given).")
+@click.option("--from-db", is_flag=True, help="Add rated chains from the store, with the export filters below.")
+@filter_options
+@click.option("--method", type=click.Choice(["lora", "full"]), default="lora", show_default=True)
+@click.option("--recipe", type=click.Choice(sorted(PRESETS)), help="lima (default for full) or lora-cpu (default for lora).")
+@click.option("--epochs", type=click.IntRange(1))
+@click.option("--learning-rate", type=float)
+@click.option("--batch-size", type=click.IntRange(1))
+@click.option("--micro-batch-size", type=click.IntRange(1))
+@click.option("--max-length", type=click.IntRange(16))
+@click.option("--epoch", type=click.IntRange(1), help="Serve this epoch's checkpoint (default: the last).")
+@click.option("--base", help="Base model (HF id or folder) instead of the one `limachat base` prepared.")
+@click.option("--dry-run", is_flag=True, help="Print counts, tokens, steps and an estimated time; train nothing.")
+@click.option("--force", is_flag=True, help="Train even when data, settings and base are unchanged.")
+@click.pass_context
+def train_cmd(ctx, variant, data, fmt, bundled, from_db, method, recipe, epochs, learning_rate, batch_size,
+              micro_batch_size, max_length, epoch, base, dry_run, force, **filters) -> None:
+    """Train the zero-shot (single-turn only) and dialogue (plus multi-turn chains) checkpoints."""
+    from limachat.dialogues.formats import FormatError
+    from limachat.serve.base import BaseModelError, prepare_base
+
+    settings = ctx.obj["settings"]
+    try:
+        split_ = gather(settings, data, fmt, bundled, from_db, filters)
+        base_model = prepare_base(settings.home, base or settings.server.base, lambda m: click.echo(m, err=True)).model
+        variants = ["zero-shot", "dialogue"] if variant == "both" else [variant]
+        click.echo(f"examples: {len(split_.single)} single-turn, {len(split_.chains)} multi-turn chains", err=True)
+        overrides = dict(method=method, recipe=recipe, epochs=epochs, learning_rate=learning_rate, batch_size=batch_size,
+                         micro_batch_size=micro_batch_size, max_length=max_length)
+        run(settings, variants, split_, base_model, overrides, dry_run=dry_run, epoch=epoch,
+            progress=lambda m: click.echo(m, err=True), force=force)
+    except (FormatError, BaseModelError, ValueError) as e:
+        raise click.ClickException(str(e)) from None

@@ -1,0 +1,239 @@
+"""`main(config, examples, base_model, out_dir)`: a thin layer over TRL's SFTTrainer, shaped like
+TRL's scripts/sft.py. Output, picked up by `limachat serve`:
+
+    <home>/checkpoints/<variant>/
+        adapter_config.json, adapter_model.safetensors   the served epoch (LoRA), or the full model
+        epochs/epoch-<N>/                                  one checkpoint per epoch
+        train_config.json                                  the resolved TrainConfig
+        training.json                                      counts, tokens, data hash, losses, served epoch
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import shutil
+import time
+from collections.abc import Callable
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+from limachat.train.data import IGNORE, Example, data_hash, tokenize
+from limachat.train.recipe import TrainConfig, top_dropout
+
+EOT = "<|end_of_turn|>"
+# Used only for a base without a chat template: LIMA's end-of-turn token ends every turn.
+# The generation prompt stops before the space, so the prompt's tokens are a prefix of the reply's.
+EOT_TEMPLATE = ("{% for m in messages %}{{ m['role'] | capitalize }}: {{ m['content'] }}" + EOT + "\n{% endfor %}"
+                "{% if add_generation_prompt %}Assistant:{% endif %}")
+
+Progress = Callable[[str], None]
+
+
+@dataclass
+class Plan:
+    variant: str
+    examples: int
+    chains: int
+    tokens: int  # after trimming
+    trimmed: int
+    steps: int
+    data_hash: str
+
+    def line(self) -> str:
+        return (f"{self.variant}: {self.examples} examples ({self.chains} multi-turn), {self.tokens:,} tokens, "
+                f"{self.trimmed} trimmed to max length, {self.steps} optimizer steps")
+
+
+def ensure_chat_template(tokenizer) -> bool:
+    """Give a template-less base LIMA's end-of-turn token and a plain template; True if added."""
+    if tokenizer.chat_template:
+        return False
+    tokenizer.add_special_tokens({"additional_special_tokens": [EOT]})
+    tokenizer.chat_template = EOT_TEMPLATE
+    if tokenizer.pad_token is None:
+        tokenizer.pad_token = tokenizer.eos_token or EOT
+    return True
+
+
+def prepare(config: TrainConfig, examples: list[Example], tokenizer) -> tuple[Plan, list[dict]]:
+    rows = [tokenize(ex, tokenizer, config.max_length) for ex in examples]
+    rows = [r for r in rows if any(label != IGNORE for label in r["labels"])]  # fully trimmed away: nothing to learn
+    plan = Plan(config.variant, len(rows), sum(ex.multi_turn for ex in examples),
+                sum(len(r["input_ids"]) for r in rows), sum(r["trimmed"] for r in rows),
+                math.ceil(len(rows) / config.batch_size) * config.epochs, data_hash(examples))
+    return plan, [{"input_ids": r["input_ids"], "labels": r["labels"]} for r in rows]
+
+
+def _device() -> tuple[str, "object"]:
+    import torch
+
+    if torch.cuda.is_available():
+        return "cuda", torch.bfloat16
+    # float32 on CPU: bf16 matmuls are ~20x slower without AVX-512 bf16 (measured, see NOTES.md).
+    return "cpu", torch.float32
+
+
+def load_model(base_model: str, config: TrainConfig, tokenizer, added_eot: bool):
+    import torch
+    from transformers import AutoModelForCausalLM
+
+    device, dtype = _device()
+    model = AutoModelForCausalLM.from_pretrained(base_model, dtype=dtype)
+    if added_eot:
+        model.resize_token_embeddings(len(tokenizer))
+    params = sum(p.numel() for p in model.parameters())
+    if config.method == "lora":
+        from peft import LoraConfig, get_peft_model
+
+        lora = dict(r=config.lora_rank, lora_alpha=config.lora_alpha, lora_dropout=0.0, target_modules="all-linear",
+                    task_type="CAUSAL_LM")
+        if added_eot:  # the new token's embedding row is trained too (PEFT trainable tokens)
+            lora["trainable_token_indices"] = {"embed_tokens": [tokenizer.convert_tokens_to_ids(EOT)]}
+        model = get_peft_model(model, LoraConfig(**lora))
+    rates = None
+    if config.residual_dropout_on:
+        from limachat.train.dropout import add_residual_dropout
+
+        rates = add_residual_dropout(model, top_dropout(config, params))
+    torch.manual_seed(config.seed)
+    return model.to(device), rates
+
+
+def sft_args(config: TrainConfig, output_dir: Path, steps: int | None = None):
+    from trl import SFTConfig
+
+    device, _ = _device()
+    accumulation = max(1, config.batch_size // config.micro_batch_size)
+    return SFTConfig(
+        output_dir=str(output_dir),
+        per_device_train_batch_size=min(config.micro_batch_size, config.batch_size),
+        gradient_accumulation_steps=accumulation,
+        num_train_epochs=config.epochs,
+        max_steps=steps or -1,
+        learning_rate=config.learning_rate,
+        # Linear decay from learning_rate to final_learning_rate (LIMA: 1e-5 -> 1e-6).
+        lr_scheduler_type="polynomial",
+        lr_scheduler_kwargs={"lr_end": config.final_learning_rate, "power": 1.0},
+        warmup_steps=config.warmup_steps,
+        weight_decay=config.weight_decay,
+        adam_beta1=config.adam_beta1,
+        adam_beta2=config.adam_beta2,
+        optim="adamw_torch",
+        max_length=config.max_length,
+        # TRL turns on bf16 and gradient checkpointing by default; on a CPU without AVX-512 bf16
+        # that made a step 20x slower, and checkpointing recomputes the forward pass for nothing here.
+        bf16=device == "cuda",
+        gradient_checkpointing=False,
+        use_cpu=device == "cpu",
+        logging_steps=1,
+        save_strategy="no",
+        report_to=[],
+        seed=config.seed,
+        dataloader_num_workers=0,
+        disable_tqdm=True,
+    )
+
+
+def _callback(progress_bar, epochs_dir: Path, model, tokenizer, losses: list, tokens_per_step: float):
+    from transformers import TrainerCallback
+
+    class Progress(TrainerCallback):
+        """A progress bar with loss, tokens/s and ETA, and a checkpoint at every epoch's end."""
+
+        def __init__(self):
+            self.start = None
+
+        def on_train_begin(self, args, state, control, **kw):
+            self.start = time.monotonic()
+
+        def on_log(self, args, state, control, logs=None, **kw):
+            if logs and "loss" in logs:
+                losses.append((state.global_step, round(float(logs["loss"]), 4)))
+                elapsed = time.monotonic() - self.start
+                progress_bar.set_postfix(loss=f"{logs['loss']:.3f}", tok_s=f"{state.global_step * tokens_per_step / elapsed:.0f}")
+
+        def on_step_end(self, args, state, control, **kw):
+            progress_bar.update(1)
+
+        def on_epoch_end(self, args, state, control, **kw):
+            epoch = round(state.epoch)
+            target = epochs_dir / f"epoch-{epoch}"
+            model.save_pretrained(target)
+            tokenizer.save_pretrained(target)
+
+    return Progress()
+
+
+def trainer_class():
+    from transformers import Trainer
+    from trl import SFTTrainer
+
+    class LimaSFTTrainer(SFTTrainer):
+        """SFTTrainer with the model's own loss. TRL's fused LM head also works out entropy and top-1
+        accuracy for its logs, in tiles recomputed in the backward pass: on this 2-core CPU that was
+        37% of every step (profiled: 80 tokens/s against 127 for the same forward+backward)."""
+
+        def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):
+            return Trainer.compute_loss(self, model, inputs, return_outputs, num_items_in_batch)
+
+    return LimaSFTTrainer
+
+
+def main(config: TrainConfig, examples: list[Example], base_model: str, out_dir: Path,
+         progress: Progress = print, serve_epoch: int | None = None) -> dict:
+    """Train one variant; returns the record written to training.json."""
+    from datasets import Dataset
+    from tqdm import tqdm
+    from transformers import AutoTokenizer
+
+    tokenizer = AutoTokenizer.from_pretrained(base_model)
+    added_eot = ensure_chat_template(tokenizer)
+    plan, rows = prepare(config, examples, tokenizer)
+    progress(plan.line())
+    if not rows:
+        raise ValueError(f"{config.variant}: no examples to train on")
+    model, rates = load_model(base_model, config, tokenizer, added_eot)
+    tmp = out_dir.with_name(out_dir.name + ".partial")
+    shutil.rmtree(tmp, ignore_errors=True)
+    epochs_dir = tmp / "epochs"
+    losses: list = []
+    bar = tqdm(total=plan.steps, desc=f"training {config.variant}", unit="step", dynamic_ncols=True)
+    trainer = trainer_class()(model=model, args=sft_args(config, tmp / "trainer"), train_dataset=Dataset.from_list(rows),
+                         processing_class=tokenizer,
+                         callbacks=[_callback(bar, epochs_dir, model, tokenizer, losses, plan.tokens / max(plan.steps, 1) * config.epochs)])
+    from transformers.trainer_callback import PrinterCallback
+
+    trainer.remove_callback(PrinterCallback)  # our bar shows the loss; no raw log dicts on the console
+    started = time.monotonic()
+    trainer.train()
+    bar.close()
+    seconds = time.monotonic() - started
+    shutil.rmtree(tmp / "trainer", ignore_errors=True)
+    record = {"variant": config.variant, "base_model": base_model, **asdict(plan), "seconds": round(seconds, 1),
+              "tokens_per_second": round(plan.tokens * config.epochs / seconds, 1), "losses": losses,
+              "residual_dropout": rates, "end_of_turn_token": EOT if added_eot else None}
+    (tmp / "train_config.json").write_text(config.model_dump_json(indent=1) + "\n")
+    _write_record(tmp, record)
+    shutil.rmtree(out_dir, ignore_errors=True)
+    tmp.rename(out_dir)
+    select_epoch(out_dir, serve_epoch or config.epochs)
+    return json.loads((out_dir / "training.json").read_text())
+
+
+def _write_record(folder: Path, record: dict) -> None:
+    (folder / "training.json").write_text(json.dumps(record, indent=1) + "\n")
+
+
+def select_epoch(out_dir: Path, epoch: int) -> None:
+    """Serve epoch N: copy its files to the top of the checkpoint folder (LIMA chose one by hand)."""
+    source = out_dir / "epochs" / f"epoch-{epoch}"
+    if not source.is_dir():
+        have = sorted(p.name for p in (out_dir / "epochs").glob("epoch-*"))
+        raise ValueError(f"--epoch {epoch}: {out_dir} has {', '.join(have) or 'no epochs'}")
+    for f in source.iterdir():
+        if f.is_file():
+            shutil.copy2(f, out_dir / f.name)
+    record = json.loads((out_dir / "training.json").read_text())
+    record["served_epoch"] = epoch
+    _write_record(out_dir, record)
