@@ -66,7 +66,7 @@ def detect_format(record: dict[str, Any]) -> str | None:
     return None
 
 
-def _conversation(record: dict[str, Any], fmt: str) -> tuple[list[tuple[str, str]], dict[str, Any]]:
+def conversation_pairs(record: dict[str, Any], fmt: str) -> tuple[list[tuple[str, str]], dict[str, Any]]:
     """(role, text) pairs and session meta of one record; raises ValueError saying what is wrong."""
     meta: dict[str, Any] = {}
     if fmt == "lima":
@@ -108,7 +108,7 @@ def _conversation(record: dict[str, Any], fmt: str) -> tuple[list[tuple[str, str
     return pairs, meta
 
 
-def _lines(path: Path) -> Iterator[tuple[int, dict[str, Any] | None, str | None]]:
+def jsonl_records(path: Path) -> Iterator[tuple[int, dict[str, Any] | None, str | None]]:
     with path.open(encoding="utf-8") as f:
         for number, line in enumerate(f, 1):
             if not line.strip():
@@ -134,7 +134,7 @@ def import_file(store: Store, path: Path, fmt: str | None = None, *, skip_bad: b
         raise FormatError(f"--format must be one of {', '.join(FORMATS)}, not {fmt!r}")
     report = ImportReport(format=fmt or "?")
     with store.write() as db:
-        for number, record, problem in _lines(path):
+        for number, record, problem in jsonl_records(path):
             where = f"{path}:{number}"
             if problem is None:
                 line_fmt = fmt or detect_format(record)
@@ -158,7 +158,7 @@ def import_file(store: Store, path: Path, fmt: str | None = None, *, skip_bad: b
 
 
 def _add_conversation(db, record: dict, fmt: str, path: Path, number: int, report: ImportReport) -> None:
-    pairs, meta = _conversation(record, fmt)
+    pairs, meta = conversation_pairs(record, fmt)
     sid = _digest(fmt, json.dumps(pairs), json.dumps(meta, sort_keys=True))
     if db["sessions"].count_where("id = ?", [sid]):
         report.sessions_present += 1

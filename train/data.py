@@ -15,7 +15,7 @@ from pathlib import Path
 from typing import Any
 
 from limachat.dialogues import bundled
-from limachat.dialogues.formats import FormatError, _conversation, _lines, detect_format
+from limachat.dialogues.formats import FormatError, conversation_pairs, detect_format, jsonl_records
 
 VARIANTS = ("zero-shot", "dialogue")
 IGNORE = -100  # label of a token the loss skips
@@ -37,7 +37,7 @@ def read_file(path: Path, fmt: str | None = None) -> list[Example]:
     if not path.is_file():
         raise FormatError(f"{path}: no such file")
     out = []
-    for number, record, problem in _lines(path):
+    for number, record, problem in jsonl_records(path):
         where = f"{path}:{number}"
         if problem:
             raise FormatError(f"{where}: {problem}")
@@ -45,7 +45,7 @@ def read_file(path: Path, fmt: str | None = None) -> list[Example]:
         if line_fmt in (None, "sessions"):
             raise FormatError(f"{where}: training reads lima, messages or sharegpt lines (export sessions with --format messages)")
         try:
-            pairs, meta = _conversation(record, line_fmt)
+            pairs, meta = conversation_pairs(record, line_fmt)
         except ValueError as e:
             raise FormatError(f"{where}: {e}") from None
         while pairs and pairs[-1][0] == "user":
