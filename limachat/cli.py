@@ -96,7 +96,9 @@ def _serve(settings: Settings, base: str | None) -> None:
     def on_term(signum, frame):
         raise KeyboardInterrupt
 
+    # SIGINT too: a shell's background job starts with Ctrl-C ignored, and Python keeps it that way.
     signal.signal(signal.SIGTERM, on_term)
+    signal.signal(signal.SIGINT, on_term)
     try:
         _progress(f"starting vLLM on {'GPU' if config.gpu else 'CPU'} (log: {server.log_path})")
         server.start(timeout=s.start_timeout, progress=_progress)
@@ -112,6 +114,7 @@ def _serve(settings: Settings, base: str | None) -> None:
     finally:
         server.stop()
         signal.signal(signal.SIGTERM, signal.SIG_DFL)
+        signal.signal(signal.SIGINT, signal.default_int_handler)
     _progress("stopped")
 
 

@@ -87,7 +87,7 @@ class RunningServer:
             time.sleep(1)
         self.track()
 
-    def interrupt(self, timeout: float = 60) -> int:
+    def interrupt(self, timeout: float = 120) -> int:
         self.track()
         self.proc.send_signal(signal.SIGINT)
         return self.proc.wait(timeout=timeout)
