@@ -107,11 +107,14 @@ def vllm_server(trained_home) -> RunningServer:
     try:
         server.wait_ready()
         yield server
-    finally:
-        if server.proc.poll() is None:
-            server.interrupt()
-        for p in server.leftovers():
-            p.kill()
+    finally:  # whatever the tests did, leave nothing running
+        try:
+            if server.proc.poll() is None:
+                server.interrupt()
+        finally:
+            server.proc.kill()
+            for p in server.leftovers():
+                p.kill()
 
 
 def pytest_collection_modifyitems(config, items):
