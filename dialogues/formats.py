@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import sqlite3
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -144,11 +145,12 @@ def import_file(store: Store, path: Path, fmt: str | None = None, *, skip_bad: b
                     problem = 'not a known format (expected "conversations", "messages" or a limachat session)'
                 else:
                     try:
-                        if line_fmt == "sessions":
-                            _merge_session(db, record, report)
-                        else:
-                            _add_conversation(db, record, line_fmt, path, number, report)
-                    except (ValueError, KeyError, TypeError) as e:
+                        with db.atomic():  # a savepoint: a line that fails half-way leaves nothing behind
+                            if line_fmt == "sessions":
+                                _merge_session(db, record, report)
+                            else:
+                                _add_conversation(db, record, line_fmt, path, number, report)
+                    except (ValueError, KeyError, TypeError, sqlite3.IntegrityError) as e:
                         problem = str(e) if not isinstance(e, KeyError) else f"missing field {e}"
             if problem is not None:
                 if not skip_bad:
@@ -189,8 +191,7 @@ def _merge_session(db, record: dict, report: ImportReport) -> None:
     present = db["sessions"].count_where("id = ?", [session["id"]]) > 0
     db["sessions"].insert(_to_row(session), ignore=True)
     before = db["turns"].count
-    # Parents first, so the foreign key on parent_id always finds its row.
-    db["turns"].insert_all((_to_row(t) for t in record.get("turns", [])), ignore=True)
+    db["turns"].insert_all((_to_row(t) for t in _parents_first(record.get("turns", []))), ignore=True)
     report.turns_added += db["turns"].count - before
     for table in ("ratings", "edits", "verdicts"):
         rows = [_to_row(r) for r in record.get(table, [])]
@@ -204,6 +205,21 @@ def _merge_session(db, record: dict, report: ImportReport) -> None:
         report.sessions_present += 1
     else:
         report.sessions_added += 1
+
+
+def _parents_first(turns: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """The turns with every parent before its children: the foreign key on parent_id is checked
+    per insert batch, and imported conversations share one creation time, so export order won't do."""
+    ids = {t["id"] for t in turns}
+    children: dict[str | None, list[dict[str, Any]]] = {}
+    for t in turns:
+        children.setdefault(t["parent_id"] if t["parent_id"] in ids else None, []).append(t)
+    out, todo = [], list(children.get(None, []))
+    while todo:
+        t = todo.pop()
+        out.append(t)
+        todo += children.get(t["id"], [])
+    return out
 
 
 def _recompute_current(db, turn_ids: list[str]) -> None:

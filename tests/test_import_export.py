@@ -227,3 +227,35 @@ def test_cli_import_export(tmp_path, clean_env):
     assert result.exit_code == 0 and f"{out}: 2 chains, 3 assistant turns" in result.output
     result = runner.invoke(main, ["--home", str(tmp_path / "h"), "export", "--format", "sessions", "-o", str(out), "--min-label", "pass"])
     assert result.exit_code == 1 and "drop --min-label" in result.output
+
+
+def test_sessions_of_imported_conversations_round_trip(store, tmp_path):
+    """Imported turns share one creation time, so the export's order does not put parents first;
+    a session longer than one insert batch (100 rows) must still merge."""
+    long = {"conversations": [f"turn {i}" for i in range(240)], "source": "multi_turn"}
+    import_file(store, write(tmp_path / "long.jsonl", long))
+    first = tmp_path / "s1.jsonl"
+    export(store, first, "sessions")
+    other = Store(tmp_path / "other.db")
+    assert import_file(other, first).turns_added == 240
+    second = tmp_path / "s2.jsonl"
+    export(other, second, "sessions")
+    assert second.read_bytes() == first.read_bytes()
+
+
+def test_a_session_line_failing_half_way_leaves_nothing_with_skip_bad(store, tmp_path):
+    rated_chain(store, ["pass"])
+    good = tmp_path / "good.jsonl"
+    export(store, good, "sessions")
+    record = json.loads(good.read_text())
+    record["session"]["id"] = "new-session"
+    for t in record["turns"]:
+        t["session_id"] = "new-session"
+        t["id"] = "new-" + t["id"]
+        t["parent_id"] = t["parent_id"] and "new-" + t["parent_id"]
+    record["ratings"] = [{**record["ratings"][0], "id": "r-new", "turn_id": "no-such-turn"}]  # fails after the turns went in
+    other = Store(tmp_path / "other.db")
+    report = import_file(other, write(tmp_path / "half.jsonl", record), skip_bad=True)
+    assert len(report.bad) == 1 and "FOREIGN KEY" in report.bad[0]
+    assert other.query("select count(*) as n from turns")[0]["n"] == 0
+    assert other.query("select count(*) as n from sessions")[0]["n"] == 0
