@@ -10,7 +10,7 @@ from pathlib import Path
 
 from limachat.train.data import bundled_examples, tokenize
 from limachat.train.recipe import make_config
-from limachat.train.trainer import load_model, sft_args
+from limachat.train.trainer import load_model, sft_args, time_forward_backward
 
 
 def batch_rows(tokenizer, n: int = 4, max_length: int = 512):
@@ -18,24 +18,6 @@ def batch_rows(tokenizer, n: int = 4, max_length: int = 512):
     rows.sort(key=lambda r: len(r["input_ids"]))
     middle = rows[len(rows) // 2 - n // 2:][:n]  # median-length examples: typical padding
     return [{"input_ids": r["input_ids"], "labels": r["labels"]} for r in middle]
-
-
-def raw_steps(model, rows, pad_id: int, steps: int) -> list[float]:
-    """Seconds per forward+backward of the padded batch, the way a hand-written loop does it."""
-    import torch
-
-    width = max(len(r["input_ids"]) for r in rows)
-    ids = torch.tensor([r["input_ids"] + [pad_id] * (width - len(r["input_ids"])) for r in rows])
-    labels = torch.tensor([r["labels"] + [-100] * (width - len(r["labels"])) for r in rows])
-    mask = torch.tensor([[1] * len(r["input_ids"]) + [0] * (width - len(r["input_ids"])) for r in rows])
-    model.train()
-    times = []
-    for _ in range(steps + 1):
-        t0 = time.perf_counter()
-        model(input_ids=ids, attention_mask=mask, labels=labels).loss.backward()
-        times.append(time.perf_counter() - t0)
-        model.zero_grad(set_to_none=True)
-    return times[1:]  # the first pass warms up
 
 
 def trainer_steps(model, tokenizer, rows, steps: int) -> list[float]:
@@ -72,7 +54,7 @@ def throughput(base_model: str, steps: int = 5) -> dict:
     tokens = sum(len(r["input_ids"]) for r in rows)
     config = make_config()
     model, _ = load_model(base_model, config, tokenizer, False)
-    raw = raw_steps(model, rows, tokenizer.pad_token_id or 0, steps)
+    raw = time_forward_backward(model, rows, tokenizer.pad_token_id or 0, steps)
     model, _ = load_model(base_model, config, tokenizer, False)
     sft = trainer_steps(model, tokenizer, rows, steps)
     raw_rate = [tokens / t for t in raw]

@@ -3,8 +3,8 @@
 from __future__ import annotations
 
 import argparse
+import os
 import platform
-import statistics
 import tempfile
 from datetime import date
 from pathlib import Path
@@ -46,7 +46,7 @@ def store_section(writer_runs: int, seconds: float, runs: int) -> list[str]:
 def train_section(steps: int) -> list[str]:
     from limachat.serve.base import prepare_base
 
-    home = ROOT / "data"
+    home = Path(os.environ.get("LIMACHAT_HOME", ROOT / "data"))  # the base `make demo` converted
     base = prepare_base(home, None, progress=print).model
     t = bench_train.throughput(base, steps)
     print(f"  train: {t}")
@@ -75,7 +75,7 @@ def main() -> None:
         "# Benchmarks",
         "",
         f"Written by `make bench` on {date.today().isoformat()}: {platform.machine()}, "
-        f"{len(__import__('os').sched_getaffinity(0))} cores, Python {platform.python_version()}. "
+        f"{len(os.sched_getaffinity(0))} cores, Python {platform.python_version()}. "
         "Each figure is the median with the (min-max) spread of the repeated runs.",
         "",
         "## Store (SQLite)",

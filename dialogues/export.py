@@ -15,9 +15,8 @@ from pathlib import Path
 from typing import Any
 
 from limachat.dialogues.formats import dumps
-from limachat.dialogues.store import LABELS, MODES, Store
+from limachat.dialogues.store import LABELS, MODES, RANK, Store
 
-RANK = {label: i for i, label in enumerate(LABELS)}
 UNRATED = "unrated"
 
 
@@ -59,15 +58,10 @@ class Chain:
 
 
 def _load(store: Store, f: Filters):
-    where, params = [], []
-    if f.mode:
-        where.append("mode = ?"), params.append(f.mode)
-    if f.since:
-        where.append("created >= ?"), params.append(f.since)
-    if f.until:
-        where.append("created < ?"), params.append(f.until)
-    clause = (" where " + " and ".join(where)) if where else ""
-    sessions = {s["id"]: s for s in store.query(f"select * from sessions{clause}", tuple(params))}
+    conditions = [(sql, value) for sql, value in (("mode = ?", f.mode), ("created >= ?", f.since), ("created < ?", f.until))
+                  if value]
+    clause = (" where " + " and ".join(sql for sql, _ in conditions)) if conditions else ""
+    sessions = {s["id"]: s for s in store.query(f"select * from sessions{clause}", tuple(v for _, v in conditions))}
     turns = store.query("select id, session_id, parent_id, role, content, checkpoint, status, created from turns order by created, id")
     rating_sql = "select turn_id, label, annotator from ratings where current = 1"
     ratings = store.query(rating_sql + (" and annotator = ?" if f.annotator else ""), (f.annotator,) if f.annotator else ())

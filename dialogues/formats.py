@@ -239,9 +239,8 @@ def _to_row(obj: dict[str, Any]) -> dict[str, Any]:
     return {k: to_json(k, v) for k, v in obj.items()}
 
 
-def session_records(store: Store, session_ids: list[str] | None = None) -> Iterator[dict[str, Any]]:
+def session_records(store: Store) -> Iterator[dict[str, Any]]:
     """Each session with its whole turn tree, ratings (with history), gold edits and verdicts."""
-    where, params = ("", ()) if session_ids is None else (f" where id in ({','.join('?' * len(session_ids))})", tuple(session_ids))
     by_session: dict[str, dict[str, list]] = {}
     queries = {"turns": "select * from turns order by created, id",
                "ratings": "select r.*, t.session_id as _sid from ratings r join turns t on t.id = r.turn_id order by r.created, r.id",
@@ -251,7 +250,7 @@ def session_records(store: Store, session_ids: list[str] | None = None) -> Itera
         for row in store.query(sql):
             sid = row.pop("_sid", None) or row["session_id"]
             by_session.setdefault(sid, {}).setdefault(table, []).append(row)
-    for session in store.query(f"select * from sessions{where} order by created, id", params):
+    for session in store.query("select * from sessions order by created, id"):
         parts = by_session.get(session["id"], {})
         yield {"format": SESSION_FORMAT, "session": session, **{t: parts.get(t, []) for t in queries}}
 

@@ -14,9 +14,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from limachat.dialogues.store import LABELS, Store
+from limachat.dialogues.store import LABELS, RANK, Store
 
-RANK = {label: i for i, label in enumerate(LABELS)}
 COLORS = {"fail": "#d9534f", "pass": "#f0ad4e", "excellent": "#5cb85c"}
 
 

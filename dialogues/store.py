@@ -25,8 +25,8 @@ from sqlite_utils import Database
 from limachat.dialogues.migrations import migrations
 
 MODES = ("chat", "compare", "blind", "imported")
-ROLES = ("user", "assistant")
 LABELS = ("fail", "pass", "excellent")
+RANK = {label: i for i, label in enumerate(LABELS)}  # a turn rated by several annotators takes the lowest
 STATUSES = ("streaming", "ok", "error", "stopped")
 VERDICTS = ("a", "b", "tie")
 JSON_COLUMNS = {"params", "meta"}

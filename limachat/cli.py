@@ -74,17 +74,15 @@ def base_cmd(ctx: click.Context, base: str | None) -> None:
     click.echo(f"base: {prepared.model}\nuntrained adapter: {prepared.adapter}\n({time.monotonic() - started:.1f} s)")
 
 
-def _serve(settings: Settings, base: str | None) -> None:
+def _serve(settings: Settings, prepared) -> None:
     from limachat.serve.server import ServerConfig, ServerError, VLLMServer, find_adapters, has_cuda_gpu
 
-    prepared = _prepare(settings, base)
     try:
         adapters = find_adapters(settings.home, prepared.adapter, prepared.model)
     except ServerError as e:
         raise click.ClickException(str(e)) from None
     for a in adapters:
-        what = "trained adapter" if a.trained else f"untrained LoRA adapter (same answers as the base; no {settings.home / 'checkpoints' / a.name})"
-        _progress(f"{a.name}: {what} {a.path if a.trained else ''}".rstrip())
+        _progress(f"{a.name}: {a.describe()}")
     s = settings.server
     gpu = {"cuda": True, "cpu": False}.get(s.device, None)
     config = ServerConfig(model=prepared.model, adapters=adapters, host=s.host, port=s.port,
@@ -133,7 +131,7 @@ def serve_cmd(ctx: click.Context, port: int | None, host: str | None, base: str 
             settings.server.host = host
     except ValueError as e:
         raise click.ClickException(f"--port/--host: {e.errors()[0]['msg']}") from None
-    _serve(settings, base)
+    _serve(settings, _prepare(settings, base))
 
 
 @main.command("demo")
@@ -148,7 +146,7 @@ def demo_cmd(ctx: click.Context, base: str | None) -> None:
     settings = _settings(ctx)
     prepared = _prepare(settings, base)
     run(settings, ["zero-shot", "dialogue"], split(bundled_examples()), prepared.model, {}, progress=_progress)
-    _serve(settings, base)
+    _serve(settings, prepared)
 
 
 def _store(settings: Settings):

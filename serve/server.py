@@ -40,6 +40,12 @@ class Adapter:
     name: str
     path: Path
     trained: bool
+    why_untrained: str = ""
+
+    def describe(self) -> str:
+        if self.trained:
+            return f"trained adapter {self.path}"
+        return f"untrained LoRA adapter (same answers as the base; {self.why_untrained})"
 
 
 def _trained_for(folder: Path) -> str | None:
@@ -55,8 +61,9 @@ def find_adapters(home: Path, untrained: Path, base_model: str | None = None) ->
     adapters = []
     for variant in VARIANTS:
         trained = home / "checkpoints" / variant
-        if (trained / "adapter_config.json").is_file() and base_model and _trained_for(trained) not in (None, base_model):
-            adapters.append(Adapter(variant, untrained, False))
+        made_for = _trained_for(trained)
+        if (trained / "adapter_config.json").is_file() and base_model and made_for not in (None, base_model):
+            adapters.append(Adapter(variant, untrained, False, f"{trained} was trained on {made_for}"))
         elif (trained / "adapter_config.json").is_file():
             adapters.append(Adapter(variant, trained, True))
         elif (trained / "config.json").is_file():
@@ -64,7 +71,7 @@ def find_adapters(home: Path, untrained: Path, base_model: str | None = None) ->
                               f"serve it with `limachat serve --base {trained} --port 8001` and point the {variant!r} "
                               "checkpoint's base_url (model \"base\") at that port")
         else:
-            adapters.append(Adapter(variant, untrained, False))
+            adapters.append(Adapter(variant, untrained, False, f"no {trained}"))
     return adapters
 
 

@@ -259,3 +259,17 @@ def test_a_session_line_failing_half_way_leaves_nothing_with_skip_bad(store, tmp
     assert len(report.bad) == 1 and "FOREIGN KEY" in report.bad[0]
     assert other.query("select count(*) as n from turns")[0]["n"] == 0
     assert other.query("select count(*) as n from sessions")[0]["n"] == 0
+
+
+def test_prompt_sets(tmp_path):
+    from limachat.dialogues.formats import load_prompts
+
+    bundled_set = load_prompts(bundled("prompts.jsonl"))
+    assert len(bundled_set) == 10 and len({p["id"] for p in bundled_set}) == 10
+    plain = tmp_path / "mine.txt"
+    plain.write_text("Plan my week.\n\nExplain DNS.\n")
+    assert load_prompts(plain) == [{"id": "p01", "prompt": "Plan my week."}, {"id": "p02", "prompt": "Explain DNS."}]
+    bad = tmp_path / "bad.jsonl"
+    bad.write_text('{"prompt": "ok"}\n{"text": "no prompt"}\n')
+    with pytest.raises(FormatError, match=rf'^{bad}:2: needs a "prompt" string'):
+        load_prompts(bad)

@@ -24,7 +24,7 @@ def stream(server, model: str, messages, **params):
 def test_serves_base_and_both_adapters(vllm_server):
     assert models(vllm_server.url) == {"base", "zero-shot", "dialogue"}
     out = vllm_server.output()
-    assert f"vLLM ready in" in out and f"http://127.0.0.1:{vllm_server.port}/v1 serving base, zero-shot, dialogue" in out
+    assert "vLLM ready in" in out and f"http://127.0.0.1:{vllm_server.port}/v1 serving base, zero-shot, dialogue" in out
     home = vllm_server.home / "checkpoints"
     assert f"zero-shot: trained adapter {home / 'zero-shot'}" in out and f"dialogue: trained adapter {home / 'dialogue'}" in out
 

@@ -166,3 +166,16 @@ def test_killing_a_writer_leaves_a_sound_database_with_every_commit(tmp_path):
     assert conn.execute("pragma integrity_check").fetchone()[0] == "ok"
     present = {r[0] for r in conn.execute("select id from turns")}
     assert len(committed) >= 300 and set(committed) <= present
+
+
+def test_closing_a_session_and_updating_notes(store):
+    sid = store.start_session("blind", meta={"a": "dialogue", "b": "zero-shot"})
+    assert store.session(sid)["closed"] is None
+    store.update_session(sid, notes="A rambles after turn 3")
+    store.close_session(sid)
+    s = store.session(sid)
+    assert s["closed"] and s["notes"] == "A rambles after turn 3" and s["meta"] == {"a": "dialogue", "b": "zero-shot"}
+    with pytest.raises(StoreError, match="cannot change mode"):
+        store.update_session(sid, mode="chat")
+    with pytest.raises(StoreError, match="no session 'nope'"):
+        store.close_session("nope")

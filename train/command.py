@@ -62,22 +62,18 @@ def run(settings, variants: list[str], split_, base_model: str, overrides: dict,
             else:
                 progress(f"{variant}: up to date in {out_dir} (same data, settings and base); not retrained")
             continue
-        from limachat.train.trainer import _write_record, main
+        from limachat.train.trainer import main
 
-        record = main(config, examples, base_model, out_dir, progress, serve_epoch=epoch)
-        record["fingerprint"] = stamp
-        _write_record(out_dir, record)
+        record = main(config, examples, base_model, out_dir, progress, serve_epoch=epoch, fingerprint=stamp)
         progress(f"{variant}: trained in {record['seconds']:.0f} s ({record['tokens_per_second']:.0f} tokens/s), "
                  f"final loss {record['losses'][-1][1] if record['losses'] else 'n/a'}; saved {out_dir}")
 
 
 def _dry_run(config, examples, base_model: str, progress) -> None:
     """Print the plan and an estimate from one timed forward and backward pass (no weights change)."""
-    import time
-
     from transformers import AutoTokenizer
 
-    from limachat.train.trainer import ensure_chat_template, load_model, prepare
+    from limachat.train.trainer import ensure_chat_template, load_model, prepare, time_forward_backward
 
     tokenizer = AutoTokenizer.from_pretrained(base_model)
     added = ensure_chat_template(tokenizer)
@@ -85,21 +81,10 @@ def _dry_run(config, examples, base_model: str, progress) -> None:
     progress(plan.line() + f", {config.epochs} epochs ({config.recipe} recipe, {config.method})")
     if not rows:
         return
-    import torch
-
     model, _ = load_model(base_model, config, tokenizer, added)
     batch = sorted(rows, key=lambda r: len(r["input_ids"]))[len(rows) // 2:][: config.micro_batch_size]
-    width = max(len(r["input_ids"]) for r in batch)
-    device = next(model.parameters()).device
-    ids = torch.tensor([r["input_ids"] + [tokenizer.pad_token_id or 0] * (width - len(r["input_ids"])) for r in batch], device=device)
-    labels = torch.tensor([r["labels"] + [-100] * (width - len(r["labels"])) for r in batch], device=device)
-    model.train()
-    for i in range(2):  # the first pass warms up
-        t0 = time.perf_counter()
-        model(input_ids=ids, labels=labels).loss.backward()
-        dt = time.perf_counter() - t0
-    model.zero_grad()
-    rate = ids.numel() / dt
+    [seconds] = time_forward_backward(model, batch, tokenizer.pad_token_id or 0)
+    rate = sum(len(r["input_ids"]) for r in batch) / seconds
     progress(f"  estimate: {plan.tokens * config.epochs / rate / 60:.1f} min at {rate:.0f} tokens/s (one timed micro-batch)")
 
 

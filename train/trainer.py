@@ -100,6 +100,27 @@ def load_model(base_model: str, config: TrainConfig, tokenizer, added_eot: bool)
     return model.to(device), rates
 
 
+def time_forward_backward(model, rows: list[dict], pad_id: int, repeats: int = 1) -> list[float]:
+    """Seconds per forward+backward of `rows` as one padded batch, after one warm-up pass; the
+    gradients are thrown away, so no weight changes. The dry-run estimate and `make bench` use it."""
+    import torch
+
+    width = max(len(r["input_ids"]) for r in rows)
+    pad = [width - len(r["input_ids"]) for r in rows]
+    device = next(model.parameters()).device
+    ids = torch.tensor([r["input_ids"] + [pad_id] * n for r, n in zip(rows, pad)], device=device)
+    labels = torch.tensor([r["labels"] + [IGNORE] * n for r, n in zip(rows, pad)], device=device)
+    mask = torch.tensor([[1] * len(r["input_ids"]) + [0] * n for r, n in zip(rows, pad)], device=device)
+    model.train()
+    times = []
+    for _ in range(repeats + 1):
+        t0 = time.perf_counter()
+        model(input_ids=ids, attention_mask=mask, labels=labels).loss.backward()
+        times.append(time.perf_counter() - t0)
+        model.zero_grad(set_to_none=True)
+    return times[1:]
+
+
 def sft_args(config: TrainConfig, output_dir: Path, steps: int | None = None):
     from trl import SFTConfig
 
@@ -181,7 +202,7 @@ def trainer_class():
 
 
 def main(config: TrainConfig, examples: list[Example], base_model: str, out_dir: Path,
-         progress: Progress = print, serve_epoch: int | None = None) -> dict:
+         progress: Progress = print, serve_epoch: int | None = None, fingerprint: str | None = None) -> dict:
     """Train one variant; returns the record written to training.json."""
     from datasets import Dataset
     from tqdm import tqdm
@@ -212,7 +233,7 @@ def main(config: TrainConfig, examples: list[Example], base_model: str, out_dir:
     shutil.rmtree(tmp / "trainer", ignore_errors=True)
     record = {"variant": config.variant, "base_model": base_model, **asdict(plan), "seconds": round(seconds, 1),
               "tokens_per_second": round(plan.tokens * config.epochs / seconds, 1), "losses": losses,
-              "residual_dropout": rates, "end_of_turn_token": EOT if added_eot else None}
+              "residual_dropout": rates, "end_of_turn_token": EOT if added_eot else None, "fingerprint": fingerprint}
     (tmp / "train_config.json").write_text(config.model_dump_json(indent=1) + "\n")
     _write_record(tmp, record)
     shutil.rmtree(out_dir, ignore_errors=True)
