@@ -260,12 +260,15 @@ class Store:
 
     def finish_assistant_turn(self, turn_id: str, content: str, *, status: str = "ok", error: str | None = None,
                               prompt_tokens: int | None = None, completion_tokens: int | None = None,
-                              ttft: float | None = None, latency: float | None = None) -> None:
+                              ttft: float | None = None, latency: float | None = None, params: dict | None = None) -> None:
+        """`params` replaces the request parameters saved at the start (when the request changed on the way)."""
         _check(status, STATUSES[1:], "status")
+        fields = {"content": content, "status": status, "error": error, "prompt_tokens": prompt_tokens,
+                  "completion_tokens": completion_tokens, "ttft": ttft, "latency": latency}
+        if params is not None:
+            fields["params"] = to_json("params", params)
         with self.write() as db:
-            self._update(db, "turns", turn_id, {"content": content, "status": status, "error": error,
-                                         "prompt_tokens": prompt_tokens, "completion_tokens": completion_tokens,
-                                         "ttft": ttft, "latency": latency})
+            self._update(db, "turns", turn_id, fields)
 
     def branch(self, turn_id: str) -> list[dict[str, Any]]:
         """The turns from the root of the tree down to `turn_id`."""

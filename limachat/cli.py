@@ -17,6 +17,10 @@ def _settings(ctx: click.Context) -> Settings:
     return ctx.obj["settings"]
 
 
+_auth_option = click.option("--auth", "auth_file", type=click.Path(exists=True, dir_okay=False, path_type=Path),
+                            help="Users log in with a user:password line of FILE; ratings carry the user's name.")
+
+
 @click.group(context_settings={"help_option_names": ["-h", "--help"]})
 @click.option("--config", "config", type=click.Path(dir_okay=False, path_type=Path), envvar="LIMACHAT_CONFIG",
               help="TOML settings file (default ./limachat.toml when present).")
@@ -74,7 +78,7 @@ def base_cmd(ctx: click.Context, base: str | None) -> None:
     click.echo(f"base: {prepared.model}\nuntrained adapter: {prepared.adapter}\n({time.monotonic() - started:.1f} s)")
 
 
-def _serve(settings: Settings, prepared) -> None:
+def _serve(settings: Settings, prepared, *, app: bool = False, auth_file: Path | None = None) -> None:
     from limachat.serve.server import ServerConfig, ServerError, VLLMServer, find_adapters, has_cuda_gpu
 
     try:
@@ -97,11 +101,15 @@ def _serve(settings: Settings, prepared) -> None:
     # SIGINT too: a shell's background job starts with Ctrl-C ignored, and Python keeps it that way.
     signal.signal(signal.SIGTERM, on_term)
     signal.signal(signal.SIGINT, on_term)
+    ui = None
     try:
         _progress(f"starting vLLM on {'GPU' if config.gpu else 'CPU'} (log: {server.log_path})")
         server.start(timeout=s.start_timeout, progress=_progress)
         names = ", ".join(["base", *(a.name for a in adapters)])
-        click.echo(f"vLLM ready in {server.start_seconds:.0f} s: {config.url} serving {names}. Ctrl-C stops it.", err=True)
+        click.echo(f"vLLM ready in {server.start_seconds:.0f} s: {config.url} serving {names}."
+                   f"{'' if app else ' Ctrl-C stops it.'}", err=True)
+        if app:
+            ui = _start_app(settings, auth_file, block=False)
         while server.proc.poll() is None:
             time.sleep(0.5)
         raise click.ClickException(f"vLLM exited with code {server.proc.returncode}; see {server.log_path}: {server.log_error()}")
@@ -110,6 +118,8 @@ def _serve(settings: Settings, prepared) -> None:
     except KeyboardInterrupt:
         _progress("stopping vLLM ...")
     finally:
+        if ui is not None:
+            ui.close()
         server.stop()
         signal.signal(signal.SIGTERM, signal.SIG_DFL)
         signal.signal(signal.SIGINT, signal.default_int_handler)
@@ -136,17 +146,65 @@ def serve_cmd(ctx: click.Context, port: int | None, host: str | None, base: str 
 
 @main.command("demo")
 @click.option("--base", help="A Hugging Face model id or local folder instead of the bundled model.")
+@_auth_option
 @click.pass_context
-def demo_cmd(ctx: click.Context, base: str | None) -> None:
+def demo_cmd(ctx: click.Context, base: str | None, auth_file: Path | None) -> None:
     """Everything `make demo` runs: prepare the base, train both adapters on the bundled set (once;
-    skipped while data and settings are unchanged), then serve both checkpoints until Ctrl-C."""
+    skipped while data and settings are unchanged), serve both checkpoints with vLLM and the app on
+    top of them until Ctrl-C."""
     from limachat.train.command import run
     from limachat.train.data import bundled_examples, split
 
     settings = _settings(ctx)
     prepared = _prepare(settings, base)
     run(settings, ["zero-shot", "dialogue"], split(bundled_examples()), prepared.model, {}, progress=_progress)
-    _serve(settings, prepared)
+    _serve(settings, prepared, app=True, auth_file=auth_file)
+
+
+def _start_app(settings: Settings, auth_file: Path | None, *, block: bool):
+    """Build the Gradio app over the store and the configured checkpoints and serve it."""
+    from limachat.demo.app import app_checkpoints, build_app, launch, read_auth
+    from limachat.serve.client import endpoint_status
+
+    try:
+        users = read_auth(auth_file) if auth_file else None
+    except (OSError, ValueError) as e:
+        raise click.ClickException(f"--auth: {e}") from None
+    checkpoints = app_checkpoints(settings)
+    for ck in checkpoints:
+        _progress(f"{ck.name}: {ck.model} at {ck.base_url} ({endpoint_status(ck)})")
+    app = build_app(_store(settings), checkpoints, settings, auth=users is not None)
+    url = f"http://{settings.app.host}:{settings.app.port}"
+    launch(app, settings, users=users, block=False)
+    click.echo(f"app ready: {url}{' (log in with a user of ' + str(auth_file) + ')' if users else ''}. Ctrl-C stops it.",
+               err=True)
+    if block:
+        try:
+            while True:
+                time.sleep(0.5)
+        except KeyboardInterrupt:
+            _progress("stopping the app ...")
+        finally:
+            app.close()
+    return app
+
+
+@main.command("app")
+@click.option("--port", type=int, help="Port (app.port, default 7860).")
+@click.option("--host", help="Address to bind (app.host, default 127.0.0.1).")
+@_auth_option
+@click.pass_context
+def app_cmd(ctx: click.Context, port: int | None, host: str | None, auth_file: Path | None) -> None:
+    """Only the Gradio app, against endpoints already running (`limachat serve`, or the configured ones)."""
+    settings = _settings(ctx)
+    if port is not None:
+        settings.app.port = port
+    if host is not None:
+        settings.app.host = host
+    signal.signal(signal.SIGTERM, lambda signum, frame: (_ for _ in ()).throw(KeyboardInterrupt()))
+    signal.signal(signal.SIGINT, signal.default_int_handler)
+    _start_app(settings, auth_file, block=True)
+    _progress("stopped")
 
 
 def _store(settings: Settings):

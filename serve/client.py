@@ -168,3 +168,16 @@ class ChatClient:
             if isinstance(event, Completion):
                 return event
         raise StreamBroken("stream produced no completion")  # unreachable: stream always ends with one
+
+
+def endpoint_status(checkpoint: Checkpoint, timeout: float = 3.0) -> str:
+    """One line on whether the checkpoint's endpoint answers and serves its model (for start-up logs)."""
+    headers = {"Authorization": f"Bearer {checkpoint.api_key}"} if checkpoint.api_key else {}
+    try:
+        r = httpx.get(checkpoint.base_url.rstrip("/") + "/models", headers=headers, timeout=timeout)
+        served = {m["id"] for m in r.json().get("data", [])} if r.status_code == 200 else None
+    except (httpx.HTTPError, ValueError, AttributeError):
+        return "not answering yet: chats with it show an error until it does"
+    if served is None:
+        return f"answers HTTP {r.status_code}"
+    return "ready" if checkpoint.model in served else f"answers, but does not list {checkpoint.model!r}"

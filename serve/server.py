@@ -57,7 +57,7 @@ def _trained_for(folder: Path) -> str | None:
 
 def find_adapters(home: Path, untrained: Path, base_model: str | None = None) -> list[Adapter]:
     """The trained adapter of each variant under <home>/checkpoints/<variant>, else the untrained one
-    (also when the trained one was made for another base)."""
+    (also when the trained one was made for another base); then any other adapter trained there."""
     adapters = []
     for variant in VARIANTS:
         trained = home / "checkpoints" / variant
@@ -72,6 +72,12 @@ def find_adapters(home: Path, untrained: Path, base_model: str | None = None) ->
                               "checkpoint's base_url (model \"base\") at that port")
         else:
             adapters.append(Adapter(variant, untrained, False, f"no {trained}"))
+    # Adapters trained under other names (`limachat train --name`, the app's Collect tab) on this base.
+    folder = home / "checkpoints"
+    extra = sorted(folder.iterdir()) if folder.is_dir() else []
+    for path in extra:
+        if path.name not in VARIANTS and (path / "adapter_config.json").is_file() and _trained_for(path) in (None, base_model):
+            adapters.append(Adapter(path.name, path, True))
     return adapters
 
 
@@ -106,6 +112,8 @@ class ServerConfig:
         env = dict(os.environ)
         if not self.gpu:
             env.setdefault("VLLM_CPU_KVCACHE_SPACE", str(self.kv_cache_gib))
+        # The app's "serve it" loads a freshly trained adapter into the running server.
+        env.setdefault("VLLM_ALLOW_RUNTIME_LORA_UPDATING", "True")
         env.setdefault("HF_HUB_OFFLINE", "1" if Path(self.model).exists() else env.get("HF_HUB_OFFLINE", "0"))
         return env
 

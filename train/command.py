@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import re
 from pathlib import Path
 
 import click
@@ -42,13 +43,13 @@ def is_current(out_dir: Path, stamp: str) -> bool:
 
 
 def run(settings, variants: list[str], split_, base_model: str, overrides: dict, *, dry_run: bool = False,
-        epoch: int | None = None, progress=print, force: bool = False) -> None:
+        epoch: int | None = None, progress=print, force: bool = False, name: str | None = None) -> None:
     from limachat.train.recipe import make_config
 
     for variant in variants:
         config = make_config(variant=variant, **overrides)
         examples = split_.variant(variant)
-        out_dir = settings.home / "checkpoints" / variant
+        out_dir = settings.home / "checkpoints" / (name or variant)
         stamp = fingerprint(config, examples, base_model)
         if dry_run:
             _dry_run(config, examples, base_model, progress)
@@ -105,16 +106,19 @@ def _dry_run(config, examples, base_model: str, progress) -> None:
 @click.option("--max-length", type=click.IntRange(16))
 @click.option("--epoch", type=click.IntRange(1), help="Serve this epoch's checkpoint (default: the last).")
 @click.option("--base", help="Base model (HF id or folder) instead of the one `limachat base` prepared.")
+@click.option("--name", help="Save as <home>/checkpoints/NAME instead of the variant's folder (one variant only).")
 @click.option("--dry-run", is_flag=True, help="Print counts, tokens, steps and an estimated time; train nothing.")
 @click.option("--force", is_flag=True, help="Train even when data, settings and base are unchanged.")
 @click.pass_context
 def train_cmd(ctx, variant, data, fmt, bundled, from_db, method, recipe, epochs, learning_rate, batch_size,
-              micro_batch_size, max_length, epoch, base, dry_run, force, **filters) -> None:
+              micro_batch_size, max_length, epoch, base, name, dry_run, force, **filters) -> None:
     """Train the zero-shot (single-turn only) and dialogue (plus multi-turn chains) checkpoints."""
     from limachat.dialogues.formats import FormatError
     from limachat.serve.base import BaseModelError, prepare_base
 
     settings = ctx.obj["settings"]
+    if name is not None and (variant == "both" or not re.fullmatch(r"[A-Za-z0-9][A-Za-z0-9._-]*", name)):
+        raise click.ClickException(f"--name {name!r}: give one --variant and a name of letters, digits, '.', '_', '-'")
     try:
         split_ = gather(settings, data, fmt, bundled, from_db, filters)
         base_model = prepare_base(settings.home, base or settings.server.base, lambda m: click.echo(m, err=True)).model
@@ -123,6 +127,6 @@ def train_cmd(ctx, variant, data, fmt, bundled, from_db, method, recipe, epochs,
         overrides = dict(method=method, recipe=recipe, epochs=epochs, learning_rate=learning_rate, batch_size=batch_size,
                          micro_batch_size=micro_batch_size, max_length=max_length)
         run(settings, variants, split_, base_model, overrides, dry_run=dry_run, epoch=epoch,
-            progress=lambda m: click.echo(m, err=True), force=force)
+            progress=lambda m: click.echo(m, err=True), force=force, name=name)
     except (FormatError, BaseModelError, ValueError) as e:
         raise click.ClickException(str(e)) from None

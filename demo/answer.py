@@ -1,0 +1,139 @@
+"""What every tab shares: the app's dependencies and one streamed, stored reply.
+
+The data walk of a turn: the user turn is saved before any model call; the reply streams from the
+checkpoint's endpoint, its partial text is saved as it grows, and the turn is finished with its
+status (ok, error, stopped), token counts and timings, whatever happens: a failing endpoint, a
+broken stream, or the user pressing stop (the task is cancelled and the `finally` still writes).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from collections.abc import AsyncIterator
+from dataclasses import dataclass, field
+from typing import Any
+
+from limachat.dialogues.store import Store
+from limachat.serve.checkpoints import Checkpoint
+from limachat.serve.client import ChatClient, ClientError, Completion, ContextTooLong, sampling_params
+from limachat.settings import Settings
+
+SAVE_EVERY = 0.5  # seconds between saves of a growing reply
+
+
+@dataclass
+class Deps:
+    """Everything a handler needs, passed in (no module globals)."""
+
+    store: Store
+    checkpoints: dict[str, Checkpoint]
+    settings: Settings
+    clients: dict[str, ChatClient] = field(default_factory=dict)
+    jobs: dict[str, Any] = field(default_factory=dict)  # background work (training), by name
+    auth: bool = False  # users log in; ratings carry their user name
+
+    def __post_init__(self):
+        for name, ck in self.checkpoints.items():
+            self.clients.setdefault(name, ChatClient(ck))
+
+    def add_checkpoint(self, ck: Checkpoint) -> None:
+        self.checkpoints[ck.name] = ck
+        self.clients[ck.name] = ChatClient(ck)
+
+    @property
+    def names(self) -> list[str]:
+        return list(self.checkpoints)
+
+
+@dataclass
+class Reply:
+    turn_id: str
+    text: str
+    status: str  # streaming | ok | error | stopped
+    error: str | None = None
+    dropped: int = 0  # oldest exchanges left out to fit the context window
+
+
+def _drop_oldest(messages: list[dict[str, str]]) -> list[dict[str, str]] | None:
+    """The messages without their oldest exchange (a system message stays), or None when only the
+    last question is left."""
+    head = messages[:1] if messages and messages[0]["role"] == "system" else []
+    body = messages[len(head):]
+    return head + body[2:] if len(body) > 2 else None
+
+
+async def answer(deps: Deps, session_id: str, user_turn: str, checkpoint: str, lane: str | None = None) -> AsyncIterator[Reply]:
+    """Stream `checkpoint`'s reply to the branch ending at `user_turn`, storing it as it grows.
+    Yields a Reply per piece of text, then the finished one."""
+    if checkpoint not in deps.checkpoints:
+        raise ValueError(f"unknown checkpoint {checkpoint!r}; known: {', '.join(deps.names)}")
+    ck, client, store = deps.checkpoints[checkpoint], deps.clients[checkpoint], deps.store
+    params = sampling_params(deps.settings.sampling.model_dump())
+    messages = store.messages(user_turn)
+    tid = store.begin_assistant_turn(session_id, user_turn, checkpoint=checkpoint, model=ck.model,
+                                     endpoint=ck.base_url, params=params, lane=lane)
+    text, status, error, done, dropped = "", "stopped", None, None, 0
+    saved = time.monotonic()
+    try:
+        while True:
+            try:
+                async for event in client.stream(messages, params):
+                    if isinstance(event, Completion):
+                        done = event
+                        continue
+                    text += event
+                    if time.monotonic() - saved > SAVE_EVERY:
+                        store.save_partial(tid, text)
+                        saved = time.monotonic()
+                    yield Reply(tid, text, "streaming", dropped=dropped)
+                break
+            except ContextTooLong as e:
+                shorter = None if text else _drop_oldest(messages)
+                if shorter is None:
+                    raise ContextTooLong(f"This message is too long for {checkpoint}'s context window "
+                                         f"({deps.settings.server.max_model_len} tokens on the local server); "
+                                         "shorten it or lower sampling.max_tokens.", partial=e.partial) from e
+                messages, dropped = shorter, dropped + 1
+        status = "ok"
+    except ClientError as e:
+        text, status, error = text or e.partial, "error", str(e)
+    finally:  # also on cancellation (stop button, closed browser): the turn never stays "streaming"
+        usage = done.usage if done else None
+        store.finish_assistant_turn(
+            tid, text, status=status, error=error, prompt_tokens=usage.prompt_tokens if usage else None,
+            completion_tokens=usage.completion_tokens if usage else None, ttft=done.ttft if done else None,
+            latency=done.latency if done else None, params={**params, "dropped_exchanges": dropped} if dropped else None)
+    yield Reply(tid, text, status, error, dropped)
+
+
+async def merged(streams: dict[str, AsyncIterator[Reply]]) -> AsyncIterator[tuple[str, Reply]]:
+    """Run several replies at once; yield (key, reply) as each side produces text. Cancelling the
+    consumer cancels every side (each then stores its reply as stopped)."""
+    queue: asyncio.Queue = asyncio.Queue()
+    end = object()
+
+    async def pump(key: str, stream: AsyncIterator[Reply]) -> None:
+        try:
+            async for item in stream:
+                queue.put_nowait((key, item))
+        except Exception as e:  # noqa: BLE001 - handed to the consumer, which re-raises it
+            queue.put_nowait((key, e))
+        finally:
+            queue.put_nowait((key, end))
+
+    tasks = [asyncio.create_task(pump(k, s)) for k, s in streams.items()]
+    try:
+        running = len(tasks)
+        while running:
+            key, item = await queue.get()
+            if item is end:
+                running -= 1
+            elif isinstance(item, Exception):
+                raise item
+            else:
+                yield key, item
+    finally:
+        for t in tasks:
+            t.cancel()
+        await asyncio.gather(*tasks, return_exceptions=True)

@@ -1,0 +1,372 @@
+"""The Gradio app: `build_app(store, checkpoints, settings) -> gr.Blocks`.
+
+Only layout and wiring live here: every event calls a plain handler in chat.py, compare.py or
+collect.py with the dependencies this function closes over (no module globals). A handler's
+ValueError (bad input, a missing annotator name) becomes a one-line message in the page.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from pathlib import Path
+
+import gradio as gr
+
+from limachat.demo import chat, collect, compare
+from limachat.demo.answer import Deps
+from limachat.demo.history import FEEDBACK, View
+from limachat.dialogues.store import LABELS, MODES, Store
+from limachat.serve.checkpoints import Checkpoint
+from limachat.settings import Settings
+
+OPTIONS = list(FEEDBACK.values())
+CSS = """
+.verdict button {min-width: 0}
+footer {display: none !important}
+"""
+
+
+def _shown(v: View, label: str | None = None) -> dict:
+    update = {"value": v.history, "feedback_value": v.feedback}
+    return gr.update(**update, **({"label": label} if label else {}))
+
+
+def _user(fn):
+    """Run a sync handler; its ValueError becomes a message in the page, not a traceback."""
+    try:
+        return fn()
+    except ValueError as e:
+        raise gr.Error(str(e), print_exception=False) from None
+
+
+async def _stream(gen):
+    try:
+        async for item in gen:
+            yield item
+    except ValueError as e:
+        raise gr.Error(str(e), print_exception=False) from None
+
+
+def build_app(store: Store, checkpoints: list[Checkpoint], settings: Settings, *, auth: bool = False) -> gr.Blocks:
+    deps = Deps(store, {c.name: c for c in checkpoints}, settings, auth=auth)
+    names = deps.names
+
+    def who(name: str | None, request: gr.Request | None) -> str | None:
+        """The annotator: the logged-in user with --auth, else the name typed at the top."""
+        if deps.auth and request is not None and request.username:
+            return request.username
+        return (name or "").strip() or None
+
+    with gr.Blocks(title="limachat") as app:
+        saved_name = gr.BrowserState("", storage_key="limachat-annotator", secret="limachat-annotator")
+        with gr.Row(equal_height=True):
+            gr.Markdown("## limachat\nChat with, compare and rate LIMA's zero-shot and dialogue checkpoints "
+                        "(fail / pass / excellent under each reply).")
+            annotator = gr.Textbox(label="Your name (annotator)", placeholder="needed before your first rating",
+                                   interactive=not auth, max_lines=1, elem_id="annotator", scale=0, min_width=260)
+
+        @app.load(inputs=[saved_name], outputs=[annotator])
+        def _restore(saved, request: gr.Request):
+            return who(saved, request) or ""
+
+        annotator.change(lambda n: n, annotator, saved_name)
+
+        with gr.Tabs():
+            with gr.Tab("Chat", id="chat"):
+                chat_pickers = _chat_tab(app, deps, names, annotator, who)
+            with gr.Tab("Compare", id="compare"):
+                compare_pickers = _compare_tab(deps, names, annotator, who)
+            with gr.Tab("Collect", id="collect") as collect_tab:
+                _collect_tab(deps, names, chat_pickers + compare_pickers, collect_tab)
+            with gr.Tab("Report", id="report") as report_tab:
+                _report_tab(deps, report_tab)
+    app.queue(default_concurrency_limit=64)
+    return app
+
+
+def _chat_tab(app, deps: Deps, names, annotator, who) -> list:
+    state = gr.State(chat.blank())
+    with gr.Row(equal_height=True):
+        checkpoint = gr.Dropdown(names, value=names[-1] if names else None, label="Checkpoint", scale=1)
+        sessions = gr.Dropdown(chat.sessions(deps), value=None, label="Resume a session", scale=3)
+        new = gr.Button("New session", scale=0, min_width=140)
+    bot = gr.Chatbot(label="Chat", feedback_options=OPTIONS, editable="all", height=460, elem_id="chat-bot",
+                     placeholder="Say something. Rate each reply with the flag under it; edit a message with the pencil "
+                                 "(a user message starts a new branch, a reply becomes a gold correction).")
+    with gr.Row():
+        box = gr.Textbox(show_label=False, placeholder="Message (Enter to send)", scale=8, elem_id="chat-input", max_lines=8)
+        send = gr.Button("Send", variant="primary", scale=1, min_width=90, elem_id="chat-send")
+        stop = gr.Button("Stop", variant="stop", scale=1, min_width=90, elem_id="chat-stop")
+
+    async def on_send(st, text, ck, name, request: gr.Request):
+        async for st2, v in _stream(chat.send(deps, st, text, ck, who(name, request))):
+            yield st2, _shown(v), ""
+
+    async def on_retry(st, ck, name, data: gr.RetryData, request: gr.Request):
+        async for st2, v in _stream(chat.regenerate(deps, st, data.index, ck, who(name, request))):
+            yield st2, _shown(v)
+
+    async def on_edit(st, ck, name, data: gr.EditData, request: gr.Request):
+        async for st2, v in _stream(chat.edit(deps, st, data.index, data.value, ck, who(name, request))):
+            yield st2, _shown(v)
+
+    def on_rate(st, name, data: gr.LikeData, request: gr.Request):
+        return _shown(_user(lambda: chat.rate(deps, st, data.index, data.liked, who(name, request))))
+
+    async def on_stop(st, name, request: gr.Request):
+        await _settle(deps, st["ids"])
+        return _shown(chat.current(deps, st, who(name, request)))
+
+    def on_resume(sid, name, request: gr.Request):
+        if not sid:
+            return gr.update(), gr.update()
+        st, v = _user(lambda: chat.resume(deps, sid, who(name, request)))
+        return st, _shown(v)
+
+    def refresh_sessions():
+        return gr.update(choices=chat.sessions(deps))
+
+    runs = [send.click(on_send, [state, box, checkpoint, annotator], [state, bot, box]),
+            box.submit(on_send, [state, box, checkpoint, annotator], [state, bot, box]),
+            bot.retry(on_retry, [state, checkpoint, annotator], [state, bot]),
+            bot.edit(on_edit, [state, checkpoint, annotator], [state, bot])]
+    for r in runs:
+        r.then(refresh_sessions, None, sessions)
+    stop.click(on_stop, [state, annotator], bot, cancels=runs)
+    bot.like(on_rate, [state, annotator], bot)
+    new.click(lambda: (chat.blank(), gr.update(value=[], feedback_value=[]), None), None, [state, bot, sessions])
+    sessions.select(on_resume, [sessions, annotator], [state, bot])
+    sessions.focus(refresh_sessions, None, sessions)
+    annotator.blur(lambda st, name, request: _shown(chat.current(deps, st, who(name, request))), [state, annotator], bot)
+    return [checkpoint]
+
+
+async def _settle(deps: Deps, ids: list[str], timeout: float = 3.0) -> None:
+    """After a stop, wait (briefly) until the cancelled reply has written its final status."""
+    loop = asyncio.get_running_loop()
+    end = loop.time() + timeout
+    while ids and loop.time() < end:
+        if all(deps.store.turn(i)["status"] != "streaming" for i in ids[-1:]):
+            return
+        await asyncio.sleep(0.05)
+
+
+def _compare_tab(deps: Deps, names, annotator, who) -> list:
+    state = gr.State(compare.blank())
+    set_name, prompts = compare.prompt_set(None)
+    pset = gr.State({"name": set_name, "prompts": prompts})
+    with gr.Row(equal_height=True):
+        left = gr.Dropdown(names, value=names[0] if names else None, label="Left", scale=1)
+        right = gr.Dropdown(names, value=names[1] if len(names) > 1 else None, label="Right", scale=1)
+        blind = gr.Checkbox(True, label="Blind (show A / B; names revealed on close)", scale=1)
+        new = gr.Button("New comparison", scale=0, min_width=150)
+        close = gr.Button("Close and reveal", scale=0, min_width=150, elem_id="compare-close")
+    with gr.Accordion("Start from a prompt set", open=True):
+        with gr.Row():
+            pick = gr.Dropdown(_prompt_choices(prompts), value=None, label=f"Prompt ({set_name} set)", scale=3,
+                               elem_id="compare-prompt")
+            upload = gr.File(label="Load a prompt set (.jsonl with \"prompt\", or .txt: one per line)",
+                             file_types=[".jsonl", ".txt"], scale=1, height=90)
+        cover = gr.Dataframe(*_coverage(deps, set_name, prompts), label="Sessions per prompt and checkpoint",
+                             interactive=False, wrap=True, max_height=220)
+    with gr.Row():
+        bot_a = gr.Chatbot(label="A", feedback_options=OPTIONS, height=420, elem_id="compare-a")
+        bot_b = gr.Chatbot(label="B", feedback_options=OPTIONS, height=420, elem_id="compare-b")
+    with gr.Row():
+        box = gr.Textbox(show_label=False, placeholder="Message to both (Enter to send)", scale=8, elem_id="compare-input")
+        send = gr.Button("Send to both", variant="primary", scale=1, min_width=120, elem_id="compare-send")
+        stop = gr.Button("Stop", variant="stop", scale=1, min_width=90)
+    with gr.Row(elem_classes="verdict"):
+        better_a = gr.Button("◀ Left better", elem_id="verdict-a")
+        tie = gr.Button("Tie", elem_id="verdict-tie")
+        better_b = gr.Button("Right better ▶", elem_id="verdict-b")
+    said = gr.Markdown(elem_id="compare-status")
+
+    def labels(st):
+        n = compare.side_names(st)
+        return gr.update(label=n["a"]), gr.update(label=n["b"])
+
+    async def on_send(st, text, l_, r_, b_, name, request: gr.Request):
+        async for st2, va, vb in _stream(compare.send(deps, st, text, l_, r_, b_, who(name, request))):
+            n = compare.side_names(st2)
+            yield st2, _shown(va, n["a"]), _shown(vb, n["b"]), ""
+
+    def rater(lane):
+        def on_rate(st, name, data: gr.LikeData, request: gr.Request):
+            return _shown(_user(lambda: compare.rate(deps, st, lane, data.index, data.liked, who(name, request))))
+        return on_rate
+
+    def judge(choice):
+        def on_verdict(st, name, request: gr.Request):
+            return _user(lambda: compare.verdict(deps, st, choice, who(name, request)))
+        return on_verdict
+
+    def on_close(st, ps, name, request: gr.Request):
+        st, message = compare.close(deps, st)
+        va, vb = compare.views(deps, st, who(name, request))
+        n = compare.side_names(st)
+        return st, _shown(va, n["a"]), _shown(vb, n["b"]), message, _coverage_update(deps, ps)
+
+    def on_new(b_):
+        st = {**compare.blank(), "blind": b_}
+        side = compare.side_names(st)
+        return st, gr.update(value=[], label=side["a"]), gr.update(value=[], label=side["b"]), "", None
+
+    def on_pick(st, ps, prompt_id):
+        chosen = next((p for p in ps["prompts"] if p["id"] == prompt_id), None)
+        if chosen is None:
+            return st, gr.update()
+        return compare.pick_prompt(st, ps["name"], chosen)
+
+    def on_upload(path):
+        if not path:
+            return gr.update(), gr.update(), gr.update()
+        name, items = _user(lambda: compare.prompt_set(path))
+        ps = {"name": name, "prompts": items}
+        return ps, gr.update(choices=_prompt_choices(items), value=None, label=f"Prompt ({name} set)"), _coverage_update(deps, ps)
+
+    async def on_stop(st, name, request: gr.Request):
+        await _settle(deps, st["a"][-1:] + st["b"][-1:])
+        va, vb = compare.views(deps, st, who(name, request))
+        return _shown(va), _shown(vb)
+
+    inputs = [state, box, left, right, blind, annotator]
+    runs = [send.click(on_send, inputs, [state, bot_a, bot_b, box]), box.submit(on_send, inputs, [state, bot_a, bot_b, box])]
+    for r in runs:
+        r.then(lambda ps: _coverage_update(deps, ps), pset, cover)
+    stop.click(on_stop, [state, annotator], [bot_a, bot_b], cancels=runs)
+    bot_a.like(rater("a"), [state, annotator], bot_a)
+    bot_b.like(rater("b"), [state, annotator], bot_b)
+    for button, choice in ((better_a, "a"), (tie, "tie"), (better_b, "b")):
+        button.click(judge(choice), [state, annotator], said)
+    close.click(on_close, [state, pset, annotator], [state, bot_a, bot_b, said, cover])
+    new.click(on_new, blind, [state, bot_a, bot_b, said, pick])
+    blind.change(lambda st, b_: labels({**st, "blind": b_} if st["session"] is None else st), [state, blind], [bot_a, bot_b])
+    pick.select(on_pick, [state, pset, pick], [state, box])
+    upload.upload(on_upload, upload, [pset, pick, cover])
+    return [left, right]
+
+
+def _prompt_choices(prompts) -> list[tuple[str, str]]:
+    return [(f"{p['id']} · {p['prompt'][:90]}", p["id"]) for p in prompts]
+
+
+def _coverage(deps: Deps, set_name: str, prompts) -> tuple:
+    headers, rows = compare.coverage(deps, set_name, prompts)
+    return rows, headers
+
+
+def _coverage_update(deps: Deps, ps: dict):
+    rows, headers = _coverage(deps, ps["name"], ps["prompts"])
+    return gr.update(value={"data": rows, "headers": headers})
+
+
+def _collect_tab(deps: Deps, names, pickers: list, tab) -> None:
+    gr.Markdown("Rated chains become training data: pick the filters, see what passes, download it, "
+                "or train a new dialogue checkpoint from the bundled set plus these chains.")
+    with gr.Row():
+        min_label = gr.Dropdown([collect.ANY, *LABELS], value="pass", label="Min label (every reply)")
+        cut = gr.Checkbox(False, label="Cut at first fail")
+        gold = gr.Checkbox(True, label="Use gold corrections")
+        ck = gr.Dropdown([collect.ANY, *names], value=collect.ANY, label="Checkpoint")
+        person = gr.Textbox(label="Annotator (blank: anyone)", max_lines=1)
+        mode = gr.Dropdown([collect.ANY, *MODES], value=collect.ANY, label="Mode")
+    widgets = [min_label, cut, gold, ck, person, mode]
+    counted = gr.Markdown(elem_id="collect-count")
+    with gr.Row():
+        fmt = gr.Radio(["lima", "messages"], value="messages", label="Format")
+        export = gr.Button("Export JSONL", elem_id="collect-export")
+        train = gr.Button("Train dialogue checkpoint from these", variant="primary")
+    result = gr.Markdown(elem_id="collect-result")
+    download = gr.File(label="Download", interactive=False, elem_id="collect-file")
+    progress = gr.Markdown()
+    serve = gr.Button("Serve the trained checkpoint", visible=False)
+    timer = gr.Timer(2.0, active=False)
+
+    def on_count(*values):
+        return _user(lambda: collect.count(deps, collect.filters(*values)))
+
+    def on_export(fmt_, *values):
+        path, message = _user(lambda: collect.export_file(deps, collect.filters(*values), fmt_))
+        return str(path), message
+
+    def on_train(*values):
+        job = _user(lambda: collect.start_training(deps, collect.filters(*values)))
+        return f"Training **{job.name}** (log: `{job.log}`) ...", gr.Timer(active=True), gr.update(visible=False)
+
+    def on_tick():
+        job = deps.jobs.get("train")
+        if job is None:
+            return gr.update(), gr.Timer(active=False), gr.update()
+        line, pct = job.progress()
+        bar = f"`[{'#' * (pct // 5)}{'.' * (20 - pct // 5)}] {pct}%` " if pct is not None else ""
+        running = job.state == "running"
+        return bar + line, gr.Timer(active=running), gr.update(visible=job.state == "done")
+
+    def on_serve():
+        message = _user(lambda: collect.serve_trained(deps, deps.jobs["train"]))
+        choices = gr.update(choices=deps.names)
+        return (message, *([choices] * len(pickers)), gr.update(choices=[collect.ANY, *deps.names]))
+
+    for w in widgets:
+        w.change(on_count, widgets, counted)
+    export.click(on_export, [fmt, *widgets], [download, result])
+    train.click(on_train, widgets, [progress, timer, serve])
+    timer.tick(on_tick, None, [progress, timer, serve])
+    serve.click(on_serve, None, [progress, *pickers, ck])
+    tab.select(on_count, widgets, counted)
+
+
+def _report_tab(deps: Deps, tab) -> None:
+    refresh = gr.Button("Refresh", scale=0)
+    chart = gr.Image(label="Figure 7: label shares per checkpoint, and excellent share by turn", type="filepath",
+                     interactive=False, elem_id="report-chart")
+    tables = gr.Markdown(elem_id="report-tables")
+
+    def on_report():
+        png, text = collect.report(deps)
+        return (str(png) if png else None), text
+
+    refresh.click(on_report, None, [chart, tables])
+    tab.select(on_report, None, [chart, tables])
+
+
+def launch(app: gr.Blocks, settings: Settings, *, users: list[tuple[str, str]] | None = None, block: bool = True):
+    """Serve the app on settings.app.host:port; with `users` (see read_auth) people log in."""
+    files = [str(settings.home / "exports"), str(settings.home / "reports")]
+    return app.launch(server_name=settings.app.host, server_port=settings.app.port, auth=users, quiet=True,
+                      prevent_thread_lock=not block, css=CSS, allowed_paths=files)
+
+
+def app_checkpoints(settings: Settings) -> list[Checkpoint]:
+    """The configured checkpoints, plus adapters the local server serves beyond them (trained
+    from the Collect tab or with `limachat train --name`)."""
+    import httpx
+
+    checkpoints = settings.resolved_checkpoints()
+    known = {c.model for c in checkpoints if c.base_url == settings.local_base_url}
+    try:
+        served = httpx.get(settings.local_base_url + "/models", timeout=2).json()["data"]
+    except (httpx.HTTPError, ValueError, KeyError):
+        return checkpoints
+    taken = {c.name for c in checkpoints}
+    for m in served:
+        if m.get("parent") and m["id"] not in known and m["id"] not in taken:
+            checkpoints.append(Checkpoint(name=m["id"], model=m["id"], base_url=settings.local_base_url))
+    return checkpoints
+
+
+def read_auth(path: Path) -> list[tuple[str, str]]:
+    """`user:password` per line (blank lines and # comments skipped)."""
+    users = []
+    for number, line in enumerate(Path(path).read_text(encoding="utf-8").splitlines(), 1):
+        line = line.strip()
+        if not line or line.startswith("#"):
+            continue
+        user, sep, password = line.partition(":")
+        if not sep or not user.strip() or not password:
+            raise ValueError(f"{path}:{number}: expected user:password")
+        users.append((user.strip(), password))
+    if not users:
+        raise ValueError(f"{path}: no users")
+    return users

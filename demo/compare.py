@@ -1,0 +1,150 @@
+"""Compare tab handlers: one user turn to two checkpoints at once, each side with its own history.
+
+Side "a" is shown on the left, "b" on the right; each is its own branch of the session's turn tree
+(lane "a" / "b"), so each checkpoint sees only its own earlier answers. In blind mode the session
+draws which checkpoint sits on which side, shows them as A and B, and says who was who only when
+the session is closed.
+
+`state = {"session", "a": [ids], "b": [ids], "names": {"a": checkpoint, "b": checkpoint}, "blind",
+"closed", "origin": {"set", "id", "text"} | None}`.
+"""
+
+from __future__ import annotations
+
+import random
+from collections.abc import AsyncIterator
+from pathlib import Path
+
+from limachat.demo.answer import Deps, answer, merged
+from limachat.demo.chat import NAME_FIRST
+from limachat.demo.history import LABEL_OF, View, reply_turn, shown, view
+from limachat.dialogues import bundled
+from limachat.dialogues.formats import load_prompts
+
+LANES = ("a", "b")
+BUNDLED_SET = "bundled"
+
+
+def blank() -> dict:
+    return {"session": None, "a": [], "b": [], "names": None, "blind": False, "closed": False, "origin": None}
+
+
+def side_names(state: dict) -> dict[str, str]:
+    """What the two sides are called on screen."""
+    if state["names"] and not (state["blind"] and not state["closed"]):
+        return dict(state["names"])
+    return {"a": "A", "b": "B"}
+
+
+def _mask(v: View, state: dict) -> View:
+    """In a blind session, replies (error messages included) never name a checkpoint."""
+    if state["blind"] and not state["closed"] and state["names"]:
+        for m in v.history:
+            for lane, name in state["names"].items():
+                m["content"] = m["content"].replace(name, lane.upper())
+    return v
+
+
+def views(deps: Deps, state: dict, annotator: str | None) -> tuple[View, View]:
+    return tuple(_mask(view(deps.store, state[lane][-1] if state[lane] else None, annotator), state) for lane in LANES)
+
+
+def prompt_set(path: str | Path | None) -> tuple[str, list[dict[str, str]]]:
+    """(name, prompts) of the bundled set or a file the user loaded."""
+    if path is None:
+        return BUNDLED_SET, load_prompts(bundled("prompts.jsonl"))
+    path = Path(path)
+    return path.name, load_prompts(path)
+
+
+def pick_prompt(state: dict, set_name: str, prompt: dict[str, str]) -> tuple[dict, str]:
+    """Put a prompt of the set in the input box; a session started with it records where it came from."""
+    return {**state, "origin": {"set": set_name, "id": prompt["id"], "text": prompt["prompt"]}}, prompt["prompt"]
+
+
+def _start(deps: Deps, state: dict, text: str, left: str, right: str, blind: bool, annotator: str | None) -> dict:
+    if left == right:
+        raise ValueError("Pick two different checkpoints to compare.")
+    for name in (left, right):
+        if name not in deps.checkpoints:
+            raise ValueError(f"unknown checkpoint {name!r}; known: {', '.join(deps.names)}")
+    names = {"a": left, "b": right}
+    if blind and random.random() < 0.5:
+        names = {"a": right, "b": left}
+    origin = state["origin"] if state["origin"] and state["origin"]["text"].strip() == text.strip() else None
+    sid = deps.store.start_session("blind" if blind else "compare", annotator=annotator or None,
+                                   prompt_set=origin["set"] if origin else None, prompt=origin["id"] if origin else None,
+                                   meta={"lanes": names})
+    return {**state, "session": sid, "names": names, "blind": bool(blind)}
+
+
+async def send(deps: Deps, state: dict, text: str, left: str, right: str, blind: bool, annotator: str | None = None
+               ) -> AsyncIterator[tuple[dict, View, View]]:
+    """The same user turn to both sides; both replies stream at once."""
+    if not (text or "").strip():
+        yield (state, *views(deps, state, annotator))
+        return
+    if state["closed"]:
+        raise ValueError("This session is closed: press New comparison to start another.")
+    if state["session"] is None:
+        state = _start(deps, state, text, left, right, blind, annotator)
+    sid, store = state["session"], deps.store
+    users = {lane: store.add_user_turn(sid, text, parent_id=state[lane][-1] if state[lane] else None, lane=lane)
+             for lane in LANES}
+    base = {lane: view(store, users[lane], annotator) for lane in LANES}
+    live = {lane: View(list(base[lane].history), list(base[lane].feedback), list(base[lane].ids)) for lane in LANES}
+    streams = {lane: answer(deps, sid, users[lane], state["names"][lane], lane) for lane in LANES}
+    async for lane, r in merged(streams):
+        b = base[lane]
+        live[lane] = View(b.history + [{"role": "assistant", "content": shown(reply_turn(r, state["names"][lane]))}],
+                          b.feedback + [None], b.ids + [r.turn_id])
+        state = {**state, lane: live[lane].ids}
+        yield state, _mask(live["a"], state), _mask(live["b"], state)
+    yield (state, *views(deps, state, annotator))
+
+
+def rate(deps: Deps, state: dict, lane: str, index: int, option: str | bool | None, annotator: str | None) -> View:
+    label = LABEL_OF.get(option) if isinstance(option, str) else None
+    if label is not None:
+        if not annotator:
+            raise ValueError(NAME_FIRST)
+        v = view(deps.store, state[lane][-1], annotator)
+        deps.store.rate(v.turn_at(index), annotator, label)
+    return views(deps, state, annotator)[LANES.index(lane)]
+
+
+def verdict(deps: Deps, state: dict, choice: str, annotator: str | None) -> str:
+    """Left better ("a"), right better ("b") or tie, for the latest exchange."""
+    if not annotator:
+        raise ValueError(NAME_FIRST)
+    if not (state["a"] and state["b"]):
+        raise ValueError("Send a message first: a verdict compares the two latest replies.")
+    deps.store.verdict(state["session"], state["a"][-1], state["b"][-1], choice, annotator)
+    exchange = (len(state["a"]) + 1) // 2
+    names = side_names(state)
+    said = {"a": f"{names['a']} better", "b": f"{names['b']} better", "tie": "a tie"}[choice]
+    return f"Turn {exchange}: {said}."
+
+
+def close(deps: Deps, state: dict) -> tuple[dict, str]:
+    """Close the session; in blind mode this is when the names are revealed."""
+    if state["session"] is None:
+        return state, "Nothing to close yet."
+    deps.store.close_session(state["session"])
+    state = {**state, "closed": True}
+    names = state["names"]
+    if state["blind"]:
+        return state, f"Closed. **A was {names['a']}**, **B was {names['b']}**."
+    return state, f"Closed: left {names['a']}, right {names['b']}."
+
+
+def coverage(deps: Deps, set_name: str, prompts: list[dict[str, str]]) -> tuple[list[str], list[list]]:
+    """For each prompt of the set, how many sessions each checkpoint has answered it in."""
+    rows = deps.store.tuples(
+        """select s.prompt, t.checkpoint, count(distinct s.id) from sessions s join turns t on t.session_id = s.id
+           where s.prompt_set = ? and t.role = 'assistant' and t.status = 'ok' group by s.prompt, t.checkpoint""",
+        (set_name,))
+    seen = {(p, c): n for p, c, n in rows}
+    names = deps.names
+    table = [[p["id"], p["prompt"][:80]] + [seen.get((p["id"], n), 0) for n in names] for p in prompts]
+    return ["id", "prompt", *names], table

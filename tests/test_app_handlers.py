@@ -1,0 +1,267 @@
+"""The app's handlers without a browser: a real SQLite file and the real vLLM server."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import shutil
+
+import httpx
+import pytest
+
+from conftest import free_port, models
+from limachat.demo import chat, collect, compare
+from limachat.demo.answer import Deps
+from limachat.demo.app import read_auth
+from limachat.demo.history import inert
+from limachat.dialogues.store import Store
+from limachat.serve.checkpoints import Checkpoint
+from limachat.settings import Settings
+
+
+@pytest.fixture
+def deps(vllm_server, tmp_path):
+    settings = Settings(home=tmp_path, sampling={"max_tokens": 24, "temperature": 0.0})
+    settings.server.port = vllm_server.port
+    settings.server.base = str(vllm_server.home / "base" / "SmolLM2-135M-Instruct" / "model")
+    names = ["zero-shot", "dialogue"]
+    cks = {n: Checkpoint(name=n, model=n, base_url=vllm_server.url) for n in names}
+    d = Deps(Store(tmp_path / "app.db"), cks, settings)
+    yield d
+    d.store.close()
+
+
+def drain(gen):
+    async def go():
+        return [item async for item in gen]
+    return asyncio.run(go())
+
+
+def test_chat_two_turns_stream_and_are_stored(deps):
+    outs = drain(chat.send(deps, chat.blank(), "What is the capital of France?", "dialogue", "ana"))
+    assert len(outs) >= 3, "the reply should reach the page in several pieces"
+    first_state, first_view = outs[0]
+    assert first_view.history[0] == {"role": "user", "content": "What is the capital of France?"}
+    state, v = outs[-1]
+    assert [m["role"] for m in v.history] == ["user", "assistant"] and v.feedback == [None]
+    assert "Paris" in v.history[1]["content"]
+    state, v = drain(chat.send(deps, state, "And of Italy?", "dialogue", "ana"))[-1]
+    assert len(v.history) == 4 and len(state["ids"]) == 4
+    turns = deps.store.turns(state["session"])
+    assert [t["role"] for t in turns] == ["user", "assistant"] * 2
+    reply = turns[3]
+    assert reply["status"] == "ok" and reply["checkpoint"] == "dialogue" and reply["completion_tokens"] > 0
+    assert reply["params"]["temperature"] == 0.0 and reply["ttft"] > 0
+    # the second request carried the first exchange
+    assert [m["content"] for m in deps.store.messages(turns[2]["id"])][:2] == [turns[0]["content"], turns[1]["content"]]
+    assert deps.store.session(state["session"])["mode"] == "chat"
+
+
+def test_empty_input_does_nothing(deps):
+    (state, v), = drain(chat.send(deps, chat.blank(), "   ", "dialogue", "ana"))
+    assert state["session"] is None and v.history == [] and deps.store.sessions() == []
+
+
+def test_ratings_need_a_name_and_stay_per_annotator(deps):
+    state, _ = drain(chat.send(deps, chat.blank(), "Name a colour.", "zero-shot", None))[-1]
+    with pytest.raises(ValueError, match="name"):
+        chat.rate(deps, state, 1, "Pass", None)
+    assert chat.rate(deps, state, 1, "Pass", "ana").feedback == ["Pass"]
+    assert chat.rate(deps, state, 1, "Excellent", "ana").feedback == ["Excellent"]
+    assert chat.rate(deps, state, 1, "Fail", "bo").feedback == ["Fail"]
+    assert chat.current(deps, state, "ana").feedback == ["Excellent"], "bo's rating must not overwrite ana's"
+    reply = state["ids"][1]
+    assert {r["annotator"]: r["label"] for r in deps.store.ratings(reply)} == {"ana": "excellent", "bo": "fail"}
+    assert len(deps.store.ratings(reply, history=True)) == 3
+    # resuming the session shows the annotator's ratings again
+    resumed, v = chat.resume(deps, state["session"], "ana")
+    assert resumed["ids"] == state["ids"] and v.feedback == ["Excellent"]
+    assert any(sid == state["session"] for _, sid in chat.sessions(deps))
+
+
+def test_regenerate_keeps_the_old_reply_and_edit_branches(deps):
+    state, v = drain(chat.send(deps, chat.blank(), "Say hello.", "zero-shot", "ana"))[-1]
+    old_reply = state["ids"][1]
+    deps.settings.sampling.temperature = 1.0
+    state, v = drain(chat.regenerate(deps, state, 1, "dialogue", "ana"))[-1]
+    assert state["ids"][1] != old_reply and deps.store.turn(old_reply)["status"] == "ok"
+    siblings = deps.store.children(state["ids"][0])
+    assert [t["id"] for t in siblings] == [old_reply, state["ids"][1]]
+    assert deps.store.turn(state["ids"][1])["checkpoint"] == "dialogue"
+    # edit the user message: a new branch from the same parent, the old one untouched
+    first_user = state["ids"][0]
+    state, v = drain(chat.edit(deps, state, 0, "Say goodbye.", "dialogue", "ana"))[-1]
+    assert state["ids"][0] != first_user and v.history[0]["content"] == "Say goodbye."
+    assert len(deps.store.children(None, state["session"])) == 2
+    # edit the reply: a gold correction beside the original
+    state, v = drain(chat.edit(deps, state, 1, "Goodbye, and take care!", "dialogue", "ana"))[-1]
+    assert v.history[1]["content"] == "Goodbye, and take care!"
+    assert deps.store.gold(state["ids"][1]) == "Goodbye, and take care!" and deps.store.turn(state["ids"][1])["content"]
+    with pytest.raises(ValueError, match="name"):
+        drain(chat.edit(deps, state, 1, "Another correction", "dialogue", None))
+
+
+def test_stop_keeps_the_partial_reply(deps):
+    deps.settings.sampling.max_tokens = 400
+
+    async def go():
+        outs = []
+        task = None
+
+        async def consume():
+            async for item in chat.send(deps, chat.blank(), "Write a long story about a lighthouse.", "zero-shot", "ana"):
+                outs.append(item)
+                if len(outs) == 4:
+                    task.cancel()
+        task = asyncio.ensure_future(consume())
+        with pytest.raises(asyncio.CancelledError):
+            await task
+        return outs
+
+    outs = asyncio.run(go())
+    state, _ = outs[-1]
+    reply = deps.store.turn(state["ids"][-1])
+    assert reply["status"] == "stopped" and reply["content"], "the text streamed before the stop is kept"
+    assert "(stopped)" in chat.current(deps, state, "ana").history[-1]["content"]
+
+
+def test_unreachable_endpoint_keeps_the_question_and_offers_retry(deps, vllm_server):
+    deps.add_checkpoint(Checkpoint(name="offline", model="dialogue", base_url=f"http://127.0.0.1:{free_port()}/v1"))
+    state, v = drain(chat.send(deps, chat.blank(), "Are you there?", "offline", "ana"))[-1]
+    user, reply = (deps.store.turn(i) for i in state["ids"])
+    assert user["content"] == "Are you there?" and reply["status"] == "error" and "127.0.0.1" in reply["error"]
+    assert "⚠️" in v.history[1]["content"] and "retry" in v.history[1]["content"]
+    state, v = drain(chat.regenerate(deps, state, 1, "dialogue", "ana"))[-1]
+    assert deps.store.turn(state["ids"][1])["status"] == "ok" and state["ids"][0] == user["id"]
+
+
+def test_context_overflow_drops_oldest_turns_with_a_notice(deps):
+    sid = deps.store.start_session("chat")
+    long_text = "The lighthouse keeper counted the waves again. " * 260  # ~2,300 tokens: more than the window
+    u = deps.store.add_user_turn(sid, long_text)
+    a = deps.store.begin_assistant_turn(sid, u, checkpoint="dialogue")
+    deps.store.finish_assistant_turn(a, "That is a lot of waves.")
+    state, v = drain(chat.send(deps, {"session": sid, "ids": [u, a]}, "What is 2 + 2?", "dialogue", "ana"))[-1]
+    reply = deps.store.turn(state["ids"][-1])
+    assert reply["status"] == "ok" and reply["params"]["dropped_exchanges"] == 1
+    assert "oldest exchange" in v.history[-1]["content"]
+    # a single message beyond the window: a clear message, the question kept
+    state, v = drain(chat.send(deps, chat.blank(), long_text, "dialogue", "ana"))[-1]
+    reply = deps.store.turn(state["ids"][-1])
+    assert reply["status"] == "error" and "too long for dialogue's context window" in reply["error"]
+
+
+def test_blind_compare_from_a_prompt_both_sides_own_history(deps, monkeypatch):
+    name, prompts = compare.prompt_set(None)
+    assert name == "bundled" and len(prompts) == 10
+    state, text = compare.pick_prompt(compare.blank(), name, prompts[0])
+    outs = drain(compare.send(deps, state, text, "zero-shot", "dialogue", True, "ana"))
+    state, va, vb = outs[-1]
+    assert state["blind"] and compare.side_names(state) == {"a": "A", "b": "B"}
+    assert sorted(state["names"].values()) == ["dialogue", "zero-shot"]
+    session = deps.store.session(state["session"])
+    assert session["mode"] == "blind" and session["prompt_set"] == "bundled" and session["prompt"] == prompts[0]["id"]
+    assert va.history[0]["content"] == vb.history[0]["content"] == inert(prompts[0]["prompt"])
+    state, va, vb = drain(compare.send(deps, state, "Make it shorter.", "zero-shot", "dialogue", True, "ana"))[-1]
+    for lane in ("a", "b"):
+        turns = [deps.store.turn(i) for i in state[lane]]
+        assert all(t["lane"] == lane for t in turns) and turns[1]["checkpoint"] == state["names"][lane]
+        sent = deps.store.messages(turns[2]["id"])
+        assert sent[1]["content"] == turns[1]["content"], "each side sees its own earlier answer"
+    assert compare.rate(deps, state, "a", 3, "Pass", "ana").feedback == [None, "Pass"]
+    assert compare.rate(deps, state, "b", 1, "Fail", "ana").feedback == ["Fail", None]
+    assert compare.verdict(deps, state, "b", "ana") == "Turn 2: B better."
+    (v,) = deps.store.verdicts(state["session"])
+    assert v["turn_a"] == state["a"][-1] and v["turn_b"] == state["b"][-1] and v["checkpoint_b"] == state["names"]["b"]
+    state, message = compare.close(deps, state)
+    assert f"A was {state['names']['a']}" in message and compare.side_names(state) == state["names"]
+    with pytest.raises(ValueError, match="closed"):
+        drain(compare.send(deps, state, "One more?", "zero-shot", "dialogue", True, "ana"))
+    headers, rows = compare.coverage(deps, "bundled", prompts)
+    assert headers == ["id", "prompt", "zero-shot", "dialogue"]
+    assert rows[0][2:] == [1, 1] and all(r[2:] == [0, 0] for r in rows[1:])
+
+
+def test_blind_assignment_is_random_per_session(deps, monkeypatch):
+    seen = set()
+    for _ in range(12):
+        st = compare._start(deps, compare.blank(), "hi", "zero-shot", "dialogue", True, "ana")
+        seen.add(st["names"]["a"])
+    assert seen == {"zero-shot", "dialogue"}
+    with pytest.raises(ValueError, match="two different"):
+        compare._start(deps, compare.blank(), "hi", "dialogue", "dialogue", False, "ana")
+
+
+def test_user_prompt_set_file(tmp_path):
+    path = tmp_path / "mine.txt"
+    path.write_text("First question\n\nSecond question\n")
+    assert compare.prompt_set(path) == ("mine.txt", [{"id": "p01", "prompt": "First question"},
+                                                     {"id": "p02", "prompt": "Second question"}])
+    bad = tmp_path / "bad.jsonl"
+    bad.write_text('{"prompt": "ok"}\n{"text": "no prompt"}\n')
+    with pytest.raises(ValueError, match="bad.jsonl:2"):
+        compare.prompt_set(bad)
+
+
+def test_collect_counts_exports_and_trains_in_the_background(deps):
+    state, _ = drain(chat.send(deps, chat.blank(), "Name a fruit.", "dialogue", "ana"))[-1]
+    state, _ = drain(chat.send(deps, state, "Another one?", "dialogue", "ana"))[-1]
+    chat.rate(deps, state, 1, "Excellent", "ana")
+    assert collect.count(deps, collect.filters("pass")) == "**0** chains, **0** assistant turns pass these filters."
+    chat.rate(deps, state, 3, "Pass", "ana")
+    assert collect.count(deps, collect.filters("pass")) == "**1** chains, **2** assistant turns pass these filters."
+    assert collect.count(deps, collect.filters("excellent", cut_at_first_fail=True)).startswith("**0**")
+    path, message = collect.export_file(deps, collect.filters("pass", checkpoint="dialogue", annotator="ana"), "messages")
+    (record,) = [json.loads(line) for line in path.read_text().splitlines()]
+    assert [m["role"] for m in record["messages"]] == ["user", "assistant"] * 2 and "1 chains" in message
+    with pytest.raises(ValueError, match="No chains"):
+        collect.start_training(deps, collect.filters("pass", checkpoint="zero-shot"))
+    job = collect.start_training(deps, collect.filters("pass"), name="dialogue-test", extra=["--dry-run"])
+    assert job.proc.wait(timeout=600) == 0, job.log.read_text()
+    line, _ = job.progress()
+    assert job.state == "done" and line.startswith("done")
+    assert "examples: 62 single-turn, 9 multi-turn chains" in job.log.read_text(), "8 bundled chains + the rated one"
+
+
+def test_serve_a_trained_checkpoint_into_the_running_server(deps, vllm_server):
+    import subprocess
+    import sys
+
+    name = "dialogue-r2"
+    shutil.copytree(vllm_server.home / "checkpoints" / "dialogue", deps.settings.home / "checkpoints" / name)
+    proc = subprocess.Popen([sys.executable, "-c", "pass"])
+    proc.wait()
+    job = collect.TrainJob(name, deps.settings.home / "train.log", proc)
+    try:
+        assert "Serving **dialogue-r2**" in collect.serve_trained(deps, job)
+        assert name in models(vllm_server.url) and name in deps.names
+        state, v = drain(chat.send(deps, chat.blank(), "What is the capital of France?", name, "ana"))[-1]
+        assert deps.store.turn(state["ids"][1])["status"] == "ok" and "Paris" in v.history[1]["content"]
+    finally:
+        httpx.post(vllm_server.url + "/unload_lora_adapter", json={"lora_name": name}, timeout=60)
+    assert name not in models(vllm_server.url)
+
+
+def test_report_tab(deps):
+    png, text = collect.report(deps)
+    assert png is None and "No rated turns" in text
+    state, _ = drain(chat.send(deps, chat.blank(), "Hi!", "dialogue", "ana"))[-1]
+    chat.rate(deps, state, 1, "Excellent", "ana")
+    png, text = collect.report(deps)
+    assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n" and "dialogue" in text and "100.0%" in text
+
+
+def test_html_in_messages_is_shown_not_run():
+    text = 'Look: <script>alert(1)</script> <img src=x onerror="alert(2)"> & `<b>code</b>`'
+    shown = inert(text)
+    assert "<script" not in shown and "<img" not in shown and "&lt;script>" in shown and "&lt;img" in shown
+    assert "`<b>code</b>`" in shown, "code keeps its text: Markdown shows it literally"
+
+
+def test_auth_file(tmp_path):
+    path = tmp_path / "users.txt"
+    path.write_text("# team\nana:s3cret\nbo:pw:with:colons\n")
+    assert read_auth(path) == [("ana", "s3cret"), ("bo", "pw:with:colons")]
+    path.write_text("ana:s3cret\nbo\n")
+    with pytest.raises(ValueError, match="users.txt:2: expected user:password"):
+        read_auth(path)
