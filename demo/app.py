@@ -137,7 +137,11 @@ def _chat_tab(app, deps: Deps, names, annotator, who) -> list:
     new.click(lambda: (chat.blank(), gr.update(value=[], feedback_value=[]), None), None, [state, bot, sessions])
     sessions.select(on_resume, [sessions, annotator], [state, bot])
     sessions.focus(refresh_sessions, None, sessions)
-    annotator.blur(lambda st, name, request: _shown(chat.current(deps, st, who(name, request))), [state, annotator], bot)
+    def on_name(st, name, request: gr.Request):  # the ratings shown are the annotator's own
+        return _shown(chat.current(deps, st, who(name, request)))
+
+    annotator.blur(on_name, [state, annotator], bot)
+    bot.clear(chat.blank, None, state)
     return [checkpoint]
 
 

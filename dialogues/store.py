@@ -303,6 +303,10 @@ class Store:
             raise StoreError("only assistant turns are rated")
         rid = new_id()
         with self.write() as db:
+            same = db.execute("select id from ratings where turn_id = ? and annotator = ? and current = 1 and label = ?",
+                              (turn_id, annotator, label)).fetchone()
+            if same:  # the same label again (a double click) is not a new rating
+                return same[0]
             db.execute("update ratings set current = 0 where turn_id = ? and annotator = ? and current = 1", (turn_id, annotator))
             self._insert(db, "ratings", {"id": rid, "turn_id": turn_id, "annotator": annotator, "label": label,
                                          "comment": comment, "created": now(), "current": 1})

@@ -81,6 +81,10 @@ def test_ratings_keep_history_and_never_cross_annotators(store):
     assert current == {"ana": "excellent", "ben": "fail"}
     assert [r["label"] for r in store.ratings(a, history=True)] == ["pass", "fail", "excellent"]
     assert store.current_labels(sid, "ben") == {a: "fail"}
+    # the same label again (a double click in the app) adds no history
+    ben = next(r["id"] for r in store.ratings(a) if r["annotator"] == "ben")
+    assert store.rate(a, "ben", "fail") == ben
+    assert len(store.ratings(a, history=True)) == 3
 
 
 def test_gold_edits_and_verdicts(store):

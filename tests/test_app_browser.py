@@ -1,0 +1,165 @@
+"""End to end in a real browser: Debian's Chromium, driven by Playwright, on `limachat app` over the
+real vLLM server. Saves a screenshot of each tab to docs/screenshots/ (shown in the README)."""
+
+from __future__ import annotations
+
+import json
+import os
+import sqlite3
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+from conftest import REPO, free_port
+
+CHROMIUM = "/usr/bin/chromium"
+ARGS = ["--no-sandbox", "--disable-gpu", "--disable-background-networking", "--disable-component-update", "--disable-sync"]
+SHOTS = REPO / "docs" / "screenshots"
+XSS = 'Repeat this exactly: <script>window.pwned = 1</script> <img src=x onerror="window.pwned = 2">'
+
+
+@pytest.fixture
+def app_url(vllm_server, tmp_path):
+    """`limachat app` as a user starts it, against the session's vLLM server, on a fresh database."""
+    port = free_port()
+    env = {k: v for k, v in os.environ.items() if not k.startswith("LIMACHAT_")}
+    env.update(LIMACHAT_HOME=str(tmp_path), LIMACHAT_SERVER__PORT=str(vllm_server.port), PYTHONUNBUFFERED="1",
+               LIMACHAT_SAMPLING__MAX_TOKENS="32", LIMACHAT_SERVER__BASE=str(vllm_server.home / "base" / "SmolLM2-135M-Instruct" / "model"))
+    log = tmp_path / "app.log"
+    proc = subprocess.Popen([sys.executable, "-m", "limachat.cli", "app", "--port", str(port)], env=env, cwd=tmp_path,
+                            stdout=subprocess.DEVNULL, stderr=log.open("wb"))
+    try:
+        deadline = time.monotonic() + 120
+        while "app ready" not in log.read_text():
+            assert proc.poll() is None and time.monotonic() < deadline, log.read_text()
+            time.sleep(0.5)
+        yield f"http://127.0.0.1:{port}", tmp_path
+    finally:
+        proc.terminate()
+        proc.wait(timeout=30)
+
+
+def query(db: Path, sql: str, *params):
+    with sqlite3.connect(db) as con:
+        return con.execute(sql, params).fetchall()
+
+
+def wait_for(check, what: str, timeout: float = 120):
+    deadline = time.monotonic() + timeout
+    while not check():
+        if time.monotonic() > deadline:
+            raise AssertionError(f"timed out waiting for {what}")
+        time.sleep(0.25)
+
+
+def replies_done(db: Path, n: int) -> bool:
+    return query(db, "select count(*) from turns where role = 'assistant' and status != 'streaming'")[0][0] >= n
+
+
+def rate(page, bot: str, index: int, option: str):
+    page.locator(f"{bot} button[aria-label=Feedback]").nth(index).click()
+    page.locator(f"{bot} button:has-text('{option}')").filter(visible=True).first.click()
+
+
+def shot(page, name: str):
+    SHOTS.mkdir(parents=True, exist_ok=True)
+    page.wait_for_timeout(400)
+    page.screenshot(path=SHOTS / f"{name}.png")
+
+
+def test_chat_compare_collect_report_in_a_browser(app_url):
+    from playwright.sync_api import sync_playwright
+
+    url, home = app_url
+    db = home / "limachat.db"
+    with sync_playwright() as p:
+        browser = p.chromium.launch(executable_path=CHROMIUM, args=ARGS)
+        page = browser.new_page(viewport={"width": 1280, "height": 860})
+        page.goto(url)
+        page.wait_for_selector("#chat-input textarea")
+        page.wait_for_timeout(2000)  # the page's load event restores a remembered name (none yet)
+        name = page.locator("#annotator textarea, #annotator input").first
+        name.fill("ana")
+        name.press("Tab")
+
+        # Chat: two turns, both rated; one regenerated.
+        for n, text in enumerate(["What is the capital of France?", XSS], 1):
+            page.fill("#chat-input textarea", text)
+            page.click("#chat-send")
+            wait_for(lambda: replies_done(db, n), f"reply {n}")
+        page.wait_for_timeout(800)
+        rate(page, "#chat-bot", 0, "Pass")
+        wait_for(lambda: query(db, "select count(*) from ratings")[0][0] == 1, "the first rating")
+        rate(page, "#chat-bot", 1, "Excellent")
+        wait_for(lambda: query(db, "select count(*) from ratings")[0][0] == 2, "the second rating")
+        page.locator("#chat-bot button[aria-label=Retry]").last.click()
+        wait_for(lambda: replies_done(db, 3), "the regenerated reply")
+        page.wait_for_timeout(800)
+        # the markup shows as text and never runs
+        assert page.get_by_text("<script>window.pwned = 1</script>").count() >= 1
+        assert page.evaluate("window.pwned") is None
+        assert page.locator("#chat-bot script, #chat-bot img[src=x]").count() == 0
+        shot(page, "chat")
+
+        # Compare, blind, from the first prompt of the bundled set.
+        page.get_by_role("tab", name="Compare").click()
+        page.locator("#compare-prompt input").click()
+        page.get_by_role("option").filter(has_text="p01").first.click()
+        page.wait_for_function("document.querySelector('#compare-input textarea').value.length > 20")
+        page.click("#compare-send")
+        wait_for(lambda: replies_done(db, 5), "both compare replies")
+        page.wait_for_timeout(800)
+        assert page.locator("#compare-a").get_by_text("A", exact=True).count() >= 1
+        rate(page, "#compare-a", 0, "Pass")
+        rate(page, "#compare-b", 0, "Fail")
+        wait_for(lambda: query(db, "select count(*) from ratings")[0][0] == 4, "the compare ratings")
+        page.click("#verdict-a")
+        page.wait_for_function("document.querySelector('#compare-status').innerText.includes('Turn 1: A better')")
+        shot(page, "compare")
+        page.click("#compare-close")
+        page.wait_for_function("document.querySelector('#compare-status').innerText.includes('A was')")
+        (meta,) = query(db, "select meta from sessions where mode = 'blind'")[0]
+        lanes = json.loads(meta)["lanes"]
+        assert f"A was {lanes['a']}, B was {lanes['b']}" in page.locator("#compare-status").inner_text().replace("*", "")
+        assert page.locator("#compare-a").get_by_text(lanes["a"], exact=True).count() >= 1
+
+        # Collect: the default filters (every reply at least pass) and an export.
+        page.get_by_role("tab", name="Collect").click()
+        page.wait_for_function("document.querySelector('#collect-count').innerText.includes('chains')")
+        assert "2 chains, 3 assistant turns" in page.locator("#collect-count").inner_text()
+        page.click("#collect-export")
+        page.wait_for_function("document.querySelector('#collect-result').innerText.includes('Wrote')")
+        shot(page, "collect")
+
+        page.get_by_role("tab", name="Report").click()
+        page.wait_for_selector("#report-chart img")
+        page.wait_for_function("document.querySelector('#report-tables').innerText.includes('excellent')")
+        shot(page, "report")
+        browser.close()
+
+    # The database holds exactly what was done ...
+    sessions = query(db, "select mode, prompt_set, prompt, closed is not null from sessions order by created")
+    assert sessions == [("chat", None, None, 0), ("blind", "bundled", "p01", 1)]
+    chat_turns = query(db, "select t.role, t.status, t.checkpoint from turns t join sessions s on s.id = t.session_id "
+                           "where s.mode = 'chat' order by t.created")
+    assert [r[0] for r in chat_turns] == ["user", "assistant", "user", "assistant", "assistant"]
+    assert all(r[1] == "ok" and r[2] == "dialogue" for r in chat_turns if r[0] == "assistant")
+    user_xss = query(db, "select content from turns where role = 'user' and content like '%<script>%'")
+    assert user_xss == [(XSS,)], "the message is stored as typed"
+    labels = query(db, """select t.lane, t.exchange, r.label, r.annotator from ratings r join turns t on t.id = r.turn_id
+                          where r.current = 1 order by r.created""")
+    assert labels == [(None, 1, "pass", "ana"), (None, 2, "excellent", "ana"), ("a", 1, "pass", "ana"), ("b", 1, "fail", "ana")]
+    assert query(db, "select verdict, annotator, checkpoint_a from verdicts") == [("a", "ana", lanes["a"])]
+    # ... and so does the export: the two chains whose replies are all at least pass.
+    (exported,) = list((home / "exports").glob("limachat-messages-*.jsonl"))
+    records = [json.loads(line) for line in exported.read_text().splitlines()]
+    assert len(records) == 2
+    by_mode = {r["limachat"]["mode"]: r for r in records}
+    assert by_mode["chat"]["limachat"]["labels"] == ["pass", "excellent"]
+    assert [m["content"] for m in by_mode["chat"]["messages"] if m["role"] == "user"] == ["What is the capital of France?", XSS]
+    assert by_mode["blind"]["limachat"]["checkpoints"] == [lanes["a"]] and by_mode["blind"]["limachat"]["labels"] == ["pass"]
+    for name in ("chat", "compare", "collect", "report"):
+        assert (SHOTS / f"{name}.png").stat().st_size > 10_000
