@@ -5,10 +5,16 @@ from __future__ import annotations
 import argparse
 import os
 import platform
+import signal
+import statistics as st
+import subprocess
+import sys
+import time
 import tempfile
 from datetime import date
 from pathlib import Path
 
+import bench_app
 import bench_store
 import bench_train
 
@@ -59,18 +65,104 @@ def train_section(steps: int) -> list[str]:
     ]
 
 
+def app_section(rounds: int) -> list[str]:
+    """Starts `limachat serve` (the adapters `make demo` trained, or untrained ones) on a free port."""
+    import socket
+
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        port = sock.getsockname()[1]
+    home = Path(os.environ.get("LIMACHAT_HOME", ROOT / "data"))
+    log = home / "logs" / f"bench-serve-{port}.log"
+    log.parent.mkdir(parents=True, exist_ok=True)
+    proc = subprocess.Popen([sys.executable, "-m", "limachat.cli", "--home", str(home), "serve", "--port", str(port)],
+                            stdout=subprocess.DEVNULL, stderr=log.open("wb"))
+    try:
+        while "vLLM ready" not in log.read_text():
+            if proc.poll() is not None:
+                raise SystemExit(f"limachat serve failed; see {log}")
+            time.sleep(1)
+        url = f"http://127.0.0.1:{port}/v1"
+        c = bench_app.compare_vs_single(url, rounds=rounds)
+        levels = bench_app.streams_vs_direct(url, rounds=max(3, rounds // 2))
+    finally:
+        proc.send_signal(signal.SIGINT)
+        proc.wait(timeout=120)
+    rows = [
+        f"| single turn through the chat handler, 48 tokens | {bench_store.spread(c['single'])} | - |",
+        f"| compare turn (both checkpoints at once), 48 tokens each | {bench_store.spread(c['compare'])} | - |",
+        f"| compare / single wall time (medians, one run) | {c['ratio']:.2f} | <= 1.2 (sequential: 2.0) |",
+    ]
+    for n, runs in levels.items():
+        app_tok = [r["tok_s"] for r in runs["app"]]
+        dir_tok = [r["tok_s"] for r in runs["direct"]]
+        app_ttft = [1000 * r["ttft"] for r in runs["app"]]
+        dir_ttft = [1000 * r["ttft"] for r in runs["direct"]]
+        rows += [
+            f"| {n} stream{'s' if n > 1 else ''}: tokens/s, app path | {bench_store.spread(app_tok, unit='tokens/s', digits=1)} | - |",
+            f"| {n} stream{'s' if n > 1 else ''}: tokens/s, direct client | {bench_store.spread(dir_tok, unit='tokens/s', digits=1)} | - |",
+            f"| {n} stream{'s' if n > 1 else ''}: app / direct tokens/s (medians) | {st.median(app_tok) / st.median(dir_tok):.2f} | >= 0.97 |",
+            f"| {n} stream{'s' if n > 1 else ''}: time to first token, app / direct | {bench_store.spread(app_ttft, unit='ms', digits=0)} / "
+            f"{bench_store.spread(dir_ttft, unit='ms', digits=0)} | - |",
+            f"| {n} stream{'s' if n > 1 else ''}: added time to first token (medians) | {st.median(app_ttft) - st.median(dir_ttft):+.0f} ms | <= 20 ms |",
+        ]
+    return rows
+
+
+SECTIONS = {
+    "store": ("## Store (SQLite)", [
+        "The writers run in a closed loop with no pause between writes, 64 threads against one SQLite",
+        "file: each writes a user turn, begins an assistant turn, saves a partial, finishes it and rates it.",
+        "Every write that returned is checked to be in the database afterwards."]),
+    "train": ("## Training (CPU, SmolLM2-135M-Instruct, float32)", [
+        "Both sides train the same LoRA adapter on the same four median-length bundled examples; the",
+        "trainer side counts whole optimizer steps (forward, backward, clipping, AdamW, scheduler)."]),
+    "app": ("## App (chat and compare handlers over vLLM on CPU, eager, float32, LoRA)", [
+        "Every reply is exactly 48 tokens (`ignore_eos`), so the sides compare like for like. The app path is",
+        "the handler a Gradio event calls: session and user turn saved, the reply streamed through the",
+        "client with partial saves and the view rebuilt per piece, the finished turn written. The direct",
+        "client is one httpx SSE stream. Streams run concurrently with asyncio; rounds alternate the sides."]),
+}
+
+
+def _existing(path: Path) -> dict[str, list[str]]:
+    """The sections of an earlier BENCHMARKS.md, by heading, to keep those not re-run."""
+    out: dict[str, list[str]] = {}
+    if path.exists():
+        current = None
+        for line in path.read_text().splitlines():
+            if line.startswith("## "):
+                current = line
+                out[current] = []
+            elif current:
+                out[current].append(line)
+    return out
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__)
     ap.add_argument("--seconds", type=float, default=30.0, help="length of each concurrent-writers run")
     ap.add_argument("--writer-runs", type=int, default=3)
     ap.add_argument("--runs", type=int, default=5, help="repetitions of each timed operation")
     ap.add_argument("--train-steps", type=int, default=5, help="timed training steps per side")
+    ap.add_argument("--only", choices=sorted(SECTIONS), action="append",
+                    help="run only this section (repeatable); the others are kept from the existing file")
     ap.add_argument("-o", "--output", type=Path, default=ROOT / "BENCHMARKS.md")
     args = ap.parse_args()
-    print("store benchmarks ...")
-    rows = store_section(args.writer_runs, args.seconds, args.runs)
-    print("training benchmarks ...")
-    train_rows = train_section(args.train_steps)
+    run = {
+        "store": lambda: store_section(args.writer_runs, args.seconds, args.runs),
+        "train": lambda: train_section(args.train_steps),
+        "app": lambda: app_section(args.runs),
+    }
+    old = _existing(args.output)
+    body: list[str] = []
+    for key, (heading, notes) in SECTIONS.items():
+        if args.only and key not in args.only and heading in old:
+            body += [heading, *old[heading]]
+            continue
+        print(f"{key} benchmarks ...")
+        rows = run[key]()
+        body += [heading, "", "| what | median (spread) | target |", "|---|---|---|", *rows, "", *notes, ""]
     lines = [
         "# Benchmarks",
         "",
@@ -78,25 +170,7 @@ def main() -> None:
         f"{len(os.sched_getaffinity(0))} cores, Python {platform.python_version()}. "
         "Each figure is the median with the (min-max) spread of the repeated runs.",
         "",
-        "## Store (SQLite)",
-        "",
-        "| what | median (spread) | target |",
-        "|---|---|---|",
-        *rows,
-        "",
-        "The writers run in a closed loop with no pause between writes, 64 threads against one SQLite",
-        "file: each writes a user turn, begins an assistant turn, saves a partial, finishes it and rates it.",
-        "Every write that returned is checked to be in the database afterwards.",
-        "",
-        "## Training (CPU, SmolLM2-135M-Instruct, float32)",
-        "",
-        "| what | median (spread) | target |",
-        "|---|---|---|",
-        *train_rows,
-        "",
-        "Both sides train the same LoRA adapter on the same four median-length bundled examples; the",
-        "trainer side counts whole optimizer steps (forward, backward, clipping, AdamW, scheduler).",
-        "",
+        *body,
     ]
     args.output.write_text("\n".join(lines))
     print(f"wrote {args.output}")

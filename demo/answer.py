@@ -69,7 +69,7 @@ async def answer(deps: Deps, session_id: str, user_turn: str, checkpoint: str, l
     if checkpoint not in deps.checkpoints:
         raise ValueError(f"unknown checkpoint {checkpoint!r}; known: {', '.join(deps.names)}")
     ck, client, store = deps.checkpoints[checkpoint], deps.clients[checkpoint], deps.store
-    params = sampling_params(deps.settings.sampling.model_dump())
+    params = sampling_params(deps.settings.sampling.request())
     messages = store.messages(user_turn)
     tid = store.begin_assistant_turn(session_id, user_turn, checkpoint=checkpoint, model=ck.model,
                                      endpoint=ck.base_url, params=params, lane=lane)

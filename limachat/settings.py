@@ -38,6 +38,11 @@ class Sampling(_Section):
     top_p: float | None = Field(0.9, gt=0.0, le=1.0)
     repetition_penalty: float | None = Field(1.2, gt=0.0)
     max_tokens: int | None = Field(512, ge=1)
+    extra: dict[str, Any] = {}  # more request fields, sent unchanged (e.g. seed, stop, min_tokens)
+
+    def request(self) -> dict[str, Any]:
+        """The sampling fields of a chat request."""
+        return {**self.model_dump(exclude={"extra"}), **self.extra}
 
 
 class Server(_Section):

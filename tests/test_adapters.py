@@ -34,3 +34,12 @@ def test_a_full_fine_tune_says_how_to_serve_it(tmp_path):
     (full / "config.json").write_text("{}")
     with pytest.raises(ServerError, match=r"full fine-tuned model.*limachat serve --base .*dialogue --port 8001"):
         find_adapters(tmp_path, tmp_path / "untrained", "/base/a")
+
+
+def test_other_adapters_trained_here_are_served_too(tmp_path):
+    """`limachat train --name` and the app's Collect tab write beside the two variants."""
+    adapter(tmp_path / "checkpoints" / "dialogue-r2", "/base/a")
+    adapter(tmp_path / "checkpoints" / "elsewhere", "/base/other")
+    (tmp_path / "checkpoints" / "half-written").mkdir()
+    names = [a.name for a in find_adapters(tmp_path, tmp_path / "untrained", "/base/a")]
+    assert names == ["zero-shot", "dialogue", "dialogue-r2"]

@@ -158,3 +158,13 @@ def test_unchanged_data_is_not_retrained_and_epoch_switches(trained_home):
     assert (out / "adapter_model.safetensors").read_bytes() == (out / "epochs" / "epoch-2" / "adapter_model.safetensors").read_bytes()
     run(Settings(home=trained_home), ["zero-shot"], tiny, base, overrides, epoch=4, progress=said.append)
     assert json.loads((out / "training.json").read_text())["served_epoch"] == 4
+
+
+def test_a_named_checkpoint_needs_one_variant_and_a_plain_name(clean_env):
+    from click.testing import CliRunner
+
+    from limachat.cli import main
+
+    for args, bad in ((["--name", "dialogue-r2"], "'dialogue-r2'"), (["--variant", "dialogue", "--name", "../up"], "'../up'")):
+        result = CliRunner().invoke(main, ["--home", str(clean_env), "train", *args, "--dry-run"])
+        assert result.exit_code != 0 and f"--name {bad}: give one --variant" in result.output
