@@ -115,6 +115,9 @@ class ChatClient:
         self.url = checkpoint.base_url.rstrip("/") + "/chat/completions"
         self.timeout = httpx.Timeout(timeout, connect=connect_timeout)
         self.headers = {"Authorization": f"Bearer {checkpoint.api_key}"} if checkpoint.api_key else {}
+        # Loading the CA bundle costs ~40 ms of CPU: once per client, not once per request (measured:
+        # per request it added 48 ms to the first token of one stream and 250 ms at 16 streams).
+        self.ssl = httpx.create_ssl_context()
 
     async def stream(self, messages: list[dict[str, str]], params: dict[str, Any] | None = None) -> AsyncIterator[str | Completion]:
         params = sampling_params(**{**(params or {}), **dict.fromkeys(self.checkpoint.omit_params)})
@@ -127,7 +130,7 @@ class ChatClient:
         done = False
         start = time.perf_counter()
         try:
-            async with httpx.AsyncClient(timeout=self.timeout, headers=self.headers) as http:
+            async with httpx.AsyncClient(timeout=self.timeout, headers=self.headers, verify=self.ssl) as http:
                 async with http.stream("POST", self.url, json=body) as resp:
                     if resp.status_code >= 400:
                         raise _classify(resp.status_code, _error_message(await resp.aread()), model, self.url)

@@ -9,6 +9,7 @@ import sqlite3
 import subprocess
 import sys
 import time
+from contextlib import contextmanager
 from pathlib import Path
 
 import pytest
@@ -21,25 +22,43 @@ SHOTS = REPO / "docs" / "screenshots"
 XSS = 'Repeat this exactly: <script>window.pwned = 1</script> <img src=x onerror="window.pwned = 2">'
 
 
-@pytest.fixture
-def app_url(vllm_server, tmp_path):
+@contextmanager
+def running_app(vllm_server, home: Path, *args: str):
     """`limachat app` as a user starts it, against the session's vLLM server, on a fresh database."""
     port = free_port()
     env = {k: v for k, v in os.environ.items() if not k.startswith("LIMACHAT_")}
-    env.update(LIMACHAT_HOME=str(tmp_path), LIMACHAT_SERVER__PORT=str(vllm_server.port), PYTHONUNBUFFERED="1",
+    env.update(LIMACHAT_HOME=str(home), LIMACHAT_SERVER__PORT=str(vllm_server.port), PYTHONUNBUFFERED="1",
                LIMACHAT_SAMPLING__MAX_TOKENS="32", LIMACHAT_SERVER__BASE=str(vllm_server.home / "base" / "SmolLM2-135M-Instruct" / "model"))
-    log = tmp_path / "app.log"
-    proc = subprocess.Popen([sys.executable, "-m", "limachat.cli", "app", "--port", str(port)], env=env, cwd=tmp_path,
+    log = home / "app.log"
+    proc = subprocess.Popen([sys.executable, "-m", "limachat.cli", "app", "--port", str(port), *args], env=env, cwd=home,
                             stdout=subprocess.DEVNULL, stderr=log.open("wb"))
     try:
         deadline = time.monotonic() + 120
         while "app ready" not in log.read_text():
             assert proc.poll() is None and time.monotonic() < deadline, log.read_text()
             time.sleep(0.5)
-        yield f"http://127.0.0.1:{port}", tmp_path
+        yield f"http://127.0.0.1:{port}"
     finally:
         proc.terminate()
         proc.wait(timeout=30)
+
+
+@pytest.fixture
+def app_url(vllm_server, tmp_path):
+    with running_app(vllm_server, tmp_path) as url:
+        yield url, tmp_path
+
+
+@contextmanager
+def browser_page():
+    from playwright.sync_api import sync_playwright
+
+    with sync_playwright() as p:
+        browser = p.chromium.launch(executable_path=CHROMIUM, args=ARGS)
+        try:
+            yield browser.new_page(viewport={"width": 1280, "height": 860})
+        finally:
+            browser.close()
 
 
 def query(db: Path, sql: str, *params):
@@ -71,13 +90,9 @@ def shot(page, name: str):
 
 
 def test_chat_compare_collect_report_in_a_browser(app_url):
-    from playwright.sync_api import sync_playwright
-
     url, home = app_url
     db = home / "limachat.db"
-    with sync_playwright() as p:
-        browser = p.chromium.launch(executable_path=CHROMIUM, args=ARGS)
-        page = browser.new_page(viewport={"width": 1280, "height": 860})
+    with browser_page() as page:
         page.goto(url)
         page.wait_for_selector("#chat-input textarea")
         page.wait_for_timeout(2000)  # the page's load event restores a remembered name (none yet)
@@ -138,7 +153,6 @@ def test_chat_compare_collect_report_in_a_browser(app_url):
         page.wait_for_selector("#report-chart img")
         page.wait_for_function("document.querySelector('#report-tables').innerText.includes('excellent')")
         shot(page, "report")
-        browser.close()
 
     # The database holds exactly what was done ...
     sessions = query(db, "select mode, prompt_set, prompt, closed is not null from sessions order by created")
@@ -163,3 +177,29 @@ def test_chat_compare_collect_report_in_a_browser(app_url):
     assert by_mode["blind"]["limachat"]["checkpoints"] == [lanes["a"]] and by_mode["blind"]["limachat"]["labels"] == ["pass"]
     for name in ("chat", "compare", "collect", "report"):
         assert (SHOTS / f"{name}.png").stat().st_size > 10_000
+
+
+def test_with_auth_people_log_in_and_ratings_carry_their_user(vllm_server, tmp_path):
+    users = tmp_path / "users.txt"
+    users.write_text("ana:open-sesame\n")
+    db = tmp_path / "limachat.db"
+    with running_app(vllm_server, tmp_path, "--auth", str(users)) as url, browser_page() as page:
+        page.goto(url)
+        page.get_by_label("username").fill("ana")
+        page.get_by_label("password").fill("wrong")
+        page.keyboard.press("Enter")
+        page.wait_for_timeout(1000)
+        assert page.locator("#chat-input").count() == 0, "a wrong password does not get in"
+        page.get_by_label("password").fill("open-sesame")
+        page.keyboard.press("Enter")
+        page.wait_for_selector("#chat-input textarea")
+        name = page.locator("#annotator textarea, #annotator input").first
+        page.wait_for_function("document.querySelector('#annotator textarea, #annotator input').value === 'ana'")
+        assert not name.is_editable()
+        page.fill("#chat-input textarea", "Hello!")
+        page.click("#chat-send")
+        wait_for(lambda: replies_done(db, 1), "the reply")
+        page.wait_for_timeout(800)
+        rate(page, "#chat-bot", 0, "Excellent")
+        wait_for(lambda: query(db, "select count(*) from ratings")[0][0] == 1, "the rating")
+    assert query(db, "select annotator, label from ratings") == [("ana", "excellent")]
