@@ -99,8 +99,10 @@ def _chat_tab(app, deps: Deps, names, annotator, who) -> list:
         stop = gr.Button("Stop", variant="stop", scale=1, min_width=90, elem_id="chat-stop")
 
     async def on_send(st, text, ck, name, request: gr.Request):
+        box_update = ""  # empty the box once; what is typed while the reply streams stays
         async for st2, v in _stream(chat.send(deps, st, text, ck, who(name, request))):
-            yield st2, _shown(v), ""
+            yield st2, _shown(v), box_update
+            box_update = gr.update()
 
     async def on_retry(st, ck, name, data: gr.RetryData, request: gr.Request):
         async for st2, v in _stream(chat.regenerate(deps, st, data.index, ck, who(name, request))):
@@ -191,9 +193,18 @@ def _compare_tab(deps: Deps, names, annotator, who) -> list:
         return gr.update(label=n["a"]), gr.update(label=n["b"])
 
     async def on_send(st, text, l_, r_, b_, name, request: gr.Request):
+        box_update = ""
         async for st2, va, vb in _stream(compare.send(deps, st, text, l_, r_, b_, who(name, request))):
             n = compare.side_names(st2)
-            yield st2, _shown(va, n["a"]), _shown(vb, n["b"]), ""
+            yield st2, _shown(va, n["a"]), _shown(vb, n["b"]), box_update
+            box_update = gr.update()
+
+    def retrier(lane):
+        async def on_retry(st, name, request: gr.Request):
+            async for st2, va, vb in _stream(compare.retry(deps, st, lane, who(name, request))):
+                n = compare.side_names(st2)
+                yield st2, _shown(va, n["a"]), _shown(vb, n["b"])
+        return on_retry
 
     def rater(lane):
         def on_rate(st, name, data: gr.LikeData, request: gr.Request):
@@ -235,7 +246,9 @@ def _compare_tab(deps: Deps, names, annotator, who) -> list:
         return _shown(va), _shown(vb)
 
     inputs = [state, box, left, right, blind, annotator]
-    runs = [send.click(on_send, inputs, [state, bot_a, bot_b, box]), box.submit(on_send, inputs, [state, bot_a, bot_b, box])]
+    runs = [send.click(on_send, inputs, [state, bot_a, bot_b, box]), box.submit(on_send, inputs, [state, bot_a, bot_b, box]),
+            bot_a.retry(retrier("a"), [state, annotator], [state, bot_a, bot_b]),
+            bot_b.retry(retrier("b"), [state, annotator], [state, bot_a, bot_b])]
     for r in runs:
         r.then(lambda ps: _coverage_update(deps, ps), pset, cover)
     stop.click(on_stop, [state, annotator], [bot_a, bot_b], cancels=runs)

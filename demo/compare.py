@@ -103,6 +103,26 @@ async def send(deps: Deps, state: dict, text: str, left: str, right: str, blind:
     yield (state, *views(deps, state, annotator))
 
 
+async def retry(deps: Deps, state: dict, lane: str, annotator: str | None = None) -> AsyncIterator[tuple[dict, View, View]]:
+    """A new reply on one side to its latest question (after an error, or just another try); the
+    old reply stays stored."""
+    if not state[lane]:
+        yield (state, *views(deps, state, annotator))
+        return
+    if state["closed"]:
+        raise ValueError("This session is closed: press New comparison to start another.")
+    last = deps.store.turn(state[lane][-1])
+    user_turn = last["parent_id"] if last["role"] == "assistant" else last["id"]
+    base = view(deps.store, user_turn, annotator)
+    other = views(deps, state, annotator)[1 - LANES.index(lane)]
+    async for r in answer(deps, state["session"], user_turn, state["names"][lane], lane):
+        v = _mask(View(base.history + [{"role": "assistant", "content": shown(reply_turn(r, state["names"][lane]))}],
+                       base.feedback + [None], base.ids + [r.turn_id]), state)
+        state = {**state, lane: v.ids}
+        yield (state, v, other) if lane == "a" else (state, other, v)
+    yield (state, *views(deps, state, annotator))
+
+
 def rate(deps: Deps, state: dict, lane: str, index: int, option: str | bool | None, annotator: str | None) -> View:
     label = LABEL_OF.get(option) if isinstance(option, str) else None
     if label is not None:

@@ -182,6 +182,19 @@ def test_blind_compare_from_a_prompt_both_sides_own_history(deps, monkeypatch):
     assert rows[0][2:] == [1, 1] and all(r[2:] == [0, 0] for r in rows[1:])
 
 
+def test_compare_side_that_fails_keeps_its_question_and_retries(deps, vllm_server):
+    deps.add_checkpoint(Checkpoint(name="gpu-box", model="dialogue", base_url=f"http://127.0.0.1:{free_port()}/v1"))
+    state, va, vb = drain(compare.send(deps, compare.blank(), "Hello there!", "zero-shot", "gpu-box", False, "ana"))[-1]
+    ok, failed = (deps.store.turn(state[lane][-1]) for lane in ("a", "b"))
+    assert ok["status"] == "ok" and failed["status"] == "error" and "⚠️" in vb.history[-1]["content"]
+    # the endpoint comes back: retry that side only
+    deps.add_checkpoint(Checkpoint(name="gpu-box", model="dialogue", base_url=vllm_server.url))
+    state, va2, vb2 = drain(compare.retry(deps, state, "b", "ana"))[-1]
+    assert deps.store.turn(state["b"][-1])["status"] == "ok" and state["b"][0] == failed["parent_id"]
+    assert state["a"][-1] == ok["id"] and va2.history == va.history
+    assert [t["status"] for t in deps.store.children(failed["parent_id"])] == ["error", "ok"]
+
+
 def test_blind_assignment_is_random_per_session(deps, monkeypatch):
     seen = set()
     for _ in range(12):
