@@ -9,9 +9,7 @@ from __future__ import annotations
 from collections.abc import AsyncIterator
 
 from limachat.demo.answer import Deps, answer
-from limachat.demo.history import LABEL_OF, View, latest_leaf, reply_turn, shown, view
-
-NAME_FIRST = "Enter your name at the top of the page first: ratings and corrections are kept per annotator."
+from limachat.demo.history import NAME_FIRST, View, label_of, latest_leaf, view
 
 
 def blank() -> dict:
@@ -22,12 +20,11 @@ def current(deps: Deps, state: dict, annotator: str | None) -> View:
     return view(deps.store, state["ids"][-1] if state["ids"] else None, annotator)
 
 
-async def _reply(deps: Deps, session_id: str, user_turn: str, checkpoint: str, annotator: str | None,
-                 lane: str | None = None) -> AsyncIterator[tuple[dict, View]]:
-    shown_so_far = view(deps.store, user_turn, annotator)
-    async for r in answer(deps, session_id, user_turn, checkpoint, lane):
-        v = View(shown_so_far.history + [{"role": "assistant", "content": shown(reply_turn(r, checkpoint))}],
-                 shown_so_far.feedback + [None], shown_so_far.ids + [r.turn_id])
+async def _reply(deps: Deps, session_id: str, user_turn: str, checkpoint: str, annotator: str | None
+                 ) -> AsyncIterator[tuple[dict, View]]:
+    asked = view(deps.store, user_turn, annotator)
+    async for r in answer(deps, session_id, user_turn, checkpoint):
+        v = asked.growing(r, checkpoint)
         yield {"session": session_id, "ids": v.ids}, v
     final = view(deps.store, r.turn_id, annotator)
     yield {"session": session_id, "ids": final.ids}, final
@@ -75,10 +72,8 @@ async def edit(deps: Deps, state: dict, index: int, text: str, checkpoint: str, 
 
 def rate(deps: Deps, state: dict, index: int, option: str | bool | None, annotator: str | None) -> View:
     """One click: the annotator's fail / pass / excellent for the assistant message `index`."""
-    label = LABEL_OF.get(option) if isinstance(option, str) else None
+    label = label_of(option, annotator)
     if label is not None:
-        if not annotator:
-            raise ValueError(NAME_FIRST)
         deps.store.rate(current(deps, state, annotator).turn_at(index), annotator, label)
     return current(deps, state, annotator)
 

@@ -16,8 +16,7 @@ from collections.abc import AsyncIterator
 from pathlib import Path
 
 from limachat.demo.answer import Deps, answer, merged
-from limachat.demo.chat import NAME_FIRST
-from limachat.demo.history import LABEL_OF, View, reply_turn, shown, view
+from limachat.demo.history import NAME_FIRST, View, label_of, view
 from limachat.dialogues import bundled
 from limachat.dialogues.formats import load_prompts
 
@@ -36,17 +35,19 @@ def side_names(state: dict) -> dict[str, str]:
     return {"a": "A", "b": "B"}
 
 
-def _mask(v: View, state: dict) -> View:
-    """In a blind session, replies (error messages included) never name a checkpoint."""
+def alias(state: dict) -> dict[str, str] | None:
+    """In a blind session, what limachat writes (errors, notices) says A and B, not the names."""
     if state["blind"] and not state["closed"] and state["names"]:
-        for m in v.history:
-            for lane, name in state["names"].items():
-                m["content"] = m["content"].replace(name, lane.upper())
-    return v
+        return {name: lane.upper() for lane, name in state["names"].items()}
+    return None
+
+
+def side(deps: Deps, state: dict, lane: str, annotator: str | None) -> View:
+    return view(deps.store, state[lane][-1] if state[lane] else None, annotator, alias(state))
 
 
 def views(deps: Deps, state: dict, annotator: str | None) -> tuple[View, View]:
-    return tuple(_mask(view(deps.store, state[lane][-1] if state[lane] else None, annotator), state) for lane in LANES)
+    return side(deps, state, "a", annotator), side(deps, state, "b", annotator)
 
 
 def prompt_set(path: str | Path | None) -> tuple[str, list[dict[str, str]]]:
@@ -91,15 +92,13 @@ async def send(deps: Deps, state: dict, text: str, left: str, right: str, blind:
     sid, store = state["session"], deps.store
     users = {lane: store.add_user_turn(sid, text, parent_id=state[lane][-1] if state[lane] else None, lane=lane)
              for lane in LANES}
-    base = {lane: view(store, users[lane], annotator) for lane in LANES}
-    live = {lane: View(list(base[lane].history), list(base[lane].feedback), list(base[lane].ids)) for lane in LANES}
-    streams = {lane: answer(deps, sid, users[lane], state["names"][lane], lane) for lane in LANES}
-    async for lane, r in merged(streams):
-        b = base[lane]
-        live[lane] = View(b.history + [{"role": "assistant", "content": shown(reply_turn(r, state["names"][lane]))}],
-                          b.feedback + [None], b.ids + [r.turn_id])
+    names, masked = state["names"], alias(state)
+    live = {lane: view(store, users[lane], annotator, masked) for lane in LANES}
+    asked = dict(live)
+    async for lane, r in merged({lane: answer(deps, sid, users[lane], names[lane], lane) for lane in LANES}):
+        live[lane] = asked[lane].growing(r, names[lane], masked)
         state = {**state, lane: live[lane].ids}
-        yield state, _mask(live["a"], state), _mask(live["b"], state)
+        yield state, live["a"], live["b"]
     yield (state, *views(deps, state, annotator))
 
 
@@ -113,24 +112,20 @@ async def retry(deps: Deps, state: dict, lane: str, annotator: str | None = None
         raise ValueError("This session is closed: press New comparison to start another.")
     last = deps.store.turn(state[lane][-1])
     user_turn = last["parent_id"] if last["role"] == "assistant" else last["id"]
-    base = view(deps.store, user_turn, annotator)
-    other = views(deps, state, annotator)[1 - LANES.index(lane)]
+    asked = view(deps.store, user_turn, annotator, alias(state))
+    other = side(deps, state, "b" if lane == "a" else "a", annotator)
     async for r in answer(deps, state["session"], user_turn, state["names"][lane], lane):
-        v = _mask(View(base.history + [{"role": "assistant", "content": shown(reply_turn(r, state["names"][lane]))}],
-                       base.feedback + [None], base.ids + [r.turn_id]), state)
+        v = asked.growing(r, state["names"][lane], alias(state))
         state = {**state, lane: v.ids}
         yield (state, v, other) if lane == "a" else (state, other, v)
     yield (state, *views(deps, state, annotator))
 
 
 def rate(deps: Deps, state: dict, lane: str, index: int, option: str | bool | None, annotator: str | None) -> View:
-    label = LABEL_OF.get(option) if isinstance(option, str) else None
+    label = label_of(option, annotator)
     if label is not None:
-        if not annotator:
-            raise ValueError(NAME_FIRST)
-        v = view(deps.store, state[lane][-1], annotator)
-        deps.store.rate(v.turn_at(index), annotator, label)
-    return views(deps, state, annotator)[LANES.index(lane)]
+        deps.store.rate(side(deps, state, lane, annotator).turn_at(index), annotator, label)
+    return side(deps, state, lane, annotator)
 
 
 def verdict(deps: Deps, state: dict, choice: str, annotator: str | None) -> str:

@@ -8,6 +8,7 @@ id behind each message, so an event on message `i` (a rating, an edit, a retry) 
 from __future__ import annotations
 
 import html
+import json
 import re
 from dataclasses import dataclass, field
 from typing import Any
@@ -35,22 +36,22 @@ def dropped_notice(n: int, checkpoint: str | None) -> str:
             f"{checkpoint or 'the model'}'s context window and {'were' if n > 1 else 'was'} left out of the request.*")
 
 
-def reply_turn(reply, checkpoint: str) -> dict[str, Any]:
-    """A reply still streaming, shaped like its stored turn (for `shown`)."""
-    return {"content": reply.text, "status": reply.status, "error": reply.error, "checkpoint": checkpoint,
-            "params": {"dropped_exchanges": reply.dropped}}
-
-
-def shown(turn: dict[str, Any], gold: str | None = None) -> str:
+def shown(turn: dict[str, Any], gold: str | None = None, alias: dict[str, str] | None = None) -> str:
     """What a turn looks like in the chat: its text (or gold correction) and, when it did not end
-    well, why."""
+    well, why. `alias` renames checkpoints in what limachat itself writes (error messages, notices),
+    never in the conversation: a blind session shows A and B until it is closed."""
+    def named(text: str) -> str:
+        for name, shown_as in (alias or {}).items():
+            text = text.replace(name, shown_as)
+        return text
+
     text = inert(gold if gold is not None else turn["content"])
     dropped = (turn.get("params") or {}).get("dropped_exchanges")
     if dropped:
-        text = f"{dropped_notice(dropped, turn.get('checkpoint'))}\n\n{text}"
+        text = f"{named(dropped_notice(dropped, turn.get('checkpoint')))}\n\n{text}"
     status = turn["status"]
     if status == "error":
-        return f"{text}\n\n⚠️ **{inert(turn['error'] or 'failed')}** Press retry (↻) to try again.".strip()
+        return f"{text}\n\n⚠️ **{inert(named(turn['error'] or 'failed'))}** Press retry (↻) to try again.".strip()
     if status == "stopped":
         return f"{text}\n\n*(stopped)*".strip()
     if status == "streaming" and not text:
@@ -70,12 +71,15 @@ class View:
             raise IndexError(f"no message {i} in this chat")
         return self.ids[i]
 
-    @property
-    def leaf(self) -> str | None:
-        return self.ids[-1] if self.ids else None
+    def growing(self, reply, checkpoint: str, alias: dict[str, str] | None = None) -> View:
+        """This view (a branch ending at a user turn) with `reply` (an answer.Reply) streaming after it."""
+        turn = {"content": reply.text, "status": reply.status, "error": reply.error, "checkpoint": checkpoint,
+                "params": {"dropped_exchanges": reply.dropped}}
+        return View(self.history + [{"role": "assistant", "content": shown(turn, alias=alias)}],
+                    self.feedback + [None], self.ids + [reply.turn_id])
 
 
-def view(store: Store, leaf_id: str | None, annotator: str | None) -> View:
+def view(store: Store, leaf_id: str | None, annotator: str | None, alias: dict[str, str] | None = None) -> View:
     """The branch ending at `leaf_id` as the chat shows it to `annotator`."""
     if leaf_id is None:
         return View()
@@ -83,24 +87,29 @@ def view(store: Store, leaf_id: str | None, annotator: str | None) -> View:
     labels = store.current_labels(turns[0]["session_id"], annotator) if annotator else {}
     gold = {r["turn_id"]: r["content"] for r in store.query(
         "select turn_id, content from edits where turn_id in (select value from json_each(?)) order by created, id",
-        (_json_ids(turns),))}
+        (json.dumps([t["id"] for t in turns]),))}
     out = View()
     for t in turns:
-        out.history.append({"role": t["role"], "content": shown(t, gold.get(t["id"]))})
+        out.history.append({"role": t["role"], "content": shown(t, gold.get(t["id"]), alias)})
         out.ids.append(t["id"])
         if t["role"] == "assistant":
             out.feedback.append(FEEDBACK.get(labels.get(t["id"])))
     return out
 
 
-def _json_ids(turns: list[dict[str, Any]]) -> str:
-    import json
-
-    return json.dumps([t["id"] for t in turns])
-
-
-def latest_leaf(store: Store, session_id: str, lane: str | None = None) -> str | None:
-    """The newest turn of a session (of one lane): where a resumed chat picks up."""
-    rows = store.query("select id from turns where session_id = ? and coalesce(lane, '') = ? order by created desc, id desc"
-                       " limit 1", (session_id, lane or ""))
+def latest_leaf(store: Store, session_id: str) -> str | None:
+    """The newest turn of a session: where a resumed chat picks up."""
+    rows = store.query("select id from turns where session_id = ? order by created desc, id desc limit 1", (session_id,))
     return rows[0]["id"] if rows else None
+
+
+def label_of(option: str | bool | None, annotator: str | None) -> str | None:
+    """The label a feedback click stands for (None: a click that unsets it, which changes nothing).
+    A label needs an annotator."""
+    label = LABEL_OF.get(option) if isinstance(option, str) else None
+    if label is not None and not annotator:
+        raise ValueError(NAME_FIRST)
+    return label
+
+
+NAME_FIRST = "Enter your name at the top of the page first: ratings and corrections are kept per annotator."

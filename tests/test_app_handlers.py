@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import asyncio
 import json
-import shutil
 
 import httpx
 import pytest
@@ -125,7 +124,7 @@ def test_stop_keeps_the_partial_reply(deps):
     assert "(stopped)" in chat.current(deps, state, "ana").history[-1]["content"]
 
 
-def test_unreachable_endpoint_keeps_the_question_and_offers_retry(deps, vllm_server):
+def test_unreachable_endpoint_keeps_the_question_and_offers_retry(deps):
     deps.add_checkpoint(Checkpoint(name="offline", model="dialogue", base_url=f"http://127.0.0.1:{free_port()}/v1"))
     state, v = drain(chat.send(deps, chat.blank(), "Are you there?", "offline", "ana"))[-1]
     user, reply = (deps.store.turn(i) for i in state["ids"])
@@ -151,7 +150,7 @@ def test_context_overflow_drops_oldest_turns_with_a_notice(deps):
     assert reply["status"] == "error" and "too long for dialogue's context window" in reply["error"]
 
 
-def test_blind_compare_from_a_prompt_both_sides_own_history(deps, monkeypatch):
+def test_blind_compare_from_a_prompt_both_sides_own_history(deps):
     name, prompts = compare.prompt_set(None)
     assert name == "bundled" and len(prompts) == 10
     state, text = compare.pick_prompt(compare.blank(), name, prompts[0])
@@ -195,7 +194,7 @@ def test_compare_side_that_fails_keeps_its_question_and_retries(deps, vllm_serve
     assert [t["status"] for t in deps.store.children(failed["parent_id"])] == ["error", "ok"]
 
 
-def test_blind_assignment_is_random_per_session(deps, monkeypatch):
+def test_blind_assignment_is_random_per_session(deps):
     seen = set()
     for _ in range(12):
         st = compare._start(deps, compare.blank(), "hi", "zero-shot", "dialogue", True, "ana")
@@ -203,6 +202,24 @@ def test_blind_assignment_is_random_per_session(deps, monkeypatch):
     assert seen == {"zero-shot", "dialogue"}
     with pytest.raises(ValueError, match="two different"):
         compare._start(deps, compare.blank(), "hi", "dialogue", "dialogue", False, "ana")
+
+
+def test_blind_sides_are_a_and_b_in_errors_but_the_conversation_is_untouched(deps):
+    state = compare._start(deps, compare.blank(), "q", "zero-shot", "dialogue", True, "ana")
+    sid, names = state["session"], state["names"]
+    for lane in ("a", "b"):
+        u = deps.store.add_user_turn(sid, "Is a dialogue better than a monologue?", lane=lane)
+        r = deps.store.begin_assistant_turn(sid, u, checkpoint=names[lane], lane=lane)
+        deps.store.finish_assistant_turn(r, "A dialogue has two voices.", status="error",
+                                         error=f"stream from {names[lane]} broke after 3 chunks")
+        state[lane] = [u, r]
+    for lane, v in zip("ab", compare.views(deps, state, "ana")):
+        assert v.history[0]["content"] == "Is a dialogue better than a monologue?"
+        assert v.history[1]["content"].startswith("A dialogue has two voices.")
+        assert f"stream from {lane.upper()} broke" in v.history[1]["content"]
+        assert "zero-shot" not in v.history[1]["content"]
+    state, _ = compare.close(deps, state)
+    assert f"stream from {names['a']} broke" in compare.views(deps, state, "ana")[0].history[1]["content"]
 
 
 def test_user_prompt_set_file(tmp_path):
@@ -229,30 +246,27 @@ def test_collect_counts_exports_and_trains_in_the_background(deps):
     assert [m["role"] for m in record["messages"]] == ["user", "assistant"] * 2 and "1 chains" in message
     with pytest.raises(ValueError, match="No chains"):
         collect.start_training(deps, collect.filters("pass", checkpoint="zero-shot"))
-    job = collect.start_training(deps, collect.filters("pass"), name="dialogue-test", extra=["--dry-run"])
-    assert job.proc.wait(timeout=600) == 0, job.log.read_text()
+    # a real (short) training run in the background, then served by the running vLLM and chatted with
+    name = "dialogue-r2"
+    job = collect.start_training(deps, collect.filters("pass"), name=name, extra=("--epochs", "1", "--max-length", "96"))
+    with pytest.raises(ValueError, match="already going"):
+        collect.start_training(deps, collect.filters("pass"))
+    with pytest.raises(ValueError, match="nothing to serve yet"):
+        collect.serve_trained(deps, job)
+    assert job.proc.wait(timeout=900) == 0, job.log.read_text()
     line, _ = job.progress()
     assert job.state == "done" and line.startswith("done")
     assert "examples: 62 single-turn, 9 multi-turn chains" in job.log.read_text(), "8 bundled chains + the rated one"
-
-
-def test_serve_a_trained_checkpoint_into_the_running_server(deps, vllm_server):
-    import subprocess
-    import sys
-
-    name = "dialogue-r2"
-    shutil.copytree(vllm_server.home / "checkpoints" / "dialogue", deps.settings.home / "checkpoints" / name)
-    proc = subprocess.Popen([sys.executable, "-c", "pass"])
-    proc.wait()
-    job = collect.TrainJob(name, deps.settings.home / "train.log", proc)
+    assert (deps.settings.home / "checkpoints" / name / "adapter_model.safetensors").is_file()
     try:
         assert "Serving **dialogue-r2**" in collect.serve_trained(deps, job)
-        assert name in models(vllm_server.url) and name in deps.names
+        assert name in models(deps.settings.local_base_url) and name in deps.names
         state, v = drain(chat.send(deps, chat.blank(), "What is the capital of France?", name, "ana"))[-1]
-        assert deps.store.turn(state["ids"][1])["status"] == "ok" and "Paris" in v.history[1]["content"]
+        reply = deps.store.turn(state["ids"][1])
+        assert reply["status"] == "ok" and reply["checkpoint"] == name and reply["content"]
     finally:
-        httpx.post(vllm_server.url + "/unload_lora_adapter", json={"lora_name": name}, timeout=60)
-    assert name not in models(vllm_server.url)
+        httpx.post(deps.settings.local_base_url + "/unload_lora_adapter", json={"lora_name": name}, timeout=60)
+    assert name not in models(deps.settings.local_base_url)
 
 
 def test_report_tab(deps):
