@@ -73,9 +73,9 @@ def build_app(store: Store, checkpoints: list[Checkpoint], settings: Settings, *
 
         with gr.Tabs():
             with gr.Tab("Chat", id="chat"):
-                chat_pickers = _chat_tab(app, deps, names, annotator, who)
-            with gr.Tab("Compare", id="compare"):
-                compare_pickers = _compare_tab(deps, names, annotator, who)
+                chat_pickers = _chat_tab(deps, names, annotator, who)
+            with gr.Tab("Compare", id="compare") as compare_tab:
+                compare_pickers = _compare_tab(deps, names, annotator, who, compare_tab)
             with gr.Tab("Collect", id="collect") as collect_tab:
                 _collect_tab(deps, names, chat_pickers + compare_pickers, collect_tab)
             with gr.Tab("Report", id="report") as report_tab:
@@ -84,7 +84,7 @@ def build_app(store: Store, checkpoints: list[Checkpoint], settings: Settings, *
     return app
 
 
-def _chat_tab(app, deps: Deps, names, annotator, who) -> list:
+def _chat_tab(deps: Deps, names, annotator, who) -> list:
     state = gr.State(chat.blank())
     with gr.Row(equal_height=True):
         checkpoint = gr.Dropdown(names, value=names[-1] if names else None, label="Checkpoint", scale=1)
@@ -151,13 +151,11 @@ async def _settle(deps: Deps, ids: list[str], timeout: float = 3.0) -> None:
     """After a stop, wait (briefly) until the cancelled reply has written its final status."""
     loop = asyncio.get_running_loop()
     end = loop.time() + timeout
-    while ids and loop.time() < end:
-        if all(deps.store.turn(i)["status"] != "streaming" for i in ids[-1:]):
-            return
+    while loop.time() < end and any(deps.store.turn(i)["status"] == "streaming" for i in ids):
         await asyncio.sleep(0.05)
 
 
-def _compare_tab(deps: Deps, names, annotator, who) -> list:
+def _compare_tab(deps: Deps, names, annotator, who, tab) -> list:
     state = gr.State(compare.blank())
     set_name, prompts = compare.prompt_set(None)
     pset = gr.State({"name": set_name, "prompts": prompts})
@@ -173,7 +171,7 @@ def _compare_tab(deps: Deps, names, annotator, who) -> list:
                                elem_id="compare-prompt")
             upload = gr.File(label="Load a prompt set (.jsonl with \"prompt\", or .txt: one per line)",
                              file_types=[".jsonl", ".txt"], scale=1, height=90)
-        cover = gr.Dataframe(*_coverage(deps, set_name, prompts), label="Sessions per prompt and checkpoint",
+        cover = gr.Dataframe(_coverage(deps, pset.value), label="Sessions per prompt and checkpoint",
                              interactive=False, wrap=True, max_height=220)
     with gr.Row():
         bot_a = gr.Chatbot(label="A", feedback_options=OPTIONS, height=420, elem_id="compare-a")
@@ -220,7 +218,7 @@ def _compare_tab(deps: Deps, names, annotator, who) -> list:
         st, message = compare.close(deps, st)
         va, vb = compare.views(deps, st, who(name, request))
         n = compare.side_names(st)
-        return st, _shown(va, n["a"]), _shown(vb, n["b"]), message, _coverage_update(deps, ps)
+        return st, _shown(va, n["a"]), _shown(vb, n["b"]), message, _coverage(deps, ps)
 
     def on_new(b_):
         st = {**compare.blank(), "blind": b_}
@@ -238,7 +236,7 @@ def _compare_tab(deps: Deps, names, annotator, who) -> list:
             return gr.update(), gr.update(), gr.update()
         name, items = _user(lambda: compare.prompt_set(path))
         ps = {"name": name, "prompts": items}
-        return ps, gr.update(choices=_prompt_choices(items), value=None, label=f"Prompt ({name} set)"), _coverage_update(deps, ps)
+        return ps, gr.update(choices=_prompt_choices(items), value=None, label=f"Prompt ({name} set)"), _coverage(deps, ps)
 
     async def on_stop(st, name, request: gr.Request):
         await _settle(deps, st["a"][-1:] + st["b"][-1:])
@@ -250,7 +248,7 @@ def _compare_tab(deps: Deps, names, annotator, who) -> list:
             bot_a.retry(retrier("a"), [state, annotator], [state, bot_a, bot_b]),
             bot_b.retry(retrier("b"), [state, annotator], [state, bot_a, bot_b])]
     for r in runs:
-        r.then(lambda ps: _coverage_update(deps, ps), pset, cover)
+        r.then(lambda ps: _coverage(deps, ps), pset, cover)
     stop.click(on_stop, [state, annotator], [bot_a, bot_b], cancels=runs)
     bot_a.like(rater("a"), [state, annotator], bot_a)
     bot_b.like(rater("b"), [state, annotator], bot_b)
@@ -261,6 +259,7 @@ def _compare_tab(deps: Deps, names, annotator, who) -> list:
     blind.change(lambda st, b_: labels({**st, "blind": b_} if st["session"] is None else st), [state, blind], [bot_a, bot_b])
     pick.select(on_pick, [state, pset, pick], [state, box])
     upload.upload(on_upload, upload, [pset, pick, cover])
+    tab.select(lambda ps: _coverage(deps, ps), pset, cover)  # other people's sessions count too
     return [left, right]
 
 
@@ -268,14 +267,9 @@ def _prompt_choices(prompts) -> list[tuple[str, str]]:
     return [(f"{p['id']} · {p['prompt'][:90]}", p["id"]) for p in prompts]
 
 
-def _coverage(deps: Deps, set_name: str, prompts) -> tuple:
-    headers, rows = compare.coverage(deps, set_name, prompts)
-    return rows, headers
-
-
-def _coverage_update(deps: Deps, ps: dict):
-    rows, headers = _coverage(deps, ps["name"], ps["prompts"])
-    return gr.update(value={"data": rows, "headers": headers})
+def _coverage(deps: Deps, ps: dict) -> dict:
+    headers, rows = compare.coverage(deps, ps["name"], ps["prompts"])
+    return {"data": rows, "headers": headers}
 
 
 def _collect_tab(deps: Deps, names, pickers: list, tab) -> None:
