@@ -65,7 +65,7 @@ class TrainJob:
     started: float = field(default_factory=time.monotonic)
 
     def progress(self) -> tuple[str, int | None]:
-        """(state: running | done | failed, percent of the current progress bar) and the last line."""
+        """("<state> (<seconds>): <the log's last line>", percent of the current progress bar)."""
         try:
             text = self.log.read_text(errors="replace")
         except OSError:
@@ -73,9 +73,7 @@ class TrainJob:
         lines = [ln.strip() for ln in re.split(r"[\r\n]+", text) if ln.strip()]
         last = lines[-1] if lines else "starting ..."
         pct = re.findall(r"(\d+)%\|", last)
-        code = self.proc.poll()
-        state = "running" if code is None else ("done" if code == 0 else "failed")
-        return f"{state} ({time.monotonic() - self.started:.0f} s): {last}", int(pct[-1]) if pct else None
+        return f"{self.state} ({time.monotonic() - self.started:.0f} s): {last}", int(pct[-1]) if pct else None
 
     @property
     def state(self) -> str:
@@ -83,7 +81,7 @@ class TrainJob:
         return "running" if code is None else ("done" if code == 0 else "failed")
 
 
-def start_training(deps: Deps, f: Filters, name: str | None = None, extra: list[str] = ()) -> TrainJob:
+def start_training(deps: Deps, f: Filters, name: str | None = None, extra: tuple[str, ...] = ()) -> TrainJob:
     """Train a new dialogue checkpoint from the bundled set plus the chains these filters pass
     (`extra`: more `limachat train` options)."""
     job = deps.jobs.get("train")

@@ -78,6 +78,17 @@ def base_cmd(ctx: click.Context, base: str | None) -> None:
     click.echo(f"base: {prepared.model}\nuntrained adapter: {prepared.adapter}\n({time.monotonic() - started:.1f} s)")
 
 
+def _interrupt(signum, frame):
+    raise KeyboardInterrupt
+
+
+def _stop_on_signals() -> None:
+    """Ctrl-C and SIGTERM stop the command. SIGINT too: a shell's background job starts with Ctrl-C
+    ignored, and Python keeps it that way."""
+    signal.signal(signal.SIGTERM, _interrupt)
+    signal.signal(signal.SIGINT, _interrupt)
+
+
 def _serve(settings: Settings, prepared, *, app: bool = False, auth_file: Path | None = None) -> None:
     from limachat.serve.server import ServerConfig, ServerError, VLLMServer, find_adapters, has_cuda_gpu
 
@@ -95,12 +106,7 @@ def _serve(settings: Settings, prepared, *, app: bool = False, auth_file: Path |
                           extra_args=s.extra_args)
     server = VLLMServer(config, settings.home / "logs" / f"vllm-{s.port}.log")
 
-    def on_term(signum, frame):
-        raise KeyboardInterrupt
-
-    # SIGINT too: a shell's background job starts with Ctrl-C ignored, and Python keeps it that way.
-    signal.signal(signal.SIGTERM, on_term)
-    signal.signal(signal.SIGINT, on_term)
+    _stop_on_signals()
     ui = None
     try:
         _progress(f"starting vLLM on {'GPU' if config.gpu else 'CPU'} (log: {server.log_path})")
@@ -164,7 +170,7 @@ def demo_cmd(ctx: click.Context, base: str | None, auth_file: Path | None) -> No
 def _start_app(settings: Settings, auth_file: Path | None, *, block: bool):
     """Build the Gradio app over the store and the configured checkpoints and serve it."""
     from limachat.demo.app import app_checkpoints, build_app, launch, read_auth
-    from limachat.serve.client import endpoint_status
+    from limachat.serve.client import ChatClient
 
     try:
         users = read_auth(auth_file) if auth_file else None
@@ -172,7 +178,7 @@ def _start_app(settings: Settings, auth_file: Path | None, *, block: bool):
         raise click.ClickException(f"--auth: {e}") from None
     checkpoints = app_checkpoints(settings)
     for ck in checkpoints:
-        _progress(f"{ck.name}: {ck.model} at {ck.base_url} ({endpoint_status(ck)})")
+        _progress(f"{ck.name}: {ck.model} at {ck.base_url} ({ChatClient(ck).status()})")
     app = build_app(_store(settings), checkpoints, settings, auth=users is not None)
     url = f"http://{settings.app.host}:{settings.app.port}"
     launch(app, settings, users=users, block=False)
@@ -201,8 +207,7 @@ def app_cmd(ctx: click.Context, port: int | None, host: str | None, auth_file: P
         settings.app.port = port
     if host is not None:
         settings.app.host = host
-    signal.signal(signal.SIGTERM, lambda signum, frame: (_ for _ in ()).throw(KeyboardInterrupt()))
-    signal.signal(signal.SIGINT, signal.default_int_handler)
+    _stop_on_signals()
     _start_app(settings, auth_file, block=True)
     _progress("stopped")
 

@@ -165,6 +165,18 @@ class ChatClient:
             raise StreamBroken(f"stream from {model} ended before it finished", partial="".join(text))
         yield Completion("".join(text), model, finish, usage, ttft, time.perf_counter() - start, params)
 
+    def status(self, timeout: float = 3.0) -> str:
+        """One line on whether the endpoint answers and serves this model (for start-up logs)."""
+        try:
+            r = httpx.get(self.url.removesuffix("/chat/completions") + "/models", headers=self.headers, timeout=timeout,
+                          verify=self.ssl)
+            served = {m["id"] for m in r.json().get("data", [])} if r.status_code == 200 else None
+        except (httpx.HTTPError, ValueError, AttributeError):
+            return "not answering yet: chats with it show an error until it does"
+        if served is None:
+            return f"answers HTTP {r.status_code}"
+        return "ready" if self.checkpoint.model in served else f"answers, but does not list {self.checkpoint.model!r}"
+
     async def complete(self, messages: list[dict[str, str]], params: dict[str, Any] | None = None) -> Completion:
         """Run a stream to its end and return the Completion."""
         async for event in self.stream(messages, params):
@@ -172,15 +184,3 @@ class ChatClient:
                 return event
         raise StreamBroken("stream produced no completion")  # unreachable: stream always ends with one
 
-
-def endpoint_status(checkpoint: Checkpoint, timeout: float = 3.0) -> str:
-    """One line on whether the checkpoint's endpoint answers and serves its model (for start-up logs)."""
-    headers = {"Authorization": f"Bearer {checkpoint.api_key}"} if checkpoint.api_key else {}
-    try:
-        r = httpx.get(checkpoint.base_url.rstrip("/") + "/models", headers=headers, timeout=timeout)
-        served = {m["id"] for m in r.json().get("data", [])} if r.status_code == 200 else None
-    except (httpx.HTTPError, ValueError, AttributeError):
-        return "not answering yet: chats with it show an error until it does"
-    if served is None:
-        return f"answers HTTP {r.status_code}"
-    return "ready" if checkpoint.model in served else f"answers, but does not list {checkpoint.model!r}"
