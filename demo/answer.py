@@ -9,17 +9,24 @@ broken stream, or the user pressing stop (the task is cancelled and the `finally
 from __future__ import annotations
 
 import asyncio
+import logging
 import time
 from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
 from typing import Any
 
+import httpx
+
 from limachat.dialogues.store import Store
+from limachat.serve.fluency import fluency
+from limachat.serve.server import BASE_NAME
 from limachat.serve.checkpoints import Checkpoint
-from limachat.serve.client import ChatClient, ClientError, Completion, ContextTooLong, sampling_params
+from limachat.serve.client import ChatClient, ClientError, Completion, ContextTooLong
 from limachat.settings import Settings
 
 SAVE_EVERY = 0.5  # seconds between saves of a growing reply
+FLUENCY_TIMEOUT = 10.0
+log = logging.getLogger(__name__)
 
 
 @dataclass
@@ -32,6 +39,7 @@ class Deps:
     clients: dict[str, ChatClient] = field(default_factory=dict)
     jobs: dict[str, Any] = field(default_factory=dict)  # background work (training), by name
     auth: bool = False  # users log in; ratings carry their user name
+    fluency_url: str | None = None  # the local vLLM server that scores replies' fluency with `base`
 
     def __post_init__(self):
         for name, ck in self.checkpoints.items():
@@ -69,10 +77,12 @@ async def answer(deps: Deps, session_id: str, user_turn: str, checkpoint: str, l
     if checkpoint not in deps.checkpoints:
         raise ValueError(f"unknown checkpoint {checkpoint!r}; known: {', '.join(deps.names)}")
     ck, client, store = deps.checkpoints[checkpoint], deps.clients[checkpoint], deps.store
-    params = sampling_params(deps.settings.sampling.request())
+    preset, wanted = deps.settings.sampling_for(checkpoint)
+    params = client.sent(wanted)  # what the endpoint is sent is what the turn records
     messages = store.messages(user_turn)
     tid = store.begin_assistant_turn(session_id, user_turn, checkpoint=checkpoint, model=ck.model,
-                                     endpoint=ck.base_url, params=params, lane=lane)
+                                     endpoint=ck.base_url, params=params, lane=lane, preset=preset,
+                                     omitted=sorted(set(wanted) - set(params)))
     text, status, error, done, dropped = "", "stopped", None, None, 0
     saved = time.monotonic()
     try:
@@ -104,7 +114,20 @@ async def answer(deps: Deps, session_id: str, user_turn: str, checkpoint: str, l
             tid, text, status=status, error=error, prompt_tokens=usage.prompt_tokens if usage else None,
             completion_tokens=usage.completion_tokens if usage else None, ttft=done.ttft if done else None,
             latency=done.latency if done else None, params={**params, "dropped_exchanges": dropped} if dropped else None)
+    if status == "ok" and text and deps.fluency_url:
+        await _score(deps, tid, messages, text)
     yield Reply(tid, text, status, error, dropped)
+
+
+async def _score(deps: Deps, turn_id: str, messages: list[dict[str, str]], text: str) -> None:
+    """Store the reply's fluency under the local base; a failure only leaves it unscored (logged)."""
+    try:
+        value = await fluency(deps.fluency_url, BASE_NAME, messages, text, timeout=FLUENCY_TIMEOUT)
+    except (httpx.HTTPError, KeyError, ValueError, IndexError) as e:
+        log.warning("fluency of turn %s not scored: %s: %s", turn_id, type(e).__name__, e)
+        return
+    if value is not None:
+        deps.store.set_fluency(turn_id, value)
 
 
 async def merged(streams: dict[str, AsyncIterator[Reply]]) -> AsyncIterator[tuple[str, Reply]]:

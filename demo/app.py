@@ -48,7 +48,9 @@ async def _stream(gen):
 
 
 def build_app(store: Store, checkpoints: list[Checkpoint], settings: Settings, *, auth: bool = False) -> gr.Blocks:
-    deps = Deps(store, {c.name: c for c in checkpoints}, settings, auth=auth)
+    local = any(c.base_url == settings.local_base_url for c in checkpoints)
+    deps = Deps(store, {c.name: c for c in checkpoints}, settings, auth=auth,
+                fluency_url=settings.local_base_url if local else None)
     names = deps.names
 
     def who(name: str | None, request: gr.Request | None) -> str | None:

@@ -123,9 +123,10 @@ def serve_trained(deps: Deps, job: TrainJob) -> str:
 def report(deps: Deps) -> tuple[Path | None, str]:
     """The Figure 7 chart (a PNG under <home>/reports/) and the tables of `limachat report`."""
     rep = reports.build(deps.store)
+    heldout = reports.heldout(deps.settings.home)
     if not any(s.rated for s in rep.checkpoints.values()):
-        return None, "No rated turns yet: rate some replies in Chat or Compare."
+        return None, "No rated turns yet: rate some replies in Chat or Compare.\n\n" + reports.markdown(rep, heldout)
     png = deps.settings.home / "reports" / "figure7.png"
     png.parent.mkdir(parents=True, exist_ok=True)
     reports.figure7(rep, png)
-    return png, reports.markdown(rep)
+    return png, reports.markdown(rep, heldout)

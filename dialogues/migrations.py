@@ -53,3 +53,12 @@ def m001_initial(db: Database) -> None:
     # One current rating per (turn, annotator) and one current verdict per (pair, annotator).
     db.execute("CREATE UNIQUE INDEX ratings_current ON ratings (turn_id, annotator) WHERE current = 1")
     db.execute("CREATE UNIQUE INDEX verdicts_current ON verdicts (turn_a, turn_b, annotator) WHERE current = 1")
+
+
+@migrations()
+def m002_sampling_and_fluency(db: Database) -> None:
+    """Per assistant turn: the sampling preset it was asked with, the preset's keys its endpoint was
+    not sent (`omit_params`, JSON list), and its fluency (the base's mean NLL per token of the reply)."""
+    db["turns"].add_column("preset", str)
+    db["turns"].add_column("omitted", str)
+    db["turns"].add_column("fluency", float)

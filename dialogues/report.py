@@ -26,6 +26,8 @@ class CheckpointStats:
     by_turn: dict[int, Counter] = field(default_factory=lambda: defaultdict(Counter))  # exchange -> label counts
     conversations: int = 0
     early_fail: int = 0  # conversations whose first fail is within their first 3 assistant turns
+    fluency: float | None = None  # mean of its replies' fluency (the base's NLL per token; lower is better)
+    scored: int = 0  # replies with a fluency score
 
     @property
     def rated(self) -> int:
@@ -105,6 +107,12 @@ def build(store: Store) -> Report:
         s.early_fail += "fail" in labelled[:3]
         lane_scores[session_id][lane] = (checkpoint, sum(RANK[lab] for lab in labelled) / len(labelled))
 
+    for checkpoint, mean, n in store.tuples(
+            """select coalesce(checkpoint, 'imported'), avg(fluency), count(fluency) from turns
+               where role = 'assistant' and status = 'ok' and fluency is not null group by 1"""):
+        s = of(checkpoint)
+        s.fluency, s.scored = mean, n
+
     winners = _winners(store, lane_scores)
     agreement = []
     names = sorted(by_annotator)
@@ -165,13 +173,23 @@ def _num(x: float | None) -> str:
     return "n/a" if x is None else f"{x:.2f}"
 
 
-def markdown(report: Report) -> str:
+def markdown(report: Report, heldout: list[dict[str, Any]] | None = None) -> str:
     stats = ordered(report)
-    lines = ["| checkpoint | rated turns | fail | pass | excellent | fails | first fail within 3 |",
-             "|---|---:|---:|---:|---:|---:|---:|"]
+    lines = ["| checkpoint | rated turns | fail | pass | excellent | fails | first fail within 3 | fluency (NLL/token) |",
+             "|---|---:|---:|---:|---:|---:|---:|---:|"]
     for s in stats:
+        fluency = f"{s.fluency:.2f} ({s.scored})" if s.fluency is not None else "-"
         lines.append(f"| {s.checkpoint} | {s.rated} | {_pct(s.share('fail'))} | {_pct(s.share('pass'))} | "
-                     f"{_pct(s.share('excellent'))} | {s.counts['fail']}/{s.rated} | {s.early_fail} of {s.conversations} |")
+                     f"{_pct(s.share('excellent'))} | {s.counts['fail']}/{s.rated} | {s.early_fail} of {s.conversations} | "
+                     f"{fluency} |")
+    lines += ["", "Fluency: the base model's mean negative log-likelihood per token of a checkpoint's replies "
+              "(lower reads more fluently; word salad scores about 4 and above), with the number of replies scored."]
+    if heldout:
+        lines += ["", "Held-out loss: NLL per token of two held-out multi-turn chains' replies from turn 2 on "
+                  "(lower is better), written by `limachat train`:", "",
+                  "| checkpoint | held-out loss | its base | tokens | epochs |", "|---|---:|---:|---:|---:|"]
+        lines += [f"| {h['checkpoint']} | {h['loss']:.3f} | {_num(h.get('base_loss'))} | {h['tokens']} | {h['epochs']} |"
+                  for h in heldout]
     turns = sorted({i for s in stats for i in s.by_turn})
     if turns:
         lines += ["", "Excellent share by turn index:", "",
@@ -193,6 +211,23 @@ def markdown(report: Report) -> str:
         lines += ["", "| annotators | shared verdicts | tie-discounted accuracy |", "|---|---:|---:|"]
         lines += [f"| {a['annotators']} | {a['pairs']} | {_pct(a['accuracy'])} |" for a in report.verdict_agreement]
     return "\n".join(lines) + "\n"
+
+
+def heldout(home: Path) -> list[dict[str, Any]]:
+    """The held-out loss each trained checkpoint under <home>/checkpoints/ recorded in training.json."""
+    import json
+
+    out = []
+    for record_path in sorted(Path(home, "checkpoints").glob("*/training.json")):
+        try:
+            record = json.loads(record_path.read_text())
+        except (OSError, ValueError):
+            continue
+        if isinstance(record.get("heldout"), dict):
+            out.append({"checkpoint": record_path.parent.name, **record["heldout"],
+                        "epochs": record.get("served_epoch", "?")})
+    first = {"zero-shot": 0, "dialogue": 1}
+    return sorted(out, key=lambda h: (first.get(h["checkpoint"], 2), h["checkpoint"]))
 
 
 def to_csv(report: Report) -> str:

@@ -29,7 +29,7 @@ LABELS = ("fail", "pass", "excellent")
 RANK = {label: i for i, label in enumerate(LABELS)}  # a turn rated by several annotators takes the lowest
 STATUSES = ("streaming", "ok", "error", "stopped")
 VERDICTS = ("a", "b", "tie")
-JSON_COLUMNS = {"params", "meta"}
+JSON_COLUMNS = {"params", "meta", "omitted"}
 
 
 class StoreError(ValueError):
@@ -249,9 +249,12 @@ class Store:
         return self._insert_turn(session_id, parent_id, "user", content, lane, status="ok")
 
     def begin_assistant_turn(self, session_id: str, parent_id: str, *, checkpoint: str, model: str | None = None,
-                             endpoint: str | None = None, params: dict | None = None, lane: str | None = None) -> str:
+                             endpoint: str | None = None, params: dict | None = None, lane: str | None = None,
+                             preset: str | None = None, omitted: list[str] | None = None) -> str:
+        """`params` are the sampling fields as sent; `omitted` the preset's keys the endpoint was not sent."""
         return self._insert_turn(session_id, parent_id, "assistant", "", lane, status="streaming", checkpoint=checkpoint,
-                                 model=model, endpoint=endpoint, params=params or {})
+                                 model=model, endpoint=endpoint, params=params or {}, preset=preset,
+                                 omitted=omitted or None)
 
     def save_partial(self, turn_id: str, text: str) -> None:
         """The text streamed so far (called as it arrives: a crash loses only what is in flight)."""
@@ -269,6 +272,10 @@ class Store:
             fields["params"] = to_json("params", params)
         with self.write() as db:
             self._update(db, "turns", turn_id, fields)
+
+    def set_fluency(self, turn_id: str, value: float) -> None:
+        with self.write() as db:
+            self._update(db, "turns", turn_id, {"fluency": value})
 
     def branch(self, turn_id: str) -> list[dict[str, Any]]:
         """The turns from the root of the tree down to `turn_id`."""

@@ -262,7 +262,7 @@ def report_cmd(ctx: click.Context, png: Path | None, csv_path: Path | None) -> N
     from limachat.dialogues import report as rep
 
     report = rep.build(_store(_settings(ctx)))
-    click.echo(rep.markdown(report), nl=False)
+    click.echo(rep.markdown(report, rep.heldout(_settings(ctx).home)), nl=False)
     if csv_path:
         csv_path.write_text(rep.to_csv(report))
     if png:

@@ -29,20 +29,54 @@ class _Section(BaseModel):
     model_config = ConfigDict(extra="forbid", validate_assignment=True)
 
 
-class Sampling(_Section):
-    """Sampling defaults: LIMA's (section 2: temperature 0.7, top-p 0.9, repetition penalty 1.2).
+class Preset(_Section):
+    """A named set of sampling parameters. A key left out (None) is not sent: the endpoint's own
+    default applies."""
 
-    A checkpoint whose endpoint rejects a key lists it in its `omit_params`."""
-
-    temperature: float | None = Field(0.7, ge=0.0, le=2.0)
-    top_p: float | None = Field(0.9, gt=0.0, le=1.0)
-    repetition_penalty: float | None = Field(1.2, gt=0.0)
-    max_tokens: int | None = Field(512, ge=1)
+    temperature: float | None = Field(None, ge=0.0, le=2.0)
+    top_p: float | None = Field(None, gt=0.0, le=1.0)
+    top_k: int | None = Field(None, ge=-1)
+    # vLLM's and Hugging Face's penalty: every token of the prompt *and* the output so far.
+    repetition_penalty: float | None = Field(None, gt=0.0)
+    # LIMA's penalty: only the tokens this reply generated (limachat.serve.vllm_ext, local server only).
+    generated_repetition_penalty: float | None = Field(None, gt=0.0)
+    max_tokens: int | None = Field(None, ge=1)
     extra: dict[str, Any] = {}  # more request fields, sent unchanged (e.g. seed, stop, min_tokens)
 
     def request(self) -> dict[str, Any]:
-        """The sampling fields of a chat request."""
-        return {**self.model_dump(exclude={"extra"}), **self.extra}
+        """The fields this preset sets, as request fields."""
+        return {**self.model_dump(exclude={"extra"}, exclude_none=True), **self.extra}
+
+
+# LIMA (Zhou et al., 2023, section 2): nucleus p = 0.9, temperature 0.7, and a repetition penalty of
+# 1.2 on previously generated tokens.
+LIMA = Preset(temperature=0.7, top_p=0.9, generated_repetition_penalty=1.2)
+# LIMA's penalty at a lower temperature, for small models: at 0.7 the bundled 135M model's replies
+# run on and drift; at 0.3 they stay on topic (benchmarks/bench_presets.py: 5-turn conversations).
+FOCUSED = Preset(temperature=0.3, top_p=0.9, generated_repetition_penalty=1.2)
+BUILTIN = {"lima": LIMA, "focused": FOCUSED}
+BUILTIN_PRESETS = (*BUILTIN, "model")  # `model`: the base's own generation_config.json
+BUNDLED_PRESET = "focused"  # the bundled SmolLM2-135M-Instruct's default, chosen by measurement
+MAX_TOKENS = 512
+
+
+class Sampling(Preset):
+    """Which preset each checkpoint samples with, plus overrides: a key set here (e.g.
+    `sampling.temperature`) wins over every preset."""
+
+    preset: str | None = None  # default for every checkpoint; None: BUNDLED_PRESET on the bundled base, else lima
+    presets: dict[str, Preset] = {}  # your own, by name: [sampling.presets.NAME]
+
+    @field_validator("presets")
+    @classmethod
+    def _not_builtin(cls, value: dict[str, Preset]) -> dict[str, Preset]:
+        taken = sorted(set(value) & set(BUILTIN_PRESETS))
+        if taken:
+            raise ValueError(f"{taken[0]!r} is a built-in preset; give yours another name")
+        return value
+
+    def overrides(self) -> dict[str, Any]:
+        return {**self.model_dump(exclude={"extra", "preset", "presets"}, exclude_none=True), **self.extra}
 
 
 class Server(_Section):
@@ -109,6 +143,36 @@ class Settings(BaseSettings):
         known = ", ".join(c.name for c in self.checkpoints)
         raise SettingsError(f"checkpoints: no checkpoint named {name!r} (configured: {known})")
 
+    def preset_name(self, checkpoint: str | None = None) -> str:
+        """The preset a checkpoint samples with: its own, else sampling.preset, else the default."""
+        own = next((c.preset for c in self.checkpoints if c.name == checkpoint), None)
+        name = own or self.sampling.preset or (BUNDLED_PRESET if self.server.base is None else "lima")
+        if name not in BUILTIN_PRESETS and name not in self.sampling.presets:
+            where = f"checkpoints.{checkpoint}.preset" if own else "sampling.preset"
+            known = ", ".join([*BUILTIN_PRESETS, *self.sampling.presets])
+            raise SettingsError(f"{where}: no preset named {name!r} (known: {known})")
+        return name
+
+    def sampling_for(self, checkpoint: str | None = None) -> tuple[str, dict[str, Any]]:
+        """(preset name, request fields) for a checkpoint: max_tokens, then the preset, then the
+        sampling.* overrides. The endpoint's omit_params are dropped later, by its client."""
+        name = self.preset_name(checkpoint)
+        if name in BUILTIN:
+            preset = BUILTIN[name].request()
+        elif name == "model":
+            preset = model_preset(self.base_folder())
+        else:
+            preset = self.sampling.presets[name].request()
+        return name, {"max_tokens": MAX_TOKENS, **preset, **self.sampling.overrides()}
+
+    def base_folder(self) -> Path:
+        """The local folder of the base model (the converted bundled one by default)."""
+        from limachat.serve.base import BUNDLED_NAME
+
+        if self.server.base is None:
+            return self.home / "base" / BUNDLED_NAME / "model"
+        return Path(self.server.base).expanduser()
+
     def resolved_checkpoints(self) -> list[Checkpoint]:
         return [self.checkpoint(c.name) for c in self.checkpoints]
 
@@ -139,6 +203,27 @@ class _TomlSource(PydanticBaseSettingsSource):
 
     def __call__(self) -> dict[str, Any]:
         return self.data
+
+
+def model_preset(folder: Path) -> dict[str, Any]:
+    """The `model` preset: the sampling fields of the base's own generation_config.json (Hugging
+    Face's repetition_penalty covers the prompt as well, like vLLM's). A field it leaves out keeps
+    the endpoint's default (temperature 1, top-p 1)."""
+    import json
+
+    path = folder / "generation_config.json"
+    try:
+        config = json.loads(path.read_text())
+    except FileNotFoundError:
+        raise SettingsError(f"sampling preset 'model': {path} not found (prepare the base first: `limachat base`)") from None
+    except (OSError, ValueError) as e:
+        raise SettingsError(f"sampling preset 'model': {path}: {e}") from None
+    keys = {"temperature": "temperature", "top_p": "top_p", "top_k": "top_k",
+            "repetition_penalty": "repetition_penalty", "max_new_tokens": "max_tokens"}
+    preset = {ours: config[theirs] for theirs, ours in keys.items() if config.get(theirs) is not None}
+    if config.get("do_sample") is False:
+        preset["temperature"] = 0.0
+    return preset
 
 
 def config_path() -> Path:

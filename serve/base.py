@@ -173,9 +173,30 @@ def create_untrained_adapter(model_source: str, folder: Path, progress: Progress
     tmp.rename(folder)
 
 
+def base_identity(model: str) -> str:
+    """What the base *is*, independent of how its path is spelled: the content hash recorded in a
+    converted base's limachat-base.json; for another local folder, the hash of its config and the
+    names and sizes of its files; for a hub id, the id."""
+    folder = Path(model).expanduser()
+    if not folder.is_dir():
+        return model
+    manifest = folder / MANIFEST
+    if manifest.is_file():
+        try:
+            record = json.loads(manifest.read_text())
+            return f"sha256:{record['source_sha256']}:v{record['converter_version']}"
+        except (ValueError, KeyError):
+            pass
+    h = hashlib.sha256((folder / "config.json").read_bytes() if (folder / "config.json").is_file() else b"")
+    for p in sorted(folder.iterdir()):
+        if p.is_file():
+            h.update(f"{p.name}:{p.stat().st_size}\n".encode())
+    return f"files:{h.hexdigest()[:32]}"
+
+
 def prepare_base(home: Path, base: str | None = None, progress: Progress = print) -> Base:
     """Make sure the base checkpoint and its untrained adapter exist; convert only when needed."""
-    root = home / "base" / base_slug(base)
+    root = Path(home).expanduser().resolve() / "base" / base_slug(base)
     adapter = root / "untrained-lora"
     if base is None:
         source = bundled_gguf()

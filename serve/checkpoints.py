@@ -17,4 +17,7 @@ class Checkpoint(BaseModel):
     model: str = Field(min_length=1)
     base_url: str | None = None
     api_key: str | None = None
-    omit_params: list[str] = []  # sampling keys this endpoint rejects, e.g. ["repetition_penalty"] for hosted APIs
+    # Sampling keys this endpoint rejects or cannot apply, e.g. ["repetition_penalty"] for hosted APIs,
+    # ["generated_repetition_penalty"] for any endpoint that is not `limachat serve` (llama.cpp, APIs).
+    omit_params: list[str] = []
+    preset: str | None = None  # sampling preset for this checkpoint (default: sampling.preset)

@@ -22,6 +22,8 @@ import httpx
 
 VARIANTS = ("zero-shot", "dialogue")
 BASE_NAME = "base"
+# LIMA's penalty on generated tokens only, selected per request (see limachat.serve.vllm_ext).
+LOGITS_PROCESSOR = "limachat.serve.vllm_ext:GeneratedTokensPenalty"
 
 
 class ServerError(Exception):
@@ -49,15 +51,21 @@ class Adapter:
 
 
 def _trained_for(folder: Path) -> str | None:
+    """The identity of the base an adapter was trained on (its path, for records made before identities)."""
     try:
-        return json.loads((folder / "training.json").read_text()).get("base_model")
+        record = json.loads((folder / "training.json").read_text())
     except (OSError, ValueError):
         return None
+    return record.get("base_identity") or record.get("base_model")
 
 
 def find_adapters(home: Path, untrained: Path, base_model: str | None = None) -> list[Adapter]:
     """The trained adapter of each variant under <home>/checkpoints/<variant>, else the untrained one
-    (also when the trained one was made for another base); then any other adapter trained there."""
+    (also when the trained one was made for another base); then any other adapter trained there.
+    Bases are compared by content (`base_identity`), not by how their path is spelled."""
+    from limachat.serve.base import base_identity
+
+    base_model = base_identity(base_model) if base_model else None
     adapters = []
     for variant in VARIANTS:
         trained = home / "checkpoints" / variant
@@ -103,7 +111,8 @@ class ServerConfig:
                "--served-model-name", BASE_NAME, "--host", self.host, "--port", str(self.port),
                "--dtype", dtype, "--max-model-len", str(self.max_model_len),
                "--enable-lora", "--max-lora-rank", str(self.max_lora_rank), "--max-loras", str(len(self.adapters)),
-               "--lora-modules", *[f"{a.name}={a.path}" for a in self.adapters]]
+               "--lora-modules", *[f"{a.name}={a.path}" for a in self.adapters],
+               "--logits-processors", LOGITS_PROCESSOR]
         if eager:
             cmd.append("--enforce-eager")
         return cmd + list(self.extra_args)
@@ -112,6 +121,9 @@ class ServerConfig:
         env = dict(os.environ)
         if not self.gpu:
             env.setdefault("VLLM_CPU_KVCACHE_SPACE", str(self.kv_cache_gib))
+            # vLLM keeps one core out of its engine by default; on a 2-core machine that halves decode
+            # (make bench: both cores gave the higher rate, and the API server and app kept answering).
+            env.setdefault("VLLM_CPU_NUM_OF_RESERVED_CPU", "0")
         # The app's "serve it" loads a freshly trained adapter into the running server.
         env.setdefault("VLLM_ALLOW_RUNTIME_LORA_UPDATING", "True")
         env.setdefault("HF_HUB_OFFLINE", "1" if Path(self.model).exists() else env.get("HF_HUB_OFFLINE", "0"))

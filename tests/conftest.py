@@ -44,16 +44,16 @@ def model_home(tmp_path_factory) -> Path:
 
 @pytest.fixture(scope="session")
 def trained_home(model_home) -> Path:
-    """Both variants trained for a few real steps (TRL on CPU) into <home>/checkpoints/."""
+    """Both demo adapters trained exactly as `limachat demo` trains them (the bundled set, the
+    default recipe; TRL on CPU, ~8 minutes) into <home>/checkpoints/: the tests talk to what a user
+    gets."""
     from limachat.settings import Settings
     from limachat.train.command import run
     from limachat.train.data import bundled_examples, split
 
-    examples = bundled_examples()
-    tiny = split([e for e in examples if not e.multi_turn][:2] + [e for e in examples if e.multi_turn][:1])
     base = str(model_home / "base" / "SmolLM2-135M-Instruct" / "model")
-    overrides = dict(epochs=4, batch_size=2, micro_batch_size=2, learning_rate=1e-3, final_learning_rate=1e-4, max_length=384)
-    run(Settings(home=model_home), ["zero-shot", "dialogue"], tiny, base, overrides, progress=lambda m: print(m, file=sys.stderr))
+    run(Settings(home=model_home), ["zero-shot", "dialogue"], split(bundled_examples()), base, {},
+        progress=lambda m: print(m, file=sys.stderr))
     return model_home
 
 

@@ -17,7 +17,7 @@ import pytest
 from conftest import free_port
 from limachat.serve.checkpoints import Checkpoint
 from limachat.serve.client import (ChatClient, Completion, ContextTooLong, EndpointUnreachable, HTTPStatusError,
-                                   StreamBroken, UnknownModel, sampling_params)
+                                   StreamBroken, UnknownModel)
 
 
 def chunk(text: str) -> bytes:
@@ -99,18 +99,25 @@ def test_stream_yields_text_then_completion(endpoint):
     assert (done.usage.prompt_tokens, done.usage.completion_tokens) == (7, 2)
     assert 0 < done.ttft <= done.latency
     sent = endpoint.requests[-1]
-    assert (sent["temperature"], sent["top_p"], sent["repetition_penalty"], sent["max_tokens"]) == (0.1, 0.9, 1.2, 5)
+    assert (sent["temperature"], sent["max_tokens"]) == (0.1, 5) and "top_p" not in sent  # what it was given, no more
+    assert done.params == {"max_tokens": 5, "temperature": 0.1}
     assert sent["stream"] is True and sent["stream_options"] == {"include_usage": True}
 
 
 def test_a_checkpoint_omits_what_its_endpoint_rejects(endpoint):
-    run(endpoint, "ok", {"repetition_penalty": 1.3}, omit_params=["repetition_penalty"])
+    events = run(endpoint, "ok", {"repetition_penalty": 1.3, "top_p": 0.9, "temperature": None},
+                 omit_params=["repetition_penalty"])
     assert "repetition_penalty" not in endpoint.requests[-1] and endpoint.requests[-1]["top_p"] == 0.9
+    assert events[-1].params == {"top_p": 0.9}  # what was sent, not what was asked for
 
 
-def test_none_drops_a_parameter():
-    assert "repetition_penalty" not in sampling_params(repetition_penalty=None)
-    assert sampling_params() == {"temperature": 0.7, "top_p": 0.9, "repetition_penalty": 1.2, "max_tokens": 512}
+def test_lima_penalty_travels_in_vllm_xargs(endpoint):
+    events = run(endpoint, "ok", {"temperature": 0.7, "generated_repetition_penalty": 1.2})
+    sent = endpoint.requests[-1]
+    assert sent["vllm_xargs"] == {"generated_repetition_penalty": 1.2} and "generated_repetition_penalty" not in sent
+    assert events[-1].params == {"temperature": 0.7, "generated_repetition_penalty": 1.2}
+    run(endpoint, "ok", {"generated_repetition_penalty": 1.2}, omit_params=["generated_repetition_penalty"])
+    assert "vllm_xargs" not in endpoint.requests[-1]
 
 
 @pytest.mark.parametrize("model, error, text", [

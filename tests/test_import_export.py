@@ -87,12 +87,13 @@ def test_a_conversation_ending_with_the_user_is_reported_not_dropped(store, tmp_
     assert len(store.query("select * from turns")) == 3
 
 
-def test_the_bundled_set_imports_cleanly(store):
-    report = import_file(store, bundled("train.jsonl"))
-    assert report.format == "lima" and not report.bad and not report.warnings
+def test_the_bundled_sets_import_cleanly(store):
+    for name in ("train.jsonl", "heldout.jsonl"):
+        report = import_file(store, bundled(name))
+        assert report.format == "lima" and not report.bad and not report.warnings
     sessions = store.sessions(limit=1000)
     multi = [s for s in sessions if s["meta"]["source"] == "multi_turn"]
-    assert len(sessions) - len(multi) >= 60 and len(multi) >= 8
+    assert len(sessions) - len(multi) >= 60 and len(multi) == 8  # 6 chains to train on, 2 held out
     exchanges = {s["id"]: 0 for s in multi}
     for t in store.query("select session_id, exchange from turns where role = 'assistant'"):
         if t["session_id"] in exchanges:

@@ -11,7 +11,9 @@ from limachat.settings import SettingsError, load_settings
 
 def test_defaults_are_lima_sampling_and_local_checkpoints(clean_env):
     s = load_settings()
-    assert (s.sampling.temperature, s.sampling.top_p, s.sampling.repetition_penalty) == (0.7, 0.9, 1.2)
+    # the bundled model's measured default: LIMA's penalty on generated tokens only, at a lower temperature
+    assert s.sampling_for("dialogue") == ("focused", {"max_tokens": 512, "temperature": 0.3, "top_p": 0.9,
+                                                      "generated_repetition_penalty": 1.2})
     assert s.home == Path("data") and s.db_path == Path("data/limachat.db")
     assert [c.name for c in s.checkpoints] == ["zero-shot", "dialogue"]
     assert s.checkpoint("dialogue").base_url == "http://127.0.0.1:8000/v1"
@@ -25,7 +27,8 @@ def test_toml_points_a_checkpoint_at_another_endpoint(clean_env):
         '[[checkpoints]]\nname = "dialogue"\nmodel = "lima-1030"\nbase_url = "http://gpu-box:9000/v1"\napi_key = "k"\n'
     )
     s = load_settings()
-    assert s.home == Path("/srv/lima") and s.sampling.temperature == 0.2 and s.sampling.top_p == 0.9
+    assert s.home == Path("/srv/lima") and s.sampling.temperature == 0.2
+    assert s.sampling_for("zero-shot")[1]["top_p"] == 0.9 and s.sampling_for("zero-shot")[1]["temperature"] == 0.2
     assert s.checkpoint("zero-shot").base_url == "http://127.0.0.1:8100/v1"  # the local server follows server.port
     d = s.checkpoint("dialogue")
     assert (d.base_url, d.model, d.api_key) == ("http://gpu-box:9000/v1", "lima-1030", "k")
@@ -76,3 +79,30 @@ def test_cli_reports_a_bad_key_in_one_line(clean_env):
     result = CliRunner().invoke(main, ["config"])
     assert result.exit_code == 1
     assert result.output.strip() == "Error: limachat.toml:2: app.prot: unknown key"
+
+
+def test_presets_per_checkpoint_user_defined_and_from_the_model(clean_env):
+    (clean_env / "limachat.toml").write_text(
+        '[sampling]\npreset = "calm"\n[sampling.presets.calm]\ntemperature = 0.3\ngenerated_repetition_penalty = 1.1\n'
+        '[[checkpoints]]\nname = "zero-shot"\nmodel = "zero-shot"\npreset = "model"\n'
+        '[[checkpoints]]\nname = "dialogue"\nmodel = "dialogue"\n'
+    )
+    folder = clean_env / "data" / "base" / "SmolLM2-135M-Instruct" / "model"
+    folder.mkdir(parents=True)
+    (folder / "generation_config.json").write_text('{"temperature": 0.2, "top_p": 0.9, "repetition_penalty": 1.1, "eos_token_id": 2}')
+    s = load_settings()
+    assert s.sampling_for("dialogue") == ("calm", {"max_tokens": 512, "temperature": 0.3, "generated_repetition_penalty": 1.1})
+    assert s.sampling_for("zero-shot") == ("model", {"max_tokens": 512, "temperature": 0.2, "top_p": 0.9, "repetition_penalty": 1.1})
+
+
+def test_a_users_own_base_defaults_to_lima_and_unknown_presets_are_named(clean_env):
+    (clean_env / "limachat.toml").write_text('[server]\nbase = "/models/llama-7b"\n[[checkpoints]]\nname = "x"\nmodel = "x"\npreset = "fast"\n')
+    s = load_settings()
+    with pytest.raises(SettingsError, match=r"^checkpoints.x.preset: no preset named 'fast' \(known: lima, focused, model\)$"):
+        s.sampling_for("x")
+    (clean_env / "limachat.toml").write_text('[server]\nbase = "/models/llama-7b"\n')
+    assert load_settings().sampling_for("dialogue") == ("lima", {"max_tokens": 512, "temperature": 0.7, "top_p": 0.9,
+                                                                 "generated_repetition_penalty": 1.2})
+    (clean_env / "limachat.toml").write_text('[sampling.presets.lima]\ntemperature = 0.1\n')
+    with pytest.raises(SettingsError, match="sampling.presets: .*'lima' is a built-in preset"):
+        load_settings()

@@ -22,14 +22,31 @@ def store(tmp_path):
 def test_blank_database_gets_the_whole_schema(tmp_path):
     path = tmp_path / "new.db"
     store = Store(path)
-    assert {m.name for m in migrations.applied(store.db)} == {"m001_initial"}
+    assert {m.name for m in migrations.applied(store.db)} == {"m001_initial", "m002_sampling_and_fluency"}
     assert not migrations.pending(store.db)
     conn = sqlite3.connect(path)  # any SQLite tool can open it
     tables = {r[0] for r in conn.execute("select name from sqlite_master where type = 'table'")}
     assert {"sessions", "turns", "ratings", "edits", "verdicts"} <= tables
     assert conn.execute("pragma journal_mode").fetchone()[0] == "wal"
     Store(path)  # opening again applies nothing twice
-    assert [m.name for m in migrations.applied(store.db)] == ["m001_initial"]
+    assert [m.name for m in migrations.applied(store.db)] == ["m001_initial", "m002_sampling_and_fluency"]
+    assert {"preset", "omitted", "fluency"} <= set(store.db["turns"].columns_dict)
+
+
+def test_upgrade_from_the_first_schema_keeps_turns(tmp_path):
+    from sqlite_utils import Database
+
+    from limachat.dialogues.migrations import m001_initial
+
+    path = tmp_path / "old.db"
+    old = Database(path)
+    m001_initial(old)
+    old["sessions"].insert({"id": "s1", "created": "2026-01-01", "mode": "chat"})
+    old["turns"].insert({"id": "t1", "session_id": "s1", "role": "user", "content": "hi", "status": "ok", "created": "2026-01-01"})
+    old["_sqlite_migrations"].insert({"id": 1, "migration_set": "limachat", "name": "m001_initial", "applied_at": "2026-01-01"}, pk="id")
+    old.close()
+    store = Store(path)
+    assert store.turn("t1")["content"] == "hi" and store.turn("t1")["fluency"] is None
 
 
 def test_a_conversation_with_branches(store):

@@ -125,39 +125,74 @@ def test_end_of_turn_token_for_a_base_without_chat_template(model_home):
     assert model.get_input_embeddings().weight.shape[0] == len(tok) > eot
 
 
-def test_a_short_real_run_lowers_the_loss_and_changes_the_adapter(trained_home):
+def test_demo_training_lowers_the_loss_and_dialogue_wins_on_held_out_chains(trained_home):
+    """The adapters `limachat demo` trains, with its recipe: the loss falls epoch over epoch, every
+    adapter weight moved, and on two held-out multi-turn chains (replies from turn 2 on) the
+    dialogue checkpoint, which saw multi-turn chains, beats zero-shot, which did not."""
     from safetensors import safe_open
 
-    for variant, examples in (("zero-shot", 2), ("dialogue", 3)):
+    from limachat.train.recipe import make_config
+
+    recipe = make_config()
+    records = {}
+    for variant, examples in (("zero-shot", 62), ("dialogue", 68)):
         out = trained_home / "checkpoints" / variant
-        record = json.loads((out / "training.json").read_text())
-        assert record["examples"] == examples and record["chains"] == (variant == "dialogue")
+        record = records[variant] = json.loads((out / "training.json").read_text())
+        assert record["examples"] == examples and record["chains"] == (6 if variant == "dialogue" else 0)
+        per_epoch = record["steps"] // recipe.epochs
         losses = [loss for _, loss in record["losses"]]
-        assert len(losses) == record["steps"] == (4 if variant == "zero-shot" else 8) and losses[-1] < losses[0], losses
-        assert record["served_epoch"] == 4 and sorted(p.name for p in (out / "epochs").iterdir()) == [f"epoch-{i}" for i in range(1, 5)]
-        config = json.loads((out / "train_config.json").read_text())
-        assert (config["variant"], config["method"], config["epochs"], config["learning_rate"]) == (variant, "lora", 4, 1e-3)
+        first, last = losses[:per_epoch], losses[-per_epoch:]
+        assert sum(last) / len(last) < sum(first) / len(first) - 0.1, losses
+        assert record["served_epoch"] == recipe.epochs
+        assert sorted(p.name for p in (out / "epochs").iterdir()) == [f"epoch-{i}" for i in range(1, recipe.epochs + 1)]
         with safe_open(out / "adapter_model.safetensors", "pt") as f:
             b = [f.get_tensor(k) for k in f.keys() if "lora_B" in k]
-        assert len(b) == 30 * 7 and all(t.abs().max() > 0 for t in b)  # B starts at zero: every one was trained
+        assert len(b) == 15 * 7 and all(t.abs().max() > 0 for t in b)  # top half of 30 layers; B starts at zero
+        held = record["heldout"]
+        assert held["chains"] == 2 and held["tokens"] > 500 and held["loss"] < held["base_loss"]
+    assert records["dialogue"]["heldout"]["loss"] < records["zero-shot"]["heldout"]["loss"], \
+        {v: r["heldout"] for v, r in records.items()}
 
 
-def test_unchanged_data_is_not_retrained_and_epoch_switches(trained_home):
+def test_unchanged_data_is_not_retrained_however_the_base_is_spelled(trained_home, monkeypatch):
     from limachat.settings import Settings
     from limachat.train.command import run
     from limachat.train.data import bundled_examples, split
+    from limachat.train.recipe import make_config
 
-    examples = bundled_examples()
-    tiny = split([e for e in examples if not e.multi_turn][:2])
-    base = str(trained_home / "base" / "SmolLM2-135M-Instruct" / "model")
-    overrides = dict(epochs=4, batch_size=2, micro_batch_size=2, learning_rate=1e-3, final_learning_rate=1e-4, max_length=384)
-    said = []
-    run(Settings(home=trained_home), ["zero-shot"], tiny, base, overrides, epoch=2, progress=said.append)
+    last = make_config().epochs
+    data = split(bundled_examples())
     out = trained_home / "checkpoints" / "zero-shot"
-    assert said == [f"zero-shot: up to date in {out}; now serving epoch 2"]
-    assert (out / "adapter_model.safetensors").read_bytes() == (out / "epochs" / "epoch-2" / "adapter_model.safetensors").read_bytes()
-    run(Settings(home=trained_home), ["zero-shot"], tiny, base, overrides, epoch=4, progress=said.append)
-    assert json.loads((out / "training.json").read_text())["served_epoch"] == 4
+    said = []
+    monkeypatch.chdir(trained_home)  # `make demo` spells the base absolute, `limachat demo` relative: the same base
+    for spelling in ("base/SmolLM2-135M-Instruct/model", str(trained_home / "base" / "SmolLM2-135M-Instruct" / "model"),
+                     f"./base/../base/SmolLM2-135M-Instruct/model"):
+        run(Settings(home=Path(".")), ["zero-shot"], data, spelling, {}, epoch=1, progress=said.append)
+        assert said[-1] == f"zero-shot: up to date in {Path('.') / 'checkpoints' / 'zero-shot'}; now serving epoch 1"
+    assert (out / "adapter_model.safetensors").read_bytes() == (out / "epochs" / "epoch-1" / "adapter_model.safetensors").read_bytes()
+    run(Settings(home=trained_home), ["zero-shot"], data, str(trained_home / "base" / "SmolLM2-135M-Instruct" / "model"),
+        {}, epoch=last, progress=said.append)
+    assert json.loads((out / "training.json").read_text())["served_epoch"] == last
+
+
+def test_fingerprint_follows_content_not_paths(model_home, tmp_path):
+    import shutil
+
+    from limachat.train.command import fingerprint
+    from limachat.train.data import bundled_examples
+    from limachat.train.recipe import make_config
+
+    config, examples = make_config(), bundled_examples()
+    base = model_home / "base" / "SmolLM2-135M-Instruct" / "model"
+    stamp = fingerprint(config, examples, str(base))
+    assert fingerprint(config, examples[:-1], str(base)) != stamp  # other data
+    assert fingerprint(make_config(epochs=5), examples, str(base)) != stamp  # other settings
+    copy = tmp_path / "elsewhere"
+    shutil.copytree(base, copy)
+    assert fingerprint(config, examples, str(copy)) == stamp  # the same base moved: its recorded hash is the same
+    record = json.loads((copy / "limachat-base.json").read_text())
+    (copy / "limachat-base.json").write_text(json.dumps({**record, "source_sha256": "0" * 64}))
+    assert fingerprint(config, examples, str(copy)) != stamp  # another base
 
 
 def test_a_named_checkpoint_needs_one_variant_and_a_plain_name(clean_env):

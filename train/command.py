@@ -29,10 +29,13 @@ def gather(settings, data: tuple[Path, ...], fmt: str | None, use_bundled: bool,
 
 
 def fingerprint(config, examples, base_model: str) -> str:
+    """Content, not spelling: the data's hash, the resolved config and the base's identity."""
+    from limachat.serve.base import base_identity
     from limachat.train.data import data_hash
 
     settings = config.model_dump(exclude={"variant"})
-    return hashlib.sha256(json.dumps([data_hash(examples), settings, base_model], sort_keys=True).encode()).hexdigest()[:16]
+    parts = [data_hash(examples), settings, base_identity(base_model)]
+    return hashlib.sha256(json.dumps(parts, sort_keys=True).encode()).hexdigest()[:16]
 
 
 def is_current(out_dir: Path, stamp: str) -> bool:

@@ -92,6 +92,11 @@ def bundled_examples() -> list[Example]:
     return read_file(bundled("train.jsonl"))
 
 
+def heldout_examples() -> list[Example]:
+    """Two of the project's multi-turn chains, never trained on: every checkpoint is scored on them."""
+    return read_file(bundled("heldout.jsonl"))
+
+
 def data_hash(examples: list[Example]) -> str:
     h = hashlib.sha256()
     for ex in examples:
@@ -102,21 +107,24 @@ def data_hash(examples: list[Example]) -> str:
 
 # -- tokenization with loss masks --------------------------------------------------------------------
 
-def tokenize(example: Example, tokenizer, max_length: int) -> dict[str, Any]:
+def tokenize(example: Example, tokenizer, max_length: int, first_exchange: int = 1) -> dict[str, Any]:
     """input_ids with labels on every assistant turn's tokens (its end-of-turn marker included)
-    and IGNORE elsewhere. Each boundary is found by rendering the chat template on a prefix of the
+    from the `first_exchange`-th reply on, and IGNORE elsewhere. Each boundary is found by rendering the chat template on a prefix of the
     conversation, so any template works. `trimmed` says the example was cut at max_length."""
     messages = example.as_messages()
     ids: list[int] = []
     labels: list[int] = []
+    exchange = 0
     for i, m in enumerate(messages):
         if m["role"] != "assistant":
             continue
+        exchange += 1
         prompt = _render(tokenizer, messages[:i], generation_prompt=True)
         full = _render(tokenizer, messages[: i + 1], generation_prompt=False)
         if full[: len(prompt)] != prompt or prompt[: len(ids)] != ids:
             raise ValueError(f"{example.origin}: the chat template does not render conversations as prefixes of each other")
-        labels += [IGNORE] * (len(prompt) - len(ids)) + full[len(prompt):]
+        reply = full[len(prompt):] if exchange >= first_exchange else [IGNORE] * (len(full) - len(prompt))
+        labels += [IGNORE] * (len(prompt) - len(ids)) + reply
         ids = full
     trimmed = len(ids) > max_length
     return {"input_ids": ids[:max_length], "labels": labels[:max_length], "trimmed": trimmed, "tokens": len(ids)}

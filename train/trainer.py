@@ -18,7 +18,7 @@ from collections.abc import Callable
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
-from limachat.train.data import IGNORE, Example, data_hash, tokenize
+from limachat.train.data import IGNORE, Example, data_hash, heldout_examples, tokenize
 from limachat.train.recipe import TrainConfig, top_dropout
 
 EOT = "<|end_of_turn|>"
@@ -88,6 +88,11 @@ def load_model(base_model: str, config: TrainConfig, tokenizer, added_eot: bool)
 
         lora = dict(r=config.lora_rank, lora_alpha=config.lora_alpha, lora_dropout=0.0, target_modules="all-linear",
                     task_type="CAUSAL_LM")
+        layers = model.config.num_hidden_layers
+        if config.lora_layer_share < 1.0:  # PEFT takes a layer list only with named modules: every linear but the head
+            lora["target_modules"] = sorted({name.rsplit(".", 1)[-1] for name, m in model.named_modules()
+                                             if isinstance(m, torch.nn.Linear) and "lm_head" not in name})
+            lora["layers_to_transform"] = list(range(layers - max(1, round(layers * config.lora_layer_share)), layers))
         if added_eot:  # the new token's embedding row is trained too (PEFT trainable tokens)
             lora["trainable_token_indices"] = {"embed_tokens": [tokenizer.convert_tokens_to_ids(EOT)]}
         model = get_peft_model(model, LoraConfig(**lora))
@@ -119,6 +124,41 @@ def time_forward_backward(model, rows: list[dict], pad_id: int, repeats: int = 1
         times.append(time.perf_counter() - t0)
         model.zero_grad(set_to_none=True)
     return times[1:]
+
+
+HELDOUT_FROM = 2  # LIMA's question: does the checkpoint hold up *after* the first exchange?
+
+
+def heldout_loss(model, tokenizer, examples: list[Example] | None = None) -> dict:
+    """Mean NLL per token of the held-out chains' assistant replies at turn 2 and later (whole
+    chains, no trimming), for the model and, for a LoRA model, its base with the adapter off."""
+    import contextlib
+
+    import torch
+
+    examples = heldout_examples() if examples is None else examples
+    rows = [tokenize(ex, tokenizer, 1 << 30, first_exchange=HELDOUT_FROM) for ex in examples]
+    device = next(model.parameters()).device
+
+    def nll(ctx) -> tuple[float, int]:
+        total, count = 0.0, 0
+        with ctx, torch.no_grad():
+            for r in rows:
+                n = sum(label != IGNORE for label in r["labels"][1:])
+                if n:
+                    out = model(input_ids=torch.tensor([r["input_ids"]], device=device),
+                                labels=torch.tensor([r["labels"]], device=device))
+                    total, count = total + float(out.loss) * n, count + n
+        return total / max(count, 1), count
+
+    was_training = model.training
+    model.eval()
+    loss, tokens = nll(contextlib.nullcontext())
+    record = {"loss": round(loss, 4), "tokens": tokens, "chains": len(rows), "from_exchange": HELDOUT_FROM}
+    if hasattr(model, "disable_adapter"):
+        record["base_loss"] = round(nll(model.disable_adapter())[0], 4)
+    model.train(was_training)
+    return record
 
 
 def sft_args(config: TrainConfig, output_dir: Path, steps: int | None = None):
@@ -231,9 +271,16 @@ def main(config: TrainConfig, examples: list[Example], base_model: str, out_dir:
     bar.close()
     seconds = time.monotonic() - started
     shutil.rmtree(tmp / "trainer", ignore_errors=True)
-    record = {"variant": config.variant, "base_model": base_model, **asdict(plan), "seconds": round(seconds, 1),
+    heldout = heldout_loss(model, tokenizer)
+    progress(f"{config.variant}: held-out loss (replies from turn {HELDOUT_FROM} on, {heldout['chains']} chains, "
+             f"{heldout['tokens']} tokens) {heldout['loss']:.3f}"
+             + (f" (base {heldout['base_loss']:.3f})" if "base_loss" in heldout else ""))
+    from limachat.serve.base import base_identity
+
+    record = {"variant": config.variant, "base_model": base_model, "base_identity": base_identity(base_model), **asdict(plan), "seconds": round(seconds, 1),
               "tokens_per_second": round(plan.tokens * config.epochs / seconds, 1), "losses": losses,
-              "residual_dropout": rates, "end_of_turn_token": EOT if added_eot else None, "fingerprint": fingerprint}
+              "residual_dropout": rates, "end_of_turn_token": EOT if added_eot else None, "fingerprint": fingerprint,
+              "heldout": heldout}
     (tmp / "train_config.json").write_text(config.model_dump_json(indent=1) + "\n")
     _write_record(tmp, record)
     shutil.rmtree(out_dir, ignore_errors=True)

@@ -1,0 +1,38 @@
+"""Fluency: the base model's mean negative log-likelihood per token of a reply, in its conversation.
+
+Word salad (runs of words without spaces, broken grammar) is improbable text to the base model, so
+its mean NLL is high; a coherent reply's is low. vLLM scores it: the conversation with the
+generation prompt and the reply are tokenized by the server's own `/tokenize` (chat template and
+all), sent as one prompt to `/v1/completions` with `prompt_logprobs=0`, and the log-probabilities
+of the reply's tokens are averaged. One request of prompt processing, no generation to speak of.
+"""
+
+from __future__ import annotations
+
+import math
+
+import httpx
+
+# Calibrated on the bundled SmolLM2-135M-Instruct (tests/test_coherence.py): coherent replies of
+# the demo checkpoints score about 1.0-1.8, the word salad kept in tests/data about 4 and above.
+FLUENT_BELOW = 2.5
+
+
+async def fluency(base_url: str, model: str, messages: list[dict[str, str]], reply: str, *, timeout: float = 30.0) -> float | None:
+    """Mean NLL (nats per token) of `reply` after `messages` under `model` at the vLLM server
+    `base_url` (…/v1). None for an empty reply."""
+    root = base_url.rstrip("/").removesuffix("/v1")
+    async with httpx.AsyncClient(timeout=timeout) as http:
+        prefix = await http.post(f"{root}/tokenize", json={"model": model, "messages": messages, "add_generation_prompt": True})
+        prefix.raise_for_status()
+        tail = await http.post(f"{root}/tokenize", json={"model": model, "prompt": reply, "add_special_tokens": False})
+        tail.raise_for_status()
+        head, ids = prefix.json()["tokens"], tail.json()["tokens"]
+        if not ids:
+            return None
+        r = await http.post(f"{root}/v1/completions", json={"model": model, "prompt": head + ids, "max_tokens": 1,
+                                                            "temperature": 0, "prompt_logprobs": 0})
+        r.raise_for_status()
+    scored = r.json()["choices"][0]["prompt_logprobs"][len(head):]
+    logprobs = [entry[str(tok)]["logprob"] for entry, tok in zip(scored, ids)]
+    return -sum(logprobs) / len(logprobs) if logprobs and all(math.isfinite(x) for x in logprobs) else None

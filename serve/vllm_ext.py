@@ -1,0 +1,98 @@
+"""What limachat adds to the vLLM server process. `limachat serve` passes
+`--logits-processors limachat.serve.vllm_ext:GeneratedTokensPenalty`, which imports this module in
+the engine's worker.
+
+1. LIMA's repetition penalty inside vLLM: a custom logits processor that penalises only the tokens
+the reply has generated so far, never the prompt.
+
+vLLM's own `repetition_penalty` divides the logit of every token seen in the prompt *or* the output.
+In a chat the prompt is the whole conversation, so spaces, punctuation and common words are all
+penalised, more so every turn, and a small model's replies fall apart by the third turn. LIMA
+(Zhou et al., 2023, section 2) applies its penalty of 1.2 to previously generated tokens.
+
+A request selects it with `vllm_xargs: {"generated_repetition_penalty": 1.2}` (the chat client puts
+the sampling key `generated_repetition_penalty` there). The arithmetic is vLLM's and HF's: a positive
+logit is divided by the penalty, a negative one multiplied.
+
+2. A fix for prompt log-probabilities with LoRA on CPU (fluency scoring, limachat.serve.fluency).
+vLLM 0.32's CPU LoRA wrapper applies the LM head's LoRA with one index per *request*; for prompt
+log-probabilities it gets one row per *prompt token*, and the engine dies (einsum size mismatch)
+as soon as that request shares a batch with others. limachat's adapters put no LoRA on the LM head
+(PEFT "all-linear" leaves it out), so the delta is zero: when the shapes disagree and every LM-head
+LoRA B is zero, the delta is skipped; otherwise vLLM's own error stands.
+
+This module imports vLLM: only the vLLM server process loads it.
+"""
+
+from __future__ import annotations
+
+import torch
+from vllm import SamplingParams
+from vllm.v1.sample.logits_processor import BatchUpdate, LogitsProcessor
+from vllm.v1.sample.logits_processor.builtin import process_dict_updates
+
+ARG = "generated_repetition_penalty"
+
+
+def _penalty(params: SamplingParams) -> float | None:
+    value = (params.extra_args or {}).get(ARG)
+    return None if value is None or float(value) == 1.0 else float(value)
+
+
+class GeneratedTokensPenalty(LogitsProcessor):
+    """Per request: penalty > 0 on the ids in that request's own output so far."""
+
+    @classmethod
+    def validate_params(cls, sampling_params: SamplingParams):
+        value = (sampling_params.extra_args or {}).get(ARG)
+        if value is None:
+            return
+        try:
+            ok = float(value) > 0
+        except (TypeError, ValueError):
+            ok = False
+        if not ok:
+            raise ValueError(f"{ARG} must be a number above 0, not {value!r}")
+
+    def __init__(self, vllm_config, device: torch.device, is_pin_memory: bool):
+        # batch row -> (penalty, the request's live list of output token ids)
+        self.rows: dict[int, tuple[float, list[int]]] = {}
+
+    def is_argmax_invariant(self) -> bool:
+        return False  # it can change which token is most likely
+
+    def update_state(self, batch_update: BatchUpdate | None) -> None:
+        def new(params, prompt_ids, output_ids):
+            penalty = _penalty(params)
+            return None if penalty is None else (penalty, output_ids)
+
+        process_dict_updates(self.rows, batch_update, new)
+
+    def apply(self, logits: torch.Tensor) -> torch.Tensor:
+        for row, (penalty, output_ids) in self.rows.items():
+            if not output_ids:
+                continue
+            ids = torch.tensor(sorted(set(output_ids)), dtype=torch.long, device=logits.device)
+            seen = logits[row, ids]
+            logits[row, ids] = torch.where(seen > 0, seen / penalty, seen * penalty)
+        return logits
+
+
+def _patch_cpu_lora_logits() -> None:
+    from vllm.lora.punica_wrapper.punica_cpu import PunicaWrapperCPU
+
+    original = PunicaWrapperCPU.add_lora_logits
+    if getattr(original, "_limachat", False):
+        return
+
+    def add_lora_logits(self, y, x, lora_a_stacked, lora_b_stacked, scale, *args, **kwargs):
+        rows, indices = x.view(-1, x.shape[-1]).size(0), self.sampler_indices.numel()
+        if indices not in (1, rows) and not bool(lora_b_stacked.any()):
+            return None  # a zero delta: the logits stay the base's (updated in place on CPU)
+        return original(self, y, x, lora_a_stacked, lora_b_stacked, scale, *args, **kwargs)
+
+    add_lora_logits._limachat = True
+    PunicaWrapperCPU.add_lora_logits = add_lora_logits
+
+
+_patch_cpu_lora_logits()

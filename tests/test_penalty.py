@@ -1,0 +1,64 @@
+"""LIMA's repetition penalty on generated tokens only: the logits processor itself, and on the real
+vLLM server that `limachat serve` starts with it."""
+
+from __future__ import annotations
+
+import httpx
+import torch
+
+from limachat.serve.vllm_ext import GeneratedTokensPenalty
+
+RECIPE = [{"role": "user", "content": "List the ingredients of a banana bread, one per line."}]
+
+
+def _processor_with(requests: dict[int, tuple[float | None, list[int], list[int]]]) -> GeneratedTokensPenalty:
+    from vllm import SamplingParams
+    from vllm.v1.sample.logits_processor import BatchUpdate
+
+    proc = GeneratedTokensPenalty(None, torch.device("cpu"), False)
+    added = [(row, SamplingParams(extra_args={} if p is None else {"generated_repetition_penalty": p}), prompt, output)
+             for row, (p, prompt, output) in requests.items()]
+    proc.update_state(BatchUpdate(batch_size=len(added), removed=[], added=added, moved=[]))
+    return proc
+
+
+def test_only_tokens_the_reply_generated_are_penalised():
+    output = [5, 7]  # the live list vLLM appends to
+    proc = _processor_with({0: (2.0, [1, 2, 3], output), 1: (None, [5, 7], [5, 7])})
+    logits = torch.tensor([[1.0, 1.0, 1.0, 1.0, 1.0, 4.0, 1.0, -2.0], [1.0] * 8])
+    out = proc.apply(logits.clone())
+    assert out[0].tolist() == [1.0, 1.0, 1.0, 1.0, 1.0, 2.0, 1.0, -4.0]  # prompt ids 1-3 untouched
+    assert out[1].tolist() == [1.0] * 8  # a request without the penalty is left alone
+    output.append(3)  # the reply now also generated a token that is in its prompt
+    assert proc.apply(logits.clone())[0, 3] == 0.5
+
+
+def _first(url: str, **params) -> tuple[str, list[float]]:
+    body = {"model": "dialogue", "messages": RECIPE, "max_tokens": 1, "temperature": 0, "logprobs": True, "top_logprobs": 5, **params}
+    choice = httpx.post(url + "/chat/completions", json=body, timeout=120).json()["choices"][0]
+    return choice["message"]["content"], [t["logprob"] for t in choice["logprobs"]["content"][0]["top_logprobs"]]
+
+
+def test_real_server_never_penalises_a_token_only_in_the_prompt(vllm_server):
+    """At the first step the reply has generated nothing, so LIMA's penalty changes nothing, however
+    strong; vLLM's own penalty already pushes the prompt's tokens down there."""
+    plain = _first(vllm_server.url)
+    assert _first(vllm_server.url, vllm_xargs={"generated_repetition_penalty": 5.0})[0] == plain[0]
+    assert _first(vllm_server.url, repetition_penalty=5.0)[0] != plain[0]
+
+
+def test_real_server_output_differs_with_the_processor_on_and_off(vllm_server):
+    def reply(**params) -> str:
+        body = {"model": "dialogue", "messages": RECIPE, "max_tokens": 120, "temperature": 0.7, "top_p": 0.9,
+                "seed": 3, **params}
+        return httpx.post(vllm_server.url + "/chat/completions", json=body, timeout=300).json()["choices"][0]["message"]["content"]
+
+    off = reply()
+    assert reply() == off  # same prompt and seed: the same text
+    assert reply(vllm_xargs={"generated_repetition_penalty": 1.2}) != off
+
+
+def test_real_server_rejects_a_bad_penalty_with_a_clear_400(vllm_server):
+    r = httpx.post(vllm_server.url + "/chat/completions", timeout=60,
+                   json={"model": "dialogue", "messages": RECIPE, "max_tokens": 4, "vllm_xargs": {"generated_repetition_penalty": -1}})
+    assert r.status_code == 400 and "generated_repetition_penalty must be a number above 0" in r.text
