@@ -21,6 +21,13 @@ as soon as that request shares a batch with others. limachat's adapters put no L
 (PEFT "all-linear" leaves it out), so the delta is zero: when the shapes disagree and every LM-head
 LoRA B is zero, the delta is skipped; otherwise vLLM's own error stands.
 
+3. A fix for requests without an adapter on a LoRA-enabled CPU server. vLLM 0.32's CPU LoRA kernels
+(`vllm.lora.ops.torch_ops`) select each row's adapter weights with `weights[index]`, and a request
+with no adapter has index -1: Python indexing hands it the *last* adapter slot's weights. With
+`--max-loras` equal to the number of adapters that slot is filled, so `base` answered exactly like
+the last adapter loaded (`dialogue`). The shrink step now zeroes the rows whose index is -1; the
+expand step then adds nothing to them.
+
 This module imports vLLM: only the vLLM server process loads it.
 """
 
@@ -95,4 +102,28 @@ def _patch_cpu_lora_logits() -> None:
     PunicaWrapperCPU.add_lora_logits = add_lora_logits
 
 
+def _patch_cpu_no_adapter_rows() -> None:
+    from vllm.lora.ops.torch_ops import lora_ops
+    from vllm.lora.punica_wrapper import punica_cpu
+
+    original = lora_ops.bgmv_shrink
+    if getattr(original, "_limachat", False):
+        return
+
+    def bgmv_shrink(inputs, lora_a_weights, output_tensor, lora_indices_tensor, scaling: float = 1.0):
+        none = lora_indices_tensor < 0
+        if not bool(none.any()):
+            return original(inputs, lora_a_weights, output_tensor, lora_indices_tensor, scaling)
+        original(inputs, lora_a_weights, output_tensor, lora_indices_tensor.clamp(min=0), scaling)
+        if none.numel() == 1:
+            output_tensor.zero_()
+        else:
+            output_tensor[none] = 0
+
+    bgmv_shrink._limachat = True
+    lora_ops.bgmv_shrink = bgmv_shrink  # sgmv_shrink calls it through this module
+    punica_cpu.bgmv_shrink = bgmv_shrink  # the CPU wrapper imported it by name
+
+
 _patch_cpu_lora_logits()
+_patch_cpu_no_adapter_rows()

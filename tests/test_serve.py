@@ -43,6 +43,32 @@ def test_streams_a_reply_with_usage_and_timing(vllm_server, model):
     assert 0 < done.ttft < done.latency < 120
 
 
+def test_each_checkpoint_answers_with_its_own_weights(vllm_server):
+    """`base` is the base model with no adapter (vLLM 0.32's CPU kernels used to hand it the last
+    adapter's weights), and the two adapters differ from it and from each other."""
+    import httpx
+    import torch
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    messages = [{"role": "user", "content": "Can you explain what photosynthesis is?"}]
+
+    def first_logprobs(model: str) -> dict[str, float]:
+        body = {"model": model, "messages": messages, "max_tokens": 1, "temperature": 0, "logprobs": True, "top_logprobs": 3}
+        top = httpx.post(vllm_server.url + "/chat/completions", json=body, timeout=120).json()["choices"][0]["logprobs"]
+        return {t["token"]: t["logprob"] for t in top["content"][0]["top_logprobs"]}
+
+    served = {m: first_logprobs(m) for m in ("base", "zero-shot", "dialogue")}
+    folder = vllm_server.home / "base" / "SmolLM2-135M-Instruct" / "model"
+    tok, model = AutoTokenizer.from_pretrained(folder), AutoModelForCausalLM.from_pretrained(folder, dtype=torch.float32)
+    ids = tok.apply_chat_template(messages, add_generation_prompt=True, return_tensors="pt", return_dict=True)["input_ids"]
+    with torch.no_grad():
+        reference = torch.log_softmax(model(ids).logits[0, -1], -1)
+    for token, logprob in served["base"].items():
+        assert logprob == pytest.approx(float(reference[tok.convert_tokens_to_ids(token)]), abs=2e-3), (token, served)
+    first = {m: max(lp.values()) for m, lp in served.items()}
+    assert len({round(v, 3) for v in first.values()}) == 3, served
+
+
 def test_unknown_model_from_real_server(vllm_server):
     with pytest.raises(UnknownModel, match="does not serve model 'lima-7b'"):
         stream(vllm_server, "lima-7b", [{"role": "user", "content": "hi"}])

@@ -46,12 +46,12 @@ PRESETS: dict[str, dict] = {
     "lima": dict(learning_rate=1e-5, final_learning_rate=1e-6, adam_beta1=0.9, adam_beta2=0.95, weight_decay=0.1,
                  warmup_steps=0, batch_size=32, epochs=15, max_length=2048, residual_dropout_on=True),
     # LIMA's optimizer shape with a LoRA learning rate and a CPU-sized schedule (the demo adapters):
-    # two epochs of small batches, so each adapter takes ~30 optimizer steps and its loss falls, with
+    # three epochs of small batches, so each adapter takes ~50 optimizer steps and its loss falls, with
     # LoRA on the top half of the layers so both fit in 8 minutes on 2 cores.
     # No residual dropout: on the bundled set it lifted SmolLM2's starting loss from 3.4 to 8.7, more
     # damage than a few LoRA epochs repair (LIMA applied it over 15 epochs of full fine-tuning).
     "lora-cpu": dict(learning_rate=4e-4, final_learning_rate=4e-5, adam_beta1=0.9, adam_beta2=0.95, weight_decay=0.1,
-                     warmup_steps=0, batch_size=4, micro_batch_size=1, epochs=2, max_length=1024,
+                     warmup_steps=0, batch_size=4, micro_batch_size=1, epochs=3, max_length=1024,
                      residual_dropout_on=False, lora_layer_share=0.5),
 }
 
