@@ -13,7 +13,7 @@ import re
 import statistics as st
 
 from limachat.serve.checkpoints import Checkpoint
-from limachat.serve.client import ChatClient
+from limachat.serve.client import ChatClient, ContextTooLong
 from limachat.serve.fluency import FLUENT_BELOW, fluency
 from limachat.settings import MAX_TOKENS, Settings
 
@@ -38,8 +38,10 @@ async def conversation(client: ChatClient, url: str, params: dict, seed: int) ->
     messages, out = [], []
     for prompt in TURNS:
         messages.append({"role": "user", "content": prompt})
-        done = await client.complete(messages, {**params, "seed": seed})
-        # The context window is 2048 tokens: a conversation that outgrows it ends there.
+        try:
+            done = await client.complete(messages, {**params, "seed": seed})
+        except ContextTooLong:
+            break  # the context window is 2048 tokens: a conversation that outgrows it ends there
         score = await fluency(url, "base", messages, done.text)
         out.append({"stop": done.finish_reason == "stop", "run": max((len(w) for w in re.split(r"\s+", done.text)), default=0),
                     "fluency": score, "tokens": done.usage.completion_tokens if done.usage else 0})
@@ -61,7 +63,7 @@ async def measure(url: str, checkpoint: str, seeds: int) -> dict[str, list[dict]
     return results
 
 
-def rows(results: dict[str, list[dict]], seeds: int) -> list[str]:
+def rows(results: dict[str, list[dict]]) -> list[str]:
     out = []
     for name, replies in results.items():
         if not replies:
@@ -82,7 +84,7 @@ def main() -> None:
     ap.add_argument("--seeds", type=int, default=2)
     args = ap.parse_args()
     results = asyncio.run(measure(args.url, args.checkpoint, args.seeds))
-    print("\n".join(rows(results, args.seeds)))
+    print("\n".join(rows(results)))
 
 
 if __name__ == "__main__":

@@ -15,6 +15,8 @@ from datetime import date
 from pathlib import Path
 
 import bench_app
+import bench_presets
+import bench_serve
 import bench_store
 import bench_train
 
@@ -109,6 +111,38 @@ def app_section(rounds: int) -> list[str]:
     return rows
 
 
+def serve_section(runs: int) -> list[str]:
+    home = Path(os.environ.get("LIMACHAT_HOME", ROOT / "data"))  # the adapters `make demo` trained
+    return bench_serve.section(home, runs, bench_store.spread)
+
+
+def sampling_section(seeds: int) -> list[str]:
+    """Starts `limachat serve` like app_section, then 5-turn conversations per preset."""
+    import asyncio
+    import socket
+
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        port = sock.getsockname()[1]
+    home = Path(os.environ.get("LIMACHAT_HOME", ROOT / "data"))
+    log = home / "logs" / f"bench-serve-{port}.log"
+    proc = subprocess.Popen([sys.executable, "-m", "limachat.cli", "--home", str(home), "serve", "--port", str(port)],
+                            stdout=subprocess.DEVNULL, stderr=log.open("wb"))
+    rows = []
+    try:
+        while "vLLM ready" not in log.read_text():
+            if proc.poll() is not None:
+                raise SystemExit(f"limachat serve failed; see {log}")
+            time.sleep(1)
+        for checkpoint in ("zero-shot", "dialogue"):
+            results = asyncio.run(bench_presets.measure(f"http://127.0.0.1:{port}/v1", checkpoint, seeds))
+            rows += [row.replace("| ", f"| {checkpoint}, ", 1) for row in bench_presets.rows(results)]
+    finally:
+        proc.send_signal(signal.SIGINT)
+        proc.wait(timeout=120)
+    return rows
+
+
 SECTIONS = {
     "store": ("## Store (SQLite)", [
         "The writers run in a closed loop with no pause between writes, 64 threads against one SQLite",
@@ -117,12 +151,28 @@ SECTIONS = {
     "train": ("## Training (CPU, SmolLM2-135M-Instruct, float32)", [
         "Both sides train the same LoRA adapter on the same four median-length bundled examples; the",
         "trainer side counts whole optimizer steps (forward, backward, clipping, AdamW, scheduler)."]),
+    "serve": ("## Serving (CPU, SmolLM2-135M-Instruct, 128 greedy tokens per reply)", [
+        "One prompt, every reply exactly 128 tokens (`ignore_eos`). vLLM is `limachat serve` with the demo",
+        "adapters (eager, float32; vLLM turns compilation off whenever LoRA is on, on CPU) and the `dialogue`",
+        "adapter in every request; llama.cpp is the `xllamacpp` wheel (2 threads, 4 slots) with no adapter,",
+        "a yardstick, not an engine limachat ships. Single stream: (tokens - 1) / (last - first token time);",
+        "4 streams: all tokens / wall time. Ready: from start to the first answer of `/v1/models`."]),
+    "sampling": ("## Sampling presets (5-turn conversations, bundled model, demo adapters)", [
+        "Per preset and checkpoint: 5-turn conversations about starting to run (benchmarks/bench_presets.py),",
+        "seeds 0 and 1, up to 512 tokens a reply, context 2048 (a conversation that outgrows it ends early).",
+        "Stopped: replies that ended by themselves. Run > 30: replies with more than 30 characters without",
+        "whitespace (words run together). Fluency: the base's mean NLL per token of the reply in its",
+        "conversation (lower is better); at or above 3.5 counts as word salad."]),
     "app": ("## App (chat and compare handlers over vLLM on CPU, eager, float32, LoRA)", [
         "Every reply is exactly 48 tokens (`ignore_eos`), so the sides compare like for like. The app path is",
         "the handler a Gradio event calls: session and user turn saved, the reply streamed through the",
         "client with partial saves and the view rebuilt per piece, the finished turn written. The direct",
         "client is one httpx SSE stream. Streams run concurrently with asyncio; rounds alternate the sides."]),
 }
+
+
+HEADERS = {"sampling": ["| checkpoint, preset | replies | stopped | run > 30 | median tokens | fluency, median (range) | fluency >= 3.5 |",
+                         "|---|---:|---:|---:|---:|---:|---:|"]}
 
 
 def _existing(path: Path) -> dict[str, list[str]]:
@@ -145,6 +195,7 @@ def main() -> None:
     ap.add_argument("--writer-runs", type=int, default=3)
     ap.add_argument("--runs", type=int, default=5, help="repetitions of each timed operation")
     ap.add_argument("--train-steps", type=int, default=5, help="timed training steps per side")
+    ap.add_argument("--seeds", type=int, default=2, help="conversations per sampling preset and checkpoint")
     ap.add_argument("--only", choices=sorted(SECTIONS), action="append",
                     help="run only this section (repeatable); the others are kept from the existing file")
     ap.add_argument("-o", "--output", type=Path, default=ROOT / "BENCHMARKS.md")
@@ -153,6 +204,8 @@ def main() -> None:
         "store": lambda: store_section(args.writer_runs, args.seconds, args.runs),
         "train": lambda: train_section(args.train_steps),
         "app": lambda: app_section(args.runs),
+        "serve": lambda: serve_section(args.runs),
+        "sampling": lambda: sampling_section(args.seeds),
     }
     old = _existing(args.output)
     body: list[str] = []
@@ -162,7 +215,8 @@ def main() -> None:
             continue
         print(f"{key} benchmarks ...")
         rows = run[key]()
-        body += [heading, "", "| what | median (spread) | target |", "|---|---|---|", *rows, "", *notes, ""]
+        header = HEADERS.get(key, ["| what | median (spread) | target |", "|---|---|---|"])
+        body += [heading, "", *header, *rows, "", *notes, ""]
     lines = [
         "# Benchmarks",
         "",

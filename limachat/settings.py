@@ -64,7 +64,7 @@ class Sampling(Preset):
     """Which preset each checkpoint samples with, plus overrides: a key set here (e.g.
     `sampling.temperature`) wins over every preset."""
 
-    preset: str | None = None  # default for every checkpoint; None: BUNDLED_PRESET on the bundled base, else lima
+    preset: str | None = None  # default for every checkpoint; None: BUNDLED_PRESET for the bundled base, else lima
     presets: dict[str, Preset] = {}  # your own, by name: [sampling.presets.NAME]
 
     @field_validator("presets")
@@ -146,7 +146,7 @@ class Settings(BaseSettings):
     def preset_name(self, checkpoint: str | None = None) -> str:
         """The preset a checkpoint samples with: its own, else sampling.preset, else the default."""
         own = next((c.preset for c in self.checkpoints if c.name == checkpoint), None)
-        name = own or self.sampling.preset or (BUNDLED_PRESET if self.server.base is None else "lima")
+        name = own or self.sampling.preset or (BUNDLED_PRESET if self.bundled_base else "lima")
         if name not in BUILTIN_PRESETS and name not in self.sampling.presets:
             where = f"checkpoints.{checkpoint}.preset" if own else "sampling.preset"
             known = ", ".join([*BUILTIN_PRESETS, *self.sampling.presets])
@@ -164,6 +164,13 @@ class Settings(BaseSettings):
         else:
             preset = self.sampling.presets[name].request()
         return name, {"max_tokens": MAX_TOKENS, **preset, **self.sampling.overrides()}
+
+    @property
+    def bundled_base(self) -> bool:
+        """True for the bundled model, also when server.base names the folder limachat converted it to."""
+        from limachat.serve.base import MANIFEST
+
+        return self.server.base is None or (Path(self.server.base).expanduser() / MANIFEST).is_file()
 
     def base_folder(self) -> Path:
         """The local folder of the base model (the converted bundled one by default)."""

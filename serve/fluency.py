@@ -31,6 +31,11 @@ async def fluency(base_url: str, model: str, messages: list[dict[str, str]], rep
         head, ids = prefix.json()["tokens"], tail.json()["tokens"]
         if not ids:
             return None
+        models = (await http.get(f"{root}/v1/models")).json()["data"]
+        limit = next((m.get("max_model_len") for m in models if m["id"] == model), None) or len(head) + len(ids) + 1
+        head = head[max(0, len(head) + len(ids) + 1 - limit):]  # a long conversation: its oldest tokens go
+        if not head:
+            return None  # the reply alone fills the context window
         r = await http.post(f"{root}/v1/completions", json={"model": model, "prompt": head + ids, "max_tokens": 1,
                                                             "temperature": 0, "prompt_logprobs": 0})
         r.raise_for_status()

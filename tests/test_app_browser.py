@@ -24,11 +24,12 @@ XSS = 'Repeat this exactly: <script>window.pwned = 1</script> <img src=x onerror
 
 @contextmanager
 def running_app(vllm_server, home: Path, *args: str):
-    """`limachat app` as a user starts it, against the session's vLLM server, on a fresh database."""
+    """`limachat app` as a user starts it, against the session's vLLM server, on a fresh database, with
+    the default sampling (preset and reply length): this is the end-to-end test at a user's settings."""
     port = free_port()
     env = {k: v for k, v in os.environ.items() if not k.startswith("LIMACHAT_")}
     env.update(LIMACHAT_HOME=str(home), LIMACHAT_SERVER__PORT=str(vllm_server.port), PYTHONUNBUFFERED="1",
-               LIMACHAT_SAMPLING__MAX_TOKENS="32", LIMACHAT_SERVER__BASE=str(vllm_server.home / "base" / "SmolLM2-135M-Instruct" / "model"))
+               LIMACHAT_SERVER__BASE=str(vllm_server.home / "base" / "SmolLM2-135M-Instruct" / "model"))
     log = home / "app.log"
     proc = subprocess.Popen([sys.executable, "-m", "limachat.cli", "app", "--port", str(port), *args], env=env, cwd=home,
                             stdout=subprocess.DEVNULL, stderr=log.open("wb"))
@@ -66,7 +67,7 @@ def query(db: Path, sql: str, *params):
         return con.execute(sql, params).fetchall()
 
 
-def wait_for(check, what: str, timeout: float = 120):
+def wait_for(check, what: str, timeout: float = 300):
     deadline = time.monotonic() + timeout
     while not check():
         if time.monotonic() > deadline:

@@ -25,7 +25,7 @@ def deps(vllm_server, tmp_path):
     settings.server.base = str(vllm_server.home / "base" / "SmolLM2-135M-Instruct" / "model")
     names = ["zero-shot", "dialogue"]
     cks = {n: Checkpoint(name=n, model=n, base_url=vllm_server.url) for n in names}
-    d = Deps(Store(tmp_path / "app.db"), cks, settings)
+    d = Deps(Store(tmp_path / "app.db"), cks, settings, fluency_url=vllm_server.url)
     yield d
     d.store.close()
 
@@ -50,10 +50,23 @@ def test_chat_two_turns_stream_and_are_stored(deps):
     assert [t["role"] for t in turns] == ["user", "assistant"] * 2
     reply = turns[3]
     assert reply["status"] == "ok" and reply["checkpoint"] == "dialogue" and reply["completion_tokens"] > 0
-    assert reply["params"]["temperature"] == 0.0 and reply["ttft"] > 0
+    assert reply["ttft"] > 0
+    # what was sent is what is stored: the bundled model's preset under the overrides
+    assert reply["preset"] == "focused" and reply["omitted"] is None
+    assert reply["params"] == {"max_tokens": 24, "temperature": 0.0, "top_p": 0.9, "generated_repetition_penalty": 1.2}
+    assert 0 < reply["fluency"] < 3.5  # scored under the base once the reply is done
     # the second request carried the first exchange
     assert [m["content"] for m in deps.store.messages(turns[2]["id"])][:2] == [turns[0]["content"], turns[1]["content"]]
     assert deps.store.session(state["session"])["mode"] == "chat"
+
+
+def test_an_endpoint_that_cannot_apply_limas_penalty_records_it_was_not_sent(deps, vllm_server):
+    deps.add_checkpoint(Checkpoint(name="llama-cpp-box", model="dialogue", base_url=vllm_server.url,
+                                   omit_params=["generated_repetition_penalty"]))
+    state, v = drain(chat.send(deps, chat.blank(), "Say hello.", "llama-cpp-box", "ana"))[-1]
+    reply = deps.store.turn(state["ids"][1])
+    assert reply["status"] == "ok" and reply["omitted"] == ["generated_repetition_penalty"]
+    assert "generated_repetition_penalty" not in reply["params"] and reply["preset"] == "focused"
 
 
 def test_empty_input_does_nothing(deps):
