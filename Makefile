@@ -40,6 +40,7 @@ test: venv $(CHROMIUM)
 	$(PY) -m pytest
 
 bench: venv
+	$(PIP) install -q --progress-bar off -e '.[bench]'
 	$(PY) benchmarks/run.py
 
 clean:

@@ -44,11 +44,12 @@ async def app_stream(deps: Deps, checkpoint: str) -> tuple[float, float, int]:
     return ttft, total, deps.store.turn(state["ids"][-1])["completion_tokens"]
 
 
-async def direct_stream(http: httpx.AsyncClient, base_url: str, model: str, tokens: int) -> tuple[float, float, int]:
+async def direct_stream(http: httpx.AsyncClient, base_url: str, model: str, tokens: int, prompt: str = PROMPT,
+                        sampling: dict | None = None) -> tuple[float, float, int]:
     """The same request with a minimal client: POST, read SSE lines, note the first text and the usage."""
-    body = {"model": model, "messages": [{"role": "user", "content": PROMPT}], "stream": True,
+    body = {"model": model, "messages": [{"role": "user", "content": prompt}], "stream": True,
             "stream_options": {"include_usage": True}, "max_tokens": tokens, "ignore_eos": True,
-            "temperature": 0.7, "top_p": 0.9, "repetition_penalty": 1.2}
+            **(sampling or {"temperature": 0.7, "top_p": 0.9, "repetition_penalty": 1.2})}
     start = time.perf_counter()
     ttft, n = None, 0
     async with http.stream("POST", base_url + "/chat/completions", json=body) as r:

@@ -8,7 +8,6 @@ Single stream: decode tokens/s = (tokens - 1) / (end - first token). Four stream
 from __future__ import annotations
 
 import asyncio
-import json
 import os
 import signal
 import socket
@@ -19,6 +18,7 @@ import time
 from pathlib import Path
 
 import httpx
+from bench_app import direct_stream
 
 PROMPT = "Explain in a few paragraphs how a bicycle stays upright while moving."
 TOKENS = 128
@@ -41,27 +41,11 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
-async def one(http: httpx.AsyncClient, url: str, model: str) -> tuple[float, float, int]:
-    body = {"model": model, "messages": [{"role": "user", "content": PROMPT}], "stream": True,
-            "stream_options": {"include_usage": True}, "max_tokens": TOKENS, "ignore_eos": True, "temperature": 0}
-    start = time.perf_counter()
-    first, n = None, 0
-    async with http.stream("POST", url + "/chat/completions", json=body) as r:
-        async for line in r.aiter_lines():
-            if not line.startswith("data: ") or line == "data: [DONE]":
-                continue
-            chunk = json.loads(line[6:])
-            if first is None and chunk.get("choices") and chunk["choices"][0]["delta"].get("content"):
-                first = time.perf_counter() - start
-            if chunk.get("usage"):
-                n = chunk["usage"]["completion_tokens"]
-    return first, time.perf_counter() - start, n
-
-
 async def decode(url: str, model: str, streams: int) -> float:
     async with httpx.AsyncClient(timeout=600) as http:
         start = time.perf_counter()
-        results = await asyncio.gather(*(one(http, url, model) for _ in range(streams)))
+        results = await asyncio.gather(*(direct_stream(http, url, model, TOKENS, PROMPT, {"temperature": 0})
+                                         for _ in range(streams)))
         wall = time.perf_counter() - start
     if streams == 1:
         first, total, n = results[0]

@@ -9,8 +9,9 @@ import signal
 import statistics as st
 import subprocess
 import sys
-import time
 import tempfile
+import time
+from contextlib import contextmanager
 from datetime import date
 from pathlib import Path
 
@@ -67,8 +68,9 @@ def train_section(steps: int) -> list[str]:
     ]
 
 
-def app_section(rounds: int) -> list[str]:
-    """Starts `limachat serve` (the adapters `make demo` trained, or untrained ones) on a free port."""
+@contextmanager
+def serving():
+    """`limachat serve` (the adapters `make demo` trained, or untrained ones) on a free port; yields its URL."""
     import socket
 
     with socket.socket() as sock:
@@ -84,12 +86,16 @@ def app_section(rounds: int) -> list[str]:
             if proc.poll() is not None:
                 raise SystemExit(f"limachat serve failed; see {log}")
             time.sleep(1)
-        url = f"http://127.0.0.1:{port}/v1"
-        c = bench_app.compare_vs_single(url, rounds=rounds)
-        levels = bench_app.streams_vs_direct(url, rounds=max(3, rounds // 2))
+        yield f"http://127.0.0.1:{port}/v1"
     finally:
         proc.send_signal(signal.SIGINT)
         proc.wait(timeout=120)
+
+
+def app_section(rounds: int) -> list[str]:
+    with serving() as url:
+        c = bench_app.compare_vs_single(url, rounds=rounds)
+        levels = bench_app.streams_vs_direct(url, rounds=max(3, rounds // 2))
     rows = [
         f"| single turn through the chat handler, 48 tokens | {bench_store.spread(c['single'])} | - |",
         f"| compare turn (both checkpoints at once), 48 tokens each | {bench_store.spread(c['compare'])} | - |",
@@ -117,29 +123,13 @@ def serve_section(runs: int) -> list[str]:
 
 
 def sampling_section(seeds: int) -> list[str]:
-    """Starts `limachat serve` like app_section, then 5-turn conversations per preset."""
     import asyncio
-    import socket
 
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        port = sock.getsockname()[1]
-    home = Path(os.environ.get("LIMACHAT_HOME", ROOT / "data"))
-    log = home / "logs" / f"bench-serve-{port}.log"
-    proc = subprocess.Popen([sys.executable, "-m", "limachat.cli", "--home", str(home), "serve", "--port", str(port)],
-                            stdout=subprocess.DEVNULL, stderr=log.open("wb"))
     rows = []
-    try:
-        while "vLLM ready" not in log.read_text():
-            if proc.poll() is not None:
-                raise SystemExit(f"limachat serve failed; see {log}")
-            time.sleep(1)
+    with serving() as url:
         for checkpoint in ("zero-shot", "dialogue"):
-            results = asyncio.run(bench_presets.measure(f"http://127.0.0.1:{port}/v1", checkpoint, seeds))
+            results = asyncio.run(bench_presets.measure(url, checkpoint, seeds))
             rows += [row.replace("| ", f"| {checkpoint}, ", 1) for row in bench_presets.rows(results)]
-    finally:
-        proc.send_signal(signal.SIGINT)
-        proc.wait(timeout=120)
     return rows
 
 

@@ -40,6 +40,7 @@ class Deps:
     jobs: dict[str, Any] = field(default_factory=dict)  # background work (training), by name
     auth: bool = False  # users log in; ratings carry their user name
     fluency_url: str | None = None  # the local vLLM server that scores replies' fluency with `base`
+    background: set = field(default_factory=set)  # fluency scoring still running (asyncio tasks)
 
     def __post_init__(self):
         for name, ck in self.checkpoints.items():
@@ -115,7 +116,10 @@ async def answer(deps: Deps, session_id: str, user_turn: str, checkpoint: str, l
             completion_tokens=usage.completion_tokens if usage else None, ttft=done.ttft if done else None,
             latency=done.latency if done else None, params={**params, "dropped_exchanges": dropped} if dropped else None)
     if status == "ok" and text and deps.fluency_url:
-        await _score(deps, tid, messages, text)
+        # In the background: the event (and the page's send button) is done when the reply is.
+        task = asyncio.create_task(_score(deps, tid, messages, text))
+        deps.background.add(task)
+        task.add_done_callback(deps.background.discard)
     yield Reply(tid, text, status, error, dropped)
 
 

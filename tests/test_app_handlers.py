@@ -32,15 +32,17 @@ def deps(vllm_server, tmp_path):
 
 def drain(gen):
     async def go():
-        return [item async for item in gen]
+        items = [item async for item in gen]
+        await asyncio.gather(*(asyncio.all_tasks() - {asyncio.current_task()}))  # fluency scoring, in the background
+        return items
     return asyncio.run(go())
 
 
 def test_chat_two_turns_stream_and_are_stored(deps):
-    outs = drain(chat.send(deps, chat.blank(), "What is the capital of France?", "dialogue", "ana"))
+    outs = drain(chat.send(deps, chat.blank(), "Complete this sentence: The capital of France is", "dialogue", "ana"))
     assert len(outs) >= 3, "the reply should reach the page in several pieces"
     first_state, first_view = outs[0]
-    assert first_view.history[0] == {"role": "user", "content": "What is the capital of France?"}
+    assert first_view.history[0] == {"role": "user", "content": "Complete this sentence: The capital of France is"}
     state, v = outs[-1]
     assert [m["role"] for m in v.history] == ["user", "assistant"] and v.feedback == [None]
     assert "Paris" in v.history[1]["content"]
@@ -269,7 +271,7 @@ def test_collect_counts_exports_and_trains_in_the_background(deps):
     assert job.proc.wait(timeout=900) == 0, job.log.read_text()
     line, _ = job.progress()
     assert job.state == "done" and line.startswith("done")
-    assert "examples: 62 single-turn, 9 multi-turn chains" in job.log.read_text(), "8 bundled chains + the rated one"
+    assert "examples: 62 single-turn, 7 multi-turn chains" in job.log.read_text(), "6 bundled chains + the rated one"
     assert (deps.settings.home / "checkpoints" / name / "adapter_model.safetensors").is_file()
     try:
         assert "Serving **dialogue-r2**" in collect.serve_trained(deps, job)

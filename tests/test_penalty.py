@@ -33,18 +33,19 @@ def test_only_tokens_the_reply_generated_are_penalised():
     assert proc.apply(logits.clone())[0, 3] == 0.5
 
 
-def _first(url: str, **params) -> tuple[str, list[float]]:
-    body = {"model": "dialogue", "messages": RECIPE, "max_tokens": 1, "temperature": 0, "logprobs": True, "top_logprobs": 5, **params}
-    choice = httpx.post(url + "/chat/completions", json=body, timeout=120).json()["choices"][0]
-    return choice["message"]["content"], [t["logprob"] for t in choice["logprobs"]["content"][0]["top_logprobs"]]
-
-
 def test_real_server_never_penalises_a_token_only_in_the_prompt(vllm_server):
-    """At the first step the reply has generated nothing, so LIMA's penalty changes nothing, however
-    strong; vLLM's own penalty already pushes the prompt's tokens down there."""
-    plain = _first(vllm_server.url)
-    assert _first(vllm_server.url, vllm_xargs={"generated_repetition_penalty": 5.0})[0] == plain[0]
-    assert _first(vllm_server.url, repetition_penalty=5.0)[0] != plain[0]
+    """The reply repeats words of the prompt and none of its own: LIMA's penalty, however strong,
+    leaves it as it is; vLLM's own penalty pushes the prompt's words down and changes it."""
+    messages = [{"role": "user", "content": "Complete this sentence: The capital of France is"}]
+
+    def reply(**params) -> str:
+        body = {"model": "dialogue", "messages": messages, "max_tokens": 6, "temperature": 0, **params}
+        return httpx.post(vllm_server.url + "/chat/completions", json=body, timeout=120).json()["choices"][0]["message"]["content"]
+
+    plain = reply()
+    assert plain.startswith("The capital of France is")  # every word of it is in the prompt
+    assert reply(vllm_xargs={"generated_repetition_penalty": 5.0}) == plain
+    assert reply(repetition_penalty=5.0) != plain
 
 
 def test_real_server_output_differs_with_the_processor_on_and_off(vllm_server):

@@ -31,7 +31,7 @@ def test_serves_base_and_both_adapters(vllm_server):
 
 @pytest.mark.parametrize("model", ["zero-shot", "dialogue", "base"])
 def test_streams_a_reply_with_usage_and_timing(vllm_server, model):
-    events = stream(vllm_server, model, [{"role": "user", "content": "What is the capital of France?"}],
+    events = stream(vllm_server, model, [{"role": "user", "content": "Complete this sentence: The capital of France is"}],
                     temperature=0.0, max_tokens=24)
     done = events[-1]
     pieces = events[:-1]
