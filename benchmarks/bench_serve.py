@@ -67,12 +67,13 @@ def _wait(proc: subprocess.Popen, log: Path, marker: str, timeout: float = 600) 
     return time.monotonic() - start
 
 
-def _stop(proc: subprocess.Popen) -> None:
-    proc.send_signal(signal.SIGINT)
+def _stop(proc: subprocess.Popen, sig: int = signal.SIGINT, grace: float = 120) -> None:
+    proc.send_signal(sig)
     try:
-        proc.wait(timeout=120)
+        proc.wait(timeout=grace)
     except subprocess.TimeoutExpired:
         proc.kill()
+        proc.wait()
 
 
 def vllm(home: Path, rounds: int, env: dict[str, str] | None = None) -> dict:
@@ -99,7 +100,7 @@ def llama_cpp(gguf: Path, home: Path, rounds: int) -> dict:
         ready = _wait(proc, log, "llama.cpp ready")
         return {"ready": ready, **measure(f"http://127.0.0.1:{port}/v1", "any", rounds)}
     finally:
-        _stop(proc)
+        _stop(proc, signal.SIGKILL, 10)  # the in-process llama.cpp server ignores Ctrl-C
 
 
 def section(home: Path, rounds: int, spread) -> list[str]:

@@ -149,7 +149,8 @@ SECTIONS = {
         "4 streams: all tokens / wall time. Ready: from start to the first answer of `/v1/models`."]),
     "sampling": ("## Sampling presets (5-turn conversations, bundled model, demo adapters)", [
         "Per preset and checkpoint: 5-turn conversations about starting to run (benchmarks/bench_presets.py),",
-        "seeds 0 and 1, up to 512 tokens a reply, context 2048 (a conversation that outgrows it ends early).",
+        "seeds 0 to N-1 (`--seeds`, default 2), up to 512 tokens a reply, context 2048 (a conversation that",
+        "outgrows it ends early). Fluency does not catch a reply that loops (its NLL falls); `stopped` does.",
         "Stopped: replies that ended by themselves. Run > 30: replies with more than 30 characters without",
         "whitespace (words run together). Fluency: the base's mean NLL per token of the reply in its",
         "conversation (lower is better); at or above 3.5 counts as word salad."]),
