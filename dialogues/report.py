@@ -187,8 +187,8 @@ def markdown(report: Report, heldout: list[dict[str, Any]] | None = None) -> str
     if heldout:
         lines += ["", "Held-out loss: NLL per token of two held-out multi-turn chains' replies from turn 2 on "
                   "(lower is better), written by `limachat train`:", "",
-                  "| checkpoint | held-out loss | its base | tokens | epochs |", "|---|---:|---:|---:|---:|"]
-        lines += [f"| {h['checkpoint']} | {h['loss']:.3f} | {_num(h.get('base_loss'))} | {h['tokens']} | {h['epochs']} |"
+                  "| checkpoint | held-out loss | its base | tokens | after epoch |", "|---|---:|---:|---:|---:|"]
+        lines += [f"| {h['checkpoint']} | {h['loss']:.3f} | {_num(h.get('base_loss'))} | {h['tokens']} | {h['epoch']} |"
                   for h in heldout]
     turns = sorted({i for s in stats for i in s.by_turn})
     if turns:
@@ -224,8 +224,7 @@ def heldout(home: Path) -> list[dict[str, Any]]:
         except (OSError, ValueError):
             continue
         if isinstance(record.get("heldout"), dict):
-            out.append({"checkpoint": record_path.parent.name, **record["heldout"],
-                        "epochs": record.get("served_epoch", "?")})
+            out.append({"checkpoint": record_path.parent.name, "epoch": "?", **record["heldout"]})
     first = {"zero-shot": 0, "dialogue": 1}
     return sorted(out, key=lambda h: (first.get(h["checkpoint"], 2), h["checkpoint"]))
 

@@ -45,7 +45,9 @@ def config_cmd(ctx: click.Context) -> None:
     """Print the resolved settings as TOML-like lines."""
     import json
 
-    data = _settings(ctx).model_dump(mode="json")
+    settings = _settings(ctx)
+    data = settings.model_dump(mode="json")
+    click.echo("# sampling presets in force: " + ", ".join(f"{c.name} = {settings.preset_name(c.name)}" for c in settings.checkpoints))
     for key, value in data.items():
         if isinstance(value, dict):
             click.echo(f"[{key}]")

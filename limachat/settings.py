@@ -271,10 +271,13 @@ def load_settings(**overrides: Any) -> Settings:
     if unknown:
         raise SettingsError(f"{unknown[0]}: unknown setting (see `limachat config` for the names)")
     try:
-        return Settings(**{k: v for k, v in overrides.items() if v is not None})
+        settings = Settings(**{k: v for k, v in overrides.items() if v is not None})
     except ValidationError as e:
         err = e.errors()[0]
         key = ".".join(str(p) for p in err["loc"])
         what = "unknown key" if err["type"] == "extra_forbidden" else err["msg"]
         extra = f" (and {e.error_count() - 1} more)" if e.error_count() > 1 else ""
         raise SettingsError(f"{_where(err['loc'], config_path())}: {key}: {what}{extra}") from None
+    for c in [None, *settings.checkpoints]:  # an unknown preset name stops here, not at the first reply
+        settings.preset_name(c.name if c else None)
+    return settings

@@ -121,3 +121,26 @@ def test_cli_report_writes_markdown_csv_and_png(tmp_path, clean_env):
     assert "45.2%" in result.output and "76.1%" in result.output
     assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n" and png.stat().st_size > 10_000
     assert "zero-shot,all,42,15,8,19" in out_csv.read_text()
+
+
+def test_report_shows_fluency_and_held_out_loss_per_checkpoint(tmp_path):
+    import json
+
+    store = Store(tmp_path / "r.db")
+    sid = store.start_session("chat", annotator="ana")
+    for checkpoint, score in (("zero-shot", 2.5), ("dialogue", 1.5), ("dialogue", 2.5)):
+        user = store.add_user_turn(sid, "hi")
+        reply = store.begin_assistant_turn(sid, user, checkpoint=checkpoint)
+        store.finish_assistant_turn(reply, "hello")
+        store.set_fluency(reply, score)
+        sid = store.start_session("chat", annotator="ana")
+    for name, loss in (("zero-shot", 3.04), ("dialogue", 3.02)):
+        folder = tmp_path / "checkpoints" / name
+        folder.mkdir(parents=True)
+        (folder / "training.json").write_text(json.dumps(
+            {"heldout": {"loss": loss, "base_loss": 3.16, "tokens": 1061, "chains": 2, "from_exchange": 2, "epoch": 3}}))
+    report = rep.build(store)
+    assert (report.checkpoints["dialogue"].fluency, report.checkpoints["dialogue"].scored) == (2.0, 2)
+    md = rep.markdown(report, rep.heldout(tmp_path))
+    assert "| zero-shot | 0 | 0.0% | 0.0% | 0.0% | 0/0 | 0 of 0 | 2.50 (1) |" in md
+    assert "| dialogue | 3.020 | 3.16 | 1061 | 3 |" in md and md.index("| zero-shot | 3.040") < md.index("| dialogue | 3.020")

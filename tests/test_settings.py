@@ -97,12 +97,14 @@ def test_presets_per_checkpoint_user_defined_and_from_the_model(clean_env):
 
 def test_a_users_own_base_defaults_to_lima_and_unknown_presets_are_named(clean_env):
     (clean_env / "limachat.toml").write_text('[server]\nbase = "/models/llama-7b"\n[[checkpoints]]\nname = "x"\nmodel = "x"\npreset = "fast"\n')
-    s = load_settings()
     with pytest.raises(SettingsError, match=r"^checkpoints.x.preset: no preset named 'fast' \(known: lima, focused, model\)$"):
-        s.sampling_for("x")
+        load_settings()
     (clean_env / "limachat.toml").write_text('[server]\nbase = "/models/llama-7b"\n')
     assert load_settings().sampling_for("dialogue") == ("lima", {"max_tokens": 512, "temperature": 0.7, "top_p": 0.9,
                                                                  "generated_repetition_penalty": 1.2})
+    (clean_env / "limachat.toml").write_text('[sampling]\npreset = "nope"\n')
+    with pytest.raises(SettingsError, match=r"^sampling.preset: no preset named 'nope'"):
+        load_settings()  # at start-up, not at the first reply
     (clean_env / "limachat.toml").write_text('[sampling.presets.lima]\ntemperature = 0.1\n')
     with pytest.raises(SettingsError, match="sampling.presets: .*'lima' is a built-in preset"):
         load_settings()

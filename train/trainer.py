@@ -271,7 +271,7 @@ def main(config: TrainConfig, examples: list[Example], base_model: str, out_dir:
     bar.close()
     seconds = time.monotonic() - started
     shutil.rmtree(tmp / "trainer", ignore_errors=True)
-    heldout = heldout_loss(model, tokenizer)
+    heldout = {**heldout_loss(model, tokenizer), "epoch": config.epochs}  # the model after the last epoch
     progress(f"{config.variant}: held-out loss (replies from turn {HELDOUT_FROM} on, {heldout['chains']} chains, "
              f"{heldout['tokens']} tokens) {heldout['loss']:.3f}"
              + (f" (base {heldout['base_loss']:.3f})" if "base_loss" in heldout else ""))
