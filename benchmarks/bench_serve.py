@@ -15,6 +15,7 @@ import statistics as st
 import subprocess
 import sys
 import time
+from contextlib import contextmanager
 from pathlib import Path
 
 import httpx
@@ -76,18 +77,25 @@ def _stop(proc: subprocess.Popen, sig: int = signal.SIGINT, grace: float = 120) 
         proc.wait()
 
 
-def vllm(home: Path, rounds: int, env: dict[str, str] | None = None) -> dict:
-    """`limachat serve` on a free port with extra environment; decode rates of the `dialogue` adapter."""
+@contextmanager
+def serving(home: Path, env: dict[str, str] | None = None):
+    """`limachat serve` (the adapters `make demo` trained, or untrained ones) on a free port, with extra
+    environment; yields (its URL, seconds until it was ready)."""
     port = free_port()
     log = home / "logs" / f"bench-serve-{port}.log"
     log.parent.mkdir(parents=True, exist_ok=True)
     proc = subprocess.Popen([sys.executable, "-m", "limachat.cli", "--home", str(home), "serve", "--port", str(port)],
                             stdout=subprocess.DEVNULL, stderr=log.open("wb"), env={**os.environ, **(env or {})})
     try:
-        ready = _wait(proc, log, "vLLM ready")
-        return {"ready": ready, **measure(f"http://127.0.0.1:{port}/v1", "dialogue", rounds)}
+        yield f"http://127.0.0.1:{port}/v1", _wait(proc, log, "vLLM ready")
     finally:
         _stop(proc)
+
+
+def vllm(home: Path, rounds: int, env: dict[str, str] | None = None) -> dict:
+    """Decode rates of the `dialogue` adapter."""
+    with serving(home, env) as (url, ready):
+        return {"ready": ready, **measure(url, "dialogue", rounds)}
 
 
 def llama_cpp(gguf: Path, home: Path, rounds: int) -> dict:

@@ -5,13 +5,8 @@ from __future__ import annotations
 import argparse
 import os
 import platform
-import signal
 import statistics as st
-import subprocess
-import sys
 import tempfile
-import time
-from contextlib import contextmanager
 from datetime import date
 from pathlib import Path
 
@@ -22,6 +17,7 @@ import bench_store
 import bench_train
 
 ROOT = Path(__file__).resolve().parents[1]
+HOME = Path(os.environ.get("LIMACHAT_HOME", ROOT / "data"))  # the base and adapters `make demo` prepared
 
 
 def store_section(writer_runs: int, seconds: float, runs: int) -> list[str]:
@@ -55,8 +51,7 @@ def store_section(writer_runs: int, seconds: float, runs: int) -> list[str]:
 def train_section(steps: int) -> list[str]:
     from limachat.serve.base import prepare_base
 
-    home = Path(os.environ.get("LIMACHAT_HOME", ROOT / "data"))  # the base `make demo` converted
-    base = prepare_base(home, None, progress=print).model
+    base = prepare_base(HOME, None, progress=print).model
     t = bench_train.throughput(base, steps)
     print(f"  train: {t}")
     return [
@@ -68,32 +63,8 @@ def train_section(steps: int) -> list[str]:
     ]
 
 
-@contextmanager
-def serving():
-    """`limachat serve` (the adapters `make demo` trained, or untrained ones) on a free port; yields its URL."""
-    import socket
-
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        port = sock.getsockname()[1]
-    home = Path(os.environ.get("LIMACHAT_HOME", ROOT / "data"))
-    log = home / "logs" / f"bench-serve-{port}.log"
-    log.parent.mkdir(parents=True, exist_ok=True)
-    proc = subprocess.Popen([sys.executable, "-m", "limachat.cli", "--home", str(home), "serve", "--port", str(port)],
-                            stdout=subprocess.DEVNULL, stderr=log.open("wb"))
-    try:
-        while "vLLM ready" not in log.read_text():
-            if proc.poll() is not None:
-                raise SystemExit(f"limachat serve failed; see {log}")
-            time.sleep(1)
-        yield f"http://127.0.0.1:{port}/v1"
-    finally:
-        proc.send_signal(signal.SIGINT)
-        proc.wait(timeout=120)
-
-
 def app_section(rounds: int) -> list[str]:
-    with serving() as url:
+    with bench_serve.serving(HOME) as (url, _):
         c = bench_app.compare_vs_single(url, rounds=rounds)
         levels = bench_app.streams_vs_direct(url, rounds=max(3, rounds // 2))
     rows = [
@@ -118,15 +89,14 @@ def app_section(rounds: int) -> list[str]:
 
 
 def serve_section(runs: int) -> list[str]:
-    home = Path(os.environ.get("LIMACHAT_HOME", ROOT / "data"))  # the adapters `make demo` trained
-    return bench_serve.section(home, runs, bench_store.spread)
+    return bench_serve.section(HOME, runs, bench_store.spread)
 
 
 def sampling_section(seeds: int) -> list[str]:
     import asyncio
 
     rows = []
-    with serving() as url:
+    with bench_serve.serving(HOME) as (url, _):
         for checkpoint in ("zero-shot", "dialogue"):
             results = asyncio.run(bench_presets.measure(url, checkpoint, seeds))
             rows += [row.replace("| ", f"| {checkpoint}, ", 1) for row in bench_presets.rows(results)]

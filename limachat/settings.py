@@ -6,6 +6,7 @@ from (`limachat.toml:7: sampling.temprature: unknown key`).
 
 from __future__ import annotations
 
+import functools
 import os
 import re
 import tomllib
@@ -168,9 +169,7 @@ class Settings(BaseSettings):
     @property
     def bundled_base(self) -> bool:
         """True for the bundled model, also when server.base names the folder limachat converted it to."""
-        from limachat.serve.base import MANIFEST
-
-        return self.server.base is None or (Path(self.server.base).expanduser() / MANIFEST).is_file()
+        return self.server.base is None or _converted(self.server.base)
 
     def base_folder(self) -> Path:
         """The local folder of the base model (the converted bundled one by default)."""
@@ -212,6 +211,15 @@ class _TomlSource(PydanticBaseSettingsSource):
         return self.data
 
 
+@functools.lru_cache(maxsize=8)
+def _converted(base: str) -> bool:
+    """Whether a base folder is limachat's conversion of the bundled GGUF (looked up once, not per reply)."""
+    from limachat.serve.base import MANIFEST
+
+    return (Path(base).expanduser() / MANIFEST).is_file()
+
+
+@functools.lru_cache(maxsize=8)
 def model_preset(folder: Path) -> dict[str, Any]:
     """The `model` preset: the sampling fields of the base's own generation_config.json (Hugging
     Face's repetition_penalty covers the prompt as well, like vLLM's). A field it leaves out keeps
@@ -230,7 +238,7 @@ def model_preset(folder: Path) -> dict[str, Any]:
     preset = {ours: config[theirs] for theirs, ours in keys.items() if config.get(theirs) is not None}
     if config.get("do_sample") is False:
         preset["temperature"] = 0.0
-    return preset
+    return preset  # cached (read once per folder): callers copy it into a new dict
 
 
 def config_path() -> Path:

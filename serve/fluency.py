@@ -17,6 +17,7 @@ import httpx
 # coherent replies scored 1.3-3.0, replies rambling to the token limit 3.3-3.8, and the word salad
 # of the old whole-context penalty (tests/data/word_salad.json, runs of 200+ letters) 4.5-4.9.
 FLUENT_BELOW = 3.5
+_context: dict[tuple[str, str], int | None] = {}  # (server, model) -> its context window, from /v1/models
 
 
 async def fluency(base_url: str, model: str, messages: list[dict[str, str]], reply: str, *, timeout: float = 30.0) -> float | None:
@@ -31,8 +32,10 @@ async def fluency(base_url: str, model: str, messages: list[dict[str, str]], rep
         head, ids = prefix.json()["tokens"], tail.json()["tokens"]
         if not ids:
             return None
-        models = (await http.get(f"{root}/v1/models")).json()["data"]
-        limit = next((m.get("max_model_len") for m in models if m["id"] == model), None) or len(head) + len(ids) + 1
+        if (root, model) not in _context:  # asked once per server and model, not per reply
+            models = (await http.get(f"{root}/v1/models")).json()["data"]
+            _context[(root, model)] = next((m.get("max_model_len") for m in models if m["id"] == model), None)
+        limit = _context[(root, model)] or len(head) + len(ids) + 1
         head = head[max(0, len(head) + len(ids) + 1 - limit):]  # a long conversation: its oldest tokens go
         if not head:
             return None  # the reply alone fills the context window
