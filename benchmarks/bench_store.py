@@ -71,7 +71,6 @@ def generate(path: Path, turns: int = 100_000, seed: int = 0) -> None:
     turn rated (a quarter by two annotators), some regenerations, gold edits and verdicts."""
     rng = random.Random(seed)
     store = Store(path)
-    db = store.db
     sessions, rows, ratings, edits, verdicts = [], [], [], [], []
     text = "word " * 80
     while len(rows) < turns:
@@ -103,13 +102,16 @@ def generate(path: Path, turns: int = 100_000, seed: int = 0) -> None:
                 verdicts.append({"id": new_id(), "session_id": sid, "turn_a": a, "turn_b": b, "checkpoint_a": "zero-shot",
                                  "checkpoint_b": "dialogue", "verdict": rng.choice(["a", "b", "tie"]), "annotator": "ana",
                                  "created": now(), "current": 1})
-    with store.write():
+    def insert(db) -> None:
         db["sessions"].insert_all(sessions)
         db["turns"].insert_all(rows, batch_size=2000)
         db["ratings"].insert_all(ratings, batch_size=2000)
         db["edits"].insert_all(edits)
         db["verdicts"].insert_all(verdicts)
-    db.execute("analyze")
+
+    store.transaction(insert)
+    store.close()
+    sqlite3.connect(path).execute("analyze")
 
 
 def timed_runs(fn, runs: int) -> list[float]:
@@ -124,7 +126,7 @@ def timed_runs(fn, runs: int) -> list[float]:
 def export_and_report(path: Path, runs: int = 5) -> dict:
     store = Store(path)
     out = path.with_suffix(".export.jsonl")
-    turns = store.query("select count(*) as n from turns")[0]["n"]
+    turns = store.counts()["turns"]
     return {
         "turns": turns,
         "export_messages": timed_runs(lambda: export(store, out, "messages", Filters(min_label="pass")), runs),

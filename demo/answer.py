@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import random
 import time
 from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
@@ -41,6 +42,7 @@ class Deps:
     auth: bool = False  # users log in; ratings carry their user name
     fluency_url: str | None = None  # the local vLLM server that scores replies' fluency with `base`
     background: set = field(default_factory=set)  # fluency scoring still running (asyncio tasks)
+    rng: random.Random = field(default_factory=random.Random)  # the blind side draw (seeded in tests)
 
     def __post_init__(self):
         for name, ck in self.checkpoints.items():
@@ -60,8 +62,9 @@ class Reply:
     turn_id: str
     text: str
     status: str  # streaming | ok | error | stopped
-    error: str | None = None
+    error: str | None = None  # what went wrong, naming no checkpoint, model or endpoint
     dropped: int = 0  # oldest exchanges left out to fit the context window
+    detail: str | None = None  # the error's whole text (may name the model and endpoint)
 
 
 def _drop_oldest(messages: list[dict[str, str]]) -> list[dict[str, str]] | None:
@@ -74,17 +77,18 @@ def _drop_oldest(messages: list[dict[str, str]]) -> list[dict[str, str]] | None:
 
 async def answer(deps: Deps, session_id: str, user_turn: str, checkpoint: str, lane: str | None = None) -> AsyncIterator[Reply]:
     """Stream `checkpoint`'s reply to the branch ending at `user_turn`, storing it as it grows.
-    Yields a Reply per piece of text, then the finished one."""
+    Yields a Reply per piece of text, then the finished one. Every store call is awaited on the
+    store's writer thread or reader pool: a slow write never stalls another user's stream."""
     if checkpoint not in deps.checkpoints:
         raise ValueError(f"unknown checkpoint {checkpoint!r}; known: {', '.join(deps.names)}")
-    ck, client, store = deps.checkpoints[checkpoint], deps.clients[checkpoint], deps.store
+    ck, client, store = deps.checkpoints[checkpoint], deps.clients[checkpoint], deps.store.aio
     preset, wanted = deps.settings.sampling_for(checkpoint)
     params = client.sent(wanted)  # what the endpoint is sent is what the turn records
-    messages = store.messages(user_turn)
-    tid = store.begin_assistant_turn(session_id, user_turn, checkpoint=checkpoint, model=ck.model,
-                                     endpoint=ck.base_url, params=params, lane=lane, preset=preset,
-                                     omitted=sorted(set(wanted) - set(params)))
-    text, status, error, done, dropped = "", "stopped", None, None, 0
+    messages = await store.messages(user_turn)
+    tid = await store.begin_assistant_turn(session_id, user_turn, checkpoint=checkpoint, model=ck.model,
+                                           endpoint=ck.base_url, params=params, lane=lane, preset=preset,
+                                           omitted=sorted(set(wanted) - set(params)))
+    text, status, error, detail, done, dropped = "", "stopped", None, None, None, 0
     saved = time.monotonic()
     try:
         while True:
@@ -95,24 +99,25 @@ async def answer(deps: Deps, session_id: str, user_turn: str, checkpoint: str, l
                         continue
                     text += event
                     if time.monotonic() - saved > SAVE_EVERY:
-                        store.save_partial(tid, text)
+                        store.save_partial(tid, text)  # queued, not awaited: the next piece need not wait for it
                         saved = time.monotonic()
                     yield Reply(tid, text, "streaming", dropped=dropped)
                 break
             except ContextTooLong as e:
                 shorter = None if text else _drop_oldest(messages)
                 if shorter is None:
-                    raise ContextTooLong(f"This message is too long for {checkpoint}'s context window "
-                                         f"({deps.settings.server.max_model_len} tokens on the local server); "
-                                         "shorten it or lower sampling.max_tokens.", partial=e.partial) from e
+                    raise ContextTooLong(str(e), partial=e.partial, public=(
+                        f"this message is too long for the context window ({deps.settings.server.max_model_len} tokens "
+                        "on the local server); shorten it or lower sampling.max_tokens")) from e
                 messages, dropped = shorter, dropped + 1
         status = "ok"
     except ClientError as e:
-        text, status, error = text or e.partial, "error", str(e)
+        text, status, error, detail = text or e.partial, "error", e.public, f"{checkpoint}: {e}"
+        log.warning("turn %s (%s) failed: %s", tid, checkpoint, e)
     finally:  # also on cancellation (stop button, closed browser): the turn never stays "streaming"
         usage = done.usage if done else None
-        store.finish_assistant_turn(
-            tid, text, status=status, error=error, prompt_tokens=usage.prompt_tokens if usage else None,
+        await store.finish_assistant_turn(  # queued at the call: a second cancel cannot skip it
+            tid, text, status=status, error=error, error_detail=detail, prompt_tokens=usage.prompt_tokens if usage else None,
             completion_tokens=usage.completion_tokens if usage else None, ttft=done.ttft if done else None,
             latency=done.latency if done else None, params={**params, "dropped_exchanges": dropped} if dropped else None)
     if status == "ok" and text and deps.fluency_url:
@@ -120,7 +125,7 @@ async def answer(deps: Deps, session_id: str, user_turn: str, checkpoint: str, l
         task = asyncio.create_task(_score(deps, tid, messages, text))
         deps.background.add(task)
         task.add_done_callback(deps.background.discard)
-    yield Reply(tid, text, status, error, dropped)
+    yield Reply(tid, text, status, error, dropped, detail)
 
 
 async def _score(deps: Deps, turn_id: str, messages: list[dict[str, str]], text: str) -> None:
@@ -131,7 +136,7 @@ async def _score(deps: Deps, turn_id: str, messages: list[dict[str, str]], text:
         log.warning("fluency of turn %s not scored: %s: %s", turn_id, type(e).__name__, e)
         return
     if value is not None:
-        deps.store.set_fluency(turn_id, value)
+        await deps.store.aio.set_fluency(turn_id, value)
 
 
 async def merged(streams: dict[str, AsyncIterator[Reply]]) -> AsyncIterator[tuple[str, Reply]]:

@@ -8,6 +8,8 @@ ValueError (bad input, a missing annotator name) becomes a one-line message in t
 from __future__ import annotations
 
 import asyncio
+import logging
+import random
 from pathlib import Path
 
 import gradio as gr
@@ -15,9 +17,13 @@ import gradio as gr
 from limachat.demo import chat, collect, compare
 from limachat.demo.answer import Deps
 from limachat.demo.history import FEEDBACK, View
+from limachat.demo.users import Logins
 from limachat.dialogues.store import LABELS, MODES, Store
 from limachat.serve.checkpoints import Checkpoint
+from limachat.logs import internal
 from limachat.settings import Settings
+
+log = logging.getLogger(__name__)
 
 OPTIONS = list(FEEDBACK.values())
 CSS = """
@@ -32,11 +38,14 @@ def _shown(v: View, label: str | None = None) -> dict:
 
 
 def _user(fn):
-    """Run a sync handler; its ValueError becomes a message in the page, not a traceback."""
+    """Run a sync handler. Its ValueError (bad input) becomes a one-line message in the page; anything
+    else is logged with its traceback and the page says where."""
     try:
         return fn()
     except ValueError as e:
         raise gr.Error(str(e), print_exception=False) from None
+    except Exception as e:  # noqa: BLE001 - the app keeps running; the log keeps the traceback
+        raise gr.Error(internal(e, "the app"), print_exception=False) from None
 
 
 async def _stream(gen):
@@ -45,12 +54,20 @@ async def _stream(gen):
             yield item
     except ValueError as e:
         raise gr.Error(str(e), print_exception=False) from None
+    except Exception as e:  # noqa: BLE001
+        raise gr.Error(internal(e, "the app"), print_exception=False) from None
 
 
-def build_app(store: Store, checkpoints: list[Checkpoint], settings: Settings, *, auth: bool = False) -> gr.Blocks:
+def build_app(store: Store, checkpoints: list[Checkpoint], settings: Settings, *, auth: bool = False,
+              rng: random.Random | None = None) -> gr.Blocks:
+    """The app over `store`. Replies a crashed earlier run left streaming are marked interrupted first.
+    `rng` draws the blind sides (seed it for a reproducible draw)."""
     local = any(c.base_url == settings.local_base_url for c in checkpoints)
     deps = Deps(store, {c.name: c for c in checkpoints}, settings, auth=auth,
-                fluency_url=settings.local_base_url if local else None)
+                fluency_url=settings.local_base_url if local else None, rng=rng or random.Random())
+    repaired = store.repair_interrupted()
+    if repaired:
+        log.warning("%d replies were streaming when the app last stopped: marked interrupted (retry offers a new one)", repaired)
     names = deps.names
 
     def who(name: str | None, request: gr.Request | None) -> str | None:
@@ -75,7 +92,7 @@ def build_app(store: Store, checkpoints: list[Checkpoint], settings: Settings, *
 
         with gr.Tabs():
             with gr.Tab("Chat", id="chat"):
-                chat_pickers = _chat_tab(deps, names, annotator, who)
+                chat_pickers = _chat_tab(deps, names, annotator, who, app)
             with gr.Tab("Compare", id="compare") as compare_tab:
                 compare_pickers = _compare_tab(deps, names, annotator, who, compare_tab)
             with gr.Tab("Collect", id="collect") as collect_tab:
@@ -86,11 +103,12 @@ def build_app(store: Store, checkpoints: list[Checkpoint], settings: Settings, *
     return app
 
 
-def _chat_tab(deps: Deps, names, annotator, who) -> list:
+def _chat_tab(deps: Deps, names, annotator, who, app: gr.Blocks) -> list:
     state = gr.State(chat.blank())
     with gr.Row(equal_height=True):
         checkpoint = gr.Dropdown(names, value=names[-1] if names else None, label="Checkpoint", scale=1)
-        sessions = gr.Dropdown(chat.sessions(deps), value=None, label="Resume a session", scale=3)
+        # Filled when the page loads (with logins, a user's own sessions only).
+        sessions = gr.Dropdown([], value=None, label="Resume a session", scale=3, elem_id="chat-sessions")
         new = gr.Button("New session", scale=0, min_width=140)
     bot = gr.Chatbot(label="Chat", feedback_options=OPTIONS, editable="all", height=460, elem_id="chat-bot",
                      placeholder="Say something. Rate each reply with the flag under it; edit a message with the pencil "
@@ -127,8 +145,8 @@ def _chat_tab(deps: Deps, names, annotator, who) -> list:
         st, v = _user(lambda: chat.resume(deps, sid, who(name, request)))
         return st, _shown(v)
 
-    def refresh_sessions():
-        return gr.update(choices=chat.sessions(deps))
+    def refresh_sessions(request: gr.Request):
+        return gr.update(choices=chat.sessions(deps, user=request.username if deps.auth else None))
 
     runs = [send.click(on_send, [state, box, checkpoint, annotator], [state, bot, box]),
             box.submit(on_send, [state, box, checkpoint, annotator], [state, bot, box]),
@@ -141,6 +159,7 @@ def _chat_tab(deps: Deps, names, annotator, who) -> list:
     new.click(lambda: (chat.blank(), gr.update(value=[], feedback_value=[]), None), None, [state, bot, sessions])
     sessions.select(on_resume, [sessions, annotator], [state, bot])
     sessions.focus(refresh_sessions, None, sessions)
+    app.load(refresh_sessions, None, sessions)
     def on_name(st, name, request: gr.Request):  # the ratings shown are the annotator's own
         return _shown(chat.current(deps, st, who(name, request)))
 
@@ -153,7 +172,7 @@ async def _settle(deps: Deps, ids: list[str], timeout: float = 3.0) -> None:
     """After a stop, wait (briefly) until the cancelled reply has written its final status."""
     loop = asyncio.get_running_loop()
     end = loop.time() + timeout
-    while loop.time() < end and any(deps.store.turn(i)["status"] == "streaming" for i in ids):
+    while loop.time() < end and "streaming" in (await deps.store.aio.statuses(ids)).values():
         await asyncio.sleep(0.05)
 
 
@@ -344,10 +363,11 @@ def _report_tab(deps: Deps, tab) -> None:
     tab.select(on_report, None, [chart, tables])
 
 
-def launch(app: gr.Blocks, settings: Settings, *, users: list[tuple[str, str]] | None = None, block: bool = True):
-    """Serve the app on settings.app.host:port; with `users` (see read_auth) people log in."""
+def launch(app: gr.Blocks, settings: Settings, *, users: dict[str, str] | None = None, block: bool = True):
+    """Serve the app on settings.app.host:port; with `users` (see demo.users) people log in."""
     files = [str(settings.home / "exports"), str(settings.home / "reports")]
-    return app.launch(server_name=settings.app.host, server_port=settings.app.port, auth=users, quiet=True,
+    auth = Logins(users) if users else None
+    return app.launch(server_name=settings.app.host, server_port=settings.app.port, auth=auth, quiet=True,
                       prevent_thread_lock=not block, css=CSS, allowed_paths=files)
 
 
@@ -367,19 +387,3 @@ def app_checkpoints(settings: Settings) -> list[Checkpoint]:
         if m.get("parent") and m["id"] not in known and m["id"] not in taken:
             checkpoints.append(Checkpoint(name=m["id"], model=m["id"], base_url=settings.local_base_url))
     return checkpoints
-
-
-def read_auth(path: Path) -> list[tuple[str, str]]:
-    """`user:password` per line (blank lines and # comments skipped)."""
-    users = []
-    for number, line in enumerate(Path(path).read_text(encoding="utf-8").splitlines(), 1):
-        line = line.strip()
-        if not line or line.startswith("#"):
-            continue
-        user, sep, password = line.partition(":")
-        if not sep or not user.strip() or not password:
-            raise ValueError(f"{path}:{number}: expected user:password")
-        users.append((user.strip(), password))
-    if not users:
-        raise ValueError(f"{path}: no users")
-    return users

@@ -9,7 +9,7 @@ from __future__ import annotations
 from collections.abc import AsyncIterator
 
 from limachat.demo.answer import Deps, answer
-from limachat.demo.history import NAME_FIRST, View, label_of, latest_leaf, view
+from limachat.demo.history import NAME_FIRST, View, check_message, label_of, view
 
 
 def blank() -> dict:
@@ -20,13 +20,18 @@ def current(deps: Deps, state: dict, annotator: str | None) -> View:
     return view(deps.store, state["ids"][-1] if state["ids"] else None, annotator)
 
 
+async def _view(deps: Deps, leaf: str | None, annotator: str | None) -> View:
+    """`view` on the store's reader pool (async handlers run no SQLite call on the event loop)."""
+    return await deps.store.aio.read(view, deps.store, leaf, annotator)
+
+
 async def _reply(deps: Deps, session_id: str, user_turn: str, checkpoint: str, annotator: str | None
                  ) -> AsyncIterator[tuple[dict, View]]:
-    asked = view(deps.store, user_turn, annotator)
+    asked = await _view(deps, user_turn, annotator)
     async for r in answer(deps, session_id, user_turn, checkpoint):
         v = asked.growing(r, checkpoint)
         yield {"session": session_id, "ids": v.ids}, v
-    final = view(deps.store, r.turn_id, annotator)
+    final = await _view(deps, r.turn_id, annotator)
     yield {"session": session_id, "ids": final.ids}, final
 
 
@@ -34,10 +39,12 @@ async def send(deps: Deps, state: dict, text: str, checkpoint: str, annotator: s
                ) -> AsyncIterator[tuple[dict, View]]:
     """A new user turn after the last shown message, then the checkpoint's streamed reply."""
     if not (text or "").strip():  # empty input does nothing
-        yield state, current(deps, state, annotator)
+        yield state, await _view(deps, state["ids"][-1] if state["ids"] else None, annotator)
         return
-    sid = state["session"] or deps.store.start_session("chat", annotator=annotator or None)
-    user_turn = deps.store.add_user_turn(sid, text, parent_id=state["ids"][-1] if state["ids"] else None)
+    check_message(text)
+    store = deps.store.aio
+    sid = state["session"] or await store.start_session("chat", annotator=annotator or None)
+    user_turn = await store.add_user_turn(sid, text, parent_id=state["ids"][-1] if state["ids"] else None)
     async for out in _reply(deps, sid, user_turn, checkpoint, annotator):
         yield out
 
@@ -45,7 +52,8 @@ async def send(deps: Deps, state: dict, text: str, checkpoint: str, annotator: s
 async def regenerate(deps: Deps, state: dict, index: int, checkpoint: str, annotator: str | None = None
                      ) -> AsyncIterator[tuple[dict, View]]:
     """A new reply to the question of message `index`, as a sibling: the old reply stays stored."""
-    turn = deps.store.turn(current(deps, state, annotator).turn_at(index))
+    shown = await _view(deps, state["ids"][-1] if state["ids"] else None, annotator)
+    turn = await deps.store.aio.turn(shown.turn_at(index))
     user_turn = turn["parent_id"] if turn["role"] == "assistant" else turn["id"]
     async for out in _reply(deps, state["session"], user_turn, checkpoint, annotator):
         yield out
@@ -55,17 +63,19 @@ async def edit(deps: Deps, state: dict, index: int, text: str, checkpoint: str, 
                ) -> AsyncIterator[tuple[dict, View]]:
     """Editing a user message starts a new branch from there (and asks for a reply); editing an
     assistant message stores a gold correction beside the original."""
-    turn = deps.store.turn(current(deps, state, annotator).turn_at(index))
+    leaf = state["ids"][-1] if state["ids"] else None
+    turn = await deps.store.aio.turn((await _view(deps, leaf, annotator)).turn_at(index))
     if not (text or "").strip() or text == turn["content"]:
-        yield state, current(deps, state, annotator)
+        yield state, await _view(deps, leaf, annotator)
         return
+    check_message(text)
     if turn["role"] == "assistant":
         if not annotator:
             raise ValueError(NAME_FIRST)
-        deps.store.edit(turn["id"], annotator, text)
-        yield state, current(deps, state, annotator)
+        await deps.store.aio.edit(turn["id"], annotator, text)
+        yield state, await _view(deps, leaf, annotator)
         return
-    user_turn = deps.store.add_user_turn(state["session"], text, parent_id=turn["parent_id"])
+    user_turn = await deps.store.aio.add_user_turn(state["session"], text, parent_id=turn["parent_id"])
     async for out in _reply(deps, state["session"], user_turn, checkpoint, annotator):
         yield out
 
@@ -78,10 +88,12 @@ def rate(deps: Deps, state: dict, index: int, option: str | bool | None, annotat
     return current(deps, state, annotator)
 
 
-def sessions(deps: Deps, modes: tuple[str, ...] = ("chat", "imported"), limit: int = 200) -> list[tuple[str, str]]:
-    """(label, id) of earlier sessions, newest first, for the resume list."""
+def sessions(deps: Deps, modes: tuple[str, ...] = ("chat", "imported"), limit: int = 200, user: str | None = None
+             ) -> list[tuple[str, str]]:
+    """(label, id) of earlier sessions, newest first, for the resume list; with logins (`user`), only
+    that user's own."""
     out = []
-    for s in deps.store.sessions(limit=limit):
+    for s in deps.store.sessions(limit=limit, annotator=user):
         if s["mode"] in modes:
             first = " ".join((s["first_prompt"] or "(empty)").split())
             first = first if len(first) <= 60 else first[:57] + "..."
@@ -91,6 +103,8 @@ def sessions(deps: Deps, modes: tuple[str, ...] = ("chat", "imported"), limit: i
 
 def resume(deps: Deps, session_id: str, annotator: str | None) -> tuple[dict, View]:
     """An earlier session where it left off (its newest branch), with the annotator's ratings."""
-    deps.store.session(session_id)
-    v = view(deps.store, latest_leaf(deps.store, session_id), annotator)
+    session = deps.store.session(session_id)
+    if deps.auth and session["annotator"] != annotator:
+        raise ValueError("That session belongs to another user.")
+    v = view(deps.store, deps.store.latest_turn(session_id), annotator)
     return {"session": session_id, "ids": v.ids}, v

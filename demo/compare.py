@@ -11,12 +11,11 @@ the session is closed.
 
 from __future__ import annotations
 
-import random
 from collections.abc import AsyncIterator
 from pathlib import Path
 
 from limachat.demo.answer import Deps, answer, merged
-from limachat.demo.history import NAME_FIRST, View, label_of, view
+from limachat.demo.history import NAME_FIRST, View, check_message, label_of, view
 from limachat.dialogues import bundled
 from limachat.dialogues.formats import load_prompts
 
@@ -35,19 +34,22 @@ def side_names(state: dict) -> dict[str, str]:
     return {"a": "A", "b": "B"}
 
 
-def alias(state: dict) -> dict[str, str] | None:
-    """In a blind session, what limachat writes (errors, notices) says A and B, not the names."""
-    if state["blind"] and not state["closed"] and state["names"]:
-        return {name: lane.upper() for lane, name in state["names"].items()}
-    return None
+def blind_as(state: dict, lane: str) -> str | None:
+    """In a blind session, until it is closed, what limachat writes (errors, notices) calls the side
+    "A" or "B" and leaves out any detail that names a model or endpoint."""
+    return lane.upper() if state["blind"] and not state["closed"] else None
 
 
 def side(deps: Deps, state: dict, lane: str, annotator: str | None) -> View:
-    return view(deps.store, state[lane][-1] if state[lane] else None, annotator, alias(state))
+    return view(deps.store, state[lane][-1] if state[lane] else None, annotator, blind_as(state, lane))
 
 
 def views(deps: Deps, state: dict, annotator: str | None) -> tuple[View, View]:
     return side(deps, state, "a", annotator), side(deps, state, "b", annotator)
+
+
+async def _views(deps: Deps, state: dict, annotator: str | None) -> tuple[View, View]:
+    return await deps.store.aio.read(views, deps, state, annotator)
 
 
 def prompt_set(path: str | Path | None) -> tuple[str, list[dict[str, str]]]:
@@ -63,17 +65,17 @@ def pick_prompt(state: dict, set_name: str, prompt: dict[str, str]) -> tuple[dic
     return {**state, "origin": {"set": set_name, "id": prompt["id"], "text": prompt["prompt"]}}, prompt["prompt"]
 
 
-def _start(deps: Deps, state: dict, text: str, left: str, right: str, blind: bool, annotator: str | None) -> dict:
+async def _start(deps: Deps, state: dict, text: str, left: str, right: str, blind: bool, annotator: str | None) -> dict:
     if left == right:
         raise ValueError("Pick two different checkpoints to compare.")
     for name in (left, right):
         if name not in deps.checkpoints:
             raise ValueError(f"unknown checkpoint {name!r}; known: {', '.join(deps.names)}")
     names = {"a": left, "b": right}
-    if blind and random.random() < 0.5:
+    if blind and deps.rng.random() < 0.5:
         names = {"a": right, "b": left}
     origin = state["origin"] if state["origin"] and state["origin"]["text"].strip() == text.strip() else None
-    sid = deps.store.start_session("blind" if blind else "compare", annotator=annotator or None,
+    sid = await deps.store.aio.start_session("blind" if blind else "compare", annotator=annotator or None,
                                    prompt_set=origin["set"] if origin else None, prompt=origin["id"] if origin else None,
                                    meta={"lanes": names})
     return {**state, "session": sid, "names": names, "blind": bool(blind)}
@@ -83,42 +85,44 @@ async def send(deps: Deps, state: dict, text: str, left: str, right: str, blind:
                ) -> AsyncIterator[tuple[dict, View, View]]:
     """The same user turn to both sides; both replies stream at once."""
     if not (text or "").strip():
-        yield (state, *views(deps, state, annotator))
+        yield (state, *await _views(deps, state, annotator))
         return
     if state["closed"]:
         raise ValueError("This session is closed: press New comparison to start another.")
+    check_message(text)
     if state["session"] is None:
-        state = _start(deps, state, text, left, right, blind, annotator)
-    sid, store = state["session"], deps.store
-    users = {lane: store.add_user_turn(sid, text, parent_id=state[lane][-1] if state[lane] else None, lane=lane)
+        state = await _start(deps, state, text, left, right, blind, annotator)
+    sid, store = state["session"], deps.store.aio
+    users = {lane: await store.add_user_turn(sid, text, parent_id=state[lane][-1] if state[lane] else None, lane=lane)
              for lane in LANES}
-    names, masked = state["names"], alias(state)
-    live = {lane: view(store, users[lane], annotator, masked) for lane in LANES}
+    names = state["names"]
+    live = {lane: await store.read(view, deps.store, users[lane], annotator, blind_as(state, lane)) for lane in LANES}
     asked = dict(live)
     async for lane, r in merged({lane: answer(deps, sid, users[lane], names[lane], lane) for lane in LANES}):
-        live[lane] = asked[lane].growing(r, names[lane], masked)
+        live[lane] = asked[lane].growing(r, names[lane], blind_as(state, lane))
         state = {**state, lane: live[lane].ids}
         yield state, live["a"], live["b"]
-    yield (state, *views(deps, state, annotator))
+    yield (state, *await _views(deps, state, annotator))
 
 
 async def retry(deps: Deps, state: dict, lane: str, annotator: str | None = None) -> AsyncIterator[tuple[dict, View, View]]:
     """A new reply on one side to its latest question (after an error, or just another try); the
     old reply stays stored."""
     if not state[lane]:
-        yield (state, *views(deps, state, annotator))
+        yield (state, *await _views(deps, state, annotator))
         return
     if state["closed"]:
         raise ValueError("This session is closed: press New comparison to start another.")
-    last = deps.store.turn(state[lane][-1])
+    store = deps.store.aio
+    last = await store.turn(state[lane][-1])
     user_turn = last["parent_id"] if last["role"] == "assistant" else last["id"]
-    asked = view(deps.store, user_turn, annotator, alias(state))
-    other = side(deps, state, "b" if lane == "a" else "a", annotator)
+    asked = await store.read(view, deps.store, user_turn, annotator, blind_as(state, lane))
+    other = await store.read(side, deps, state, "b" if lane == "a" else "a", annotator)
     async for r in answer(deps, state["session"], user_turn, state["names"][lane], lane):
-        v = asked.growing(r, state["names"][lane], alias(state))
+        v = asked.growing(r, state["names"][lane], blind_as(state, lane))
         state = {**state, lane: v.ids}
         yield (state, v, other) if lane == "a" else (state, other, v)
-    yield (state, *views(deps, state, annotator))
+    yield (state, *await _views(deps, state, annotator))
 
 
 def rate(deps: Deps, state: dict, lane: str, index: int, option: str | bool | None, annotator: str | None) -> View:
@@ -155,11 +159,7 @@ def close(deps: Deps, state: dict) -> tuple[dict, str]:
 
 def coverage(deps: Deps, set_name: str, prompts: list[dict[str, str]]) -> tuple[list[str], list[list]]:
     """For each prompt of the set, how many sessions each checkpoint has answered it in."""
-    rows = deps.store.tuples(
-        """select s.prompt, t.checkpoint, count(distinct s.id) from sessions s join turns t on t.session_id = s.id
-           where s.prompt_set = ? and t.role = 'assistant' and t.status = 'ok' group by s.prompt, t.checkpoint""",
-        (set_name,))
-    seen = {(p, c): n for p, c, n in rows}
+    seen = deps.store.prompt_coverage(set_name)
     names = deps.names
     table = [[p["id"], p["prompt"][:80]] + [seen.get((p["id"], n), 0) for n in names] for p in prompts]
     return ["id", "prompt", *names], table

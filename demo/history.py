@@ -8,7 +8,6 @@ id behind each message, so an event on message `i` (a rating, an edit, a retry) 
 from __future__ import annotations
 
 import html
-import json
 import re
 from dataclasses import dataclass, field
 from typing import Any
@@ -31,27 +30,25 @@ def inert(text: str) -> str:
     return "".join(p if i % 2 else html.escape(p, quote=False).replace("&gt;", ">") for i, p in enumerate(parts))
 
 
-def dropped_notice(n: int, checkpoint: str | None) -> str:
+def dropped_notice(n: int, name: str | None) -> str:
     return (f"*Note: the {n} oldest exchange{'s' if n > 1 else ''} of this conversation did not fit "
-            f"{checkpoint or 'the model'}'s context window and {'were' if n > 1 else 'was'} left out of the request.*")
+            f"{name or 'the model'}'s context window and {'were' if n > 1 else 'was'} left out of the request.*")
 
 
-def shown(turn: dict[str, Any], gold: str | None = None, alias: dict[str, str] | None = None) -> str:
+def shown(turn: dict[str, Any], gold: str | None = None, blind_as: str | None = None) -> str:
     """What a turn looks like in the chat: its text (or gold correction) and, when it did not end
-    well, why. `alias` renames checkpoints in what limachat itself writes (error messages, notices),
-    never in the conversation: a blind session shows A and B until it is closed."""
-    def named(text: str) -> str:
-        for name, shown_as in (alias or {}).items():
-            text = text.replace(name, shown_as)
-        return text
-
+    well, why. What limachat itself writes names the checkpoint from the turn's fields; in a blind
+    session (`blind_as`: "A" or "B") it uses that name instead and leaves out the error's detail
+    (which may name the model and endpoint), so nothing on the page tells the sides apart."""
+    name = blind_as or turn.get("checkpoint") or "the model"
     text = inert(gold if gold is not None else turn["content"])
     dropped = (turn.get("params") or {}).get("dropped_exchanges")
     if dropped:
-        text = f"{named(dropped_notice(dropped, turn.get('checkpoint')))}\n\n{text}"
+        text = f"{dropped_notice(dropped, name)}\n\n{text}"
     status = turn["status"]
     if status == "error":
-        return f"{text}\n\n⚠️ **{inert(named(turn['error'] or 'failed'))}** Press retry (↻) to try again.".strip()
+        detail = "" if blind_as or not turn.get("error_detail") else f" ({inert(turn['error_detail'])})"
+        return f"{text}\n\n⚠️ **{name}: {inert(turn['error'] or 'the request failed')}.**{detail} Press retry (↻) to try again.".strip()
     if status == "stopped":
         return f"{text}\n\n*(stopped)*".strip()
     if status == "streaming" and not text:
@@ -71,36 +68,28 @@ class View:
             raise IndexError(f"no message {i} in this chat")
         return self.ids[i]
 
-    def growing(self, reply, checkpoint: str, alias: dict[str, str] | None = None) -> View:
+    def growing(self, reply, checkpoint: str, blind_as: str | None = None) -> View:
         """This view (a branch ending at a user turn) with `reply` (an answer.Reply) streaming after it."""
-        turn = {"content": reply.text, "status": reply.status, "error": reply.error, "checkpoint": checkpoint,
-                "params": {"dropped_exchanges": reply.dropped}}
-        return View(self.history + [{"role": "assistant", "content": shown(turn, alias=alias)}],
+        turn = {"content": reply.text, "status": reply.status, "error": reply.error, "error_detail": reply.detail,
+                "checkpoint": checkpoint, "params": {"dropped_exchanges": reply.dropped}}
+        return View(self.history + [{"role": "assistant", "content": shown(turn, blind_as=blind_as)}],
                     self.feedback + [None], self.ids + [reply.turn_id])
 
 
-def view(store: Store, leaf_id: str | None, annotator: str | None, alias: dict[str, str] | None = None) -> View:
+def view(store: Store, leaf_id: str | None, annotator: str | None, blind_as: str | None = None) -> View:
     """The branch ending at `leaf_id` as the chat shows it to `annotator`."""
     if leaf_id is None:
         return View()
     turns = store.branch(leaf_id)
     labels = store.current_labels(turns[0]["session_id"], annotator) if annotator else {}
-    gold = {r["turn_id"]: r["content"] for r in store.query(
-        "select turn_id, content from edits where turn_id in (select value from json_each(?)) order by created, id",
-        (json.dumps([t["id"] for t in turns]),))}
+    gold = store.gold_edits([t["id"] for t in turns])
     out = View()
     for t in turns:
-        out.history.append({"role": t["role"], "content": shown(t, gold.get(t["id"]), alias)})
+        out.history.append({"role": t["role"], "content": shown(t, gold.get(t["id"]), blind_as)})
         out.ids.append(t["id"])
         if t["role"] == "assistant":
             out.feedback.append(FEEDBACK.get(labels.get(t["id"])))
     return out
-
-
-def latest_leaf(store: Store, session_id: str) -> str | None:
-    """The newest turn of a session: where a resumed chat picks up."""
-    rows = store.query("select id from turns where session_id = ? order by created desc, id desc limit 1", (session_id,))
-    return rows[0]["id"] if rows else None
 
 
 def label_of(option: str | bool | None, annotator: str | None) -> str | None:
@@ -113,3 +102,18 @@ def label_of(option: str | bool | None, annotator: str | None) -> str | None:
 
 
 NAME_FIRST = "Enter your name at the top of the page first: ratings and corrections are kept per annotator."
+
+
+MAX_MESSAGE = 100_000  # characters; far beyond any context window limachat serves (2,048 tokens by default)
+_CONTROL = re.compile(r"[\x00-\x08\x0b\x0c\x0e-\x1f\x7f]")
+
+
+def check_message(text: str) -> None:
+    """A message the app refuses says why in one line: too long, or holding a control character
+    (right-to-left text, emoji and every other printable script pass as they are)."""
+    if len(text) > MAX_MESSAGE:
+        raise ValueError(f"This message has {len(text):,} characters; the limit is {MAX_MESSAGE:,}. Shorten it.")
+    bad = _CONTROL.search(text)
+    if bad:
+        raise ValueError(f"This message holds the control character U+{ord(bad.group()):04X} at character {bad.start() + 1}; "
+                         "remove it and send again.")

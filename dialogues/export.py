@@ -57,31 +57,15 @@ class Chain:
                 "labels": self.labels, "annotators": self.annotators, "turn_ids": [t["id"] for t in self.turns]}
 
 
-def _load(store: Store, f: Filters):
-    conditions = [(sql, value) for sql, value in (("mode = ?", f.mode), ("created >= ?", f.since), ("created < ?", f.until))
-                  if value]
-    clause = (" where " + " and ".join(sql for sql, _ in conditions)) if conditions else ""
-    sessions = {s["id"]: s for s in store.query(f"select * from sessions{clause}", tuple(v for _, v in conditions))}
-    turns = store.query("select id, session_id, parent_id, role, content, checkpoint, status, created from turns order by created, id")
-    rating_sql = "select turn_id, label, annotator from ratings where current = 1"
-    ratings = store.query(rating_sql + (" and annotator = ?" if f.annotator else ""), (f.annotator,) if f.annotator else ())
-    gold = {}
-    if f.prefer_gold:
-        for e in store.query("select turn_id, content from edits order by created, id"):
-            gold[e["turn_id"]] = e["content"]  # the latest edit wins
-    return sessions, turns, ratings, gold
-
-
 def chains(store: Store, f: Filters = Filters()) -> Iterator[Chain]:
-    sessions, turns, ratings, gold = _load(store, f)
-    label: dict[str, str] = {}
+    sessions = store.sessions_where(f.mode, f.since, f.until)
+    label = store.lowest_labels(f.annotator)
     who: dict[str, set[str]] = defaultdict(set)
-    for r in ratings:
-        prev = label.get(r["turn_id"])
-        label[r["turn_id"]] = r["label"] if prev is None or RANK[r["label"]] < RANK[prev] else prev
-        who[r["turn_id"]].add(r["annotator"])
+    for turn, annotator, _ in store.current_ratings(f.annotator):
+        who[turn].add(annotator)
+    gold = store.gold_edits() if f.prefer_gold else {}
     children: dict[str | None, list[dict]] = defaultdict(list)
-    for t in turns:
+    for t in store.chain_turns():
         if t["session_id"] in sessions:
             children[t["parent_id"]].append(t)
     seen: set[str] = set()

@@ -62,3 +62,50 @@ def m002_sampling_and_fluency(db: Database) -> None:
     db["turns"].add_column("preset", str)
     db["turns"].add_column("omitted", str)
     db["turns"].add_column("fluency", float)
+
+
+def _rebuild(db: Database, table: str, checks: dict[str, str], columns: dict[str, str] | None = None) -> None:
+    """Recreate `table` with CHECK constraints (SQLite cannot add them in place), keeping its rows,
+    indexes and the keys that point at it. Rows that break a new constraint stop the migration with
+    one line naming them (nothing is changed); foreign keys are off while it runs and checked after."""
+    sql = db.execute("select sql from sqlite_master where type = 'table' and name = ?", [table]).fetchone()[0]
+    indexes = [r[0] for r in db.execute("select sql from sqlite_master where type = 'index' and tbl_name = ? and sql is not null",
+                                        [table])]
+    for name, condition in checks.items():
+        bad = db.execute(f"select count(*), min(rowid) from {table} where not ({condition})").fetchone()
+        if bad[0]:
+            value = db.execute(f"select * from {table} where rowid = ?", [bad[1]]).fetchone()
+            raise ValueError(f"cannot add the check {name} to {table}: {bad[0]} rows break it (the first: {value!r}); "
+                             "fix them with any SQLite tool and start again")
+    old = [r[1] for r in db.execute(f"PRAGMA table_info({table})")]
+    body = sql[sql.index("(") + 1:sql.rindex(")")]
+    extra = "".join(f',\n   "{c}" {t}' for c, t in (columns or {}).items())
+    constraints = "".join(f",\n   CONSTRAINT {name} CHECK ({condition})" for name, condition in checks.items())
+    db.execute(f'CREATE TABLE "{table}_new" ({body}{extra}{constraints}\n)')
+    cols = ", ".join(f'"{c}"' for c in old)
+    db.execute(f'INSERT INTO "{table}_new" ({cols}) SELECT {cols} FROM "{table}"')
+    db.execute(f'DROP TABLE "{table}"')
+    db.execute(f'ALTER TABLE "{table}_new" RENAME TO "{table}"')
+    for index in indexes:
+        db.execute(index)
+
+
+@migrations()
+def m003_checks_owner_error_detail(db: Database) -> None:
+    """CHECK constraints on every enumerated column (an import or a tool can no longer store a mode,
+    role, status, lane, label or verdict the app does not know); `turns.owner`, the process streaming
+    a reply (so a restart can tell replies interrupted by a crash from live ones); and
+    `turns.error_detail`, an error's full text, which may name the model and endpoint, beside
+    `turns.error`, which names none (a blind page shows only that). Existing error texts move to
+    error_detail."""
+    _rebuild(db, "sessions", {"sessions_mode": "mode in ('chat', 'compare', 'blind', 'imported')"})
+    _rebuild(db, "turns", {"turns_role": "role in ('user', 'assistant')",
+                           "turns_status": "status in ('streaming', 'ok', 'error', 'stopped')",
+                           "turns_lane": "lane is null or lane in ('a', 'b')"},
+             {"owner": "TEXT", "error_detail": "TEXT"})
+    _rebuild(db, "ratings", {"ratings_label": "label in ('fail', 'pass', 'excellent')", "ratings_current": "current in (0, 1)"})
+    _rebuild(db, "verdicts", {"verdicts_verdict": "verdict in ('a', 'b', 'tie')", "verdicts_current": "current in (0, 1)"})
+    db.execute("update turns set error_detail = error, error = 'the request failed' where error is not null")
+    broken = db.execute("PRAGMA foreign_key_check").fetchall()
+    if broken:
+        raise ValueError(f"foreign keys broken after the upgrade: {broken[:3]}")

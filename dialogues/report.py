@@ -65,19 +65,16 @@ def tie_discounted(x: str, y: str) -> float:
 def build(store: Store) -> Report:
     # Three scans in SQLite (the tree through its covering index, the newest reply per conversation,
     # the current ratings), then plain Python.
-    turns = {row[0]: row for row in store.tuples("select id, parent_id, role, status, checkpoint, exchange from turns")}
-    latest = store.tuples(  # SQLite returns the bare column `id` from the row holding max(created)
-        """select session_id, coalesce(lane, ''), id, max(created) from turns
-           where role = 'assistant' and status = 'ok' group by session_id, coalesce(lane, '')""")
-    lowest: dict[str, str] = {}  # turn -> lowest current label among its annotators
+    turns = {row[0]: row for row in store.tree()}
+    latest = store.latest_replies()
     by_annotator: dict[str, dict[str, str]] = defaultdict(dict)
-    for turn, annotator, label in store.tuples("select turn_id, annotator, label from ratings where current = 1"):
+    rated = []  # current ratings of finished replies
+    for turn, annotator, label in store.current_ratings():
         t = turns.get(turn)
-        if t is None or t[2] != "assistant" or t[3] != "ok":
-            continue
-        by_annotator[annotator][turn] = label
-        if turn not in lowest or RANK[label] < RANK[lowest[turn]]:
-            lowest[turn] = label
+        if t is not None and t[2] == "assistant" and t[3] == "ok":
+            by_annotator[annotator][turn] = label
+            rated.append((turn, annotator, label))
+    lowest = store.lowest_labels(ratings=rated)  # turn -> lowest current label among its annotators
     stats: dict[str, CheckpointStats] = {}
 
     def of(name: str) -> CheckpointStats:
@@ -92,7 +89,7 @@ def build(store: Store) -> Report:
 
     # Conversations: each (session, lane) followed down its latest branch.
     lane_scores: dict[str, dict[str, tuple[str, float]]] = defaultdict(dict)
-    for session_id, lane, leaf, _ in latest:
+    for session_id, lane, leaf in latest:
         labelled, node = [], leaf
         while node is not None:
             if node in lowest:
@@ -107,9 +104,7 @@ def build(store: Store) -> Report:
         s.early_fail += "fail" in labelled[:3]
         lane_scores[session_id][lane] = (checkpoint, sum(RANK[lab] for lab in labelled) / len(labelled))
 
-    for checkpoint, mean, n in store.tuples(
-            """select coalesce(checkpoint, 'imported'), avg(fluency), count(fluency) from turns
-               where role = 'assistant' and status = 'ok' and fluency is not null group by 1"""):
+    for checkpoint, mean, n in store.fluency_by_checkpoint():
         s = of(checkpoint)
         s.fluency, s.scored = mean, n
 
@@ -129,9 +124,9 @@ def build(store: Store) -> Report:
 def _winners(store: Store, lane_scores) -> list[dict[str, Any]]:
     verdicts = defaultdict(Counter)
     names: dict[str, tuple[str, str]] = {}
-    for sid, verdict, a, b in store.tuples("select session_id, verdict, checkpoint_a, checkpoint_b from verdicts where current = 1"):
-        verdicts[sid][verdict] += 1
-        names[sid] = (a, b)
+    for v in store.current_verdicts():
+        verdicts[v["session_id"]][v["verdict"]] += 1
+        names[v["session_id"]] = (v["checkpoint_a"], v["checkpoint_b"])
     out = []
     for sid in sorted(set(verdicts) | {s for s, lanes in lane_scores.items() if {"a", "b"} <= set(lanes)}):
         if sid in verdicts:
@@ -148,8 +143,8 @@ def _winners(store: Store, lane_scores) -> list[dict[str, Any]]:
 
 def _verdict_agreement(store: Store) -> list[dict[str, Any]]:
     by_pair: dict[tuple, dict[str, str]] = defaultdict(dict)
-    for a, b, annotator, verdict in store.tuples("select turn_a, turn_b, annotator, verdict from verdicts where current = 1"):
-        by_pair[(a, b)][annotator] = verdict
+    for v in store.current_verdicts():
+        by_pair[(v["turn_a"], v["turn_b"])][v["annotator"]] = v["verdict"]
     scores: dict[tuple[str, str], list[float]] = defaultdict(list)
     for votes in by_pair.values():
         names = sorted(votes)

@@ -1,39 +1,52 @@
-"""The one class that touches the database: sessions, the turn tree, ratings, gold edits, verdicts.
+"""The one class that knows the database: sessions, the turn tree, ratings, gold edits, verdicts.
 
-Safe under Gradio's worker threads: every thread gets its own connection (sqlite3 objects must not
-cross threads), and writes inside this process take one lock, so they queue in order instead of
-sleeping in SQLite's busy handler. Other processes (a CLI import beside the app) wait on WAL's
-busy timeout. Writes of several rows sit in one `db.atomic()` block; reads may use raw SQL.
+Writes run on one writer thread. A caller hands its write to a queue and waits for the result
+(`store.rate(...)` in a thread; `await store.aio.rate(...)` on the event loop, which never runs a
+SQLite call itself). Writes that queue up while one commits share the next transaction (group
+commit), each in its own savepoint, so one write's error never undoes another's; a write is
+acknowledged only once its transaction is committed. Reads run on the caller's thread (or, from
+async code, on a small reader pool), each thread with its own connection. Other processes (a CLI
+import beside the app) wait on WAL's busy timeout; past it, the write fails with one line.
 """
 
 from __future__ import annotations
 
+import asyncio
+import functools
 import json
 import os
+import queue
 import secrets
+import socket
+import sqlite3
 import threading
 import time
-from collections import deque
-from collections.abc import Iterator
-from contextlib import contextmanager
+from collections.abc import Callable, Iterator
+from concurrent.futures import Future, ThreadPoolExecutor
 from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
 
 from sqlite_utils import Database
 
+from limachat.dialogues.bulk import Bulk
 from limachat.dialogues.migrations import migrations
 
 MODES = ("chat", "compare", "blind", "imported")
+ROLES = ("user", "assistant")
+LANES = ("a", "b")
 LABELS = ("fail", "pass", "excellent")
 RANK = {label: i for i, label in enumerate(LABELS)}  # a turn rated by several annotators takes the lowest
 STATUSES = ("streaming", "ok", "error", "stopped")
 VERDICTS = ("a", "b", "tie")
 JSON_COLUMNS = {"params", "meta", "omitted"}
+INTERRUPTED = "interrupted: the app stopped while this reply was streaming"
+BATCH = 256  # writes at most in one group commit
+SQLITE_HEADER = b"SQLite format 3\x00"
 
 
 class StoreError(ValueError):
-    """A request the store refuses (unknown id, bad label): one line saying what."""
+    """A request the store refuses (unknown id, bad label, a locked or foreign file): one line saying what."""
 
 
 def new_id() -> str:
@@ -62,81 +75,211 @@ def _check(value: str, allowed: tuple[str, ...], what: str) -> str:
     return value
 
 
-class FairLock:
-    """A re-entrant lock handed to waiters in arrival order. threading.RLock lets a thread that
-    just released it take it straight back, so under 64 writers some waited 100 ms and more."""
-
-    def __init__(self) -> None:
-        self._mutex = threading.Lock()
-        self._waiters: deque[tuple[int, threading.Lock]] = deque()
-        self._owner: int | None = None
-        self._depth = 0
-
-    def __enter__(self) -> None:
-        me = threading.get_ident()
-        with self._mutex:
-            if self._owner == me:
-                self._depth += 1
-                return
-            if self._owner is None:
-                self._owner, self._depth = me, 1
-                return
-            gate = threading.Lock()
-            gate.acquire()
-            self._waiters.append((me, gate))
-        gate.acquire()  # released by the previous owner, who made us the owner
-
-    def __exit__(self, *exc) -> None:
-        with self._mutex:
-            self._depth -= 1
-            if self._depth:
-                return
-            if self._waiters:
-                self._owner, gate = self._waiters.popleft()
-                self._depth = 1
-                gate.release()
-            else:
-                self._owner = None
+# The enumerated columns, checked before a row is written (and by the schema's CHECK constraints).
+ENUMS = {"sessions": {"mode": MODES}, "turns": {"role": ROLES, "status": STATUSES, "lane": LANES},
+         "ratings": {"label": LABELS}, "verdicts": {"verdict": VERDICTS}}
 
 
-class Store:
-    def __init__(self, path: str | Path, busy_timeout_ms: int = 10_000):
+@functools.cache
+def owner() -> str:
+    """This process, as the streaming turns it owns name it: host, pid and start time (pids are reused)."""
+    import psutil
+
+    return f"{socket.gethostname()}:{os.getpid()}:{psutil.Process().create_time():.0f}"
+
+
+def _alive(owner_id: str | None) -> bool:
+    """Whether the process that owns a streaming turn still runs (on another host: assumed so)."""
+    import psutil
+
+    try:
+        host, pid, started = (owner_id or "").rsplit(":", 2)
+        if host != socket.gethostname():
+            return True
+        return f"{psutil.Process(int(pid)).create_time():.0f}" == started
+    except (ValueError, psutil.Error):
+        return False
+
+
+def writes(method):
+    """The method's body runs on the store's writer thread, inside a group-committed transaction."""
+    @functools.wraps(method)
+    def call(self, *args, **kwargs):
+        if threading.current_thread() is self._writer:
+            return method(self, *args, **kwargs)
+        return self._submit(lambda: method(self, *args, **kwargs)).result()
+
+    call.body = method
+    return call
+
+
+class _Async:
+    """`await store.aio.NAME(...)`: a write is queued to the writer thread (when called) and awaited; a
+    read runs on the reader pool. Either way the event loop never waits on SQLite."""
+
+    def __init__(self, store: Store):
+        self._store = store
+
+    def __getattr__(self, name: str):
+        store, attr = self._store, getattr(type(self._store), name)
+        if hasattr(attr, "body"):
+            def write(*args, **kwargs) -> asyncio.Future:
+                # Queued at the call, not at the await; shielded: a write once queued is done, even when
+                # the awaiting task is cancelled (a stop button) or never awaits it.
+                return asyncio.shield(asyncio.wrap_future(store._submit(lambda: attr.body(store, *args, **kwargs))))
+            return write
+
+        async def read(*args, **kwargs):
+            return await self.read(getattr(store, name), *args, **kwargs)
+        return read
+
+    async def read(self, fn: Callable, *args, **kwargs):
+        """Any function of the store's reads (a view built from several of them), off the event loop."""
+        return await asyncio.get_running_loop().run_in_executor(self._store._readers, functools.partial(fn, *args, **kwargs))
+
+
+class Store(Bulk):
+    def __init__(self, path: str | Path, busy_timeout_ms: int = 10_000, readers: int = 8):
         self.path = Path(path)
-        self.path.parent.mkdir(parents=True, exist_ok=True)
+        if self.path.is_dir():
+            raise StoreError(f"{self.path} is a directory, not a database file")
+        if self.path.exists() and self.path.stat().st_size:
+            with self.path.open("rb") as f:
+                if f.read(16) != SQLITE_HEADER:
+                    raise StoreError(f"{self.path} is not a SQLite database (left as it is; set db or --home to another file)")
+        try:
+            self.path.parent.mkdir(parents=True, exist_ok=True)
+        except OSError as e:
+            raise StoreError(f"cannot create {self.path.parent}: {e.strerror}") from None
         self.busy_timeout_ms = busy_timeout_ms
         self._local = threading.local()
-        self._write_lock = FairLock()
-        with self._write_lock:
-            self.db.execute("PRAGMA journal_mode=WAL")  # persistent: stored in the file
-            migrations.apply(self.db)
+        self.commits = 0  # transactions the writer committed (each may hold many writes)
+        self._queue: queue.SimpleQueue = queue.SimpleQueue()
+        self._readers = ThreadPoolExecutor(readers, thread_name_prefix="limachat-store-read")
+        self.aio = _Async(self)
+        try:  # on this thread, before the writer starts: a database that needs nothing is only read
+            self._migrate()
+        except sqlite3.OperationalError as e:
+            raise StoreError(f"{self.path}: {e}" + (" by another process; nothing was changed, try again" if "locked" in str(e) else "")) from None
+        except (ValueError, sqlite3.DatabaseError) as e:
+            raise StoreError(f"{self.path}: {e}") from None
+        finally:
+            self.close_connection()
+        self._writer = threading.Thread(target=self._write_loop, name="limachat-store-writer", daemon=True)
+        self._writer.start()
 
-    # -- connections ----------------------------------------------------------------------------
+    # -- connections and the writer --------------------------------------------------------------
     @property
     def db(self) -> Database:
         """This thread's connection (opened on first use, with WAL, busy timeout, foreign keys)."""
         db = getattr(self._local, "db", None)
         if db is None or getattr(self._local, "pid", None) != os.getpid():
-            db = Database(self.path)
+            db = Database(sqlite3.connect(self.path, isolation_level=None))
             db.execute(f"PRAGMA busy_timeout={self.busy_timeout_ms}")
             db.execute("PRAGMA foreign_keys=ON")
             db.execute("PRAGMA synchronous=NORMAL")  # WAL + NORMAL: a commit survives a crash of this process
             self._local.db, self._local.pid = db, os.getpid()
         return db
 
-    @contextmanager
-    def write(self) -> Iterator[Database]:
-        """One transaction, serialized with the other writers of this process."""
-        with self._write_lock:
-            db = self.db
-            with db.atomic():
-                yield db
+    def _migrate(self) -> None:
+        db = self.db
+        if db.execute("PRAGMA journal_mode").fetchone()[0] != "wal":
+            db.execute("PRAGMA journal_mode=WAL")  # persistent: stored in the file
+        if "_sqlite_migrations" in db.table_names() and not migrations.pending(db):
+            return
+        db.execute("PRAGMA foreign_keys=OFF")  # a migration that rebuilds a table checks the keys itself
+        try:
+            migrations.apply(db)
+        finally:
+            db.execute("PRAGMA foreign_keys=ON")
 
-    # The hot writes (every turn, every streamed chunk, every rating) are plain parameterised
-    # statements: sqlite-utils' Table.update/insert re-read the schema and the row on every call
-    # (about 6 statements per update), which tripled the time each write holds the lock (see
-    # BENCHMARKS.md). Schema, migrations, imports and bulk writes go through sqlite-utils.
+    def _submit(self, fn: Callable[[], Any]) -> Future:
+        if not getattr(self, "_writer", None) or not self._writer.is_alive():
+            raise StoreError(f"{self.path} is closed")
+        future: Future = Future()
+        self._queue.put((fn, future))
+        return future
+
+    def _write_loop(self) -> None:
+        while True:
+            batch = [self._queue.get()]
+            while batch[-1] is not None and len(batch) < BATCH:
+                try:
+                    batch.append(self._queue.get_nowait())
+                except queue.Empty:
+                    break
+            stop = batch[-1] is None
+            work = [item for item in batch if item is not None]
+            if work:
+                self._commit(work)
+            if stop:
+                self.close_connection()
+                return
+
+    def _commit(self, work: list[tuple[Callable, Future]]) -> None:
+        """Run the queued writes in one transaction, each in its own savepoint; acknowledge after COMMIT."""
+        db = self.db.conn
+        try:
+            db.execute("BEGIN IMMEDIATE")
+        except sqlite3.Error as e:
+            return self._fail(work, e)
+        results = []
+        for fn, future in work:
+            if not future.set_running_or_notify_cancel():
+                continue
+            db.execute("SAVEPOINT write")
+            try:
+                results.append((future, fn(), None))
+                db.execute("RELEASE write")
+            except BaseException as e:  # noqa: BLE001 - handed to the caller
+                if not db.in_transaction:  # the error ended the whole transaction: nothing of it stands
+                    return self._fail([(None, f) for f, _, _ in results] + [(fn, future)], e, started=True)
+                db.execute("ROLLBACK TO write")
+                db.execute("RELEASE write")
+                results.append((future, None, e))
+        try:
+            db.execute("COMMIT")
+            self.commits += 1
+        except sqlite3.Error as e:
+            if db.in_transaction:
+                db.execute("ROLLBACK")
+            return self._fail([(None, f) for f, _, _ in results], e, started=True)
+        for future, result, error in results:
+            future.set_exception(error) if error is not None else future.set_result(result)
+
+    def _fail(self, work, error: BaseException, started: bool = False) -> None:
+        if isinstance(error, sqlite3.OperationalError) and "locked" in str(error):
+            error = StoreError(f"{self.path} is locked by another process (waited {self.busy_timeout_ms / 1000:.0f} s); "
+                               "nothing was written, try again")
+        elif isinstance(error, sqlite3.DatabaseError) and not isinstance(error, sqlite3.IntegrityError):
+            error = StoreError(f"{self.path}: {error}; nothing was written")
+        for _, future in work:
+            if started or future.set_running_or_notify_cancel():
+                future.set_exception(error)
+
+    def transaction(self, fn: Callable[[Database], Any]) -> Any:
+        """Several writes as one (an import): `fn(db)` runs on the writer thread in one transaction."""
+        return writes(lambda self: fn(self.db))(self)
+
+    def close_connection(self) -> None:
+        db = getattr(self._local, "db", None)
+        if db is not None:
+            db.close()
+            self._local.db = None
+
+    def close(self) -> None:
+        """Finish the queued writes, then stop the writer and the readers."""
+        if getattr(self, "_writer", None) and self._writer.is_alive():
+            self._queue.put(None)
+            self._writer.join()
+        self._readers.shutdown(wait=True)
+        self.close_connection()
+
+    # -- raw access, inside this module only -----------------------------------------------------
     @staticmethod
     def _insert(db: Database, table: str, record: dict[str, Any]) -> None:
+        # The hot writes are plain parameterised statements: sqlite-utils' Table.insert/update re-read
+        # the schema on every call (about 6 statements per update). Bulk writes use sqlite-utils.
         cols = ", ".join(record)
         db.execute(f"insert into {table} ({cols}) values ({', '.join('?' * len(record))})", list(record.values()))
 
@@ -146,60 +289,75 @@ class Store:
         if db.execute(f"update {table} set {sets} where id = ?", [*fields.values(), row_id]).rowcount != 1:
             raise StoreError(f"no {table[:-1]} {row_id!r}")
 
-    def close(self) -> None:
-        db = getattr(self._local, "db", None)
-        if db is not None:
-            db.close()
-            self._local.db = None
-
-    def query(self, sql: str, params: tuple | dict = ()) -> list[dict[str, Any]]:
+    def _query(self, sql: str, params: tuple | dict = ()) -> list[dict[str, Any]]:
         return [_row(r) for r in self.db.query(sql, params)]
 
-    def tuples(self, sql: str, params: tuple | dict = ()) -> list[tuple]:
+    def _tuples(self, sql: str, params: tuple | dict = ()) -> list[tuple]:
         """Plain rows for bulk reads (report, export): a dict per row costs more than the query."""
         return self.db.execute(sql, params).fetchall()
 
     # -- sessions ---------------------------------------------------------------------------------
+    @writes
     def start_session(self, mode: str = "chat", *, annotator: str | None = None, prompt_set: str | None = None,
                       prompt: str | None = None, notes: str | None = None, meta: dict | None = None) -> str:
         sid = new_id()
-        record = {"id": sid, "created": now(), "mode": _check(mode, MODES, "mode"), "prompt_set": prompt_set,
-                  "prompt": prompt, "annotator": annotator, "notes": notes,
-                  "meta": to_json("meta", meta), "closed": None}
-        with self.write() as db:
-            self._insert(db, "sessions", record)
+        self._insert(self.db, "sessions", {
+            "id": sid, "created": now(), "mode": _check(mode, MODES, "mode"), "prompt_set": prompt_set, "prompt": prompt,
+            "annotator": annotator, "notes": notes, "meta": to_json("meta", meta), "closed": None})
         return sid
 
     def session(self, session_id: str) -> dict[str, Any]:
-        rows = self.query("select * from sessions where id = ?", (session_id,))
+        rows = self._query("select * from sessions where id = ?", (session_id,))
         if not rows:
             raise StoreError(f"no session {session_id!r}")
         return rows[0]
 
-    def sessions(self, limit: int = 100, offset: int = 0) -> list[dict[str, Any]]:
-        """Newest first, with counts of turns and rated assistant turns."""
-        return self.query(
-            """select s.*, (select count(*) from turns t where t.session_id = s.id) as turns,
+    def sessions(self, limit: int = 100, offset: int = 0, annotator: str | None = None) -> list[dict[str, Any]]:
+        """Newest first, with counts of turns and rated assistant turns (only `annotator`'s, when given)."""
+        where = "where s.annotator = :who" if annotator is not None else ""
+        return self._query(
+            f"""select s.*, (select count(*) from turns t where t.session_id = s.id) as turns,
                       (select count(distinct r.turn_id) from ratings r join turns t on t.id = r.turn_id
                         where t.session_id = s.id and r.current = 1) as rated,
                       (select content from turns t where t.session_id = s.id and t.role = 'user'
                         order by t.created limit 1) as first_prompt
-               from sessions s order by s.created desc limit ? offset ?""", (limit, offset))
+               from sessions s {where} order by s.created desc limit :limit offset :offset""",
+            {"who": annotator, "limit": limit, "offset": offset})
 
+    def sessions_where(self, mode: str | None = None, since: str | None = None, until: str | None = None) -> dict[str, dict]:
+        """id -> session, for the export filters."""
+        conditions = [(sql, value) for sql, value in (("mode = ?", mode), ("created >= ?", since), ("created < ?", until)) if value]
+        clause = (" where " + " and ".join(sql for sql, _ in conditions)) if conditions else ""
+        return {s["id"]: s for s in self._query(f"select * from sessions{clause}", tuple(v for _, v in conditions))}
+
+    @writes
     def update_session(self, session_id: str, **fields: Any) -> None:
         allowed = {"notes", "annotator", "meta", "closed"}
         if not set(fields) <= allowed:
             raise StoreError(f"cannot change {', '.join(sorted(set(fields) - allowed))} of a session")
-        fields = {k: to_json(k, v) for k, v in fields.items()}
-        with self.write() as db:
-            self._update(db, "sessions", session_id, fields)
+        self._update(self.db, "sessions", session_id, {k: to_json(k, v) for k, v in fields.items()})
 
     def close_session(self, session_id: str) -> None:
         self.update_session(session_id, closed=now())
 
+    def prompt_coverage(self, prompt_set: str) -> dict[tuple[str, str], int]:
+        """(prompt id, checkpoint) -> sessions of the prompt set in which the checkpoint answered it."""
+        rows = self._tuples(
+            """select s.prompt, t.checkpoint, count(distinct s.id) from sessions s join turns t on t.session_id = s.id
+               where s.prompt_set = ? and t.role = 'assistant' and t.status = 'ok' group by s.prompt, t.checkpoint""",
+            (prompt_set,))
+        return {(p, c): n for p, c, n in rows}
+
+    def counts(self) -> dict[str, int]:
+        """Rows per table: what a check that nothing changed compares."""
+        return {t: self._tuples(f"select count(*) from {t}")[0][0] for t in ("sessions", "turns", "ratings", "edits", "verdicts")}
+
+    def integrity(self) -> str:
+        return self._tuples("PRAGMA integrity_check")[0][0]
+
     # -- turns --------------------------------------------------------------------------------------
     def turn(self, turn_id: str) -> dict[str, Any]:
-        rows = self.query("select * from turns where id = ?", (turn_id,))
+        rows = self._query("select * from turns where id = ?", (turn_id,))
         if not rows:
             raise StoreError(f"no turn {turn_id!r}")
         return rows[0]
@@ -213,15 +371,26 @@ class Store:
 
     def turns(self, session_id: str) -> list[dict[str, Any]]:
         """Every turn of a session, every branch, in creation order."""
-        return self.query("select * from turns where session_id = ? order by created, id", (session_id,))
+        return self._query("select * from turns where session_id = ? order by created, id", (session_id,))
+
+    def statuses(self, turn_ids: list[str]) -> dict[str, str]:
+        return dict(self._tuples("select id, status from turns where id in (select value from json_each(?))",
+                                 (json.dumps(turn_ids),)))
+
+    def latest_turn(self, session_id: str) -> str | None:
+        """The newest turn of a session: where a resumed chat picks up."""
+        rows = self._tuples("select id from turns where session_id = ? order by created desc, id desc limit 1", (session_id,))
+        return rows[0][0] if rows else None
 
     def children(self, turn_id: str | None, session_id: str | None = None) -> list[dict[str, Any]]:
         if turn_id is None:
-            return self.query("select * from turns where session_id = ? and parent_id is null order by created, id", (session_id,))
-        return self.query("select * from turns where parent_id = ? order by created, id", (turn_id,))
+            return self._query("select * from turns where session_id = ? and parent_id is null order by created, id", (session_id,))
+        return self._query("select * from turns where parent_id = ? order by created, id", (turn_id,))
 
     def _insert_turn(self, session_id: str, parent_id: str | None, role: str, content: str, lane: str | None,
                      **fields: Any) -> str:
+        if lane is not None:
+            _check(lane, LANES, "lane")
         exchange = 1
         if parent_id is not None:
             parent = self._turn_brief(parent_id)
@@ -237,49 +406,62 @@ class Store:
         tid = new_id()
         record = {"id": tid, "session_id": session_id, "parent_id": parent_id, "lane": lane, "exchange": exchange,
                   "role": role, "content": content, "created": now(), **fields}
-        record = {k: to_json(k, v) for k, v in record.items()}
-        with self.write() as db:
-            self._insert(db, "turns", record)
+        self._insert(self.db, "turns", {k: to_json(k, v) for k, v in record.items()})
         return tid
 
+    @writes
     def add_user_turn(self, session_id: str, content: str, parent_id: str | None = None, lane: str | None = None) -> str:
         """Saved before any model call, so a failing model never loses what the user wrote."""
         if not content.strip():
             raise StoreError("a user turn needs some text")
         return self._insert_turn(session_id, parent_id, "user", content, lane, status="ok")
 
+    @writes
     def begin_assistant_turn(self, session_id: str, parent_id: str, *, checkpoint: str, model: str | None = None,
                              endpoint: str | None = None, params: dict | None = None, lane: str | None = None,
                              preset: str | None = None, omitted: list[str] | None = None) -> str:
-        """`params` are the sampling fields as sent; `omitted` the preset's keys the endpoint was not sent."""
+        """`params` are the sampling fields as sent; `omitted` the preset's keys the endpoint was not sent.
+        The turn is owned by this process until it is finished (see repair_interrupted)."""
         return self._insert_turn(session_id, parent_id, "assistant", "", lane, status="streaming", checkpoint=checkpoint,
                                  model=model, endpoint=endpoint, params=params or {}, preset=preset,
-                                 omitted=omitted or None)
+                                 omitted=omitted or None, owner=owner())
 
+    @writes
     def save_partial(self, turn_id: str, text: str) -> None:
         """The text streamed so far (called as it arrives: a crash loses only what is in flight)."""
-        with self.write() as db:
-            self._update(db, "turns", turn_id, {"content": text})
+        self._update(self.db, "turns", turn_id, {"content": text})
 
+    @writes
     def finish_assistant_turn(self, turn_id: str, content: str, *, status: str = "ok", error: str | None = None,
-                              prompt_tokens: int | None = None, completion_tokens: int | None = None,
-                              ttft: float | None = None, latency: float | None = None, params: dict | None = None) -> None:
-        """`params` replaces the request parameters saved at the start (when the request changed on the way)."""
+                              error_detail: str | None = None, prompt_tokens: int | None = None,
+                              completion_tokens: int | None = None, ttft: float | None = None,
+                              latency: float | None = None, params: dict | None = None) -> None:
+        """`error` names no checkpoint, model or endpoint (a blind page shows it); `error_detail` may.
+        `params` replaces the request parameters saved at the start (when the request changed on the way)."""
         _check(status, STATUSES[1:], "status")
-        fields = {"content": content, "status": status, "error": error, "prompt_tokens": prompt_tokens,
-                  "completion_tokens": completion_tokens, "ttft": ttft, "latency": latency}
+        fields = {"content": content, "status": status, "error": error, "error_detail": error_detail,
+                  "prompt_tokens": prompt_tokens, "completion_tokens": completion_tokens, "ttft": ttft,
+                  "latency": latency, "owner": None}
         if params is not None:
             fields["params"] = to_json("params", params)
-        with self.write() as db:
-            self._update(db, "turns", turn_id, fields)
+        self._update(self.db, "turns", turn_id, fields)
 
+    @writes
     def set_fluency(self, turn_id: str, value: float) -> None:
-        with self.write() as db:
-            self._update(db, "turns", turn_id, {"fluency": value})
+        self._update(self.db, "turns", turn_id, {"fluency": value})
+
+    @writes
+    def repair_interrupted(self) -> int:
+        """Replies left `streaming` by a process that is gone (a crash, a kill) become errors that keep
+        their partial text; the page offers retry on them. Returns how many."""
+        dead = [tid for tid, who in self.db.execute("select id, owner from turns where status = 'streaming'") if not _alive(who)]
+        for tid in dead:
+            self._update(self.db, "turns", tid, {"status": "error", "error": INTERRUPTED, "owner": None})
+        return len(dead)
 
     def branch(self, turn_id: str) -> list[dict[str, Any]]:
         """The turns from the root of the tree down to `turn_id`."""
-        rows = self.query(
+        rows = self._query(
             """with recursive up(id, parent_id, depth) as (
                  select id, parent_id, 0 from turns where id = ?
                  union all select t.id, t.parent_id, up.depth + 1 from turns t join up on t.id = up.parent_id)
@@ -300,7 +482,28 @@ class Store:
             out.append({"role": t["role"], "content": t["content"]})
         return out
 
+    def tree(self) -> list[tuple]:
+        """(id, parent_id, role, status, checkpoint, exchange) of every turn (the report's walk; no content)."""
+        return self._tuples("select id, parent_id, role, status, checkpoint, exchange from turns")
+
+    def chain_turns(self) -> list[dict[str, Any]]:
+        """Every turn with what a training chain needs, oldest first (the export's walk)."""
+        return self._query("select id, session_id, parent_id, role, content, checkpoint, status, created from turns order by created, id")
+
+    def latest_replies(self) -> list[tuple[str, str, str]]:
+        """(session, lane or '', turn id) of the newest finished reply of each conversation."""
+        rows = self._tuples(  # SQLite returns the bare column `id` from the row holding max(created)
+            """select session_id, coalesce(lane, ''), id, max(created) from turns
+               where role = 'assistant' and status = 'ok' group by session_id, coalesce(lane, '')""")
+        return [r[:3] for r in rows]
+
+    def fluency_by_checkpoint(self) -> list[tuple[str, float, int]]:
+        """(checkpoint, mean fluency, replies scored)."""
+        return self._tuples("""select coalesce(checkpoint, 'imported'), avg(fluency), count(fluency) from turns
+                               where role = 'assistant' and status = 'ok' and fluency is not null group by 1""")
+
     # -- ratings, gold edits, verdicts ---------------------------------------------------------------
+    @writes
     def rate(self, turn_id: str, annotator: str, label: str, comment: str | None = None) -> str:
         """The annotator's current label for the turn; the one it replaces stays in history."""
         _check(label, LABELS, "label")
@@ -308,57 +511,85 @@ class Store:
             raise StoreError("a rating needs an annotator")
         if self._turn_brief(turn_id)[1] != "assistant":
             raise StoreError("only assistant turns are rated")
+        db = self.db
+        same = db.execute("select id from ratings where turn_id = ? and annotator = ? and current = 1 and label = ?",
+                          (turn_id, annotator, label)).fetchone()
+        if same:  # the same label again (a double click) is not a new rating
+            return same[0]
         rid = new_id()
-        with self.write() as db:
-            same = db.execute("select id from ratings where turn_id = ? and annotator = ? and current = 1 and label = ?",
-                              (turn_id, annotator, label)).fetchone()
-            if same:  # the same label again (a double click) is not a new rating
-                return same[0]
-            db.execute("update ratings set current = 0 where turn_id = ? and annotator = ? and current = 1", (turn_id, annotator))
-            self._insert(db, "ratings", {"id": rid, "turn_id": turn_id, "annotator": annotator, "label": label,
-                                         "comment": comment, "created": now(), "current": 1})
+        db.execute("update ratings set current = 0 where turn_id = ? and annotator = ? and current = 1", (turn_id, annotator))
+        self._insert(db, "ratings", {"id": rid, "turn_id": turn_id, "annotator": annotator, "label": label,
+                                     "comment": comment, "created": now(), "current": 1})
         return rid
 
     def ratings(self, turn_id: str, *, history: bool = False) -> list[dict[str, Any]]:
         where = "" if history else " and current = 1"
-        return self.query(f"select * from ratings where turn_id = ?{where} order by created, id", (turn_id,))
+        return self._query(f"select * from ratings where turn_id = ?{where} order by created, id", (turn_id,))
 
     def current_labels(self, session_id: str, annotator: str | None = None) -> dict[str, str]:
         """turn id -> current label (of `annotator`, or the latest of anyone's) for one session."""
-        rows = self.query(
+        rows = self._tuples(
             """select r.turn_id, r.label, r.annotator from ratings r join turns t on t.id = r.turn_id
                where t.session_id = ? and r.current = 1 order by r.created, r.id""", (session_id,))
-        return {r["turn_id"]: r["label"] for r in rows if annotator is None or r["annotator"] == annotator}
+        return {turn: label for turn, label, who in rows if annotator is None or who == annotator}
 
+    def current_ratings(self, annotator: str | None = None) -> list[tuple[str, str, str]]:
+        """(turn id, annotator, label) of every current rating (of one annotator, when given)."""
+        if annotator is None:
+            return self._tuples("select turn_id, annotator, label from ratings where current = 1")
+        return self._tuples("select turn_id, annotator, label from ratings where current = 1 and annotator = ?", (annotator,))
+
+    def lowest_labels(self, annotator: str | None = None, ratings: list[tuple[str, str, str]] | None = None) -> dict[str, str]:
+        """turn id -> the lowest current label among its annotators (or `annotator`'s own): a turn one
+        annotator failed never counts as excellent. `ratings`: current_ratings() already read."""
+        lowest: dict[str, str] = {}
+        for turn, _, label in self.current_ratings(annotator) if ratings is None else ratings:
+            if turn not in lowest or RANK[label] < RANK[lowest[turn]]:
+                lowest[turn] = label
+        return lowest
+
+    @writes
     def edit(self, turn_id: str, annotator: str, content: str) -> str:
         """A gold correction of an assistant turn, kept beside the original."""
-        if self.turn(turn_id)["role"] != "assistant":
+        if self._turn_brief(turn_id)[1] != "assistant":
             raise StoreError("gold edits correct assistant turns")
         if not content.strip() or not annotator:
             raise StoreError("a gold edit needs text and an annotator")
         eid = new_id()
-        with self.write() as db:
-            self._insert(db, "edits", {"id": eid, "turn_id": turn_id, "annotator": annotator, "content": content, "created": now()})
+        self._insert(self.db, "edits", {"id": eid, "turn_id": turn_id, "annotator": annotator, "content": content, "created": now()})
         return eid
 
-    def gold(self, turn_id: str) -> str | None:
-        rows = self.query("select content from edits where turn_id = ? order by created desc, id desc limit 1", (turn_id,))
-        return rows[0]["content"] if rows else None
+    def gold_edits(self, turn_ids: list[str] | None = None) -> dict[str, str]:
+        """turn id -> the text of its latest gold edit (of the given turns, or of all)."""
+        if turn_ids is None:
+            rows = self._tuples("select turn_id, content from edits order by created, id")
+        else:
+            rows = self._tuples("select turn_id, content from edits where turn_id in (select value from json_each(?)) "
+                                "order by created, id", (json.dumps(turn_ids),))
+        return dict(rows)  # later rows win: the latest edit
 
+    def gold(self, turn_id: str) -> str | None:
+        return self.gold_edits([turn_id]).get(turn_id)
+
+    @writes
     def verdict(self, session_id: str, turn_a: str, turn_b: str, verdict: str, annotator: str) -> str:
         """Compare mode: which of two assistant turns answering the same prompt was better."""
         _check(verdict, VERDICTS, "verdict")
         a, b = self.turn(turn_a), self.turn(turn_b)
         if not (a["session_id"] == b["session_id"] == session_id) or a["role"] != "assistant" or b["role"] != "assistant":
             raise StoreError("a verdict compares two assistant turns of the same session")
+        db = self.db
         vid = new_id()
-        with self.write() as db:
-            db.execute("update verdicts set current = 0 where turn_a = ? and turn_b = ? and annotator = ? and current = 1",
-                       (turn_a, turn_b, annotator))
-            self._insert(db, "verdicts", {"id": vid, "session_id": session_id, "turn_a": turn_a, "turn_b": turn_b,
-                                          "checkpoint_a": a["checkpoint"], "checkpoint_b": b["checkpoint"],
-                                          "verdict": verdict, "annotator": annotator, "created": now(), "current": 1})
+        db.execute("update verdicts set current = 0 where turn_a = ? and turn_b = ? and annotator = ? and current = 1",
+                   (turn_a, turn_b, annotator))
+        self._insert(db, "verdicts", {"id": vid, "session_id": session_id, "turn_a": turn_a, "turn_b": turn_b,
+                                      "checkpoint_a": a["checkpoint"], "checkpoint_b": b["checkpoint"],
+                                      "verdict": verdict, "annotator": annotator, "created": now(), "current": 1})
         return vid
 
     def verdicts(self, session_id: str) -> list[dict[str, Any]]:
-        return self.query("select * from verdicts where session_id = ? and current = 1 order by created, id", (session_id,))
+        return self._query("select * from verdicts where session_id = ? and current = 1 order by created, id", (session_id,))
+
+    def current_verdicts(self) -> list[dict[str, Any]]:
+        return self._query("select session_id, turn_a, turn_b, checkpoint_a, checkpoint_b, annotator, verdict "
+                           "from verdicts where current = 1")

@@ -21,7 +21,48 @@ _auth_option = click.option("--auth", "auth_file", type=click.Path(exists=True, 
                             help="Users log in with a user:password line of FILE; ratings carry the user's name.")
 
 
-@click.group(context_settings={"help_option_names": ["-h", "--help"]})
+class _Main(click.Group):
+    """Errors a user can fix are one line (`Error: ...`, exit 1). Anything else is an internal error:
+    its traceback goes to <home>/logs/limachat.log and the user gets one line that points there."""
+
+    def main(self, *args, **kwargs):
+        """Click's own handling, except that a usage error is one line too (not usage + hint + error)."""
+        import sys
+
+        try:
+            return super().main(*args, standalone_mode=False, **kwargs)
+        except click.UsageError as e:
+            where = f"limachat {e.ctx.command_path.partition(' ')[2]}".strip() if e.ctx else "limachat"
+            click.echo(f"Error: {' '.join(e.format_message().split())} (see `{where} --help`)", err=True)
+            sys.exit(e.exit_code)
+        except click.ClickException as e:
+            e.show()
+            sys.exit(e.exit_code)
+        except click.Abort:
+            click.echo("Aborted.", err=True)
+            sys.exit(1)
+
+    def invoke(self, ctx: click.Context):
+        from limachat.demo.users import AuthFileError
+        from limachat.dialogues.formats import FormatError
+        from limachat.dialogues.store import StoreError
+        from limachat.logs import internal
+
+        try:
+            return super().invoke(ctx)
+        except (click.ClickException, click.exceptions.Exit, click.Abort, KeyboardInterrupt, SystemExit):
+            raise
+        except (StoreError, FormatError, AuthFileError, SettingsError) as e:
+            raise click.ClickException(str(e)) from None
+        except OSError as e:
+            if e.filename is None:
+                raise click.ClickException(internal(e, f"limachat {ctx.invoked_subcommand or ''}".strip())) from None
+            raise click.ClickException(f"{e.filename}: {e.strerror}") from None
+        except Exception as e:  # noqa: BLE001 - logged with its traceback
+            raise click.ClickException(internal(e, f"limachat {ctx.invoked_subcommand or ''}".strip())) from None
+
+
+@click.group(cls=_Main, context_settings={"help_option_names": ["-h", "--help"]})
 @click.option("--config", "config", type=click.Path(dir_okay=False, path_type=Path), envvar="LIMACHAT_CONFIG",
               help="TOML settings file (default ./limachat.toml when present).")
 @click.option("--home", type=click.Path(file_okay=False, path_type=Path), help="Data directory (LIMACHAT_HOME, default ./data).")
@@ -32,11 +73,18 @@ def main(ctx: click.Context, config: Path | None, home: Path | None) -> None:
 
     if config is not None:
         os.environ["LIMACHAT_CONFIG"] = str(config)
+    from limachat.logs import setup
+
     try:
         settings = load_settings(home=home)
     except SettingsError as e:
         raise click.ClickException(str(e)) from None
     ctx.obj = {"settings": settings}
+    if ctx.invoked_subcommand not in (None, "config"):
+        try:
+            setup(settings.home)
+        except OSError as e:
+            raise click.ClickException(f"home {settings.home}: cannot write its logs folder ({e.strerror})") from None
 
 
 @main.command("config")
@@ -91,8 +139,29 @@ def _stop_on_signals() -> None:
     signal.signal(signal.SIGINT, _interrupt)
 
 
-def _serve(settings: Settings, prepared, *, app: bool = False, auth_file: Path | None = None) -> None:
-    from limachat.serve.server import ServerConfig, ServerError, VLLMServer, find_adapters, has_cuda_gpu
+def _replace_stale(settings: Settings) -> None:
+    """A vLLM server this home started on the port, whose supervisor died (a crash, a kill -9), is
+    stopped so a new one can take the port. Anything else on the port is left alone."""
+    import psutil
+
+    from limachat.serve.server import pidfile, stale_server
+
+    proc = stale_server(settings.home, settings.server.port)
+    if proc is None:
+        return
+    _progress(f"stopping the vLLM server (pid {proc.pid}) left on port {settings.server.port} by an earlier limachat that stopped")
+    family = [proc, *proc.children(recursive=True)]
+    for p in family:
+        p.terminate()
+    _, alive = psutil.wait_procs(family, timeout=20)
+    for p in alive:
+        p.kill()
+    psutil.wait_procs(alive, timeout=10)
+    pidfile(settings.home, settings.server.port).unlink(missing_ok=True)
+
+
+def _serve(settings: Settings, prepared, *, app: bool = False, users: dict[str, str] | None = None) -> None:
+    from limachat.serve.server import ServerConfig, ServerError, VLLMServer, find_adapters, has_cuda_gpu, pidfile
 
     try:
         adapters = find_adapters(settings.home, prepared.adapter, prepared.model)
@@ -106,21 +175,29 @@ def _serve(settings: Settings, prepared, *, app: bool = False, auth_file: Path |
                           gpu=has_cuda_gpu() if gpu is None else gpu, dtype=s.dtype, enforce_eager=s.enforce_eager,
                           max_model_len=s.max_model_len, max_lora_rank=s.max_lora_rank, kv_cache_gib=s.kv_cache_gib,
                           extra_args=s.extra_args)
-    server = VLLMServer(config, settings.home / "logs" / f"vllm-{s.port}.log")
+    server = VLLMServer(config, settings.home / "logs" / f"vllm-{s.port}.log", pidfile(settings.home, s.port))
+    _replace_stale(settings)
 
     _stop_on_signals()
     ui = None
     try:
-        _progress(f"starting vLLM on {'GPU' if config.gpu else 'CPU'} (log: {server.log_path})")
-        server.start(timeout=s.start_timeout, progress=_progress)
-        names = ", ".join(["base", *(a.name for a in adapters)])
-        click.echo(f"vLLM ready in {server.start_seconds:.0f} s: {config.url} serving {names}."
-                   f"{'' if app else ' Ctrl-C stops it.'}", err=True)
-        if app:
-            ui = _start_app(settings, auth_file, block=False)
-        while server.proc.poll() is None:
-            time.sleep(0.5)
-        raise click.ClickException(f"vLLM exited with code {server.proc.returncode}; see {server.log_path}: {server.log_error()}")
+        for attempt in range(RESTARTS + 1):
+            _progress(f"starting vLLM on {'GPU' if config.gpu else 'CPU'} (log: {server.log_path})")
+            server.start(timeout=s.start_timeout, progress=_progress)
+            names = ", ".join(["base", *(a.name for a in adapters)])
+            click.echo(f"vLLM ready in {server.start_seconds:.0f} s: {config.url} serving {names}."
+                       f"{'' if app else ' Ctrl-C stops it.'}", err=True)
+            if app and ui is None:
+                ui = _start_app(settings, users, block=False)
+            while server.proc.poll() is None:
+                time.sleep(0.5)
+            stopped = f"vLLM stopped (exit code {server.proc.returncode}): {server.log_error()} (log: {server.log_path})"
+            server.stop()  # whatever it left behind
+            if attempt < RESTARTS:
+                _progress(f"{stopped}. Restarting it ({attempt + 1} of {RESTARTS}). Replies it cut off are kept as "
+                          "errors; retry them once it is ready.")
+        raise click.ClickException(f"{stopped}. Stopped after {RESTARTS} restarts; nothing is lost: start again with "
+                                   f"`limachat {'demo' if app else 'serve'}`.")
     except ServerError as e:
         raise click.ClickException(str(e)) from None
     except KeyboardInterrupt:
@@ -134,22 +211,35 @@ def _serve(settings: Settings, prepared, *, app: bool = False, auth_file: Path |
     _progress("stopped")
 
 
+PORT = click.IntRange(1, 65535)
+RESTARTS = 3  # times `serve` and `demo` start vLLM again when it stops by itself
+
+
 @main.command("serve")
-@click.option("--port", type=int, help="Port (server.port, default 8000).")
+@click.option("--port", type=PORT, help="Port (server.port, default 8000).")
 @click.option("--host", help="Address to bind (server.host, default 127.0.0.1).")
 @click.option("--base", help="A Hugging Face model id or local folder instead of the bundled model.")
 @click.pass_context
 def serve_cmd(ctx: click.Context, port: int | None, host: str | None, base: str | None) -> None:
     """Serve the base with the `zero-shot` and `dialogue` LoRA adapters through vLLM until Ctrl-C."""
     settings = _settings(ctx)
-    try:
-        if port is not None:
-            settings.server.port = port
-        if host is not None:
-            settings.server.host = host
-    except ValueError as e:
-        raise click.ClickException(f"--port/--host: {e.errors()[0]['msg']}") from None
+    if port is not None:
+        settings.server.port = port
+    if host is not None:
+        settings.server.host = host
+    _check_host(host, "--host")
     _serve(settings, _prepare(settings, base))
+
+
+def _check_host(host: str | None, option: str) -> None:
+    import socket
+
+    if host is None:
+        return
+    try:
+        socket.getaddrinfo(host, None)
+    except socket.gaierror as e:
+        raise click.ClickException(f"{option} {host!r}: not an address of this machine ({e.strerror})") from None
 
 
 @main.command("demo")
@@ -164,28 +254,50 @@ def demo_cmd(ctx: click.Context, base: str | None, auth_file: Path | None) -> No
     from limachat.train.data import bundled_examples, split
 
     settings = _settings(ctx)
+    users = _users(auth_file)
+    _check_app_port(settings)
     prepared = _prepare(settings, base)
     run(settings, ["zero-shot", "dialogue"], split(bundled_examples()), prepared.model, {}, progress=_progress)
-    _serve(settings, prepared, app=True, auth_file=auth_file)
+    _serve(settings, prepared, app=True, users=users)
 
 
-def _start_app(settings: Settings, auth_file: Path | None, *, block: bool):
-    """Build the Gradio app over the store and the configured checkpoints and serve it."""
-    from limachat.demo.app import app_checkpoints, build_app, launch, read_auth
-    from limachat.serve.client import ChatClient
+def _users(auth_file: Path | None) -> dict[str, str] | None:
+    """The users of an --auth file (read before anything starts, so a bad file stops nothing)."""
+    from limachat.demo.users import AuthFileError, plain, read_users
 
+    if auth_file is None:
+        return None
     try:
-        users = read_auth(auth_file) if auth_file else None
-    except (OSError, ValueError) as e:
+        users = read_users(auth_file)
+    except AuthFileError as e:
         raise click.ClickException(f"--auth: {e}") from None
+    if plain(users):
+        _progress(f"warning: --auth {auth_file}: the password of {', '.join(plain(users))} is stored in plain text; "
+                  f"store a hash with `limachat users add NAME --file {auth_file}`")
+    return users
+
+
+def _check_app_port(settings: Settings) -> None:
+    from limachat.serve.server import _port_in_use
+
+    if _port_in_use(settings.app.host, settings.app.port):
+        raise click.ClickException(f"app port {settings.app.port} is already in use (set app.port or --port)")
+
+
+def _start_app(settings: Settings, users: dict[str, str] | None, *, block: bool):
+    """Build the Gradio app over the store and the configured checkpoints and serve it."""
+    from limachat.demo.app import app_checkpoints, build_app, launch
+    from limachat.serve.client import ChatClient
+    from limachat.serve.server import url_host
+
+    _check_app_port(settings)
     checkpoints = app_checkpoints(settings)
     for ck in checkpoints:
         _progress(f"{ck.name}: {ck.model} at {ck.base_url} ({ChatClient(ck).status()})")
     app = build_app(_store(settings), checkpoints, settings, auth=users is not None)
-    url = f"http://{settings.app.host}:{settings.app.port}"
+    url = f"http://{url_host(settings.app.host)}:{settings.app.port}"
     launch(app, settings, users=users, block=False)
-    click.echo(f"app ready: {url}{' (log in with a user of ' + str(auth_file) + ')' if users else ''}. Ctrl-C stops it.",
-               err=True)
+    click.echo(f"app ready: {url}{' (log in as a user of the --auth file)' if users else ''}. Ctrl-C stops it.", err=True)
     if block:
         try:
             while True:
@@ -198,7 +310,7 @@ def _start_app(settings: Settings, auth_file: Path | None, *, block: bool):
 
 
 @main.command("app")
-@click.option("--port", type=int, help="Port (app.port, default 7860).")
+@click.option("--port", type=PORT, help="Port (app.port, default 7860).")
 @click.option("--host", help="Address to bind (app.host, default 127.0.0.1).")
 @_auth_option
 @click.pass_context
@@ -209,15 +321,25 @@ def app_cmd(ctx: click.Context, port: int | None, host: str | None, auth_file: P
         settings.app.port = port
     if host is not None:
         settings.app.host = host
+    _check_host(host, "--host")
+    users = _users(auth_file)
     _stop_on_signals()
-    _start_app(settings, auth_file, block=True)
+    _start_app(settings, users, block=True)
     _progress("stopped")
 
 
 def _store(settings: Settings):
     from limachat.dialogues.store import Store
 
-    return Store(settings.db_path)
+    return Store(settings.db_path, busy_timeout_ms=int(settings.db_busy_timeout * 1000))
+
+
+def _writable(path: Path, option: str) -> None:
+    """An output file's folder must exist (and the path must not be a folder): checked before any work."""
+    if path.is_dir():
+        raise click.ClickException(f"{option} {path}: is a folder; give a file name")
+    if not path.parent.is_dir():
+        raise click.ClickException(f"{option} {path}: the folder {path.parent} does not exist")
 
 
 @main.command("import")
@@ -248,6 +370,7 @@ def export_cmd(ctx: click.Context, fmt: str, output: Path, **filters) -> None:
     """Export rated chains as training data (lima, messages) or every session in full (sessions)."""
     from limachat.dialogues.export import Filters, export
 
+    _writable(output, "-o/--output")
     given = [k for k, v in filters.items() if v not in (None, False) and not (k == "min_turns" and v == 1)]
     if fmt == "sessions" and given:
         raise click.ClickException(f"--format sessions writes every session in full; drop --{given[0].replace('_', '-')}")
@@ -263,6 +386,9 @@ def report_cmd(ctx: click.Context, png: Path | None, csv_path: Path | None) -> N
     """LIMA's Figure 7 per checkpoint: label shares, fails, excellent share by turn, agreement."""
     from limachat.dialogues import report as rep
 
+    for path, option in ((png, "--png"), (csv_path, "--csv")):
+        if path is not None:
+            _writable(path, option)
     report = rep.build(_store(_settings(ctx)))
     click.echo(rep.markdown(report, rep.heldout(_settings(ctx).home)), nl=False)
     if csv_path:
@@ -270,6 +396,29 @@ def report_cmd(ctx: click.Context, png: Path | None, csv_path: Path | None) -> N
     if png:
         rep.figure7(report, png)
         click.echo(f"chart: {png}", err=True)
+
+
+@main.group("users")
+def users_cmd() -> None:
+    """Logins for `--auth`: a file of user names and password hashes."""
+
+
+@users_cmd.command("add")
+@click.argument("name")
+@click.option("--file", "path", type=click.Path(dir_okay=False, path_type=Path), default=None,
+              help="The auth file to write (default <home>/users.txt); pass it to `--auth`.")
+@click.option("--password-stdin", is_flag=True, help="Read the password from standard input instead of asking.")
+@click.pass_context
+def users_add(ctx: click.Context, name: str, path: Path | None, password_stdin: bool) -> None:
+    """Add NAME (or change their password), stored as an Argon2id hash."""
+    from limachat.demo.users import add_user
+
+    path = path or _settings(ctx).home / "users.txt"
+    _writable(path, "--file")
+    password = click.get_text_stream("stdin").readline().rstrip("\n") if password_stdin else \
+        click.prompt(f"password for {name}", hide_input=True, confirmation_prompt=True)
+    replaced = add_user(path, name, password)
+    click.echo(f"{'changed the password of' if replaced else 'added'} {name} in {path}; start with --auth {path}")
 
 
 main.add_command(train_cmd)

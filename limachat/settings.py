@@ -112,6 +112,7 @@ class Settings(BaseSettings):
 
     home: Path = Path("data")
     db: Path | None = None  # default: <home>/limachat.db
+    db_busy_timeout: float = Field(10.0, gt=0)  # seconds a write waits for another process's lock
     checkpoints: list[Checkpoint] = Field(default_factory=_default_checkpoints)
     sampling: Sampling = Sampling()
     server: Server = Server()

@@ -26,24 +26,36 @@ XARGS = ("generated_repetition_penalty",)
 
 
 class ClientError(Exception):
-    """A request to a checkpoint failed. `partial` holds any text streamed before the failure."""
+    """A request to a checkpoint failed. `str(e)` is the whole story (it may name the model id and
+    the endpoint's URL); `public` says what happened without naming either, for pages that must not
+    tell which checkpoint is which (blind comparisons). `partial` holds any text streamed before."""
 
-    def __init__(self, message: str, *, partial: str = "", status: int | None = None):
+    public = "the request failed"
+
+    def __init__(self, message: str, *, partial: str = "", status: int | None = None, public: str | None = None):
         super().__init__(message)
         self.partial = partial
         self.status = status
+        if public is not None:
+            self.public = public
 
 
 class EndpointUnreachable(ClientError):
     """Nothing answers at the endpoint's address (server down, wrong host or port)."""
 
+    public = "its server cannot be reached (stopped, starting, or a wrong address)"
+
 
 class UnknownModel(ClientError):
     """The endpoint answers but does not serve the requested model id."""
 
+    public = "its endpoint does not serve the configured model"
+
 
 class ContextTooLong(ClientError):
     """The prompt (plus max_tokens) does not fit the model's context window."""
+
+    public = "the conversation does not fit its context window"
 
 
 class HTTPStatusError(ClientError):
@@ -52,6 +64,8 @@ class HTTPStatusError(ClientError):
 
 class StreamBroken(ClientError):
     """The stream stopped before its end; `partial` keeps what arrived."""
+
+    public = "the reply broke off before its end (its server may have stopped)"
 
 
 @dataclass
@@ -105,7 +119,7 @@ def _classify(status: int, message: str, model: str, url: str) -> ClientError:
         return ContextTooLong(f"prompt too long for {model!r}: {message}", status=status)
     if status == 404 and "model" in message.lower():
         return UnknownModel(f"{url} does not serve model {model!r}: {message}", status=status)
-    return HTTPStatusError(f"{url} answered HTTP {status}: {message}", status=status)
+    return HTTPStatusError(f"{url} answered HTTP {status}: {message}", status=status, public=f"its endpoint answered HTTP {status}")
 
 
 class ChatClient:

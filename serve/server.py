@@ -131,27 +131,91 @@ class ServerConfig:
 
     @property
     def url(self) -> str:
-        host = "127.0.0.1" if self.host in ("0.0.0.0", "::") else self.host
-        return f"http://{host}:{self.port}/v1"
+        return f"http://{url_host(self.host)}:{self.port}/v1"
+
+
+def connect_host(host: str) -> str:
+    """Where a client reaches a server bound to `host` (a wildcard address means this machine)."""
+    return {"0.0.0.0": "127.0.0.1", "": "127.0.0.1", "::": "::1"}.get(host, host)
+
+
+def url_host(host: str) -> str:
+    """`host` as it goes in a URL: IPv6 addresses in brackets."""
+    host = connect_host(host)
+    return f"[{host}]" if ":" in host else host
+
+
+def check_bind(host: str, port: int) -> None:
+    """ServerError when `host` names no address of this machine (a typo, an IPv6 host without IPv6)."""
+    try:
+        infos = socket.getaddrinfo(host, port, type=socket.SOCK_STREAM)
+    except socket.gaierror as e:
+        raise ServerError(f"--host / server.host {host!r}: not an address this machine can bind ({e.strerror})") from None
+    family, kind, proto, _, address = infos[0]
+    with socket.socket(family, kind, proto) as s:
+        try:
+            s.bind(address)
+        except OSError as e:
+            if e.errno != 98:  # in use: reported (and maybe resolved) by the caller
+                raise ServerError(f"--host / server.host {host!r}: cannot bind it ({e.strerror})") from None
 
 
 def _port_in_use(host: str, port: int) -> bool:
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
+    try:
+        infos = socket.getaddrinfo(connect_host(host), port, type=socket.SOCK_STREAM)
+    except socket.gaierror:
+        return False
+    family, kind, proto, _, address = infos[0]
+    with socket.socket(family, kind, proto) as s:
         s.settimeout(0.5)
-        return s.connect_ex(("127.0.0.1" if host in ("0.0.0.0", "") else host, port)) == 0
+        return s.connect_ex(address) == 0
+
+
+# -- Nothing outlives its supervisor ------------------------------------------------------------------
+# The vLLM process gets the Linux parent-death signal (SIGTERM when `limachat serve` dies, by any
+# signal, SIGKILL included; vLLM then stops its own engine process), and a pidfile under the home
+# names it, so the next `serve` can tell its own stale server on the port from someone else's.
+PR_SET_PDEATHSIG = 1
+
+
+def _die_with_parent() -> None:  # runs in the child between fork and exec
+    import ctypes
+
+    ctypes.CDLL("libc.so.6", use_errno=True).prctl(PR_SET_PDEATHSIG, signal.SIGTERM)
+
+
+def pidfile(home: Path, port: int) -> Path:
+    return Path(home) / "run" / f"vllm-{port}.pid"
+
+
+def stale_server(home: Path, port: int):
+    """The process of a vLLM server this home started on `port` that is still running (its
+    supervisor gone), else None. Recognised by pid, start time and command line, never by port alone."""
+    import psutil
+
+    try:
+        record = json.loads(pidfile(home, port).read_text())
+        proc = psutil.Process(record["pid"])
+        if abs(proc.create_time() - record["started"]) < 1 and "vllm.entrypoints.openai.api_server" in " ".join(proc.cmdline()):
+            return proc
+    except (OSError, ValueError, KeyError, TypeError, psutil.Error):
+        pass
+    return None
 
 
 class VLLMServer:
     """A running vLLM server. Use as a context manager, or call start() and stop()."""
 
-    def __init__(self, config: ServerConfig, log_path: Path):
+    def __init__(self, config: ServerConfig, log_path: Path, pid_path: Path | None = None):
         self.config = config
         self.log_path = log_path
+        self.pid_path = pid_path
         self.proc: subprocess.Popen | None = None
         self._seen: dict[int, object] = {}  # pid -> psutil.Process of everything it started
         self.start_seconds: float | None = None
 
     def start(self, timeout: float = 900.0, progress: Callable[[str], None] | None = None) -> None:
+        check_bind(self.config.host, self.config.port)
         if _port_in_use(self.config.host, self.config.port):
             raise ServerError(f"{self.config.host}:{self.config.port} is already in use (set server.port or --port)")
         self.log_path.parent.mkdir(parents=True, exist_ok=True)
@@ -160,8 +224,14 @@ class VLLMServer:
         log.flush()
         started = time.monotonic()
         self.proc = subprocess.Popen(self.config.command(), env=self.config.env(), stdout=log, stderr=subprocess.STDOUT,
-                                     stdin=subprocess.DEVNULL, start_new_session=True)
+                                     stdin=subprocess.DEVNULL, start_new_session=True, preexec_fn=_die_with_parent)
         log.close()
+        if self.pid_path is not None:
+            import psutil
+
+            self.pid_path.parent.mkdir(parents=True, exist_ok=True)
+            self.pid_path.write_text(json.dumps({"pid": self.proc.pid, "started": psutil.Process(self.proc.pid).create_time(),
+                                                 "supervisor": os.getpid()}))
         try:
             self._wait_ready(started, timeout, progress)
         except BaseException:
@@ -241,6 +311,8 @@ class VLLMServer:
             self.proc.wait(timeout=grace)
         except subprocess.TimeoutExpired:
             pass
+        if self.pid_path is not None:
+            self.pid_path.unlink(missing_ok=True)
 
     def log_error(self) -> str:
         """The last line of the log that names an error (Python's last traceback line), else the last line."""

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import shutil
 import signal
 import socket
 import subprocess
@@ -38,6 +39,12 @@ def model_home(tmp_path_factory) -> Path:
     from limachat.serve.base import prepare_base
 
     home = tmp_path_factory.mktemp("home")
+    seed = os.environ.get("LIMACHAT_TEST_SEED_HOME")
+    if seed:  # a developer's shortcut (CI never sets it): start from a home with the base and adapters made;
+        # prepare_base and training still check their fingerprints and redo whatever does not match
+        for part in ("base", "checkpoints"):
+            if (Path(seed) / part).is_dir():
+                shutil.copytree(Path(seed) / part, home / part, symlinks=True)
     prepare_base(home, None, progress=lambda m: print(m, file=sys.stderr))
     return home
 

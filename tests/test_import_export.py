@@ -40,8 +40,7 @@ def test_each_format_imports_and_is_detected(store, tmp_path):
     for fmt, records in cases.items():
         report = import_file(store, write(tmp_path / f"{fmt}.jsonl", *records))
         assert report.format == fmt and report.sessions_added == len(records) and not report.bad
-    rows = store.query("select role, content, exchange from turns order by created, id")
-    assert len(rows) == 2 + 4 + 2 + 4
+    assert store.counts()["turns"] == 2 + 4 + 2 + 4
     messages_session = [s for s in store.sessions() if (s["meta"] or {}).get("system")][0]
     assert messages_session["mode"] == "imported" and messages_session["meta"]["system"] == "Be brief."
     assert {s["meta"].get("source") for s in store.sessions()} >= {"wikihow", "multi_turn"}
@@ -84,7 +83,7 @@ def test_a_conversation_ending_with_the_user_is_reported_not_dropped(store, tmp_
     path = write(tmp_path / "open.jsonl", {"conversations": ["q1", "a1", "q2"]})
     report = import_file(store, path)
     assert report.sessions_added == 1 and report.warnings == [f"{path}:1: ends with a user turn (kept; it has no answer to train on)"]
-    assert len(store.query("select * from turns")) == 3
+    assert store.counts()["turns"] == 3
 
 
 def test_the_bundled_sets_import_cleanly(store):
@@ -95,9 +94,8 @@ def test_the_bundled_sets_import_cleanly(store):
     multi = [s for s in sessions if s["meta"]["source"] == "multi_turn"]
     assert len(sessions) - len(multi) >= 60 and len(multi) == 8  # 6 chains to train on, 2 held out
     exchanges = {s["id"]: 0 for s in multi}
-    for t in store.query("select session_id, exchange from turns where role = 'assistant'"):
-        if t["session_id"] in exchanges:
-            exchanges[t["session_id"]] = max(exchanges[t["session_id"]], t["exchange"])
+    for sid in exchanges:
+        exchanges[sid] = max(t["exchange"] for t in store.turns(sid) if t["role"] == "assistant")
     assert all(3 <= n <= 6 for n in exchanges.values())
 
 
@@ -258,8 +256,8 @@ def test_a_session_line_failing_half_way_leaves_nothing_with_skip_bad(store, tmp
     other = Store(tmp_path / "other.db")
     report = import_file(other, write(tmp_path / "half.jsonl", record), skip_bad=True)
     assert len(report.bad) == 1 and "FOREIGN KEY" in report.bad[0]
-    assert other.query("select count(*) as n from turns")[0]["n"] == 0
-    assert other.query("select count(*) as n from sessions")[0]["n"] == 0
+    assert other.counts()["turns"] == 0
+    assert other.counts()["sessions"] == 0
 
 
 def test_prompt_sets(tmp_path):

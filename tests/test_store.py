@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import asyncio
+import socket
 import sqlite3
 import subprocess
 import sys
@@ -11,7 +13,9 @@ import time
 import pytest
 
 from limachat.dialogues.migrations import migrations
-from limachat.dialogues.store import Store, StoreError
+from limachat.dialogues.store import INTERRUPTED, Store, StoreError
+
+ALL = ["m001_initial", "m002_sampling_and_fluency", "m003_checks_owner_error_detail"]
 
 
 @pytest.fixture
@@ -22,15 +26,27 @@ def store(tmp_path):
 def test_blank_database_gets_the_whole_schema(tmp_path):
     path = tmp_path / "new.db"
     store = Store(path)
-    assert {m.name for m in migrations.applied(store.db)} == {"m001_initial", "m002_sampling_and_fluency"}
+    assert {m.name for m in migrations.applied(store.db)} == set(ALL)
     assert not migrations.pending(store.db)
     conn = sqlite3.connect(path)  # any SQLite tool can open it
     tables = {r[0] for r in conn.execute("select name from sqlite_master where type = 'table'")}
     assert {"sessions", "turns", "ratings", "edits", "verdicts"} <= tables
     assert conn.execute("pragma journal_mode").fetchone()[0] == "wal"
     Store(path)  # opening again applies nothing twice
-    assert [m.name for m in migrations.applied(store.db)] == ["m001_initial", "m002_sampling_and_fluency"]
-    assert {"preset", "omitted", "fluency"} <= set(store.db["turns"].columns_dict)
+    assert [m.name for m in migrations.applied(store.db)] == ALL
+    assert {"preset", "omitted", "fluency", "owner", "error_detail"} <= set(store.db["turns"].columns_dict)
+    # Another tool cannot store what the app does not know either: the schema checks every enum.
+    sid = store.start_session("compare")
+    ua, ub = store.add_user_turn(sid, "q", lane="a"), store.add_user_turn(sid, "q", lane="b")
+    a = store.begin_assistant_turn(sid, ua, checkpoint="x", lane="a")
+    b = store.begin_assistant_turn(sid, ub, checkpoint="y", lane="b")
+    store.rate(a, "ana", "pass")
+    store.verdict(sid, a, b, "tie", "ana")
+    for sql in ["insert into sessions (id, created, mode) values ('x', 'now', 'party')",
+                "update turns set status = 'done'", "update turns set role = 'system'", "update turns set lane = 'c'",
+                "update ratings set label = 'great'", "update verdicts set verdict = 'both'"]:
+        with pytest.raises(sqlite3.IntegrityError, match="CHECK constraint failed"):
+            conn.execute(sql)
 
 
 def test_upgrade_from_the_first_schema_keeps_turns(tmp_path):
@@ -47,6 +63,48 @@ def test_upgrade_from_the_first_schema_keeps_turns(tmp_path):
     old.close()
     store = Store(path)
     assert store.turn("t1")["content"] == "hi" and store.turn("t1")["fluency"] is None
+    assert [m.name for m in migrations.applied(store.db)] == ALL and store.integrity() == "ok"
+
+
+def _second_schema(path):
+    from sqlite_utils import Database
+
+    from limachat.dialogues.migrations import m001_initial, m002_sampling_and_fluency
+
+    old = Database(path)
+    m001_initial(old)
+    m002_sampling_and_fluency(old)
+    for i, name in enumerate(["m001_initial", "m002_sampling_and_fluency"], 1):
+        old["_sqlite_migrations"].insert({"id": i, "migration_set": "limachat", "name": name, "applied_at": "2026-01-01"}, pk="id")
+    old["sessions"].insert({"id": "s1", "created": "2026-01-01", "mode": "blind"})
+    old["turns"].insert({"id": "u1", "session_id": "s1", "role": "user", "content": "hi", "status": "ok", "created": "1"})
+    old["turns"].insert({"id": "a1", "session_id": "s1", "parent_id": "u1", "role": "assistant", "content": "",
+                         "status": "error", "error": "http://10.0.0.7:8001/v1 does not serve model 'secret-7b'", "created": "2"})
+    old["ratings"].insert({"id": "r1", "turn_id": "a1", "annotator": "ana", "label": "fail", "created": "3", "current": 1})
+    return old
+
+
+def test_upgrade_from_the_second_schema_adds_checks_and_moves_error_text(tmp_path):
+    _second_schema(tmp_path / "v2.db").close()
+    store = Store(tmp_path / "v2.db")
+    t = store.turn("a1")
+    assert t["error"] == "the request failed" and "secret-7b" in t["error_detail"]  # a blind page shows only `error`
+    assert store.counts() == {"sessions": 1, "turns": 2, "ratings": 1, "edits": 0, "verdicts": 0}
+    assert store.lowest_labels() == {"a1": "fail"} and store.integrity() == "ok"
+    assert not sqlite3.connect(store.path).execute("PRAGMA foreign_key_check").fetchall()
+
+
+def test_an_upgrade_refuses_rows_that_break_a_check_and_changes_nothing(tmp_path):
+    old = _second_schema(tmp_path / "bad.db")
+    old["sessions"].insert({"id": "s2", "created": "2026-01-02", "mode": "party"})
+    old.close()
+    before = (tmp_path / "bad.db").read_bytes()
+    with pytest.raises(StoreError, match=r"cannot add the check sessions_mode to sessions: 1 rows break it .*'party'"):
+        Store(tmp_path / "bad.db")
+    conn = sqlite3.connect(tmp_path / "bad.db")
+    assert conn.execute("select count(*) from _sqlite_migrations").fetchone()[0] == 2
+    assert conn.execute("select mode from sessions where id = 's2'").fetchone()[0] == "party"
+    assert len(before) > 0
 
 
 def test_a_conversation_with_branches(store):
@@ -161,32 +219,154 @@ def test_many_threads_write_at_once_and_nothing_is_lost(store):
 
 
 KILLED_WRITER = """
-import sys, time
+import asyncio, sys, threading
 from limachat.dialogues.store import Store
 store = Store(sys.argv[1])
-sid = store.start_session()
-i = 0
-while True:
-    u = store.add_user_turn(sid, f"q{i}")
-    print(u, flush=True)  # printed only after the commit
-    i += 1
+lock = threading.Lock()
+
+def say(line):
+    with lock:
+        print(line, flush=True)  # printed only once the write is acknowledged, so committed
+
+def thread_writer(n):
+    sid = store.start_session(annotator=f"t{n}")
+    parent = None
+    while True:
+        u = store.add_user_turn(sid, f"t{n} q", parent_id=parent)
+        say(u)
+        a = store.begin_assistant_turn(sid, u, checkpoint="dialogue")
+        store.save_partial(a, "part")
+        store.finish_assistant_turn(a, "answer")
+        say(a)
+        say(store.rate(a, f"t{n}", "pass"))
+        parent = a
+
+async def async_writer(n):
+    sid = await store.aio.start_session(annotator=f"a{n}")
+    while True:
+        say(await store.aio.add_user_turn(sid, f"a{n} q"))
+
+for n in range(8):
+    threading.Thread(target=thread_writer, args=(n,), daemon=True).start()
+
+async def main():
+    await asyncio.gather(*(async_writer(n) for n in range(8)))
+
+asyncio.run(main())
 """
 
 
-def test_killing_a_writer_leaves_a_sound_database_with_every_commit(tmp_path):
+def test_killing_a_process_that_writes_under_load_keeps_every_acknowledged_write(tmp_path):
+    """16 writers (8 threads, 8 asyncio tasks) through one store; SIGKILL mid-flight. Every write
+    the store acknowledged is in the file, and the file is sound."""
     path = tmp_path / "killed.db"
     proc = subprocess.Popen([sys.executable, "-c", KILLED_WRITER, str(path)], stdout=subprocess.PIPE, text=True)
-    committed = []
+    acknowledged = []
     deadline = time.monotonic() + 60
-    while len(committed) < 300 and time.monotonic() < deadline:
-        committed.append(proc.stdout.readline().strip())
-    proc.kill()  # SIGKILL, mid-write
+    while len(acknowledged) < 2000 and time.monotonic() < deadline:
+        acknowledged.append(proc.stdout.readline().strip())
+    proc.kill()  # SIGKILL, with writes queued and a transaction open
     proc.wait()
-    committed += [line.strip() for line in proc.stdout if line.strip()]
+    acknowledged += [line.strip() for line in proc.stdout if line.strip()]
     conn = sqlite3.connect(path)
     assert conn.execute("pragma integrity_check").fetchone()[0] == "ok"
-    present = {r[0] for r in conn.execute("select id from turns")}
-    assert len(committed) >= 300 and set(committed) <= present
+    present = {r[0] for t in ("turns", "ratings") for r in conn.execute(f"select id from {t}")}
+    assert len(acknowledged) >= 2000 and set(acknowledged) <= present
+
+
+def test_writes_queued_together_share_one_commit(store):
+    sid = store.start_session()
+
+    async def main():
+        return await asyncio.gather(*(store.aio.add_user_turn(sid, f"q{i}") for i in range(200)))
+
+    before = store.commits
+    ids = asyncio.run(main())
+    assert len(set(ids)) == 200 and len(store.turns(sid)) == 200
+    assert store.commits - before < 50  # 200 writes queued at once: a few transactions, not 200
+
+
+def test_one_failing_write_in_a_group_does_not_undo_the_others(store):
+    sid = store.start_session()
+
+    async def main():
+        return await asyncio.gather(store.aio.add_user_turn(sid, "kept"), store.aio.rate("nope", "ana", "pass"),
+                                    store.aio.add_user_turn(sid, "kept too"), return_exceptions=True)
+
+    first, failed, last = asyncio.run(main())
+    assert isinstance(failed, StoreError) and "no turn 'nope'" in str(failed)
+    assert [t["content"] for t in store.turns(sid)] == ["kept", "kept too"]
+
+
+LOCKER = """
+import sqlite3, sys, time
+conn = sqlite3.connect(sys.argv[1], isolation_level=None)
+conn.execute("BEGIN IMMEDIATE")
+conn.execute("insert into sessions (id, created, mode) values ('locker', 'now', 'chat')")
+print("locked", flush=True)
+time.sleep(float(sys.argv[2]))
+conn.execute("COMMIT")
+"""
+
+
+def test_the_event_loop_never_waits_on_a_locked_database(tmp_path):
+    """Another process holds the write lock for 1.5 s while the app's async code writes: the event
+    loop keeps ticking (no SQLite call runs on it) and the writes land once the lock is gone."""
+    store = Store(tmp_path / "busy.db")
+    sid = store.start_session()
+    proc = subprocess.Popen([sys.executable, "-c", LOCKER, str(store.path), "1.5"], stdout=subprocess.PIPE, text=True)
+    assert proc.stdout.readline().strip() == "locked"
+
+    async def main():
+        gaps, last = [], time.perf_counter()
+
+        async def ticker():
+            nonlocal last
+            while True:
+                await asyncio.sleep(0.01)
+                gaps.append(time.perf_counter() - last)
+                last = time.perf_counter()
+
+        tick = asyncio.create_task(ticker())
+        ids = await asyncio.gather(*(store.aio.add_user_turn(sid, f"q{i}") for i in range(20)),
+                                   store.aio.messages(store.turns(sid)[0]["id"]) if store.turns(sid) else asyncio.sleep(0))
+        tick.cancel()
+        return ids, max(gaps)
+
+    started = time.perf_counter()
+    ids, worst_gap = asyncio.run(main())
+    proc.wait()
+    assert time.perf_counter() - started >= 1.0  # the writes did wait for the lock ...
+    assert worst_gap < 0.25  # ... but the loop never did
+    assert len(store.turns(sid)) == 20
+
+
+def test_a_lock_held_past_the_busy_timeout_fails_the_write_with_one_line(tmp_path):
+    store = Store(tmp_path / "locked.db", busy_timeout_ms=300)
+    sid = store.start_session()
+    proc = subprocess.Popen([sys.executable, "-c", LOCKER, str(store.path), "2"], stdout=subprocess.PIPE, text=True)
+    assert proc.stdout.readline().strip() == "locked"
+    with pytest.raises(StoreError, match=r"locked\.db is locked by another process .*nothing was written"):
+        store.add_user_turn(sid, "q")
+    proc.wait()
+    store.add_user_turn(sid, "q")  # once the lock is gone the store works again
+    assert len(store.turns(sid)) == 1
+
+
+def test_replies_left_streaming_by_a_dead_process_are_marked_interrupted(store):
+    sid = store.start_session()
+    u = store.add_user_turn(sid, "q")
+    dead = store.begin_assistant_turn(sid, u, checkpoint="dialogue")
+    live = store.begin_assistant_turn(sid, u, checkpoint="dialogue")
+    store.save_partial(dead, "half a repl")
+    conn = sqlite3.connect(store.path)  # as if a process that has exited had started it
+    conn.execute("update turns set owner = ? where id = ?", (f"{socket.gethostname()}:999999999:1", dead))
+    conn.commit()
+    assert store.repair_interrupted() == 1
+    t = store.turn(dead)
+    assert (t["status"], t["error"], t["content"]) == ("error", INTERRUPTED, "half a repl")
+    assert store.turn(live)["status"] == "streaming"  # this process is alive: its reply is still coming
+    assert store.messages(u) == [{"role": "user", "content": "q"}]
 
 
 def test_closing_a_session_and_updating_notes(store):

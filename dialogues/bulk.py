@@ -1,0 +1,135 @@
+"""The Store's bulk side (a mixin of `Store`): imported conversations, merged sessions, full dumps.
+
+Each of these runs on the store's writer thread inside the import's one transaction (see
+`Store.transaction`); rows are checked the way the app's own writes are (known columns, the
+enumerated values), and the schema's CHECK constraints stand behind that.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from collections.abc import Iterator
+from typing import Any
+
+TABLES = ("sessions", "turns", "ratings", "edits", "verdicts")
+
+
+def digest(*parts: str) -> str:
+    return hashlib.sha256("\x1f".join(parts).encode()).hexdigest()[:26]
+
+
+class Bulk:
+    def _columns(self, table: str) -> set[str]:
+        cache = self.__dict__.setdefault("_column_cache", {})
+        if table not in cache:
+            cache[table] = {r[1] for r in self.db.execute(f"PRAGMA table_info({table})")}
+        return cache[table]
+
+    def _valid_row(self, table: str, obj: Any, what: str) -> dict[str, Any]:
+        """A row of an imported session, as the app would have written it; else ValueError saying what."""
+        from limachat.dialogues.store import ENUMS, to_json
+
+        if not isinstance(obj, dict):
+            raise ValueError(f"{what} must be an object")
+        unknown = sorted(set(obj) - self._columns(table) - {"owner"})
+        if unknown:
+            raise ValueError(f"{what} has unknown field {unknown[0]!r}")
+        for column, allowed in ENUMS.get(table, {}).items():
+            value = obj.get(column)
+            if value is not None and value not in allowed:
+                raise ValueError(f"{what}: {column} must be one of {', '.join(allowed)}, not {value!r}")
+        return {k: to_json(k, v) for k, v in obj.items() if k != "owner"}
+
+    def import_conversation(self, pairs: list[tuple[str, str]], meta: dict[str, Any], fmt: str, file: str,
+                            line: int) -> int | None:
+        """One conversation as an `imported` session, its id derived from its content; None when it is
+        already there, else the number of turns added. Call inside `transaction`."""
+        from limachat.dialogues.store import now, to_json
+
+        db = self.db
+        sid = digest(fmt, json.dumps(pairs), json.dumps(meta, sort_keys=True))
+        if db["sessions"].count_where("id = ?", [sid]):
+            return None
+        created, meta = now(), {**meta, "file": file, "line": line}
+        db["sessions"].insert({"id": sid, "created": created, "mode": "imported", "prompt_set": file,
+                               "meta": to_json("meta", meta), "notes": None, "annotator": None, "prompt": None, "closed": None})
+        parent, rows = None, []
+        for i, (role, text) in enumerate(pairs):
+            tid = digest(sid, str(i))
+            rows.append({"id": tid, "session_id": sid, "parent_id": parent, "lane": None, "exchange": i // 2 + 1,
+                         "role": role, "content": text, "checkpoint": None, "status": "ok", "created": created})
+            parent = tid
+        db["turns"].insert_all(rows)
+        return len(rows)
+
+    def merge_session(self, record: dict[str, Any]) -> tuple[bool, int]:
+        """Insert what is missing of one exported session (rows already present stay as they are).
+        Returns (was the session there already, turns added). Call inside `transaction`."""
+        db = self.db
+        session = self._valid_row("sessions", record.get("session"), '"session"')
+        if "id" not in session:
+            raise ValueError('"session" must be an object with an "id"')
+        parts = {}
+        for table in TABLES[1:]:
+            rows = record.get(table, [])
+            if not isinstance(rows, list):
+                raise ValueError(f'"{table}" must be a list')
+            parts[table] = [self._valid_row(table, r, f"{table}[{i}]") for i, r in enumerate(rows)]
+        present = db["sessions"].count_where("id = ?", [session["id"]]) > 0
+        db["sessions"].insert(session, ignore=True)
+        before = db["turns"].count
+        db["turns"].insert_all(_parents_first(parts["turns"]), ignore=True)
+        added = db["turns"].count - before
+        for table in ("ratings", "edits", "verdicts"):
+            rows = parts[table]
+            if table in ("ratings", "verdicts"):
+                rows = [{**r, "current": 0} for r in rows]  # recomputed below: merged work may supersede ours
+            db[table].insert_all(rows, ignore=True)
+        turn_ids = [t["id"] for t in parts["turns"]]
+        if turn_ids:
+            self._recompute_current(turn_ids)
+        return present, added
+
+    def _recompute_current(self, turn_ids: list[str]) -> None:
+        """The latest rating per (turn, annotator) and verdict per (pair, annotator) is the current one."""
+        db, marks = self.db, ",".join("?" * len(turn_ids))
+        db.execute(f"update ratings set current = 0 where turn_id in ({marks})", turn_ids)
+        db.execute(f"""update ratings set current = 1 where id in (
+            select id from (select id, row_number() over (partition by turn_id, annotator order by created desc, id desc) as n
+                            from ratings where turn_id in ({marks})) where n = 1)""", turn_ids)
+        db.execute(f"update verdicts set current = 0 where turn_a in ({marks})", turn_ids)
+        db.execute(f"""update verdicts set current = 1 where id in (
+            select id from (select id, row_number() over (partition by turn_a, turn_b, annotator order by created desc, id desc) as n
+                            from verdicts where turn_a in ({marks})) where n = 1)""", turn_ids)
+
+    def dump(self) -> Iterator[tuple[dict[str, Any], dict[str, list]]]:
+        """(session, {turns, ratings (with history), edits, verdicts}) of every session, oldest first."""
+        by_session: dict[str, dict[str, list]] = {}
+        queries = {"turns": "select * from turns order by created, id",
+                   "ratings": "select r.*, t.session_id as _sid from ratings r join turns t on t.id = r.turn_id order by r.created, r.id",
+                   "edits": "select e.*, t.session_id as _sid from edits e join turns t on t.id = e.turn_id order by e.created, e.id",
+                   "verdicts": "select * from verdicts order by created, id"}
+        for table, sql in queries.items():
+            for row in self._query(sql):
+                row.pop("owner", None)
+                sid = row.pop("_sid", None) or row["session_id"]
+                by_session.setdefault(sid, {}).setdefault(table, []).append(row)
+        for session in self._query("select * from sessions order by created, id"):
+            parts = by_session.get(session["id"], {})
+            yield session, {t: parts.get(t, []) for t in queries}
+
+
+def _parents_first(turns: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """The turns with every parent before its children: the foreign key on parent_id is checked
+    per insert batch, and imported conversations share one creation time, so export order won't do."""
+    ids = {t["id"] for t in turns}
+    children: dict[str | None, list[dict[str, Any]]] = {}
+    for t in turns:
+        children.setdefault(t.get("parent_id") if t.get("parent_id") in ids else None, []).append(t)
+    out, todo = [], list(children.get(None, []))
+    while todo:
+        t = todo.pop()
+        out.append(t)
+        todo += children.get(t["id"], [])
+    return out

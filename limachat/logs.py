@@ -1,0 +1,31 @@
+"""Where unexpected errors go: `<home>/logs/limachat.log`, with their traceback. The user sees one
+line that names the error and points to that file."""
+
+from __future__ import annotations
+
+import logging
+from pathlib import Path
+
+log = logging.getLogger("limachat")
+_path: Path | None = None
+
+
+def setup(home: Path) -> Path:
+    """Log limachat's warnings and errors to <home>/logs/limachat.log (once per process and file)."""
+    global _path
+    path = Path(home) / "logs" / "limachat.log"
+    if _path != path:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        handler = logging.FileHandler(path, encoding="utf-8")
+        handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s"))
+        log.addHandler(handler)
+        log.setLevel(logging.INFO)
+        _path = path
+    return path
+
+
+def internal(error: BaseException, where: str) -> str:
+    """Log `error` with its traceback; return the one line to show instead."""
+    log.error("internal error in %s", where, exc_info=error)
+    pointer = f"its traceback is in {_path}" if _path else "run with a home directory to keep its traceback"
+    return f"internal error in {where} ({type(error).__name__}: {str(error)[:200]}); {pointer}"
