@@ -39,7 +39,7 @@ def model_home(tmp_path_factory) -> Path:
     from limachat.serve.base import prepare_base
 
     home = tmp_path_factory.mktemp("home")
-    seed = os.environ.get("LIMACHAT_TEST_SEED_HOME")
+    seed = os.environ.get("TESTS_SEED_HOME")
     if seed:  # a developer's shortcut (CI never sets it): start from a home with the base and adapters made;
         # prepare_base and training still check their fingerprints and redo whatever does not match
         for part in ("base", "checkpoints"):

@@ -11,8 +11,8 @@ import pytest
 from conftest import free_port, models
 from limachat.demo import chat, collect, compare
 from limachat.demo.answer import Deps
-from limachat.demo.app import read_auth
 from limachat.demo.history import inert
+from limachat.demo.users import AuthFileError, Logins, add_user, plain, read_users
 from limachat.dialogues.store import Store
 from limachat.serve.checkpoints import Checkpoint
 from limachat.settings import Settings
@@ -143,8 +143,12 @@ def test_unreachable_endpoint_keeps_the_question_and_offers_retry(deps):
     deps.add_checkpoint(Checkpoint(name="offline", model="dialogue", base_url=f"http://127.0.0.1:{free_port()}/v1"))
     state, v = drain(chat.send(deps, chat.blank(), "Are you there?", "offline", "ana"))[-1]
     user, reply = (deps.store.turn(i) for i in state["ids"])
-    assert user["content"] == "Are you there?" and reply["status"] == "error" and "127.0.0.1" in reply["error"]
-    assert "⚠️" in v.history[1]["content"] and "retry" in v.history[1]["content"]
+    assert user["content"] == "Are you there?" and reply["status"] == "error"
+    assert reply["error"] == "its server cannot be reached (stopped, starting, or a wrong address)"
+    assert "127.0.0.1" in reply["error_detail"] and "offline" in reply["error_detail"]
+    shown = v.history[1]["content"]
+    assert shown.startswith("⚠️ **offline: its server cannot be reached") and "retry" in shown
+    assert "127.0.0.1" in shown, "outside blind sessions the page gives the detail"
     state, v = drain(chat.regenerate(deps, state, 1, "dialogue", "ana"))[-1]
     assert deps.store.turn(state["ids"][1])["status"] == "ok" and state["ids"][0] == user["id"]
 
@@ -162,7 +166,8 @@ def test_context_overflow_drops_oldest_turns_with_a_notice(deps):
     # a single message beyond the window: a clear message, the question kept
     state, v = drain(chat.send(deps, chat.blank(), long_text, "dialogue", "ana"))[-1]
     reply = deps.store.turn(state["ids"][-1])
-    assert reply["status"] == "error" and "too long for dialogue's context window" in reply["error"]
+    assert reply["status"] == "error" and "this message is too long for the context window" in reply["error"]
+    assert v.history[-1]["content"].startswith("⚠️ **dialogue: this message is too long")
 
 
 def test_blind_compare_from_a_prompt_both_sides_own_history(deps):
@@ -209,32 +214,40 @@ def test_compare_side_that_fails_keeps_its_question_and_retries(deps, vllm_serve
     assert [t["status"] for t in deps.store.children(failed["parent_id"])] == ["error", "ok"]
 
 
-def test_blind_assignment_is_random_per_session(deps):
-    seen = set()
-    for _ in range(12):
-        st = compare._start(deps, compare.blank(), "hi", "zero-shot", "dialogue", True, "ana")
-        seen.add(st["names"]["a"])
-    assert seen == {"zero-shot", "dialogue"}
+def test_blind_assignment_is_drawn_per_session_from_the_seeded_generator(deps):
+    import random
+
+    def draws(seed):
+        deps.rng = random.Random(seed)
+        return [asyncio.run(compare._start(deps, compare.blank(), "hi", "zero-shot", "dialogue", True, "ana"))["names"]["a"]
+                for _ in range(12)]
+
+    assert draws(7) == draws(7), "a seeded draw repeats"
+    assert set(draws(7)) == {"zero-shot", "dialogue"}, "both sides come up"
     with pytest.raises(ValueError, match="two different"):
-        compare._start(deps, compare.blank(), "hi", "dialogue", "dialogue", False, "ana")
+        asyncio.run(compare._start(deps, compare.blank(), "hi", "dialogue", "dialogue", False, "ana"))
 
 
-def test_blind_sides_are_a_and_b_in_errors_but_the_conversation_is_untouched(deps):
-    state = compare._start(deps, compare.blank(), "q", "zero-shot", "dialogue", True, "ana")
+def test_blind_errors_name_the_side_from_fields_and_hide_the_detail(deps):
+    import random
+
+    deps.rng = random.Random(1)
+    state = asyncio.run(compare._start(deps, compare.blank(), "q", "zero-shot", "dialogue", True, "ana"))
     sid, names = state["session"], state["names"]
     for lane in ("a", "b"):
         u = deps.store.add_user_turn(sid, "Is a dialogue better than a monologue?", lane=lane)
         r = deps.store.begin_assistant_turn(sid, u, checkpoint=names[lane], lane=lane)
-        deps.store.finish_assistant_turn(r, "A dialogue has two voices.", status="error",
-                                         error=f"stream from {names[lane]} broke after 3 chunks")
+        deps.store.finish_assistant_turn(r, "Two voices talk.", status="error", error="the reply broke off",
+                                         error_detail=f"{names[lane]}: stream from model-{names[lane]} at http://10.0.0.9/v1 broke")
         state[lane] = [u, r]
     for lane, v in zip("ab", compare.views(deps, state, "ana")):
         assert v.history[0]["content"] == "Is a dialogue better than a monologue?"
-        assert v.history[1]["content"].startswith("A dialogue has two voices.")
-        assert f"stream from {lane.upper()} broke" in v.history[1]["content"]
-        assert "zero-shot" not in v.history[1]["content"]
+        text = v.history[1]["content"]
+        assert text.startswith("Two voices talk.") and f"**{lane.upper()}: the reply broke off.**" in text
+        assert not any(secret in text for secret in ("zero-shot", "dialogue", "model-", "10.0.0.9"))
     state, _ = compare.close(deps, state)
-    assert f"stream from {names['a']} broke" in compare.views(deps, state, "ana")[0].history[1]["content"]
+    revealed = compare.views(deps, state, "ana")[0].history[1]["content"]
+    assert f"**{names['a']}: the reply broke off.**" in revealed and "10.0.0.9" in revealed
 
 
 def test_user_prompt_set_file(tmp_path):
@@ -300,10 +313,24 @@ def test_html_in_messages_is_shown_not_run():
     assert "`<b>code</b>`" in shown, "code keeps its text: Markdown shows it literally"
 
 
-def test_auth_file(tmp_path):
+def test_auth_file_holds_argon2_hashes_and_plain_lines_still_work(tmp_path):
     path = tmp_path / "users.txt"
-    path.write_text("# team\nana:s3cret\nbo:pw:with:colons\n")
-    assert read_auth(path) == [("ana", "s3cret"), ("bo", "pw:with:colons")]
+    assert add_user(path, "ana", "s3cret") is False and add_user(path, "bo", "pw:with:colons") is False
+    assert add_user(path, "ana", "n3w") is True  # a new password replaces the line
+    users = read_users(path)
+    assert set(users) == {"ana", "bo"} and all(h.startswith("$argon2id$") for h in users.values())
+    assert "s3cret" not in path.read_text() and plain(users) == []
+    path.write_text(path.read_text() + "# an old line\ncy:plain-pw\n")
+    users = read_users(path)
+    assert plain(users) == ["cy"]
+    check = Logins(users)
+
+    async def tries():
+        return [await check("ana", "n3w"), await check("bo", "pw:with:colons"), await check("cy", "plain-pw"),
+                await check("ana", "s3cret"), await check("nobody", "x")]
+
+    assert asyncio.run(tries()) == [True, True, True, False, False]
+    assert check.failures == {"ana": 1, "nobody": 1}
     path.write_text("ana:s3cret\nbo\n")
-    with pytest.raises(ValueError, match="users.txt:2: expected user:password"):
-        read_auth(path)
+    with pytest.raises(AuthFileError, match="users.txt:2: expected name:hash"):
+        read_users(path)
