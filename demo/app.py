@@ -367,7 +367,9 @@ def launch(app: gr.Blocks, settings: Settings, *, users: dict[str, str] | None =
     """Serve the app on settings.app.host:port; with `users` (see demo.users) people log in."""
     files = [str(settings.home / "exports"), str(settings.home / "reports")]
     auth = Logins(users) if users else None
-    return app.launch(server_name=settings.app.host, server_port=settings.app.port, auth=auth, quiet=True,
+    host = settings.app.host
+    host = f"[{host}]" if ":" in host and not host.startswith("[") else host  # Gradio takes IPv6 in brackets
+    return app.launch(server_name=host, server_port=settings.app.port, auth=auth, quiet=True,
                       prevent_thread_lock=not block, css=CSS, allowed_paths=files)
 
 

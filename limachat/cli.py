@@ -32,7 +32,11 @@ class _Main(click.Group):
         try:
             return super().main(*args, standalone_mode=False, **kwargs)
         except click.UsageError as e:
-            where = f"limachat {e.ctx.command_path.partition(' ')[2]}".strip() if e.ctx else "limachat"
+            names, ctx = [], e.ctx
+            while ctx is not None and ctx.parent is not None:
+                names.insert(0, ctx.info_name)
+                ctx = ctx.parent
+            where = " ".join(["limachat", *names])
             click.echo(f"Error: {' '.join(e.format_message().split())} (see `{where} --help`)", err=True)
             sys.exit(e.exit_code)
         except click.ClickException as e:
@@ -415,7 +419,9 @@ def users_add(ctx: click.Context, name: str, path: Path | None, password_stdin: 
 
     path = path or _settings(ctx).home / "users.txt"
     _writable(path, "--file")
-    password = click.get_text_stream("stdin").readline().rstrip("\n") if password_stdin else \
+    import sys
+
+    password = sys.stdin.readline().rstrip("\n") if password_stdin else \
         click.prompt(f"password for {name}", hide_input=True, confirmation_prompt=True)
     replaced = add_user(path, name, password)
     click.echo(f"{'changed the password of' if replaced else 'added'} {name} in {path}; start with --auth {path}")

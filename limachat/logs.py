@@ -7,6 +7,8 @@ import logging
 from pathlib import Path
 
 log = logging.getLogger("limachat")
+log.addHandler(logging.NullHandler())  # without a home to log to, nothing is printed in the user's way
+log.propagate = False
 _path: Path | None = None
 
 
@@ -26,6 +28,7 @@ def setup(home: Path) -> Path:
 
 def internal(error: BaseException, where: str) -> str:
     """Log `error` with its traceback; return the one line to show instead."""
-    log.error("internal error in %s", where, exc_info=error)
+    if _path is not None:
+        log.error("internal error in %s", where, exc_info=error)
     pointer = f"its traceback is in {_path}" if _path else "run with a home directory to keep its traceback"
     return f"internal error in {where} ({type(error).__name__}: {str(error)[:200]}); {pointer}"

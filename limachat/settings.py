@@ -197,11 +197,14 @@ class _TomlSource(PydanticBaseSettingsSource):
         self.data: dict[str, Any] = {}
         if self.path.is_file():
             try:
-                self.data = tomllib.loads(self.path.read_text())
+                self.data = tomllib.loads(self.path.read_text(encoding="utf-8"))
             except tomllib.TOMLDecodeError as e:  # "Expected ... (at line 1, column 8)"
                 m = re.match(r"(.*) \(at line (\d+), column \d+\)$", str(e))
                 where, msg = (f"{self.path}:{m[2]}", m[1]) if m else (str(self.path), str(e))
                 raise SettingsError(f"{where}: not valid TOML: {msg}") from None
+            except UnicodeDecodeError as e:
+                line = self.path.read_bytes()[:e.start].count(b"\n") + 1
+                raise SettingsError(f"{self.path}:{line}: not UTF-8 text (byte 0x{e.object[e.start]:02x})") from None
         elif "LIMACHAT_CONFIG" in os.environ:
             raise SettingsError(f"LIMACHAT_CONFIG: no such file: {self.path}")
 

@@ -1,0 +1,288 @@
+"""Bad input at every entry point: one clear line that says what and where, a non-zero exit from the
+CLI, no traceback, and the database exactly as it was (row counts and integrity_check)."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import os
+import sqlite3
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+from limachat.demo import chat, compare
+from limachat.demo.answer import Deps
+from limachat.dialogues import bundled
+from limachat.dialogues.formats import import_file
+from limachat.dialogues.store import Store
+from limachat.serve.checkpoints import Checkpoint
+from limachat.settings import Settings
+
+SESSION = {"format": "limachat.session/1", "session": {"id": "s-bad", "created": "2026-01-01T00:00:00", "mode": "chat"},
+           "turns": [], "ratings": [], "edits": [], "verdicts": []}
+
+
+def session_with(**changes) -> str:
+    record = json.loads(json.dumps(SESSION))
+    for key, value in changes.items():
+        record[key] = value
+    return json.dumps(record) + "\n"
+
+
+TURN = {"id": "t-bad", "session_id": "s-bad", "parent_id": None, "lane": None, "exchange": 1, "role": "user",
+        "content": "hi", "status": "ok", "created": "2026-01-01T00:00:01"}
+
+# (id, files to write in the working folder, environment, CLI arguments, what the one line must contain)
+CLI_CASES = [
+    ("import-binary", {"in.jsonl": b"\x89PNG\r\n\x1a\n\x00\x00binary"}, {}, ["import", "in.jsonl"], "in.jsonl:1: not UTF-8 text"),
+    ("import-latin1", {"in.jsonl": '{"conversations": ["caf\xe9", "ok"]}\n'.encode("latin-1")}, {}, ["import", "in.jsonl"],
+     "in.jsonl:1: not UTF-8 text (byte 0xe9"),
+    ("import-empty", {"in.jsonl": b""}, {}, ["import", "in.jsonl"], "in.jsonl: empty"),
+    ("import-json-array", {"in.jsonl": b'[{"conversations": ["a", "b"]}]\n'}, {}, ["import", "in.jsonl"],
+     "in.jsonl:1: each line must be a JSON object (a JSON array?"),
+    ("import-pretty-json", {"in.jsonl": b'{\n  "conversations": ["a", "b"]\n}\n'}, {}, ["import", "in.jsonl"],
+     "in.jsonl:1: not valid JSON"),
+    ("import-second-line-bad", {"in.jsonl": b'{"conversations": ["a", "b"]}\n{"conversations": 3}\n'}, {},
+     ["import", "in.jsonl"], "in.jsonl:2:"),
+    ("import-unknown-column", {"in.jsonl": session_with(session={**SESSION["session"], "colour": "red"}).encode()}, {},
+     ["import", "in.jsonl"], "in.jsonl:1: \"session\" has unknown field 'colour'"),
+    ("import-unknown-mode", {"in.jsonl": session_with(session={**SESSION["session"], "mode": "party"}).encode()}, {},
+     ["import", "in.jsonl"], "mode must be one of chat, compare, blind, imported, not 'party'"),
+    ("import-unknown-status", {"in.jsonl": session_with(turns=[{**TURN, "status": "done"}]).encode()}, {},
+     ["import", "in.jsonl"], "turns[0]: status must be one of"),
+    ("import-unknown-label", {"in.jsonl": session_with(
+        turns=[TURN], ratings=[{"id": "r", "turn_id": "t-bad", "annotator": "a", "label": "great", "created": "x",
+                                "current": 1}]).encode()}, {}, ["import", "in.jsonl"], "ratings[0]: label must be one of"),
+    ("import-unknown-turn-column", {"in.jsonl": session_with(turns=[{**TURN, "mood": 1}]).encode()}, {},
+     ["import", "in.jsonl"], "turns[0] has unknown field 'mood'"),
+    ("import-missing-file", {}, {}, ["import", "nope.jsonl"], "'nope.jsonl' does not exist"),
+    ("import-bad-format-option", {"in.jsonl": b'{"conversations": ["a", "b"]}\n'}, {}, ["import", "in.jsonl", "--format", "csv"],
+     "'csv' is not one of"),
+    ("export-missing-folder", {}, {}, ["export", "--format", "messages", "-o", "no/such/dir/out.jsonl"],
+     "-o/--output no/such/dir/out.jsonl: the folder no/such/dir does not exist"),
+    ("export-onto-a-folder", {"out/keep": b""}, {}, ["export", "--format", "messages", "-o", "out"],
+     "'--output': File 'out' is a directory. (see `limachat export --help`)"),
+    ("report-png-missing-folder", {}, {}, ["report", "--png", "nowhere/fig.png"], "--png nowhere/fig.png: the folder nowhere"),
+    ("report-csv-onto-a-folder", {"out/keep": b""}, {}, ["report", "--csv", "out"], "'--csv': File 'out' is a directory"),
+    ("app-port-too-high", {}, {}, ["app", "--port", "70000"], "'--port': 70000 is not in the range 1<=x<=65535"),
+    ("app-port-zero", {}, {}, ["app", "--port", "0"], "'--port': 0 is not in the range"),
+    ("serve-port-negative", {}, {}, ["serve", "--port", "-1"], "'--port': -1 is not in the range"),
+    ("serve-unknown-host", {}, {}, ["serve", "--host", "no-such-host.invalid"], "--host 'no-such-host.invalid': not an address"),
+    ("app-bad-ipv6-host", {}, {}, ["app", "--host", "::zz"], "--host '::zz': not an address"),
+    ("home-is-a-file", {"afile": b"x"}, {}, ["--home", "afile", "report"], "'--home': Directory 'afile' is a file"),
+    ("toml-unknown-key", {"limachat.toml": b"[app]\ncolour = 'red'\n"}, {}, ["report"], "limachat.toml:2: app.colour"),
+    ("toml-syntax", {"limachat.toml": b"[app\nport = 1\n"}, {}, ["report"], "limachat.toml"),
+    ("toml-port-range", {"limachat.toml": b"[app]\nport = 99999\n"}, {}, ["report"],
+     "limachat.toml:2: app.port: Input should be less than or equal to 65535"),
+    ("toml-not-utf8", {"limachat.toml": b"[app]\nhost = '\xff'\n"}, {}, ["report"], "limachat.toml"),
+    ("env-port-not-a-number", {}, {"LIMACHAT_APP__PORT": "abc"}, ["report"], "LIMACHAT_APP__PORT: app.port"),
+    ("env-unknown-setting", {}, {"LIMACHAT_COLOUR": "red"}, ["report"], "LIMACHAT_COLOUR: unknown setting"),
+    ("env-unknown-preset", {}, {"LIMACHAT_SAMPLING__PRESET": "wild"}, ["report"], "wild"),
+    ("auth-not-utf8", {"users.txt": b"ana:\xff\xfe\n"}, {}, ["app", "--auth", "users.txt"], "--auth: users.txt:1: not UTF-8"),
+    ("auth-empty", {"users.txt": b"# nobody yet\n"}, {}, ["app", "--auth", "users.txt"], "--auth: users.txt: no users"),
+    ("auth-no-colon", {"users.txt": b"ana\n"}, {}, ["app", "--auth", "users.txt"], "--auth: users.txt:1: expected name:hash"),
+    ("users-add-bad-name", {}, {}, ["users", "add", "a:b", "--password-stdin"], "a user name needs text without ':'"),
+    ("db-not-sqlite", {"data/limachat.db": b"these are my notes, not a database\n" * 10}, {}, ["report"],
+     "limachat.db is not a SQLite database (left as it is"),
+    ("db-not-sqlite-import", {"data/limachat.db": b"these are my notes, not a database\n" * 10,
+                              "in.jsonl": b'{"conversations": ["a", "b"]}\n'}, {}, ["import", "in.jsonl"],
+     "limachat.db is not a SQLite database"),
+]
+
+
+@pytest.fixture(scope="module")
+def seeded_db(tmp_path_factory) -> Path:
+    """A database with real work in it: the bundled set imported, a chat rated."""
+    path = tmp_path_factory.mktemp("seed") / "limachat.db"
+    store = Store(path)
+    import_file(store, bundled("train.jsonl"))
+    sid = store.start_session("chat", annotator="ana")
+    u = store.add_user_turn(sid, "q")
+    a = store.begin_assistant_turn(sid, u, checkpoint="dialogue")
+    store.finish_assistant_turn(a, "an answer")
+    store.rate(a, "ana", "pass")
+    store.close()
+    return path
+
+
+def state_of(path: Path):
+    """What must not change: the file's bytes when it is not a database, else row counts and integrity."""
+    if not path.exists():
+        return None
+    data = path.read_bytes()
+    if not data.startswith(b"SQLite format 3"):
+        return data
+    conn = sqlite3.connect(path)
+    counts = {t: conn.execute(f"select count(*) from {t}").fetchone()[0] for t in ("sessions", "turns", "ratings", "edits", "verdicts")}
+    integrity = conn.execute("pragma integrity_check").fetchone()[0]
+    conn.close()
+    return counts, integrity
+
+
+def run_cli(cwd: Path, args: list[str], env: dict[str, str], stdin: str = "") -> subprocess.CompletedProcess:
+    base = {k: v for k, v in os.environ.items() if not k.startswith("LIMACHAT_")}
+    return subprocess.run([sys.executable, "-m", "limachat.cli", *args], cwd=cwd, capture_output=True, text=True,
+                          env={**base, "LIMACHAT_HOME": str(cwd / "data"), **env}, input=stdin, timeout=120)
+
+
+def assert_one_clear_line(text: str, expected: str) -> None:
+    lines = [line for line in text.strip().splitlines() if line.strip() and not line.startswith("warning:")]
+    assert len(lines) == 1, f"expected one line, got:\n{text}"
+    assert "Traceback" not in text
+    assert expected in lines[0], f"{expected!r} not in {lines[0]!r}"
+
+
+@pytest.mark.parametrize("case", CLI_CASES, ids=[c[0] for c in CLI_CASES])
+def test_cli_bad_input(case, seeded_db, tmp_path):
+    _, files, env, args, expected = case
+    db = tmp_path / "data" / "limachat.db"
+    db.parent.mkdir()
+    db.write_bytes(seeded_db.read_bytes())
+    for name, data in files.items():
+        (tmp_path / name).parent.mkdir(parents=True, exist_ok=True)
+        (tmp_path / name).write_bytes(data)
+    before = state_of(db)
+    result = run_cli(tmp_path, args, env)
+    assert result.returncode != 0, result.stdout + result.stderr
+    assert_one_clear_line(result.stderr, expected)
+    assert state_of(db) == before, "the database changed"
+
+
+def test_a_database_locked_past_the_busy_timeout(seeded_db, tmp_path):
+    """Another process holds the write lock for longer than db_busy_timeout: the import says so, in one
+    line, and leaves the file as it was."""
+    db = tmp_path / "data" / "limachat.db"
+    db.parent.mkdir()
+    db.write_bytes(seeded_db.read_bytes())
+    (tmp_path / "in.jsonl").write_text('{"conversations": ["a new question", "an answer"]}\n')
+    before = state_of(db)
+    locker = subprocess.Popen([sys.executable, "-c", (
+        "import sqlite3, sys, time\n"
+        "c = sqlite3.connect(sys.argv[1], isolation_level=None)\n"
+        "c.execute('BEGIN EXCLUSIVE')\n"
+        "print('locked', flush=True)\n"
+        "time.sleep(8)\n"), str(db)], stdout=subprocess.PIPE, text=True)
+    try:
+        assert locker.stdout.readline().strip() == "locked"
+        result = run_cli(tmp_path, ["import", "in.jsonl"], {"LIMACHAT_DB_BUSY_TIMEOUT": "1"})
+    finally:
+        locker.kill()
+        locker.wait()
+    assert result.returncode != 0
+    assert_one_clear_line(result.stderr, "limachat.db")
+    assert "locked" in result.stderr
+    assert state_of(db) == before
+
+
+def test_an_unexpected_error_is_logged_with_its_traceback_and_named_in_one_line(tmp_path):
+    """An internal error (here: the home's logs folder made a file) ... the CLI still speaks one line.
+    And a crash inside a command goes to <home>/logs/limachat.log with its traceback."""
+    from click.testing import CliRunner
+
+    from limachat import cli
+
+    home = tmp_path / "home"
+    home.mkdir()
+    (home / "exports").mkdir()
+
+    def broken(*args, **kwargs):
+        raise KeyError("a bug")
+
+    original = cli._store
+    cli._store = broken  # a stand-in for a bug: nothing a user does triggers one on purpose
+    try:
+        result = CliRunner().invoke(cli.main, ["--home", str(home), "report"])
+    finally:
+        cli._store = original
+    assert result.exit_code == 1
+    log = home / "logs" / "limachat.log"
+    assert_one_clear_line(result.output, f"internal error in limachat report (KeyError: 'a bug'); its traceback is in {log}")
+    assert "Traceback" in log.read_text() and "KeyError: 'a bug'" in log.read_text()
+
+
+# -- the app's inputs ---------------------------------------------------------------------------------
+@pytest.fixture
+def deps(seeded_db, tmp_path):
+    path = tmp_path / "app.db"
+    path.write_bytes(seeded_db.read_bytes())
+    url = "http://127.0.0.1:9/v1"  # never reached: every case here is refused before a model is asked
+    d = Deps(Store(path), {"dialogue": Checkpoint(name="dialogue", model="dialogue", base_url=url),
+                           "zero-shot": Checkpoint(name="zero-shot", model="zero-shot", base_url=url)}, Settings(home=tmp_path))
+    yield d
+    d.store.close()
+
+
+def drain(gen):
+    async def go():
+        return [item async for item in gen]
+    return asyncio.run(go())
+
+
+APP_CASES = [
+    ("chat-1mb-message", lambda d: drain(chat.send(d, chat.blank(), "word " * 200_000, "dialogue", "ana")),
+     "This message has 1,000,000 characters; the limit is 100,000"),
+    ("chat-nul", lambda d: drain(chat.send(d, chat.blank(), "hello\x00world", "dialogue", "ana")),
+     "control character U+0000 at character 6"),
+    ("chat-escape-sequence", lambda d: drain(chat.send(d, chat.blank(), "red \x1b[31mtext", "dialogue", "ana")),
+     "control character U+001B at character 5"),
+    ("compare-bell", lambda d: drain(compare.send(d, compare.blank(), "ring\x07", "zero-shot", "dialogue", True, "ana")),
+     "control character U+0007"),
+    ("compare-1mb", lambda d: drain(compare.send(d, compare.blank(), "x" * 1_000_000, "zero-shot", "dialogue", False, "ana")),
+     "the limit is 100,000"),
+    ("edit-to-control", lambda d: drain(chat.edit(d, _one_exchange(d), 0, "new\x08text", "dialogue", "ana")),
+     "control character U+0008"),
+    ("prompt-set-binary", lambda d: compare.prompt_set(_file(d, "set.jsonl", b"\x00\x01\x02\xff")), "set.jsonl:1: not UTF-8"),
+    ("prompt-set-nul", lambda d: compare.prompt_set(_file(d, "set.txt", b"a question\x00\n")), "set.txt:1: a NUL byte"),
+    ("prompt-set-empty", lambda d: compare.prompt_set(_file(d, "set.txt", b"\n\n")), "set.txt: no prompts"),
+    ("prompt-set-array", lambda d: compare.prompt_set(_file(d, "set.jsonl", b'{"prompt": "ok"}\n{"prompt": 3}\n')),
+     'set.jsonl:2: needs a "prompt" string'),
+    ("rate-without-name", lambda d: chat.rate(d, _one_exchange(d), 1, "Pass", None), "Enter your name"),
+]
+
+
+def _file(d: Deps, name: str, data: bytes) -> Path:
+    path = d.settings.home / name
+    path.write_bytes(data)
+    return path
+
+
+def _one_exchange(d: Deps) -> dict:
+    sid = d.store.start_session("chat")
+    u = d.store.add_user_turn(sid, "q")
+    a = d.store.begin_assistant_turn(sid, u, checkpoint="dialogue")
+    d.store.finish_assistant_turn(a, "answer")
+    d.__dict__["_before"] = state_of(d.store.path)  # the state the case must leave as it is
+    return {"session": sid, "ids": [u, a]}
+
+
+@pytest.mark.parametrize("case", APP_CASES, ids=[c[0] for c in APP_CASES])
+def test_app_bad_input(case, deps):
+    """The app's handlers refuse with a ValueError, which the page shows as one line (gr.Error) and
+    which Gradio does not print as a traceback; nothing is stored."""
+    _, call, expected = case
+    before = state_of(deps.store.path)
+    with pytest.raises(ValueError) as refused:
+        call(deps)
+    assert_one_clear_line(str(refused.value), expected)
+    assert state_of(deps.store.path) == deps.__dict__.get("_before", before)
+
+
+def test_right_to_left_and_emoji_text_is_stored_as_written(deps):
+    """Not bad input: Arabic and Hebrew (with a right-to-left mark), emoji and combining marks go in
+    and come back byte for byte (no model needed: the user turn is stored before any request)."""
+    text = "\u05e9\u05dc\u05d5\u05dd \u200f\u0645\u0631\u062d\u0628\u0627 \U0001f600 e\u0301"
+    sid = deps.store.start_session("chat")
+    u = deps.store.add_user_turn(sid, text)
+    assert deps.store.turn(u)["content"] == text
+    assert chat.current(deps, {"session": sid, "ids": [u]}, None).history[0]["content"] == text
+
+
+def test_cases_cover_every_entry_point():
+    kinds = {c[0].split("-")[0] for c in CLI_CASES} | {c[0].split("-")[0] for c in APP_CASES}
+    assert {"import", "export", "report", "app", "serve", "home", "toml", "env", "auth", "users", "db", "chat",
+            "compare", "edit", "prompt", "rate"} <= kinds
+    assert len(CLI_CASES) + len(APP_CASES) + 1 >= 30
