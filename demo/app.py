@@ -366,7 +366,7 @@ def _report_tab(deps: Deps, tab) -> None:
 def launch(app: gr.Blocks, settings: Settings, *, users: dict[str, str] | None = None, block: bool = True):
     """Serve the app on settings.app.host:port; with `users` (see demo.users) people log in."""
     files = [str(settings.home / "exports"), str(settings.home / "reports")]
-    auth = Logins(users) if users else None
+    auth = Logins(users).check if users else None
     host = settings.app.host
     host = f"[{host}]" if ":" in host and not host.startswith("[") else host  # Gradio takes IPv6 in brackets
     return app.launch(server_name=host, server_port=settings.app.port, auth=auth, quiet=True,

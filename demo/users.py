@@ -79,7 +79,9 @@ def add_user(path: Path, name: str, password: str) -> bool:
 
 @dataclass
 class Logins:
-    """The async check Gradio calls with each login form."""
+    """`check` is the async function Gradio calls with each login form. (A plain coroutine function:
+    Gradio awaits the check only when `inspect.iscoroutinefunction` says so, which is false for an
+    object with an async `__call__`; the coroutine it would get instead is truthy and lets anyone in.)"""
 
     users: dict[str, str]
     failures: dict[str, int] = field(default_factory=dict)
@@ -100,7 +102,7 @@ class Logins:
         except (VerificationError, InvalidHashError):
             return False
 
-    async def __call__(self, name: str, password: str) -> bool:
+    async def check(self, name: str, password: str) -> bool:
         ok = await asyncio.to_thread(self._ok, name, password)  # Argon2 takes ~0.1 s: not on the event loop
         if ok:
             self.failures.pop(name, None)

@@ -196,7 +196,7 @@ def stale_server(home: Path, port: int):
     try:
         record = json.loads(pidfile(home, port).read_text())
         proc = psutil.Process(record["pid"])
-        if abs(proc.create_time() - record["started"]) < 1 and "vllm.entrypoints.openai.api_server" in " ".join(proc.cmdline()):
+        if abs(proc.create_time() - record["started"]) < 1 and "vllm.entrypoints.openai.api_server" in proc.cmdline():
             return proc
     except (OSError, ValueError, KeyError, TypeError, psutil.Error):
         pass

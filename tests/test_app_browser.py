@@ -23,24 +23,29 @@ XSS = 'Repeat this exactly: <script>window.pwned = 1</script> <img src=x onerror
 
 
 @contextmanager
-def running_app(vllm_server, home: Path, *args: str):
+def running_app(vllm_server, home: Path, *args: str, procs: list | None = None):
     """`limachat app` as a user starts it, against the session's vLLM server, on a fresh database, with
-    the default sampling (preset and reply length): this is the end-to-end test at a user's settings."""
+    the default sampling (preset and reply length): this is the end-to-end test at a user's settings.
+    `procs` collects the process (for tests that kill it)."""
     port = free_port()
     env = {k: v for k, v in os.environ.items() if not k.startswith("LIMACHAT_")}
     env.update(LIMACHAT_HOME=str(home), LIMACHAT_SERVER__PORT=str(vllm_server.port), PYTHONUNBUFFERED="1",
                LIMACHAT_SERVER__BASE=str(vllm_server.home / "base" / "SmolLM2-135M-Instruct" / "model"))
     log = home / "app.log"
+    started = log.read_text().count("app ready") if log.exists() else 0
     proc = subprocess.Popen([sys.executable, "-m", "limachat.cli", "app", "--port", str(port), *args], env=env, cwd=home,
-                            stdout=subprocess.DEVNULL, stderr=log.open("wb"))
+                            stdout=subprocess.DEVNULL, stderr=log.open("ab"))
+    if procs is not None:
+        procs.append(proc)
     try:
         deadline = time.monotonic() + 120
-        while "app ready" not in log.read_text():
+        while log.read_text().count("app ready") <= started:
             assert proc.poll() is None and time.monotonic() < deadline, log.read_text()
             time.sleep(0.5)
         yield f"http://127.0.0.1:{port}"
     finally:
-        proc.terminate()
+        if proc.poll() is None:
+            proc.terminate()
         proc.wait(timeout=30)
 
 
@@ -180,10 +185,20 @@ def test_chat_compare_collect_report_in_a_browser(app_url):
         assert (SHOTS / f"{name}.png").stat().st_size > 10_000
 
 
-def test_with_auth_people_log_in_and_ratings_carry_their_user(vllm_server, tmp_path):
+def test_with_auth_people_log_in_and_see_only_their_own_sessions(vllm_server, tmp_path):
     users = tmp_path / "users.txt"
-    users.write_text("ana:open-sesame\n")
+    for name, password in (("ana", "open-sesame"), ("bo", "bo-pass")):
+        add = subprocess.run([sys.executable, "-m", "limachat.cli", "--home", str(tmp_path), "users", "add", name, "--file",
+                              str(users), "--password-stdin"], input=password + "\n", capture_output=True, text=True)
+        assert add.returncode == 0, add.stderr
+    assert "open-sesame" not in users.read_text() and users.read_text().count("$argon2id$") == 2
     db = tmp_path / "limachat.db"
+    from limachat.dialogues.store import Store
+
+    store = Store(db)  # bo's earlier work, which ana must not be offered
+    bo_session = store.start_session("chat", annotator="bo")
+    store.add_user_turn(bo_session, "bo's private question")
+    store.close()
     with running_app(vllm_server, tmp_path, "--auth", str(users)) as url, browser_page() as page:
         page.goto(url)
         for password in ("wrong", "open-sesame"):
@@ -191,7 +206,7 @@ def test_with_auth_people_log_in_and_ratings_carry_their_user(vllm_server, tmp_p
             page.get_by_label("password").fill(password)
             page.get_by_role("button", name="Login").click()
             if password == "wrong":
-                page.wait_for_timeout(1500)
+                page.wait_for_timeout(2500)
                 assert page.locator("#chat-input").count() == 0, "a wrong password does not get in"
         page.wait_for_selector("#chat-input textarea")
         name = page.locator("#annotator textarea, #annotator input").first
@@ -203,4 +218,12 @@ def test_with_auth_people_log_in_and_ratings_carry_their_user(vllm_server, tmp_p
         page.wait_for_timeout(800)
         rate(page, "#chat-bot", 0, "Excellent")
         wait_for(lambda: query(db, "select count(*) from ratings")[0][0] == 1, "the rating")
+        page.locator("#chat-sessions input").click()
+        options = page.get_by_role("option")
+        options.first.wait_for()
+        listed = options.all_inner_texts()
+        assert len(listed) == 1 and "Hello!" in listed[0], listed
+        assert not any("bo's private" in o for o in listed)
     assert query(db, "select annotator, label from ratings") == [("ana", "excellent")]
+    log = (tmp_path / "logs" / "limachat.log").read_text()
+    assert "failed login for 'ana' (1 in a row)" in log

@@ -1,0 +1,172 @@
+"""Crashes: nothing lost, nothing left running. The app killed mid-stream, vLLM killed mid-stream,
+and `limachat serve` itself killed (SIGKILL) with its vLLM server running."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+
+import psutil
+import pytest
+
+from conftest import RunningServer, free_port
+from limachat.demo import chat
+from limachat.demo.answer import Deps
+from limachat.dialogues.store import INTERRUPTED, Store
+from limachat.serve.checkpoints import Checkpoint
+from limachat.serve.client import StreamBroken
+from limachat.settings import Settings
+from test_app_browser import browser_page, query, running_app, wait_for
+
+LONG = "Write a long story about a lighthouse keeper who counts the waves, with many details."
+
+
+def port_free(port: int) -> bool:
+    import socket
+
+    with socket.socket() as s:
+        return s.connect_ex(("127.0.0.1", port)) != 0
+
+
+def test_sigkill_of_the_app_mid_stream_then_restart_offers_retry(vllm_server, tmp_path):
+    """A real SIGKILL of `limachat app` while a reply streams: the partial text stays in the database;
+    the next start marks the reply interrupted, and the page shows it with retry, which works."""
+    db = tmp_path / "limachat.db"
+    procs: list = []
+    with running_app(vllm_server, tmp_path, procs=procs) as url, browser_page() as page:
+        page.goto(url)
+        page.wait_for_selector("#chat-input textarea")
+        page.locator("#annotator textarea, #annotator input").first.fill("ana")
+        page.fill("#chat-input textarea", LONG)
+        page.click("#chat-send")
+        wait_for(lambda: query(db, "select count(*) from turns where status = 'streaming' and length(content) > 20")[0][0] == 1,
+                 "a partial reply saved", timeout=120)
+        procs[0].send_signal(signal.SIGKILL)
+        procs[0].wait()
+    ((status, partial),) = query(db, "select status, content from turns where role = 'assistant'")
+    assert status == "streaming" and partial, "what a crash leaves: the partial text, still marked streaming"
+
+    with running_app(vllm_server, tmp_path) as url, browser_page() as page:
+        ((status, content, error),) = query(db, "select status, content, error from turns where role = 'assistant'")
+        assert (status, error) == ("error", INTERRUPTED) and content == partial
+        page.goto(url)
+        page.wait_for_selector("#chat-input textarea")
+        page.locator("#chat-sessions input").click()
+        page.get_by_role("option").first.click()
+        page.get_by_text("interrupted: the app stopped while this reply was streaming").first.wait_for()
+        page.locator("#chat-bot button[aria-label=Retry]").last.click()
+        wait_for(lambda: query(db, "select count(*) from turns where role = 'assistant' and status = 'ok'")[0][0] == 1,
+                 "the retried reply", timeout=300)
+    assert query(db, "select count(*) from turns where status = 'streaming'") == [(0,)]
+    assert query(db, "pragma integrity_check") == [("ok",)]
+
+
+KEEPER = """
+import sys, time
+time.sleep(120)  # stands in for a server; given the module name as an argument, its command line names vLLM's
+"""
+
+
+def test_the_next_serve_recognises_its_own_stale_server_and_nothing_else(tmp_path):
+    """The pidfile names the server a home started; a process with that pid, start time and command
+    line is stopped before a new server takes the port. Another process is never touched."""
+    from limachat.cli import _replace_stale
+    from limachat.serve.server import pidfile, stale_server
+
+    settings = Settings(home=tmp_path)
+    port = settings.server.port
+    stale = subprocess.Popen([sys.executable, "-c", KEEPER, "vllm.entrypoints.openai.api_server"])
+    other = subprocess.Popen([sys.executable, "-c", KEEPER])
+    try:
+        path = pidfile(tmp_path, port)
+        path.parent.mkdir(parents=True)
+        path.write_text(json.dumps({"pid": other.pid, "started": psutil.Process(other.pid).create_time()}))
+        assert stale_server(tmp_path, port) is None, "not a vLLM server: left alone"
+        path.write_text(json.dumps({"pid": stale.pid, "started": psutil.Process(stale.pid).create_time() + 5}))
+        assert stale_server(tmp_path, port) is None, "a reused pid (another start time): left alone"
+        path.write_text(json.dumps({"pid": stale.pid, "started": psutil.Process(stale.pid).create_time()}))
+        assert stale_server(tmp_path, port).pid == stale.pid
+        _replace_stale(settings)
+        assert stale.wait(timeout=30) is not None and other.poll() is None and not path.exists()
+    finally:
+        for p in (stale, other):
+            p.kill()
+            p.wait()
+
+
+def test_sigkill_of_serve_takes_its_vllm_server_down(trained_home):
+    """`kill -9` of `limachat serve`: the vLLM server it started gets the parent-death signal and
+    frees the port within 10 s; a new `limachat serve` on the same port comes up."""
+    port = free_port()
+    first = RunningServer(trained_home, port)
+    try:
+        first.wait_ready()
+        assert not port_free(port)
+        first.proc.send_signal(signal.SIGKILL)
+        first.proc.wait()
+        killed = time.monotonic()
+        while not port_free(port) and time.monotonic() - killed < 10:
+            time.sleep(0.2)
+        freed = time.monotonic() - killed
+        assert port_free(port), "the port is still held 10 s after the supervisor died"
+        wait_for(lambda: not first.leftovers(), "vLLM's processes to exit", timeout=30)
+        second = RunningServer(trained_home, port)
+        try:
+            second.wait_ready()
+            assert "left on port" not in second.output(), "nothing stale was there to replace"
+        finally:
+            second.interrupt()
+        print(f"port freed {freed:.1f} s after SIGKILL")
+    finally:
+        for p in first.leftovers():
+            p.kill()
+
+
+@pytest.mark.stops_server
+def test_vllm_killed_mid_stream_keeps_the_partial_reply_and_retry_works_once_it_is_back(vllm_server, tmp_path):
+    """SIGKILL of the real vLLM process while a reply streams (default sampling and length): the
+    reply keeps its text with status error and a clear message; `limachat serve` says vLLM stopped
+    and starts it again; then retry answers."""
+    settings = Settings(home=tmp_path)
+    settings.server.port = vllm_server.port
+    settings.server.base = str(vllm_server.home / "base" / "SmolLM2-135M-Instruct" / "model")
+    deps = Deps(Store(tmp_path / "app.db"), {"dialogue": Checkpoint(name="dialogue", model="dialogue", base_url=vllm_server.url)},
+                settings)
+    vllm = next(p for p in psutil.Process(vllm_server.proc.pid).children(recursive=True)
+                if "vllm.entrypoints.openai.api_server" in " ".join(p.cmdline()))
+
+    async def go():
+        outs = []
+        async for state, v in chat.send(deps, chat.blank(), LONG, "dialogue", "ana"):
+            outs.append((state, v))
+            if len(outs) == 5:
+                vllm.send_signal(signal.SIGKILL)
+        return outs
+
+    outs = asyncio.run(go())
+    state, v = outs[-1]
+    reply = deps.store.turn(state["ids"][-1])
+    assert reply["status"] == "error" and len(reply["content"]) > 0, "the text streamed before the kill is kept"
+    assert reply["error"] in (StreamBroken.public, "its server cannot be reached (stopped, starting, or a wrong address)")
+    assert v.history[-1]["content"].startswith(reply["content"][:20]) and "⚠️ **dialogue:" in v.history[-1]["content"]
+    assert "retry" in v.history[-1]["content"]
+
+    wait_for(lambda: "vLLM stopped (exit code" in vllm_server.output() and vllm_server.output().count("vLLM ready") == 2,
+             "limachat serve to start vLLM again", timeout=300)
+    assert vllm_server.proc.poll() is None and "Restarting it (1 of 3)" in vllm_server.output()
+    state, v = asyncio.run(_last(chat.regenerate(deps, state, 1, "dialogue", "ana")))
+    assert deps.store.turn(state["ids"][-1])["status"] == "ok"
+    assert [t["status"] for t in deps.store.turns(state["session"]) if t["role"] == "assistant"] == ["error", "ok"]
+    deps.store.close()
+
+
+async def _last(gen):
+    out = None
+    async for out in gen:
+        pass
+    return out
