@@ -227,3 +227,50 @@ def test_with_auth_people_log_in_and_see_only_their_own_sessions(vllm_server, tm
     assert query(db, "select annotator, label from ratings") == [("ana", "excellent")]
     log = (tmp_path / "logs" / "limachat.log").read_text()
     assert "failed login for 'ana' (1 in a row)" in log
+
+
+def test_a_blind_page_never_names_a_side_model_or_endpoint(vllm_server, tmp_path):
+    """Blind compare of `dialogue` against a checkpoint whose real endpoint fails, and whose model id
+    and URL differ from its name. Until the reveal, nothing the browser receives (page text, component
+    values, every HTTP response, the Gradio API's answers) holds that model id or URL."""
+    dead_port = free_port()
+    secret_model, secret_path = "secret-model-7b", "hidden-route"
+    (tmp_path / "limachat.toml").write_text(
+        '[[checkpoints]]\nname = "dialogue"\nmodel = "dialogue"\n\n'
+        f'[[checkpoints]]\nname = "mystery"\nmodel = "{secret_model}"\nbase_url = "http://127.0.0.1:{dead_port}/{secret_path}/v1"\n')
+    secrets = (secret_model, secret_path, str(dead_port))
+    db = tmp_path / "limachat.db"
+    received: list[str] = []
+    bodies: list[str] = []  # every HTTP response the page got (the queue's event streams included)
+    with running_app(vllm_server, tmp_path) as url, browser_page() as page:
+        def keep(response):
+            try:
+                bodies.append(response.text())
+            except Exception:  # noqa: BLE001 - a body that cannot be read (a redirect) holds nothing
+                pass
+
+        page.on("response", keep)
+        page.goto(url)
+        page.wait_for_selector("#chat-input textarea")
+        page.locator("#annotator textarea, #annotator input").first.fill("ana")
+        page.get_by_role("tab", name="Compare").click()
+        # Left and right default to the two configured checkpoints, dialogue and mystery.
+        page.fill("#compare-input textarea", "Name three rivers.")
+        page.click("#compare-send")
+        wait_for(lambda: replies_done(db, 2), "both sides")
+        page.get_by_text("its server cannot be reached").first.wait_for()
+        page.wait_for_timeout(1000)
+        shown = page.locator("#compare-a").inner_text() + page.locator("#compare-b").inner_text()
+        assert ("A: its server cannot be reached" in shown) != ("B: its server cannot be reached" in shown)
+        received += bodies + [page.content(), page.inner_text("body")]
+        received += page.eval_on_selector_all("input, textarea", "els => els.map(e => e.value)")
+    from gradio_client import Client
+
+    with running_app(vllm_server, tmp_path) as url:  # the same session through the API: resumed views
+        client = Client(url, verbose=False)
+        received.append(json.dumps(client.view_api(return_format="dict", print_info=False)))
+    stored = query(db, "select error_detail from turns where status = 'error'")
+    assert stored and secret_path in stored[0][0], "the operator's record keeps the detail"
+    leaks = [s for s in secrets for text in received if s in text]
+    assert not leaks, f"the browser received {sorted(set(leaks))}"
+    assert sum("its server cannot be reached" in body for body in bodies) >= 1, "the search saw the streamed events"
