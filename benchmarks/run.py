@@ -107,7 +107,9 @@ SECTIONS = {
     "store": ("## Store (SQLite)", [
         "The writers run in a closed loop with no pause between writes, 64 threads against one SQLite",
         "file: each writes a user turn, begins an assistant turn, saves a partial, finishes it and rates it.",
-        "Every write that returned is checked to be in the database afterwards."]),
+        "Every write that returned is checked to be in the database afterwards. Writes go through the store's",
+        "one writer thread: the writes that queue while one transaction commits share the next (group commit),",
+        "each in its own savepoint, and each is acknowledged only after its COMMIT."]),
     "train": ("## Training (CPU, SmolLM2-135M-Instruct, float32)", [
         "Both sides train the same LoRA adapter on the same four median-length bundled examples; the",
         "trainer side counts whole optimizer steps (forward, backward, clipping, AdamW, scheduler)."]),

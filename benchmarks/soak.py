@@ -72,12 +72,19 @@ def user(n: int, app: App, up: threading.Event, stop: threading.Event, stats: di
                     stats["live"] += 1
                     stats["held"] = max(stats["held"], stats["live"])
                 try:
-                    for _ in job:
-                        if not acked:
+                    # Polled, not iterated: a Job's iterator spins forever when its app dies mid-stream.
+                    deadline = time.monotonic() + 600
+                    while not job.done() and time.monotonic() < deadline:
+                        if not acked and job.outputs():
                             acked = True
                             with lock:
                                 stats["acked"].append(text)
-                    job.result()
+                        time.sleep(0.05)
+                    if not acked and job.outputs():
+                        acked = True
+                        with lock:
+                            stats["acked"].append(text)
+                    job.result(timeout=1)
                     with lock:
                         stats["finished"] += 1
                 finally:

@@ -137,7 +137,7 @@ def _chat_tab(deps: Deps, names, annotator, who, app: gr.Blocks) -> list:
 
     async def on_stop(st, name, request: gr.Request):
         await _settle(deps, st["ids"])
-        return _shown(chat.current(deps, st, who(name, request)))
+        return _shown(await deps.store.aio.read(chat.current, deps, st, who(name, request)))
 
     def on_resume(sid, name, request: gr.Request):
         if not sid:
@@ -261,7 +261,7 @@ def _compare_tab(deps: Deps, names, annotator, who, tab) -> list:
 
     async def on_stop(st, name, request: gr.Request):
         await _settle(deps, st["a"][-1:] + st["b"][-1:])
-        va, vb = compare.views(deps, st, who(name, request))
+        va, vb = await deps.store.aio.read(compare.views, deps, st, who(name, request))
         return _shown(va), _shown(vb)
 
     inputs = [state, box, left, right, blind, annotator]

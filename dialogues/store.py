@@ -101,12 +101,22 @@ def _alive(owner_id: str | None) -> bool:
         return False
 
 
+def _not_on_loop() -> None:
+    """Refuse to block an event loop on SQLite (or on the writer): async code uses `store.aio`."""
+    try:
+        asyncio.get_running_loop()
+    except RuntimeError:
+        return
+    raise RuntimeError("a SQLite call on the event loop: use `await store.aio.<method>(...)`")
+
+
 def writes(method):
     """The method's body runs on the store's writer thread, inside a group-committed transaction."""
     @functools.wraps(method)
     def call(self, *args, **kwargs):
         if threading.current_thread() is self._writer:
             return method(self, *args, **kwargs)
+        _not_on_loop()
         return self._submit(lambda: method(self, *args, **kwargs)).result()
 
     call.body = method
@@ -171,7 +181,9 @@ class Store(Bulk):
     # -- connections and the writer --------------------------------------------------------------
     @property
     def db(self) -> Database:
-        """This thread's connection (opened on first use, with WAL, busy timeout, foreign keys)."""
+        """This thread's connection (opened on first use, with WAL, busy timeout, foreign keys). Never
+        on a thread running an event loop: async code goes through `store.aio`."""
+        _not_on_loop()
         db = getattr(self._local, "db", None)
         if db is None or getattr(self._local, "pid", None) != os.getpid():
             db = Database(sqlite3.connect(self.path, isolation_level=None))

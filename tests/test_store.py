@@ -328,8 +328,7 @@ def test_the_event_loop_never_waits_on_a_locked_database(tmp_path):
                 last = time.perf_counter()
 
         tick = asyncio.create_task(ticker())
-        ids = await asyncio.gather(*(store.aio.add_user_turn(sid, f"q{i}") for i in range(20)),
-                                   store.aio.messages(store.turns(sid)[0]["id"]) if store.turns(sid) else asyncio.sleep(0))
+        ids = await asyncio.gather(*(store.aio.add_user_turn(sid, f"q{i}") for i in range(20)), store.aio.turns(sid))
         tick.cancel()
         return ids, max(gaps)
 
@@ -380,3 +379,19 @@ def test_closing_a_session_and_updating_notes(store):
         store.update_session(sid, mode="chat")
     with pytest.raises(StoreError, match="no session 'nope'"):
         store.close_session("nope")
+
+
+def test_a_sqlite_call_on_the_event_loop_is_refused(store):
+    """Async code reaches the store only through `store.aio`; a direct call there is a bug, caught."""
+    sid = store.start_session()
+
+    async def wrong():
+        store.add_user_turn(sid, "q")
+
+    async def right():
+        u = await store.aio.add_user_turn(sid, "q")
+        return await store.aio.turn(u)
+
+    with pytest.raises(RuntimeError, match="a SQLite call on the event loop"):
+        asyncio.run(wrong())
+    assert asyncio.run(right())["content"] == "q"
