@@ -41,7 +41,7 @@ async def app_stream(deps: Deps, checkpoint: str) -> tuple[float, float, int]:
         if ttft is None and len(v.history) == 2 and v.history[1]["content"] not in ("", "…"):
             ttft = time.perf_counter() - start
     total = time.perf_counter() - start
-    return ttft, total, deps.store.turn(state["ids"][-1])["completion_tokens"]
+    return ttft, total, (await deps.store.aio.turn(state["ids"][-1]))["completion_tokens"]
 
 
 async def direct_stream(http: httpx.AsyncClient, base_url: str, model: str, tokens: int, prompt: str = PROMPT,

@@ -189,6 +189,10 @@ def main() -> None:
         "",
         *body,
     ]
+    owned = {heading for heading, _ in SECTIONS.values()}
+    for heading, rest in old.items():  # sections other commands write (`make soak`) stay as they are
+        if heading not in owned:
+            lines += [heading, *rest]
     args.output.write_text("\n".join(lines))
     print(f"wrote {args.output}")
 

@@ -10,7 +10,6 @@ from __future__ import annotations
 import asyncio
 import logging
 import random
-from pathlib import Path
 
 import gradio as gr
 

@@ -12,6 +12,8 @@ import json
 from collections.abc import Iterator
 from typing import Any
 
+from limachat.dialogues.values import ENUMS, now, to_json
+
 TABLES = ("sessions", "turns", "ratings", "edits", "verdicts")
 
 
@@ -28,8 +30,6 @@ class Bulk:
 
     def _valid_row(self, table: str, obj: Any, what: str) -> dict[str, Any]:
         """A row of an imported session, as the app would have written it; else ValueError saying what."""
-        from limachat.dialogues.store import ENUMS, to_json
-
         if not isinstance(obj, dict):
             raise ValueError(f"{what} must be an object")
         unknown = sorted(set(obj) - self._columns(table) - {"owner"})
@@ -45,8 +45,6 @@ class Bulk:
                             line: int) -> int | None:
         """One conversation as an `imported` session, its id derived from its content; None when it is
         already there, else the number of turns added. Call inside `transaction`."""
-        from limachat.dialogues.store import now, to_json
-
         db = self.db
         sid = digest(fmt, json.dumps(pairs), json.dumps(meta, sort_keys=True))
         if db["sessions"].count_where("id = ?", [sid]):

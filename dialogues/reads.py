@@ -1,0 +1,163 @@
+"""The Store's named reads (a mixin of `Store`): every question the app, the export and the report
+ask of the database, each answered here and nowhere else. They run on the caller's thread with its
+own connection (from async code: `await store.aio.NAME(...)`)."""
+
+from __future__ import annotations
+
+import json
+from typing import Any
+
+from limachat.dialogues.values import RANK, StoreError
+
+
+class Reads:
+    def session(self, session_id: str) -> dict[str, Any]:
+        rows = self._query("select * from sessions where id = ?", (session_id,))
+        if not rows:
+            raise StoreError(f"no session {session_id!r}")
+        return rows[0]
+
+    def sessions(self, limit: int = 100, offset: int = 0, annotator: str | None = None) -> list[dict[str, Any]]:
+        """Newest first, with counts of turns and rated assistant turns (only `annotator`'s, when given)."""
+        where = "where s.annotator = :who" if annotator is not None else ""
+        return self._query(
+            f"""select s.*, (select count(*) from turns t where t.session_id = s.id) as turns,
+                      (select count(distinct r.turn_id) from ratings r join turns t on t.id = r.turn_id
+                        where t.session_id = s.id and r.current = 1) as rated,
+                      (select content from turns t where t.session_id = s.id and t.role = 'user'
+                        order by t.created limit 1) as first_prompt
+               from sessions s {where} order by s.created desc limit :limit offset :offset""",
+            {"who": annotator, "limit": limit, "offset": offset})
+
+    def sessions_where(self, mode: str | None = None, since: str | None = None, until: str | None = None) -> dict[str, dict]:
+        """id -> session, for the export filters."""
+        conditions = [(sql, value) for sql, value in (("mode = ?", mode), ("created >= ?", since), ("created < ?", until)) if value]
+        clause = (" where " + " and ".join(sql for sql, _ in conditions)) if conditions else ""
+        return {s["id"]: s for s in self._query(f"select * from sessions{clause}", tuple(v for _, v in conditions))}
+
+    def prompt_coverage(self, prompt_set: str) -> dict[tuple[str, str], int]:
+        """(prompt id, checkpoint) -> sessions of the prompt set in which the checkpoint answered it."""
+        rows = self._tuples(
+            """select s.prompt, t.checkpoint, count(distinct s.id) from sessions s join turns t on t.session_id = s.id
+               where s.prompt_set = ? and t.role = 'assistant' and t.status = 'ok' group by s.prompt, t.checkpoint""",
+            (prompt_set,))
+        return {(p, c): n for p, c, n in rows}
+
+    def counts(self) -> dict[str, int]:
+        """Rows per table: what a check that nothing changed compares."""
+        return {t: self._tuples(f"select count(*) from {t}")[0][0] for t in ("sessions", "turns", "ratings", "edits", "verdicts")}
+
+    def integrity(self) -> str:
+        return self._tuples("PRAGMA integrity_check")[0][0]
+
+    def turn(self, turn_id: str) -> dict[str, Any]:
+        rows = self._query("select * from turns where id = ?", (turn_id,))
+        if not rows:
+            raise StoreError(f"no turn {turn_id!r}")
+        return rows[0]
+
+    def turns(self, session_id: str) -> list[dict[str, Any]]:
+        """Every turn of a session, every branch, in creation order."""
+        return self._query("select * from turns where session_id = ? order by created, id", (session_id,))
+
+    def statuses(self, turn_ids: list[str]) -> dict[str, str]:
+        return dict(self._tuples("select id, status from turns where id in (select value from json_each(?))",
+                                 (json.dumps(turn_ids),)))
+
+    def latest_turn(self, session_id: str) -> str | None:
+        """The newest turn of a session: where a resumed chat picks up."""
+        rows = self._tuples("select id from turns where session_id = ? order by created desc, id desc limit 1", (session_id,))
+        return rows[0][0] if rows else None
+
+    def children(self, turn_id: str | None, session_id: str | None = None) -> list[dict[str, Any]]:
+        if turn_id is None:
+            return self._query("select * from turns where session_id = ? and parent_id is null order by created, id", (session_id,))
+        return self._query("select * from turns where parent_id = ? order by created, id", (turn_id,))
+
+    def branch(self, turn_id: str) -> list[dict[str, Any]]:
+        """The turns from the root of the tree down to `turn_id`."""
+        rows = self._query(
+            """with recursive up(id, parent_id, depth) as (
+                 select id, parent_id, 0 from turns where id = ?
+                 union all select t.id, t.parent_id, up.depth + 1 from turns t join up on t.id = up.parent_id)
+               select turns.* from up join turns on turns.id = up.id order by up.depth desc""", (turn_id,))
+        if not rows:
+            raise StoreError(f"no turn {turn_id!r}")
+        return rows
+
+    def messages(self, turn_id: str) -> list[dict[str, str]]:
+        """The chat messages of a branch, for the next request. Failed or empty replies are left out,
+        together with the user turn they answered, so a retry does not repeat the question."""
+        out: list[dict[str, str]] = []
+        for t in self.branch(turn_id):
+            if t["role"] == "assistant" and (t["status"] == "error" or not t["content"]):
+                if out and out[-1]["role"] == "user" and t["id"] != turn_id:
+                    out.pop()
+                continue
+            out.append({"role": t["role"], "content": t["content"]})
+        return out
+
+    def tree(self) -> list[tuple]:
+        """(id, parent_id, role, status, checkpoint, exchange) of every turn (the report's walk; no content)."""
+        return self._tuples("select id, parent_id, role, status, checkpoint, exchange from turns")
+
+    def chain_turns(self) -> list[dict[str, Any]]:
+        """Every turn with what a training chain needs, oldest first (the export's walk)."""
+        return self._query("select id, session_id, parent_id, role, content, checkpoint, status, created from turns order by created, id")
+
+    def latest_replies(self) -> list[tuple[str, str, str]]:
+        """(session, lane or '', turn id) of the newest finished reply of each conversation."""
+        rows = self._tuples(  # SQLite returns the bare column `id` from the row holding max(created)
+            """select session_id, coalesce(lane, ''), id, max(created) from turns
+               where role = 'assistant' and status = 'ok' group by session_id, coalesce(lane, '')""")
+        return [r[:3] for r in rows]
+
+    def fluency_by_checkpoint(self) -> list[tuple[str, float, int]]:
+        """(checkpoint, mean fluency, replies scored)."""
+        return self._tuples("""select coalesce(checkpoint, 'imported'), avg(fluency), count(fluency) from turns
+                               where role = 'assistant' and status = 'ok' and fluency is not null group by 1""")
+
+    def ratings(self, turn_id: str, *, history: bool = False) -> list[dict[str, Any]]:
+        where = "" if history else " and current = 1"
+        return self._query(f"select * from ratings where turn_id = ?{where} order by created, id", (turn_id,))
+
+    def current_labels(self, session_id: str, annotator: str | None = None) -> dict[str, str]:
+        """turn id -> current label (of `annotator`, or the latest of anyone's) for one session."""
+        rows = self._tuples(
+            """select r.turn_id, r.label, r.annotator from ratings r join turns t on t.id = r.turn_id
+               where t.session_id = ? and r.current = 1 order by r.created, r.id""", (session_id,))
+        return {turn: label for turn, label, who in rows if annotator is None or who == annotator}
+
+    def current_ratings(self, annotator: str | None = None) -> list[tuple[str, str, str]]:
+        """(turn id, annotator, label) of every current rating (of one annotator, when given)."""
+        if annotator is None:
+            return self._tuples("select turn_id, annotator, label from ratings where current = 1")
+        return self._tuples("select turn_id, annotator, label from ratings where current = 1 and annotator = ?", (annotator,))
+
+    def lowest_labels(self, annotator: str | None = None, ratings: list[tuple[str, str, str]] | None = None) -> dict[str, str]:
+        """turn id -> the lowest current label among its annotators (or `annotator`'s own): a turn one
+        annotator failed never counts as excellent. `ratings`: current_ratings() already read."""
+        lowest: dict[str, str] = {}
+        for turn, _, label in self.current_ratings(annotator) if ratings is None else ratings:
+            if turn not in lowest or RANK[label] < RANK[lowest[turn]]:
+                lowest[turn] = label
+        return lowest
+
+    def gold_edits(self, turn_ids: list[str] | None = None) -> dict[str, str]:
+        """turn id -> the text of its latest gold edit (of the given turns, or of all)."""
+        if turn_ids is None:
+            rows = self._tuples("select turn_id, content from edits order by created, id")
+        else:
+            rows = self._tuples("select turn_id, content from edits where turn_id in (select value from json_each(?)) "
+                                "order by created, id", (json.dumps(turn_ids),))
+        return dict(rows)  # later rows win: the latest edit
+
+    def gold(self, turn_id: str) -> str | None:
+        return self.gold_edits([turn_id]).get(turn_id)
+
+    def verdicts(self, session_id: str) -> list[dict[str, Any]]:
+        return self._query("select * from verdicts where session_id = ? and current = 1 order by created, id", (session_id,))
+
+    def current_verdicts(self) -> list[dict[str, Any]]:
+        return self._query("select session_id, turn_a, turn_b, checkpoint_a, checkpoint_b, annotator, verdict "
+                           "from verdicts where current = 1")

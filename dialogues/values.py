@@ -1,0 +1,55 @@
+"""The values the store knows: enumerations, the error it raises, how JSON columns are kept.
+(`limachat.dialogues.store` re-exports all of them.)"""
+
+from __future__ import annotations
+
+import json
+import secrets
+import time
+from datetime import datetime, timezone
+from typing import Any
+
+MODES = ("chat", "compare", "blind", "imported")
+ROLES = ("user", "assistant")
+LANES = ("a", "b")
+LABELS = ("fail", "pass", "excellent")
+RANK = {label: i for i, label in enumerate(LABELS)}  # a turn rated by several annotators takes the lowest
+STATUSES = ("streaming", "ok", "error", "stopped")
+VERDICTS = ("a", "b", "tie")
+JSON_COLUMNS = {"params", "meta", "omitted"}
+INTERRUPTED = "interrupted: the app stopped while this reply was streaming"
+
+
+class StoreError(ValueError):
+    """A request the store refuses (unknown id, bad label, a locked or foreign file): one line saying what."""
+
+
+def new_id() -> str:
+    """Time-ordered (sorts by creation) and random (merges across machines): 26 hex characters."""
+    return f"{time.time_ns():016x}{secrets.token_hex(5)}"
+
+
+def now() -> str:
+    return datetime.now(timezone.utc).isoformat(timespec="microseconds")
+
+
+def to_json(key: str, value: Any) -> Any:
+    """JSON columns are stored with sorted keys, so an export re-imported exports byte for byte."""
+    return json.dumps(value, sort_keys=True) if key in JSON_COLUMNS and value is not None and not isinstance(value, str) else value
+
+
+def _row(row: dict[str, Any] | None) -> dict[str, Any] | None:
+    if row is None:
+        return None
+    return {k: (json.loads(v) if k in JSON_COLUMNS and v is not None else v) for k, v in row.items()}
+
+
+def _check(value: str, allowed: tuple[str, ...], what: str) -> str:
+    if value not in allowed:
+        raise StoreError(f"{what} must be one of {', '.join(allowed)}, not {value!r}")
+    return value
+
+
+# The enumerated columns, checked before a row is written (and by the schema's CHECK constraints).
+ENUMS = {"sessions": {"mode": MODES}, "turns": {"role": ROLES, "status": STATUSES, "lane": LANES},
+         "ratings": {"label": LABELS}, "verdicts": {"verdict": VERDICTS}}
