@@ -87,11 +87,13 @@ class Logins:
     failures: dict[str, int] = field(default_factory=dict)
     hasher: PasswordHasher = field(default_factory=PasswordHasher)
 
+    def __post_init__(self):
+        self._decoy = self.hasher.hash("not a password anyone has")  # checked for unknown names
     def _ok(self, name: str, password: str) -> bool:
         secret = self.users.get(name)
         if secret is None:
             try:  # as slow as a real check, so a wrong name cannot be told from a wrong password by timing
-                self.hasher.verify(self.hasher.hash("x"), "y")
+                self.hasher.verify(self._decoy, password)
             except VerificationError:
                 pass
             return False

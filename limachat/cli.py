@@ -9,6 +9,7 @@ from pathlib import Path
 import click
 
 from limachat.options import filter_options
+from limachat.serve.net import AddressError, check_bind, url_host
 from limachat.settings import Settings, SettingsError, load_settings
 from limachat.train.command import train_cmd
 
@@ -56,7 +57,7 @@ class _Main(click.Group):
             return super().invoke(ctx)
         except (click.ClickException, click.exceptions.Exit, click.Abort, KeyboardInterrupt, SystemExit):
             raise
-        except (StoreError, FormatError, AuthFileError, SettingsError) as e:
+        except (StoreError, FormatError, AuthFileError, SettingsError, AddressError) as e:
             raise click.ClickException(str(e)) from None
         except OSError as e:
             if e.filename is None:
@@ -143,29 +144,8 @@ def _stop_on_signals() -> None:
     signal.signal(signal.SIGINT, _interrupt)
 
 
-def _replace_stale(settings: Settings) -> None:
-    """A vLLM server this home started on the port, whose supervisor died (a crash, a kill -9), is
-    stopped so a new one can take the port. Anything else on the port is left alone."""
-    import psutil
-
-    from limachat.serve.server import pidfile, stale_server
-
-    proc = stale_server(settings.home, settings.server.port)
-    if proc is None:
-        return
-    _progress(f"stopping the vLLM server (pid {proc.pid}) left on port {settings.server.port} by an earlier limachat that stopped")
-    family = [proc, *proc.children(recursive=True)]
-    for p in family:
-        p.terminate()
-    _, alive = psutil.wait_procs(family, timeout=20)
-    for p in alive:
-        p.kill()
-    psutil.wait_procs(alive, timeout=10)
-    pidfile(settings.home, settings.server.port).unlink(missing_ok=True)
-
-
 def _serve(settings: Settings, prepared, *, app: bool = False, users: dict[str, str] | None = None) -> None:
-    from limachat.serve.server import ServerConfig, ServerError, VLLMServer, find_adapters, has_cuda_gpu, pidfile
+    from limachat.serve.server import ServerConfig, ServerError, VLLMServer, find_adapters, has_cuda_gpu, pidfile, stop_stale
 
     try:
         adapters = find_adapters(settings.home, prepared.adapter, prepared.model)
@@ -180,7 +160,9 @@ def _serve(settings: Settings, prepared, *, app: bool = False, users: dict[str, 
                           max_model_len=s.max_model_len, max_lora_rank=s.max_lora_rank, kv_cache_gib=s.kv_cache_gib,
                           extra_args=s.extra_args)
     server = VLLMServer(config, settings.home / "logs" / f"vllm-{s.port}.log", pidfile(settings.home, s.port))
-    _replace_stale(settings)
+    stale = stop_stale(settings.home, s.port)
+    if stale:
+        _progress(f"stopped the vLLM server (pid {stale}) an earlier limachat left on port {s.port}")
 
     _stop_on_signals()
     ui = None
@@ -231,19 +213,8 @@ def serve_cmd(ctx: click.Context, port: int | None, host: str | None, base: str 
         settings.server.port = port
     if host is not None:
         settings.server.host = host
-    _check_host(host, "--host")
+    check_bind(settings.server.host, what="--host" if host else "server.host")  # the port may hold our own stale server
     _serve(settings, _prepare(settings, base))
-
-
-def _check_host(host: str | None, option: str) -> None:
-    import socket
-
-    if host is None:
-        return
-    try:
-        socket.getaddrinfo(host, None)
-    except socket.gaierror as e:
-        raise click.ClickException(f"{option} {host!r}: not an address of this machine ({e.strerror})") from None
 
 
 @main.command("demo")
@@ -259,7 +230,7 @@ def demo_cmd(ctx: click.Context, base: str | None, auth_file: Path | None) -> No
 
     settings = _settings(ctx)
     users = _users(auth_file)
-    _check_app_port(settings)
+    check_bind(settings.app.host, settings.app.port, "app.host")
     prepared = _prepare(settings, base)
     run(settings, ["zero-shot", "dialogue"], split(bundled_examples()), prepared.model, {}, progress=_progress)
     _serve(settings, prepared, app=True, users=users)
@@ -281,20 +252,10 @@ def _users(auth_file: Path | None) -> dict[str, str] | None:
     return users
 
 
-def _check_app_port(settings: Settings) -> None:
-    from limachat.serve.server import _port_in_use
-
-    if _port_in_use(settings.app.host, settings.app.port):
-        raise click.ClickException(f"app port {settings.app.port} is already in use (set app.port or --port)")
-
-
 def _start_app(settings: Settings, users: dict[str, str] | None, *, block: bool):
     """Build the Gradio app over the store and the configured checkpoints and serve it."""
     from limachat.demo.app import app_checkpoints, build_app, launch
     from limachat.serve.client import ChatClient
-    from limachat.serve.server import url_host
-
-    _check_app_port(settings)
     checkpoints = app_checkpoints(settings)
     for ck in checkpoints:
         _progress(f"{ck.name}: {ck.model} at {ck.base_url} ({ChatClient(ck).status()})")
@@ -325,7 +286,7 @@ def app_cmd(ctx: click.Context, port: int | None, host: str | None, auth_file: P
         settings.app.port = port
     if host is not None:
         settings.app.host = host
-    _check_host(host, "--host")
+    check_bind(settings.app.host, settings.app.port, "--host" if host else "app.host")
     users = _users(auth_file)
     _stop_on_signals()
     _start_app(settings, users, block=True)

@@ -17,6 +17,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_valida
 from pydantic_settings import BaseSettings, PydanticBaseSettingsSource, SettingsConfigDict
 
 from limachat.serve.checkpoints import Checkpoint
+from limachat.serve.net import url_host
 
 ENV_PREFIX = "LIMACHAT_"
 CONFIG_FILE = "limachat.toml"
@@ -134,8 +135,7 @@ class Settings(BaseSettings):
 
     @property
     def local_base_url(self) -> str:
-        host = "127.0.0.1" if self.server.host in ("0.0.0.0", "::") else self.server.host
-        return f"http://{host}:{self.server.port}/v1"
+        return f"http://{url_host(self.server.host)}:{self.server.port}/v1"
 
     def checkpoint(self, name: str) -> Checkpoint:
         """The named checkpoint, with the local server's URL filled in where none is given."""

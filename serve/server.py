@@ -10,7 +10,6 @@ import json
 import os
 import re
 import signal
-import socket
 import subprocess
 import sys
 import time
@@ -19,6 +18,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import httpx
+
+from limachat.serve.net import AddressError, check_bind, url_host
 
 VARIANTS = ("zero-shot", "dialogue")
 BASE_NAME = "base"
@@ -134,43 +135,6 @@ class ServerConfig:
         return f"http://{url_host(self.host)}:{self.port}/v1"
 
 
-def connect_host(host: str) -> str:
-    """Where a client reaches a server bound to `host` (a wildcard address means this machine)."""
-    return {"0.0.0.0": "127.0.0.1", "": "127.0.0.1", "::": "::1"}.get(host, host)
-
-
-def url_host(host: str) -> str:
-    """`host` as it goes in a URL: IPv6 addresses in brackets."""
-    host = connect_host(host)
-    return f"[{host}]" if ":" in host else host
-
-
-def check_bind(host: str, port: int) -> None:
-    """ServerError when `host` names no address of this machine (a typo, an IPv6 host without IPv6)."""
-    try:
-        infos = socket.getaddrinfo(host, port, type=socket.SOCK_STREAM)
-    except socket.gaierror as e:
-        raise ServerError(f"--host / server.host {host!r}: not an address this machine can bind ({e.strerror})") from None
-    family, kind, proto, _, address = infos[0]
-    with socket.socket(family, kind, proto) as s:
-        try:
-            s.bind(address)
-        except OSError as e:
-            if e.errno != 98:  # in use: reported (and maybe resolved) by the caller
-                raise ServerError(f"--host / server.host {host!r}: cannot bind it ({e.strerror})") from None
-
-
-def _port_in_use(host: str, port: int) -> bool:
-    try:
-        infos = socket.getaddrinfo(connect_host(host), port, type=socket.SOCK_STREAM)
-    except socket.gaierror:
-        return False
-    family, kind, proto, _, address = infos[0]
-    with socket.socket(family, kind, proto) as s:
-        s.settimeout(0.5)
-        return s.connect_ex(address) == 0
-
-
 # -- Nothing outlives its supervisor ------------------------------------------------------------------
 # The vLLM process gets the Linux parent-death signal (SIGTERM when `limachat serve` dies, by any
 # signal, SIGKILL included; vLLM then stops its own engine process), and a pidfile under the home
@@ -186,6 +150,25 @@ def _die_with_parent() -> None:  # runs in the child between fork and exec
 
 def pidfile(home: Path, port: int) -> Path:
     return Path(home) / "run" / f"vllm-{port}.pid"
+
+
+def stop_stale(home: Path, port: int) -> int | None:
+    """Stop the vLLM server this home started on `port` whose supervisor died (a crash, a kill -9),
+    so a new one can take the port; anything else there is left alone. Returns the pid it stopped."""
+    import psutil
+
+    proc = stale_server(home, port)
+    if proc is None:
+        return None
+    family = [proc, *proc.children(recursive=True)]
+    for p in family:
+        p.terminate()
+    _, alive = psutil.wait_procs(family, timeout=20)
+    for p in alive:
+        p.kill()
+    psutil.wait_procs(alive, timeout=10)
+    pidfile(home, port).unlink(missing_ok=True)
+    return proc.pid
 
 
 def stale_server(home: Path, port: int):
@@ -215,9 +198,10 @@ class VLLMServer:
         self.start_seconds: float | None = None
 
     def start(self, timeout: float = 900.0, progress: Callable[[str], None] | None = None) -> None:
-        check_bind(self.config.host, self.config.port)
-        if _port_in_use(self.config.host, self.config.port):
-            raise ServerError(f"{self.config.host}:{self.config.port} is already in use (set server.port or --port)")
+        try:
+            check_bind(self.config.host, self.config.port, "server.host/port")
+        except AddressError as e:
+            raise ServerError(str(e)) from None
         self.log_path.parent.mkdir(parents=True, exist_ok=True)
         log = self.log_path.open("ab")
         log.write(("\n$ " + " ".join(self.config.command()) + "\n").encode())

@@ -221,25 +221,26 @@ def drain(gen):
     return asyncio.run(go())
 
 
+# (id, what is stored first (or None), the call, what the one line must contain)
 APP_CASES = [
-    ("chat-1mb-message", lambda d: drain(chat.send(d, chat.blank(), "word " * 200_000, "dialogue", "ana")),
+    ("chat-1mb-message", None, lambda d, st: drain(chat.send(d, chat.blank(), "word " * 200_000, "dialogue", "ana")),
      "This message has 1,000,000 characters; the limit is 100,000"),
-    ("chat-nul", lambda d: drain(chat.send(d, chat.blank(), "hello\x00world", "dialogue", "ana")),
+    ("chat-nul", None, lambda d, st: drain(chat.send(d, chat.blank(), "hello\x00world", "dialogue", "ana")),
      "control character U+0000 at character 6"),
-    ("chat-escape-sequence", lambda d: drain(chat.send(d, chat.blank(), "red \x1b[31mtext", "dialogue", "ana")),
+    ("chat-escape-sequence", None, lambda d, st: drain(chat.send(d, chat.blank(), "red \x1b[31mtext", "dialogue", "ana")),
      "control character U+001B at character 5"),
-    ("compare-bell", lambda d: drain(compare.send(d, compare.blank(), "ring\x07", "zero-shot", "dialogue", True, "ana")),
+    ("compare-bell", None, lambda d, st: drain(compare.send(d, compare.blank(), "ring\x07", "zero-shot", "dialogue", True, "ana")),
      "control character U+0007"),
-    ("compare-1mb", lambda d: drain(compare.send(d, compare.blank(), "x" * 1_000_000, "zero-shot", "dialogue", False, "ana")),
+    ("compare-1mb", None, lambda d, st: drain(compare.send(d, compare.blank(), "x" * 1_000_000, "zero-shot", "dialogue", False, "ana")),
      "the limit is 100,000"),
-    ("edit-to-control", lambda d: drain(chat.edit(d, _one_exchange(d), 0, "new\x08text", "dialogue", "ana")),
+    ("edit-to-control", "exchange", lambda d, st: drain(chat.edit(d, st, 0, "new\x08text", "dialogue", "ana")),
      "control character U+0008"),
-    ("prompt-set-binary", lambda d: compare.prompt_set(_file(d, "set.jsonl", b"\x00\x01\x02\xff")), "set.jsonl:1: not UTF-8"),
-    ("prompt-set-nul", lambda d: compare.prompt_set(_file(d, "set.txt", b"a question\x00\n")), "set.txt:1: a NUL byte"),
-    ("prompt-set-empty", lambda d: compare.prompt_set(_file(d, "set.txt", b"\n\n")), "set.txt: no prompts"),
-    ("prompt-set-array", lambda d: compare.prompt_set(_file(d, "set.jsonl", b'{"prompt": "ok"}\n{"prompt": 3}\n')),
+    ("prompt-set-binary", None, lambda d, st: compare.prompt_set(_file(d, "set.jsonl", b"\x00\x01\x02\xff")), "set.jsonl:1: not UTF-8"),
+    ("prompt-set-nul", None, lambda d, st: compare.prompt_set(_file(d, "set.txt", b"a question\x00\n")), "set.txt:1: a NUL byte"),
+    ("prompt-set-empty", None, lambda d, st: compare.prompt_set(_file(d, "set.txt", b"\n\n")), "set.txt: no prompts"),
+    ("prompt-set-array", None, lambda d, st: compare.prompt_set(_file(d, "set.jsonl", b'{"prompt": "ok"}\n{"prompt": 3}\n')),
      'set.jsonl:2: needs a "prompt" string'),
-    ("rate-without-name", lambda d: chat.rate(d, _one_exchange(d), 1, "Pass", None), "Enter your name"),
+    ("rate-without-name", "exchange", lambda d, st: chat.rate(d, st, 1, "Pass", None), "Enter your name"),
 ]
 
 
@@ -250,11 +251,11 @@ def _file(d: Deps, name: str, data: bytes) -> Path:
 
 
 def _one_exchange(d: Deps) -> dict:
+    """A stored chat exchange (a question and its reply) for the cases that act on one."""
     sid = d.store.start_session("chat")
     u = d.store.add_user_turn(sid, "q")
     a = d.store.begin_assistant_turn(sid, u, checkpoint="dialogue")
     d.store.finish_assistant_turn(a, "answer")
-    d.__dict__["_before"] = state_of(d.store.path)  # the state the case must leave as it is
     return {"session": sid, "ids": [u, a]}
 
 
@@ -262,12 +263,30 @@ def _one_exchange(d: Deps) -> dict:
 def test_app_bad_input(case, deps):
     """The app's handlers refuse with a ValueError, which the page shows as one line (gr.Error) and
     which Gradio does not print as a traceback; nothing is stored."""
-    _, call, expected = case
+    _, setup, call, expected = case
+    state = _one_exchange(deps) if setup == "exchange" else None
     before = state_of(deps.store.path)
     with pytest.raises(ValueError) as refused:
-        call(deps)
+        call(deps, state)
     assert_one_clear_line(str(refused.value), expected)
-    assert state_of(deps.store.path) == deps.__dict__.get("_before", before)
+    assert state_of(deps.store.path) == before
+
+
+def test_a_port_already_taken_is_named_before_anything_starts(seeded_db, tmp_path):
+    import socket
+
+    db = tmp_path / "data" / "limachat.db"
+    db.parent.mkdir()
+    db.write_bytes(seeded_db.read_bytes())
+    before = state_of(db)
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        port = taken.getsockname()[1]
+        result = run_cli(tmp_path, ["app", "--port", str(port)], {})
+    assert result.returncode != 0
+    assert_one_clear_line(result.stderr, f"app.host 127.0.0.1:{port}: the port is already in use")
+    assert state_of(db) == before
 
 
 def test_right_to_left_and_emoji_text_is_stored_as_written(deps):
@@ -284,4 +303,4 @@ def test_cases_cover_every_entry_point():
     kinds = {c[0].split("-")[0] for c in CLI_CASES} | {c[0].split("-")[0] for c in APP_CASES}
     assert {"import", "export", "report", "app", "serve", "home", "toml", "env", "auth", "users", "db", "chat",
             "compare", "edit", "prompt", "rate"} <= kinds
-    assert len(CLI_CASES) + len(APP_CASES) + 1 >= 30
+    assert len(CLI_CASES) + len(APP_CASES) + 2 >= 30

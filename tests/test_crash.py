@@ -74,8 +74,7 @@ time.sleep(120)  # stands in for a server; given the module name as an argument,
 def test_the_next_serve_recognises_its_own_stale_server_and_nothing_else(tmp_path):
     """The pidfile names the server a home started; a process with that pid, start time and command
     line is stopped before a new server takes the port. Another process is never touched."""
-    from limachat.cli import _replace_stale
-    from limachat.serve.server import pidfile, stale_server
+    from limachat.serve.server import pidfile, stale_server, stop_stale
 
     settings = Settings(home=tmp_path)
     port = settings.server.port
@@ -90,7 +89,7 @@ def test_the_next_serve_recognises_its_own_stale_server_and_nothing_else(tmp_pat
         assert stale_server(tmp_path, port) is None, "a reused pid (another start time): left alone"
         path.write_text(json.dumps({"pid": stale.pid, "started": psutil.Process(stale.pid).create_time()}))
         assert stale_server(tmp_path, port).pid == stale.pid
-        _replace_stale(settings)
+        assert stop_stale(tmp_path, port) == stale.pid
         assert stale.wait(timeout=30) is not None and other.poll() is None and not path.exists()
     finally:
         for p in (stale, other):
