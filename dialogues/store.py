@@ -187,44 +187,59 @@ class Store(Reads, Bulk):
 
     def _commit(self, work: list[tuple[Callable, Future]]) -> None:
         """Run the queued writes in one transaction, each in its own savepoint; acknowledge after COMMIT."""
+        work = [(fn, future) for fn, future in work if future.set_running_or_notify_cancel()]
+        while work:
+            work = self._transaction(work)
+
+    def _transaction(self, work: list[tuple[Callable, Future]]) -> list[tuple[Callable, Future]]:
+        """One transaction over `work`; returns the writes to run again (in a fresh one) when a write's
+        error ended this one: that write alone fails."""
         db = self.db.conn
         try:
             db.execute("BEGIN IMMEDIATE")
         except sqlite3.Error as e:
             return self._fail(work, e)
-        results = []
-        for fn, future in work:
-            if not future.set_running_or_notify_cancel():
-                continue
+        done = []
+        for i, (fn, future) in enumerate(work):
             db.execute("SAVEPOINT write")
             try:
-                results.append((future, fn(), None))
+                done.append((fn, future, fn(), None))
                 db.execute("RELEASE write")
             except BaseException as e:  # noqa: BLE001 - handed to the caller
-                if not db.in_transaction:  # the error ended the whole transaction: nothing of it stands
-                    return self._fail([(None, f) for f, _, _ in results] + [(fn, future)], e, started=True)
+                if not db.in_transaction:  # the error ended the whole transaction, the others' writes with it
+                    future.set_exception(self._error(e))
+                    for _, fut, _, err in done:
+                        if err is not None:
+                            fut.set_exception(err)
+                    return [(f, fut) for f, fut, _, err in done if err is None] + work[i + 1:]
                 db.execute("ROLLBACK TO write")
                 db.execute("RELEASE write")
-                results.append((future, None, e))
+                done.append((fn, future, None, e))
         try:
             db.execute("COMMIT")
             self.commits += 1
         except sqlite3.Error as e:
             if db.in_transaction:
                 db.execute("ROLLBACK")
-            return self._fail([(None, f) for f, _, _ in results], e, started=True)
-        for future, result, error in results:
+            return self._fail([(fn, future) for fn, future, _, _ in done], e)
+        for _, future, result, error in done:
             future.set_exception(error) if error is not None else future.set_result(result)
+        return []
 
-    def _fail(self, work, error: BaseException, started: bool = False) -> None:
+    def _error(self, error: BaseException) -> BaseException:
+        """A database failure as the one line a user gets; a write's own error as it is."""
         if isinstance(error, sqlite3.OperationalError) and "locked" in str(error):
-            error = StoreError(f"{self.path} is locked by another process (waited {self.busy_timeout_ms / 1000:.0f} s); "
-                               "nothing was written, try again")
-        elif isinstance(error, sqlite3.DatabaseError) and not isinstance(error, sqlite3.IntegrityError):
-            error = StoreError(f"{self.path}: {error}; nothing was written")
+            return StoreError(f"{self.path} is locked by another process (waited {self.busy_timeout_ms / 1000:.0f} s); "
+                              "nothing was written, try again")
+        if isinstance(error, sqlite3.DatabaseError) and not isinstance(error, sqlite3.IntegrityError):
+            return StoreError(f"{self.path}: {error}; nothing was written")
+        return error
+
+    def _fail(self, work: list[tuple[Callable, Future]], error: BaseException) -> list:
+        error = self._error(error)
         for _, future in work:
-            if started or future.set_running_or_notify_cancel():
-                future.set_exception(error)
+            future.set_exception(error)
+        return []
 
     def transaction(self, fn: Callable[[Database], Any]) -> Any:
         """Several writes as one (an import): `fn(db)` runs on the writer thread in one transaction."""

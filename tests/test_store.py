@@ -395,3 +395,42 @@ def test_a_sqlite_call_on_the_event_loop_is_refused(store):
     with pytest.raises(RuntimeError, match="a SQLite call on the event loop"):
         asyncio.run(wrong())
     assert asyncio.run(right())["content"] == "q"
+
+
+def test_a_write_that_ends_the_whole_transaction_fails_alone(store):
+    """A write whose error rolls back the shared transaction (as a RAISE(ROLLBACK) trigger or a full
+    disk would) fails alone: the writes queued with it run again and are committed."""
+    sid = store.start_session()
+    gate, holding = threading.Event(), threading.Event()
+
+    def hold(db):
+        holding.set()
+        gate.wait(10)
+
+    def ends_it(db):
+        db.execute("ROLLBACK")
+        raise sqlite3.OperationalError("the transaction was rolled back")
+
+    first = threading.Thread(target=store.transaction, args=(hold,))
+    first.start()
+    holding.wait(10)  # the writer is busy: the next three queue up and share one transaction
+    outcomes = {}
+
+    def run(name, fn):
+        try:
+            outcomes[name] = fn()
+        except Exception as e:  # noqa: BLE001 - asserted below
+            outcomes[name] = e
+
+    threads = [threading.Thread(target=run, args=args) for args in (
+        ("before", lambda: store.add_user_turn(sid, "before")), ("bad", lambda: store.transaction(ends_it)),
+        ("after", lambda: store.add_user_turn(sid, "after")))]
+    for t in threads:
+        t.start()
+        time.sleep(0.1)
+    gate.set()
+    for t in threads + [first]:
+        t.join(10)
+    assert isinstance(outcomes["bad"], StoreError) and "rolled back" in str(outcomes["bad"])
+    assert {t["content"] for t in store.turns(sid)} == {"before", "after"}
+    assert store.turn(outcomes["before"])["content"] == "before" and store.turn(outcomes["after"])["content"] == "after"
