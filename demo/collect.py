@@ -48,10 +48,10 @@ def export_file(deps: Deps, f: Filters, fmt: str) -> tuple[Path, str]:
 
 def _cli_filters(f: Filters) -> list[str]:
     args = []
-    for key in ("min_label", "checkpoint", "annotator", "mode", "since", "until"):
-        if getattr(f, key):
-            args += [f"--{key.replace('_', '-')}", getattr(f, key)]
-    args += ["--cut-at-first-fail"] * f.cut_at_first_fail + ["--prefer-gold"] * f.prefer_gold
+    for key in ("min_label", "checkpoint", "annotator", "mode", "since", "until", "raters", "min_score", "selection", "gold_from"):
+        if getattr(f, key) is not None:
+            args += [f"--{key.replace('_', '-')}", str(getattr(f, key))]
+    args += ["--cut-at-first-fail"] * f.cut_at_first_fail + ["--prefer-gold"] * f.prefer_gold + ["--human-wins"] * f.human_wins
     return args + (["--min-turns", str(f.min_turns)] if f.min_turns != 1 else [])
 
 

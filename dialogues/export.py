@@ -16,6 +16,7 @@ from typing import Any
 
 from limachat.dialogues.formats import dumps
 from limachat.dialogues.store import LABELS, MODES, RANK, Store
+from limachat.dialogues.values import GOLD_SOURCES, RATERS
 
 UNRATED = "unrated"
 
@@ -31,8 +32,19 @@ class Filters:
     since: str | None = None  # session created at or after (ISO date or time)
     until: str | None = None  # session created before
     min_turns: int = 1  # assistant turns in the chain
+    raters: str = "humans"  # whose ratings count: humans | judges | all
+    human_wins: bool = False  # where a person rated a turn, only people's labels count
+    min_score: float | None = None  # every assistant turn scored at least this by the judges (AlpaGasus: 4.5)
+    selection: str | None = None  # only the chains of this named selection (`limachat select`)
+    gold_from: str = "humans"  # with prefer_gold: humans' edits, teachers' revisions, or both (a person's winning)
 
     def __post_init__(self):
+        if self.raters not in RATERS:
+            raise ValueError(f"--raters must be one of {', '.join(RATERS)}, not {self.raters!r}")
+        if self.gold_from not in GOLD_SOURCES:
+            raise ValueError(f"--gold-from must be one of {', '.join(GOLD_SOURCES)}, not {self.gold_from!r}")
+        if self.min_score is not None and not 0 <= self.min_score <= 5:
+            raise ValueError(f"--min-score must be from 0 to 5, not {self.min_score}")
         if self.min_label is not None and self.min_label not in LABELS:
             raise ValueError(f"--min-label must be one of {', '.join(LABELS)}, not {self.min_label!r}")
         if self.mode is not None and self.mode not in MODES:
@@ -45,6 +57,7 @@ class Chain:
     turns: list[dict[str, Any]]  # user, assistant, user, assistant ...
     labels: list[str]  # one per assistant turn: fail | pass | excellent | unrated
     annotators: list[str]
+    leaf: str = ""  # the id of the branch's last turn: the chain's name in a selection
 
     def messages(self) -> list[dict[str, str]]:
         system = (self.session.get("meta") or {}).get("system")
@@ -59,11 +72,16 @@ class Chain:
 
 def chains(store: Store, f: Filters = Filters()) -> Iterator[Chain]:
     sessions = store.sessions_where(f.mode, f.since, f.until)
-    label = store.lowest_labels(f.annotator)
+    ratings = store.current_ratings(f.annotator)
+    label = store.lowest_labels(f.annotator, ratings, raters=f.raters, human_wins=f.human_wins)
+    keep = store.takes(f.raters)
     who: dict[str, set[str]] = defaultdict(set)
-    for turn, annotator, _ in store.current_ratings(f.annotator):
-        who[turn].add(annotator)
-    gold = store.gold_edits() if f.prefer_gold else {}
+    for turn, annotator, _ in ratings:
+        if keep(annotator):
+            who[turn].add(annotator)
+    gold = store.gold_edits(source=f.gold_from) if f.prefer_gold else {}
+    scores = store.current_scores() if f.min_score is not None else {}
+    chosen = set(store.selection(f.selection)) if f.selection else None
     children: dict[str | None, list[dict]] = defaultdict(list)
     for t in store.chain_turns():
         if t["session_id"] in sessions:
@@ -77,7 +95,9 @@ def chains(store: Store, f: Filters = Filters()) -> Iterator[Chain]:
             if kids:
                 stack.extend((k, path + [k]) for k in reversed(kids))
                 continue
-            chain = _select(sessions[node["session_id"]], path, label, who, gold, f)
+            if chosen is not None and node["id"] not in chosen:
+                continue
+            chain = _select(sessions[node["session_id"]], path, label, who, gold, scores, f)
             if chain is None:
                 continue
             key = dumps(chain.messages())
@@ -86,7 +106,7 @@ def chains(store: Store, f: Filters = Filters()) -> Iterator[Chain]:
                 yield chain
 
 
-def _select(session, path, label, who, gold, f: Filters) -> Chain | None:
+def _select(session, path, label, who, gold, scores, f: Filters) -> Chain | None:
     kept: list[dict] = []
     labels: list[str] = []
     for i in range(0, len(path) - 1, 2):
@@ -106,10 +126,12 @@ def _select(session, path, label, who, gold, f: Filters) -> Chain | None:
         return None
     if f.checkpoint and any(t["checkpoint"] != f.checkpoint for t in kept[1::2]):
         return None
+    if f.min_score is not None and any(scores.get(t["id"], -1) < f.min_score for t in kept[1::2]):
+        return None
     annotators = sorted(set().union(*(who.get(t["id"], set()) for t in kept[1::2])))
     if f.annotator and not annotators:
         return None
-    return Chain(session, kept, labels, annotators)
+    return Chain(session, kept, labels, annotators, path[-1]["id"])
 
 
 def training_record(chain: Chain, fmt: str) -> dict[str, Any]:

@@ -7,6 +7,8 @@ clears the `current` flag of the one it replaces (at most one current per turn a
 `turns.lane` is null in chat mode and "a" / "b" for the two sides of a compare session.
 """
 
+import re
+
 from sqlite_utils import Database, Migrations
 
 migrations = Migrations("limachat")
@@ -64,9 +66,10 @@ def m002_sampling_and_fluency(db: Database) -> None:
     db["turns"].add_column("fluency", float)
 
 
-def _rebuild(db: Database, table: str, checks: dict[str, str], columns: dict[str, str] | None = None) -> None:
+def _rebuild(db: Database, table: str, checks: dict[str, str], columns: dict[str, str] | None = None,
+             drop: tuple[str, ...] = ()) -> None:
     """Recreate `table` with CHECK constraints (SQLite cannot add them in place), keeping its rows,
-    indexes and the keys that point at it. Rows that break a new constraint stop the migration with
+    indexes and the keys that point at it; `drop`: names of its constraints to leave out (replaced). Rows that break a new constraint stop the migration with
     one line naming them (nothing is changed); foreign keys are off while it runs and checked after."""
     sql = db.execute("select sql from sqlite_master where type = 'table' and name = ?", [table]).fetchone()[0]
     indexes = [r[0] for r in db.execute("select sql from sqlite_master where type = 'index' and tbl_name = ? and sql is not null",
@@ -79,6 +82,10 @@ def _rebuild(db: Database, table: str, checks: dict[str, str], columns: dict[str
                              "fix them with any SQLite tool and start again")
     old = [r[1] for r in db.execute(f"PRAGMA table_info({table})")]
     body = sql[sql.index("(") + 1:sql.rindex(")")]
+    for name in drop:
+        body, n = re.subn(rf",\s*CONSTRAINT {name} CHECK \((?:[^()]|\([^()]*\))*\)", "", body)
+        if n != 1:
+            raise ValueError(f"{table} has no constraint {name}")
     extra = "".join(f',\n   "{c}" {t}' for c, t in (columns or {}).items())
     constraints = "".join(f",\n   CONSTRAINT {name} CHECK ({condition})" for name, condition in checks.items())
     db.execute(f'CREATE TABLE "{table}_new" ({body}{extra}{constraints}\n)')
@@ -106,6 +113,48 @@ def m003_checks_owner_error_detail(db: Database) -> None:
     _rebuild(db, "ratings", {"ratings_label": "label in ('fail', 'pass', 'excellent')", "ratings_current": "current in (0, 1)"})
     _rebuild(db, "verdicts", {"verdicts_verdict": "verdict in ('a', 'b', 'tie')", "verdicts_current": "current in (0, 1)"})
     db.execute("update turns set error_detail = error, error = 'the request failed' where error is not null")
+    broken = db.execute("PRAGMA foreign_key_check").fetchall()
+    if broken:
+        raise ValueError(f"foreign keys broken after the upgrade: {broken[:3]}")
+
+
+@migrations()
+def m004_curation(db: Database) -> None:
+    """Machines beside the humans (issue 11). `annotators` says who each annotator name is: `human`
+    (also every name it does not list), `judge` (an LLM labelling turns) or `teacher` (an LLM revising
+    them), with the model, endpoint and prompt version behind a machine. `judgments` keeps what a judge
+    was asked to do and what it answered, parsed or not; a label it gives is also a rating, a pairwise
+    verdict also a verdict (which may now be `inconsistent`: the judge disagreed with itself once the
+    sides were swapped). Teacher revisions are gold edits with the rubric they followed and a human's
+    review (accepted / rejected). Rubrics are versioned per category; `categories` files instructions
+    (a chain's first user turn) under one. A selection is a named, ordered set of chains (by the id of
+    their last turn); `embeddings` caches a chain's vector by a hash of the model and the text."""
+    db["annotators"].create({"name": str, "kind": str, "model": str, "endpoint": str, "prompt": str, "created": str},
+                            pk="name", not_null={"kind", "created"})
+    _rebuild(db, "annotators", {"annotators_kind": "kind in ('human', 'judge', 'teacher')"})
+    db["judgments"].create(
+        {"id": str, "annotator": str, "mode": str, "turn_id": str, "turn_b": str, "result": str, "score": float,
+         "explanation": str, "raw": str, "error": str, "created": str},
+        pk="id", not_null={"annotator", "mode", "turn_id", "created"},
+        foreign_keys=[("annotator", "annotators", "name"), ("turn_id", "turns", "id"), ("turn_b", "turns", "id")])
+    _rebuild(db, "judgments", {"judgments_mode": "mode in ('label', 'score', 'pairwise')",
+                               "judgments_parsed": "(error is null) = (result is not null or score is not null)"})
+    db["judgments"].create_index(["annotator", "mode", "turn_id"])
+    _rebuild(db, "verdicts", {"verdicts_verdict": "verdict in ('a', 'b', 'tie', 'inconsistent')"}, drop=("verdicts_verdict",))
+    db["rubrics"].create({"id": str, "category": str, "content": str, "annotator": str, "created": str, "current": int},
+                         pk="id", not_null={"category", "content", "annotator", "created", "current"})
+    db.execute("CREATE UNIQUE INDEX rubrics_current ON rubrics (category) WHERE current = 1")
+    db["categories"].create({"turn_id": str, "category": str, "annotator": str, "created": str}, pk="turn_id",
+                            not_null={"category", "annotator", "created"}, foreign_keys=[("turn_id", "turns", "id")])
+    for column in ("rubric_id TEXT REFERENCES rubrics(id)", "review TEXT", "reviewer TEXT"):
+        db.execute(f"ALTER TABLE edits ADD COLUMN {column}")
+    _rebuild(db, "edits", {"edits_review": "review is null or review in ('accepted', 'rejected')"})
+    db["selections"].create({"name": str, "created": str, "method": str, "params": str, "coverage": str}, pk="name",
+                            not_null={"created", "method"})
+    db["selection_chains"].create({"selection": str, "turn_id": str, "rank": int, "cluster": int},
+                                  pk=("selection", "turn_id"), not_null={"rank"},
+                                  foreign_keys=[("selection", "selections", "name"), ("turn_id", "turns", "id")])
+    db["embeddings"].create({"key": str, "model": str, "vector": bytes}, pk="key", not_null={"model", "vector"})
     broken = db.execute("PRAGMA foreign_key_check").fetchall()
     if broken:
         raise ValueError(f"foreign keys broken after the upgrade: {broken[:3]}")

@@ -7,7 +7,7 @@ from __future__ import annotations
 import json
 from typing import Any
 
-from limachat.dialogues.values import RANK, StoreError
+from limachat.dialogues.values import GOLD_SOURCES, RANK, StoreError, _check
 
 
 class Reads:
@@ -134,23 +134,37 @@ class Reads:
             return self._tuples("select turn_id, annotator, label from ratings where current = 1")
         return self._tuples("select turn_id, annotator, label from ratings where current = 1 and annotator = ?", (annotator,))
 
-    def lowest_labels(self, annotator: str | None = None, ratings: list[tuple[str, str, str]] | None = None) -> dict[str, str]:
+    def lowest_labels(self, annotator: str | None = None, ratings: list[tuple[str, str, str]] | None = None,
+                      raters: str = "all", human_wins: bool = False) -> dict[str, str]:
         """turn id -> the lowest current label among its annotators (or `annotator`'s own): a turn one
-        annotator failed never counts as excellent. `ratings`: current_ratings() already read."""
+        annotator failed never counts as excellent. `ratings`: current_ratings() already read; `raters`:
+        humans, judges or all; `human_wins`: where a person rated a turn, only people's labels count."""
+        kinds = self.annotator_kinds()
+        keep = self.takes(raters, kinds)
+        rows = [r for r in (self.current_ratings(annotator) if ratings is None else ratings) if keep(r[1])]
+        by_human = {turn for turn, who, _ in rows if kinds.get(who, "human") == "human"} if human_wins else set()
         lowest: dict[str, str] = {}
-        for turn, _, label in self.current_ratings(annotator) if ratings is None else ratings:
+        for turn, who, label in rows:
+            if turn in by_human and kinds.get(who, "human") != "human":
+                continue
             if turn not in lowest or RANK[label] < RANK[lowest[turn]]:
                 lowest[turn] = label
         return lowest
 
-    def gold_edits(self, turn_ids: list[str] | None = None) -> dict[str, str]:
-        """turn id -> the text of its latest gold edit (of the given turns, or of all)."""
-        if turn_ids is None:
-            rows = self._tuples("select turn_id, content from edits order by created, id")
-        else:
-            rows = self._tuples("select turn_id, content from edits where turn_id in (select value from json_each(?)) "
-                                "order by created, id", (json.dumps(turn_ids),))
-        return dict(rows)  # later rows win: the latest edit
+    def gold_edits(self, turn_ids: list[str] | None = None, source: str = "humans") -> dict[str, str]:
+        """turn id -> the text of its latest gold edit (of the given turns, or of all). `source`: people's
+        edits (`humans`), teachers' revisions not rejected (`teachers`), or `both`, a person's winning."""
+        _check(source, GOLD_SOURCES, "gold source")
+        kinds = {"humans": ("human",), "teachers": ("teacher",), "both": ("teacher", "human")}[source]
+        where = "" if turn_ids is None else " and e.turn_id in (select value from json_each(:ids))"
+        rows = self._tuples(
+            f"""select e.turn_id, e.content, coalesce(a.kind, 'human') as kind from edits e
+                left join annotators a on a.name = e.annotator
+                where coalesce(a.kind, 'human') in (select value from json_each(:kinds))
+                  and (e.review is null or e.review = 'accepted'){where}
+                order by e.created, e.id""", {"ids": json.dumps(turn_ids), "kinds": json.dumps(kinds)})
+        rows.sort(key=lambda r: kinds.index(r[2]))  # stable: by kind (a person's last), then by time
+        return {turn: text for turn, text, _ in rows}  # later rows win: the latest edit
 
     def gold(self, turn_id: str) -> str | None:
         return self.gold_edits([turn_id]).get(turn_id)

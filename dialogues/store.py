@@ -26,11 +26,13 @@ from typing import Any
 from sqlite_utils import Database
 
 from limachat.dialogues.bulk import Bulk
+from limachat.dialogues.machines import Machines
 from limachat.dialogues.reads import Reads
 from limachat.dialogues.migrations import migrations
+from limachat.dialogues.writer import _not_on_loop, writes
 
 from limachat.dialogues.values import (  # noqa: F401 - re-exported: the store's public names
-    ENUMS, INTERRUPTED, JSON_COLUMNS, LABELS, LANES, MODES, RANK, ROLES, STATUSES, VERDICTS, StoreError, _check, _row,
+    ENUMS, INTERRUPTED, JSON_COLUMNS, JUDGE_VERDICTS, LABELS, LANES, MODES, RANK, ROLES, STATUSES, VERDICTS, StoreError, _check, _row,
     new_id, now, to_json)
 
 BATCH = 256  # writes at most in one group commit
@@ -58,28 +60,6 @@ def _alive(owner_id: str | None) -> bool:
         return False
 
 
-def _not_on_loop() -> None:
-    """Refuse to block an event loop on SQLite (or on the writer): async code uses `store.aio`."""
-    try:
-        asyncio.get_running_loop()
-    except RuntimeError:
-        return
-    raise RuntimeError("a SQLite call on the event loop: use `await store.aio.<method>(...)`")
-
-
-def writes(method):
-    """The method's body runs on the store's writer thread, inside a group-committed transaction."""
-    @functools.wraps(method)
-    def call(self, *args, **kwargs):
-        if threading.current_thread() is self._writer:
-            return method(self, *args, **kwargs)
-        _not_on_loop()
-        return self._submit(lambda: method(self, *args, **kwargs)).result()
-
-    call.body = method
-    return call
-
-
 class _Async:
     """`await store.aio.NAME(...)`: a write is queued to the writer thread (when called) and awaited; a
     read runs on the reader pool. Either way the event loop never waits on SQLite."""
@@ -105,7 +85,7 @@ class _Async:
         return await asyncio.get_running_loop().run_in_executor(self._store._readers, functools.partial(fn, *args, **kwargs))
 
 
-class Store(Reads, Bulk):
+class Store(Reads, Bulk, Machines):
     def __init__(self, path: str | Path, busy_timeout_ms: int = 10_000, readers: int = 8):
         self.path = Path(path)
         if self.path.is_dir():
@@ -414,7 +394,7 @@ class Store(Reads, Bulk):
     @writes
     def verdict(self, session_id: str, turn_a: str, turn_b: str, verdict: str, annotator: str) -> str:
         """Compare mode: which of two assistant turns answering the same prompt was better."""
-        _check(verdict, VERDICTS, "verdict")
+        _check(verdict, JUDGE_VERDICTS if self.kind_of(annotator) == "judge" else VERDICTS, "verdict")
         a, b = self.turn(turn_a), self.turn(turn_b)
         if not (a["session_id"] == b["session_id"] == session_id) or a["role"] != "assistant" or b["role"] != "assistant":
             raise StoreError("a verdict compares two assistant turns of the same session")

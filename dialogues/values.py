@@ -15,7 +15,12 @@ LANES = ("a", "b")
 LABELS = ("fail", "pass", "excellent")
 RANK = {label: i for i, label in enumerate(LABELS)}  # a turn rated by several annotators takes the lowest
 STATUSES = ("streaming", "ok", "error", "stopped")
-VERDICTS = ("a", "b", "tie")
+VERDICTS = ("a", "b", "tie")  # a person's
+JUDGE_VERDICTS = (*VERDICTS, "inconsistent")  # a judge's: its two verdicts, sides swapped, disagreed
+KINDS = ("human", "judge", "teacher")  # who an annotator is
+RATERS = ("humans", "judges", "all")  # whose ratings a report or a filter takes
+JUDGE_MODES = ("label", "score", "pairwise")
+GOLD_SOURCES = ("humans", "teachers", "both")  # whose gold edits training takes
 JSON_COLUMNS = {"params", "meta", "omitted"}
 INTERRUPTED = "interrupted: the app stopped while this reply was streaming"
 
@@ -52,4 +57,4 @@ def _check(value: str, allowed: tuple[str, ...], what: str) -> str:
 
 # The enumerated columns, checked before a row is written (and by the schema's CHECK constraints).
 ENUMS = {"sessions": {"mode": MODES}, "turns": {"role": ROLES, "status": STATUSES, "lane": LANES},
-         "ratings": {"label": LABELS}, "verdicts": {"verdict": VERDICTS}}
+         "ratings": {"label": LABELS}, "verdicts": {"verdict": JUDGE_VERDICTS}, "edits": {"review": ("accepted", "rejected")}}

@@ -8,6 +8,7 @@ from pathlib import Path
 
 import click
 
+from limachat.curate.command import judge_cmd, select_cmd
 from limachat.options import filter_options
 from limachat.serve.net import AddressError, check_bind, url_host
 from limachat.settings import Settings, SettingsError, load_settings
@@ -336,7 +337,8 @@ def export_cmd(ctx: click.Context, fmt: str, output: Path, **filters) -> None:
     from limachat.dialogues.export import Filters, export
 
     _writable(output, "-o/--output")
-    given = [k for k, v in filters.items() if v not in (None, False) and not (k == "min_turns" and v == 1)]
+    defaults = {"min_turns": 1, "raters": "humans", "gold_from": "humans"}
+    given = [k for k, v in filters.items() if v not in (None, False) and defaults.get(k) != v]
     if fmt == "sessions" and given:
         raise click.ClickException(f"--format sessions writes every session in full; drop --{given[0].replace('_', '-')}")
     chains, turns = export(_store(_settings(ctx)), output, fmt, Filters(**filters))
@@ -389,6 +391,8 @@ def users_add(ctx: click.Context, name: str, path: Path | None, password_stdin: 
 
 
 main.add_command(train_cmd)
+main.add_command(judge_cmd)
+main.add_command(select_cmd)
 
 if __name__ == "__main__":
     main()

@@ -15,6 +15,14 @@ def filter_options(f):
         click.option("--since", help="Sessions created at or after this ISO date/time."),
         click.option("--until", help="Sessions created before this ISO date/time."),
         click.option("--min-turns", type=click.IntRange(1), default=1, show_default=True, help="Assistant turns per chain."),
+        click.option("--raters", type=click.Choice(["humans", "judges", "all"]), default="humans", show_default=True,
+                     help="Whose ratings count: people's, LLM judges' (`limachat judge`), or both."),
+        click.option("--human-wins", is_flag=True, help="Where a person rated a turn, only people's labels count (with --raters all)."),
+        click.option("--min-score", type=click.FloatRange(0, 5),
+                     help="Every assistant turn scored at least this by `limachat judge score` (AlpaGasus kept 4.5 and up)."),
+        click.option("--selection", help="Only the chains of this named selection (`limachat select`)."),
+        click.option("--gold-from", type=click.Choice(["humans", "teachers", "both"]), default="humans", show_default=True,
+                     help="With --prefer-gold: people's edits, teachers' revisions (`limachat revise`), or both, a person's winning."),
     ]
     for opt in reversed(opts):
         f = opt(f)

@@ -102,6 +102,20 @@ class App(_Section):
     port: int = Field(7860, ge=1, le=65535)
 
 
+class Curate(_Section):
+    """The machines that curate collected chains: a judge (AlpaGasus, MT-Bench), a teacher (CITING) and
+    the embedding model of `limachat select` (LTD). Endpoints are configured like checkpoints; the
+    default is the local server's `base`."""
+
+    judge: Checkpoint = Checkpoint(name="judge", model="base")
+    teacher: Checkpoint = Checkpoint(name="teacher", model="base")
+    concurrency: int = Field(8, ge=1, le=256)  # requests in flight at once
+    judge_max_tokens: int = Field(256, ge=16)
+    teacher_max_tokens: int = Field(512, ge=16)
+    embedding_model: Path | None = None  # a local sentence-transformers folder; None = the bundled all-MiniLM-L6-v2
+    embedding_max_tokens: int = Field(128, ge=8, le=512)  # word pieces of a chain embedded (the rest is cut)
+
+
 def _default_checkpoints() -> list[Checkpoint]:
     return [Checkpoint(name="zero-shot", model="zero-shot"), Checkpoint(name="dialogue", model="dialogue")]
 
@@ -118,6 +132,7 @@ class Settings(BaseSettings):
     sampling: Sampling = Sampling()
     server: Server = Server()
     app: App = App()
+    curate: Curate = Curate()
 
     @field_validator("checkpoints")
     @classmethod
@@ -137,11 +152,15 @@ class Settings(BaseSettings):
     def local_base_url(self) -> str:
         return f"http://{url_host(self.server.host)}:{self.server.port}/v1"
 
+    def endpoint(self, c: Checkpoint) -> Checkpoint:
+        """`c` with the local server's URL filled in where none is given."""
+        return c if c.base_url else c.model_copy(update={"base_url": self.local_base_url})
+
     def checkpoint(self, name: str) -> Checkpoint:
         """The named checkpoint, with the local server's URL filled in where none is given."""
         for c in self.checkpoints:
             if c.name == name:
-                return c if c.base_url else c.model_copy(update={"base_url": self.local_base_url})
+                return self.endpoint(c)
         known = ", ".join(c.name for c in self.checkpoints)
         raise SettingsError(f"checkpoints: no checkpoint named {name!r} (configured: {known})")
 

@@ -21,3 +21,6 @@ class Checkpoint(BaseModel):
     # ["generated_repetition_penalty"] for any endpoint that is not `limachat serve` (llama.cpp, APIs).
     omit_params: list[str] = []
     preset: str | None = None  # sampling preset for this checkpoint (default: sampling.preset)
+    # Whether the endpoint takes OpenAI's `response_format` JSON schema (vLLM, llama.cpp's server and
+    # OpenAI's API do): a judge's answer is then constrained to parse; without it, it is parsed.
+    structured_outputs: bool = True

@@ -15,7 +15,7 @@ import pytest
 from limachat.dialogues.migrations import migrations
 from limachat.dialogues.store import INTERRUPTED, Store, StoreError
 
-ALL = ["m001_initial", "m002_sampling_and_fluency", "m003_checks_owner_error_detail"]
+ALL = ["m001_initial", "m002_sampling_and_fluency", "m003_checks_owner_error_detail", "m004_curation"]
 
 
 @pytest.fixture
@@ -44,7 +44,8 @@ def test_blank_database_gets_the_whole_schema(tmp_path):
     store.verdict(sid, a, b, "tie", "ana")
     for sql in ["insert into sessions (id, created, mode) values ('x', 'now', 'party')",
                 "update turns set status = 'done'", "update turns set role = 'system'", "update turns set lane = 'c'",
-                "update ratings set label = 'great'", "update verdicts set verdict = 'both'"]:
+                "update ratings set label = 'great'", "update verdicts set verdict = 'both'",
+                "insert into annotators (name, kind, created) values ('r2', 'robot', 'now')"]:
         with pytest.raises(sqlite3.IntegrityError, match="CHECK constraint failed"):
             conn.execute(sql)
 
@@ -92,6 +93,36 @@ def test_upgrade_from_the_second_schema_adds_checks_and_moves_error_text(tmp_pat
     assert store.counts() == {"sessions": 1, "turns": 2, "ratings": 1, "edits": 0, "verdicts": 0}
     assert store.lowest_labels() == {"a1": "fail"} and store.integrity() == "ok"
     assert not sqlite3.connect(store.path).execute("PRAGMA foreign_key_check").fetchall()
+
+
+def test_upgrade_to_curation_keeps_verdicts_and_edits_and_lets_a_judge_be_inconsistent(tmp_path):
+    from sqlite_utils import Database
+
+    from limachat.dialogues.migrations import m001_initial, m002_sampling_and_fluency, m003_checks_owner_error_detail
+
+    db = Database(tmp_path / "v3.db")
+    for i, step in enumerate([m001_initial, m002_sampling_and_fluency, m003_checks_owner_error_detail], 1):
+        step(db)
+        db["_sqlite_migrations"].insert({"id": i, "migration_set": "limachat", "name": step.__name__, "applied_at": "1"}, pk="id")
+    sid, a, b = "s1", "a1", "b1"
+    db["sessions"].insert({"id": sid, "created": "1", "mode": "compare"})
+    for tid, parent, lane, role in (("ua", None, "a", "user"), ("ub", None, "b", "user"), (a, "ua", "a", "assistant"),
+                                    (b, "ub", "b", "assistant")):
+        db["turns"].insert({"id": tid, "session_id": sid, "parent_id": parent, "lane": lane, "role": role, "content": "x",
+                            "status": "ok", "created": "2"})
+    db["verdicts"].insert({"id": "v1", "session_id": sid, "turn_a": a, "turn_b": b, "verdict": "a", "annotator": "ana",
+                           "created": "3", "current": 1})
+    db["edits"].insert({"id": "e1", "turn_id": a, "annotator": "ana", "content": "better", "created": "3"})
+    db.close()
+    store = Store(tmp_path / "v3.db")
+    assert [m.name for m in migrations.applied(store.db)] == ALL and store.integrity() == "ok"
+    assert store.counts() == {"sessions": 1, "turns": 4, "ratings": 0, "edits": 1, "verdicts": 1}
+    assert store.gold(a) == "better" and store.verdicts(sid)[0]["verdict"] == "a"
+    store.register_annotator("judge/x/pairwise-v1", "judge")
+    store.record_judgment("judge/x/pairwise-v1", "pairwise", a, turn_b=b, result="inconsistent", raw=["A", "A"])
+    assert {v["annotator"]: v["verdict"] for v in store.verdicts(sid)} == {"ana": "a", "judge/x/pairwise-v1": "inconsistent"}
+    with pytest.raises(StoreError, match="verdict must be one of a, b, tie, not 'inconsistent'"):
+        store.verdict(sid, a, b, "inconsistent", "ana")  # a person picks a side or a tie
 
 
 def test_an_upgrade_refuses_rows_that_break_a_check_and_changes_nothing(tmp_path):

@@ -1,0 +1,102 @@
+"""`limachat judge`, `limachat select` and `limachat revise`: curation from the command line (the
+Collect tab runs the same commands as background jobs)."""
+
+from __future__ import annotations
+
+import click
+
+from limachat.dialogues.values import MODES
+from limachat.options import filter_options
+
+
+def _endpoint(settings, which: str, model: str | None, base_url: str | None, api_key: str | None):
+    """The configured judge or teacher endpoint (curate.judge / curate.teacher), with any overrides."""
+    c = getattr(settings.curate, which)
+    update = {k: v for k, v in (("model", model), ("base_url", base_url), ("api_key", api_key)) if v is not None}
+    return settings.endpoint(c.model_copy(update=update) if update else c)
+
+
+def _selection_filters(checkpoint, annotator, mode, since, until):
+    from limachat.dialogues.export import Filters
+
+    return Filters(checkpoint=checkpoint, annotator=annotator, mode=mode, since=since, until=until)
+
+
+def selection_options(f):
+    """Which stored turns a curation command reads (the export filters that pick sessions and turns)."""
+    opts = [
+        click.option("--checkpoint", help="Only turns answered by this checkpoint."),
+        click.option("--annotator", help="Only turns this annotator rated (to set a judge beside them)."),
+        click.option("--mode", type=click.Choice(MODES), help="Only sessions of this mode."),
+        click.option("--since", help="Sessions created at or after this ISO date/time."),
+        click.option("--until", help="Sessions created before this ISO date/time."),
+        click.option("--limit", type=click.IntRange(1), help="At most this many (after skipping those already done)."),
+    ]
+    for opt in reversed(opts):
+        f = opt(f)
+    return f
+
+
+def endpoint_options(which: str):
+    def wrap(f):
+        opts = [
+            click.option("--model", help=f"Model id at the endpoint (curate.{which}.model; default: the local server's base)."),
+            click.option("--base-url", help=f"An OpenAI-compatible /v1 URL (curate.{which}.base_url; default: the local server)."),
+            click.option("--api-key", envvar=f"LIMACHAT_{which.upper()}_API_KEY", help="Its API key (or the environment)."),
+            click.option("--concurrency", type=click.IntRange(1, 256), help="Requests at once (curate.concurrency, default 8)."),
+            click.option("--prompt-version", type=click.IntRange(1), help="An older prompt version (default: the newest)."),
+        ]
+        for opt in reversed(opts):
+            f = opt(f)
+        return f
+    return wrap
+
+
+@click.command("judge")
+@click.argument("judge_mode", metavar="MODE", type=click.Choice(["label", "score", "pairwise"]))
+@selection_options
+@endpoint_options("judge")
+@click.pass_context
+def judge_cmd(ctx, judge_mode, checkpoint, annotator, mode, since, until, limit, model, base_url, api_key, concurrency,
+              prompt_version) -> None:
+    """Label stored assistant turns with an LLM judge. MODE: label (fail/pass/excellent, LIMA's
+    definitions), score (AlpaGasus' 0-5 accuracy) or pairwise (compare sessions, MT-Bench style,
+    judged twice with the sides swapped). Turns the judge already answered are skipped."""
+    from limachat.cli import _store
+    from limachat.curate import judge
+
+    settings = ctx.obj["settings"]
+    endpoint = _endpoint(settings, "judge", model, base_url, api_key)
+    try:
+        summary = judge.run(_store(settings), endpoint, judge_mode, _selection_filters(checkpoint, annotator, mode, since, until),
+                            limit=limit, concurrency=concurrency or settings.curate.concurrency,
+                            max_tokens=settings.curate.judge_max_tokens, prompt_version=prompt_version)
+    except ValueError as e:
+        raise click.ClickException(str(e)) from None
+    click.echo(summary.line())
+
+
+@click.command("select")
+@click.option("--name", required=True, help="Save the selection under this name (`export --selection NAME`).")
+@click.option("--size", type=click.IntRange(1), required=True, help="Chains to choose.")
+@click.option("--clusters", type=click.IntRange(1), help="K-means clusters; k-center starts from the chain nearest each centroid (default: half of --size).")
+@click.option("--per-cluster", is_flag=True, help="Choose within each cluster, in proportion to its size.")
+@click.option("--seed", type=int, default=0, show_default=True, help="Seed of K-means and of the random samples compared against.")
+@click.option("--replace", is_flag=True, help="Replace a saved selection of the same name.")
+@filter_options
+@click.pass_context
+def select_cmd(ctx, name, size, clusters, per_cluster, seed, replace, **filters) -> None:
+    """Choose a diverse subset of the stored chains (LTD: embeddings, K-means, greedy k-center) and save
+    it as a named selection, with its coverage against random samples of the same size."""
+    from limachat.cli import _store
+    from limachat.curate.select import select
+    from limachat.dialogues.export import Filters
+
+    settings = ctx.obj["settings"]
+    try:
+        result = select(_store(settings), Filters(**filters), name=name, size=size, clusters=clusters, per_cluster=per_cluster,
+                        seed=seed, embedding_model=settings.curate.embedding_model,
+                        max_tokens=settings.curate.embedding_max_tokens, replace=replace)
+    except ValueError as e:
+        raise click.ClickException(str(e)) from None
+    click.echo(result.line())
