@@ -100,3 +100,44 @@ def select_cmd(ctx, name, size, clusters, per_cluster, seed, replace, **filters)
     except ValueError as e:
         raise click.ClickException(str(e)) from None
     click.echo(result.line())
+
+
+@click.command("revise")
+@click.option("--labels", default="fail,pass", show_default=True,
+              help="Revise turns whose label (the lowest among --raters) is one of these.")
+@click.option("--raters", type=click.Choice(["humans", "judges", "all"]), default="all", show_default=True,
+              help="Whose labels choose the turns.")
+@click.option("--selection", help="Only turns of this named selection's chains (`limachat select`).")
+@click.option("--rounds", type=click.IntRange(1, 10),
+              help="Revise, train `<name>-rN`, serve it, replay the same instructions, judge and revise again.")
+@click.option("--name", default="citing", show_default=True, help="Checkpoint names of the rounds: NAME-r1, NAME-r2 ...")
+@click.option("--epochs", type=click.IntRange(1), help="Training epochs per round (default: the recipe's).")
+@selection_options
+@endpoint_options("teacher")
+@click.pass_context
+def revise_cmd(ctx, labels, raters, selection, rounds, name, epochs, checkpoint, annotator, mode, since, until, limit,
+               model, base_url, api_key, concurrency, prompt_version) -> None:
+    """Revise assistant turns with a teacher LLM against per-category rubrics (CITING). The revisions
+    are gold edits of kind `teacher`: review them in the app, train on them with
+    `train --from-db --prefer-gold --gold-from teachers`."""
+    from limachat.cli import _store
+    from limachat.curate import revise
+    from limachat.dialogues.export import Filters
+    from limachat.dialogues.values import LABELS
+
+    settings = ctx.obj["settings"]
+    wanted = tuple(x.strip() for x in labels.split(",") if x.strip())
+    bad = [x for x in wanted if x not in LABELS]
+    if bad or not wanted:
+        raise click.ClickException(f"--labels: {', '.join(bad) or 'nothing'} is not one of {', '.join(LABELS)}")
+    if prompt_version is not None:
+        raise click.ClickException("--prompt-version: revise has one prompt version so far (1)")
+    endpoint = _endpoint(settings, "teacher", model, base_url, api_key)
+    f = Filters(checkpoint=checkpoint, annotator=annotator, mode=mode, since=since, until=until, selection=selection)
+    try:
+        for line in revise.rounds(_store(settings), settings, endpoint, f, rounds=rounds, name=name, epochs=epochs,
+                                  labels=wanted, raters=raters, limit=limit,
+                                  concurrency=concurrency or settings.curate.concurrency):
+            click.echo(line)
+    except ValueError as e:
+        raise click.ClickException(str(e)) from None

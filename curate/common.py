@@ -105,14 +105,15 @@ async def ask_json(client, text: str, schema: dict[str, Any], max_tokens: int, c
     return Answer(None if problem else data, done.text, problem)
 
 
-async def bounded(items: Iterable, work: Callable[[Any], Awaitable[Any]], concurrency: int, progress) -> list:
-    """`work(item)` for every item, at most `concurrency` at once; progress advances as each ends."""
+async def bounded(items: Iterable, work: Callable[[Any], Awaitable[Any]], concurrency: int, progress,
+                  weight: Callable[[Any], int] = lambda item: 1) -> list:
+    """`work(item)` for every item, at most `concurrency` at once; progress advances by `weight(item)` as each ends."""
     gate = asyncio.Semaphore(concurrency)
 
     async def one(item):
         async with gate:
             result = await work(item)
-        progress.update(1)
+        progress.update(weight(item))
         return result
 
     return await asyncio.gather(*(one(i) for i in items))

@@ -11,8 +11,6 @@ import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
-import httpx
-
 from limachat.demo.answer import Deps
 from limachat.dialogues import report as reports
 from limachat.dialogues.export import Filters, chains, export
@@ -108,25 +106,21 @@ def serve_trained(deps: Deps, job: TrainJob) -> str:
     """Load the trained adapter into the running local vLLM server and offer it as a checkpoint."""
     if job.state != "done":
         raise ValueError(f"The training run is {job.state}; there is nothing to serve yet.")
-    path = deps.settings.home / "checkpoints" / job.name
+    from limachat.serve.server import load_adapter
+
     base_url = deps.settings.local_base_url
-    try:
-        r = httpx.post(base_url + "/load_lora_adapter", json={"lora_name": job.name, "lora_path": str(path)}, timeout=120)
-    except httpx.HTTPError as e:
-        raise ValueError(f"cannot reach the local vLLM server at {base_url}: {e}") from None
-    if r.status_code != 200:
-        raise ValueError(f"vLLM did not load {path}: HTTP {r.status_code}: {r.text[:300]}")
+    load_adapter(base_url, job.name, deps.settings.home / "checkpoints" / job.name)
     deps.add_checkpoint(Checkpoint(name=job.name, model=job.name, base_url=base_url))
     return f"Serving **{job.name}**: pick it in Chat or Compare (e.g. against zero-shot)."
 
 
 def report(deps: Deps) -> tuple[Path | None, str]:
     """The Figure 7 chart (a PNG under <home>/reports/) and the tables of `limachat report`."""
-    rep = reports.build(deps.store)
+    doc = reports.document(deps.store)
     heldout = reports.heldout(deps.settings.home)
-    if not any(s.rated for s in rep.checkpoints.values()):
-        return None, "No rated turns yet: rate some replies in Chat or Compare.\n\n" + reports.markdown(rep, heldout)
+    if not doc.rated:
+        return None, "No rated turns yet: rate some replies in Chat or Compare.\n\n" + reports.render(doc, heldout)
     png = deps.settings.home / "reports" / "figure7.png"
     png.parent.mkdir(parents=True, exist_ok=True)
-    reports.figure7(rep, png)
-    return png, reports.markdown(rep, heldout)
+    reports.figure7(doc.reports, png)
+    return png, reports.render(doc, heldout)

@@ -14,6 +14,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from limachat.dialogues.agreement import JudgeAgreement, cohen_kappa, judge_agreement, tie_discounted, win_rates
 from limachat.dialogues.store import LABELS, RANK, Store
 
 COLORS = {"fail": "#d9534f", "pass": "#f0ad4e", "excellent": "#5cb85c"}
@@ -39,39 +40,25 @@ class CheckpointStats:
 
 @dataclass
 class Report:
+    raters: str  # humans | judges | all: whose ratings and verdicts it counts
     checkpoints: dict[str, CheckpointStats]
     winners: list[dict[str, Any]]  # per compare conversation
     agreement: list[dict[str, Any]]  # per annotator pair: turns, percent agreement, kappa
     verdict_agreement: list[dict[str, Any]]  # per annotator pair: pairs, tie-discounted accuracy
 
 
-def cohen_kappa(a: list[str], b: list[str]) -> float | None:
-    n = len(a)
-    if n == 0:
-        return None
-    observed = sum(x == y for x, y in zip(a, b)) / n
-    ca, cb = Counter(a), Counter(b)
-    expected = sum(ca[k] * cb[k] for k in set(ca) | set(cb)) / (n * n)
-    return 1.0 if expected == 1 else (observed - expected) / (1 - expected)
-
-
-def tie_discounted(x: str, y: str) -> float:
-    """LIMA's annotator agreement on preferences: 1 when equal, 0.5 when exactly one is a tie."""
-    if x == y:
-        return 1.0
-    return 0.5 if "tie" in (x, y) else 0.0
-
-
-def build(store: Store) -> Report:
+def build(store: Store, raters: str = "humans") -> Report:
+    """The report over the ratings and verdicts of `raters` (humans, judges or all)."""
     # Three scans in SQLite (the tree through its covering index, the newest reply per conversation,
     # the current ratings), then plain Python.
     turns = {row[0]: row for row in store.tree()}
     latest = store.latest_replies()
+    keep = store.takes(raters)
     by_annotator: dict[str, dict[str, str]] = defaultdict(dict)
     rated = []  # current ratings of finished replies
     for turn, annotator, label in store.current_ratings():
         t = turns.get(turn)
-        if t is not None and t[2] == "assistant" and t[3] == "ok":
+        if t is not None and t[2] == "assistant" and t[3] == "ok" and keep(annotator):
             by_annotator[annotator][turn] = label
             rated.append((turn, annotator, label))
     lowest = store.lowest_labels(ratings=rated)  # turn -> lowest current label among its annotators
@@ -108,7 +95,7 @@ def build(store: Store) -> Report:
         s = of(checkpoint)
         s.fluency, s.scored = mean, n
 
-    winners = _winners(store, lane_scores)
+    winners = _winners(store, lane_scores, keep)
     agreement = []
     names = sorted(by_annotator)
     for i, a in enumerate(names):
@@ -118,13 +105,15 @@ def build(store: Store) -> Report:
                 la, lb = [by_annotator[a][t] for t in both], [by_annotator[b][t] for t in both]
                 agreement.append({"annotators": f"{a} / {b}", "turns": len(both),
                                   "agreement": sum(x == y for x, y in zip(la, lb)) / len(both), "kappa": cohen_kappa(la, lb)})
-    return Report(stats, winners, agreement, _verdict_agreement(store))
+    return Report(raters, stats, winners, agreement, _verdict_agreement(store, keep))
 
 
-def _winners(store: Store, lane_scores) -> list[dict[str, Any]]:
+def _winners(store: Store, lane_scores, keep) -> list[dict[str, Any]]:
     verdicts = defaultdict(Counter)
     names: dict[str, tuple[str, str]] = {}
     for v in store.current_verdicts():
+        if not keep(v["annotator"]):
+            continue
         verdicts[v["session_id"]][v["verdict"]] += 1
         names[v["session_id"]] = (v["checkpoint_a"], v["checkpoint_b"])
     out = []
@@ -133,7 +122,8 @@ def _winners(store: Store, lane_scores) -> list[dict[str, Any]]:
             a, b = names[sid]
             c = verdicts[sid]
             winner = a if c["a"] > c["b"] else b if c["b"] > c["a"] else "tie"
-            out.append({"session": sid, "a": a, "b": b, "winner": winner, "basis": f"verdicts {c['a']}-{c['b']}-{c['tie']} (a-b-tie)"})
+            ties = c["tie"] + c["inconsistent"]
+            out.append({"session": sid, "a": a, "b": b, "winner": winner, "basis": f"verdicts {c['a']}-{c['b']}-{ties} (a-b-tie)"})
         else:
             (a, sa), (b, sb) = lane_scores[sid]["a"], lane_scores[sid]["b"]
             winner = a if sa > sb else b if sb > sa else "tie"
@@ -141,9 +131,11 @@ def _winners(store: Store, lane_scores) -> list[dict[str, Any]]:
     return out
 
 
-def _verdict_agreement(store: Store) -> list[dict[str, Any]]:
+def _verdict_agreement(store: Store, keep) -> list[dict[str, Any]]:
     by_pair: dict[tuple, dict[str, str]] = defaultdict(dict)
     for v in store.current_verdicts():
+        if not keep(v["annotator"]):
+            continue
         by_pair[(v["turn_a"], v["turn_b"])][v["annotator"]] = v["verdict"]
     scores: dict[tuple[str, str], list[float]] = defaultdict(list)
     for votes in by_pair.values():
@@ -160,8 +152,8 @@ def ordered(report: Report) -> list[CheckpointStats]:
     return sorted(report.checkpoints.values(), key=lambda s: (first.get(s.checkpoint, 2), s.checkpoint))
 
 
-def _pct(x: float) -> str:
-    return f"{100 * x:.1f}%"
+def _pct(x: float | None) -> str:
+    return "n/a" if x is None else f"{100 * x:.1f}%"
 
 
 def _num(x: float | None) -> str:
@@ -224,28 +216,79 @@ def heldout(home: Path) -> list[dict[str, Any]]:
     return sorted(out, key=lambda h: (first.get(h["checkpoint"], 2), h["checkpoint"]))
 
 
-def to_csv(report: Report) -> str:
+def to_csv(*reports: Report) -> str:
+    """Label counts and shares per checkpoint and turn, a block of rows per report (`raters`)."""
     out = io.StringIO()
     w = csv.writer(out)
-    w.writerow(["checkpoint", "turn", "rated", "fail", "pass", "excellent", "fail_share", "pass_share", "excellent_share"])
-    for s in ordered(report):
-        rows = [("all", s.counts)] + [(str(i), s.by_turn[i]) for i in sorted(s.by_turn)]
-        for turn, c in rows:
-            n = sum(c.values())
-            w.writerow([s.checkpoint, turn, n, c["fail"], c["pass"], c["excellent"],
-                        *(f"{c[k] / n:.4f}" if n else "" for k in LABELS)])
+    w.writerow(["raters", "checkpoint", "turn", "rated", "fail", "pass", "excellent", "fail_share", "pass_share", "excellent_share"])
+    for report in reports:
+        for s in ordered(report):
+            rows = [("all", s.counts)] + [(str(i), s.by_turn[i]) for i in sorted(s.by_turn)]
+            for turn, c in rows:
+                n = sum(c.values())
+                w.writerow([report.raters, s.checkpoint, turn, n, c["fail"], c["pass"], c["excellent"],
+                            *(f"{c[k] / n:.4f}" if n else "" for k in LABELS)])
     return out.getvalue()
 
 
-def figure7(report: Report, path: Path) -> None:
-    """Stacked bars of label shares per checkpoint, and the excellent share by turn index."""
+@dataclass
+class Document:
+    """Everything `limachat report` shows: Figure 7 by people, by judges (when any judge rated), and
+    how far the judges agree with the people."""
+
+    humans: Report
+    judges: Report | None
+    agreements: list[JudgeAgreement]
+    rates: list[dict[str, Any]]
+
+    @property
+    def reports(self) -> list[Report]:
+        return [r for r in (self.humans, self.judges) if r is not None]
+
+    @property
+    def rated(self) -> bool:
+        return any(s.rated for r in self.reports for s in r.checkpoints.values())
+
+
+def document(store: Store) -> Document:
+    judges = None
+    if "judge" in store.annotator_kinds().values():
+        judges = build(store, "judges")
+    return Document(build(store, "humans"), judges, judge_agreement(store), win_rates(store))
+
+
+def render(doc: Document, heldout: list[dict[str, Any]] | None = None) -> str:
+    from limachat.dialogues import agreement
+
+    if doc.judges is None:
+        return markdown(doc.humans, heldout)
+    return ("## Rated by people\n\n" + markdown(doc.humans, heldout) + "\n## Rated by LLM judges (`limachat judge`)\n\n"
+            + markdown(doc.judges) + "\n## Judges against people\n\n" + agreement.markdown(doc.agreements, doc.rates))
+
+
+def figure7(reports: Report | list[Report], path: Path) -> None:
+    """Per report (people, judges), a row: stacked bars of label shares per checkpoint, and the
+    excellent share by turn index."""
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
+    reports = [reports] if isinstance(reports, Report) else reports
+    fig, axes = plt.subplots(len(reports), 2, figsize=(10, 3.6 * len(reports)), gridspec_kw={"width_ratios": [1.1, 1]},
+                             squeeze=False)
+    for report, (ax, ax2) in zip(reports, axes):
+        who = {"humans": "people", "judges": "LLM judges", "all": "everyone"}[report.raters]
+        _figure7_row(report, ax, ax2, f" (rated by {who})" if len(reports) > 1 else "")
+    fig.tight_layout()
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(path, dpi=100)
+    plt.close(fig)
+
+
+def _figure7_row(report: Report, ax, ax2, title: str) -> None:
     stats = ordered(report)
-    fig, (ax, ax2) = plt.subplots(1, 2, figsize=(10, 3.6), gridspec_kw={"width_ratios": [1.1, 1]})
     left = [0.0] * len(stats)
     names = [f"{s.checkpoint}\n({s.rated} turns)" for s in stats]
     for label in LABELS:
@@ -259,7 +302,7 @@ def figure7(report: Report, path: Path) -> None:
     ax.set_xlabel("share of rated assistant turns (%)")
     ax.invert_yaxis()
     ax.legend(loc="upper center", bbox_to_anchor=(0.5, -0.22), ncol=3, frameon=False)
-    ax.set_title("Labels per checkpoint")
+    ax.set_title("Labels per checkpoint" + title)
     for s in stats:
         turns = sorted(s.by_turn)
         ax2.plot(turns, [100 * s.by_turn[i]["excellent"] / sum(s.by_turn[i].values()) for i in turns], marker="o", label=s.checkpoint)
@@ -267,11 +310,6 @@ def figure7(report: Report, path: Path) -> None:
     ax2.xaxis.get_major_locator().set_params(integer=True)
     ax2.set_xlabel("turn index")
     ax2.set_ylabel("excellent (%)")
-    ax2.set_title("Excellent share by turn")
+    ax2.set_title("Excellent share by turn" + title)
     if stats:
         ax2.legend(frameon=False)
-    fig.tight_layout()
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(path, dpi=100)
-    plt.close(fig)

@@ -8,7 +8,7 @@ from pathlib import Path
 
 import click
 
-from limachat.curate.command import judge_cmd, select_cmd
+from limachat.curate.command import judge_cmd, revise_cmd, select_cmd
 from limachat.options import filter_options
 from limachat.serve.net import AddressError, check_bind, url_host
 from limachat.settings import Settings, SettingsError, load_settings
@@ -350,18 +350,19 @@ def export_cmd(ctx: click.Context, fmt: str, output: Path, **filters) -> None:
 @click.option("--csv", "csv_path", type=click.Path(dir_okay=False, path_type=Path), help="Write label counts and shares here.")
 @click.pass_context
 def report_cmd(ctx: click.Context, png: Path | None, csv_path: Path | None) -> None:
-    """LIMA's Figure 7 per checkpoint: label shares, fails, excellent share by turn, agreement."""
+    """LIMA's Figure 7 per checkpoint: label shares, fails, excellent share by turn, agreement; by people
+    and, once `limachat judge` has run, by the judges, with how far they agree with the people."""
     from limachat.dialogues import report as rep
 
     for path, option in ((png, "--png"), (csv_path, "--csv")):
         if path is not None:
             _writable(path, option)
-    report = rep.build(_store(_settings(ctx)))
-    click.echo(rep.markdown(report, rep.heldout(_settings(ctx).home)), nl=False)
+    doc = rep.document(_store(_settings(ctx)))
+    click.echo(rep.render(doc, rep.heldout(_settings(ctx).home)), nl=False)
     if csv_path:
-        csv_path.write_text(rep.to_csv(report))
+        csv_path.write_text(rep.to_csv(*doc.reports))
     if png:
-        rep.figure7(report, png)
+        rep.figure7(doc.reports, png)
         click.echo(f"chart: {png}", err=True)
 
 
@@ -393,6 +394,7 @@ def users_add(ctx: click.Context, name: str, path: Path | None, password_stdin: 
 main.add_command(train_cmd)
 main.add_command(judge_cmd)
 main.add_command(select_cmd)
+main.add_command(revise_cmd)
 
 if __name__ == "__main__":
     main()

@@ -148,6 +148,19 @@ def _die_with_parent() -> None:  # runs in the child between fork and exec
     ctypes.CDLL("libc.so.6", use_errno=True).prctl(PR_SET_PDEATHSIG, signal.SIGTERM)
 
 
+def load_adapter(base_url: str, name: str, path: Path) -> None:
+    """Load a trained LoRA adapter into the running local vLLM server (started with runtime LoRA
+    updating on) under `name`; ValueError saying why not."""
+    import httpx
+
+    try:
+        r = httpx.post(base_url + "/load_lora_adapter", json={"lora_name": name, "lora_path": str(path)}, timeout=120)
+    except httpx.HTTPError as e:
+        raise ValueError(f"cannot reach the local vLLM server at {base_url}: {e}") from None
+    if r.status_code != 200 and "already been loaded" not in r.text:
+        raise ValueError(f"vLLM did not load {path}: HTTP {r.status_code}: {r.text[:300]}")
+
+
 def pidfile(home: Path, port: int) -> Path:
     return Path(home) / "run" / f"vllm-{port}.pid"
 

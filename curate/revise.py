@@ -1,0 +1,253 @@
+"""`limachat revise`: a teacher LLM revises assistant turns against rubrics, after CITING (Feng et al.,
+2023): the teacher files the instructions into categories, writes one rubric per category, then
+rewrites the chosen replies to meet their rubric; the student is trained on the revisions, for
+several rounds (the paper saw quality fall after the third).
+
+limachat keeps each part in the store: categories per instruction (a chain's first user turn),
+versioned rubrics a person can edit, and each revision as a gold edit by an annotator of kind
+`teacher`, waiting for a person to accept it (it becomes their own gold edit) or reject it.
+`train --prefer-gold --gold-from teachers` trains on them. With `--rounds N` each round trains a
+checkpoint (`<name>-r1`, `-r2` ...), serves it, replays the same instructions to it, has the judge
+label the new replies (so the report sets the rounds side by side) and revises those for the next.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from dataclasses import dataclass, field
+from typing import Any
+
+from limachat.curate.common import annotator_name, ask_json, assistant_turns, bounded, prompt, show
+
+GENERAL = "general"  # where an instruction the teacher did not file goes
+BATCH = 20  # instructions per categorising request
+CATEGORY_SCHEMA = {"type": "object", "properties": {"assign": {"type": "array", "items": {
+    "type": "object", "properties": {"request": {"type": "integer"}, "category": {"type": "string", "maxLength": 40}},
+    "required": ["request", "category"], "additionalProperties": False}}}, "required": ["assign"], "additionalProperties": False}
+RUBRIC_SCHEMA = {"type": "object", "properties": {"rubric": {"type": "string", "maxLength": 1200}}, "required": ["rubric"],
+                 "additionalProperties": False}
+
+
+@dataclass
+class Summary:
+    teacher: str
+    categorized: int = 0
+    rubrics: int = 0
+    revised: int = 0
+    failed: int = 0
+    skipped: int = 0  # revised by this teacher before
+    errors: list[str] = field(default_factory=list)
+
+    def line(self) -> str:
+        return (f"{self.teacher}: {self.categorized} instructions filed, {self.rubrics} new rubrics, {self.revised} turns revised"
+                f"{f', {self.failed} failed ({self.errors[0]})' if self.failed else ''}; {self.skipped} revised before, skipped")
+
+
+def chosen_turns(store, f, labels: tuple[str, ...], raters: str, teacher: str, limit: int | None) -> tuple[list[str], int]:
+    """Assistant turns the filters pick whose label (lowest among `raters`) is one of `labels`, less
+    those this teacher revised already."""
+    lowest = store.lowest_labels(raters=raters)
+    turns = [t["id"] for t in assistant_turns(store, f) if lowest.get(t["id"]) in labels]
+    if f.selection:
+        keep = {t["id"] for c in _selected_chains(store, f) for t in c.turns}
+        turns = [t for t in turns if t in keep]
+    done = {e["turn_id"] for e in store.teacher_edits() if e["annotator"] == teacher}
+    todo = [t for t in turns if t not in done]
+    return (todo[:limit] if limit else todo), len(turns) - len(todo)
+
+
+def _selected_chains(store, f):
+    from limachat.dialogues.export import Filters, chains
+
+    return chains(store, Filters(selection=f.selection, raters="all"))
+
+
+async def _categorize(store, client, teacher: str, instructions: dict[str, str], max_tokens: int, bar) -> int:
+    """File the instructions not filed yet; returns how many were filed."""
+    known = await store.aio.categories()
+    todo = [(tid, text) for tid, text in instructions.items() if tid not in known]
+    if not todo:
+        return 0
+    p = prompt("categorize")
+    names = sorted(set(known.values()))
+    bar.stage("categorising", total=len(todo), unit="instruction")
+
+    async def batch(part):
+        requests = "\n".join(f"{i + 1}. {text[:300]}" for i, (_, text) in enumerate(part))
+        text = p.render(requests=requests, max_categories=str(max(3, min(12, len(instructions) // 3))),
+                        known=", ".join(names) or "none yet")
+        answer = await ask_json(client, text, CATEGORY_SCHEMA, max_tokens, lambda d: None if isinstance(d.get("assign"), list) else "no list")
+        got = {}
+        for item in (answer.data or {}).get("assign", []):
+            if isinstance(item, dict) and isinstance(item.get("request"), int) and 1 <= item["request"] <= len(part):
+                name = " ".join(str(item.get("category", "")).lower().split())[:40]
+                if name:
+                    got[part[item["request"] - 1][0]] = name
+        filed = {tid: got.get(tid, GENERAL) for tid, _ in part}
+        await store.aio.categorize(filed, teacher)
+        return len(filed)
+
+    parts = [todo[i:i + BATCH] for i in range(0, len(todo), BATCH)]
+    return sum(await bounded(parts, batch, 4, bar, weight=len))
+
+
+async def _rubrics(store, client, teacher: str, examples: dict[str, list[str]], max_tokens: int, bar) -> int:
+    """A rubric for every category that has none; returns how many were written."""
+    have = await store.aio.rubrics()
+    todo = [c for c in sorted(examples) if c not in have]
+    if not todo:
+        return 0
+    p = prompt("rubric")
+    bar.stage("writing rubrics", total=len(todo), unit="rubric")
+
+    async def one(category):
+        listed = "\n".join(f"- {text[:300]}" for text in examples[category][:5])
+        answer = await ask_json(client, p.render(category=category, examples=listed), RUBRIC_SCHEMA, max_tokens,
+                                lambda d: None if str(d.get("rubric", "")).strip() else "an empty rubric")
+        text = answer.data["rubric"].strip() if answer.data else ("- does what the user asked\n- is correct\n- is clear and "
+                                                                  "well organised\n- stays consistent with the conversation")
+        await store.aio.set_rubric(category, text, teacher if answer.data else f"{teacher} (fallback: {answer.error})")
+        return 1
+
+    return sum(await bounded(todo, one, 4, bar))
+
+
+async def _revise_all(store, client, teacher: str, turns: list[str], params: dict[str, Any], bar, summary: Summary,
+                      concurrency: int) -> None:
+    p = prompt("revise")
+    rubrics, categories = await store.aio.rubrics(), await store.aio.categories()
+    bar.stage("revising", total=len(turns), unit="turn")
+
+    async def one(turn_id):
+        from limachat.serve.client import ClientError
+
+        branch = await store.aio.branch(turn_id)
+        messages = await store.aio.messages(turn_id)
+        reply = messages.pop()["content"]
+        category = categories.get(branch[0]["id"], GENERAL)
+        rubric = rubrics.get(category) or rubrics.get(GENERAL)
+        text = p.render(category=category, rubric=rubric["content"] if rubric else "- does what the user asked, correctly and clearly",
+                        conversation=show(messages), reply=reply)
+        try:
+            done = await client.complete([{"role": "user", "content": text}], params)
+        except ClientError as e:
+            summary.failed += 1
+            summary.errors.append(str(e)[:200])
+            return
+        revised = done.text.strip()
+        if not revised or done.finish_reason == "length":
+            summary.failed += 1
+            summary.errors.append("the revision was empty" if not revised else "the revision hit the token limit")
+            return
+        await store.aio.teacher_edit(turn_id, teacher, revised, rubric["id"] if rubric else None)
+        summary.revised += 1
+
+    await bounded(turns, one, concurrency, bar)
+
+
+def revise(store, endpoint, f, *, labels: tuple[str, ...] = ("fail", "pass"), raters: str = "all", limit: int | None = None,
+           params: dict[str, Any], max_tokens: int = 256, concurrency: int = 8, progress_cls=None) -> Summary:
+    """One round: categorise, write missing rubrics, revise the chosen turns (`params`: the teacher's sampling)."""
+    from limachat.jobs import Progress
+    from limachat.serve.client import ChatClient
+
+    teacher = annotator_name("teacher", endpoint, prompt("revise").tag)
+    store.register_annotator(teacher, "teacher", model=endpoint.model, endpoint=endpoint.base_url, prompt=prompt("revise").tag)
+    turns, skipped = chosen_turns(store, f, labels, raters, teacher, limit)
+    summary = Summary(teacher, skipped=skipped)
+    client = ChatClient(endpoint, timeout=600)
+    with (progress_cls or Progress)("choosing turns", total=len(turns), unit="turn") as bar:
+        bar.message(f"{teacher}: {len(turns)} turns labelled {' or '.join(labels)} to revise, {skipped} revised before")
+        firsts = {tid: store.branch(tid)[0] for tid in turns}
+        instructions = {t["id"]: t["content"] for t in firsts.values()}
+
+        async def go():
+            summary.categorized = await _categorize(store, client, teacher, instructions, max_tokens, bar)
+            cats = await store.aio.categories()
+            examples: dict[str, list[str]] = {}
+            for tid, text in instructions.items():
+                examples.setdefault(cats.get(tid, GENERAL), []).append(text)
+            summary.rubrics = await _rubrics(store, client, teacher, examples, max_tokens, bar)
+            await _revise_all(store, client, teacher, turns, params, bar, summary, concurrency)
+
+        asyncio.run(go())
+        bar.finish(message=summary.line())
+    return summary
+
+
+async def _replay(store, client, checkpoint: str, params: dict[str, Any], sources: list[str], round_: int, bar) -> int:
+    """Ask `checkpoint` the user turns of each source chain (by its revised turn), in a fresh chat session."""
+    bar.stage(f"replaying to {checkpoint}", total=len(sources), unit="chain")
+
+    async def one(turn_id):
+        from limachat.serve.client import ClientError
+
+        users = [t["content"] for t in await store.aio.branch(turn_id) if t["role"] == "user"]
+        sid = await store.aio.start_session("chat", prompt_set=f"{checkpoint}", meta={"round": round_, "replay_of": turn_id})
+        parent, n = None, 0
+        for text in users:
+            parent = await store.aio.add_user_turn(sid, text, parent_id=parent)
+            messages = await store.aio.messages(parent)
+            reply = await store.aio.begin_assistant_turn(sid, parent, checkpoint=checkpoint, model=client.checkpoint.model,
+                                                         endpoint=client.checkpoint.base_url, params=client.sent(params))
+            try:
+                done = await client.complete(messages, params)
+            except ClientError as e:
+                await store.aio.finish_assistant_turn(reply, e.partial, status="error", error=e.public, error_detail=str(e))
+                break
+            await store.aio.finish_assistant_turn(reply, done.text, prompt_tokens=done.usage and done.usage.prompt_tokens,
+                                                  completion_tokens=done.usage and done.usage.completion_tokens,
+                                                  ttft=done.ttft, latency=done.latency)
+            parent, n = reply, n + 1
+        return n
+
+    return sum(await bounded(sources, one, 4, bar))
+
+
+def rounds(store, settings, endpoint, f, *, rounds: int | None, name: str, epochs: int | None, labels: tuple[str, ...],
+           raters: str, limit: int | None, concurrency: int):
+    """Revise once (rounds None), or `rounds` times: revise, train `<name>-rK` on the bundled set plus the
+    revised chains, serve it, replay their instructions to it, judge the replies, and revise those next.
+    Yields a line per step."""
+    from dataclasses import replace
+
+    from limachat.curate import judge
+    from limachat.dialogues.export import Filters, chains
+    from limachat.jobs import Progress
+    from limachat.serve.base import prepare_base
+    from limachat.serve.checkpoints import Checkpoint
+    from limachat.serve.client import ChatClient
+    from limachat.serve.server import load_adapter
+    from limachat.train.command import run
+    from limachat.train.data import bundled_examples, from_chains, split
+
+    _, params = settings.sampling_for(None)
+    params = {**params, "max_tokens": settings.curate.teacher_max_tokens}
+    for k in range(1, (rounds or 1) + 1):
+        summary = revise(store, endpoint, f, labels=labels, raters=raters, limit=limit, params=params,
+                         max_tokens=settings.curate.judge_max_tokens, concurrency=concurrency)
+        yield (f"round {k}: " if rounds else "") + summary.line()
+        if not rounds:
+            return
+        revised = sorted({e["turn_id"] for e in store.teacher_edits() if e["annotator"] == summary.teacher and e["review"] != "rejected"})
+        if not revised:
+            raise ValueError(f"round {k}: no revisions to train on")
+        checkpoint = f"{name}-r{k}"
+        leaves = {c.leaf: c for c in chains(store, Filters(raters="all")) if {t["id"] for t in c.turns} & set(revised)}
+        store.save_selection(f"{checkpoint}-data", "revised", {"round": k, "teacher": summary.teacher}, {},
+                             [(leaf, 0) for leaf in leaves], replace=True)
+        data = chains(store, Filters(raters="all", selection=f"{checkpoint}-data", prefer_gold=True, gold_from="teachers"))
+        base = prepare_base(settings.home, settings.server.base, print).model
+        run(settings, ["dialogue"], split(bundled_examples() + from_chains(data)), base, {"epochs": epochs} if epochs else {},
+            name=checkpoint, progress=print)
+        load_adapter(settings.local_base_url, checkpoint, settings.home / "checkpoints" / checkpoint)
+        client = ChatClient(Checkpoint(name=checkpoint, model=checkpoint, base_url=settings.local_base_url), timeout=600)
+        _, chat_params = settings.sampling_for(None)
+        with Progress(f"replaying to {checkpoint}", total=len(revised), unit="chain") as bar:
+            replies = asyncio.run(_replay(store, client, checkpoint, chat_params, revised, k, bar))
+        yield f"round {k}: {checkpoint} trained on {len(leaves)} revised chains and served; answered {replies} turns"
+        verdict = judge.run(store, settings.endpoint(settings.curate.judge), "label", Filters(checkpoint=checkpoint),
+                            concurrency=concurrency, max_tokens=settings.curate.judge_max_tokens)
+        yield f"round {k}: {verdict.line()}"
+        f = replace(f, checkpoint=checkpoint, selection=None, annotator=None, mode=None, since=None, until=None)
+        raters, limit = "judges", None
