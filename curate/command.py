@@ -42,7 +42,7 @@ def endpoint_options(which: str):
         opts = [
             click.option("--model", help=f"Model id at the endpoint (curate.{which}.model; default: the local server's base)."),
             click.option("--base-url", help=f"An OpenAI-compatible /v1 URL (curate.{which}.base_url; default: the local server)."),
-            click.option("--api-key", envvar=f"LIMACHAT_{which.upper()}_API_KEY", help="Its API key (or the environment)."),
+            click.option("--api-key", help=f"Its API key (better kept in limachat.toml: curate.{which}.api_key)."),
             click.option("--concurrency", type=click.IntRange(1, 256), help="Requests at once (curate.concurrency, default 8)."),
             click.option("--prompt-version", type=click.IntRange(1), help="An older prompt version (default: the newest)."),
         ]

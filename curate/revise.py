@@ -17,9 +17,11 @@ import asyncio
 from dataclasses import dataclass, field
 from typing import Any
 
-from limachat.curate.common import annotator_name, ask_json, assistant_turns, bounded, prompt, show
+from limachat.curate.common import annotator_name, ask_json, assistant_turns, bounded, prompt
 
 GENERAL = "general"  # where an instruction the teacher did not file goes
+# When the teacher's rubric does not parse (stored with the teacher's name and the reason).
+DEFAULT_RUBRIC = "- does what the user asked\n- is correct\n- is clear and well organised\n- stays consistent with the conversation"
 BATCH = 20  # instructions per categorising request
 CATEGORY_SCHEMA = {"type": "object", "properties": {"assign": {"type": "array", "items": {
     "type": "object", "properties": {"request": {"type": "integer"}, "category": {"type": "string", "maxLength": 40}},
@@ -104,8 +106,7 @@ async def _rubrics(store, client, teacher: str, examples: dict[str, list[str]], 
         listed = "\n".join(f"- {text[:300]}" for text in examples[category][:5])
         answer = await ask_json(client, p.render(category=category, examples=listed), RUBRIC_SCHEMA, max_tokens,
                                 lambda d: None if str(d.get("rubric", "")).strip() else "an empty rubric")
-        text = answer.data["rubric"].strip() if answer.data else ("- does what the user asked\n- is correct\n- is clear and "
-                                                                  "well organised\n- stays consistent with the conversation")
+        text = answer.data["rubric"].strip() if answer.data else DEFAULT_RUBRIC
         await store.aio.set_rubric(category, text, teacher if answer.data else f"{teacher} (fallback: {answer.error})")
         return 1
 
@@ -122,14 +123,16 @@ async def _revise_all(store, client, teacher: str, turns: list[str], params: dic
         from limachat.serve.client import ClientError
 
         branch = await store.aio.branch(turn_id)
-        messages = await store.aio.messages(turn_id)
-        reply = messages.pop()["content"]
+        messages = await store.aio.messages(turn_id)  # ends with the reply to revise
         category = categories.get(branch[0]["id"], GENERAL)
         rubric = rubrics.get(category) or rubrics.get(GENERAL)
-        text = p.render(category=category, rubric=rubric["content"] if rubric else "- does what the user asked, correctly and clearly",
-                        conversation=show(messages), reply=reply)
+        # The conversation goes as the chat it was (with the reply to revise as the teacher's own last
+        # turn), between the rubric as the system message and the request to rewrite: small models
+        # echo a transcript pasted into one message instead of answering it.
+        system, request = p.render(category=category, rubric=rubric["content"] if rubric else DEFAULT_RUBRIC).split("\n----\n")
+        chat = [{"role": "system", "content": system}, *messages, {"role": "user", "content": request}]
         try:
-            done = await client.complete([{"role": "user", "content": text}], params)
+            done = await client.complete(chat, params)
         except ClientError as e:
             summary.failed += 1
             summary.errors.append(str(e)[:200])

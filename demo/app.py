@@ -15,9 +15,10 @@ import gradio as gr
 
 from limachat.demo import chat, collect, compare
 from limachat.demo.answer import Deps
-from limachat.demo.history import FEEDBACK, View
+from limachat.demo.history import FEEDBACK, View, judge_line
 from limachat.demo.users import Logins
 from limachat.dialogues.store import LABELS, MODES, Store
+from limachat.dialogues.values import GOLD_SOURCES, RATERS
 from limachat.serve.checkpoints import Checkpoint
 from limachat.logs import internal
 from limachat.settings import Settings
@@ -95,7 +96,7 @@ def build_app(store: Store, checkpoints: list[Checkpoint], settings: Settings, *
             with gr.Tab("Compare", id="compare") as compare_tab:
                 compare_pickers = _compare_tab(deps, names, annotator, who, compare_tab)
             with gr.Tab("Collect", id="collect") as collect_tab:
-                _collect_tab(deps, names, chat_pickers + compare_pickers, collect_tab)
+                _collect_tab(deps, names, chat_pickers + compare_pickers, annotator, who, collect_tab)
             with gr.Tab("Report", id="report") as report_tab:
                 _report_tab(deps, report_tab)
     app.queue(default_concurrency_limit=64)
@@ -116,6 +117,10 @@ def _chat_tab(deps: Deps, names, annotator, who, app: gr.Blocks) -> list:
         box = gr.Textbox(show_label=False, placeholder="Message (Enter to send)", scale=8, elem_id="chat-input", max_lines=8)
         send = gr.Button("Send", variant="primary", scale=1, min_width=90, elem_id="chat-send")
         stop = gr.Button("Stop", variant="stop", scale=1, min_width=90, elem_id="chat-stop")
+    with gr.Row(equal_height=True):
+        show_judge = gr.Checkbox(False, label="Show the LLM judge's labels (label first yourself)", scale=1,
+                                 elem_id="chat-show-judge")
+        judged = gr.Markdown(elem_id="chat-judge", visible=False)
 
     async def on_send(st, text, ck, name, request: gr.Request):
         box_update = ""  # empty the box once; what is typed while the reply streams stays
@@ -147,16 +152,23 @@ def _chat_tab(deps: Deps, names, annotator, who, app: gr.Blocks) -> list:
     def refresh_sessions(request: gr.Request):
         return gr.update(choices=chat.sessions(deps, user=request.username if deps.auth else None))
 
+    def on_judge(st, show, name, request: gr.Request):
+        if not show:
+            return gr.update(visible=False)
+        v = chat.current(deps, st, who(name, request))
+        return gr.update(value=judge_line(deps.store, v), visible=True)
+
     runs = [send.click(on_send, [state, box, checkpoint, annotator], [state, bot, box]),
             box.submit(on_send, [state, box, checkpoint, annotator], [state, bot, box]),
             bot.retry(on_retry, [state, checkpoint, annotator], [state, bot]),
             bot.edit(on_edit, [state, checkpoint, annotator], [state, bot])]
     for r in runs:
-        r.then(refresh_sessions, None, sessions)
+        r.then(refresh_sessions, None, sessions).then(on_judge, [state, show_judge, annotator], judged)
+    show_judge.change(on_judge, [state, show_judge, annotator], judged)
     stop.click(on_stop, [state, annotator], bot, cancels=runs)
     bot.like(on_rate, [state, annotator], bot)
     new.click(lambda: (chat.blank(), gr.update(value=[], feedback_value=[]), None), None, [state, bot, sessions])
-    sessions.select(on_resume, [sessions, annotator], [state, bot])
+    sessions.select(on_resume, [sessions, annotator], [state, bot]).then(on_judge, [state, show_judge, annotator], judged)
     sessions.focus(refresh_sessions, None, sessions)
     app.load(refresh_sessions, None, sessions)
     def on_name(st, name, request: gr.Request):  # the ratings shown are the annotator's own
@@ -205,6 +217,10 @@ def _compare_tab(deps: Deps, names, annotator, who, tab) -> list:
         tie = gr.Button("Tie", elem_id="verdict-tie")
         better_b = gr.Button("Right better ▶", elem_id="verdict-b")
     said = gr.Markdown(elem_id="compare-status")
+    with gr.Row(equal_height=True):
+        show_judge = gr.Checkbox(False, label="Show the LLM judge's labels (label first yourself)", scale=1,
+                                 elem_id="compare-show-judge")
+        judged = gr.Markdown(elem_id="compare-judge", visible=False)
 
     def labels(st):
         n = compare.side_names(st)
@@ -263,12 +279,21 @@ def _compare_tab(deps: Deps, names, annotator, who, tab) -> list:
         va, vb = await deps.store.aio.read(compare.views, deps, st, who(name, request))
         return _shown(va), _shown(vb)
 
+    def on_judge(st, show, name, request: gr.Request):
+        if not show:
+            return gr.update(visible=False)
+        va, vb = compare.views(deps, st, who(name, request))
+        n = compare.side_names(st)
+        return gr.update(value=judge_line(deps.store, va, f"{n['a']}: ") + "  \n" + judge_line(deps.store, vb, f"{n['b']}: "),
+                         visible=True)
+
     inputs = [state, box, left, right, blind, annotator]
     runs = [send.click(on_send, inputs, [state, bot_a, bot_b, box]), box.submit(on_send, inputs, [state, bot_a, bot_b, box]),
             bot_a.retry(retrier("a"), [state, annotator], [state, bot_a, bot_b]),
             bot_b.retry(retrier("b"), [state, annotator], [state, bot_a, bot_b])]
     for r in runs:
-        r.then(lambda ps: _coverage(deps, ps), pset, cover)
+        r.then(lambda ps: _coverage(deps, ps), pset, cover).then(on_judge, [state, show_judge, annotator], judged)
+    show_judge.change(on_judge, [state, show_judge, annotator], judged)
     stop.click(on_stop, [state, annotator], [bot_a, bot_b], cancels=runs)
     bot_a.like(rater("a"), [state, annotator], bot_a)
     bot_b.like(rater("b"), [state, annotator], bot_b)
@@ -292,7 +317,7 @@ def _coverage(deps: Deps, ps: dict) -> dict:
     return {"data": rows, "headers": headers}
 
 
-def _collect_tab(deps: Deps, names, pickers: list, tab) -> None:
+def _collect_tab(deps: Deps, names, pickers: list, annotator, who, tab) -> None:
     gr.Markdown("Rated chains become training data: pick the filters, see what passes, download it, "
                 "or train a new dialogue checkpoint from the bundled set plus these chains.")
     with gr.Row():
@@ -302,7 +327,12 @@ def _collect_tab(deps: Deps, names, pickers: list, tab) -> None:
         ck = gr.Dropdown([collect.ANY, *names], value=collect.ANY, label="Checkpoint")
         person = gr.Textbox(label="Annotator (blank: anyone)", max_lines=1)
         mode = gr.Dropdown([collect.ANY, *MODES], value=collect.ANY, label="Mode")
-    widgets = [min_label, cut, gold, ck, person, mode]
+    with gr.Row():
+        raters = gr.Dropdown(list(RATERS), value="humans", label="Whose labels count", elem_id="collect-raters")
+        min_score = gr.Number(0, minimum=0, maximum=5, step=0.5, label="Min judge score (0: any; AlpaGasus kept 4.5)")
+        selection = gr.Dropdown([collect.ANY], value=collect.ANY, label="Selection", elem_id="collect-selection")
+        gold_from = gr.Dropdown(list(GOLD_SOURCES), value="humans", label="Gold corrections by")
+    widgets = [min_label, cut, gold, ck, person, mode, raters, min_score, selection, gold_from]
     counted = gr.Markdown(elem_id="collect-count")
     with gr.Row():
         fmt = gr.Radio(["lima", "messages"], value="messages", label="Format")
@@ -310,9 +340,40 @@ def _collect_tab(deps: Deps, names, pickers: list, tab) -> None:
         train = gr.Button("Train dialogue checkpoint from these", variant="primary")
     result = gr.Markdown(elem_id="collect-result")
     download = gr.File(label="Download", interactive=False, elem_id="collect-file")
-    progress = gr.Markdown()
+    gr.Markdown("### Curate\nMachines beside the people, on the chains the filters above pick (checkpoint, annotator, "
+                "mode): an LLM judge labels or scores replies (AlpaGasus, MT-Bench), k-center picks a diverse subset "
+                "(LTD), a teacher revises replies against per-category rubrics (CITING). Each runs in the background.")
+    with gr.Row():
+        with gr.Column():
+            judge_mode = gr.Radio(["label", "score", "pairwise"], value="label", label="Judge")
+            judge_limit = gr.Number(20, minimum=0, precision=0, label="At most (0: all)")
+            judge = gr.Button("Judge", elem_id="collect-judge")
+        with gr.Column():
+            sel_name = gr.Textbox(label="Selection name", max_lines=1, elem_id="collect-select-name")
+            sel_size = gr.Number(20, minimum=1, precision=0, label="Chains to choose")
+            per_cluster = gr.Checkbox(False, label="Per cluster")
+            select = gr.Button("Select", elem_id="collect-select")
+        with gr.Column():
+            rev_labels = gr.CheckboxGroup(list(LABELS), value=["fail", "pass"], label="Revise replies labelled")
+            rev_limit = gr.Number(10, minimum=0, precision=0, label="At most (0: all)")
+            revise = gr.Button("Revise", elem_id="collect-revise")
+    progress = gr.Markdown(elem_id="collect-jobs")
     serve = gr.Button("Serve the trained checkpoint", visible=False)
-    timer = gr.Timer(2.0, active=False)
+    timer = gr.Timer(1.0, active=False)
+    with gr.Accordion("Rubrics (written by the teacher; yours to edit)", open=False):
+        with gr.Row():
+            category = gr.Dropdown([], label="Category", elem_id="rubric-category", scale=1)
+            rubric = gr.Textbox(label="Rubric", lines=6, scale=3, elem_id="rubric-text")
+        save_rubric = gr.Button("Save as a new version", scale=0)
+    with gr.Accordion("Teacher revisions to review", open=False):
+        pending = gr.Dropdown([], label="Revision", elem_id="revision-pick")
+        with gr.Row():
+            before = gr.Markdown(elem_id="revision-before")
+            after = gr.Markdown(elem_id="revision-after")
+        with gr.Row():
+            accept = gr.Button("Accept (becomes your gold correction)", variant="primary", elem_id="revision-accept")
+            reject = gr.Button("Reject", elem_id="revision-reject")
+    reviewed = gr.Markdown(elem_id="revision-status")
 
     def on_count(*values):
         return _user(lambda: collect.count(deps, collect.filters(*values)))
@@ -321,31 +382,62 @@ def _collect_tab(deps: Deps, names, pickers: list, tab) -> None:
         path, message = _user(lambda: collect.export_file(deps, collect.filters(*values), fmt_))
         return str(path), message
 
+    def started(job):
+        return collect.job_status(deps), gr.Timer(active=True), gr.update(visible=False)
+
     def on_train(*values):
-        job = _user(lambda: collect.start_training(deps, collect.filters(*values)))
-        return f"Training **{job.name}** (log: `{job.log}`) ...", gr.Timer(active=True), gr.update(visible=False)
+        return started(_user(lambda: collect.start_training(deps, collect.filters(*values))))
+
+    def on_judge(m, limit, *values):
+        return started(_user(lambda: collect.start_judge(deps, m, collect.filters(*values), limit)))
+
+    def on_select(name, size, pc, *values):
+        return started(_user(lambda: collect.start_select(deps, collect.filters(*values), name, size, pc)))
+
+    def on_revise(labels, limit, *values):
+        return started(_user(lambda: collect.start_revise(deps, collect.filters(*values), labels, limit)))
 
     def on_tick():
-        job = deps.jobs.get("train")
-        if job is None:
-            return gr.update(), gr.Timer(active=False), gr.update()
-        line, pct = job.progress()
-        bar = f"`[{'#' * (pct // 5)}{'.' * (20 - pct // 5)}] {pct}%` " if pct is not None else ""
-        running = job.state == "running"
-        return bar + line, gr.Timer(active=running), gr.update(visible=job.state == "done")
+        train_job = deps.jobs.get("train")
+        return (collect.job_status(deps), gr.Timer(active=collect.running(deps)),
+                gr.update(visible=train_job is not None and train_job.state == "done"),
+                gr.update(choices=[collect.ANY, *collect.selections(deps)]))
 
     def on_serve():
         message = _user(lambda: collect.serve_trained(deps, deps.jobs["train"]))
         choices = gr.update(choices=deps.names)
         return (message, *([choices] * len(pickers)), gr.update(choices=[collect.ANY, *deps.names]))
 
+    def on_open(*values):
+        cats = sorted(deps.store.rubrics())
+        return (on_count(*values), gr.update(choices=[collect.ANY, *collect.selections(deps)]), gr.update(choices=cats),
+                gr.update(choices=collect.pending_revisions(deps), value=None))
+
+    def on_save_rubric(cat, text, name, request: gr.Request):
+        return _user(lambda: collect.save_rubric(deps, cat, text, who(name, request)))
+
+    def reviewer(accepting):
+        def on_review(edit_id, name, request: gr.Request):
+            message = _user(lambda: collect.review(deps, edit_id, who(name, request), accepting))
+            return message, gr.update(choices=collect.pending_revisions(deps), value=None), "", ""
+        return on_review
+
     for w in widgets:
         w.change(on_count, widgets, counted)
     export.click(on_export, [fmt, *widgets], [download, result])
-    train.click(on_train, widgets, [progress, timer, serve])
-    timer.tick(on_tick, None, [progress, timer, serve])
+    jobs_out = [progress, timer, serve]
+    train.click(on_train, widgets, jobs_out)
+    judge.click(on_judge, [judge_mode, judge_limit, *widgets], jobs_out)
+    select.click(on_select, [sel_name, sel_size, per_cluster, *widgets], jobs_out)
+    revise.click(on_revise, [rev_labels, rev_limit, *widgets], jobs_out)
+    timer.tick(on_tick, None, [progress, timer, serve, selection])
     serve.click(on_serve, None, [progress, *pickers, ck])
-    tab.select(on_count, widgets, counted)
+    tab.select(on_open, widgets, [counted, selection, category, pending])
+    category.select(lambda c: collect.rubric_text(deps, c), category, rubric)
+    save_rubric.click(on_save_rubric, [category, rubric, annotator], reviewed)
+    pending.select(lambda e: collect.revision(deps, e), pending, [before, after])
+    accept.click(reviewer(True), [pending, annotator], [reviewed, pending, before, after])
+    reject.click(reviewer(False), [pending, annotator], [reviewed, pending, before, after])
 
 
 def _report_tab(deps: Deps, tab) -> None:

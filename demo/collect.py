@@ -3,15 +3,13 @@ a background process and serving it, and the Figure 7 report."""
 
 from __future__ import annotations
 
-import os
-import re
-import subprocess
-import sys
 import time
-from dataclasses import dataclass, field
 from pathlib import Path
 
+from limachat import jobs
 from limachat.demo.answer import Deps
+from limachat.jobs import Job
+from limachat.settings import settings_env
 from limachat.dialogues import report as reports
 from limachat.dialogues.export import Filters, chains, export
 from limachat.serve.checkpoints import Checkpoint
@@ -20,12 +18,14 @@ ANY = "any"
 
 
 def filters(min_label: str = ANY, cut_at_first_fail: bool = False, prefer_gold: bool = False, checkpoint: str = ANY,
-            annotator: str = "", mode: str = ANY) -> Filters:
-    """The export filters from the tab's widgets ("any" and blank mean no filter)."""
+            annotator: str = "", mode: str = ANY, raters: str = "humans", min_score: float | None = None,
+            selection: str = ANY, gold_from: str = "humans") -> Filters:
+    """The export filters from the tab's widgets ("any", blank and 0 mean no filter)."""
     def opt(v):
         return None if v in (None, "", ANY) else v.strip()
     return Filters(min_label=opt(min_label), cut_at_first_fail=bool(cut_at_first_fail), prefer_gold=bool(prefer_gold),
-                   checkpoint=opt(checkpoint), annotator=opt(annotator), mode=opt(mode))
+                   checkpoint=opt(checkpoint), annotator=opt(annotator), mode=opt(mode), raters=raters or "humans",
+                   min_score=float(min_score) if min_score else None, selection=opt(selection), gold_from=gold_from or "humans")
 
 
 def count(deps: Deps, f: Filters) -> str:
@@ -53,56 +53,72 @@ def _cli_filters(f: Filters) -> list[str]:
     return args + (["--min-turns", str(f.min_turns)] if f.min_turns != 1 else [])
 
 
-@dataclass
-class TrainJob:
-    """`limachat train --variant dialogue --from-db --bundled` in its own process, logging to a file."""
-
-    name: str
-    log: Path
-    proc: subprocess.Popen
-    started: float = field(default_factory=time.monotonic)
-
-    def progress(self) -> tuple[str, int | None]:
-        """("<state> (<seconds>): <the log's last line>", percent of the current progress bar)."""
-        try:
-            text = self.log.read_text(errors="replace")
-        except OSError:
-            text = ""
-        lines = [ln.strip() for ln in re.split(r"[\r\n]+", text) if ln.strip()]
-        last = lines[-1] if lines else "starting ..."
-        pct = re.findall(r"(\d+)%\|", last)
-        return f"{self.state} ({time.monotonic() - self.started:.0f} s): {last}", int(pct[-1]) if pct else None
-
-    @property
-    def state(self) -> str:
-        code = self.proc.poll()
-        return "running" if code is None else ("done" if code == 0 else "failed")
-
-
-def start_training(deps: Deps, f: Filters, name: str | None = None, extra: tuple[str, ...] = ()) -> TrainJob:
-    """Train a new dialogue checkpoint from the bundled set plus the chains these filters pass
-    (`extra`: more `limachat train` options)."""
-    job = deps.jobs.get("train")
-    if job is not None and job.state == "running":
-        raise ValueError("A training run is already going; wait for it to finish.")
-    if not any(True for _ in chains(deps.store, f)):
-        raise ValueError("No chains pass these filters: rate some turns, or loosen the filters, first.")
-    name = name or f"dialogue-{time.strftime('%Y%m%d-%H%M%S')}"
-    home = deps.settings.home
-    log = home / "logs" / f"train-{name}.log"
-    log.parent.mkdir(parents=True, exist_ok=True)
-    cmd = [sys.executable, "-m", "limachat.cli", "--home", str(home), "train", "--variant", "dialogue", "--name", name,
-           "--bundled", "--from-db", *_cli_filters(f), *extra]
-    if deps.settings.server.base:
-        cmd += ["--base", deps.settings.server.base]
-    with log.open("wb") as out:
-        proc = subprocess.Popen(cmd, stdout=out, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
-                                env={**os.environ, "PYTHONUNBUFFERED": "1", "LIMACHAT_DB": str(deps.store.path.resolve())}, start_new_session=True)
-    job = deps.jobs["train"] = TrainJob(name, log, proc)
+def _job(deps: Deps, kind: str, name: str, args: list[str]) -> Job:
+    """Start `limachat ARGS` in the background with the app's own settings; one job of a kind at a time."""
+    running = deps.jobs.get(kind)
+    if running is not None and running.state == "running":
+        raise ValueError(f"A {kind} job ({running.name}) is still running; wait for it to finish.")
+    env = {**settings_env(deps.settings), "LIMACHAT_DB": str(deps.store.path.resolve())}
+    job = deps.jobs[kind] = jobs.start(deps.settings.home, kind, name, args, env)
     return job
 
 
-def serve_trained(deps: Deps, job: TrainJob) -> str:
+def start_training(deps: Deps, f: Filters, name: str | None = None, extra: tuple[str, ...] = ()) -> Job:
+    """Train a new dialogue checkpoint from the bundled set plus the chains these filters pass
+    (`extra`: more `limachat train` options)."""
+    if not any(True for _ in chains(deps.store, f)):
+        raise ValueError("No chains pass these filters: rate some turns, or loosen the filters, first.")
+    name = name or f"dialogue-{time.strftime('%Y%m%d-%H%M%S')}"
+    args = ["train", "--variant", "dialogue", "--name", name, "--bundled", "--from-db", *_cli_filters(f), *extra]
+    if deps.settings.server.base:
+        args += ["--base", deps.settings.server.base]
+    return _job(deps, "train", name, args)
+
+
+def _session_filters(f: Filters) -> list[str]:
+    return [arg for key in ("checkpoint", "annotator", "mode") if getattr(f, key)
+            for arg in (f"--{key}", getattr(f, key))]
+
+
+def start_judge(deps: Deps, mode: str, f: Filters, limit: int | None) -> Job:
+    """`limachat judge MODE` over the turns the filters' checkpoint, annotator and mode pick."""
+    args = ["judge", mode, *_session_filters(f), *(["--limit", str(int(limit))] if limit else [])]
+    return _job(deps, "judge", f"judge-{mode}-{time.strftime('%Y%m%d-%H%M%S')}", args)
+
+
+def start_select(deps: Deps, f: Filters, name: str, size: int | None, per_cluster: bool) -> Job:
+    """`limachat select` over the chains the filters pass, saved as selection NAME."""
+    name = (name or "").strip()
+    if not name or not size:
+        raise ValueError("Give the selection a name and a size.")
+    args = ["select", "--name", name, "--size", str(int(size)), "--replace", *_cli_filters(f), *(["--per-cluster"] * per_cluster)]
+    return _job(deps, "select", f"select-{name}", args)
+
+
+def start_revise(deps: Deps, f: Filters, labels: list[str], limit: int | None) -> Job:
+    """`limachat revise` on the turns labelled `labels` (by people or judges) the filters pick."""
+    if not labels:
+        raise ValueError("Pick the labels of the turns to revise (fail, pass).")
+    args = ["revise", "--labels", ",".join(labels), *_session_filters(f), *(["--selection", f.selection] if f.selection else []),
+            *(["--limit", str(int(limit))] if limit else [])]
+    return _job(deps, "revise", f"revise-{time.strftime('%Y%m%d-%H%M%S')}", args)
+
+
+def job_status(deps: Deps) -> str:
+    """A block per job this app started: what it does, its bar, and how it ended."""
+    out = []
+    for job in deps.jobs.values():
+        pct = job.fraction()
+        bar = f"`[{'#' * int(20 * pct)}{'.' * (20 - int(20 * pct))}] {100 * pct:.0f}%` " if pct is not None else ""
+        out.append(bar + job.summary())
+    return "\n\n".join(out)
+
+
+def running(deps: Deps) -> bool:
+    return any(job.state == "running" for job in deps.jobs.values())
+
+
+def serve_trained(deps: Deps, job: Job) -> str:
     """Load the trained adapter into the running local vLLM server and offer it as a checkpoint."""
     if job.state != "done":
         raise ValueError(f"The training run is {job.state}; there is nothing to serve yet.")
@@ -124,3 +140,49 @@ def report(deps: Deps) -> tuple[Path | None, str]:
     png.parent.mkdir(parents=True, exist_ok=True)
     reports.figure7(doc.reports, png)
     return png, reports.render(doc, heldout)
+
+
+def selections(deps: Deps) -> list[str]:
+    return [s["name"] for s in deps.store.selections()]
+
+
+def rubric_text(deps: Deps, category: str | None) -> str:
+    return deps.store.rubrics().get(category or "", {}).get("content", "")
+
+
+def save_rubric(deps: Deps, category: str | None, text: str, annotator: str | None) -> str:
+    """A person's edit of a category's rubric: its next version (the teacher's stays in history)."""
+    from limachat.demo.history import NAME_FIRST
+
+    if not annotator:
+        raise ValueError(NAME_FIRST)
+    if not category:
+        raise ValueError("Pick a category first (`limachat revise` writes the first rubrics).")
+    deps.store.set_rubric(category, text, annotator)
+    return f"Saved a new version of the rubric for **{category}**."
+
+
+def pending_revisions(deps: Deps) -> list[tuple[str, str]]:
+    """(label, edit id) of the teacher revisions nobody has reviewed yet."""
+    return [(f"{e['category'] or 'no rubric'} · {e['original'][:70]!r}", e["id"]) for e in deps.store.teacher_edits(pending=True)]
+
+
+def revision(deps: Deps, edit_id: str | None) -> tuple[str, str]:
+    """The reply as it was and as the teacher revised it, each under its heading."""
+    e = next((e for e in deps.store.teacher_edits() if e["id"] == edit_id), None)
+    if e is None:
+        return "", ""
+    return (f"**Original** ({e['category'] or 'no rubric'})\n\n{e['original']}",
+            f"**Revised by {e['annotator']}**\n\n{e['content']}")
+
+
+def review(deps: Deps, edit_id: str | None, annotator: str | None, accept: bool) -> str:
+    from limachat.demo.history import NAME_FIRST
+
+    if not annotator:
+        raise ValueError(NAME_FIRST)
+    if not edit_id:
+        raise ValueError("Pick a revision first.")
+    deps.store.review_edit(edit_id, annotator, accept)
+    return ("Accepted: it is now your gold correction of that reply." if accept
+            else "Rejected: it will not be used as gold.")

@@ -117,3 +117,15 @@ def check_message(text: str) -> None:
     if bad:
         raise ValueError(f"This message holds the control character U+{ord(bad.group()):04X} at character {bad.start() + 1}; "
                          "remove it and send again.")
+
+
+def judge_line(store: Store, v: View, side: str = "") -> str:
+    """The LLM judges' labels of a view's replies (the page shows them only when asked, after people
+    have labelled: a judge's label seen first would sway them)."""
+    replies = [tid for tid, m in zip(v.ids, v.history) if m["role"] == "assistant"]
+    labels = store.judge_labels(replies)
+    found = [f"reply {n}: **{labels[t][0]}**" for n, t in enumerate(replies, 1) if t in labels]
+    judges = sorted({labels[t][1] for t in replies if t in labels})
+    if not found:
+        return f"{side}no judge has labelled these replies (`limachat judge label`, or Judge in the Collect tab)."
+    return f"{side}" + ", ".join(found) + f" ({', '.join(judges)})"

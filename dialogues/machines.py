@@ -185,7 +185,7 @@ class Machines:
             db.execute("delete from selection_chains where selection = ?", (name,))
             db.execute("delete from selections where name = ?", (name,))
         self._insert(db, "selections", {"name": name, "created": now(), "method": method,
-                                        "params": to_json("meta", params), "coverage": to_json("meta", coverage)})
+                                        "params": to_json("params", params), "coverage": json.dumps(coverage, sort_keys=True)})
         db.conn.executemany("insert into selection_chains (selection, turn_id, rank, cluster) values (?, ?, ?, ?)",
                        [(name, tid, rank, cluster) for rank, (tid, cluster) in enumerate(chosen)])
         return len(chosen)
@@ -200,8 +200,8 @@ class Machines:
     def selections(self) -> list[dict[str, Any]]:
         rows = self._query("""select s.*, (select count(*) from selection_chains c where c.selection = s.name) as chains
                               from selections s order by created desc""")
-        for r in rows:
-            r["params"], r["coverage"] = json.loads(r["params"] or "{}"), json.loads(r["coverage"] or "{}")
+        for r in rows:  # `params` is one of the store's JSON columns (decoded by _row), `coverage` is not
+            r["coverage"] = json.loads(r["coverage"] or "{}")
         return rows
 
     @writes

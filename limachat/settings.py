@@ -264,13 +264,25 @@ def model_preset(folder: Path) -> dict[str, Any]:
     return preset  # cached (read once per folder): callers copy it into a new dict
 
 
+def settings_env(settings: Settings) -> dict[str, str]:
+    """These settings as LIMACHAT_* variables (sections as JSON): a `limachat` command started with them
+    works with the same endpoints, sampling and database as the process that started it."""
+    import json
+
+    out = {}
+    for key, value in settings.model_dump(mode="json").items():
+        if value is not None:
+            out[ENV_PREFIX + key.upper()] = json.dumps(value) if isinstance(value, (dict, list)) else str(value)
+    return out
+
+
 def config_path() -> Path:
     return Path(os.environ.get("LIMACHAT_CONFIG", CONFIG_FILE))
 
 
 def _env_names() -> set[str]:
     """Every environment variable name that maps to a setting (top-level and nested)."""
-    names = {ENV_PREFIX + "CONFIG"}
+    names = {ENV_PREFIX + "CONFIG", ENV_PREFIX + "PROGRESS"}  # not settings: the config file, a job's progress record
     for name, field in Settings.model_fields.items():
         names.add(ENV_PREFIX + name.upper())
         sub = field.annotation

@@ -278,13 +278,14 @@ def test_collect_counts_exports_and_trains_in_the_background(deps):
     # a real (short) training run in the background, then served by the running vLLM and chatted with
     name = "dialogue-r2"
     job = collect.start_training(deps, collect.filters("pass"), name=name, extra=("--epochs", "1", "--max-length", "96"))
-    with pytest.raises(ValueError, match="already going"):
+    with pytest.raises(ValueError, match="still running"):
         collect.start_training(deps, collect.filters("pass"))
     with pytest.raises(ValueError, match="nothing to serve yet"):
         collect.serve_trained(deps, job)
     assert job.proc.wait(timeout=900) == 0, job.log.read_text()
-    line, _ = job.progress()
-    assert job.state == "done" and line.startswith("done")
+    p = job.progress()  # the job's own record (data the trainer writes), not its log
+    assert (p["state"], p["stage"], p["unit"]) == ("done", "training dialogue", "step") and p["done"] == p["total"] > 0
+    assert p["postfix"]["loss"] > 0 and "**train dialogue-r2**: done" in collect.job_status(deps)
     assert "examples: 62 single-turn, 7 multi-turn chains" in job.log.read_text(), "6 bundled chains + the rated one"
     assert (deps.settings.home / "checkpoints" / name / "adapter_model.safetensors").is_file()
     try:

@@ -204,6 +204,7 @@ def _callback(progress_bar, epochs_dir: Path, model, tokenizer, losses: list, to
 
         def __init__(self):
             self.start = None
+            self.postfix: dict = {}
 
         def on_train_begin(self, args, state, control, **kw):
             self.start = time.monotonic()
@@ -212,10 +213,11 @@ def _callback(progress_bar, epochs_dir: Path, model, tokenizer, losses: list, to
             if logs and "loss" in logs:
                 losses.append((state.global_step, round(float(logs["loss"]), 4)))
                 elapsed = time.monotonic() - self.start
-                progress_bar.set_postfix(loss=f"{logs['loss']:.3f}", tok_s=f"{state.global_step * tokens_per_step / elapsed:.0f}")
+                self.postfix = {"loss": round(float(logs["loss"]), 3),
+                                "tok_s": round(state.global_step * tokens_per_step / elapsed)}
 
         def on_step_end(self, args, state, control, **kw):
-            progress_bar.update(1)
+            progress_bar.update(1, **self.postfix)
 
         def on_epoch_end(self, args, state, control, **kw):
             epoch = round(state.epoch)
@@ -243,10 +245,12 @@ def trainer_class():
 
 def main(config: TrainConfig, examples: list[Example], base_model: str, out_dir: Path,
          progress: Progress = print, serve_epoch: int | None = None, fingerprint: str | None = None) -> dict:
-    """Train one variant; returns the record written to training.json."""
+    """Train one variant; returns the record written to training.json. The progress bar's record is the
+    Collect tab's view of the run (limachat.jobs)."""
     from datasets import Dataset
-    from tqdm import tqdm
     from transformers import AutoTokenizer
+
+    from limachat.jobs import Progress as Bar
 
     tokenizer = AutoTokenizer.from_pretrained(base_model)
     added_eot = ensure_chat_template(tokenizer)
@@ -259,7 +263,7 @@ def main(config: TrainConfig, examples: list[Example], base_model: str, out_dir:
     shutil.rmtree(tmp, ignore_errors=True)
     epochs_dir = tmp / "epochs"
     losses: list = []
-    bar = tqdm(total=plan.steps, desc=f"training {config.variant}", unit="step", dynamic_ncols=True)
+    bar = Bar(f"training {config.variant}", total=plan.steps, unit="step")
     trainer = trainer_class()(model=model, args=sft_args(config, tmp / "trainer"), train_dataset=Dataset.from_list(rows),
                          processing_class=tokenizer,
                          callbacks=[_callback(bar, epochs_dir, model, tokenizer, losses, plan.tokens / max(plan.steps, 1) * config.epochs)])
@@ -268,7 +272,7 @@ def main(config: TrainConfig, examples: list[Example], base_model: str, out_dir:
     trainer.remove_callback(PrinterCallback)  # our bar shows the loss; no raw log dicts on the console
     started = time.monotonic()
     trainer.train()
-    bar.close()
+    bar.finish()
     seconds = time.monotonic() - started
     shutil.rmtree(tmp / "trainer", ignore_errors=True)
     heldout = {**heldout_loss(model, tokenizer), "epoch": config.epochs}  # the model after the last epoch
