@@ -11,6 +11,7 @@ from datetime import date
 from pathlib import Path
 
 import bench_app
+import bench_curate
 import bench_presets
 import bench_serve
 import bench_store
@@ -103,6 +104,34 @@ def sampling_section(seeds: int) -> list[str]:
     return rows
 
 
+def curate_section(runs: int, chains: int) -> list[str]:
+    from limachat.settings import Curate
+
+    default = Curate().embedding_max_tokens
+    rows = []
+    for tokens in (default, 48):
+        r = bench_curate.select_runs(chains, 500, runs, tokens)
+        embed = [x.seconds["embed"] for x in r["results"]]
+        rate = [chains / e for e in embed]
+        last = r["results"][-1]
+        rows += [
+            f"| select {chains:,} chains, {tokens} word pieces each, nothing cached (model load included) | "
+            f"{bench_store.spread(r['cold'])} | <= 60 s |",
+            f"| &nbsp; of which embedding | {bench_store.spread(embed)} ({bench_store.spread(rate, unit='chains/s', digits=0)}) | - |",
+            f"| select {chains:,} chains, {tokens} word pieces, all cached | {bench_store.spread(r['warm'])} | - |",
+            f"| &nbsp; coverage of 500 chosen: k-center / random (5 seeds) | {last.coverage:.3f} / {last.random_mean:.3f} ± "
+            f"{last.random_sd:.3f} | lower than random |",
+        ]
+    with bench_serve.serving(HOME) as (url, _):
+        j = bench_curate.judge_runs(url, runs, {1: 6, 8: 24})
+    for c in (1, 8):
+        rows += [f"| judge label, concurrency {c}: turns/s | {bench_store.spread(j[c]['rate'], unit='turns/s', digits=2)} | - |",
+                 f"| &nbsp; prompt / generated tokens per judged turn | {st.median(j[c]['prompt']):.0f} / "
+                 f"{st.median(j[c]['generated']):.0f} | - |"]
+    rows.append(f"| concurrency 8 / 1 (medians, one run) | {st.median(j[8]['rate']) / st.median(j[1]['rate']):.1f} | >= 3 |")
+    return rows
+
+
 SECTIONS = {
     "store": ("## Store (SQLite)", [
         "The writers run in a closed loop with no pause between writes, 64 threads against one SQLite",
@@ -131,6 +160,14 @@ SECTIONS = {
         "the handler a Gradio event calls: session and user turn saved, the reply streamed through the",
         "client with partial saves and the view rebuilt per piece, the finished turn written. The direct",
         "client is one httpx SSE stream. Streams run concurrently with asyncio; rounds alternate the sides."]),
+    "curate": ("## Curation (select: all-MiniLM-L6-v2 on CPU; judge: the local `base`, label mode)", [
+        "Select: seeded synthetic chains (benchmarks/bench_curate.py; 1-3 exchanges, ~400 word pieces each),",
+        "each run on a fresh copy of the database, so every chain is embedded; then again with the cache full.",
+        "The embedder reads N word pieces of a chain, each turn cut to its share (`curate.embedding_max_tokens`,",
+        "default 128).",
+        "Judge: label mode with the default judge (the local server's `base`, JSON-schema answers, 256 tokens",
+        "at most), 6 turns a run at concurrency 1 and 24 at concurrency 8, each run on synthetic chains of its",
+        "own (no run finds another's prompts in vLLM's prefix cache). Tokens per turn from vLLM's /metrics."]),
 }
 
 
@@ -159,6 +196,7 @@ def main() -> None:
     ap.add_argument("--runs", type=int, default=5, help="repetitions of each timed operation")
     ap.add_argument("--train-steps", type=int, default=5, help="timed training steps per side")
     ap.add_argument("--seeds", type=int, default=2, help="conversations per sampling preset and checkpoint")
+    ap.add_argument("--chains", type=int, default=10_000, help="synthetic chains `select` chooses from")
     ap.add_argument("--only", choices=sorted(SECTIONS), action="append",
                     help="run only this section (repeatable); the others are kept from the existing file")
     ap.add_argument("-o", "--output", type=Path, default=ROOT / "BENCHMARKS.md")
@@ -169,6 +207,7 @@ def main() -> None:
         "app": lambda: app_section(args.runs),
         "serve": lambda: serve_section(args.runs),
         "sampling": lambda: sampling_section(args.seeds),
+        "curate": lambda: curate_section(min(args.runs, 3), args.chains),
     }
     old = _existing(args.output)
     body: list[str] = []

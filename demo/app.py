@@ -13,14 +13,14 @@ import random
 
 import gradio as gr
 
-from limachat.demo import chat, collect, compare
+from limachat.demo import chat, compare
 from limachat.demo.answer import Deps
+from limachat.demo.collect_tab import collect_tab, report_tab
+from limachat.demo.ui import _stream, _user
 from limachat.demo.history import FEEDBACK, View, judge_line
 from limachat.demo.users import Logins
-from limachat.dialogues.store import LABELS, MODES, Store
-from limachat.dialogues.values import GOLD_SOURCES, RATERS
+from limachat.dialogues.store import Store
 from limachat.serve.checkpoints import Checkpoint
-from limachat.logs import internal
 from limachat.settings import Settings
 
 log = logging.getLogger(__name__)
@@ -35,27 +35,6 @@ footer {display: none !important}
 def _shown(v: View, label: str | None = None) -> dict:
     update = {"value": v.history, "feedback_value": v.feedback}
     return gr.update(**update, **({"label": label} if label else {}))
-
-
-def _user(fn):
-    """Run a sync handler. Its ValueError (bad input) becomes a one-line message in the page; anything
-    else is logged with its traceback and the page says where."""
-    try:
-        return fn()
-    except ValueError as e:
-        raise gr.Error(str(e), print_exception=False) from None
-    except Exception as e:  # noqa: BLE001 - the app keeps running; the log keeps the traceback
-        raise gr.Error(internal(e, "the app"), print_exception=False) from None
-
-
-async def _stream(gen):
-    try:
-        async for item in gen:
-            yield item
-    except ValueError as e:
-        raise gr.Error(str(e), print_exception=False) from None
-    except Exception as e:  # noqa: BLE001
-        raise gr.Error(internal(e, "the app"), print_exception=False) from None
 
 
 def build_app(store: Store, checkpoints: list[Checkpoint], settings: Settings, *, auth: bool = False,
@@ -95,10 +74,10 @@ def build_app(store: Store, checkpoints: list[Checkpoint], settings: Settings, *
                 chat_pickers = _chat_tab(deps, names, annotator, who, app)
             with gr.Tab("Compare", id="compare") as compare_tab:
                 compare_pickers = _compare_tab(deps, names, annotator, who, compare_tab)
-            with gr.Tab("Collect", id="collect") as collect_tab:
-                _collect_tab(deps, names, chat_pickers + compare_pickers, annotator, who, collect_tab)
-            with gr.Tab("Report", id="report") as report_tab:
-                _report_tab(deps, report_tab)
+            with gr.Tab("Collect", id="collect") as collect_tab_:
+                collect_tab(deps, names, chat_pickers + compare_pickers, annotator, who, collect_tab_)
+            with gr.Tab("Report", id="report") as report_tab_:
+                report_tab(deps, report_tab_)
     app.queue(default_concurrency_limit=64)
     return app
 
@@ -315,143 +294,6 @@ def _prompt_choices(prompts) -> list[tuple[str, str]]:
 def _coverage(deps: Deps, ps: dict) -> dict:
     headers, rows = compare.coverage(deps, ps["name"], ps["prompts"])
     return {"data": rows, "headers": headers}
-
-
-def _collect_tab(deps: Deps, names, pickers: list, annotator, who, tab) -> None:
-    gr.Markdown("Rated chains become training data: pick the filters, see what passes, download it, "
-                "or train a new dialogue checkpoint from the bundled set plus these chains.")
-    with gr.Row():
-        min_label = gr.Dropdown([collect.ANY, *LABELS], value="pass", label="Min label (every reply)")
-        cut = gr.Checkbox(False, label="Cut at first fail")
-        gold = gr.Checkbox(True, label="Use gold corrections")
-        ck = gr.Dropdown([collect.ANY, *names], value=collect.ANY, label="Checkpoint")
-        person = gr.Textbox(label="Annotator (blank: anyone)", max_lines=1)
-        mode = gr.Dropdown([collect.ANY, *MODES], value=collect.ANY, label="Mode")
-    with gr.Row():
-        raters = gr.Dropdown(list(RATERS), value="humans", label="Whose labels count", elem_id="collect-raters")
-        min_score = gr.Number(0, minimum=0, maximum=5, step=0.5, label="Min judge score (0: any; AlpaGasus kept 4.5)")
-        selection = gr.Dropdown([collect.ANY], value=collect.ANY, label="Selection", elem_id="collect-selection")
-        gold_from = gr.Dropdown(list(GOLD_SOURCES), value="humans", label="Gold corrections by")
-    widgets = [min_label, cut, gold, ck, person, mode, raters, min_score, selection, gold_from]
-    counted = gr.Markdown(elem_id="collect-count")
-    with gr.Row():
-        fmt = gr.Radio(["lima", "messages"], value="messages", label="Format")
-        export = gr.Button("Export JSONL", elem_id="collect-export")
-        train = gr.Button("Train dialogue checkpoint from these", variant="primary")
-    result = gr.Markdown(elem_id="collect-result")
-    download = gr.File(label="Download", interactive=False, elem_id="collect-file")
-    gr.Markdown("### Curate\nMachines beside the people, on the chains the filters above pick (checkpoint, annotator, "
-                "mode): an LLM judge labels or scores replies (AlpaGasus, MT-Bench), k-center picks a diverse subset "
-                "(LTD), a teacher revises replies against per-category rubrics (CITING). Each runs in the background.")
-    with gr.Row():
-        with gr.Column():
-            judge_mode = gr.Radio(["label", "score", "pairwise"], value="label", label="Judge")
-            judge_limit = gr.Number(20, minimum=0, precision=0, label="At most (0: all)")
-            judge = gr.Button("Judge", elem_id="collect-judge")
-        with gr.Column():
-            sel_name = gr.Textbox(label="Selection name", max_lines=1, elem_id="collect-select-name")
-            sel_size = gr.Number(20, minimum=1, precision=0, label="Chains to choose")
-            per_cluster = gr.Checkbox(False, label="Per cluster")
-            select = gr.Button("Select", elem_id="collect-select")
-        with gr.Column():
-            rev_labels = gr.CheckboxGroup(list(LABELS), value=["fail", "pass"], label="Revise replies labelled")
-            rev_limit = gr.Number(10, minimum=0, precision=0, label="At most (0: all)")
-            revise = gr.Button("Revise", elem_id="collect-revise")
-    progress = gr.Markdown(elem_id="collect-jobs")
-    serve = gr.Button("Serve the trained checkpoint", visible=False)
-    timer = gr.Timer(1.0, active=False)
-    with gr.Accordion("Rubrics (written by the teacher; yours to edit)", open=False):
-        with gr.Row():
-            category = gr.Dropdown([], label="Category", elem_id="rubric-category", scale=1)
-            rubric = gr.Textbox(label="Rubric", lines=6, scale=3, elem_id="rubric-text")
-        save_rubric = gr.Button("Save as a new version", scale=0)
-    with gr.Accordion("Teacher revisions to review", open=False):
-        pending = gr.Dropdown([], label="Revision", elem_id="revision-pick")
-        with gr.Row():
-            before = gr.Markdown(elem_id="revision-before")
-            after = gr.Markdown(elem_id="revision-after")
-        with gr.Row():
-            accept = gr.Button("Accept (becomes your gold correction)", variant="primary", elem_id="revision-accept")
-            reject = gr.Button("Reject", elem_id="revision-reject")
-    reviewed = gr.Markdown(elem_id="revision-status")
-
-    def on_count(*values):
-        return _user(lambda: collect.count(deps, collect.filters(*values)))
-
-    def on_export(fmt_, *values):
-        path, message = _user(lambda: collect.export_file(deps, collect.filters(*values), fmt_))
-        return str(path), message
-
-    def started(job):
-        return collect.job_status(deps), gr.Timer(active=True), gr.update(visible=False)
-
-    def on_train(*values):
-        return started(_user(lambda: collect.start_training(deps, collect.filters(*values))))
-
-    def on_judge(m, limit, *values):
-        return started(_user(lambda: collect.start_judge(deps, m, collect.filters(*values), limit)))
-
-    def on_select(name, size, pc, *values):
-        return started(_user(lambda: collect.start_select(deps, collect.filters(*values), name, size, pc)))
-
-    def on_revise(labels, limit, *values):
-        return started(_user(lambda: collect.start_revise(deps, collect.filters(*values), labels, limit)))
-
-    def on_tick():
-        train_job = deps.jobs.get("train")
-        return (collect.job_status(deps), gr.Timer(active=collect.running(deps)),
-                gr.update(visible=train_job is not None and train_job.state == "done"),
-                gr.update(choices=[collect.ANY, *collect.selections(deps)]))
-
-    def on_serve():
-        message = _user(lambda: collect.serve_trained(deps, deps.jobs["train"]))
-        choices = gr.update(choices=deps.names)
-        return (message, *([choices] * len(pickers)), gr.update(choices=[collect.ANY, *deps.names]))
-
-    def on_open(*values):
-        cats = sorted(deps.store.rubrics())
-        return (on_count(*values), gr.update(choices=[collect.ANY, *collect.selections(deps)]), gr.update(choices=cats),
-                gr.update(choices=collect.pending_revisions(deps), value=None))
-
-    def on_save_rubric(cat, text, name, request: gr.Request):
-        return _user(lambda: collect.save_rubric(deps, cat, text, who(name, request)))
-
-    def reviewer(accepting):
-        def on_review(edit_id, name, request: gr.Request):
-            message = _user(lambda: collect.review(deps, edit_id, who(name, request), accepting))
-            return message, gr.update(choices=collect.pending_revisions(deps), value=None), "", ""
-        return on_review
-
-    for w in widgets:
-        w.change(on_count, widgets, counted)
-    export.click(on_export, [fmt, *widgets], [download, result])
-    jobs_out = [progress, timer, serve]
-    train.click(on_train, widgets, jobs_out)
-    judge.click(on_judge, [judge_mode, judge_limit, *widgets], jobs_out)
-    select.click(on_select, [sel_name, sel_size, per_cluster, *widgets], jobs_out)
-    revise.click(on_revise, [rev_labels, rev_limit, *widgets], jobs_out)
-    timer.tick(on_tick, None, [progress, timer, serve, selection])
-    serve.click(on_serve, None, [progress, *pickers, ck])
-    tab.select(on_open, widgets, [counted, selection, category, pending])
-    category.select(lambda c: collect.rubric_text(deps, c), category, rubric)
-    save_rubric.click(on_save_rubric, [category, rubric, annotator], reviewed)
-    pending.select(lambda e: collect.revision(deps, e), pending, [before, after])
-    accept.click(reviewer(True), [pending, annotator], [reviewed, pending, before, after])
-    reject.click(reviewer(False), [pending, annotator], [reviewed, pending, before, after])
-
-
-def _report_tab(deps: Deps, tab) -> None:
-    refresh = gr.Button("Refresh", scale=0)
-    chart = gr.Image(label="Figure 7: label shares per checkpoint, and excellent share by turn", type="filepath",
-                     interactive=False, elem_id="report-chart")
-    tables = gr.Markdown(elem_id="report-tables")
-
-    def on_report():
-        png, text = collect.report(deps)
-        return (str(png) if png else None), text
-
-    refresh.click(on_report, None, [chart, tables])
-    tab.select(on_report, None, [chart, tables])
 
 
 def launch(app: gr.Blocks, settings: Settings, *, users: dict[str, str] | None = None, block: bool = True):

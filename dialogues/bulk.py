@@ -74,11 +74,16 @@ class Bulk:
             if not isinstance(rows, list):
                 raise ValueError(f'"{table}" must be a list')
             parts[table] = [self._valid_row(table, r, f"{table}[{i}]") for i, r in enumerate(rows)]
+        machines = record.get("annotators", [])
+        if not isinstance(machines, list):
+            raise ValueError('"annotators" must be a list')
+        machines = [self._valid_row("annotators", r, f"annotators[{i}]") for i, r in enumerate(machines)]
         present = db["sessions"].count_where("id = ?", [session["id"]]) > 0
         db["sessions"].insert(session, ignore=True)
         before = db["turns"].count
         db["turns"].insert_all(_parents_first(parts["turns"]), ignore=True)
         added = db["turns"].count - before
+        db["annotators"].insert_all(machines, ignore=True)  # a judge stays a judge in the merged file
         for table in ("ratings", "edits", "verdicts"):
             rows = parts[table]
             if table in ("ratings", "verdicts"):
@@ -102,7 +107,10 @@ class Bulk:
                             from verdicts where turn_a in ({marks})) where n = 1)""", turn_ids)
 
     def dump(self) -> Iterator[tuple[dict[str, Any], dict[str, list]]]:
-        """(session, {turns, ratings (with history), edits, verdicts}) of every session, oldest first."""
+        """(session, {turns, ratings (with history), edits, verdicts[, annotators]}) of every session, oldest
+        first. `annotators`, when any, are the machines (judges, teachers) among the session's annotators.
+        A teacher's edit leaves out its rubric (rubrics belong to the database, not to a session)."""
+        machines = {r["name"]: r for r in self._query("select * from annotators order by name")}
         by_session: dict[str, dict[str, list]] = {}
         queries = {"turns": "select * from turns order by created, id",
                    "ratings": "select r.*, t.session_id as _sid from ratings r join turns t on t.id = r.turn_id order by r.created, r.id",
@@ -111,11 +119,17 @@ class Bulk:
         for table, sql in queries.items():
             for row in self._query(sql):
                 row.pop("owner", None)
+                if table == "edits":
+                    row["rubric_id"] = None
                 sid = row.pop("_sid", None) or row["session_id"]
                 by_session.setdefault(sid, {}).setdefault(table, []).append(row)
         for session in self._query("select * from sessions order by created, id"):
             parts = by_session.get(session["id"], {})
-            yield session, {t: parts.get(t, []) for t in queries}
+            out = {t: parts.get(t, []) for t in queries}
+            names = sorted({r["annotator"] for t in ("ratings", "edits", "verdicts") for r in out[t]} & set(machines))
+            if names:
+                out["annotators"] = [machines[n] for n in names]
+            yield session, out
 
 
 def _parents_first(turns: list[dict[str, Any]]) -> list[dict[str, Any]]:

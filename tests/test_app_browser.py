@@ -155,10 +155,38 @@ def test_chat_compare_collect_report_in_a_browser(app_url):
         page.wait_for_function("document.querySelector('#collect-result').innerText.includes('Wrote')")
         shot(page, "collect")
 
+        # Curate from the Collect tab: the local base judges every reply, a teacher revises one, a person reviews it.
+        page.click("#collect-judge")
+        page.fill("#collect-revise-limit input", "1")
+        page.click("#collect-revise")
+        page.wait_for_function("document.querySelector('#collect-jobs').innerText.includes('judge judge-label')")
+        jobs = "document.querySelector('#collect-jobs').innerText"
+        page.wait_for_function(f"{jobs}.includes('judging (label): 5/5 turn') && {jobs}.includes('revising: 1/1 turn')"
+                               f" && ({jobs}.match(/: done/g) || []).length == 2", timeout=600_000)
+        assert query(db, "select count(*) from ratings where annotator = 'judge/base/label-v1'") == [(5,)]
+        page.get_by_text("Teacher revisions to review").click()
+        page.get_by_text("Rubrics (written by the teacher").click()
+        page.locator("#revision-pick input").click()
+        page.get_by_role("option").first.click()
+        page.wait_for_function("document.querySelector('#revision-after').innerText.includes('Revised by teacher/base/revise-v1')")
+        shot(page, "curate")
+        page.click("#revision-accept")
+        page.wait_for_function("document.querySelector('#revision-status').innerText.includes('Accepted')")
+        assert query(db, "select review, reviewer from edits where annotator = 'teacher/base/revise-v1'") == [("accepted", "ana")]
+        assert query(db, "select count(*) from edits where annotator = 'ana'") == [(1,)]  # now ana's own gold edit
+
         page.get_by_role("tab", name="Report").click()
         page.wait_for_selector("#report-chart img")
-        page.wait_for_function("document.querySelector('#report-tables').innerText.includes('excellent')")
+        page.wait_for_function("document.querySelector('#report-tables').innerText.includes('Judges against people')")
+        assert "Rated by LLM judges" in page.locator("#report-tables").inner_text()
         shot(page, "report")
+
+        # The judge's labels beside your own, on request (off by default: people label first).
+        page.get_by_role("tab", name="Chat").click()
+        assert not page.locator("#chat-judge").is_visible()
+        page.locator("#chat-show-judge input").check()
+        page.wait_for_function("document.querySelector('#chat-judge')?.innerText.includes('judge/base/label-v1')")
+        assert "reply 1:" in page.locator("#chat-judge").inner_text()
 
     # The database holds exactly what was done ...
     sessions = query(db, "select mode, prompt_set, prompt, closed is not null from sessions order by created")
@@ -170,7 +198,7 @@ def test_chat_compare_collect_report_in_a_browser(app_url):
     user_xss = query(db, "select content from turns where role = 'user' and content like '%<script>%'")
     assert user_xss == [(XSS,)], "the message is stored as typed"
     labels = query(db, """select t.lane, t.exchange, r.label, r.annotator from ratings r join turns t on t.id = r.turn_id
-                          where r.current = 1 order by r.created""")
+                          where r.current = 1 and r.annotator = 'ana' order by r.created""")
     assert labels == [(None, 1, "pass", "ana"), (None, 2, "excellent", "ana"), ("a", 1, "pass", "ana"), ("b", 1, "fail", "ana")]
     assert query(db, "select verdict, annotator, checkpoint_a from verdicts") == [("a", "ana", lanes["a"])]
     # ... and so does the export: the two chains whose replies are all at least pass.
@@ -181,7 +209,7 @@ def test_chat_compare_collect_report_in_a_browser(app_url):
     assert by_mode["chat"]["limachat"]["labels"] == ["pass", "excellent"]
     assert [m["content"] for m in by_mode["chat"]["messages"] if m["role"] == "user"] == ["What is the capital of France?", XSS]
     assert by_mode["blind"]["limachat"]["checkpoints"] == [lanes["a"]] and by_mode["blind"]["limachat"]["labels"] == ["pass"]
-    for name in ("chat", "compare", "collect", "report"):
+    for name in ("chat", "compare", "collect", "curate", "report"):
         assert (SHOTS / f"{name}.png").stat().st_size > 10_000
 
 

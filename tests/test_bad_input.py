@@ -85,6 +85,19 @@ CLI_CASES = [
     ("auth-empty", {"users.txt": b"# nobody yet\n"}, {}, ["app", "--auth", "users.txt"], "--auth: users.txt: no users"),
     ("auth-no-colon", {"users.txt": b"ana\n"}, {}, ["app", "--auth", "users.txt"], "--auth: users.txt:1: expected name:hash"),
     ("users-add-bad-name", {}, {}, ["users", "add", "a:b", "--password-stdin"], "a user name needs text without ':'"),
+    ("judge-unknown-mode", {}, {}, ["judge", "great"], "Invalid value for 'MODE': 'great' is not one of"),
+    ("judge-prompt-version", {}, {}, ["judge", "label", "--prompt-version", "9"], "--prompt-version: label has versions 1, not 9"),
+    ("judge-unreachable", {}, {}, ["judge", "label", "--base-url", "http://127.0.0.1:9/v1"],
+     "judge endpoint http://127.0.0.1:9/v1: cannot be reached"),
+    ("judge-concurrency-zero", {}, {}, ["judge", "score", "--concurrency", "0"], "'--concurrency': 0 is not in the range"),
+    ("select-too-many", {}, {}, ["select", "--name", "x", "--size", "5000"], "--size 5000: the filters pass 69 chains"),
+    ("select-no-name", {}, {}, ["select", "--size", "5"], "Missing option '--name'"),
+    ("revise-unknown-label", {}, {}, ["revise", "--labels", "fail,great"], "--labels: great is not one of fail, pass, excellent"),
+    ("revise-unreachable", {}, {}, ["revise", "--base-url", "http://127.0.0.1:9/v1"], "teacher endpoint http://127.0.0.1:9/v1: cannot be reached"),
+    ("export-unknown-selection", {}, {}, ["export", "--format", "lima", "-o", "out.jsonl", "--selection", "nope"],
+     "no selection named 'nope' (saved: none yet)"),
+    ("export-score-out-of-range", {}, {}, ["export", "--format", "lima", "-o", "out.jsonl", "--min-score", "7"],
+     "'--min-score': 7.0 is not in the range 0<=x<=5"),
     ("db-not-sqlite", {"data/limachat.db": b"these are my notes, not a database\n" * 10}, {}, ["report"],
      "limachat.db is not a SQLite database (left as it is"),
     ("db-not-sqlite-import", {"data/limachat.db": b"these are my notes, not a database\n" * 10,
@@ -116,7 +129,8 @@ def state_of(path: Path):
     if not data.startswith(b"SQLite format 3"):
         return data
     conn = sqlite3.connect(path)
-    counts = {t: conn.execute(f"select count(*) from {t}").fetchone()[0] for t in ("sessions", "turns", "ratings", "edits", "verdicts")}
+    counts = {t: conn.execute(f"select count(*) from {t}").fetchone()[0]
+              for t in ("sessions", "turns", "ratings", "edits", "verdicts", "judgments", "rubrics", "selections", "embeddings")}
     integrity = conn.execute("pragma integrity_check").fetchone()[0]
     conn.close()
     return counts, integrity
@@ -302,5 +316,5 @@ def test_right_to_left_and_emoji_text_is_stored_as_written(deps):
 def test_cases_cover_every_entry_point():
     kinds = {c[0].split("-")[0] for c in CLI_CASES} | {c[0].split("-")[0] for c in APP_CASES}
     assert {"import", "export", "report", "app", "serve", "home", "toml", "env", "auth", "users", "db", "chat",
-            "compare", "edit", "prompt", "rate"} <= kinds
+            "compare", "edit", "prompt", "rate", "judge", "select", "revise"} <= kinds
     assert len(CLI_CASES) + len(APP_CASES) + 2 >= 30

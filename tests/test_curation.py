@@ -155,3 +155,30 @@ def test_select_on_the_bundled_chains_beats_random_and_embeds_each_chain_once(tm
     assert len(picked) == 20 and {c.leaf for c in picked} == set(store.selection("twenty"))
     with pytest.raises(ValueError, match="exists"):
         select.select(store, Filters(), name="twenty", size=5)
+
+
+def test_revise_rounds_train_serve_replay_and_judge_each_round(collected, vllm_server):
+    """One CITING round end to end: revise, train `citing-r1` on the bundled set plus the revised chains
+    (one epoch: the number of epochs is not what this checks), load it into the running server, ask it
+    the revised chains' questions again, and have the judge label its replies for the report."""
+    import httpx
+
+    from conftest import models
+
+    store, settings = collected.store, collected.settings
+    settings.server.base = str(vllm_server.home / "base" / "SmolLM2-135M-Instruct" / "model")
+    teacher = settings.endpoint(settings.curate.teacher)
+    try:
+        lines = list(revise.rounds(store, settings, teacher, Filters(), rounds=1, name="citing", epochs=1,
+                                   labels=("fail", "pass"), raters="all", limit=1, concurrency=8))
+        assert lines[0].startswith("round 1: teacher/base/revise-v1:") and "1 turns revised" in lines[0], lines
+        assert "citing-r1 trained on" in lines[1] and "served" in lines[1], lines
+        assert "citing-r1" in models(vllm_server.url)
+        replies = [t for s in store.sessions() if s["prompt_set"] == "citing-r1" for t in store.turns(s["id"])
+                   if t["role"] == "assistant"]
+        assert replies and all(t["checkpoint"] == "citing-r1" and t["status"] == "ok" and t["content"] for t in replies)
+        judged = judge.targets(store, "label", "judge/base/label-v1", Filters(checkpoint="citing-r1"), None)
+        assert judged == ([], len(replies)), "the judge labelled every reply of the round"
+        assert rep.document(store).judges.checkpoints["citing-r1"].rated == len(replies)
+    finally:
+        httpx.post(vllm_server.url + "/unload_lora_adapter", json={"lora_name": "citing-r1"}, timeout=60)

@@ -272,3 +272,28 @@ def test_prompt_sets(tmp_path):
     bad.write_text('{"prompt": "ok"}\n{"text": "no prompt"}\n')
     with pytest.raises(FormatError, match=rf'^{bad}:2: needs a "prompt" string'):
         load_prompts(bad)
+
+
+def test_a_judge_and_a_teacher_stay_machines_through_a_sessions_backup(tmp_path):
+    store = Store(tmp_path / "a.db")
+    sid = store.start_session("chat")
+    u = store.add_user_turn(sid, "q")
+    a = store.begin_assistant_turn(sid, u, checkpoint="dialogue")
+    store.finish_assistant_turn(a, "answer")
+    store.rate(a, "ana", "pass")
+    store.register_annotator("judge/x/label-v1", "judge", model="x")
+    store.record_judgment("judge/x/label-v1", "label", a, result="fail", raw="{}")
+    store.register_annotator("teacher/x/revise-v1", "teacher", model="x")
+    rubric = store.set_rubric("general", "- be right", "teacher/x/revise-v1")
+    edit = store.teacher_edit(a, "teacher/x/revise-v1", "a better answer", rubric)
+    store.review_edit(edit, "ana", accept=False)
+    backup = tmp_path / "sessions.jsonl"
+    export(store, backup, "sessions")
+    other = Store(tmp_path / "b.db")
+    import_file(other, backup)
+    assert other.annotator_kinds() == {"judge/x/label-v1": "judge", "teacher/x/revise-v1": "teacher"}
+    assert other.lowest_labels(raters="humans") == {a: "pass"} and other.lowest_labels(raters="judges") == {a: "fail"}
+    assert other.teacher_edits()[0]["review"] == "rejected" and other.gold_edits(source="both") == {}
+    again = tmp_path / "again.jsonl"
+    export(other, again, "sessions")
+    assert again.read_bytes() == backup.read_bytes()

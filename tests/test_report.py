@@ -144,3 +144,80 @@ def test_report_shows_fluency_and_held_out_loss_per_checkpoint(tmp_path):
     md = rep.markdown(report, rep.heldout(tmp_path))
     assert "| zero-shot | 0 | 0.0% | 0.0% | 0.0% | 0/0 | 0 of 0 | 2.50 (1) |" in md
     assert "| dialogue | 3.020 | 3.16 | 1061 | 3 |" in md and md.index("| zero-shot | 3.040") < md.index("| dialogue | 3.020")
+
+
+def judged_db(tmp_path) -> tuple[Store, list[str]]:
+    """Six turns a person (ana) and a judge both rated, with known disagreements, and one pair of
+    compare replies with a person's verdict and a judge's inconsistent one."""
+    store = Store(tmp_path / "j.db")
+    judge = store.register_annotator("judge/x/label-v1", "judge", model="x", prompt="label-v1")
+    people = ["fail", "pass", "excellent", "excellent", "pass", "fail"]
+    machine = ["fail", "excellent", "excellent", "pass", "pass", "excellent"]
+    _, ids = conversation(store, "dialogue", people)
+    for turn, label in zip(ids, machine):
+        store.record_judgment(judge, "label", turn, result=label, explanation="because", raw="{}")
+    sid = store.start_session("compare")
+    ua, ub = store.add_user_turn(sid, "q", lane="a"), store.add_user_turn(sid, "q", lane="b")
+    a = store.begin_assistant_turn(sid, ua, checkpoint="zero-shot", lane="a")
+    b = store.begin_assistant_turn(sid, ub, checkpoint="dialogue", lane="b")
+    for t in (a, b):
+        store.finish_assistant_turn(t, "x")
+    store.verdict(sid, a, b, "b", "ana")
+    store.register_annotator("judge/x/pairwise-v1", "judge")
+    store.record_judgment("judge/x/pairwise-v1", "pairwise", a, turn_b=b, result="inconsistent", raw=["A", "A"])
+    return store, ids
+
+
+def test_judges_against_people_kappa_tie_discounted_accuracy_confusion_and_win_rates(tmp_path):
+    store, _ = judged_db(tmp_path)
+    doc = rep.document(store)
+    assert doc.humans.checkpoints["dialogue"].counts == {"fail": 2, "pass": 2, "excellent": 2}
+    assert doc.judges.checkpoints["dialogue"].counts == {"fail": 1, "pass": 2, "excellent": 3}
+    label, pairwise = doc.agreements
+    assert (label.judge, label.turns) == ("judge/x/label-v1", 6)
+    assert label.agreement == pytest.approx(3 / 6)
+    # kappa: observed 0.5; expected (2*1 + 2*2 + 2*3) / 36 = 1/3; (0.5 - 1/3) / (1 - 1/3) = 0.25
+    assert label.kappa == pytest.approx(0.25)
+    # one point for each of the 3 agreements, half for pass/excellent (2 turns), none for fail/excellent (1)
+    assert label.tie_discounted == pytest.approx((3 + 0.5 * 2) / 6)
+    assert label.confusion[("fail", "excellent")] == 1 and label.confusion[("excellent", "pass")] == 1
+    assert (pairwise.judge, pairwise.pairs, pairwise.verdict_accuracy) == ("judge/x/pairwise-v1", 1, 0.5)  # inconsistent = tie
+    rates = {(r["raters"], r["x"], r["y"]): r for r in doc.rates}
+    assert rates[("humans", "dialogue", "zero-shot")]["x_rate"] == 1.0  # ana preferred dialogue
+    judged = rates[("judges", "dialogue", "zero-shot")]
+    assert (judged["ties"], judged["inconsistent"], judged["x_rate"]) == (1, 1, 0.5)
+    text = rep.render(doc)
+    assert "| judge/x/label-v1 | 6 | 50.0% | 0.25 | 66.7% | 0 | n/a |" in text
+    assert "| fail | 1 | 0 | 1 |" in text  # the confusion row of the person's fails
+    rows = list(csv.DictReader(io.StringIO(rep.to_csv(*doc.reports))))
+    assert {r["raters"] for r in rows} == {"humans", "judges"}
+    png = tmp_path / "f7.png"
+    rep.figure7(doc.reports, png)
+    assert png.stat().st_size > 10_000
+
+
+def test_export_takes_people_judges_or_both_and_a_person_can_win(tmp_path):
+    from limachat.dialogues.export import Filters, chains
+
+    store, ids = judged_db(tmp_path)
+
+    def labels(**kw):
+        return [c.labels for c in chains(store, Filters(mode="chat", **kw))]
+    assert labels() == [["fail", "pass", "excellent", "excellent", "pass", "fail"]]  # people only, by default
+    assert labels(raters="judges") == [["fail", "excellent", "excellent", "pass", "pass", "excellent"]]
+    assert labels(raters="all") == [["fail", "pass", "excellent", "pass", "pass", "fail"]]  # the lower of the two
+    # a turn only the judge rated: with --human-wins the people decide where they rated, the judge elsewhere
+    u = store.add_user_turn(store.turn(ids[-1])["session_id"], "one more", parent_id=ids[-1])
+    extra = store.begin_assistant_turn(store.turn(ids[-1])["session_id"], u, checkpoint="dialogue")
+    store.finish_assistant_turn(extra, "x")
+    store.record_judgment("judge/x/label-v1", "label", extra, result="pass", raw="{}")
+    assert labels(raters="all", human_wins=True) == [["fail", "pass", "excellent", "excellent", "pass", "fail", "pass"]]
+    assert labels(raters="humans", min_label="fail") == []  # the person never rated the new turn
+    # AlpaGasus' threshold: keep chains whose every reply a judge scored at least 4.5
+    store.register_annotator("judge/x/score-v1", "judge")
+    for turn, score in zip(ids + [extra], [5, 4.5, 4.8, 5, 4.6, 4.9, 4.5]):
+        store.record_judgment("judge/x/score-v1", "score", turn, score=score, explanation="ok", raw="{}")
+    assert len(labels(min_score=4.5)) == 1 and labels(min_score=4.6) == []
+    store.record_judgment("judge/x/score-v1", "score", ids[1], error="no JSON answer found", raw="garbage")
+    assert len(labels(min_score=4.5)) == 1  # a failed parse is stored, and does not replace the score
+    assert store.judged("judge/x/score-v1", "score") == {(t, None) for t in ids + [extra]}

@@ -1,0 +1,28 @@
+"""How a handler's outcome reaches the page: bad input as one line, anything else logged."""
+
+from __future__ import annotations
+
+import gradio as gr
+
+from limachat.logs import internal
+
+
+def _user(fn):
+    """Run a sync handler. Its ValueError (bad input) becomes a one-line message in the page; anything
+    else is logged with its traceback and the page says where."""
+    try:
+        return fn()
+    except ValueError as e:
+        raise gr.Error(str(e), print_exception=False) from None
+    except Exception as e:  # noqa: BLE001 - the app keeps running; the log keeps the traceback
+        raise gr.Error(internal(e, "the app"), print_exception=False) from None
+
+
+async def _stream(gen):
+    try:
+        async for item in gen:
+            yield item
+    except ValueError as e:
+        raise gr.Error(str(e), print_exception=False) from None
+    except Exception as e:  # noqa: BLE001
+        raise gr.Error(internal(e, "the app"), print_exception=False) from None
