@@ -109,7 +109,7 @@ def curate_section(runs: int, chains: int) -> list[str]:
 
     default = Curate().embedding_max_tokens
     rows = []
-    for tokens in (default, 48):
+    for tokens in (default, 128):
         r = bench_curate.select_runs(chains, 500, runs, tokens)
         embed = [x.seconds["embed"] for x in r["results"]]
         rate = [chains / e for e in embed]
@@ -164,7 +164,7 @@ SECTIONS = {
         "Select: seeded synthetic chains (benchmarks/bench_curate.py; 1-3 exchanges, ~400 word pieces each),",
         "each run on a fresh copy of the database, so every chain is embedded; then again with the cache full.",
         "The embedder reads N word pieces of a chain, each turn cut to its share (`curate.embedding_max_tokens`,",
-        "default 128).",
+        "default 64), and 128 for comparison.",
         "Judge: label mode with the default judge (the local server's `base`, JSON-schema answers, 256 tokens",
         "at most), 6 turns a run at concurrency 1 and 24 at concurrency 8, each run on synthetic chains of its",
         "own (no run finds another's prompts in vLLM's prefix cache). Tokens per turn from vLLM's /metrics."]),

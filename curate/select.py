@@ -152,7 +152,7 @@ class Result:
 
 
 def select(store, f, *, name: str, size: int, clusters: int | None = None, per_cluster: bool = False, seed: int = 0,
-           embedding_model: Path | None = None, max_tokens: int = 128, replace: bool = False,
+           embedding_model: Path | None = None, max_tokens: int | None = None, replace: bool = False,
            progress_cls=None, embedder: Embedder | None = None) -> Result:
     from sklearn.cluster import KMeans
 
@@ -163,7 +163,10 @@ def select(store, f, *, name: str, size: int, clusters: int | None = None, per_c
     if size >= len(found) or size < 1:
         raise ValueError(f"--size {size}: the filters pass {len(found)} chains; ask for fewer")
     with (progress_cls or Progress)("loading the embedding model", unit="chain") as bar:
-        embedder = embedder or Embedder(embedder_folder(embedding_model), max_tokens)
+        if embedder is None:
+            from limachat.settings import Curate
+
+            embedder = Embedder(embedder_folder(embedding_model), max_tokens or Curate().embedding_max_tokens)
         t0 = time.perf_counter()
         x, embedded = embed(store, embedder, [chain_text(c.messages(), embedder.max_tokens) for c in found], bar)
         t1 = time.perf_counter()

@@ -113,7 +113,7 @@ class Curate(_Section):
     judge_max_tokens: int = Field(256, ge=16)
     teacher_max_tokens: int = Field(512, ge=16)
     embedding_model: Path | None = None  # a local sentence-transformers folder; None = the bundled all-MiniLM-L6-v2
-    embedding_max_tokens: int = Field(128, ge=8, le=512)  # word pieces of a chain embedded (the rest is cut)
+    embedding_max_tokens: int = Field(64, ge=8, le=512)  # word pieces of a chain embedded, shared by its turns
 
 
 def _default_checkpoints() -> list[Checkpoint]:
