@@ -71,7 +71,8 @@ def targets(store, mode: str, judge: str, f, limit: int | None) -> tuple[list, i
         sessions = store.sessions_where(f.mode, f.since, f.until)
         pairs = [(a, b) for s, a, b in store.compare_pairs() if s in sessions]
         if f.checkpoint:
-            pairs = [(a, b) for a, b in pairs if f.checkpoint in (store.turn(a)["checkpoint"], store.turn(b)["checkpoint"])]
+            checkpoint = {row[0]: row[4] for row in store.tree()}  # one read, not one per pair
+            pairs = [(a, b) for a, b in pairs if f.checkpoint in (checkpoint[a], checkpoint[b])]
         todo = [p for p in pairs if p not in done]
     else:
         turns = [t["id"] for t in assistant_turns(store, f)]

@@ -58,6 +58,9 @@ def judge_agreement(store) -> list[JudgeAgreement]:
     judges = sorted(n for n, k in kinds.items() if k == "judge")
     ratings = store.current_ratings()
     people = store.lowest_labels(ratings=ratings, raters="humans")
+    by_pair: dict[tuple, dict[str, str]] = defaultdict(dict)  # (turn a, turn b) -> annotator -> verdict, read once
+    for v in store.current_verdicts():
+        by_pair[(v["turn_a"], v["turn_b"])][v["annotator"]] = v["verdict"]
     out = []
     for judge in judges:
         mine = {t: lab for t, who, lab in ratings if who == judge}
@@ -69,16 +72,13 @@ def judge_agreement(store) -> list[JudgeAgreement]:
             a.kappa = cohen_kappa(h, j)
             a.tie_discounted = sum(label_credit(x, y) for x, y in zip(h, j)) / len(both)
             a.confusion = Counter(zip(h, j))
-        a.pairs, a.verdict_accuracy = _verdicts_against_people(store, judge, kinds)
+        a.pairs, a.verdict_accuracy = _verdicts_against_people(by_pair, judge, kinds)
         if a.turns or a.pairs:
             out.append(a)
     return out
 
 
-def _verdicts_against_people(store, judge: str, kinds: dict[str, str]) -> tuple[int, float | None]:
-    by_pair: dict[tuple, dict[str, str]] = defaultdict(dict)
-    for v in store.current_verdicts():
-        by_pair[(v["turn_a"], v["turn_b"])][v["annotator"]] = v["verdict"]
+def _verdicts_against_people(by_pair: dict[tuple, dict[str, str]], judge: str, kinds: dict[str, str]) -> tuple[int, float | None]:
     scores = [tie_discounted(votes[judge], votes[who]) for votes in by_pair.values() if judge in votes
               for who in votes if kinds.get(who, "human") == "human"]
     return len(scores), (sum(scores) / len(scores) if scores else None)
