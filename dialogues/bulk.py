@@ -78,6 +78,12 @@ class Bulk:
         if not isinstance(machines, list):
             raise ValueError('"annotators" must be a list')
         machines = [self._valid_row("annotators", r, f"annotators[{i}]") for i, r in enumerate(machines)]
+        study = record.get("study")
+        if study is not None:
+            study = self._valid_row("studies", study, '"study"')
+            if study.get("name") != session.get("study"):
+                raise ValueError(f'"study" names {study.get("name")!r} but the session belongs to {session.get("study")!r}')
+            db["studies"].insert(study, ignore=True)  # the study travels with its sessions
         present = db["sessions"].count_where("id = ?", [session["id"]]) > 0
         db["sessions"].insert(session, ignore=True)
         before = db["turns"].count
@@ -107,8 +113,9 @@ class Bulk:
                             from verdicts where turn_a in ({marks})) where n = 1)""", turn_ids)
 
     def dump(self) -> Iterator[tuple[dict[str, Any], dict[str, list]]]:
-        """(session, {turns, ratings (with history), edits, verdicts[, annotators]}) of every session, oldest
-        first. `annotators`, when any, are the machines (judges, teachers) among the session's annotators.
+        """(session, {turns, ratings (with history), edits, verdicts[, annotators][, study]}) of every session,
+        oldest first. `annotators`, when any, are the machines (judges, teachers) among the session's
+        annotators; `study`, the study the session belongs to (its definition, so an import keeps the link).
         A teacher's edit leaves out its rubric (rubrics belong to the database, not to a session)."""
         machines = {r["name"]: r for r in self._query("select * from annotators order by name")}
         by_session: dict[str, dict[str, list]] = {}
@@ -129,6 +136,8 @@ class Bulk:
             names = sorted({r["annotator"] for t in ("ratings", "edits", "verdicts") for r in out[t]} & set(machines))
             if names:
                 out["annotators"] = [machines[n] for n in names]
+            if session.get("study"):
+                out["study"] = self.study_row(session["study"])
             yield session, out
 
 

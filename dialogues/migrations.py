@@ -158,3 +158,20 @@ def m004_curation(db: Database) -> None:
     broken = db.execute("PRAGMA foreign_key_check").fetchall()
     if broken:
         raise ValueError(f"foreign keys broken after the upgrade: {broken[:3]}")
+
+
+@migrations()
+def m005_studies(db: Database) -> None:
+    """A study (issue 12) fixes a prompt set (its prompts copied in, so a later edit of the file does not
+    change it), two or more checkpoints, conversations per checkpoint and the exchanges each should
+    reach, blind or not, its annotators (none listed: anyone) and the seed of every annotator's
+    order and sides. A session may belong to a study, at one `slot` of its plan."""
+    db["studies"].create(
+        {"name": str, "created": str, "prompt_set": str, "prompts": str, "checkpoints": str, "conversations": int,
+         "turns": int, "blind": int, "annotators": str, "seed": int},
+        pk="name", not_null={"created", "prompt_set", "prompts", "checkpoints", "conversations", "turns", "blind",
+                             "annotators", "seed"})
+    _rebuild(db, "studies", {"studies_counts": "conversations >= 1 and turns >= 1", "studies_blind": "blind in (0, 1)"})
+    db.execute("ALTER TABLE sessions ADD COLUMN study TEXT REFERENCES studies(name)")
+    db.execute("ALTER TABLE sessions ADD COLUMN slot INTEGER")
+    db["sessions"].create_index(["study", "annotator", "slot"])

@@ -27,6 +27,7 @@ from sqlite_utils import Database
 
 from limachat.dialogues.bulk import Bulk
 from limachat.dialogues.machines import Machines
+from limachat.dialogues.studies import Studies
 from limachat.dialogues.reads import Reads
 from limachat.dialogues.migrations import migrations
 from limachat.dialogues.writer import _not_on_loop, writes
@@ -85,7 +86,7 @@ class _Async:
         return await asyncio.get_running_loop().run_in_executor(self._store._readers, functools.partial(fn, *args, **kwargs))
 
 
-class Store(Reads, Bulk, Machines):
+class Store(Reads, Bulk, Machines, Studies):
     def __init__(self, path: str | Path, busy_timeout_ms: int = 10_000, readers: int = 8):
         self.path = Path(path)
         if self.path.is_dir():
@@ -263,11 +264,16 @@ class Store(Reads, Bulk, Machines):
     # -- sessions ---------------------------------------------------------------------------------
     @writes
     def start_session(self, mode: str = "chat", *, annotator: str | None = None, prompt_set: str | None = None,
-                      prompt: str | None = None, notes: str | None = None, meta: dict | None = None) -> str:
+                      prompt: str | None = None, notes: str | None = None, meta: dict | None = None,
+                      study: str | None = None, slot: int | None = None) -> str:
+        """A new session; in a study (`study`, at `slot` of the annotator's plan) or not."""
         sid = new_id()
+        if study is not None and not self.db.execute("select 1 from studies where name = ?", (study,)).fetchone():
+            raise StoreError(f"no study {study!r}")
         self._insert(self.db, "sessions", {
             "id": sid, "created": now(), "mode": _check(mode, MODES, "mode"), "prompt_set": prompt_set, "prompt": prompt,
-            "annotator": annotator, "notes": notes, "meta": to_json("meta", meta), "closed": None})
+            "annotator": annotator, "notes": notes, "meta": to_json("meta", meta), "closed": None, "study": study,
+            "slot": slot})
         return sid
 
     @writes

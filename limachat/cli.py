@@ -10,6 +10,7 @@ import click
 
 from limachat.curate.command import judge_cmd, revise_cmd, select_cmd
 from limachat.options import filter_options
+from limachat.study_command import study_cmd
 from limachat.serve.net import AddressError, check_bind, url_host
 from limachat.settings import Settings, SettingsError, load_settings
 from limachat.train.command import train_cmd
@@ -346,17 +347,30 @@ def export_cmd(ctx: click.Context, fmt: str, output: Path, **filters) -> None:
 
 
 @main.command("report")
+@click.option("--study", help="The report of this study (`limachat study`): intervals, differences, leaderboard.")
 @click.option("--png", type=click.Path(dir_okay=False, path_type=Path), help="Write the Figure 7 chart here.")
 @click.option("--csv", "csv_path", type=click.Path(dir_okay=False, path_type=Path), help="Write label counts and shares here.")
+@click.option("--html", type=click.Path(dir_okay=False, path_type=Path), help="With --study: one self-contained page to share.")
 @click.pass_context
-def report_cmd(ctx: click.Context, png: Path | None, csv_path: Path | None) -> None:
+def report_cmd(ctx: click.Context, study: str | None, png: Path | None, csv_path: Path | None, html: Path | None) -> None:
     """LIMA's Figure 7 per checkpoint: label shares, fails, excellent share by turn, agreement; by people
-    and, once `limachat judge` has run, by the judges, with how far they agree with the people."""
+    and, once `limachat judge` has run, by the judges, with how far they agree with the people. With
+    --study: that study's report, every share with its 95% interval over conversations."""
     from limachat.dialogues import report as rep
 
-    for path, option in ((png, "--png"), (csv_path, "--csv")):
+    for path, option in ((png, "--png"), (csv_path, "--csv"), (html, "--html")):
         if path is not None:
             _writable(path, option)
+    if study is not None:
+        from limachat.study_command import write_report
+
+        click.echo(write_report(_store(_settings(ctx)), study, html=html, png=png, csv_path=csv_path), nl=False)
+        for path in (html, png, csv_path):
+            if path:
+                click.echo(f"wrote {path}", err=True)
+        return
+    if html:
+        raise click.ClickException("--html needs --study NAME (the page is a study's report)")
     doc = rep.document(_store(_settings(ctx)))
     click.echo(rep.render(doc, rep.heldout(_settings(ctx).home)), nl=False)
     if csv_path:
@@ -395,6 +409,7 @@ main.add_command(train_cmd)
 main.add_command(judge_cmd)
 main.add_command(select_cmd)
 main.add_command(revise_cmd)
+main.add_command(study_cmd)
 
 if __name__ == "__main__":
     main()

@@ -15,7 +15,7 @@ import pytest
 from limachat.dialogues.migrations import migrations
 from limachat.dialogues.store import INTERRUPTED, Store, StoreError
 
-ALL = ["m001_initial", "m002_sampling_and_fluency", "m003_checks_owner_error_detail", "m004_curation"]
+ALL = ["m001_initial", "m002_sampling_and_fluency", "m003_checks_owner_error_detail", "m004_curation", "m005_studies"]
 
 
 @pytest.fixture
@@ -123,6 +123,31 @@ def test_upgrade_to_curation_keeps_verdicts_and_edits_and_lets_a_judge_be_incons
     assert {v["annotator"]: v["verdict"] for v in store.verdicts(sid)} == {"ana": "a", "judge/x/pairwise-v1": "inconsistent"}
     with pytest.raises(StoreError, match="verdict must be one of a, b, tie, not 'inconsistent'"):
         store.verdict(sid, a, b, "inconsistent", "ana")  # a person picks a side or a tie
+
+
+def test_upgrade_to_studies_keeps_sessions_outside_any_study(tmp_path):
+    from sqlite_utils import Database
+
+    from limachat.dialogues import migrations as m
+
+    db = Database(tmp_path / "v4.db")
+    steps = [m.m001_initial, m.m002_sampling_and_fluency, m.m003_checks_owner_error_detail, m.m004_curation]
+    for i, step in enumerate(steps, 1):
+        step(db)
+        db["_sqlite_migrations"].insert({"id": i, "migration_set": "limachat", "name": step.__name__, "applied_at": "1"}, pk="id")
+    db["sessions"].insert({"id": "s1", "created": "1", "mode": "compare", "meta": '{"lanes": {"a": "x", "b": "y"}}'})
+    db.close()
+    store = Store(tmp_path / "v4.db")
+    assert [m.name for m in migrations.applied(store.db)] == ALL and store.integrity() == "ok"
+    assert store.session("s1")["study"] is None and store.studies() == []
+    with pytest.raises(StoreError, match="no study 'ghost'"):
+        store.start_session("compare", study="ghost", slot=0)
+    store.create_study("s", prompt_set="p", prompts=[{"id": "1", "prompt": "hi"}], checkpoints=["x", "y"], conversations=1,
+                       turns=1, blind=True, annotators=[], seed=0)
+    sid = store.start_session("blind", study="s", slot=0)
+    assert [r["id"] for r in store.study_sessions("s")] == [sid]
+    with pytest.raises(sqlite3.IntegrityError):  # the schema itself refuses a study of zero conversations
+        store.db.execute("insert into studies values ('t', '1', 'p', '[]', '[]', 0, 1, 1, '[]', 0)")
 
 
 def test_an_upgrade_refuses_rows_that_break_a_check_and_changes_nothing(tmp_path):

@@ -1,0 +1,54 @@
+"""The Store's study side (a mixin of `Store`): a study's definition and the sessions that belong to
+it. The plan, the progress board and the statistics are built from these reads in `study.py`."""
+
+from __future__ import annotations
+
+import json
+from typing import Any
+
+from limachat.dialogues.values import StoreError, now
+from limachat.dialogues.writer import writes
+
+_LISTS = ("prompts", "checkpoints", "annotators")
+
+
+def _decode(row: dict[str, Any]) -> dict[str, Any]:
+    return {**row, **{k: json.loads(row[k]) for k in _LISTS}, "blind": bool(row["blind"])}
+
+
+class Studies:
+    @writes
+    def create_study(self, name: str, *, prompt_set: str, prompts: list[dict[str, str]], checkpoints: list[str],
+                     conversations: int, turns: int, blind: bool, annotators: list[str], seed: int) -> str:
+        if self.db.execute("select 1 from studies where name = ?", (name,)).fetchone():
+            raise StoreError(f"a study named {name!r} exists already; pick another name")
+        self._insert(self.db, "studies", {
+            "name": name, "created": now(), "prompt_set": prompt_set, "prompts": json.dumps(prompts, ensure_ascii=False),
+            "checkpoints": json.dumps(checkpoints), "conversations": conversations, "turns": turns, "blind": int(blind),
+            "annotators": json.dumps(annotators), "seed": seed})
+        return name
+
+    def study(self, name: str) -> dict[str, Any]:
+        rows = self._query("select * from studies where name = ?", (name,))
+        if not rows:
+            known = [r[0] for r in self._tuples("select name from studies order by created")]
+            raise StoreError(f"no study {name!r}" + (f"; known: {', '.join(known)}" if known else "; create one first"))
+        return _decode(rows[0])
+
+    def studies(self) -> list[dict[str, Any]]:
+        return [_decode(r) for r in self._query("select * from studies order by created desc")]
+
+    def study_row(self, name: str) -> dict[str, Any] | None:
+        """The stored row as it is (JSON as text): what a sessions backup carries beside a study's sessions."""
+        rows = self._query("select * from studies where name = ?", (name,))
+        return rows[0] if rows else None
+
+    def study_sessions(self, name: str, annotator: str | None = None) -> list[dict[str, Any]]:
+        """The study's sessions (oldest first), with each lane's newest turn (`leaf_a`, `leaf_b`)."""
+        who = "and s.annotator = :who" if annotator is not None else ""
+        return self._query(
+            f"""select s.*,
+                  (select id from turns t where t.session_id = s.id and t.lane = 'a' order by created desc, id desc limit 1) as leaf_a,
+                  (select id from turns t where t.session_id = s.id and t.lane = 'b' order by created desc, id desc limit 1) as leaf_b
+                from sessions s where s.study = :name {who} order by s.created, s.id""",
+            {"name": name, "who": annotator})

@@ -1,0 +1,186 @@
+"""A study, as LIMA ran section 6: a fixed prompt set, two or more checkpoints, so many conversations
+per checkpoint, each carried to so many exchanges, every reply labelled, blind or not.
+
+Each conversation of the plan is one compare session: two checkpoints answer the same opening prompt
+side by side (with more than two checkpoints, the plan cycles through every pair until each
+checkpoint has its conversations). Every annotator works through the whole plan in an order and with
+sides of their own, drawn from the study's seed and their name, so a rerun draws the same. No
+Gradio here: the Study tab and `limachat study` both call these functions.
+"""
+
+from __future__ import annotations
+
+import random
+import re
+from dataclasses import dataclass, field
+from itertools import combinations
+from pathlib import Path
+from typing import Any
+
+from limachat.dialogues import bundled
+from limachat.dialogues.formats import load_prompts
+from limachat.dialogues.store import Store
+
+NAME = re.compile(r"^[\w.-]{1,64}$")
+BUNDLED_SET = "bundled"
+
+
+@dataclass(frozen=True)
+class Slot:
+    index: int  # its place in the plan (the same for every annotator; `order` is the annotator's walk)
+    prompt_id: str
+    prompt: str
+    sides: dict[str, str]  # lane ("a" left, "b" right) -> checkpoint
+
+
+def create(store: Store, name: str, checkpoints: list[str], *, prompts: str | Path | None = None, conversations: int = 10,
+           turns: int = 3, blind: bool = True, annotators: list[str] | None = None, seed: int = 0,
+           known: list[str] | None = None) -> dict[str, Any]:
+    """Define a study; bad input is a ValueError naming the field. `known`: the checkpoints that can
+    be served (a study of one that cannot would never finish)."""
+    name = (name or "").strip()
+    if not NAME.match(name):
+        raise ValueError(f"study name {name!r}: use 1-64 letters, digits, '.', '-' or '_'")
+    checkpoints = [c.strip() for c in checkpoints if c and c.strip()]
+    if len(set(checkpoints)) < 2 or len(set(checkpoints)) != len(checkpoints):
+        raise ValueError(f"checkpoints: a study needs two or more different checkpoints, got {checkpoints or 'none'}")
+    if known is not None:
+        unknown = [c for c in checkpoints if c not in known]
+        if unknown:
+            raise ValueError(f"checkpoints: unknown {', '.join(map(repr, unknown))}; known: {', '.join(known)}")
+    for key, value in (("conversations", conversations), ("turns", turns)):
+        if not isinstance(value, int) or isinstance(value, bool) or not 1 <= value <= 1000:
+            raise ValueError(f"{key}: a whole number from 1 to 1000, not {value!r}")
+    if prompts is None:
+        set_name, items = BUNDLED_SET, load_prompts(bundled("prompts.jsonl"))
+    else:
+        set_name, items = Path(prompts).name, load_prompts(Path(prompts))
+    people = sorted({a.strip() for a in (annotators or []) if a.strip()})
+    store.create_study(name, prompt_set=set_name, prompts=items, checkpoints=checkpoints, conversations=conversations,
+                       turns=turns, blind=bool(blind), annotators=people, seed=int(seed))
+    return store.study(name)
+
+
+def plan(study: dict[str, Any], annotator: str) -> list[Slot]:
+    """The annotator's walk through the study: every slot once, in their own order, sides drawn."""
+    pairs = list(combinations(study["checkpoints"], 2))
+    per_round = len(pairs) * 2 // len(study["checkpoints"])  # conversations each checkpoint gets per round of pairs
+    rounds = -(-study["conversations"] // per_round)
+    rng = random.Random(f"{study['seed']}:{study['name']}:{annotator}")
+    prompts = list(study["prompts"])
+    rng.shuffle(prompts)
+    slots = []
+    for r in range(rounds):
+        p = prompts[r % len(prompts)]
+        for left, right in pairs:
+            slots.append((p, left, right))
+    order = list(range(len(slots)))
+    rng.shuffle(order)
+    out = []
+    for index in order:
+        p, left, right = slots[index]
+        if rng.random() < 0.5:
+            left, right = right, left
+        out.append(Slot(index, p["id"], p["prompt"], {"a": left, "b": right}))
+    return out
+
+
+def check_annotator(study: dict[str, Any], annotator: str | None) -> str:
+    if not annotator:
+        raise ValueError("Enter your name at the top of the page first: a study keeps each annotator's own walk.")
+    if study["annotators"] and annotator not in study["annotators"]:
+        raise ValueError(f"{annotator!r} is not an annotator of study {study['name']!r} (its annotators: "
+                         f"{', '.join(study['annotators'])})")
+    return annotator
+
+
+@dataclass
+class Conversation:
+    """One slot of one annotator's walk, as far as it has gone."""
+    slot: Slot
+    session: str | None = None
+    exchanges: int = 0  # exchanges both lanes have reached
+    lanes: dict[str, tuple[int, int]] = field(default_factory=dict)  # lane -> (replies on its latest branch, rated)
+
+    @property
+    def replies(self) -> int:
+        return sum(n for n, _ in self.lanes.values())
+
+    @property
+    def rated(self) -> int:
+        return sum(r for _, r in self.lanes.values())
+
+    def reached(self, turns: int) -> bool:
+        return self.exchanges >= turns
+
+    def done(self, turns: int) -> bool:
+        return self.reached(turns) and self.rated >= self.replies
+
+
+def walk(store: Store, study: dict[str, Any], annotator: str) -> list[Conversation]:
+    """The annotator's plan with each slot's newest session and how far it got."""
+    by_slot = {s["slot"]: s for s in store.study_sessions(study["name"], annotator)}  # newest last, so newest wins
+    out = []
+    for slot in plan(study, annotator):
+        c = Conversation(slot)
+        s = by_slot.get(slot.index)
+        if s is not None:
+            c.session = s["id"]
+            labels = store.current_labels(s["id"], annotator)
+            reached = []
+            for lane in ("a", "b"):
+                leaf = s[f"leaf_{lane}"]
+                replies = [t for t in store.branch(leaf) if t["role"] == "assistant"] if leaf else []
+                reached.append(max((t["exchange"] for t in replies if t["status"] == "ok"), default=0))
+                c.lanes[lane] = (len(replies), sum(t["id"] in labels for t in replies))
+            c.exchanges = min(reached)
+        out.append(c)
+    return out
+
+
+def next_conversation(store: Store, study: dict[str, Any], annotator: str) -> Conversation | None:
+    """The first conversation of the annotator's walk not yet done (one started is resumed); None when
+    the whole walk is done."""
+    return next((c for c in walk(store, study, check_annotator(study, annotator)) if not c.done(study["turns"])), None)
+
+
+def annotators_of(store: Store, study: dict[str, Any]) -> list[str]:
+    return study["annotators"] or sorted({s["annotator"] for s in store.study_sessions(study["name"]) if s["annotator"]})
+
+
+def progress(store: Store, study: dict[str, Any]) -> list[dict[str, Any]]:
+    """The progress board: per annotator and checkpoint, conversations done, replies rated, what is left."""
+    rows = []
+    goal_turns = study["conversations"] * study["turns"]
+    for who in annotators_of(store, study):
+        tally = {c: {"done": 0, "rated": 0, "started": 0} for c in study["checkpoints"]}
+        for conv in walk(store, study, who):
+            for lane, checkpoint in conv.slot.sides.items():
+                t = tally[checkpoint]
+                t["started"] += conv.session is not None
+                t["done"] += conv.done(study["turns"])
+                t["rated"] += conv.lanes.get(lane, (0, 0))[1]
+        for checkpoint, t in tally.items():
+            done = min(t["done"], study["conversations"])
+            rated = t["rated"]
+            rows.append({"annotator": who, "checkpoint": checkpoint, "started": t["started"],
+                         "conversations done": f"{done} / {study['conversations']}",
+                         "replies rated": f"{rated} / {goal_turns}",
+                         "left": f"{study['conversations'] - done} conversations, {max(goal_turns - rated, 0)} replies"})
+    return rows
+
+
+def status_line(study: dict[str, Any], conv: Conversation | None, walked: list[Conversation] | None = None) -> str:
+    """What the Compare tab says about the annotator's place in the study."""
+    turns = study["turns"]
+    if conv is None:
+        return f"Study **{study['name']}**: your walk is done. See the Study tab for the report."
+    position = (walked.index(conv) + 1) if walked else None
+    where = f"conversation {position} of {len(walked)}" if position else "a conversation"
+    if conv.reached(turns):
+        left = conv.replies - conv.rated
+        todo = f"rate its {left} unrated repl{'ies' if left != 1 else 'y'}, then " if left > 0 else ""
+        return (f"Study **{study['name']}**, {where}: it has reached its {turns} turns. "
+                f"{todo}give a verdict (a / t / b) and press **n** for the next prompt.")
+    return (f"Study **{study['name']}**, {where}: turn {conv.exchanges + 1} of {turns}. Rate each reply (1 / 2 / 3), "
+            "then write the next message.")
