@@ -7,17 +7,20 @@ ValueError (bad input, a missing annotator name) becomes a one-line message in t
 
 from __future__ import annotations
 
-import asyncio
 import logging
 import random
 
 import gradio as gr
 
-from limachat.demo import chat, compare
+from limachat.demo import chat
 from limachat.demo.answer import Deps
 from limachat.demo.collect_tab import collect_tab, report_tab
-from limachat.demo.ui import _stream, _user
-from limachat.demo.history import FEEDBACK, View, judge_line
+from limachat.demo.compare_tab import compare_tab
+from limachat.demo.study_tab import study_tab
+from limachat.demo.ui import _settle, _shown, _stream, _user
+from limachat.demo import rating
+from limachat.demo.history import FEEDBACK, judge_line
+from limachat.demo.panel import CSS as PANEL_CSS, SCRIPT, panel, updates
 from limachat.demo.users import Logins
 from limachat.dialogues.store import Store
 from limachat.serve.checkpoints import Checkpoint
@@ -30,11 +33,6 @@ CSS = """
 .verdict button {min-width: 0}
 footer {display: none !important}
 """
-
-
-def _shown(v: View, label: str | None = None) -> dict:
-    update = {"value": v.history, "feedback_value": v.feedback}
-    return gr.update(**update, **({"label": label} if label else {}))
 
 
 def build_app(store: Store, checkpoints: list[Checkpoint], settings: Settings, *, auth: bool = False,
@@ -72,8 +70,10 @@ def build_app(store: Store, checkpoints: list[Checkpoint], settings: Settings, *
         with gr.Tabs():
             with gr.Tab("Chat", id="chat"):
                 chat_pickers = _chat_tab(deps, names, annotator, who, app)
-            with gr.Tab("Compare", id="compare") as compare_tab:
-                compare_pickers = _compare_tab(deps, names, annotator, who, compare_tab)
+            with gr.Tab("Compare", id="compare") as compare_tab_:
+                compare_pickers = compare_tab(deps, names, annotator, who, compare_tab_)
+            with gr.Tab("Study", id="study") as study_tab_:
+                study_tab(deps, names, study_tab_)
             with gr.Tab("Collect", id="collect") as collect_tab_:
                 collect_tab(deps, names, chat_pickers + compare_pickers, annotator, who, collect_tab_)
             with gr.Tab("Report", id="report") as report_tab_:
@@ -90,10 +90,14 @@ def _chat_tab(deps: Deps, names, annotator, who, app: gr.Blocks) -> list:
         sessions = gr.Dropdown([], value=None, label="Resume a session", scale=3, elem_id="chat-sessions")
         new = gr.Button("New session", scale=0, min_width=140)
     bot = gr.Chatbot(label="Chat", feedback_options=OPTIONS, editable="all", height=460, elem_id="chat-bot",
-                     placeholder="Say something. Rate each reply with the flag under it; edit a message with the pencil "
-                                 "(a user message starts a new branch, a reply becomes a gold correction).")
+                     placeholder="Say something. Rate each reply with the keys 1 / 2 / 3 (or the buttons below, or the flag under "
+                                 "it); edit a message with the pencil (a user message starts a new branch, a reply becomes "
+                                 "a gold correction).")
+    rate = panel("chat")
+    back = gr.State(0)  # the focused reply: how many back from the newest
     with gr.Row():
-        box = gr.Textbox(show_label=False, placeholder="Message (Enter to send)", scale=8, elem_id="chat-input", max_lines=8)
+        box = gr.Textbox(show_label=False, placeholder="Message (Enter to send; / to get here)", scale=8, elem_id="chat-input",
+                         max_lines=8)
         send = gr.Button("Send", variant="primary", scale=1, min_width=90, elem_id="chat-send")
         stop = gr.Button("Stop", variant="stop", scale=1, min_width=90, elem_id="chat-stop")
     with gr.Row(equal_height=True):
@@ -137,163 +141,56 @@ def _chat_tab(deps: Deps, names, annotator, who, app: gr.Blocks) -> list:
         v = chat.current(deps, st, who(name, request))
         return gr.update(value=judge_line(deps.store, v), visible=True)
 
+    def on_panel(st, b, name, request: gr.Request):
+        return updates(chat.current(deps, st, who(name, request)), b)
+
+    def newest(st, name, request: gr.Request):  # after a new reply or a resume, the newest is focused
+        return [0, *updates(chat.current(deps, st, who(name, request)), 0)]
+
+    def rater(label):
+        def on_key(st, b, name, request: gr.Request):
+            v = chat.current(deps, st, who(name, request))
+            index = rating.focused(v, b)
+            if index is None:
+                raise gr.Error("No reply to rate yet.", print_exception=False)
+            v = _user(lambda: chat.rate(deps, st, index, FEEDBACK[label], who(name, request)))
+            return [_shown(v), *updates(v, b)]
+        return on_key
+
+    def mover(step):
+        def on_move(st, b, name, request: gr.Request):
+            v = chat.current(deps, st, who(name, request))
+            b = rating.move(v, b, step)
+            return [b, *updates(v, b)]
+        return on_move
+
     runs = [send.click(on_send, [state, box, checkpoint, annotator], [state, bot, box]),
             box.submit(on_send, [state, box, checkpoint, annotator], [state, bot, box]),
             bot.retry(on_retry, [state, checkpoint, annotator], [state, bot]),
             bot.edit(on_edit, [state, checkpoint, annotator], [state, bot])]
     for r in runs:
-        r.then(refresh_sessions, None, sessions).then(on_judge, [state, show_judge, annotator], judged)
+        r.then(newest, [state, annotator], [back, *rate.outputs]).then(refresh_sessions, None, sessions).then(
+            on_judge, [state, show_judge, annotator], judged)
     show_judge.change(on_judge, [state, show_judge, annotator], judged)
-    stop.click(on_stop, [state, annotator], bot, cancels=runs)
-    bot.like(on_rate, [state, annotator], bot)
-    new.click(lambda: (chat.blank(), gr.update(value=[], feedback_value=[]), None), None, [state, bot, sessions])
-    sessions.select(on_resume, [sessions, annotator], [state, bot]).then(on_judge, [state, show_judge, annotator], judged)
+    stop.click(on_stop, [state, annotator], bot, cancels=runs).then(newest, [state, annotator], [back, *rate.outputs])
+    bot.like(on_rate, [state, annotator], bot).then(on_panel, [state, back, annotator], rate.outputs)
+    for label, button in rate.buttons.items():
+        button.click(rater(label), [state, back, annotator], [bot, *rate.outputs])
+    rate.up.click(mover(-1), [state, back, annotator], [back, *rate.outputs])
+    rate.down.click(mover(1), [state, back, annotator], [back, *rate.outputs])
+    new.click(lambda: (chat.blank(), gr.update(value=[], feedback_value=[]), None), None, [state, bot, sessions]).then(
+        newest, [state, annotator], [back, *rate.outputs])
+    sessions.select(on_resume, [sessions, annotator], [state, bot]).then(on_judge, [state, show_judge, annotator], judged).then(
+        newest, [state, annotator], [back, *rate.outputs])
     sessions.focus(refresh_sessions, None, sessions)
     app.load(refresh_sessions, None, sessions)
-    def on_name(st, name, request: gr.Request):  # the ratings shown are the annotator's own
-        return _shown(chat.current(deps, st, who(name, request)))
+    def on_name(st, b, name, request: gr.Request):  # the ratings shown are the annotator's own
+        v = chat.current(deps, st, who(name, request))
+        return [_shown(v), *updates(v, b)]
 
-    annotator.blur(on_name, [state, annotator], bot)
+    annotator.blur(on_name, [state, back, annotator], [bot, *rate.outputs])
     bot.clear(chat.blank, None, state)
     return [checkpoint]
-
-
-async def _settle(deps: Deps, ids: list[str], timeout: float = 3.0) -> None:
-    """After a stop, wait (briefly) until the cancelled reply has written its final status."""
-    loop = asyncio.get_running_loop()
-    end = loop.time() + timeout
-    while loop.time() < end and "streaming" in (await deps.store.aio.statuses(ids)).values():
-        await asyncio.sleep(0.05)
-
-
-def _compare_tab(deps: Deps, names, annotator, who, tab) -> list:
-    state = gr.State(compare.blank())
-    set_name, prompts = compare.prompt_set(None)
-    pset = gr.State({"name": set_name, "prompts": prompts})
-    with gr.Row(equal_height=True):
-        left = gr.Dropdown(names, value=names[0] if names else None, label="Left", scale=1)
-        right = gr.Dropdown(names, value=names[1] if len(names) > 1 else None, label="Right", scale=1)
-        blind = gr.Checkbox(True, label="Blind (show A / B; names revealed on close)", scale=1)
-        new = gr.Button("New comparison", scale=0, min_width=150)
-        close = gr.Button("Close and reveal", scale=0, min_width=150, elem_id="compare-close")
-    with gr.Accordion("Start from a prompt set", open=True):
-        with gr.Row():
-            pick = gr.Dropdown(_prompt_choices(prompts), value=None, label=f"Prompt ({set_name} set)", scale=3,
-                               elem_id="compare-prompt")
-            upload = gr.File(label="Load a prompt set (.jsonl with \"prompt\", or .txt: one per line)",
-                             file_types=[".jsonl", ".txt"], scale=1, height=90)
-        cover = gr.Dataframe(_coverage(deps, pset.value), label="Sessions per prompt and checkpoint",
-                             interactive=False, wrap=True, max_height=220)
-    with gr.Row():
-        bot_a = gr.Chatbot(label="A", feedback_options=OPTIONS, height=420, elem_id="compare-a")
-        bot_b = gr.Chatbot(label="B", feedback_options=OPTIONS, height=420, elem_id="compare-b")
-    with gr.Row():
-        box = gr.Textbox(show_label=False, placeholder="Message to both (Enter to send)", scale=8, elem_id="compare-input")
-        send = gr.Button("Send to both", variant="primary", scale=1, min_width=120, elem_id="compare-send")
-        stop = gr.Button("Stop", variant="stop", scale=1, min_width=90)
-    with gr.Row(elem_classes="verdict"):
-        better_a = gr.Button("◀ Left better", elem_id="verdict-a")
-        tie = gr.Button("Tie", elem_id="verdict-tie")
-        better_b = gr.Button("Right better ▶", elem_id="verdict-b")
-    said = gr.Markdown(elem_id="compare-status")
-    with gr.Row(equal_height=True):
-        show_judge = gr.Checkbox(False, label="Show the LLM judge's labels (label first yourself)", scale=1,
-                                 elem_id="compare-show-judge")
-        judged = gr.Markdown(elem_id="compare-judge", visible=False)
-
-    def labels(st):
-        n = compare.side_names(st)
-        return gr.update(label=n["a"]), gr.update(label=n["b"])
-
-    async def on_send(st, text, l_, r_, b_, name, request: gr.Request):
-        box_update = ""
-        async for st2, va, vb in _stream(compare.send(deps, st, text, l_, r_, b_, who(name, request))):
-            n = compare.side_names(st2)
-            yield st2, _shown(va, n["a"]), _shown(vb, n["b"]), box_update
-            box_update = gr.update()
-
-    def retrier(lane):
-        async def on_retry(st, name, request: gr.Request):
-            async for st2, va, vb in _stream(compare.retry(deps, st, lane, who(name, request))):
-                n = compare.side_names(st2)
-                yield st2, _shown(va, n["a"]), _shown(vb, n["b"])
-        return on_retry
-
-    def rater(lane):
-        def on_rate(st, name, data: gr.LikeData, request: gr.Request):
-            return _shown(_user(lambda: compare.rate(deps, st, lane, data.index, data.liked, who(name, request))))
-        return on_rate
-
-    def judge(choice):
-        def on_verdict(st, name, request: gr.Request):
-            return _user(lambda: compare.verdict(deps, st, choice, who(name, request)))
-        return on_verdict
-
-    def on_close(st, ps, name, request: gr.Request):
-        st, message = compare.close(deps, st)
-        va, vb = compare.views(deps, st, who(name, request))
-        n = compare.side_names(st)
-        return st, _shown(va, n["a"]), _shown(vb, n["b"]), message, _coverage(deps, ps)
-
-    def on_new(b_):
-        st = {**compare.blank(), "blind": b_}
-        side = compare.side_names(st)
-        return st, gr.update(value=[], label=side["a"]), gr.update(value=[], label=side["b"]), "", None
-
-    def on_pick(st, ps, prompt_id):
-        chosen = next((p for p in ps["prompts"] if p["id"] == prompt_id), None)
-        if chosen is None:
-            return st, gr.update()
-        return compare.pick_prompt(st, ps["name"], chosen)
-
-    def on_upload(path):
-        if not path:
-            return gr.update(), gr.update(), gr.update()
-        name, items = _user(lambda: compare.prompt_set(path))
-        ps = {"name": name, "prompts": items}
-        return ps, gr.update(choices=_prompt_choices(items), value=None, label=f"Prompt ({name} set)"), _coverage(deps, ps)
-
-    async def on_stop(st, name, request: gr.Request):
-        await _settle(deps, st["a"][-1:] + st["b"][-1:])
-        va, vb = await deps.store.aio.read(compare.views, deps, st, who(name, request))
-        return _shown(va), _shown(vb)
-
-    def on_judge(st, show, name, request: gr.Request):
-        if not show:
-            return gr.update(visible=False)
-        va, vb = compare.views(deps, st, who(name, request))
-        n = compare.side_names(st)
-        return gr.update(value=judge_line(deps.store, va, f"{n['a']}: ") + "  \n" + judge_line(deps.store, vb, f"{n['b']}: "),
-                         visible=True)
-
-    inputs = [state, box, left, right, blind, annotator]
-    runs = [send.click(on_send, inputs, [state, bot_a, bot_b, box]), box.submit(on_send, inputs, [state, bot_a, bot_b, box]),
-            bot_a.retry(retrier("a"), [state, annotator], [state, bot_a, bot_b]),
-            bot_b.retry(retrier("b"), [state, annotator], [state, bot_a, bot_b])]
-    for r in runs:
-        r.then(lambda ps: _coverage(deps, ps), pset, cover).then(on_judge, [state, show_judge, annotator], judged)
-    show_judge.change(on_judge, [state, show_judge, annotator], judged)
-    stop.click(on_stop, [state, annotator], [bot_a, bot_b], cancels=runs)
-    bot_a.like(rater("a"), [state, annotator], bot_a)
-    bot_b.like(rater("b"), [state, annotator], bot_b)
-    for button, choice in ((better_a, "a"), (tie, "tie"), (better_b, "b")):
-        button.click(judge(choice), [state, annotator], said)
-    close.click(on_close, [state, pset, annotator], [state, bot_a, bot_b, said, cover])
-    new.click(on_new, blind, [state, bot_a, bot_b, said, pick])
-    blind.change(lambda st, b_: labels({**st, "blind": b_} if st["session"] is None else st), [state, blind], [bot_a, bot_b])
-    pick.select(on_pick, [state, pset, pick], [state, box])
-    upload.upload(on_upload, upload, [pset, pick, cover])
-    tab.select(lambda ps: _coverage(deps, ps), pset, cover)  # other people's sessions count too
-    return [left, right]
-
-
-def _prompt_choices(prompts) -> list[tuple[str, str]]:
-    return [(f"{p['id']} · {p['prompt'][:90]}", p["id"]) for p in prompts]
-
-
-def _coverage(deps: Deps, ps: dict) -> dict:
-    headers, rows = compare.coverage(deps, ps["name"], ps["prompts"])
-    return {"data": rows, "headers": headers}
 
 
 def launch(app: gr.Blocks, settings: Settings, *, users: dict[str, str] | None = None, block: bool = True):
@@ -303,7 +200,7 @@ def launch(app: gr.Blocks, settings: Settings, *, users: dict[str, str] | None =
     host = settings.app.host
     host = f"[{host}]" if ":" in host and not host.startswith("[") else host  # Gradio takes IPv6 in brackets
     return app.launch(server_name=host, server_port=settings.app.port, auth=auth, quiet=True,
-                      prevent_thread_lock=not block, css=CSS, allowed_paths=files)
+                      prevent_thread_lock=not block, css=CSS + PANEL_CSS, head=SCRIPT, allowed_paths=files)
 
 
 def app_checkpoints(settings: Settings) -> list[Checkpoint]:

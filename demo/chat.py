@@ -9,7 +9,7 @@ from __future__ import annotations
 from collections.abc import AsyncIterator
 
 from limachat.demo.answer import Deps, answer
-from limachat.demo.history import NAME_FIRST, View, check_message, label_of, view
+from limachat.demo.history import NAME_FIRST, View, check_message, label_of, unmark, view
 
 
 def blank() -> dict:
@@ -68,6 +68,11 @@ async def edit(deps: Deps, state: dict, index: int, text: str, checkpoint: str, 
     if not (text or "").strip() or text == turn["content"]:
         yield state, await _view(deps, leaf, annotator)
         return
+    if turn["role"] == "assistant":
+        text = unmark(text)
+        if text == turn["content"]:
+            yield state, await _view(deps, leaf, annotator)
+            return
     check_message(text)
     if turn["role"] == "assistant":
         if not annotator:

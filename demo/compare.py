@@ -6,7 +6,8 @@ draws which checkpoint sits on which side, shows them as A and B, and says who w
 the session is closed.
 
 `state = {"session", "a": [ids], "b": [ids], "names": {"a": checkpoint, "b": checkpoint}, "blind",
-"closed", "origin": {"set", "id", "text"} | None}`.
+"closed", "origin": {"set", "id", "text"} | None, "study": name | None, "slot": int | None}`. A study
+conversation (see dialogues/study.py) comes with its sides and blindness fixed by the study's plan.
 """
 
 from __future__ import annotations
@@ -16,7 +17,7 @@ from pathlib import Path
 
 from limachat.demo.answer import Deps, answer, merged
 from limachat.demo.history import NAME_FIRST, View, check_message, label_of, view
-from limachat.dialogues import bundled
+from limachat.dialogues import bundled, study
 from limachat.dialogues.formats import load_prompts
 
 LANES = ("a", "b")
@@ -24,7 +25,8 @@ BUNDLED_SET = "bundled"
 
 
 def blank() -> dict:
-    return {"session": None, "a": [], "b": [], "names": None, "blind": False, "closed": False, "origin": None}
+    return {"session": None, "a": [], "b": [], "names": None, "blind": False, "closed": False, "origin": None,
+            "study": None, "slot": None}
 
 
 def side_names(state: dict) -> dict[str, str]:
@@ -66,18 +68,21 @@ def pick_prompt(state: dict, set_name: str, prompt: dict[str, str]) -> tuple[dic
 
 
 async def _start(deps: Deps, state: dict, text: str, left: str, right: str, blind: bool, annotator: str | None) -> dict:
+    if state.get("study"):  # the plan drew the sides; the study says blind or not
+        names, blind = state["names"], state["blind"]
+        left, right = names["a"], names["b"]
     if left == right:
         raise ValueError("Pick two different checkpoints to compare.")
     for name in (left, right):
         if name not in deps.checkpoints:
             raise ValueError(f"unknown checkpoint {name!r}; known: {', '.join(deps.names)}")
     names = {"a": left, "b": right}
-    if blind and deps.rng.random() < 0.5:
+    if blind and not state.get("study") and deps.rng.random() < 0.5:
         names = {"a": right, "b": left}
     origin = state["origin"] if state["origin"] and state["origin"]["text"].strip() == text.strip() else None
     sid = await deps.store.aio.start_session("blind" if blind else "compare", annotator=annotator or None,
                                    prompt_set=origin["set"] if origin else None, prompt=origin["id"] if origin else None,
-                                   meta={"lanes": names})
+                                   meta={"lanes": names}, study=state.get("study"), slot=state.get("slot"))
     return {**state, "session": sid, "names": names, "blind": bool(blind)}
 
 
@@ -139,16 +144,63 @@ def verdict(deps: Deps, state: dict, choice: str, annotator: str | None) -> str:
     if not (state["a"] and state["b"]):
         raise ValueError("Send a message first: a verdict compares the two latest replies.")
     deps.store.verdict(state["session"], state["a"][-1], state["b"][-1], choice, annotator)
-    exchange = (len(state["a"]) + 1) // 2
+    return verdicts_line(deps, state, annotator)
+
+
+def verdicts_line(deps: Deps, state: dict, annotator: str | None) -> str:
+    """The annotator's verdicts in this session, exchange by exchange."""
+    if state["session"] is None or not annotator:
+        return ""
     names = side_names(state)
-    said = {"a": f"{names['a']} better", "b": f"{names['b']} better", "tie": "a tie"}[choice]
-    return f"Turn {exchange}: {said}."
+    said = {"a": f"{names['a']} better", "b": f"{names['b']} better", "tie": "a tie"}
+    exchange = {t: deps.store.turn(t)["exchange"] for t in state["a"]}
+    mine = sorted((exchange.get(v["turn_a"], 0), said.get(v["verdict"], v["verdict"]))
+                  for v in deps.store.verdicts(state["session"]) if v["annotator"] == annotator and v["turn_a"] in exchange)
+    return "Your verdicts: " + "; ".join(f"turn {n}: {w}" for n, w in mine) + "." if mine else ""
+
+
+def sessions(deps: Deps, user: str | None = None, limit: int = 200) -> list[tuple[str, str]]:
+    """(label, id) of compare and blind sessions, newest first, for the resume list. A blind session
+    not yet closed is listed as A vs B: the list gives nothing away either."""
+    out = []
+    for s in deps.store.sessions(limit=limit, annotator=user):
+        if s["mode"] not in ("compare", "blind"):
+            continue
+        lanes = (s["meta"] or {}).get("lanes") or {}
+        who = "A vs B (blind)" if s["mode"] == "blind" and not s["closed"] else f"{lanes.get('a')} vs {lanes.get('b')}"
+        first = " ".join((s["first_prompt"] or "(empty)").split())
+        first = first if len(first) <= 50 else first[:47] + "..."
+        study = f"study {s['study']} · " if s.get("study") else ""
+        out.append((f"{s['created'][:16].replace('T', ' ')} · {study}{who} · {s['rated']} rated · {first}", s["id"]))
+    return out
+
+
+def resume(deps: Deps, session_id: str, annotator: str | None) -> tuple[dict, View, View]:
+    """A compare or blind session where it left off: both lanes' newest branches, the annotator's
+    ratings; a blind one stays blind until it is closed."""
+    s = deps.store.session(session_id)
+    if s["mode"] not in ("compare", "blind"):
+        raise ValueError("That is not a compare session: resume it in the Chat tab.")
+    if deps.auth and s["annotator"] != annotator:
+        raise ValueError("That session belongs to another user.")
+    state = {**blank(), "session": session_id, "names": (s["meta"] or {}).get("lanes"), "blind": s["mode"] == "blind",
+             "closed": bool(s["closed"]), "study": s.get("study"), "slot": s.get("slot")}
+    for lane in LANES:
+        state[lane] = view(deps.store, deps.store.latest_turn(session_id, lane), annotator).ids
+    return (state, *views(deps, state, annotator))
 
 
 def close(deps: Deps, state: dict) -> tuple[dict, str]:
     """Close the session; in blind mode this is when the names are revealed."""
     if state["session"] is None:
         return state, "Nothing to close yet."
+    if state.get("study"):
+        st = deps.store.study(state["study"])
+        conv = next((c for c in study.walk(deps.store, st, deps.store.session(state["session"])["annotator"])
+                     if c.session == state["session"]), None)
+        if conv is not None and not conv.reached(st["turns"]):
+            raise ValueError(f"This study conversation has not reached its {st['turns']} turns yet: close it once it has "
+                             "(a closed conversation takes no more messages).")
     deps.store.close_session(state["session"])
     state = {**state, "closed": True}
     names = state["names"]
@@ -163,3 +215,34 @@ def coverage(deps: Deps, set_name: str, prompts: list[dict[str, str]]) -> tuple[
     names = deps.names
     table = [[p["id"], p["prompt"][:80]] + [seen.get((p["id"], n), 0) for n in names] for p in prompts]
     return ["id", "prompt", *names], table
+
+
+def study_next(deps: Deps, study_name: str | None, annotator: str | None) -> tuple[dict, str | None]:
+    """The annotator's next conversation of a study: (state, opening prompt to send), or (state of the
+    started conversation, None) to resume it; ValueError when the walk is done or cannot go on."""
+    if not study_name:
+        raise ValueError("Pick a study first (or create one in the Study tab).")
+    st = deps.store.study(study_name)
+    who = study.check_annotator(st, annotator)
+    conv = study.next_conversation(deps.store, st, who)
+    if conv is None:
+        raise ValueError(study.status_line(st, None).replace("**", ""))
+    if conv.session is not None:
+        return resume(deps, conv.session, who)[0], None
+    missing = [c for c in conv.slot.sides.values() if c not in deps.checkpoints]
+    if missing:
+        raise ValueError(f"study {st['name']} needs {', '.join(missing)}, which this app does not serve; "
+                         f"it serves {', '.join(deps.names)}")
+    state = {**blank(), "names": dict(conv.slot.sides), "blind": st["blind"], "study": st["name"], "slot": conv.slot.index,
+             "origin": {"set": st["prompt_set"], "id": conv.slot.prompt_id, "text": conv.slot.prompt}}
+    return state, conv.slot.prompt
+
+
+def study_line(deps: Deps, state: dict, annotator: str | None) -> str:
+    """Where the annotator stands in the study of the shown conversation ("" outside a study)."""
+    if not state.get("study") or not annotator:
+        return ""
+    st = deps.store.study(state["study"])
+    walked = study.walk(deps.store, st, annotator)
+    conv = next((c for c in walked if c.slot.index == state["slot"]), None)
+    return study.status_line(st, conv, walked)

@@ -35,7 +35,19 @@ def dropped_notice(n: int, name: str | None) -> str:
             f"{name or 'the model'}'s context window and {'were' if n > 1 else 'was'} left out of the request.*")
 
 
-def shown(turn: dict[str, Any], gold: str | None = None, blind_as: str | None = None) -> str:
+def edited(original: str, editor: str) -> str:
+    """How a reply with a gold correction ends: who corrected it, and the original one click away."""
+    return (f"\n\n<details class=\"gold\"><summary>✏️ edited by {html.escape(editor)}: show the original reply</summary>\n\n"
+            f"{inert(original)}\n\n</details>")
+
+
+def unmark(text: str) -> str:
+    """A corrected reply's text as the user edits it again: without the "edited by" note `edited` added."""
+    cut = text.find('\n\n<details class="gold">')
+    return text if cut < 0 else text[:cut]
+
+
+def shown(turn: dict[str, Any], gold: str | None = None, blind_as: str | None = None, editor: str | None = None) -> str:
     """What a turn looks like in the chat: its text (or gold correction) and, when it did not end
     well, why. What limachat itself writes names the checkpoint from the turn's fields; in a blind
     session (`blind_as`: "A" or "B") it uses that name instead and leaves out the error's detail
@@ -53,6 +65,8 @@ def shown(turn: dict[str, Any], gold: str | None = None, blind_as: str | None = 
         return f"{text}\n\n*(stopped)*".strip()
     if status == "streaming" and not text:
         return "…"
+    if gold is not None and editor:
+        text += edited(turn["content"], editor)
     return text
 
 
@@ -82,10 +96,11 @@ def view(store: Store, leaf_id: str | None, annotator: str | None, blind_as: str
         return View()
     turns = store.branch(leaf_id)
     labels = store.current_labels(turns[0]["session_id"], annotator) if annotator else {}
-    gold = store.gold_edits([t["id"] for t in turns])
+    gold = store.gold_editors([t["id"] for t in turns])
     out = View()
     for t in turns:
-        out.history.append({"role": t["role"], "content": shown(t, gold.get(t["id"]), blind_as)})
+        text, editor = gold.get(t["id"], (None, None))
+        out.history.append({"role": t["role"], "content": shown(t, text, blind_as, editor)})
         out.ids.append(t["id"])
         if t["role"] == "assistant":
             out.feedback.append(FEEDBACK.get(labels.get(t["id"])))

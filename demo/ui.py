@@ -2,8 +2,12 @@
 
 from __future__ import annotations
 
+import asyncio
+
 import gradio as gr
 
+from limachat.demo.answer import Deps
+from limachat.demo.history import View
 from limachat.logs import internal
 
 
@@ -26,3 +30,16 @@ async def _stream(gen):
         raise gr.Error(str(e), print_exception=False) from None
     except Exception as e:  # noqa: BLE001
         raise gr.Error(internal(e, "the app"), print_exception=False) from None
+
+
+def _shown(v: View, label: str | None = None) -> dict:
+    update = {"value": v.history, "feedback_value": v.feedback}
+    return gr.update(**update, **({"label": label} if label else {}))
+
+
+async def _settle(deps: Deps, ids: list[str], timeout: float = 3.0) -> None:
+    """After a stop, wait (briefly) until the cancelled reply has written its final status."""
+    loop = asyncio.get_running_loop()
+    end = loop.time() + timeout
+    while loop.time() < end and "streaming" in (await deps.store.aio.statuses(ids)).values():
+        await asyncio.sleep(0.05)

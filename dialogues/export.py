@@ -65,9 +65,13 @@ class Chain:
         return head + [{"role": t["role"], "content": t["content"]} for t in self.turns]
 
     def provenance(self) -> dict[str, Any]:
-        return {"session": self.session["id"], "mode": self.session["mode"],
-                "checkpoints": sorted({t["checkpoint"] or "imported" for t in self.turns if t["role"] == "assistant"}),
-                "labels": self.labels, "annotators": self.annotators, "turn_ids": [t["id"] for t in self.turns]}
+        """Where the chain came from (trainers ignore it); a study's chain says which study and slot."""
+        out = {"session": self.session["id"], "mode": self.session["mode"],
+               "checkpoints": sorted({t["checkpoint"] or "imported" for t in self.turns if t["role"] == "assistant"}),
+               "labels": self.labels, "annotators": self.annotators, "turn_ids": [t["id"] for t in self.turns]}
+        if self.session.get("study"):
+            out.update(study=self.session["study"], slot=self.session["slot"])
+        return out
 
 
 def chains(store: Store, f: Filters = Filters()) -> Iterator[Chain]:

@@ -64,9 +64,11 @@ class Reads:
         return dict(self._tuples("select id, status from turns where id in (select value from json_each(?))",
                                  (json.dumps(turn_ids),)))
 
-    def latest_turn(self, session_id: str) -> str | None:
-        """The newest turn of a session: where a resumed chat picks up."""
-        rows = self._tuples("select id from turns where session_id = ? order by created desc, id desc limit 1", (session_id,))
+    def latest_turn(self, session_id: str, lane: str | None = None) -> str | None:
+        """The newest turn of a session (of one lane of a compare session): where a resume picks up."""
+        where = " and lane = ?" if lane else ""
+        rows = self._tuples(f"select id from turns where session_id = ?{where} order by created desc, id desc limit 1",
+                            (session_id, lane) if lane else (session_id,))
         return rows[0][0] if rows else None
 
     def children(self, turn_id: str | None, session_id: str | None = None) -> list[dict[str, Any]]:
@@ -154,17 +156,21 @@ class Reads:
     def gold_edits(self, turn_ids: list[str] | None = None, source: str = "humans") -> dict[str, str]:
         """turn id -> the text of its latest gold edit (of the given turns, or of all). `source`: people's
         edits (`humans`), teachers' revisions not rejected (`teachers`), or `both`, a person's winning."""
+        return {turn: text for turn, (text, _) in self.gold_editors(turn_ids, source).items()}
+
+    def gold_editors(self, turn_ids: list[str] | None = None, source: str = "humans") -> dict[str, tuple[str, str]]:
+        """turn id -> (text, annotator) of the gold edit `gold_edits` takes: who corrected the reply."""
         _check(source, GOLD_SOURCES, "gold source")
         kinds = {"humans": ("human",), "teachers": ("teacher",), "both": ("teacher", "human")}[source]
         where = "" if turn_ids is None else " and e.turn_id in (select value from json_each(:ids))"
         rows = self._tuples(
-            f"""select e.turn_id, e.content, coalesce(a.kind, 'human') as kind from edits e
+            f"""select e.turn_id, e.content, coalesce(a.kind, 'human') as kind, e.annotator from edits e
                 left join annotators a on a.name = e.annotator
                 where coalesce(a.kind, 'human') in (select value from json_each(:kinds))
                   and (e.review is null or e.review = 'accepted'){where}
                 order by e.created, e.id""", {"ids": json.dumps(turn_ids), "kinds": json.dumps(kinds)})
         rows.sort(key=lambda r: kinds.index(r[2]))  # stable: by kind (a person's last), then by time
-        return {turn: text for turn, text, _ in rows}  # later rows win: the latest edit
+        return {turn: (text, who) for turn, text, _, who in rows}  # later rows win: the latest edit
 
     def gold(self, turn_id: str) -> str | None:
         return self.gold_edits([turn_id]).get(turn_id)

@@ -99,13 +99,15 @@ def failed_within(conversations: list[list[str]], turns: int = 3) -> tuple[int, 
     return sum("fail" in c[:turns] for c in rated), len(rated)
 
 
-def conversation_outcomes(winners: list[tuple[str, str, str]]) -> dict[tuple[str, str], dict[str, int]]:
-    """Per checkpoint pair (first, second), from per-conversation results `(a, b, winner)` (winner: a
-    checkpoint's name or "tie"): how many conversations each won and how many tied: LIMA's "better in
-    7 of 10, tied in 3"."""
+def conversation_outcomes(winners: list[tuple[str, str, str]], order: list[str] | None = None
+                          ) -> dict[tuple[str, str], dict[str, int]]:
+    """Per checkpoint pair (first, second in `order`, else by name), from per-conversation results
+    `(a, b, winner)` (winner: a checkpoint's name or "tie"): how many conversations each won and how
+    many tied: LIMA's "better in 7 of 10, tied in 3"."""
+    rank = {name: i for i, name in enumerate(order or [])}
     out: dict[tuple[str, str], dict[str, int]] = {}
     for a, b, winner in winners:
-        key = tuple(sorted((a, b)))
+        key = tuple(sorted((a, b), key=lambda n: (rank.get(n, len(rank)), n)))
         tally = out.setdefault(key, {key[0]: 0, key[1]: 0, "tie": 0})
         tally[winner if winner in tally else "tie"] += 1
     return out

@@ -179,8 +179,8 @@ def status_line(study: dict[str, Any], conv: Conversation | None, walked: list[C
     where = f"conversation {position} of {len(walked)}" if position else "a conversation"
     if conv.reached(turns):
         left = conv.replies - conv.rated
-        todo = f"rate its {left} unrated repl{'ies' if left != 1 else 'y'}, then " if left > 0 else ""
+        todo = f"Rate its {left} unrated repl{'ies' if left != 1 else 'y'}, then give" if left > 0 else "Give"
         return (f"Study **{study['name']}**, {where}: it has reached its {turns} turns. "
-                f"{todo}give a verdict (a / t / b) and press **n** for the next prompt.")
+                f"{todo} a verdict (a / t / b) and press **n** for the next prompt.")
     return (f"Study **{study['name']}**, {where}: turn {conv.exchanges + 1} of {turns}. Rate each reply (1 / 2 / 3), "
             "then write the next message.")

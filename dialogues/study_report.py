@@ -75,7 +75,7 @@ def build(store: Store, name: str, raters: str = "humans") -> StudyReport:
     battles = [(v["session_id"], v["checkpoint_a"], v["checkpoint_b"], v["verdict"]) for v in verdicts]
     differences = [(a, b, stats.difference(sides[a].conversations, sides[b].conversations, "excellent", seed))
                    for a, b in stats.pairs(study["checkpoints"])]
-    return StudyReport(study, raters, list(sides.values()), differences, stats.conversation_outcomes(_winners(verdicts, means)),
+    return StudyReport(study, raters, list(sides.values()), differences, stats.conversation_outcomes(_winners(verdicts, means), study["checkpoints"]),
                        stats.bradley_terry(battles, seed), len(verdicts))
 
 

@@ -95,16 +95,21 @@ def shot(page, name: str):
     page.screenshot(path=SHOTS / f"{name}.png")
 
 
+def open_as(page, url: str, annotator: str) -> None:
+    """The app's page, with the annotator's name typed in (as a first visit has none remembered)."""
+    page.goto(url)
+    page.wait_for_selector("#chat-input textarea")
+    page.wait_for_timeout(2000)  # the page's load event restores a remembered name (none yet)
+    name = page.locator("#annotator textarea, #annotator input").first
+    name.fill(annotator)
+    name.press("Tab")
+
+
 def test_chat_compare_collect_report_in_a_browser(app_url):
     url, home = app_url
     db = home / "limachat.db"
     with browser_page() as page:
-        page.goto(url)
-        page.wait_for_selector("#chat-input textarea")
-        page.wait_for_timeout(2000)  # the page's load event restores a remembered name (none yet)
-        name = page.locator("#annotator textarea, #annotator input").first
-        name.fill("ana")
-        name.press("Tab")
+        open_as(page, url, "ana")
 
         # Chat: two turns, both rated; one regenerated.
         for n, text in enumerate(["What is the capital of France?", XSS], 1):
@@ -127,6 +132,7 @@ def test_chat_compare_collect_report_in_a_browser(app_url):
 
         # Compare, blind, from the first prompt of the bundled set.
         page.get_by_role("tab", name="Compare").click()
+        page.get_by_text("Start from a prompt set").click()
         page.locator("#compare-prompt input").click()
         page.get_by_role("option").filter(has_text="p01").first.click()
         page.wait_for_function("document.querySelector('#compare-input textarea').value.length > 20")
@@ -138,7 +144,7 @@ def test_chat_compare_collect_report_in_a_browser(app_url):
         rate(page, "#compare-b", 0, "Fail")
         wait_for(lambda: query(db, "select count(*) from ratings")[0][0] == 4, "the compare ratings")
         page.click("#verdict-a")
-        page.wait_for_function("document.querySelector('#compare-status').innerText.includes('Turn 1: A better')")
+        page.wait_for_function("document.querySelector('#compare-status').innerText.includes('turn 1: A better')")
         shot(page, "compare")
         page.click("#compare-close")
         page.wait_for_function("document.querySelector('#compare-status').innerText.includes('A was')")

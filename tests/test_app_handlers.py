@@ -10,7 +10,7 @@ import httpx
 import pytest
 
 from conftest import free_port, models
-from limachat.demo import chat, collect, compare
+from limachat.demo import chat, collect, compare, rating
 from limachat.demo.answer import Deps
 from limachat.demo.history import inert
 from limachat.demo.users import AuthFileError, Logins, add_user, plain, read_users
@@ -110,8 +110,13 @@ def test_regenerate_keeps_the_old_reply_and_edit_branches(deps):
     assert len(deps.store.children(None, state["session"])) == 2
     # edit the reply: a gold correction beside the original
     state, v = drain(chat.edit(deps, state, 1, "Goodbye, and take care!", "dialogue", "ana"))[-1]
-    assert v.history[1]["content"] == "Goodbye, and take care!"
-    assert deps.store.gold(state["ids"][1]) == "Goodbye, and take care!" and deps.store.turn(state["ids"][1])["content"]
+    original = deps.store.turn(state["ids"][1])["content"]
+    shown = v.history[1]["content"]
+    assert shown.startswith("Goodbye, and take care!\n\n") and "edited by ana" in shown, "an edited reply says so, and who"
+    assert f"<summary>✏️ edited by ana: show the original reply</summary>\n\n{inert(original)}" in shown, "the original, one click away"
+    assert deps.store.gold(state["ids"][1]) == "Goodbye, and take care!" and original
+    state, v = drain(chat.edit(deps, state, 1, shown.replace("take care", "be well"), "dialogue", "ana"))[-1]
+    assert deps.store.gold(state["ids"][1]) == "Goodbye, and be well!", "editing again stores the text, not the note"
     with pytest.raises(ValueError, match="name"):
         drain(chat.edit(deps, state, 1, "Another correction", "dialogue", None))
 
@@ -190,7 +195,15 @@ def test_blind_compare_from_a_prompt_both_sides_own_history(deps):
         assert sent[1]["content"] == turns[1]["content"], "each side sees its own earlier answer"
     assert compare.rate(deps, state, "a", 3, "Pass", "ana").feedback == [None, "Pass"]
     assert compare.rate(deps, state, "b", 1, "Fail", "ana").feedback == ["Fail", None]
-    assert compare.verdict(deps, state, "b", "ana") == "Turn 2: B better."
+    assert compare.verdict(deps, state, "b", "ana") == "Your verdicts: turn 2: B better."
+    # Resumed (a new page): both lanes, the ratings, the verdicts, and still blind.
+    again, ra, rb = compare.resume(deps, state["session"], "ana")
+    assert (again["a"], again["b"], again["names"]) == (state["a"], state["b"], state["names"])
+    assert (ra.feedback, rb.feedback) == ([None, "Pass"], ["Fail", None]) and compare.side_names(again) == {"a": "A", "b": "B"}
+    assert compare.verdicts_line(deps, again, "ana") == "Your verdicts: turn 2: B better."
+    (listed,) = compare.sessions(deps)
+    assert listed[1] == state["session"] and "A vs B (blind)" in listed[0]
+    assert not any(n in listed[0] for n in ("zero-shot", "dialogue")), "the resume list gives nothing away"
     (v,) = deps.store.verdicts(state["session"])
     assert v["turn_a"] == state["a"][-1] and v["turn_b"] == state["b"][-1] and v["checkpoint_b"] == state["names"]["b"]
     state, message = compare.close(deps, state)
@@ -200,6 +213,40 @@ def test_blind_compare_from_a_prompt_both_sides_own_history(deps):
     headers, rows = compare.coverage(deps, "bundled", prompts)
     assert headers == ["id", "prompt", "zero-shot", "dialogue"]
     assert rows[0][2:] == [1, 1] and all(r[2:] == [0, 0] for r in rows[1:])
+
+
+def test_a_study_walk_by_the_rating_panel_resumes_where_it_stopped(deps):
+    from limachat.dialogues import study
+
+    study.create(deps.store, "pilot", ["zero-shot", "dialogue"], conversations=1, turns=2, blind=True, annotators=["ana"])
+    with pytest.raises(ValueError, match="not an annotator"):
+        compare.study_next(deps, "pilot", "bo")
+    state, prompt = compare.study_next(deps, "pilot", "ana")
+    (slot,) = study.plan(deps.store.study("pilot"), "ana")
+    assert prompt == slot.prompt and state["names"] == slot.sides and state["blind"]
+    state, va, vb = drain(compare.send(deps, state, prompt, None, None, True, "ana"))[-1]
+    session = deps.store.session(state["session"])
+    assert (session["study"], session["slot"], session["mode"]) == ("pilot", slot.index, "blind")
+    for lane, label in (("a", "Pass"), ("b", "Excellent")):  # what keys 2 and 3 press: the focused (newest) reply
+        v = compare.side(deps, state, lane, "ana")
+        assert rating.caption(v, 0) == "reply 1 of 1 · not rated yet"
+        v = compare.rate(deps, state, lane, rating.focused(v, 0), label, "ana")
+        assert rating.label(v, 0) == label.lower()
+    assert "turn 2 of 2" in compare.study_line(deps, state, "ana")
+    with pytest.raises(ValueError, match="has not reached its 2 turns"):
+        compare.close(deps, state)
+    state, va, vb = drain(compare.send(deps, state, "Tell me more.", None, None, True, "ana"))[-1]
+    assert "has reached its 2 turns" in compare.study_line(deps, state, "ana")
+    assert rating.move(va, 0, -1) == 1 and rating.move(va, 1, -1) == 1 and rating.move(va, 1, 1) == 0
+    again, prompt = compare.study_next(deps, "pilot", "ana")  # two replies unrated: the same conversation comes back
+    assert prompt is None and again["session"] == state["session"] and again["a"] == state["a"] and again["blind"]
+    for lane in ("a", "b"):
+        v = compare.side(deps, again, lane, "ana")
+        compare.rate(deps, again, lane, rating.focused(v, 0), "Fail", "ana")
+    with pytest.raises(ValueError, match="your walk is done"):
+        compare.study_next(deps, "pilot", "ana")
+    board = {r["checkpoint"]: r for r in study.progress(deps.store, deps.store.study("pilot"))}
+    assert board["dialogue"]["conversations done"] == "1 / 1" and board["dialogue"]["replies rated"] == "2 / 2"
 
 
 def test_compare_side_that_fails_keeps_its_question_and_retries(deps, vllm_server):

@@ -19,7 +19,7 @@ def conversation(store, checkpoint, labels, annotator="ana", session=None, lane=
     for i, label in enumerate(labels):
         u = store.add_user_turn(sid, f"q{i}", parent_id=parent, lane=lane)
         a = store.begin_assistant_turn(sid, u, checkpoint=checkpoint, lane=lane)
-        store.finish_assistant_turn(a, f"a{i}")
+        store.finish_assistant_turn(a, f"a{i} from {checkpoint} in {sid}")
         store.rate(a, annotator, label)
         parent, ids = a, ids + [a]
     return sid, ids

@@ -11,6 +11,7 @@ import pytest
 from click.testing import CliRunner
 
 from limachat.cli import main
+from test_report import conversation
 from limachat.dialogues import stats, study as studies
 from limachat.dialogues import study_report as srep
 from limachat.dialogues.formats import dumps, import_file, session_records
@@ -72,24 +73,13 @@ ZERO_SHOT = [[F, F, F, E, E], [F, F, E, P, F], [F, E, E, F], [E, F, E, P], [E, E
 DIALOGUE = [[E, E, E, E, F]] + [[E, E, E, P, E]] * 5 + [[E, E, P, E], [E, P, E, E], [E, E, E, P], [E, P, P, E]]
 
 
-def lane(store, sid, lane_, checkpoint, labels, annotator):
-    parent, ids = None, []
-    for i, label in enumerate(labels):
-        u = store.add_user_turn(sid, f"question {i}", parent_id=parent, lane=lane_)
-        a = store.begin_assistant_turn(sid, u, checkpoint=checkpoint, lane=lane_)
-        store.finish_assistant_turn(a, f"answer {i} from {checkpoint}")
-        store.rate(a, annotator, label)
-        parent, ids = a, ids + [a]
-    return ids
-
-
 def lima_study(tmp_path) -> Store:
     store = Store(tmp_path / "lima.db")
     studies.create(store, "lima", ["zero-shot", "dialogue"], conversations=10, turns=4, blind=False, seed=3)
     for n, (zs, dl) in enumerate(zip(ZERO_SHOT, DIALOGUE)):
         sides = {"a": "zero-shot", "b": "dialogue"} if n % 2 else {"a": "dialogue", "b": "zero-shot"}
         sid = store.start_session("compare", annotator="ana", study="lima", slot=n, meta={"lanes": sides})
-        ids = {c: lane(store, sid, ln, c, zs if c == "zero-shot" else dl, "ana") for ln, c in sides.items()}
+        ids = {c: conversation(store, c, zs if c == "zero-shot" else dl, "ana", sid, ln)[1] for ln, c in sides.items()}
         better = "tie" if n >= 7 else ("a" if sides["a"] == "dialogue" else "b")
         store.verdict(sid, ids[sides["a"]][0], ids[sides["b"]][0], better, "ana")
     return store
@@ -106,7 +96,7 @@ def test_lima_counts_reproduced(tmp_path):
     assert f"{100 * zs.shares[E].value:.1f}" == "45.2" and f"{100 * dl.shares[E].value:.1f}" == "76.1"
     assert stats.fails(zs.conversations) == (15, 42) and stats.fails(dl.conversations) == (1, 46)
     assert stats.failed_within(zs.conversations, 3) == (6, 10) and stats.failed_within(dl.conversations, 3) == (0, 10)
-    assert report.outcomes == {("dialogue", "zero-shot"): {"dialogue": 7, "zero-shot": 0, "tie": 3}}
+    assert report.outcomes == {("zero-shot", "dialogue"): {"zero-shot": 0, "dialogue": 7, "tie": 3}}
     (first, second, diff), = report.differences
     assert (first, second) == ("zero-shot", "dialogue")
     assert diff.value == pytest.approx(35 / 46 - 19 / 42) and diff.low > 0  # the paper's gap holds over 10 conversations
@@ -143,7 +133,7 @@ def test_progress_board_and_next_conversation(tmp_path):
     assert first.session is None
     sid = store.start_session("compare", annotator="ana", study="s", slot=first.slot.index, meta={"lanes": first.slot.sides})
     for ln, c in first.slot.sides.items():
-        lane(store, sid, ln, c, [E, P], "ana")
+        conversation(store, c, [E, P], "ana", sid, ln)
     walked = studies.walk(store, st, "ana")
     done = next(c for c in walked if c.session == sid)
     assert done.done(2) and done.replies == 4 and done.rated == 4
@@ -195,6 +185,17 @@ def test_cli_study_and_html_report(tmp_path, clean_env):
     assert {(r["checkpoint"], r["label"], r["count"]) for r in rows} >= {("zero-shot", "excellent", "19"), ("dialogue", "fail", "1")}
     out = run(main, ["study", "create", "lima", "--checkpoints", "zero-shot,dialogue"], env=env)
     assert out.exit_code != 0 and "exists already" in out.output and "Traceback" not in out.output
+    bad = tmp_path / "bad.jsonl"
+    bad.write_text('{"prompt": "fine"}\n{"prompt": \n')
+    for args, said in ((["--checkpoints", "zero-shot"], "two or more different checkpoints"),
+                       (["--checkpoints", "zero-shot,gpt-9"], "checkpoints: unknown 'gpt-9'"),
+                       (["--checkpoints", "zero-shot,dialogue", "--prompts", str(bad)], f"{bad}:2"),
+                       (["--checkpoints", "zero-shot,dialogue", "--turns", "0"], "turns: a whole number")):
+        out = run(main, ["study", "create", "other", *args], env=env)
+        assert out.exit_code == 1 and said in out.output and "Traceback" not in out.output, out.output
+        assert len(out.output.strip().splitlines()) == 1, out.output
+    out = run(main, ["report", "--html", str(page)], env=env)
+    assert out.exit_code == 1 and "--html needs --study NAME" in out.output
     out = run(main, ["report", "--study", "nope"], env=env)
     assert out.exit_code != 0 and "no study 'nope'; known: lima" in out.output
     out = run(main, ["study", "create", "two", "--checkpoints", "zero-shot,dialogue", "--conversations", "2", "--turns", "2",
@@ -211,8 +212,13 @@ def csv_rows(path):
         yield from csv.DictReader(f)
 
 
-def test_backup_keeps_the_study(tmp_path):
+def test_backup_and_export_keep_the_study(tmp_path):
+    from limachat.dialogues.export import Filters, chains
+
     store = lima_study(tmp_path)
+    exported = [c.provenance() for c in chains(store, Filters())]
+    assert len(exported) == 20 and {(p["study"], p["mode"]) for p in exported} == {("lima", "compare")}
+    assert sorted({p["slot"] for p in exported}) == list(range(10))
     backup = tmp_path / "backup.jsonl"
     backup.write_text("".join(dumps(r) + "\n" for r in session_records(store)))
     assert all("study" in json.loads(line) for line in backup.read_text().splitlines())

@@ -1,0 +1,104 @@
+"""The rating panel's components and the page script that gives every rating control a key.
+
+The script only presses the page's own buttons (by their element ids), so a key does exactly what a
+click does, through the same handler. Keys are ignored while the cursor is in a text field (Esc leaves
+it; Enter sends and leaves it), so typing never rates.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import gradio as gr
+
+from limachat.demo import rating
+from limachat.demo.history import View
+from limachat.dialogues.store import LABELS
+
+SCRIPT = """
+<script>
+(() => {
+  const shown = (id) => { const el = document.getElementById(id); return el && el.offsetParent !== null ? el : null; };
+  const press = (id) => { const el = shown(id); if (!el) return false; el.click(); return true; };
+  const keys = {"1": "fail", "2": "pass", "3": "excellent"};
+  window.limachatLane = "a";
+  const mark = () => {
+    for (const lane of ["a", "b"]) {
+      const p = document.getElementById("compare-" + lane + "-panel");
+      if (p) p.classList.toggle("lane-focus", lane === window.limachatLane);
+    }
+  };
+  document.addEventListener("keydown", (e) => {
+    if (e.ctrlKey || e.metaKey || e.altKey || e.isComposing) return;
+    const t = e.target;
+    const typing = t && (t.tagName === "TEXTAREA" || t.tagName === "INPUT" || t.isContentEditable);
+    if (typing) {
+      if (e.key === "Escape") t.blur();
+      if (e.key === "Enter" && !e.shiftKey && t.tagName === "TEXTAREA" && t.closest("#chat-input, #compare-input"))
+        setTimeout(() => t.blur(), 0);  // sent: the next key rates
+      return;
+    }
+    const tab = shown("chat-bot") ? "chat" : shown("compare-a") ? "compare" : null;
+    if (!tab) return;
+    const lane = tab === "chat" ? "chat" : "compare-" + window.limachatLane;
+    let done = false;
+    if (keys[e.key]) {
+      done = press(lane + "-" + keys[e.key]);
+      if (done && tab === "compare") { window.limachatLane = window.limachatLane === "a" ? "b" : "a"; mark(); }  // on to the other side
+    }
+    else if (e.key === "ArrowUp" || e.key === "k") done = press(lane + "-up");
+    else if (e.key === "ArrowDown" || e.key === "j") done = press(lane + "-down");
+    else if (e.key === "/") {
+      const box = document.querySelector((tab === "chat" ? "#chat-input" : "#compare-input") + " textarea");
+      if (box) { box.focus(); done = true; }
+    } else if (tab === "compare") {
+      if (e.key === "ArrowLeft" || e.key === "h") { window.limachatLane = "a"; mark(); done = true; }
+      else if (e.key === "ArrowRight" || e.key === "l") { window.limachatLane = "b"; mark(); done = true; }
+      else if (e.key === "a") done = press("verdict-a");
+      else if (e.key === "t") done = press("verdict-tie");
+      else if (e.key === "b") done = press("verdict-b");
+      else if (e.key === "n") done = press("study-next");
+    }
+    if (done) e.preventDefault();
+  });
+  new MutationObserver(mark).observe(document.documentElement, {childList: true, subtree: true});
+})();
+</script>
+"""
+
+CSS = """
+.rate-row {align-items: center; gap: 6px; flex-wrap: nowrap}
+.rate-row > div:first-child {flex: 1 1 auto; min-width: 0}
+.lane-focus {outline: 2px solid var(--color-accent); border-radius: 6px}
+details.gold summary {cursor: pointer; color: var(--body-text-color-subdued); font-size: 0.9em}
+"""
+
+
+@dataclass
+class Panel:
+    caption: gr.Markdown
+    buttons: dict[str, gr.Button]  # label -> button
+    up: gr.Button
+    down: gr.Button
+
+    @property
+    def outputs(self) -> list:
+        return [self.caption, *self.buttons.values()]
+
+
+def panel(prefix: str) -> Panel:
+    """Under a chat or a lane: what is focused, the three labels, earlier / later."""
+    with gr.Row(elem_classes="rate-row", elem_id=f"{prefix}-panel"):
+        caption = gr.Markdown(rating.caption(View(), 0), elem_id=f"{prefix}-caption")
+        buttons = {lab: gr.Button(f"{key} · {lab.capitalize()}", size="sm", elem_id=f"{prefix}-{lab}", scale=0, min_width=96)
+                   for key, lab in rating.KEYS.items()}
+        up = gr.Button("↑", size="sm", elem_id=f"{prefix}-up", scale=0, min_width=40)
+        down = gr.Button("↓", size="sm", elem_id=f"{prefix}-down", scale=0, min_width=40)
+    return Panel(caption, buttons, up, down)
+
+
+def updates(v: View, back: int, name: str = "") -> list:
+    """The caption and the three buttons, the focused reply's label highlighted."""
+    mine = rating.label(v, back)
+    return [gr.update(value=rating.caption(v, back, name)),
+            *(gr.update(variant="primary" if lab == mine else "secondary") for lab in LABELS)]
