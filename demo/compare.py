@@ -226,7 +226,7 @@ def study_next(deps: Deps, study_name: str | None, annotator: str | None) -> tup
     who = study.check_annotator(st, annotator)
     conv = study.next_conversation(deps.store, st, who)
     if conv is None:
-        raise ValueError(study.status_line(st, None).replace("**", ""))
+        raise study.WalkDone(study.status_line(st, None).replace("**", ""))
     if conv.session is not None:
         return resume(deps, conv.session, who)[0], None
     missing = [c for c in conv.slot.sides.values() if c not in deps.checkpoints]

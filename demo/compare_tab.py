@@ -6,10 +6,11 @@ from __future__ import annotations
 import gradio as gr
 
 from limachat.demo import compare, rating
+from limachat.dialogues import study
 from limachat.demo.answer import Deps
 from limachat.demo.history import FEEDBACK, judge_line
 from limachat.demo.panel import panel, updates
-from limachat.demo.ui import _settle, _shown, _stream, _user
+from limachat.demo.ui import _error, _settle, _shown, _stream, _user
 
 OPTIONS = list(FEEDBACK.values())
 
@@ -168,7 +169,14 @@ def compare_tab(deps: Deps, names, annotator, who, tab) -> list:
 
     async def on_next(st, study_name, name, request: gr.Request):
         who_ = who(name, request)
-        st2, prompt = await deps.store.aio.read(lambda: _user(lambda: compare.study_next(deps, study_name, who_)))
+        try:
+            st2, prompt = await deps.store.aio.read(compare.study_next, deps, study_name, who_)
+        except study.WalkDone as done:
+            gr.Info(str(done))
+            yield st, gr.update(), gr.update(), gr.update()
+            return
+        except Exception as e:  # noqa: BLE001 - as every handler's
+            raise _error(e) from None
         if prompt is None:  # a conversation of the walk already started: resume it
             va, vb = await deps.store.aio.read(compare.views, deps, st2, who_)
             n = compare.side_names(st2)

@@ -11,25 +11,30 @@ from limachat.demo.history import View
 from limachat.logs import internal
 
 
+def _error(e: Exception) -> gr.Error:
+    """What the page shows for a handler's exception: a ValueError (bad input) as its one line; anything
+    else logged with its traceback, and the page says where."""
+    if isinstance(e, gr.Error):
+        return e
+    if isinstance(e, ValueError):
+        return gr.Error(str(e), print_exception=False)
+    return gr.Error(internal(e, "the app"), print_exception=False)
+
+
 def _user(fn):
-    """Run a sync handler. Its ValueError (bad input) becomes a one-line message in the page; anything
-    else is logged with its traceback and the page says where."""
+    """Run a sync handler; its exceptions reach the page as `_error` says."""
     try:
         return fn()
-    except ValueError as e:
-        raise gr.Error(str(e), print_exception=False) from None
     except Exception as e:  # noqa: BLE001 - the app keeps running; the log keeps the traceback
-        raise gr.Error(internal(e, "the app"), print_exception=False) from None
+        raise _error(e) from None
 
 
 async def _stream(gen):
     try:
         async for item in gen:
             yield item
-    except ValueError as e:
-        raise gr.Error(str(e), print_exception=False) from None
     except Exception as e:  # noqa: BLE001
-        raise gr.Error(internal(e, "the app"), print_exception=False) from None
+        raise _error(e) from None
 
 
 def _shown(v: View, label: str | None = None) -> dict:

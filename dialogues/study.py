@@ -25,6 +25,10 @@ NAME = re.compile(r"^[\w.-]{1,64}$")
 BUNDLED_SET = "bundled"
 
 
+class WalkDone(ValueError):
+    """The annotator has done every conversation of their walk (not an error: said as news)."""
+
+
 @dataclass(frozen=True)
 class Slot:
     index: int  # its place in the plan (the same for every annotator; `order` is the annotator's walk)

@@ -227,3 +227,21 @@ def test_backup_and_export_keep_the_study(tmp_path):
     assert other.study("lima")["checkpoints"] == ["zero-shot", "dialogue"]
     assert len(other.study_sessions("lima")) == 10
     assert srep.markdown([srep.build(other, "lima")]) == srep.markdown([srep.build(store, "lima")])
+
+
+def test_judges_beside_people_in_a_study(tmp_path):
+    store = lima_study(tmp_path)
+    judge = store.register_annotator("judge/base/label-v1", "judge", model="base")
+    sessions = store.study_sessions("lima")
+    for s in sessions[:4]:  # the judge labels every reply of four conversations "pass", and prefers side b
+        replies = {lane: [t for t in store.branch(s[f"leaf_{lane}"]) if t["role"] == "assistant"] for lane in ("a", "b")}
+        for t in replies["a"] + replies["b"]:
+            store.rate(t["id"], judge, "pass")
+        store.verdict(s["id"], replies["a"][0]["id"], replies["b"][0]["id"], "b", judge)
+    people, judges = srep.document(store, "lima")
+    assert (people.raters, judges.raters) == ("humans", "judges")
+    assert people.sides[0].turns == 42 and f"{100 * people.sides[1].shares[E].value:.1f}" == "76.1", "judges change nothing of people's"
+    assert all(s.shares["pass"].value == 1.0 for s in judges.sides) and sum(len(s.conversations) for s in judges.sides) == 8
+    assert judges.verdicts == 4 and people.verdicts == 10
+    md = srep.markdown([people, judges])
+    assert md.index("## Rated by people") < md.index("## Rated by LLM judges")
