@@ -170,8 +170,12 @@ def progress(store: Store, study: dict[str, Any]) -> list[dict[str, Any]]:
             rows.append({"annotator": who, "checkpoint": checkpoint, "started": t["started"],
                          "conversations done": f"{done} / {study['conversations']}",
                          "replies rated": f"{rated} / {goal_turns}",
-                         "left": f"{study['conversations'] - done} conversations, {max(goal_turns - rated, 0)} replies"})
+                         "left": f"{_n(study['conversations'] - done, 'conversation')}, {_n(max(goal_turns - rated, 0), 'reply')}"})
     return rows
+
+
+def _n(count: int, noun: str) -> str:
+    return f"{count} {noun if count == 1 else ('replies' if noun == 'reply' else noun + 's')}"
 
 
 def status_line(study: dict[str, Any], conv: Conversation | None, walked: list[Conversation] | None = None) -> str:
