@@ -9,7 +9,7 @@ from __future__ import annotations
 from collections.abc import AsyncIterator
 
 from limachat.demo.answer import Deps, answer
-from limachat.demo.history import NAME_FIRST, View, check_message, label_of, unmark, view
+from limachat.demo.history import NAME_FIRST, View, check_message, label_of, listed, unmark, view
 
 
 def blank() -> dict:
@@ -100,9 +100,7 @@ def sessions(deps: Deps, modes: tuple[str, ...] = ("chat", "imported"), limit: i
     out = []
     for s in deps.store.sessions(limit=limit, annotator=user):
         if s["mode"] in modes:
-            first = " ".join((s["first_prompt"] or "(empty)").split())
-            first = first if len(first) <= 60 else first[:57] + "..."
-            out.append((f"{s['created'][:16].replace('T', ' ')} · {s['turns']} turns, {s['rated']} rated · {first}", s["id"]))
+            out.append((listed(s, f"{s['turns']} turns, {s['rated']} rated"), s["id"]))
     return out
 
 

@@ -16,7 +16,7 @@ from collections.abc import AsyncIterator
 from pathlib import Path
 
 from limachat.demo.answer import Deps, answer, merged
-from limachat.demo.history import NAME_FIRST, View, check_message, label_of, view
+from limachat.demo.history import NAME_FIRST, View, check_message, label_of, listed, view
 from limachat.dialogues import bundled, study
 from limachat.dialogues.formats import load_prompts
 
@@ -68,16 +68,16 @@ def pick_prompt(state: dict, set_name: str, prompt: dict[str, str]) -> tuple[dic
 
 
 async def _start(deps: Deps, state: dict, text: str, left: str, right: str, blind: bool, annotator: str | None) -> dict:
-    if state.get("study"):  # the plan drew the sides; the study says blind or not
-        names, blind = state["names"], state["blind"]
-        left, right = names["a"], names["b"]
+    fixed = state["names"]  # a study's conversation arrives with the sides its plan drew, and its blindness
+    if fixed:
+        (left, right), blind = (fixed["a"], fixed["b"]), state["blind"]
     if left == right:
         raise ValueError("Pick two different checkpoints to compare.")
     for name in (left, right):
         if name not in deps.checkpoints:
             raise ValueError(f"unknown checkpoint {name!r}; known: {', '.join(deps.names)}")
-    names = {"a": left, "b": right}
-    if blind and not state.get("study") and deps.rng.random() < 0.5:
+    names = fixed or {"a": left, "b": right}
+    if blind and not fixed and deps.rng.random() < 0.5:
         names = {"a": right, "b": left}
     origin = state["origin"] if state["origin"] and state["origin"]["text"].strip() == text.strip() else None
     sid = await deps.store.aio.start_session("blind" if blind else "compare", annotator=annotator or None,
@@ -153,7 +153,7 @@ def verdicts_line(deps: Deps, state: dict, annotator: str | None) -> str:
         return ""
     names = side_names(state)
     said = {"a": f"{names['a']} better", "b": f"{names['b']} better", "tie": "a tie"}
-    exchange = {t: deps.store.turn(t)["exchange"] for t in state["a"]}
+    exchange = {t: i // 2 + 1 for i, t in enumerate(state["a"])}  # the branch alternates question, reply
     mine = sorted((exchange.get(v["turn_a"], 0), said.get(v["verdict"], v["verdict"]))
                   for v in deps.store.verdicts(state["session"]) if v["annotator"] == annotator and v["turn_a"] in exchange)
     return "Your verdicts: " + "; ".join(f"turn {n}: {w}" for n, w in mine) + "." if mine else ""
@@ -168,10 +168,8 @@ def sessions(deps: Deps, user: str | None = None, limit: int = 200) -> list[tupl
             continue
         lanes = (s["meta"] or {}).get("lanes") or {}
         who = "A vs B (blind)" if s["mode"] == "blind" and not s["closed"] else f"{lanes.get('a')} vs {lanes.get('b')}"
-        first = " ".join((s["first_prompt"] or "(empty)").split())
-        first = first if len(first) <= 50 else first[:47] + "..."
-        study = f"study {s['study']} · " if s.get("study") else ""
-        out.append((f"{s['created'][:16].replace('T', ' ')} · {study}{who} · {s['rated']} rated · {first}", s["id"]))
+        study_ = f"study {s['study']} · " if s.get("study") else ""
+        out.append((listed(s, f"{study_}{who} · {s['rated']} rated", 50), s["id"]))
     return out
 
 
@@ -196,9 +194,8 @@ def close(deps: Deps, state: dict) -> tuple[dict, str]:
         return state, "Nothing to close yet."
     if state.get("study"):
         st = deps.store.study(state["study"])
-        conv = next((c for c in study.walk(deps.store, st, deps.store.session(state["session"])["annotator"])
-                     if c.session == state["session"]), None)
-        if conv is not None and not conv.reached(st["turns"]):
+        conv, _, _ = study.conversation_at(deps.store, st, deps.store.session(state["session"])["annotator"], state["slot"])
+        if conv.session == state["session"] and not conv.reached(st["turns"]):
             raise ValueError(f"This study conversation has not reached its {st['turns']} turns yet: close it once it has "
                              "(a closed conversation takes no more messages).")
     deps.store.close_session(state["session"])
@@ -243,6 +240,4 @@ def study_line(deps: Deps, state: dict, annotator: str | None) -> str:
     if not state.get("study") or not annotator:
         return ""
     st = deps.store.study(state["study"])
-    walked = study.walk(deps.store, st, annotator)
-    conv = next((c for c in walked if c.slot.index == state["slot"]), None)
-    return study.status_line(st, conv, walked)
+    return study.status_line(st, *study.conversation_at(deps.store, st, annotator, state["slot"]))

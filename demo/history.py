@@ -41,6 +41,13 @@ def edited(original: str, editor: str) -> str:
             f"{inert(original)}\n\n</details>")
 
 
+def listed(session: dict[str, Any], what: str, width: int = 60) -> str:
+    """A session as a resume list shows it: when, `what`, and its first prompt on one line, cut to `width`."""
+    first = " ".join((session["first_prompt"] or "(empty)").split())
+    first = first if len(first) <= width else first[:width - 3] + "..."
+    return f"{session['created'][:16].replace('T', ' ')} · {what} · {first}"
+
+
 def unmark(text: str) -> str:
     """A corrected reply's text as the user edits it again: without the "edited by" note `edited` added."""
     cut = text.find('\n\n<details class="gold">')

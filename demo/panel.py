@@ -7,6 +7,7 @@ it; Enter sends and leaves it), so typing never rates.
 
 from __future__ import annotations
 
+import json
 from dataclasses import dataclass
 
 import gradio as gr
@@ -20,14 +21,9 @@ SCRIPT = """
 (() => {
   const shown = (id) => { const el = document.getElementById(id); return el && el.offsetParent !== null ? el : null; };
   const press = (id) => { const el = shown(id); if (!el) return false; el.click(); return true; };
-  const keys = {"1": "fail", "2": "pass", "3": "excellent"};
-  window.limachatLane = "a";
-  const mark = () => {
-    for (const lane of ["a", "b"]) {
-      const p = document.getElementById("compare-" + lane + "-panel");
-      if (p) p.classList.toggle("lane-focus", lane === window.limachatLane);
-    }
-  };
+  const keys = KEYS;
+  // The focused side is an attribute of <body>; the stylesheet outlines that side's panel.
+  const lane = (side) => { if (side) document.body.dataset.lane = side; return document.body.dataset.lane || "a"; };
   document.addEventListener("keydown", (e) => {
     if (e.ctrlKey || e.metaKey || e.altKey || e.isComposing) return;
     const t = e.target;
@@ -40,20 +36,20 @@ SCRIPT = """
     }
     const tab = shown("chat-bot") ? "chat" : shown("compare-a") ? "compare" : null;
     if (!tab) return;
-    const lane = tab === "chat" ? "chat" : "compare-" + window.limachatLane;
+    const panel = tab === "chat" ? "chat" : "compare-" + lane();
     let done = false;
     if (keys[e.key]) {
-      done = press(lane + "-" + keys[e.key]);
-      if (done && tab === "compare") { window.limachatLane = window.limachatLane === "a" ? "b" : "a"; mark(); }  // on to the other side
+      done = press(panel + "-" + keys[e.key]);
+      if (done && tab === "compare") lane(lane() === "a" ? "b" : "a");  // on to the other side
     }
-    else if (e.key === "ArrowUp" || e.key === "k") done = press(lane + "-up");
-    else if (e.key === "ArrowDown" || e.key === "j") done = press(lane + "-down");
+    else if (e.key === "ArrowUp" || e.key === "k") done = press(panel + "-up");
+    else if (e.key === "ArrowDown" || e.key === "j") done = press(panel + "-down");
     else if (e.key === "/") {
       const box = document.querySelector((tab === "chat" ? "#chat-input" : "#compare-input") + " textarea");
       if (box) { box.focus(); done = true; }
     } else if (tab === "compare") {
-      if (e.key === "ArrowLeft" || e.key === "h") { window.limachatLane = "a"; mark(); done = true; }
-      else if (e.key === "ArrowRight" || e.key === "l") { window.limachatLane = "b"; mark(); done = true; }
+      if (e.key === "ArrowLeft" || e.key === "h") { lane("a"); done = true; }
+      else if (e.key === "ArrowRight" || e.key === "l") { lane("b"); done = true; }
       else if (e.key === "a") done = press("verdict-a");
       else if (e.key === "t") done = press("verdict-tie");
       else if (e.key === "b") done = press("verdict-b");
@@ -61,15 +57,14 @@ SCRIPT = """
     }
     if (done) e.preventDefault();
   });
-  new MutationObserver(mark).observe(document.documentElement, {childList: true, subtree: true});
 })();
 </script>
-"""
+""".replace("KEYS", json.dumps(rating.KEYS))
 
 CSS = """
 .rate-row {align-items: center; gap: 6px; flex-wrap: nowrap}
 .rate-row > div:first-child {flex: 1 1 auto; min-width: 0}
-.lane-focus {outline: 2px solid var(--color-accent); border-radius: 6px}
+body:not([data-lane=b]) #compare-a-panel, body[data-lane=b] #compare-b-panel {outline: 2px solid var(--color-accent); border-radius: 6px}
 details.gold summary {cursor: pointer; color: var(--body-text-color-subdued); font-size: 0.9em}
 """
 

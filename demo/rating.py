@@ -5,7 +5,7 @@ replies back from the newest (0: the newest)."""
 
 from __future__ import annotations
 
-from limachat.demo.history import FEEDBACK, View
+from limachat.demo.history import LABEL_OF, View
 
 KEYS = {"1": "fail", "2": "pass", "3": "excellent"}
 
@@ -37,7 +37,7 @@ def label(v: View, back: int) -> str | None:
     index = focused(v, back)
     if index is None:
         return None
-    return {text: key for key, text in FEEDBACK.items()}.get(v.feedback[replies(v).index(index)])
+    return LABEL_OF.get(v.feedback[replies(v).index(index)])
 
 
 def caption(v: View, back: int, name: str = "") -> str:

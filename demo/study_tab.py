@@ -42,8 +42,7 @@ def report(deps: Deps, name: str | None) -> tuple[str | None, str | None, str]:
     out = Path(deps.settings.home, "reports")
     out.mkdir(parents=True, exist_ok=True)
     png, page = out / f"study-{name}.png", out / f"study-{name}.html"
-    study_report.figure(reports, png)
-    page.write_text(study_report.to_html(reports))
+    study_report.write(reports, html_path=page, png=png)
     return str(png), str(page), study_report.markdown(reports)
 
 

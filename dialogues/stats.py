@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
-from itertools import combinations
 
 import numpy as np
 
@@ -178,8 +177,3 @@ def bradley_terry(verdicts: list[tuple[str, str, str, str]], seed: int = 0, resa
     out = [Rank(m, ELO_BASE + ELO_SCALE * point[n], ELO_BASE + ELO_SCALE * low[n], ELO_BASE + ELO_SCALE * high[n], played[m])
            for n, m in enumerate(models)]
     return sorted(out, key=lambda r: -r.rating)
-
-
-def pairs(names: list[str]) -> list[tuple[str, str]]:
-    """Every checkpoint pair, in the given order (the paper's: zero-shot before dialogue)."""
-    return list(combinations(names, 2))

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import random
 import re
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from itertools import combinations
 from pathlib import Path
@@ -121,25 +122,40 @@ class Conversation:
         return self.reached(turns) and self.rated >= self.replies
 
 
-def walk(store: Store, study: dict[str, Any], annotator: str) -> list[Conversation]:
-    """The annotator's plan with each slot's newest session and how far it got."""
-    by_slot = {s["slot"]: s for s in store.study_sessions(study["name"], annotator)}  # newest last, so newest wins
-    out = []
+def _sessions(store: Store, study: dict[str, Any], annotator: str) -> dict[int, dict[str, Any]]:
+    return {s["slot"]: s for s in store.study_sessions(study["name"], annotator)}  # oldest first: the newest wins
+
+
+def _conversation(store: Store, slot: Slot, session: dict[str, Any] | None, annotator: str) -> Conversation:
+    """How far the annotator got with one slot: exchanges both sides reached, replies, replies rated."""
+    c = Conversation(slot)
+    if session is None:
+        return c
+    c.session = session["id"]
+    labels = store.current_labels(session["id"], annotator)
+    reached = []
+    for lane in ("a", "b"):
+        leaf = session[f"leaf_{lane}"]
+        replies = [t for t in store.branch(leaf) if t["role"] == "assistant"] if leaf else []
+        reached.append(max((t["exchange"] for t in replies if t["status"] == "ok"), default=0))
+        c.lanes[lane] = (len(replies), sum(t["id"] in labels for t in replies))
+    c.exchanges = min(reached)
+    return c
+
+
+def walk(store: Store, study: dict[str, Any], annotator: str) -> Iterator[Conversation]:
+    """The annotator's plan, slot by slot in their order, each with how far it got (read as it is asked
+    for: a caller that stops early reads no further)."""
+    by_slot = _sessions(store, study, annotator)
     for slot in plan(study, annotator):
-        c = Conversation(slot)
-        s = by_slot.get(slot.index)
-        if s is not None:
-            c.session = s["id"]
-            labels = store.current_labels(s["id"], annotator)
-            reached = []
-            for lane in ("a", "b"):
-                leaf = s[f"leaf_{lane}"]
-                replies = [t for t in store.branch(leaf) if t["role"] == "assistant"] if leaf else []
-                reached.append(max((t["exchange"] for t in replies if t["status"] == "ok"), default=0))
-                c.lanes[lane] = (len(replies), sum(t["id"] in labels for t in replies))
-            c.exchanges = min(reached)
-        out.append(c)
-    return out
+        yield _conversation(store, slot, by_slot.get(slot.index), annotator)
+
+
+def conversation_at(store: Store, study: dict[str, Any], annotator: str, index: int) -> tuple[Conversation, int, int]:
+    """One slot of the annotator's walk: (its conversation, its place in the walk from 1, the walk's length)."""
+    slots = plan(study, annotator)
+    place = next(n for n, s in enumerate(slots) if s.index == index)
+    return _conversation(store, slots[place], _sessions(store, study, annotator).get(index), annotator), place + 1, len(slots)
 
 
 def next_conversation(store: Store, study: dict[str, Any], annotator: str) -> Conversation | None:
@@ -178,13 +194,12 @@ def _n(count: int, noun: str) -> str:
     return f"{count} {noun if count == 1 else ('replies' if noun == 'reply' else noun + 's')}"
 
 
-def status_line(study: dict[str, Any], conv: Conversation | None, walked: list[Conversation] | None = None) -> str:
+def status_line(study: dict[str, Any], conv: Conversation | None, place: int | None = None, total: int | None = None) -> str:
     """What the Compare tab says about the annotator's place in the study."""
     turns = study["turns"]
     if conv is None:
         return f"Study **{study['name']}**: your walk is done. See the Study tab for the report."
-    position = (walked.index(conv) + 1) if walked else None
-    where = f"conversation {position} of {len(walked)}" if position else "a conversation"
+    where = f"conversation {place} of {total}" if place else "a conversation"
     if conv.reached(turns):
         left = conv.replies - conv.rated
         todo = f"Rate its {left} unrated repl{'ies' if left != 1 else 'y'}, then give" if left > 0 else "Give"

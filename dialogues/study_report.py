@@ -15,6 +15,7 @@ import html
 import io
 from collections import Counter
 from dataclasses import dataclass, field
+from itertools import combinations
 from pathlib import Path
 from typing import Any
 
@@ -74,7 +75,7 @@ def build(store: Store, name: str, raters: str = "humans") -> StudyReport:
     verdicts = [v for v in store.current_verdicts() if v["session_id"] in ids and keep(v["annotator"])]
     battles = [(v["session_id"], v["checkpoint_a"], v["checkpoint_b"], v["verdict"]) for v in verdicts]
     differences = [(a, b, stats.difference(sides[a].conversations, sides[b].conversations, "excellent", seed))
-                   for a, b in stats.pairs(study["checkpoints"])]
+                   for a, b in combinations(study["checkpoints"], 2)]
     return StudyReport(study, raters, list(sides.values()), differences, stats.conversation_outcomes(_winners(verdicts, means), study["checkpoints"]),
                        stats.bradley_terry(battles, seed), len(verdicts))
 
@@ -234,11 +235,12 @@ def figure(reports: list[StudyReport], path: Path | None = None) -> bytes:
     return data
 
 
-def to_html(reports: list[StudyReport]) -> str:
-    """One self-contained page: the summary, the chart (embedded as a data URI) and every table."""
+def to_html(reports: list[StudyReport], chart: bytes | None = None) -> str:
+    """One self-contained page: the summary, the chart (`chart`, PNG bytes, drawn when not given)
+    embedded as a data URI, and every table."""
     st = reports[0].study
     e = html.escape
-    png = base64.b64encode(figure(reports)).decode()
+    png = base64.b64encode(chart if chart is not None else figure(reports)).decode()
     parts = [f"<h1>Study {e(st['name'])}</h1>", f"<p>{e(_summary(st))}</p>",
              f'<img alt="label shares and leaderboard" src="data:image/png;base64,{png}">']
     for report in reports:
@@ -255,3 +257,13 @@ def to_html(reports: list[StudyReport]) -> str:
     return (f'<!doctype html><html lang="en"><head><meta charset="utf-8"><title>Study {e(st["name"])} - limachat</title>'
             f"<style>{style}</style></head><body>{''.join(parts)}"
             "<p class=note>Written by limachat (limachat report --study).</p></body></html>\n")
+
+
+def write(reports: list[StudyReport], *, html_path: Path | None = None, png: Path | None = None,
+          csv_path: Path | None = None) -> None:
+    """The files asked for; the chart is drawn once for the PNG and the page alike."""
+    chart = figure(reports, png) if (png or html_path) else None
+    if html_path:
+        Path(html_path).write_text(to_html(reports, chart))
+    if csv_path:
+        Path(csv_path).write_text(to_csv(reports))

@@ -76,12 +76,7 @@ def write_report(store, name: str, *, html: Path | None = None, png: Path | None
     from limachat.dialogues import study_report as srep
 
     reports = srep.document(store, name)
-    if html:
-        html.write_text(srep.to_html(reports))
-    if png:
-        srep.figure(reports, png)
-    if csv_path:
-        csv_path.write_text(srep.to_csv(reports))
+    srep.write(reports, html_path=html, png=png, csv_path=csv_path)
     return srep.markdown(reports)
 
 

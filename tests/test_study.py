@@ -134,8 +134,9 @@ def test_progress_board_and_next_conversation(tmp_path):
     sid = store.start_session("compare", annotator="ana", study="s", slot=first.slot.index, meta={"lanes": first.slot.sides})
     for ln, c in first.slot.sides.items():
         conversation(store, c, [E, P], "ana", sid, ln)
-    walked = studies.walk(store, st, "ana")
+    walked = list(studies.walk(store, st, "ana"))
     done = next(c for c in walked if c.session == sid)
+    assert studies.conversation_at(store, st, "ana", first.slot.index) == (done, walked.index(done) + 1, 2)
     assert done.done(2) and done.replies == 4 and done.rated == 4
     nxt = studies.next_conversation(store, st, "ana")
     assert nxt.slot.index != first.slot.index and nxt.session is None
@@ -143,7 +144,7 @@ def test_progress_board_and_next_conversation(tmp_path):
     assert board[("ana", "dialogue")]["conversations done"] == "1 / 2"
     assert board[("ana", "dialogue")]["replies rated"] == "2 / 4"
     assert board[("bo", "zero-shot")]["conversations done"] == "0 / 2" and board[("bo", "zero-shot")]["started"] == 0
-    assert "has reached its 2 turns" in studies.status_line(st, done, walked)
+    assert "has reached its 2 turns" in studies.status_line(st, done, 1, 2)
 
 
 def test_bad_study_definitions(tmp_path):
