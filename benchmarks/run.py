@@ -12,6 +12,7 @@ from pathlib import Path
 
 import bench_app
 import bench_curate
+import bench_followups
 import bench_presets
 import bench_serve
 import bench_store
@@ -104,6 +105,12 @@ def sampling_section(seeds: int) -> list[str]:
     return rows
 
 
+def followups_section(seed: int) -> list[str]:
+    with bench_serve.serving(HOME) as (url, _):
+        _, rows = bench_followups.measure(url, seed)
+    return rows
+
+
 def curate_section(runs: int, chains: int) -> list[str]:
     from limachat.settings import Curate
 
@@ -155,6 +162,15 @@ SECTIONS = {
         "Stopped: replies that ended by themselves. Run > 30: replies with more than 30 characters without",
         "whitespace (words run together). Fluency: the base's mean NLL per token of the reply in its",
         "conversation (lower is better); at or above 3.5 counts as word salad."]),
+    "followups": ("## Follow-ups (held-out conversations, bundled model, demo adapters)", [
+        "The held-out conversations (dialogues/data/followups.jsonl: 10 conversations of 3-4 user turns, 22",
+        "follow-ups, never trained on) at the default preset (`focused`: temperature 0.3, top-p 0.9, 512 tokens",
+        "a reply, seed 7) with LIMA's penalty at 1.2 (the paper's) and 1.1, in each scope: `reply` counts the",
+        "reply's own tokens, `conversation` also the earlier replies' (never the user's). Every checkpoint and",
+        "scope of one penalty run at once (60 conversations), as several users would chat",
+        "(benchmarks/bench_followups.py). A follow-up is repeated when 50% or more of its word trigrams",
+        "already appeared in an earlier reply of its conversation (dialogues/repeats.py). Fluency: the base's",
+        "mean NLL per token of each reply (lower is better; 3.5 and up is word salad), median and maximum."]),
     "app": ("## App (chat and compare handlers over vLLM on CPU, eager, float32, LoRA)", [
         "Every reply is exactly 48 tokens (`ignore_eos`), so the sides compare like for like. The app path is",
         "the handler a Gradio event calls: session and user turn saved, the reply streamed through the",
@@ -171,7 +187,8 @@ SECTIONS = {
 }
 
 
-HEADERS = {"sampling": ["| checkpoint, preset | replies | stopped | run > 30 | median tokens | fluency, median (range) | fluency >= 3.5 |",
+HEADERS = {"followups": bench_followups.HEADER,
+           "sampling": ["| checkpoint, preset | replies | stopped | run > 30 | median tokens | fluency, median (range) | fluency >= 3.5 |",
                          "|---|---:|---:|---:|---:|---:|---:|"]}
 
 
@@ -207,6 +224,7 @@ def main() -> None:
         "app": lambda: app_section(args.runs),
         "serve": lambda: serve_section(args.runs),
         "sampling": lambda: sampling_section(args.seeds),
+        "followups": lambda: followups_section(7),
         "curate": lambda: curate_section(min(args.runs, 3), args.chains),
     }
     old = _existing(args.output)

@@ -5,5 +5,6 @@ from pathlib import Path
 
 
 def bundled(name: str) -> Path:
-    """A file of dialogues/data: train.jsonl (LIMA format) or prompts.jsonl (the 10 opening prompts)."""
+    """A file of dialogues/data: train.jsonl (LIMA format), prompts.jsonl (the 10 opening prompts),
+    heldout.jsonl (held-out chains for the loss) or followups.jsonl (held-out follow-up conversations)."""
     return Path(str(files("limachat.dialogues") / "data" / name))

@@ -175,3 +175,26 @@ def m005_studies(db: Database) -> None:
     db.execute("ALTER TABLE sessions ADD COLUMN study TEXT REFERENCES studies(name)")
     db.execute("ALTER TABLE sessions ADD COLUMN slot INTEGER")
     db["sessions"].create_index(["study", "annotator", "slot"])
+
+
+@migrations()
+def m006_repeat(db: Database) -> None:
+    """`turns.repeat`: the share of a finished reply's word trigrams already found in the earlier
+    assistant turns of its branch (limachat.dialogues.repeats; null for a first reply). Existing
+    replies are scored here."""
+    from limachat.dialogues.repeats import repeat_share
+
+    db["turns"].add_column("repeat", float)
+    rows = db.execute("select id, parent_id, role, content, status from turns").fetchall()
+    by_id = {r[0]: r for r in rows}
+    for tid, parent, role, content, status in rows:
+        if role != "assistant" or status != "ok":
+            continue
+        earlier, node = [], by_id.get(parent)
+        while node is not None:
+            if node[2] == "assistant" and node[4] == "ok":
+                earlier.append(node[3])
+            node = by_id.get(node[1])
+        share = repeat_share(content, earlier)
+        if share is not None:
+            db.execute("update turns set repeat = ? where id = ?", (share, tid))

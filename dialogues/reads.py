@@ -114,6 +114,11 @@ class Reads:
                where role = 'assistant' and status = 'ok' group by session_id, coalesce(lane, '')""")
         return [r[:3] for r in rows]
 
+    def repeats_by_checkpoint(self, at: float) -> list[tuple[str, int, int]]:
+        """(checkpoint, follow-up replies whose repeat share is at least `at`, follow-up replies scored)."""
+        return self._tuples("""select coalesce(checkpoint, 'imported'), sum(repeat >= ?), count(repeat) from turns
+                               where role = 'assistant' and status = 'ok' and repeat is not null group by 1""", (at,))
+
     def fluency_by_checkpoint(self) -> list[tuple[str, float, int]]:
         """(checkpoint, mean fluency, replies scored)."""
         return self._tuples("""select coalesce(checkpoint, 'imported'), avg(fluency), count(fluency) from turns

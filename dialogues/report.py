@@ -15,6 +15,7 @@ from pathlib import Path
 from typing import Any
 
 from limachat.dialogues.agreement import JudgeAgreement, cohen_kappa, judge_agreement, tie_discounted, win_rates
+from limachat.dialogues.repeats import REPEAT_AT
 from limachat.dialogues.store import LABELS, RANK, Store
 
 COLORS = {"fail": "#d9534f", "pass": "#f0ad4e", "excellent": "#5cb85c"}
@@ -29,10 +30,16 @@ class CheckpointStats:
     early_fail: int = 0  # conversations whose first fail is within their first 3 assistant turns
     fluency: float | None = None  # mean of its replies' fluency (the base's NLL per token; lower is better)
     scored: int = 0  # replies with a fluency score
+    repeats: int = 0  # follow-up replies that mostly give back an earlier reply (limachat.dialogues.repeats)
+    followups: int = 0  # follow-up replies with a repeat score
 
     @property
     def rated(self) -> int:
         return sum(self.counts.values())
+
+    @property
+    def repeat_rate(self) -> float | None:
+        return self.repeats / self.followups if self.followups else None
 
     def share(self, label: str) -> float:
         return self.counts[label] / self.rated if self.rated else 0.0
@@ -94,6 +101,9 @@ def build(store: Store, raters: str = "humans") -> Report:
     for checkpoint, mean, n in store.fluency_by_checkpoint():
         s = of(checkpoint)
         s.fluency, s.scored = mean, n
+    for checkpoint, flagged, n in store.repeats_by_checkpoint(REPEAT_AT):
+        s = of(checkpoint)
+        s.repeats, s.followups = flagged, n
 
     winners = _winners(store, lane_scores, keep)
     agreement = []
@@ -162,15 +172,19 @@ def _num(x: float | None) -> str:
 
 def markdown(report: Report, heldout: list[dict[str, Any]] | None = None) -> str:
     stats = ordered(report)
-    lines = ["| checkpoint | rated turns | fail | pass | excellent | fails | first fail within 3 | fluency (NLL/token) |",
-             "|---|---:|---:|---:|---:|---:|---:|---:|"]
+    lines = ["| checkpoint | rated turns | fail | pass | excellent | fails | first fail within 3 | fluency (NLL/token) | repeats |",
+             "|---|---:|---:|---:|---:|---:|---:|---:|---:|"]
     for s in stats:
         fluency = f"{s.fluency:.2f} ({s.scored})" if s.fluency is not None else "-"
+        repeats = f"{_pct(s.repeat_rate)} ({s.repeats}/{s.followups})" if s.followups else "-"
         lines.append(f"| {s.checkpoint} | {s.rated} | {_pct(s.share('fail'))} | {_pct(s.share('pass'))} | "
                      f"{_pct(s.share('excellent'))} | {s.counts['fail']}/{s.rated} | {s.early_fail} of {s.conversations} | "
-                     f"{fluency} |")
+                     f"{fluency} | {repeats} |")
     lines += ["", "Fluency: the base model's mean negative log-likelihood per token of a checkpoint's replies "
-              "(lower reads more fluently; word salad scores about 4 and above), with the number of replies scored."]
+              "(lower reads more fluently; word salad scores about 4 and above), with the number of replies scored.",
+              "", f"Repeats: the follow-up replies (turn 2 on) of which {REPEAT_AT:.0%} or more of the word trigrams "
+              "already appeared in an earlier reply of the same conversation: the reply gave back an earlier answer "
+              "instead of answering the new question (lower is better)."]
     if heldout:
         lines += ["", "Held-out loss: NLL per token of two held-out multi-turn chains' replies from turn 2 on "
                   "(lower is better), written by `limachat train`:", "",

@@ -30,6 +30,7 @@ from limachat.dialogues.machines import Machines
 from limachat.dialogues.studies import Studies
 from limachat.dialogues.reads import Reads
 from limachat.dialogues.migrations import migrations
+from limachat.dialogues.repeats import repeat_share
 from limachat.dialogues.writer import _not_on_loop, writes
 
 from limachat.dialogues.values import (  # noqa: F401 - re-exported: the store's public names
@@ -349,9 +350,19 @@ class Store(Reads, Bulk, Machines, Studies):
         fields = {"content": content, "status": status, "error": error, "error_detail": error_detail,
                   "prompt_tokens": prompt_tokens, "completion_tokens": completion_tokens, "ttft": ttft,
                   "latency": latency, "owner": None}
+        if status == "ok":  # does it give back an earlier reply of its branch? (limachat.dialogues.repeats)
+            fields["repeat"] = repeat_share(content, self._earlier_replies(turn_id))
         if params is not None:
             fields["params"] = to_json("params", params)
         self._update(self.db, "turns", turn_id, fields)
+
+    def _earlier_replies(self, turn_id: str) -> list[str]:
+        """The finished replies above `turn_id` on its branch."""
+        return [r[0] for r in self.db.execute(
+            """with recursive up(id, parent_id) as (
+                 select id, parent_id from turns where id = (select parent_id from turns where id = ?)
+                 union all select t.id, t.parent_id from turns t join up on t.id = up.parent_id)
+               select content from up join turns using (id) where role = 'assistant' and status = 'ok'""", (turn_id,))]
 
     @writes
     def set_fluency(self, turn_id: str, value: float) -> None:

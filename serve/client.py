@@ -23,6 +23,10 @@ from limachat.serve.checkpoints import Checkpoint
 
 # Sampling keys that travel in vLLM's `vllm_xargs` (per-request arguments of custom logits processors).
 XARGS = ("generated_repetition_penalty",)
+PENALTY, SCOPE = "generated_repetition_penalty", "penalty_scope"
+# With scope `conversation`, the token ids of the earlier assistant turns travel in this vllm_xarg
+# (limachat.serve.vllm_ext adds them to the ids the reply generated).
+PRIOR_IDS = "prior_reply_ids"
 
 
 class ClientError(Exception):
@@ -91,10 +95,14 @@ _CONTEXT_RE = re.compile(r"context length|maximum model length|context window|to
 _MODEL_RE = re.compile(r"model .*(does not exist|not found)|unknown model|no such model", re.I)
 
 
-def request_body(model: str, messages: list[dict[str, str]], params: dict[str, Any]) -> dict[str, Any]:
-    """The JSON of a streamed chat request; LIMA's generated-tokens penalty goes in vllm_xargs."""
+def request_body(model: str, messages: list[dict[str, str]], params: dict[str, Any],
+                 prior_ids: list[int] | None = None) -> dict[str, Any]:
+    """The JSON of a streamed chat request; LIMA's generated-tokens penalty goes in vllm_xargs, with
+    the ids of the earlier replies' tokens when its scope is the conversation."""
     xargs = {k: params[k] for k in XARGS if k in params}
-    fields = {k: v for k, v in params.items() if k not in XARGS}
+    if prior_ids:
+        xargs[PRIOR_IDS] = prior_ids
+    fields = {k: v for k, v in params.items() if k not in XARGS and k != SCOPE}
     body = {"model": model, "messages": messages, "stream": True, "stream_options": {"include_usage": True}, **fields}
     if xargs:
         body["vllm_xargs"] = {**body.get("vllm_xargs", {}), **xargs}
@@ -122,6 +130,9 @@ def _classify(status: int, message: str, model: str, url: str) -> ClientError:
     return HTTPStatusError(f"{url} answered HTTP {status}: {message}", status=status, public=f"its endpoint answered HTTP {status}")
 
 
+IDS_CACHED = 4096  # earlier replies' token ids kept per client
+
+
 class ChatClient:
     """Streams chat completions from one checkpoint. Safe to share across asyncio tasks."""
 
@@ -135,15 +146,37 @@ class ChatClient:
         # Loading the CA bundle costs ~40 ms of CPU: once per client, not once per request (measured:
         # per request it added 48 ms to the first token of one stream and 250 ms at 16 streams).
         self.ssl = httpx.create_ssl_context()
+        self._ids: dict[str, list[int]] = {}  # an earlier reply's text -> its token ids (penalty_scope)
 
     def sent(self, params: dict[str, Any]) -> dict[str, Any]:
-        """The sampling parameters this endpoint is sent: `params` less its omit_params and None values."""
-        return {k: v for k, v in params.items() if k not in self.checkpoint.omit_params and v is not None}
+        """The sampling parameters this endpoint is sent: `params` less its omit_params and None values
+        (and the penalty's scope, when the penalty itself is not sent)."""
+        out = {k: v for k, v in params.items() if k not in self.checkpoint.omit_params and v is not None}
+        if PENALTY not in out:
+            out.pop(SCOPE, None)
+        return out
+
+    async def _prior_ids(self, http: httpx.AsyncClient, messages: list[dict[str, str]]) -> list[int]:
+        """The token ids of the earlier assistant turns, each text tokenized once by the server's
+        `/tokenize` (no special tokens: the chat template's own markers are never penalised)."""
+        texts = dict.fromkeys(m["content"] for m in messages if m["role"] == "assistant" and m["content"])
+        found = {t: self._ids[t] for t in texts if t in self._ids}
+        root = self.url.removesuffix("/chat/completions").removesuffix("/v1")
+        for text in texts.keys() - found.keys():
+            r = await http.post(f"{root}/tokenize", json={"model": self.checkpoint.model, "prompt": text,
+                                                           "add_special_tokens": False})
+            if r.status_code >= 400:
+                raise HTTPStatusError(f"{root}/tokenize answered HTTP {r.status_code}: {_error_message(r.content)} "
+                                      f"(penalty_scope 'conversation' needs vLLM's /tokenize)", status=r.status_code,
+                                      public=f"its endpoint answered HTTP {r.status_code}")
+            found[text] = self._ids[text] = r.json()["tokens"]
+            if len(self._ids) > IDS_CACHED:
+                self._ids.pop(next(iter(self._ids)))
+        return sorted({i for ids in found.values() for i in ids})
 
     async def stream(self, messages: list[dict[str, str]], params: dict[str, Any] | None = None) -> AsyncIterator[str | Completion]:
         params = self.sent(params or {})
         model = self.checkpoint.model
-        body = request_body(model, messages, params)
         text: list[str] = []
         finish: str | None = None
         usage: Usage | None = None
@@ -152,6 +185,8 @@ class ChatClient:
         start = time.perf_counter()
         try:
             async with httpx.AsyncClient(timeout=self.timeout, headers=self.headers, verify=self.ssl) as http:
+                prior = await self._prior_ids(http, messages) if params.get(SCOPE) == "conversation" else None
+                body = request_body(model, messages, params, prior)
                 async with http.stream("POST", self.url, json=body) as resp:
                     if resp.status_code >= 400:
                         raise _classify(resp.status_code, _error_message(await resp.aread()), model, self.url)

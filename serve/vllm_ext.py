@@ -14,6 +14,11 @@ A request selects it with `vllm_xargs: {"generated_repetition_penalty": 1.2}` (t
 the sampling key `generated_repetition_penalty` there). The arithmetic is vLLM's and HF's: a positive
 logit is divided by the penalty, a negative one multiplied.
 
+In a conversation the model generated its earlier replies too. With the preset key
+`penalty_scope = "conversation"` the client also sends `prior_reply_ids`, the token ids of the
+conversation's earlier assistant turns, and they are penalised like the reply's own; the user's and
+the system's text never are (a token only they contain is not in the list).
+
 2. A fix for prompt log-probabilities with LoRA on CPU (fluency scoring, limachat.serve.fluency).
 vLLM 0.32's CPU LoRA wrapper applies the LM head's LoRA with one index per *request*; for prompt
 log-probabilities it gets one row per *prompt token*, and the engine dies (einsum size mismatch)
@@ -28,6 +33,13 @@ with no adapter has index -1: Python indexing hands it the *last* adapter slot's
 the last adapter loaded (`dialogue`). The shrink step now zeroes the rows whose index is -1; the
 expand step then adds nothing to them.
 
+4. A fix for seeded requests on CPU. When a request's sampled token is thrown away (its prompt was
+only partly prefilled in that step, as happens once several conversations arrive together), vLLM
+0.32 rewinds the request's random generator with `set_offset`, which only CUDA's Philox generators
+have: a CPU generator raises "CPU Generator does not use offset" and the engine dies, taking every
+reply in flight with it. The rewind is skipped for CPU generators (the same fix as vllm-rbln's
+PR #1025): a seeded reply then stays seeded, but its draw depends on how it was batched.
+
 This module imports vLLM: only the vLLM server process loads it.
 """
 
@@ -39,6 +51,7 @@ from vllm.v1.sample.logits_processor import BatchUpdate, LogitsProcessor
 from vllm.v1.sample.logits_processor.builtin import process_dict_updates
 
 ARG = "generated_repetition_penalty"
+PRIOR = "prior_reply_ids"  # scope `conversation`: the token ids of the conversation's earlier replies
 
 
 def _penalty(params: SamplingParams) -> float | None:
@@ -60,10 +73,13 @@ class GeneratedTokensPenalty(LogitsProcessor):
             ok = False
         if not ok:
             raise ValueError(f"{ARG} must be a number above 0, not {value!r}")
+        prior = (sampling_params.extra_args or {}).get(PRIOR)
+        if prior is not None and not (isinstance(prior, list) and all(isinstance(i, int) and i >= 0 for i in prior)):
+            raise ValueError(f"{PRIOR} must be a list of token ids (integers from 0)")
 
     def __init__(self, vllm_config, device: torch.device, is_pin_memory: bool):
-        # batch row -> (penalty, the request's live list of output token ids)
-        self.rows: dict[int, tuple[float, list[int]]] = {}
+        # batch row -> (penalty, the request's live list of output token ids, earlier replies' ids)
+        self.rows: dict[int, tuple[float, list[int], frozenset[int]]] = {}
 
     def is_argmax_invariant(self) -> bool:
         return False  # it can change which token is most likely
@@ -71,15 +87,19 @@ class GeneratedTokensPenalty(LogitsProcessor):
     def update_state(self, batch_update: BatchUpdate | None) -> None:
         def new(params, prompt_ids, output_ids):
             penalty = _penalty(params)
-            return None if penalty is None else (penalty, output_ids)
+            if penalty is None:
+                return None
+            return penalty, output_ids, frozenset((params.extra_args or {}).get(PRIOR) or ())
 
         process_dict_updates(self.rows, batch_update, new)
 
     def apply(self, logits: torch.Tensor) -> torch.Tensor:
-        for row, (penalty, output_ids) in self.rows.items():
-            if not output_ids:
+        vocab = logits.shape[-1]
+        for row, (penalty, output_ids, prior) in self.rows.items():
+            seen_ids = prior.union(output_ids)
+            if not seen_ids:
                 continue
-            ids = torch.tensor(sorted(set(output_ids)), dtype=torch.long, device=logits.device)
+            ids = torch.tensor(sorted(i for i in seen_ids if i < vocab), dtype=torch.long, device=logits.device)
             seen = logits[row, ids]
             logits[row, ids] = torch.where(seen > 0, seen / penalty, seen * penalty)
         return logits
@@ -125,5 +145,28 @@ def _patch_cpu_no_adapter_rows() -> None:
     punica_cpu.bgmv_shrink = bgmv_shrink  # the CPU wrapper imported it by name
 
 
+def _patch_cpu_seeded_rewind() -> None:
+    import numpy as np
+    from vllm.v1.worker.gpu_model_runner import GPUModelRunner
+
+    original = GPUModelRunner._bookkeeping_sync
+    if getattr(original, "_limachat", False):
+        return
+
+    def _bookkeeping_sync(self, *args, **kwargs):
+        batch = self.input_batch
+        discarded = np.nonzero(self.discard_request_mask.np[:batch.num_reqs])[0]
+        held = {int(i): batch.generators.pop(int(i)) for i in discarded
+                if int(i) in batch.generators and batch.generators[int(i)].device.type == "cpu"}
+        try:
+            return original(self, *args, **kwargs)
+        finally:
+            batch.generators.update(held)
+
+    _bookkeeping_sync._limachat = True
+    GPUModelRunner._bookkeeping_sync = _bookkeeping_sync
+
+
 _patch_cpu_lora_logits()
 _patch_cpu_no_adapter_rows()
+_patch_cpu_seeded_rewind()

@@ -124,8 +124,17 @@ def vllm_server(trained_home) -> RunningServer:
                 p.kill()
 
 
+# A test's tier follows from the fixtures it uses (directly or through other fixtures): `make test-fast`
+# runs those without the `model` marker.
+TIERS = {"model_home": "model", "trained_home": "training", "vllm_server": "server"}
+
+
 def pytest_collection_modifyitems(config, items):
-    """Tests that stop the shared server go after every other test."""
+    """Mark each test by the fixtures it needs; tests that stop the shared server go after every other test."""
+    for item in items:
+        for fixture, marker in TIERS.items():
+            if fixture in item.fixturenames:
+                item.add_marker(marker)
     items.sort(key=lambda item: item.get_closest_marker("stops_server") is not None)
 
 

@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import inspect
 import json
+import re
 
 import httpx
 import pytest
@@ -56,7 +57,8 @@ def test_chat_two_turns_stream_and_are_stored(deps):
     assert reply["ttft"] > 0
     # what was sent is what is stored: the bundled model's preset under the overrides
     assert reply["preset"] == "focused" and reply["omitted"] is None
-    assert reply["params"] == {"max_tokens": 24, "temperature": 0.0, "top_p": 0.9, "generated_repetition_penalty": 1.2}
+    assert reply["params"] == {"max_tokens": 24, "temperature": 0.0, "top_p": 0.9, "generated_repetition_penalty": 1.1,
+                               "penalty_scope": "conversation"}
     assert 0 < reply["fluency"] < 3.5  # scored under the base once the reply is done
     # the second request carried the first exchange
     assert [m["content"] for m in deps.store.messages(turns[2]["id"])][:2] == [turns[0]["content"], turns[1]["content"]]
@@ -68,8 +70,9 @@ def test_an_endpoint_that_cannot_apply_limas_penalty_records_it_was_not_sent(dep
                                    omit_params=["generated_repetition_penalty"]))
     state, v = drain(chat.send(deps, chat.blank(), "Say hello.", "llama-cpp-box", "ana"))[-1]
     reply = deps.store.turn(state["ids"][1])
-    assert reply["status"] == "ok" and reply["omitted"] == ["generated_repetition_penalty"]
-    assert "generated_repetition_penalty" not in reply["params"] and reply["preset"] == "focused"
+    # without the penalty its scope means nothing: neither is sent, both are recorded as not sent
+    assert reply["status"] == "ok" and reply["omitted"] == ["generated_repetition_penalty", "penalty_scope"]
+    assert not {"generated_repetition_penalty", "penalty_scope"} & set(reply["params"]) and reply["preset"] == "focused"
 
 
 def test_empty_input_does_nothing(deps):
@@ -353,6 +356,9 @@ def test_report_tab(deps):
     chat.rate(deps, state, 1, "Excellent", "ana")
     png, text = collect.report(deps)
     assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n" and "dialogue" in text and "100.0%" in text
+    state, _ = drain(chat.send(deps, state, "And what is the capital of Spain?", "dialogue", "ana"))[-1]
+    _, text = collect.report(deps)  # the follow-up's repeat share is in the dialogue row's repeat rate
+    assert "| repeats |" in text and re.search(r"\| dialogue \|.*\| \d+\.\d% \([01]/1\) \|", text), text
 
 
 def test_html_in_messages_is_shown_not_run():

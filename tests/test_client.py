@@ -40,8 +40,12 @@ class Failing(BaseHTTPRequestHandler):
 
     def do_POST(self):
         body = json.loads(self.rfile.read(int(self.headers["Content-Length"])))
-        self.server.requests.append(body)
         model = body["model"]
+        if self.path == "/tokenize":  # vLLM's tokenizer endpoint: here one id per character
+            if model == "no-tokenize":  # an OpenAI-compatible server without it
+                return self._json(404, {"detail": "Not Found"})
+            return self._json(200, {"tokens": [ord(c) for c in body["prompt"]]})
+        self.server.requests.append(body)
         if model == "missing":  # vLLM's answer for an unknown model
             return self._json(404, {"error": {"message": "The model `missing` does not exist.", "type": "NotFoundError", "code": 404}})
         if model == "long":
@@ -118,6 +122,27 @@ def test_lima_penalty_travels_in_vllm_xargs(endpoint):
     assert events[-1].params == {"temperature": 0.7, "generated_repetition_penalty": 1.2}
     run(endpoint, "ok", {"generated_repetition_penalty": 1.2}, omit_params=["generated_repetition_penalty"])
     assert "vllm_xargs" not in endpoint.requests[-1]
+
+
+def test_conversation_scope_sends_the_earlier_replies_token_ids(endpoint):
+    url = f"http://127.0.0.1:{endpoint.server_port}/v1"
+    messages = [{"role": "user", "content": "zzz"}, {"role": "assistant", "content": "ab"},
+                {"role": "user", "content": "yyy"}, {"role": "assistant", "content": "ba c"}, {"role": "user", "content": "x"}]
+    params = {"generated_repetition_penalty": 1.2, "penalty_scope": "conversation"}
+
+    def go(model: str, params: dict, **checkpoint):
+        client = ChatClient(Checkpoint(name=model, model=model, base_url=url, **checkpoint))
+        return asyncio.run(client.complete(messages, params))
+
+    done = go("ok", params)
+    sent = endpoint.requests[-1]
+    # the assistant turns' ids, never the user's (z, y, x): sorted, each once
+    assert sent["vllm_xargs"] == {"generated_repetition_penalty": 1.2, "prior_reply_ids": [32, 97, 98, 99]}
+    assert "penalty_scope" not in sent and done.params == params  # a client-side key, stored as asked
+    done = go("ok", params, omit_params=["generated_repetition_penalty"])
+    assert "vllm_xargs" not in endpoint.requests[-1] and done.params == {}  # no penalty: no scope either
+    with pytest.raises(HTTPStatusError, match="penalty_scope 'conversation' needs vLLM's /tokenize"):
+        go("no-tokenize", params)
 
 
 @pytest.mark.parametrize("model, error, text", [

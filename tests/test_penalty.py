@@ -11,13 +11,18 @@ from limachat.serve.vllm_ext import GeneratedTokensPenalty
 RECIPE = [{"role": "user", "content": "List the ingredients of a banana bread, one per line."}]
 
 
-def _processor_with(requests: dict[int, tuple[float | None, list[int], list[int]]]) -> GeneratedTokensPenalty:
+def _processor_with(requests: dict[int, tuple], prior: dict[int, list[int]] | None = None) -> GeneratedTokensPenalty:
     from vllm import SamplingParams
     from vllm.v1.sample.logits_processor import BatchUpdate
 
     proc = GeneratedTokensPenalty(None, torch.device("cpu"), False)
-    added = [(row, SamplingParams(extra_args={} if p is None else {"generated_repetition_penalty": p}), prompt, output)
-             for row, (p, prompt, output) in requests.items()]
+
+    def args(row, p):
+        if p is None:
+            return {}
+        return {"generated_repetition_penalty": p, **({"prior_reply_ids": prior[row]} if prior and row in prior else {})}
+
+    added = [(row, SamplingParams(extra_args=args(row, p)), prompt, output) for row, (p, prompt, output) in requests.items()]
     proc.update_state(BatchUpdate(batch_size=len(added), removed=[], added=added, moved=[]))
     return proc
 
@@ -31,6 +36,16 @@ def test_only_tokens_the_reply_generated_are_penalised():
     assert out[1].tolist() == [1.0] * 8  # a request without the penalty is left alone
     output.append(3)  # the reply now also generated a token that is in its prompt
     assert proc.apply(logits.clone())[0, 3] == 0.5
+
+
+def test_conversation_scope_adds_the_earlier_replies_tokens_and_nothing_else():
+    output = [5]
+    proc = _processor_with({0: (2.0, [1, 2, 3, 4, 6], output), 1: (2.0, [1, 2, 3, 4, 6], [5])}, prior={0: [2, 6]})
+    logits = torch.tensor([[4.0] * 8, [4.0] * 8])
+    out = proc.apply(logits.clone())
+    assert out[0].tolist() == [4.0, 4.0, 2.0, 4.0, 4.0, 2.0, 2.0, 4.0]  # earlier replies' 2 and 6, its own 5
+    assert out[1].tolist() == [4.0, 4.0, 4.0, 4.0, 4.0, 2.0, 4.0, 4.0]  # scope `reply`: only its own 5
+    assert _processor_with({0: (2.0, [], [])}, prior={0: [3]}).apply(torch.ones(1, 4) * 4)[0].tolist() == [4, 4, 4, 2]
 
 
 def test_real_server_never_penalises_a_token_only_in_the_prompt(vllm_server):
@@ -63,3 +78,41 @@ def test_real_server_rejects_a_bad_penalty_with_a_clear_400(vllm_server):
     r = httpx.post(vllm_server.url + "/chat/completions", timeout=60,
                    json={"model": "dialogue", "messages": RECIPE, "max_tokens": 4, "vllm_xargs": {"generated_repetition_penalty": -1}})
     assert r.status_code == 400 and "generated_repetition_penalty must be a number above 0" in r.text
+    r = httpx.post(vllm_server.url + "/chat/completions", timeout=60,
+                   json={"model": "dialogue", "messages": RECIPE, "max_tokens": 4,
+                         "vllm_xargs": {"generated_repetition_penalty": 1.2, "prior_reply_ids": ["a"]}})
+    assert r.status_code == 400 and "prior_reply_ids must be a list of token ids" in r.text
+
+
+def test_real_server_conversation_scope_never_penalises_a_token_only_in_a_user_turn(vllm_server):
+    """Scope `conversation` through the chat client. The user turns hold the greedy reply's words and
+    the earlier reply none of them: vLLM's own penalty (which counts the user's text) changes the
+    reply, LIMA's at 5 leaves it as it is. Once the earlier reply is that same text, it changes it."""
+    import asyncio
+
+    from limachat.serve.checkpoints import Checkpoint
+    from limachat.serve.client import ChatClient
+
+    client = ChatClient(Checkpoint(name="dialogue", model="dialogue", base_url=vllm_server.url))
+    ask = "Complete this sentence:\nThe capital of France is"
+
+    def reply(earlier: str, **params) -> str:
+        messages = [{"role": "user", "content": ask}, {"role": "assistant", "content": earlier},
+                    {"role": "user", "content": ask}]
+        done = asyncio.run(client.complete(messages, {"max_tokens": 6, "temperature": 0, **params}))
+        assert done.params.get("penalty_scope") == params.get("penalty_scope")  # stored as sent
+        return done.text
+
+    def ids(text: str) -> set[int]:
+        r = httpx.post(vllm_server.url.removesuffix("/v1") + "/tokenize",
+                       json={"model": "dialogue", "prompt": text, "add_special_tokens": False}, timeout=30)
+        return set(r.json()["tokens"])
+
+    unrelated = "Sure! Happy to help"
+    plain = reply(unrelated)
+    assert ids(plain) & ids(ask) and not ids(plain) & ids(unrelated)  # its words: in the user turns only
+    assert reply(unrelated, repetition_penalty=5.0) != plain
+    strong = {"generated_repetition_penalty": 5.0, "penalty_scope": "conversation"}
+    assert reply(unrelated, **strong) == plain
+    assert reply(plain, generated_repetition_penalty=5.0, penalty_scope="reply") == reply(plain)
+    assert reply(plain, **strong) != reply(plain)  # the earlier reply's tokens are penalised

@@ -142,7 +142,7 @@ def test_report_shows_fluency_and_held_out_loss_per_checkpoint(tmp_path):
     report = rep.build(store)
     assert (report.checkpoints["dialogue"].fluency, report.checkpoints["dialogue"].scored) == (2.0, 2)
     md = rep.markdown(report, rep.heldout(tmp_path))
-    assert "| zero-shot | 0 | 0.0% | 0.0% | 0.0% | 0/0 | 0 of 0 | 2.50 (1) |" in md
+    assert "| zero-shot | 0 | 0.0% | 0.0% | 0.0% | 0/0 | 0 of 0 | 2.50 (1) | - |" in md
     assert "| dialogue | 3.020 | 3.16 | 1061 | 3 |" in md and md.index("| zero-shot | 3.040") < md.index("| dialogue | 3.020")
 
 

@@ -13,7 +13,8 @@ def test_defaults_are_lima_sampling_and_local_checkpoints(clean_env):
     s = load_settings()
     # the bundled model's measured default: LIMA's penalty on generated tokens only, at a lower temperature
     assert s.sampling_for("dialogue") == ("focused", {"max_tokens": 512, "temperature": 0.3, "top_p": 0.9,
-                                                      "generated_repetition_penalty": 1.2})
+                                                      "generated_repetition_penalty": 1.1,
+                                                      "penalty_scope": "conversation"})
     assert s.home == Path("data") and s.db_path == Path("data/limachat.db")
     assert [c.name for c in s.checkpoints] == ["zero-shot", "dialogue"]
     assert s.checkpoint("dialogue").base_url == "http://127.0.0.1:8000/v1"
@@ -101,7 +102,8 @@ def test_a_users_own_base_defaults_to_lima_and_unknown_presets_are_named(clean_e
         load_settings()
     (clean_env / "limachat.toml").write_text('[server]\nbase = "/models/llama-7b"\n')
     assert load_settings().sampling_for("dialogue") == ("lima", {"max_tokens": 512, "temperature": 0.7, "top_p": 0.9,
-                                                                 "generated_repetition_penalty": 1.2})
+                                                                 "generated_repetition_penalty": 1.2,
+                                                                 "penalty_scope": "conversation"})
     (clean_env / "limachat.toml").write_text('[sampling]\npreset = "nope"\n')
     with pytest.raises(SettingsError, match=r"^sampling.preset: no preset named 'nope'"):
         load_settings()  # at start-up, not at the first reply

@@ -15,7 +15,8 @@ import pytest
 from limachat.dialogues.migrations import migrations
 from limachat.dialogues.store import INTERRUPTED, Store, StoreError
 
-ALL = ["m001_initial", "m002_sampling_and_fluency", "m003_checks_owner_error_detail", "m004_curation", "m005_studies"]
+ALL = ["m001_initial", "m002_sampling_and_fluency", "m003_checks_owner_error_detail", "m004_curation", "m005_studies",
+       "m006_repeat"]
 
 
 @pytest.fixture
