@@ -22,8 +22,8 @@ def cases(kind: str) -> list[dict]:
 
 @pytest.mark.parametrize("case", cases("repeats"), ids=lambda c: c["source"])
 def test_real_repeats_are_flagged(case):
-    """Replies of the landed demo checkpoints that gave back their previous reply (`make demo`,
-    preset `focused`, LIMA's penalty on the reply's own tokens only)."""
+    """Replies that gave back an earlier reply: the demo checkpoints and the base on the held-out
+    follow-ups, preset `focused` with LIMA's penalty on the reply's own tokens only (the old default)."""
     share = repeat_share(case["reply"], case["earlier"])
     assert is_repeat(share), f"{case['source']}: share {share:.2f} below {REPEAT_AT}"
 
