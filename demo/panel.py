@@ -14,7 +14,6 @@ import gradio as gr
 
 from limachat.demo import rating
 from limachat.demo.history import View
-from limachat.dialogues.store import LABELS
 
 SCRIPT = """
 <script>
@@ -93,7 +92,7 @@ def panel(prefix: str) -> Panel:
 
 
 def updates(v: View, back: int, name: str = "") -> list:
-    """The caption and the three buttons, the focused reply's label highlighted."""
+    """The caption and the three buttons (in the order `panel` builds them), the focused reply's label highlighted."""
     mine = rating.label(v, back)
     return [gr.update(value=rating.caption(v, back, name)),
-            *(gr.update(variant="primary" if lab == mine else "secondary") for lab in LABELS)]
+            *(gr.update(variant="primary" if lab == mine else "secondary") for lab in rating.KEYS.values())]

@@ -391,3 +391,19 @@ def test_auth_file_holds_argon2_hashes_and_plain_lines_still_work(tmp_path):
     path.write_text("ana:s3cret\nbo\n")
     with pytest.raises(AuthFileError, match="users.txt:2: expected name:hash"):
         read_users(path)
+
+
+def test_the_highlighted_button_is_the_focused_replys_label_whatever_the_key_order(monkeypatch):
+    """The panel builds its buttons from `rating.KEYS` and `updates` must highlight in that same order."""
+    import gradio as gr
+
+    from limachat.demo import panel as panel_mod
+    from limachat.demo.history import View
+
+    monkeypatch.setattr(rating, "KEYS", {"1": "excellent", "2": "fail", "3": "pass"})
+    with gr.Blocks():
+        p = panel_mod.panel("chat")
+    v = View(history=[{"role": "user", "content": "hi"}, {"role": "assistant", "content": "hello"}],
+             feedback=["Fail"], ids=["u", "a"])
+    variants = dict(zip(p.buttons, (u["variant"] for u in panel_mod.updates(v, 0)[1:])))
+    assert variants == {"excellent": "secondary", "fail": "primary", "pass": "secondary"}
