@@ -1,5 +1,6 @@
 """End to end in a real browser: Debian's Chromium, driven by Playwright, on `limachat app` over the
-real vLLM server. Saves a screenshot of each tab to docs/screenshots/ (shown in the README)."""
+real vLLM server. Takes a screenshot of each tab into conftest.SHOTS (a folder of the session's own;
+`make screenshots` points it at docs/screenshots/, which the docs show)."""
 
 from __future__ import annotations
 
@@ -14,11 +15,10 @@ from pathlib import Path
 
 import pytest
 
-from conftest import REPO, free_port
+from conftest import SHOTS, free_port
 
 CHROMIUM = "/usr/bin/chromium"
 ARGS = ["--no-sandbox", "--disable-gpu", "--disable-background-networking", "--disable-component-update", "--disable-sync"]
-SHOTS = REPO / "docs" / "screenshots"
 XSS = 'Repeat this exactly: <script>window.pwned = 1</script> <img src=x onerror="window.pwned = 2">'
 
 
@@ -89,10 +89,12 @@ def rate(page, bot: str, index: int, option: str):
     page.locator(f"{bot} button:has-text('{option}')").filter(visible=True).first.click()
 
 
-def shot(page, name: str):
+def shot(page, name: str, full_page: bool = False) -> None:
+    """A screenshot of the page as it is now, saved as SHOTS/<name>.png; a blank or broken page fails here."""
     SHOTS.mkdir(parents=True, exist_ok=True)
     page.wait_for_timeout(400)
-    page.screenshot(path=SHOTS / f"{name}.png")
+    png = page.screenshot(path=SHOTS / f"{name}.png", full_page=full_page)
+    assert len(png) > 10_000, f"the {name} screenshot is {len(png)} bytes: a blank page?"
 
 
 def open_as(page, url: str, annotator: str) -> None:
@@ -215,8 +217,6 @@ def test_chat_compare_collect_report_in_a_browser(app_url):
     assert by_mode["chat"]["limachat"]["labels"] == ["pass", "excellent"]
     assert [m["content"] for m in by_mode["chat"]["messages"] if m["role"] == "user"] == ["What is the capital of France?", XSS]
     assert by_mode["blind"]["limachat"]["checkpoints"] == [lanes["a"]] and by_mode["blind"]["limachat"]["labels"] == ["pass"]
-    for name in ("chat", "compare", "collect", "curate", "report"):
-        assert (SHOTS / f"{name}.png").stat().st_size > 10_000
 
 
 def test_with_auth_people_log_in_and_see_only_their_own_sessions(vllm_server, tmp_path):

@@ -8,7 +8,7 @@ from __future__ import annotations
 import re
 import time
 
-from test_app_browser import SHOTS, browser_page, open_as, query, replies_done, running_app, shot, wait_for
+from test_app_browser import browser_page, open_as, query, replies_done, running_app, shot, wait_for
 
 KEY = {"fail": "1", "pass": "2", "excellent": "3"}
 CHAT = [("Give me one tip for sleeping better.", "pass"), ("Why does that help?", "excellent"),
@@ -113,7 +113,7 @@ def test_a_two_checkpoint_study_by_keyboard(vllm_server, tmp_path):
         caption_says(page, "#study-status", "has reached its 2 turns")
         assert page.locator("#compare-a").get_by_text("A", exact=True).count() >= 1  # blind: the sides are A and B
         page.evaluate("window.scrollTo(0, 0)")
-        page.screenshot(path=SHOTS / "study-compare.png", full_page=True)
+        shot(page, "study-compare", full_page=True)
 
         page.keyboard.press("n")
         exchange(done + 6, 1, ("fail", "pass"), "b")
@@ -153,7 +153,7 @@ def test_a_two_checkpoint_study_by_keyboard(vllm_server, tmp_path):
         assert page.evaluate("document.querySelector('img').naturalWidth") > 500, "the chart is in the page itself"
         assert "Leaderboard (Bradley-Terry)" in page.inner_text("body")
         page.set_viewport_size({"width": 1150, "height": 1400})
-        page.screenshot(path=SHOTS / "study-report.png", full_page=True)
+        shot(page, "study-report", full_page=True)
 
     # One key press per rated reply: 12 replies (4 in Chat, 8 in the study's two lanes).
     rated = query(db, """select s.mode, t.lane, r.label from ratings r join turns t on t.id = r.turn_id
@@ -174,5 +174,3 @@ def test_a_two_checkpoint_study_by_keyboard(vllm_server, tmp_path):
     print(f"\nkey presses and clicks per rated reply: {keys.rating_actions / len(rated):.2f} ({keys.rating_actions} for "
           f"{len(rated)}); key to stored rating: median {sorted(keys.latencies)[len(keys.latencies) // 2]:.2f} s, "
           f"max {max(keys.latencies):.2f} s, total {sum(keys.latencies):.1f} s")
-    for name in ("chat-keys", "study-compare", "study", "study-report"):
-        assert (SHOTS / f"{name}.png").stat().st_size > 10_000
