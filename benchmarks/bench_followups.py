@@ -12,10 +12,10 @@ import asyncio
 
 from limachat import followups
 from limachat.dialogues.repeats import REPEAT_AT
-from limachat.serve.server import BASE_NAME
+from limachat.layout import BASE_NAME, VARIANTS
 from limachat.settings import Settings
 
-CHECKPOINTS = (BASE_NAME, "zero-shot", "dialogue")
+CHECKPOINTS = (BASE_NAME, *VARIANTS)
 SCOPES = ("reply", "conversation")
 PENALTIES = (1.2, 1.1)  # LIMA's, and the bundled model's default (`focused`)
 HEADER = ["| checkpoint | penalty, scope | follow-ups repeated | worst repeat share | replies stopped | "

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import click
 
+from limachat import context
 from limachat.dialogues.values import MODES
 from limachat.options import filter_options
 
@@ -62,13 +63,12 @@ def judge_cmd(ctx, judge_mode, checkpoint, annotator, mode, since, until, limit,
     """Label stored assistant turns with an LLM judge. MODE: label (fail/pass/excellent, LIMA's
     definitions), score (AlpaGasus' 0-5 accuracy) or pairwise (compare sessions, MT-Bench style,
     judged twice with the sides swapped). Turns the judge already answered are skipped."""
-    from limachat.cli import _store
     from limachat.curate import judge
 
-    settings = ctx.obj["settings"]
+    settings = context.settings(ctx)
     endpoint = _endpoint(settings, "judge", model, base_url, api_key)
     try:
-        summary = judge.run(_store(settings), endpoint, judge_mode, _selection_filters(checkpoint, annotator, mode, since, until),
+        summary = judge.run(context.store(settings), endpoint, judge_mode, _selection_filters(checkpoint, annotator, mode, since, until),
                             limit=limit, concurrency=concurrency or settings.curate.concurrency,
                             max_tokens=settings.curate.judge_max_tokens, prompt_version=prompt_version)
     except ValueError as e:
@@ -88,13 +88,12 @@ def judge_cmd(ctx, judge_mode, checkpoint, annotator, mode, since, until, limit,
 def select_cmd(ctx, name, size, clusters, per_cluster, seed, replace, **filters) -> None:
     """Choose a diverse subset of the stored chains (LTD: embeddings, K-means, greedy k-center) and save
     it as a named selection, with its coverage against random samples of the same size."""
-    from limachat.cli import _store
     from limachat.curate.select import select
     from limachat.dialogues.export import Filters
 
-    settings = ctx.obj["settings"]
+    settings = context.settings(ctx)
     try:
-        result = select(_store(settings), Filters(**filters), name=name, size=size, clusters=clusters, per_cluster=per_cluster,
+        result = select(context.store(settings), Filters(**filters), name=name, size=size, clusters=clusters, per_cluster=per_cluster,
                         seed=seed, embedding_model=settings.curate.embedding_model,
                         max_tokens=settings.curate.embedding_max_tokens, replace=replace)
     except ValueError as e:
@@ -120,12 +119,11 @@ def revise_cmd(ctx, labels, raters, selection, rounds, name, epochs, checkpoint,
     """Revise assistant turns with a teacher LLM against per-category rubrics (CITING). The revisions
     are gold edits of kind `teacher`: review them in the app, train on them with
     `train --from-db --prefer-gold --gold-from teachers`."""
-    from limachat.cli import _store
-    from limachat.curate import revise
+    from limachat.rounds import rounds as run_rounds
     from limachat.dialogues.export import Filters
     from limachat.dialogues.values import LABELS
 
-    settings = ctx.obj["settings"]
+    settings = context.settings(ctx)
     wanted = tuple(x.strip() for x in labels.split(",") if x.strip())
     bad = [x for x in wanted if x not in LABELS]
     if bad or not wanted:
@@ -135,7 +133,7 @@ def revise_cmd(ctx, labels, raters, selection, rounds, name, epochs, checkpoint,
     endpoint = _endpoint(settings, "teacher", model, base_url, api_key)
     f = Filters(checkpoint=checkpoint, annotator=annotator, mode=mode, since=since, until=until, selection=selection)
     try:
-        for line in revise.rounds(_store(settings), settings, endpoint, f, rounds=rounds, name=name, epochs=epochs,
+        for line in run_rounds(context.store(settings), settings, endpoint, f, rounds=rounds, name=name, epochs=epochs,
                                   labels=wanted, raters=raters, limit=limit,
                                   concurrency=concurrency or settings.curate.concurrency):
             click.echo(line)

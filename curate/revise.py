@@ -6,9 +6,9 @@ several rounds (the paper saw quality fall after the third).
 limachat keeps each part in the store: categories per instruction (a chain's first user turn),
 versioned rubrics a person can edit, and each revision as a gold edit by an annotator of kind
 `teacher`, waiting for a person to accept it (it becomes their own gold edit) or reject it.
-`train --prefer-gold --gold-from teachers` trains on them. With `--rounds N` each round trains a
-checkpoint (`<name>-r1`, `-r2` ...), serves it, replays the same instructions to it, has the judge
-label the new replies (so the report sets the rounds side by side) and revises those for the next.
+`train --prefer-gold --gold-from teachers` trains on them. With `--rounds N` (limachat/rounds.py) each
+round trains a checkpoint (`<name>-r1`, `-r2` ...), serves it, replays the same instructions to it, has
+the judge label the new replies (so the report sets the rounds side by side) and revises those for the next.
 """
 
 from __future__ import annotations
@@ -182,81 +182,3 @@ def revise(store, endpoint, f, *, labels: tuple[str, ...] = ("fail", "pass"), ra
         asyncio.run(go())
         bar.finish(message=summary.line())
     return summary
-
-
-async def _replay(store, client, checkpoint: str, params: dict[str, Any], sources: list[str], round_: int, bar) -> int:
-    """Ask `checkpoint` the user turns of each source chain (by its revised turn), in a fresh chat session."""
-    bar.stage(f"replaying to {checkpoint}", total=len(sources), unit="chain")
-
-    async def one(turn_id):
-        from limachat.serve.client import ClientError
-
-        users = [t["content"] for t in await store.aio.branch(turn_id) if t["role"] == "user"]
-        sid = await store.aio.start_session("chat", prompt_set=f"{checkpoint}", meta={"round": round_, "replay_of": turn_id})
-        parent, n = None, 0
-        for text in users:
-            parent = await store.aio.add_user_turn(sid, text, parent_id=parent)
-            messages = await store.aio.messages(parent)
-            reply = await store.aio.begin_assistant_turn(sid, parent, checkpoint=checkpoint, model=client.checkpoint.model,
-                                                         endpoint=client.checkpoint.base_url, params=client.sent(params))
-            try:
-                done = await client.complete(messages, params)
-            except ClientError as e:
-                await store.aio.finish_assistant_turn(reply, e.partial, status="error", error=e.public, error_detail=str(e))
-                break
-            await store.aio.finish_assistant_turn(reply, done.text, prompt_tokens=done.usage and done.usage.prompt_tokens,
-                                                  completion_tokens=done.usage and done.usage.completion_tokens,
-                                                  ttft=done.ttft, latency=done.latency)
-            parent, n = reply, n + 1
-        return n
-
-    return sum(await bounded(sources, one, 4, bar))
-
-
-def rounds(store, settings, endpoint, f, *, rounds: int | None, name: str, epochs: int | None, labels: tuple[str, ...],
-           raters: str, limit: int | None, concurrency: int):
-    """Revise once (rounds None), or `rounds` times: revise, train `<name>-rK` on the bundled set plus the
-    revised chains, serve it, replay their instructions to it, judge the replies, and revise those next.
-    Yields a line per step."""
-    from dataclasses import replace
-
-    from limachat.curate import judge
-    from limachat.dialogues.export import Filters, chains
-    from limachat.jobs import Progress
-    from limachat.serve.base import prepare_base
-    from limachat.serve.checkpoints import Checkpoint
-    from limachat.serve.client import ChatClient
-    from limachat.serve.server import load_adapter
-    from limachat.train.command import run
-    from limachat.train.data import bundled_examples, from_chains, split
-
-    _, params = settings.sampling_for(None)
-    params = {**params, "max_tokens": settings.curate.teacher_max_tokens}
-    for k in range(1, (rounds or 1) + 1):
-        summary = revise(store, endpoint, f, labels=labels, raters=raters, limit=limit, params=params,
-                         max_tokens=settings.curate.judge_max_tokens, concurrency=concurrency)
-        yield (f"round {k}: " if rounds else "") + summary.line()
-        if not rounds:
-            return
-        revised = sorted({e["turn_id"] for e in store.teacher_edits() if e["annotator"] == summary.teacher and e["review"] != "rejected"})
-        if not revised:
-            raise ValueError(f"round {k}: no revisions to train on")
-        checkpoint = f"{name}-r{k}"
-        leaves = {c.leaf: c for c in chains(store, Filters(raters="all")) if {t["id"] for t in c.turns} & set(revised)}
-        store.save_selection(f"{checkpoint}-data", "revised", {"round": k, "teacher": summary.teacher}, {},
-                             [(leaf, 0) for leaf in leaves], replace=True)
-        data = chains(store, Filters(raters="all", selection=f"{checkpoint}-data", prefer_gold=True, gold_from="teachers"))
-        base = prepare_base(settings.home, settings.server.base, print).model
-        run(settings, ["dialogue"], split(bundled_examples() + from_chains(data)), base, {"epochs": epochs} if epochs else {},
-            name=checkpoint, progress=print)
-        load_adapter(settings.local_base_url, checkpoint, settings.home / "checkpoints" / checkpoint)
-        client = ChatClient(Checkpoint(name=checkpoint, model=checkpoint, base_url=settings.local_base_url), timeout=600)
-        _, chat_params = settings.sampling_for(None)
-        with Progress(f"replaying to {checkpoint}", total=len(revised), unit="chain") as bar:
-            replies = asyncio.run(_replay(store, client, checkpoint, chat_params, revised, k, bar))
-        yield f"round {k}: {checkpoint} trained on {len(leaves)} revised chains and served; answered {replies} turns"
-        verdict = judge.run(store, settings.endpoint(settings.curate.judge), "label", Filters(checkpoint=checkpoint),
-                            concurrency=concurrency, max_tokens=settings.curate.judge_max_tokens)
-        yield f"round {k}: {verdict.line()}"
-        f = replace(f, checkpoint=checkpoint, selection=None, annotator=None, mode=None, since=None, until=None)
-        raters, limit = "judges", None

@@ -195,7 +195,7 @@ def _chat_tab(deps: Deps, names, annotator, who, app: gr.Blocks) -> list:
 
 def launch(app: gr.Blocks, settings: Settings, *, users: dict[str, str] | None = None, block: bool = True):
     """Serve the app on settings.app.host:port; with `users` (see demo.users) people log in."""
-    files = [str(settings.home / "exports"), str(settings.home / "reports")]
+    files = [str(settings.layout.exports), str(settings.layout.reports)]
     auth = Logins(users).check if users else None
     host = settings.app.host
     host = f"[{host}]" if ":" in host and not host.startswith("[") else host  # Gradio takes IPv6 in brackets

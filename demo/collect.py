@@ -38,7 +38,7 @@ def count(deps: Deps, f: Filters) -> str:
 
 def export_file(deps: Deps, f: Filters, fmt: str) -> tuple[Path, str]:
     """Write the filtered chains as LIMA or messages JSONL under <home>/exports/."""
-    out = deps.settings.home / "exports" / f"limachat-{fmt}-{time.strftime('%Y%m%d-%H%M%S')}.jsonl"
+    out = deps.settings.layout.exports / f"limachat-{fmt}-{time.strftime('%Y%m%d-%H%M%S')}.jsonl"
     out.parent.mkdir(parents=True, exist_ok=True)
     n_chains, n_turns = export(deps.store, out, fmt, f)
     return out, f"Wrote {n_chains} chains ({n_turns} assistant turns) to `{out}`."
@@ -125,7 +125,7 @@ def serve_trained(deps: Deps, job: Job) -> str:
     from limachat.serve.server import load_adapter
 
     base_url = deps.settings.local_base_url
-    load_adapter(base_url, job.name, deps.settings.home / "checkpoints" / job.name)
+    load_adapter(base_url, job.name, deps.settings.layout.checkpoint(job.name))
     deps.add_checkpoint(Checkpoint(name=job.name, model=job.name, base_url=base_url))
     return f"Serving **{job.name}**: pick it in Chat or Compare (e.g. against zero-shot)."
 
@@ -136,7 +136,7 @@ def report(deps: Deps) -> tuple[Path | None, str]:
     heldout = reports.heldout(deps.settings.home)
     if not doc.rated:
         return None, "No rated turns yet: rate some replies in Chat or Compare.\n\n" + reports.render(doc, heldout)
-    png = deps.settings.home / "reports" / "figure7.png"
+    png = deps.settings.layout.reports / "figure7.png"
     png.parent.mkdir(parents=True, exist_ok=True)
     reports.figure7(doc.reports, png)
     return png, reports.render(doc, heldout)

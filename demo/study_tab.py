@@ -39,7 +39,7 @@ def report(deps: Deps, name: str | None) -> tuple[str | None, str | None, str]:
     if not name:
         return None, None, "Pick a study."
     reports = study_report.document(deps.store, name)
-    out = Path(deps.settings.home, "reports")
+    out = deps.settings.layout.reports
     out.mkdir(parents=True, exist_ok=True)
     png, page = out / f"study-{name}.png", out / f"study-{name}.html"
     study_report.write(reports, html_path=page, png=png)

@@ -14,7 +14,7 @@ from collections import Counter, defaultdict
 from dataclasses import dataclass, field
 from typing import Any
 
-from limachat.dialogues.values import LABELS, RANK
+from limachat.dialogues.values import LABELS, RANK, num, pct
 
 
 def cohen_kappa(a: list[str], b: list[str]) -> float | None:
@@ -107,7 +107,6 @@ def win_rates(store) -> list[dict[str, Any]]:
 
 
 def markdown(agreements: list[JudgeAgreement], rates: list[dict[str, Any]]) -> str:
-    from limachat.dialogues.report import _num, _pct
 
     lines: list[str] = []
     if not agreements:
@@ -117,8 +116,8 @@ def markdown(agreements: list[JudgeAgreement], rates: list[dict[str, Any]]) -> s
                   "| judge | shared turns | agreement | Cohen's kappa | tie-discounted accuracy | shared verdicts | verdict accuracy |",
                   "|---|---:|---:|---:|---:|---:|---:|"]
         for a in agreements:
-            lines.append(f"| {a.judge} | {a.turns} | {_pct(a.agreement)} | {_num(a.kappa)} | {_pct(a.tie_discounted)} | "
-                         f"{a.pairs} | {_pct(a.verdict_accuracy)} |")
+            lines.append(f"| {a.judge} | {a.turns} | {pct(a.agreement)} | {num(a.kappa)} | {pct(a.tie_discounted)} | "
+                         f"{a.pairs} | {pct(a.verdict_accuracy)} |")
         for a in agreements:
             if a.turns:
                 lines += ["", f"Confusion, {a.judge} (rows: people, columns: judge):", "",
@@ -129,6 +128,6 @@ def markdown(agreements: list[JudgeAgreement], rates: list[dict[str, Any]]) -> s
                   "| raters | checkpoint x | checkpoint y | verdicts | x wins | y wins | ties (inconsistent) | x win rate |",
                   "|---|---|---|---:|---:|---:|---:|---:|"]
         lines += [f"| {r['raters']} | {r['x']} | {r['y']} | {r['verdicts']} | {r['x_wins']} | {r['y_wins']} | "
-                  f"{r['ties']} ({r['inconsistent']}) | {_pct(r['x_rate'])} |" for r in rates]
+                  f"{r['ties']} ({r['inconsistent']}) | {pct(r['x_rate'])} |" for r in rates]
     return "\n".join(lines) + ("\n" if lines else "")
 

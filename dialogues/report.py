@@ -17,8 +17,8 @@ from typing import Any
 from limachat.dialogues.agreement import JudgeAgreement, cohen_kappa, judge_agreement, tie_discounted, win_rates
 from limachat.dialogues.repeats import REPEAT_AT
 from limachat.dialogues.store import LABELS, RANK, Store
-
-COLORS = {"fail": "#d9534f", "pass": "#f0ad4e", "excellent": "#5cb85c"}
+from limachat.dialogues.values import COLORS, num, pct
+from limachat.layout import VARIANTS, Home, training_record
 
 
 @dataclass
@@ -162,23 +162,15 @@ def ordered(report: Report) -> list[CheckpointStats]:
     return sorted(report.checkpoints.values(), key=lambda s: (first.get(s.checkpoint, 2), s.checkpoint))
 
 
-def _pct(x: float | None) -> str:
-    return "n/a" if x is None else f"{100 * x:.1f}%"
-
-
-def _num(x: float | None) -> str:
-    return "n/a" if x is None else f"{x:.2f}"
-
-
 def markdown(report: Report, heldout: list[dict[str, Any]] | None = None) -> str:
     stats = ordered(report)
     lines = ["| checkpoint | rated turns | fail | pass | excellent | fails | first fail within 3 | fluency (NLL/token) | repeats |",
              "|---|---:|---:|---:|---:|---:|---:|---:|---:|"]
     for s in stats:
         fluency = f"{s.fluency:.2f} ({s.scored})" if s.fluency is not None else "-"
-        repeats = f"{_pct(s.repeat_rate)} ({s.repeats}/{s.followups})" if s.followups else "-"
-        lines.append(f"| {s.checkpoint} | {s.rated} | {_pct(s.share('fail'))} | {_pct(s.share('pass'))} | "
-                     f"{_pct(s.share('excellent'))} | {s.counts['fail']}/{s.rated} | {s.early_fail} of {s.conversations} | "
+        repeats = f"{pct(s.repeat_rate)} ({s.repeats}/{s.followups})" if s.followups else "-"
+        lines.append(f"| {s.checkpoint} | {s.rated} | {pct(s.share('fail'))} | {pct(s.share('pass'))} | "
+                     f"{pct(s.share('excellent'))} | {s.counts['fail']}/{s.rated} | {s.early_fail} of {s.conversations} | "
                      f"{fluency} | {repeats} |")
     lines += ["", "Fluency: the base model's mean negative log-likelihood per token of a checkpoint's replies "
               "(lower reads more fluently; word salad scores about 4 and above), with the number of replies scored.",
@@ -189,7 +181,7 @@ def markdown(report: Report, heldout: list[dict[str, Any]] | None = None) -> str
         lines += ["", "Held-out loss: NLL per token of two held-out multi-turn chains' replies from turn 2 on "
                   "(lower is better), written by `limachat train`:", "",
                   "| checkpoint | held-out loss | its base | tokens | after epoch |", "|---|---:|---:|---:|---:|"]
-        lines += [f"| {h['checkpoint']} | {h['loss']:.3f} | {_num(h.get('base_loss'))} | {h['tokens']} | {h['epoch']} |"
+        lines += [f"| {h['checkpoint']} | {h['loss']:.3f} | {num(h.get('base_loss'))} | {h['tokens']} | {h['epoch']} |"
                   for h in heldout]
     turns = sorted({i for s in stats for i in s.by_turn})
     if turns:
@@ -200,33 +192,28 @@ def markdown(report: Report, heldout: list[dict[str, Any]] | None = None) -> str
             for i in turns:
                 c = s.by_turn.get(i, Counter())
                 n = sum(c.values())
-                cells.append(f"{_pct(c['excellent'] / n)} ({n})" if n else "-")
+                cells.append(f"{pct(c['excellent'] / n)} ({n})" if n else "-")
             lines.append(f"| {s.checkpoint} | " + " | ".join(cells) + " |")
     if report.winners:
         lines += ["", "| session | a | b | better | from |", "|---|---|---|---|---|"]
         lines += [f"| {w['session']} | {w['a']} | {w['b']} | {w['winner']} | {w['basis']} |" for w in report.winners]
     if report.agreement:
         lines += ["", "| annotators | shared turns | agreement | Cohen's kappa |", "|---|---:|---:|---:|"]
-        lines += [f"| {a['annotators']} | {a['turns']} | {_pct(a['agreement'])} | {_num(a['kappa'])} |" for a in report.agreement]
+        lines += [f"| {a['annotators']} | {a['turns']} | {pct(a['agreement'])} | {num(a['kappa'])} |" for a in report.agreement]
     if report.verdict_agreement:
         lines += ["", "| annotators | shared verdicts | tie-discounted accuracy |", "|---|---:|---:|"]
-        lines += [f"| {a['annotators']} | {a['pairs']} | {_pct(a['accuracy'])} |" for a in report.verdict_agreement]
+        lines += [f"| {a['annotators']} | {a['pairs']} | {pct(a['accuracy'])} |" for a in report.verdict_agreement]
     return "\n".join(lines) + "\n"
 
 
 def heldout(home: Path) -> list[dict[str, Any]]:
     """The held-out loss each trained checkpoint under <home>/checkpoints/ recorded in training.json."""
-    import json
-
     out = []
-    for record_path in sorted(Path(home, "checkpoints").glob("*/training.json")):
-        try:
-            record = json.loads(record_path.read_text())
-        except (OSError, ValueError):
-            continue
+    for folder in sorted(Home(Path(home)).checkpoints.glob("*/")):
+        record = training_record(folder) or {}
         if isinstance(record.get("heldout"), dict):
-            out.append({"checkpoint": record_path.parent.name, "epoch": "?", **record["heldout"]})
-    first = {"zero-shot": 0, "dialogue": 1}
+            out.append({"checkpoint": folder.name, "epoch": "?", **record["heldout"]})
+    first = {v: i for i, v in enumerate(VARIANTS)}
     return sorted(out, key=lambda h: (first.get(h["checkpoint"], 2), h["checkpoint"]))
 
 

@@ -21,8 +21,7 @@ from typing import Any
 
 from limachat.dialogues import stats
 from limachat.dialogues.store import LABELS, RANK, Store
-
-COLORS = {"fail": "#d9534f", "pass": "#f0ad4e", "excellent": "#5cb85c"}
+from limachat.dialogues.values import COLORS
 WHO = {"humans": "people", "judges": "LLM judges"}
 
 
@@ -109,7 +108,7 @@ def document(store: Store, name: str) -> list[StudyReport]:
     return reports
 
 
-def _pct(e: stats.Estimate) -> str:
+def pct(e: stats.Estimate) -> str:
     return "n/a" if e.value != e.value else e.pct()
 
 
@@ -125,7 +124,7 @@ def sections(report: StudyReport) -> list[tuple[str, list[str], list[list[str]],
     for s in report.sides:
         f, n = stats.fails(s.conversations)
         k, m = stats.failed_within(s.conversations, 3)
-        rows.append([s.checkpoint, str(len(s.conversations)), str(s.turns), *(_pct(s.shares[x]) for x in LABELS),
+        rows.append([s.checkpoint, str(len(s.conversations)), str(s.turns), *(pct(s.shares[x]) for x in LABELS),
                      f"{f} of {n}", f"{k} of {m}"])
     out.append(("Labels per checkpoint", ["checkpoint", "conversations", "rated turns", "fail", "pass", "excellent",
                                           "turns failed", "failed within 3 turns"], rows,

@@ -13,6 +13,7 @@ MODES = ("chat", "compare", "blind", "imported")
 ROLES = ("user", "assistant")
 LANES = ("a", "b")
 LABELS = ("fail", "pass", "excellent")
+COLORS = {"fail": "#d9534f", "pass": "#f0ad4e", "excellent": "#5cb85c"}  # each label's colour in every chart
 RANK = {label: i for i, label in enumerate(LABELS)}  # a turn rated by several annotators takes the lowest
 STATUSES = ("streaming", "ok", "error", "stopped")
 VERDICTS = ("a", "b", "tie")  # a person's
@@ -58,3 +59,13 @@ def _check(value: str, allowed: tuple[str, ...], what: str) -> str:
 # The enumerated columns, checked before a row is written (and by the schema's CHECK constraints).
 ENUMS = {"sessions": {"mode": MODES}, "turns": {"role": ROLES, "status": STATUSES, "lane": LANES},
          "ratings": {"label": LABELS}, "verdicts": {"verdict": JUDGE_VERDICTS}, "edits": {"review": ("accepted", "rejected")}}
+
+
+def pct(x: float | None) -> str:
+    """A share as the reports print it: 12.5%, or n/a."""
+    return "n/a" if x is None else f"{100 * x:.1f}%"
+
+
+def num(x: float | None) -> str:
+    """A figure as the reports print it: 0.69, or n/a."""
+    return "n/a" if x is None else f"{x:.2f}"

@@ -8,16 +8,16 @@ from pathlib import Path
 
 import click
 
+from limachat.context import progress as _progress
+from limachat.context import settings as _settings
+from limachat.context import store as _store
 from limachat.curate.command import judge_cmd, revise_cmd, select_cmd
+from limachat.layout import BASE_NAME, VARIANTS
 from limachat.options import filter_options
 from limachat.study_command import study_cmd
 from limachat.serve.net import AddressError, check_bind, url_host
-from limachat.settings import Settings, SettingsError, load_settings
+from limachat.settings import App, Server, Settings, SettingsError, load_settings
 from limachat.train.command import train_cmd
-
-
-def _settings(ctx: click.Context) -> Settings:
-    return ctx.obj["settings"]
 
 
 _auth_option = click.option("--auth", "auth_file", type=click.Path(exists=True, dir_okay=False, path_type=Path),
@@ -112,10 +112,6 @@ def config_cmd(ctx: click.Context) -> None:
             click.echo(f"{key} = {json.dumps(value)}")
 
 
-def _progress(message: str) -> None:
-    click.echo(message, err=True)
-
-
 def _prepare(settings: Settings, base: str | None):
     from limachat.serve.base import BaseModelError, prepare_base
 
@@ -147,7 +143,8 @@ def _stop_on_signals() -> None:
 
 
 def _serve(settings: Settings, prepared, *, app: bool = False, users: dict[str, str] | None = None) -> None:
-    from limachat.serve.server import ServerConfig, ServerError, VLLMServer, find_adapters, has_cuda_gpu, pidfile, stop_stale
+    from limachat.serve.server import (ServerConfig, ServerError, VLLMServer, find_adapters, has_cuda_gpu, pidfile, stop_stale,
+                                       supervise)
 
     try:
         adapters = find_adapters(settings.home, prepared.adapter, prepared.model)
@@ -161,31 +158,25 @@ def _serve(settings: Settings, prepared, *, app: bool = False, users: dict[str, 
                           gpu=has_cuda_gpu() if gpu is None else gpu, dtype=s.dtype, enforce_eager=s.enforce_eager,
                           max_model_len=s.max_model_len, max_lora_rank=s.max_lora_rank, kv_cache_gib=s.kv_cache_gib,
                           extra_args=s.extra_args)
-    server = VLLMServer(config, settings.home / "logs" / f"vllm-{s.port}.log", pidfile(settings.home, s.port))
+    server = VLLMServer(config, settings.layout.vllm_log(s.port), pidfile(settings.home, s.port))
     stale = stop_stale(settings.home, s.port)
     if stale:
         _progress(f"stopped the vLLM server (pid {stale}) an earlier limachat left on port {s.port}")
 
     _stop_on_signals()
     ui = None
+
+    def ready() -> None:
+        nonlocal ui
+        names = ", ".join([BASE_NAME, *(a.name for a in adapters)])
+        click.echo(f"vLLM ready in {server.start_seconds:.0f} s: {config.url} serving {names}."
+                   f"{'' if app else ' Ctrl-C stops it.'}", err=True)
+        if app and ui is None:
+            ui = _start_app(settings, users, block=False)
+
     try:
-        for attempt in range(RESTARTS + 1):
-            _progress(f"starting vLLM on {'GPU' if config.gpu else 'CPU'} (log: {server.log_path})")
-            server.start(timeout=s.start_timeout, progress=_progress)
-            names = ", ".join(["base", *(a.name for a in adapters)])
-            click.echo(f"vLLM ready in {server.start_seconds:.0f} s: {config.url} serving {names}."
-                       f"{'' if app else ' Ctrl-C stops it.'}", err=True)
-            if app and ui is None:
-                ui = _start_app(settings, users, block=False)
-            while server.proc.poll() is None:
-                time.sleep(0.5)
-            stopped = f"vLLM stopped (exit code {server.proc.returncode}): {server.log_error()} (log: {server.log_path})"
-            server.stop()  # whatever it left behind
-            if attempt < RESTARTS:
-                _progress(f"{stopped}. Restarting it ({attempt + 1} of {RESTARTS}). Replies it cut off are kept as "
-                          "errors; retry them once it is ready.")
-        raise click.ClickException(f"{stopped}. Stopped after {RESTARTS} restarts; nothing is lost: start again with "
-                                   f"`limachat {'demo' if app else 'serve'}`.")
+        supervise(server, timeout=s.start_timeout, progress=_progress, on_ready=ready,
+                  again=f"limachat {'demo' if app else 'serve'}")
     except ServerError as e:
         raise click.ClickException(str(e)) from None
     except KeyboardInterrupt:
@@ -193,18 +184,16 @@ def _serve(settings: Settings, prepared, *, app: bool = False, users: dict[str, 
     finally:
         if ui is not None:
             ui.close()
-        server.stop()
         signal.signal(signal.SIGTERM, signal.SIG_DFL)
         signal.signal(signal.SIGINT, signal.default_int_handler)
     _progress("stopped")
 
 
 PORT = click.IntRange(1, 65535)
-RESTARTS = 3  # times `serve` and `demo` start vLLM again when it stops by itself
 
 
 @main.command("serve")
-@click.option("--port", type=PORT, help="Port (server.port, default 8000).")
+@click.option("--port", type=PORT, help=f"Port (server.port, default {Server().port}).")
 @click.option("--host", help="Address to bind (server.host, default 127.0.0.1).")
 @click.option("--base", help="A Hugging Face model id or local folder instead of the bundled model.")
 @click.pass_context
@@ -234,7 +223,7 @@ def demo_cmd(ctx: click.Context, base: str | None, auth_file: Path | None) -> No
     users = _users(auth_file)
     check_bind(settings.app.host, settings.app.port, "app.host")
     prepared = _prepare(settings, base)
-    run(settings, ["zero-shot", "dialogue"], split(bundled_examples()), prepared.model, {}, progress=_progress)
+    run(settings, list(VARIANTS), split(bundled_examples()), prepared.model, {}, progress=_progress)
     _serve(settings, prepared, app=True, users=users)
 
 
@@ -277,7 +266,7 @@ def _start_app(settings: Settings, users: dict[str, str] | None, *, block: bool)
 
 
 @main.command("app")
-@click.option("--port", type=PORT, help="Port (app.port, default 7860).")
+@click.option("--port", type=PORT, help=f"Port (app.port, default {App().port}).")
 @click.option("--host", help="Address to bind (app.host, default 127.0.0.1).")
 @_auth_option
 @click.pass_context
@@ -293,12 +282,6 @@ def app_cmd(ctx: click.Context, port: int | None, host: str | None, auth_file: P
     _stop_on_signals()
     _start_app(settings, users, block=True)
     _progress("stopped")
-
-
-def _store(settings: Settings):
-    from limachat.dialogues.store import Store
-
-    return Store(settings.db_path, busy_timeout_ms=int(settings.db_busy_timeout * 1000))
 
 
 def _writable(path: Path, option: str) -> None:
@@ -395,7 +378,7 @@ def users_add(ctx: click.Context, name: str, path: Path | None, password_stdin: 
     """Add NAME (or change their password), stored as an Argon2id hash."""
     from limachat.demo.users import add_user
 
-    path = path or _settings(ctx).home / "users.txt"
+    path = path or _settings(ctx).layout.users
     _writable(path, "--file")
     import sys
 

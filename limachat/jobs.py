@@ -17,6 +17,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from limachat.layout import Home
+
 ENV = "LIMACHAT_PROGRESS"
 
 
@@ -133,7 +135,7 @@ class Job:
 
 def start(home: Path, kind: str, name: str, args: list[str], env: dict[str, str] | None = None) -> Job:
     """Run `limachat --home HOME ARGS` in the background, its progress written to <home>/jobs/NAME.json."""
-    folder = Path(home) / "jobs"
+    folder = Home(Path(home)).jobs
     folder.mkdir(parents=True, exist_ok=True)
     log, progress = folder / f"{name}.log", folder / f"{name}.json"
     progress.unlink(missing_ok=True)

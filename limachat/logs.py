@@ -6,6 +6,8 @@ from __future__ import annotations
 import logging
 from pathlib import Path
 
+from limachat.layout import Home
+
 log = logging.getLogger("limachat")
 log.addHandler(logging.NullHandler())  # without a home to log to, nothing is printed in the user's way
 log.propagate = False
@@ -15,7 +17,7 @@ _path: Path | None = None
 def setup(home: Path) -> Path:
     """Log limachat's warnings and errors to <home>/logs/limachat.log (once per process and file)."""
     global _path
-    path = Path(home) / "logs" / "limachat.log"
+    path = Home(Path(home)).logs / "limachat.log"
     if _path != path:
         path.parent.mkdir(parents=True, exist_ok=True)
         handler = logging.FileHandler(path, encoding="utf-8")

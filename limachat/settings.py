@@ -16,6 +16,7 @@ from typing import Any, Literal
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 from pydantic_settings import BaseSettings, PydanticBaseSettingsSource, SettingsConfigDict
 
+from limachat.layout import VARIANTS, Home
 from limachat.serve.checkpoints import Checkpoint
 from limachat.serve.net import url_host
 
@@ -124,7 +125,7 @@ class Curate(_Section):
 
 
 def _default_checkpoints() -> list[Checkpoint]:
-    return [Checkpoint(name="zero-shot", model="zero-shot"), Checkpoint(name="dialogue", model="dialogue")]
+    return [Checkpoint(name=v, model=v) for v in VARIANTS]
 
 
 class Settings(BaseSettings):
@@ -152,8 +153,13 @@ class Settings(BaseSettings):
 
     # -- derived values ---------------------------------------------------------------------
     @property
+    def layout(self) -> Home:
+        """The folders under the data home."""
+        return Home(self.home)
+
+    @property
     def db_path(self) -> Path:
-        return self.db if self.db is not None else self.home / "limachat.db"
+        return self.db if self.db is not None else self.layout.db
 
     @property
     def local_base_url(self) -> str:
@@ -203,7 +209,7 @@ class Settings(BaseSettings):
         from limachat.serve.base import BUNDLED_NAME
 
         if self.server.base is None:
-            return self.home / "base" / BUNDLED_NAME / "model"
+            return self.layout.bases / BUNDLED_NAME / "model"
         return Path(self.server.base).expanduser()
 
     def resolved_checkpoints(self) -> list[Checkpoint]:

@@ -6,11 +6,11 @@ from pathlib import Path
 
 import click
 
+from limachat import context
+
 
 def _store(ctx: click.Context):
-    from limachat.cli import _settings, _store
-
-    return _store(_settings(ctx))
+    return context.store(context.settings(ctx))
 
 
 def _names(value: str | None) -> list[str]:
@@ -37,10 +37,9 @@ def study_cmd() -> None:
 def create_cmd(ctx: click.Context, name: str, checkpoints: str, prompts: Path | None, conversations: int, turns: int,
                blind: bool, annotators: str | None, seed: int) -> None:
     """Define a study. The app's Compare tab then walks each annotator through it (key n: next prompt)."""
-    from limachat.cli import _settings
     from limachat.dialogues import study
 
-    known = [c.name for c in _settings(ctx).resolved_checkpoints()]
+    known = [c.name for c in context.settings(ctx).resolved_checkpoints()]
     try:
         st = study.create(_store(ctx), name, _names(checkpoints), prompts=prompts, conversations=conversations, turns=turns,
                           blind=blind, annotators=_names(annotators), seed=seed, known=known)

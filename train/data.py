@@ -17,7 +17,6 @@ from typing import Any
 from limachat.dialogues import bundled
 from limachat.dialogues.formats import FormatError, conversation_pairs, detect_format, jsonl_records
 
-VARIANTS = ("zero-shot", "dialogue")
 IGNORE = -100  # label of a token the loss skips
 
 

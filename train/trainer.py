@@ -18,6 +18,7 @@ from collections.abc import Callable
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
+from limachat.layout import training_record, write_training_record
 from limachat.train.data import IGNORE, Example, data_hash, heldout_examples, tokenize
 from limachat.train.recipe import TrainConfig, top_dropout
 
@@ -286,15 +287,11 @@ def main(config: TrainConfig, examples: list[Example], base_model: str, out_dir:
               "residual_dropout": rates, "end_of_turn_token": EOT if added_eot else None, "fingerprint": fingerprint,
               "heldout": heldout}
     (tmp / "train_config.json").write_text(config.model_dump_json(indent=1) + "\n")
-    _write_record(tmp, record)
+    write_training_record(tmp, record)
     shutil.rmtree(out_dir, ignore_errors=True)
     tmp.rename(out_dir)
     select_epoch(out_dir, serve_epoch or config.epochs)
-    return json.loads((out_dir / "training.json").read_text())
-
-
-def _write_record(folder: Path, record: dict) -> None:
-    (folder / "training.json").write_text(json.dumps(record, indent=1) + "\n")
+    return training_record(out_dir)
 
 
 def select_epoch(out_dir: Path, epoch: int) -> None:
@@ -306,6 +303,6 @@ def select_epoch(out_dir: Path, epoch: int) -> None:
     for f in source.iterdir():
         if f.is_file():
             shutil.copy2(f, out_dir / f.name)
-    record = json.loads((out_dir / "training.json").read_text())
+    record = training_record(out_dir)
     record["served_epoch"] = epoch
-    _write_record(out_dir, record)
+    write_training_record(out_dir, record)
