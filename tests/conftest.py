@@ -8,6 +8,7 @@ import signal
 import socket
 import subprocess
 import sys
+import tempfile
 import time
 from pathlib import Path
 
@@ -15,6 +16,9 @@ import httpx
 import pytest
 
 REPO = Path(__file__).resolve().parents[1]
+# Where the browser tests save their screenshots: a folder of this session's own, so a test run writes
+# nothing tracked; `make screenshots` sets SCREENSHOTS=docs/screenshots to refresh the docs' pictures.
+SHOTS = Path(os.environ.get("SCREENSHOTS") or tempfile.mkdtemp(prefix="limachat-shots-")).resolve()
 
 
 def free_port() -> int:
@@ -67,10 +71,10 @@ def trained_home(model_home) -> Path:
 class RunningServer:
     """`limachat serve` running as a user would start it, in its own subprocess."""
 
-    def __init__(self, home: Path, port: int):
+    def __init__(self, home: Path, port: int, env: dict[str, str] | None = None):
         self.home, self.port = home, port
         self.url = f"http://127.0.0.1:{port}/v1"
-        env = {k: v for k, v in os.environ.items() if not k.startswith("LIMACHAT_")}
+        env = {**{k: v for k, v in os.environ.items() if not k.startswith("LIMACHAT_")}, **(env or {})}
         env.update(LIMACHAT_HOME=str(home), PYTHONUNBUFFERED="1")
         self.stderr_path = home / f"serve-{port}.stderr"
         self.proc = subprocess.Popen([sys.executable, "-m", "limachat.cli", "serve", "--port", str(port)], env=env,

@@ -10,6 +10,7 @@ import subprocess
 import sys
 import time
 
+import httpx
 import psutil
 import pytest
 
@@ -99,11 +100,16 @@ def test_the_next_serve_recognises_its_own_stale_server_and_nothing_else(tmp_pat
 
 def test_sigkill_of_serve_takes_its_vllm_server_down(trained_home):
     """`kill -9` of `limachat serve`: the vLLM server it started gets the parent-death signal and
-    frees the port within 10 s; a new `limachat serve` on the same port comes up."""
+    frees the port within 10 s; a new `limachat serve` on the same port comes up. The first runs with
+    limachat's vLLM patches (the plugin says so); the second with their version range set to exclude
+    the installed vLLM: it still comes up, and says, in one warning per vLLM process, that they stand aside."""
     port = free_port()
     first = RunningServer(trained_home, port)
     try:
         first.wait_ready()
+        vllm_log = trained_home / "logs" / f"vllm-{port}.log"
+        assert "limachat's vLLM patches applied: lora-logits-zero-delta, lora-no-adapter-rows, cpu-seeded-rewind" in vllm_log.read_text()
+        assert "standing aside" not in vllm_log.read_text()
         assert not port_free(port)
         first.proc.send_signal(signal.SIGKILL)
         first.proc.wait()
@@ -113,10 +119,17 @@ def test_sigkill_of_serve_takes_its_vllm_server_down(trained_home):
         freed = time.monotonic() - killed
         assert port_free(port), "the port is still held 10 s after the supervisor died"
         wait_for(lambda: not first.leftovers(), "vLLM's processes to exit", timeout=30)
-        second = RunningServer(trained_home, port)
+        started = len(vllm_log.read_text())
+        second = RunningServer(trained_home, port, env={"LIMACHAT_VLLM_PATCH_RANGE": "<0.1"})
         try:
             second.wait_ready()
             assert "left on port" not in second.output(), "nothing stale was there to replace"
+            assert httpx.post(second.url + "/chat/completions", timeout=60, json={
+                "model": "dialogue", "messages": [{"role": "user", "content": "Hi"}], "max_tokens": 4}).status_code == 200
+            warnings = {line.split("WARNING", 1)[1].split("]", 1)[-1].strip() for line in vllm_log.read_text()[started:].splitlines()
+                        if "limachat's vLLM patches" in line}
+            assert len(warnings) == 1 and "standing aside" in next(iter(warnings)), warnings
+            assert "lora-no-adapter-rows (vLLM 0.32.0 is outside <0.1" in next(iter(warnings))
         finally:
             second.interrupt()
         print(f"port freed {freed:.1f} s after SIGKILL")
