@@ -6,7 +6,6 @@ from __future__ import annotations
 import click
 
 from limachat import context
-from limachat.dialogues.values import MODES
 from limachat.options import filter_options
 
 
@@ -23,19 +22,13 @@ def _selection_filters(checkpoint, annotator, mode, since, until):
     return Filters(checkpoint=checkpoint, annotator=annotator, mode=mode, since=since, until=until)
 
 
+SESSION_FILTERS = ("checkpoint", "annotator", "mode", "since", "until")  # the export filters that pick sessions and turns
+
+
 def selection_options(f):
-    """Which stored turns a curation command reads (the export filters that pick sessions and turns)."""
-    opts = [
-        click.option("--checkpoint", help="Only turns answered by this checkpoint."),
-        click.option("--annotator", help="Only turns this annotator rated (to set a judge beside them)."),
-        click.option("--mode", type=click.Choice(MODES), help="Only sessions of this mode."),
-        click.option("--since", help="Sessions created at or after this ISO date/time."),
-        click.option("--until", help="Sessions created before this ISO date/time."),
-        click.option("--limit", type=click.IntRange(1), help="At most this many (after skipping those already done)."),
-    ]
-    for opt in reversed(opts):
-        f = opt(f)
-    return f
+    """Which stored turns a curation command reads: the export filters that pick sessions and turns, and a limit."""
+    f = click.option("--limit", type=click.IntRange(1), help="At most this many (after skipping those already done).")(f)
+    return filter_options(f, only=SESSION_FILTERS)
 
 
 def endpoint_options(which: str):

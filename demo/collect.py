@@ -18,14 +18,14 @@ ANY = "any"
 
 
 def filters(min_label: str = ANY, cut_at_first_fail: bool = False, prefer_gold: bool = False, checkpoint: str = ANY,
-            annotator: str = "", mode: str = ANY, raters: str = "humans", min_score: float | None = None,
-            selection: str = ANY, gold_from: str = "humans") -> Filters:
-    """The export filters from the tab's widgets ("any", blank and 0 mean no filter)."""
-    def opt(v):
-        return None if v in (None, "", ANY) else v.strip()
-    return Filters(min_label=opt(min_label), cut_at_first_fail=bool(cut_at_first_fail), prefer_gold=bool(prefer_gold),
-                   checkpoint=opt(checkpoint), annotator=opt(annotator), mode=opt(mode), raters=raters or "humans",
-                   min_score=float(min_score) if min_score else None, selection=opt(selection), gold_from=gold_from or "humans")
+            annotator: str = "", mode: str = ANY, raters: str = "", min_score: float | None = None,
+            selection: str = ANY, gold_from: str = "") -> Filters:
+    """The export filters from the tab's widgets ("any", blank and 0 mean no filter, or the filter's own
+    default)."""
+    given = {"min_label": min_label, "cut_at_first_fail": bool(cut_at_first_fail), "prefer_gold": bool(prefer_gold),
+             "checkpoint": checkpoint, "annotator": annotator, "mode": mode, "raters": raters, "min_score": min_score or None,
+             "selection": selection, "gold_from": gold_from}
+    return Filters(**{k: v.strip() if isinstance(v, str) else v for k, v in given.items() if v not in (None, "", ANY)})
 
 
 def count(deps: Deps, f: Filters) -> str:
@@ -44,15 +44,6 @@ def export_file(deps: Deps, f: Filters, fmt: str) -> tuple[Path, str]:
     return out, f"Wrote {n_chains} chains ({n_turns} assistant turns) to `{out}`."
 
 
-def _cli_filters(f: Filters) -> list[str]:
-    args = []
-    for key in ("min_label", "checkpoint", "annotator", "mode", "since", "until", "raters", "min_score", "selection", "gold_from"):
-        if getattr(f, key) is not None:
-            args += [f"--{key.replace('_', '-')}", str(getattr(f, key))]
-    args += ["--cut-at-first-fail"] * f.cut_at_first_fail + ["--prefer-gold"] * f.prefer_gold + ["--human-wins"] * f.human_wins
-    return args + (["--min-turns", str(f.min_turns)] if f.min_turns != 1 else [])
-
-
 def _job(deps: Deps, kind: str, name: str, args: list[str]) -> Job:
     """Start `limachat ARGS` in the background with the app's own settings; one job of a kind at a time."""
     running = deps.jobs.get(kind)
@@ -69,15 +60,15 @@ def start_training(deps: Deps, f: Filters, name: str | None = None, extra: tuple
     if not any(True for _ in chains(deps.store, f)):
         raise ValueError("No chains pass these filters: rate some turns, or loosen the filters, first.")
     name = name or f"dialogue-{time.strftime('%Y%m%d-%H%M%S')}"
-    args = ["train", "--variant", "dialogue", "--name", name, "--bundled", "--from-db", *_cli_filters(f), *extra]
+    args = ["train", "--variant", "dialogue", "--name", name, "--bundled", "--from-db", *f.args(), *extra]
     if deps.settings.server.base:
         args += ["--base", deps.settings.server.base]
     return _job(deps, "train", name, args)
 
 
 def _session_filters(f: Filters) -> list[str]:
-    return [arg for key in ("checkpoint", "annotator", "mode") if getattr(f, key)
-            for arg in (f"--{key}", getattr(f, key))]
+    """The flags of the filters that pick sessions and turns (what a judge or a teacher reads)."""
+    return Filters(checkpoint=f.checkpoint, annotator=f.annotator, mode=f.mode).args()
 
 
 def start_judge(deps: Deps, mode: str, f: Filters, limit: int | None) -> Job:
@@ -91,7 +82,7 @@ def start_select(deps: Deps, f: Filters, name: str, size: int | None, per_cluste
     name = (name or "").strip()
     if not name or not size:
         raise ValueError("Give the selection a name and a size.")
-    args = ["select", "--name", name, "--size", str(int(size)), "--replace", *_cli_filters(f), *(["--per-cluster"] * per_cluster)]
+    args = ["select", "--name", name, "--size", str(int(size)), "--replace", *f.args(), *(["--per-cluster"] * per_cluster)]
     return _job(deps, "select", f"select-{name}", args)
 
 

@@ -8,6 +8,7 @@ import gradio as gr
 from limachat.demo import collect
 from limachat.demo.answer import Deps
 from limachat.demo.ui import _user
+from limachat.dialogues.export import Filters
 from limachat.dialogues.store import LABELS, MODES
 from limachat.dialogues.values import GOLD_SOURCES, RATERS
 
@@ -23,10 +24,10 @@ def collect_tab(deps: Deps, names, pickers: list, annotator, who, tab) -> None:
         person = gr.Textbox(label="Annotator (blank: anyone)", max_lines=1)
         mode = gr.Dropdown([collect.ANY, *MODES], value=collect.ANY, label="Mode")
     with gr.Row():
-        raters = gr.Dropdown(list(RATERS), value="humans", label="Whose labels count", elem_id="collect-raters")
+        raters = gr.Dropdown(list(RATERS), value=Filters.raters, label="Whose labels count", elem_id="collect-raters")
         min_score = gr.Number(0, minimum=0, maximum=5, step=0.5, label="Min judge score (0: any; AlpaGasus kept 4.5)")
         selection = gr.Dropdown([collect.ANY], value=collect.ANY, label="Selection", elem_id="collect-selection")
-        gold_from = gr.Dropdown(list(GOLD_SOURCES), value="humans", label="Gold corrections by")
+        gold_from = gr.Dropdown(list(GOLD_SOURCES), value=Filters.gold_from, label="Gold corrections by")
     widgets = [min_label, cut, gold, ck, person, mode, raters, min_score, selection, gold_from]
     counted = gr.Markdown(elem_id="collect-count")
     with gr.Row():

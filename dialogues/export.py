@@ -10,7 +10,7 @@ from __future__ import annotations
 
 from collections import defaultdict
 from collections.abc import Iterator
-from dataclasses import dataclass
+from dataclasses import dataclass, field, fields
 from pathlib import Path
 from typing import Any
 
@@ -21,34 +21,54 @@ from limachat.dialogues.values import GOLD_SOURCES, RATERS
 UNRATED = "unrated"
 
 
+def _filter(default, help: str, choices: tuple | None = None, bounds: tuple | None = None):
+    """A filter field: its default, its help line, and the values it takes (the CLI flags, the
+    Collect tab and validation all read these)."""
+    return field(default=default, metadata={"help": help, "choices": choices, "bounds": bounds})
+
+
 @dataclass(frozen=True)
 class Filters:
-    min_label: str | None = None  # every assistant turn at least this label
-    cut_at_first_fail: bool = False  # keep the chain up to the exchange before its first fail
-    prefer_gold: bool = False  # use gold edits; an edited turn counts as excellent
-    checkpoint: str | None = None  # every assistant turn from this checkpoint
-    annotator: str | None = None  # only this annotator's ratings count
-    mode: str | None = None
-    since: str | None = None  # session created at or after (ISO date or time)
-    until: str | None = None  # session created before
-    min_turns: int = 1  # assistant turns in the chain
-    raters: str = "humans"  # whose ratings count: humans | judges | all
-    human_wins: bool = False  # where a person rated a turn, only people's labels count
-    min_score: float | None = None  # every assistant turn scored at least this by the judges (AlpaGasus: 4.5)
-    selection: str | None = None  # only the chains of this named selection (`limachat select`)
-    gold_from: str = "humans"  # with prefer_gold: humans' edits, teachers' revisions, or both (a person's winning)
+    """Which chains leave the store: the one definition behind `limachat export`, `train --from-db`,
+    the curation commands and the app's Collect tab (flags from `options.filter_options`, CLI arguments
+    back from `args`)."""
+
+    min_label: str | None = _filter(None, "Every assistant turn rated at least this.", LABELS)
+    cut_at_first_fail: bool = _filter(False, "Keep each chain up to the exchange before its first fail.")
+    prefer_gold: bool = _filter(False, "Use gold edits in place of the replies they correct.")  # an edited turn counts as excellent
+    checkpoint: str | None = _filter(None, "Only chains answered by this checkpoint.")
+    annotator: str | None = _filter(None, "Only this annotator's ratings count.")
+    mode: str | None = _filter(None, "Only sessions of this mode.", MODES)
+    since: str | None = _filter(None, "Sessions created at or after this ISO date/time.")
+    until: str | None = _filter(None, "Sessions created before this ISO date/time.")
+    min_turns: int = _filter(1, "Assistant turns per chain.", bounds=(1, None))
+    raters: str = _filter("humans", "Whose ratings count: people's, LLM judges' (`limachat judge`), or both.", RATERS)
+    human_wins: bool = _filter(False, "Where a person rated a turn, only people's labels count (with --raters all).")
+    min_score: float | None = _filter(None, "Every assistant turn scored at least this by `limachat judge score` "
+                                            "(AlpaGasus kept 4.5 and up).", bounds=(0, 5))
+    selection: str | None = _filter(None, "Only the chains of this named selection (`limachat select`).")
+    gold_from: str = _filter("humans", "With --prefer-gold: people's edits, teachers' revisions (`limachat revise`), or "
+                                       "both, a person's winning.", GOLD_SOURCES)
 
     def __post_init__(self):
-        if self.raters not in RATERS:
-            raise ValueError(f"--raters must be one of {', '.join(RATERS)}, not {self.raters!r}")
-        if self.gold_from not in GOLD_SOURCES:
-            raise ValueError(f"--gold-from must be one of {', '.join(GOLD_SOURCES)}, not {self.gold_from!r}")
-        if self.min_score is not None and not 0 <= self.min_score <= 5:
-            raise ValueError(f"--min-score must be from 0 to 5, not {self.min_score}")
-        if self.min_label is not None and self.min_label not in LABELS:
-            raise ValueError(f"--min-label must be one of {', '.join(LABELS)}, not {self.min_label!r}")
-        if self.mode is not None and self.mode not in MODES:
-            raise ValueError(f"--mode must be one of {', '.join(MODES)}, not {self.mode!r}")
+        for f in fields(self):
+            value, choices, bounds = getattr(self, f.name), f.metadata["choices"], f.metadata["bounds"]
+            flag = "--" + f.name.replace("_", "-")
+            if value is not None and choices and value not in choices:
+                raise ValueError(f"{flag} must be one of {', '.join(choices)}, not {value!r}")
+            low, high = bounds or (None, None)
+            if value is not None and ((low is not None and value < low) or (high is not None and value > high)):
+                raise ValueError(f"{flag} must be from {low} to {high if high is not None else 'up'}, not {value}")
+
+    def args(self) -> list[str]:
+        """The command-line flags that give these filters (for a background `limachat` run)."""
+        out = []
+        for f in fields(self):
+            value, flag = getattr(self, f.name), "--" + f.name.replace("_", "-")
+            if value == f.default:
+                continue
+            out += [flag] if value is True else [flag, str(value)]
+        return out
 
 
 @dataclass

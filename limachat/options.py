@@ -1,31 +1,29 @@
 """Command-line options shared by several commands."""
 
+from dataclasses import MISSING, fields
+
 import click
 
-
-def filter_options(f):
-    """The export filters, shared by `export` and `train --from-db`."""
-    opts = [
-        click.option("--min-label", type=click.Choice(["fail", "pass", "excellent"]), help="Every assistant turn rated at least this."),
-        click.option("--cut-at-first-fail", is_flag=True, help="Keep each chain up to the exchange before its first fail."),
-        click.option("--prefer-gold", is_flag=True, help="Use gold edits in place of the replies they correct."),
-        click.option("--checkpoint", help="Only chains answered by this checkpoint."),
-        click.option("--annotator", help="Only this annotator's ratings count."),
-        click.option("--mode", type=click.Choice(["chat", "compare", "blind", "imported"])),
-        click.option("--since", help="Sessions created at or after this ISO date/time."),
-        click.option("--until", help="Sessions created before this ISO date/time."),
-        click.option("--min-turns", type=click.IntRange(1), default=1, show_default=True, help="Assistant turns per chain."),
-        click.option("--raters", type=click.Choice(["humans", "judges", "all"]), default="humans", show_default=True,
-                     help="Whose ratings count: people's, LLM judges' (`limachat judge`), or both."),
-        click.option("--human-wins", is_flag=True, help="Where a person rated a turn, only people's labels count (with --raters all)."),
-        click.option("--min-score", type=click.FloatRange(0, 5),
-                     help="Every assistant turn scored at least this by `limachat judge score` (AlpaGasus kept 4.5 and up)."),
-        click.option("--selection", help="Only the chains of this named selection (`limachat select`)."),
-        click.option("--gold-from", type=click.Choice(["humans", "teachers", "both"]), default="humans", show_default=True,
-                     help="With --prefer-gold: people's edits, teachers' revisions (`limachat revise`), or both, a person's winning."),
-    ]
-    for opt in reversed(opts):
-        f = opt(f)
-    return f
+from limachat.dialogues.export import Filters
 
 
+def _option(f) -> click.Option:
+    """A click option from a Filters field: its flag, type, default and help come from the field."""
+    flag, meta = "--" + f.name.replace("_", "-"), f.metadata
+    if f.default is False:
+        return click.option(flag, is_flag=True, help=meta["help"])
+    kind = {"int": click.IntRange, "float": click.FloatRange}.get(f.type.split(" ")[0]) if meta["bounds"] else None
+    kind = kind(*meta["bounds"]) if kind else click.Choice(meta["choices"]) if meta["choices"] else None
+    default = None if f.default is MISSING else f.default
+    return click.option(flag, type=kind, default=default, show_default=default is not None, help=meta["help"])
+
+
+def filter_options(command=None, *, only: tuple[str, ...] | None = None):
+    """The export filters (every field of `Filters`, or those named in `only`), shared by `export`,
+    `train --from-db` and the curation commands."""
+    def wrap(command):
+        for f in reversed(fields(Filters)):
+            if only is None or f.name in only:
+                command = _option(f)(command)
+        return command
+    return wrap(command) if command is not None else wrap

@@ -297,3 +297,25 @@ def test_a_judge_and_a_teacher_stay_machines_through_a_sessions_backup(tmp_path)
     again = tmp_path / "again.jsonl"
     export(other, again, "sessions")
     assert again.read_bytes() == backup.read_bytes()
+
+
+def test_the_filters_flags_and_their_arguments_come_from_one_dataclass():
+    """Every Filters field is an `export` flag with the field's default, and `Filters.args` (what the
+    Collect tab hands a background `limachat train`) parses back to the same filters."""
+    from dataclasses import fields
+
+    import click
+
+    from limachat.cli import export_cmd
+    from limachat.dialogues.export import Filters
+
+    def parsed(*args):
+        ctx = export_cmd.make_context("export", ["--format", "lima", "-o", "x.jsonl", *args])
+        return Filters(**{k: v for k, v in ctx.params.items() if k not in ("fmt", "output")})
+
+    flags = {p.name for p in export_cmd.params if isinstance(p, click.Option)}
+    assert {f.name for f in fields(Filters)} <= flags
+    assert parsed() == Filters(), "no flag: every filter at its default"
+    wanted = Filters(min_label="pass", prefer_gold=True, checkpoint="dialogue", mode="blind", min_turns=2, raters="all",
+                     human_wins=True, min_score=4.5, gold_from="both")
+    assert parsed(*wanted.args()) == wanted

@@ -18,7 +18,7 @@ LAYERS = [("limachat.cli", "cli"), ("limachat.study_command", "commands"), ("lim
           ("limachat.followups", "followups"), ("limachat.settings", "settings"), ("limachat.serve.base", "base"),
           ("limachat.demo", "demo"), ("limachat.curate", "curate"), ("limachat.train", "train"),
           ("limachat.serve", "serve"), ("limachat.dialogues", "dialogues"), ("limachat.layout", "core"),
-          ("limachat.jobs", "core"), ("limachat.logs", "core"), ("limachat.options", "core")]
+          ("limachat.jobs", "core"), ("limachat.logs", "core"), ("limachat.options", "context")]
 
 
 def modules() -> dict[str, Path]:
