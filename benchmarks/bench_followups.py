@@ -18,8 +18,11 @@ from limachat.settings import Settings
 CHECKPOINTS = (BASE_NAME, *VARIANTS)
 SCOPES = ("reply", "conversation")
 PENALTIES = (1.2, 1.1)  # LIMA's, and the bundled model's default (`focused`)
-HEADER = ["| checkpoint | penalty, scope | follow-ups repeated | worst repeat share | replies stopped | "
-          "fluency, median (max) | tokens, median |", "|---|---|---:|---:|---:|---:|---:|"]
+HEADER = [
+    "| checkpoint | penalty, scope | follow-ups repeated | worst repeat share | replies stopped | "
+    "fluency, median (max) | tokens, median |",
+    "|---|---|---:|---:|---:|---:|---:|",
+]
 
 
 def runs(settings: Settings, seed: int) -> dict[str, tuple[str, dict]]:
@@ -29,8 +32,10 @@ def runs(settings: Settings, seed: int) -> dict[str, tuple[str, dict]]:
         _, params = settings.sampling_for(checkpoint if checkpoint != BASE_NAME else None)
         for penalty in PENALTIES:
             for scope in SCOPES:
-                out[f"{checkpoint}|{penalty}, {scope}"] = (checkpoint, {
-                    **params, "generated_repetition_penalty": penalty, "penalty_scope": scope, "seed": seed})
+                out[f"{checkpoint}|{penalty}, {scope}"] = (
+                    checkpoint,
+                    {**params, "generated_repetition_penalty": penalty, "penalty_scope": scope, "seed": seed},
+                )
     return out
 
 
@@ -55,8 +60,10 @@ def measure(url: str, seed: int = 7, dump: str | None = None) -> tuple[str, list
         worst = f"{s['worst']:.2f}" if s["worst"] is not None else "-"
         scores = [r.fluency for r in replies if r.fluency is not None]
         fluency = f"{s['fluency']:.2f} ({max(scores):.2f})" if scores else "-"
-        rows.append(f"| {checkpoint} | {scope} | {s['repeats']} of {s['followups']} | {worst} | "
-                    f"{s['stopped']} of {s['replies']} | {fluency} | {s['tokens']:.0f} |")
+        rows.append(
+            f"| {checkpoint} | {scope} | {s['repeats']} of {s['followups']} | {worst} | "
+            f"{s['stopped']} of {s['replies']} | {fluency} | {s['tokens']:.0f} |"
+        )
         print(rows[-1], flush=True)
     return preset, rows
 
@@ -68,7 +75,9 @@ def main() -> None:
     ap.add_argument("--dump", help="write every reply to this JSON file")
     args = ap.parse_args()
     preset, rows = measure(args.url, args.seed, args.dump)
-    print(f"preset {preset} (its penalty and scope as listed), a repeat: {REPEAT_AT:.0%} or more of a reply's word trigrams seen before")
+    print(
+        f"preset {preset} (its penalty and scope as listed), a repeat: {REPEAT_AT:.0%} or more of a reply's word trigrams seen before"
+    )
     print("\n".join(HEADER + rows))
 
 

@@ -17,11 +17,13 @@ from limachat.serve.client import ChatClient, ContextTooLong
 from limachat.serve.fluency import FLUENT_BELOW, fluency
 from limachat.settings import MAX_TOKENS, Settings
 
-TURNS = ["I want to start running. I'm 40 and haven't exercised in years. Where do I begin?",
-         "How often per week, and for how long at first?",
-         "And what if my knees hurt afterwards?",
-         "What should I eat before a morning run?",
-         "Can you sum up the plan in three short points?"]
+TURNS = [
+    "I want to start running. I'm 40 and haven't exercised in years. Where do I begin?",
+    "How often per week, and for how long at first?",
+    "And what if my knees hurt afterwards?",
+    "What should I eat before a morning run?",
+    "Can you sum up the plan in three short points?",
+]
 # The old default for comparison: LIMA's numbers with vLLM's whole-context penalty.
 OLD = {"max_tokens": MAX_TOKENS, "temperature": 0.7, "top_p": 0.9, "repetition_penalty": 1.2}
 
@@ -43,8 +45,14 @@ async def conversation(client: ChatClient, url: str, params: dict, seed: int) ->
         except ContextTooLong:
             break  # the context window is 2048 tokens: a conversation that outgrows it ends there
         score = await fluency(url, "base", messages, done.text)
-        out.append({"stop": done.finish_reason == "stop", "run": max((len(w) for w in re.split(r"\s+", done.text)), default=0),
-                    "fluency": score, "tokens": done.usage.completion_tokens if done.usage else 0})
+        out.append(
+            {
+                "stop": done.finish_reason == "stop",
+                "run": max((len(w) for w in re.split(r"\s+", done.text)), default=0),
+                "fluency": score,
+                "tokens": done.usage.completion_tokens if done.usage else 0,
+            }
+        )
         messages.append({"role": "assistant", "content": done.text})
     return out
 
@@ -52,7 +60,9 @@ async def conversation(client: ChatClient, url: str, params: dict, seed: int) ->
 async def measure(url: str, checkpoint: str, seeds: int) -> dict[str, list[dict]]:
     client = ChatClient(Checkpoint(name=checkpoint, model=checkpoint, base_url=url))
     table = presets(Settings())
-    jobs = {(name, seed): conversation(client, url, params, seed) for name, params in table.items() for seed in range(seeds)}
+    jobs = {
+        (name, seed): conversation(client, url, params, seed) for name, params in table.items() for seed in range(seeds)
+    }
     done = await asyncio.gather(*jobs.values(), return_exceptions=True)
     results: dict[str, list[dict]] = {name: [] for name in table}
     for (name, _), replies in zip(jobs, done):
@@ -71,9 +81,11 @@ def rows(results: dict[str, list[dict]]) -> list[str]:
         scores = [r["fluency"] for r in replies if r["fluency"] is not None]
         stopped = sum(r["stop"] for r in replies)
         salad = sum(r["run"] > 30 for r in replies)
-        out.append(f"| {name} | {len(replies)} | {stopped}/{len(replies)} | {salad} | "
-                   f"{st.median(r['tokens'] for r in replies):.0f} | {st.median(scores):.2f} ({min(scores):.2f}-{max(scores):.2f}) | "
-                   f"{sum(s >= FLUENT_BELOW for s in scores)} |")
+        out.append(
+            f"| {name} | {len(replies)} | {stopped}/{len(replies)} | {salad} | "
+            f"{st.median(r['tokens'] for r in replies):.0f} | {st.median(scores):.2f} ({min(scores):.2f}-{max(scores):.2f}) | "
+            f"{sum(s >= FLUENT_BELOW for s in scores)} |"
+        )
     return out
 
 

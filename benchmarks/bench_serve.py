@@ -45,8 +45,9 @@ def free_port() -> int:
 async def decode(url: str, model: str, streams: int) -> float:
     async with httpx.AsyncClient(timeout=600) as http:
         start = time.perf_counter()
-        results = await asyncio.gather(*(direct_stream(http, url, model, TOKENS, PROMPT, {"temperature": 0})
-                                         for _ in range(streams)))
+        results = await asyncio.gather(
+            *(direct_stream(http, url, model, TOKENS, PROMPT, {"temperature": 0}) for _ in range(streams))
+        )
         wall = time.perf_counter() - start
     if streams == 1:
         first, total, n = results[0]
@@ -84,8 +85,12 @@ def serving(home: Path, env: dict[str, str] | None = None):
     port = free_port()
     log = home / "logs" / f"bench-serve-{port}.log"
     log.parent.mkdir(parents=True, exist_ok=True)
-    proc = subprocess.Popen([sys.executable, "-m", "limachat.cli", "--home", str(home), "serve", "--port", str(port)],
-                            stdout=subprocess.DEVNULL, stderr=log.open("wb"), env={**os.environ, **(env or {})})
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "limachat.cli", "--home", str(home), "serve", "--port", str(port)],
+        stdout=subprocess.DEVNULL,
+        stderr=log.open("wb"),
+        env={**os.environ, **(env or {})},
+    )
     try:
         yield f"http://127.0.0.1:{port}/v1", _wait(proc, log, "vLLM ready")
     finally:
@@ -102,8 +107,9 @@ def llama_cpp(gguf: Path, home: Path, rounds: int) -> dict:
     port = free_port()
     log = home / "logs" / f"bench-llamacpp-{port}.log"
     log.parent.mkdir(parents=True, exist_ok=True)
-    proc = subprocess.Popen([sys.executable, "-c", LLAMA_SERVER, str(gguf), str(port)], stdout=log.open("wb"),
-                            stderr=subprocess.STDOUT)
+    proc = subprocess.Popen(
+        [sys.executable, "-c", LLAMA_SERVER, str(gguf), str(port)], stdout=log.open("wb"), stderr=subprocess.STDOUT
+    )
     try:
         ready = _wait(proc, log, "llama.cpp ready")
         return {"ready": ready, **measure(f"http://127.0.0.1:{port}/v1", "any", rounds)}
@@ -120,7 +126,9 @@ def section(home: Path, rounds: int, spread) -> list[str]:
     f32 = write_f32(q4, home / "bench" / "SmolLM2-135M-Instruct.F32.gguf")
     runs = {
         "vLLM, LoRA `dialogue` (limachat's CPU default: both cores)": vllm(home, rounds),
-        "vLLM, LoRA `dialogue`, one core reserved (vLLM's default)": vllm(home, rounds, {"VLLM_CPU_NUM_OF_RESERVED_CPU": "1"}),
+        "vLLM, LoRA `dialogue`, one core reserved (vLLM's default)": vllm(
+            home, rounds, {"VLLM_CPU_NUM_OF_RESERVED_CPU": "1"}
+        ),
         "llama.cpp, float32 GGUF of the same weights, no adapter": llama_cpp(f32, home, rounds),
         "llama.cpp, bundled Q4_1 GGUF, no adapter": llama_cpp(q4, home, rounds),
     }
@@ -128,15 +136,19 @@ def section(home: Path, rounds: int, spread) -> list[str]:
         print(f"  {name}: {r}")
     rows = []
     for name, r in runs.items():
-        rows += [f"| {name}: 1 stream | {spread(r['1'], unit='tokens/s', digits=1)} | - |",
-                 f"| {name}: 4 streams | {spread(r['4'], unit='tokens/s', digits=1)} | - |",
-                 f"| {name}: ready after | {r['ready']:.0f} s | - |"]
+        rows += [
+            f"| {name}: 1 stream | {spread(r['1'], unit='tokens/s', digits=1)} | - |",
+            f"| {name}: 4 streams | {spread(r['4'], unit='tokens/s', digits=1)} | - |",
+            f"| {name}: ready after | {r['ready']:.0f} s | - |",
+        ]
     names = list(runs)
     ours, f32_run, q4_run = runs[names[0]], runs[names[2]], runs[names[3]]
     for n in ("1", "4"):
         label = "1 stream" if n == "1" else "4 streams"
-        rows += [f"| vLLM+LoRA / llama.cpp float32, {label} (medians) | {st.median(ours[n]) / st.median(f32_run[n]):.2f} | >= 0.6 |",
-                 f"| vLLM+LoRA / llama.cpp Q4_1, {label} (medians) | {st.median(ours[n]) / st.median(q4_run[n]):.2f} | - |",
-                 f"| both cores / one reserved, vLLM, {label} (medians) | "
-                 f"{st.median(ours[n]) / st.median(runs[names[1]][n]):.2f} | - |"]
+        rows += [
+            f"| vLLM+LoRA / llama.cpp float32, {label} (medians) | {st.median(ours[n]) / st.median(f32_run[n]):.2f} | >= 0.6 |",
+            f"| vLLM+LoRA / llama.cpp Q4_1, {label} (medians) | {st.median(ours[n]) / st.median(q4_run[n]):.2f} | - |",
+            f"| both cores / one reserved, vLLM, {label} (medians) | "
+            f"{st.median(ours[n]) / st.median(runs[names[1]][n]):.2f} | - |",
+        ]
     return rows

@@ -41,8 +41,16 @@ def concurrent_writers(path: Path, writers: int = 64, seconds: float = 30.0) -> 
                 u = timed(n, store.add_user_turn, sid, "a question " * 20, parent_id=parent)
                 a = timed(n, store.begin_assistant_turn, sid, u, checkpoint="dialogue", params={"temperature": 0.7})
                 timed(n, store.save_partial, a, "partial " * 30)
-                timed(n, store.finish_assistant_turn, a, "an answer " * 60, prompt_tokens=100, completion_tokens=120,
-                      ttft=0.05, latency=2.0)
+                timed(
+                    n,
+                    store.finish_assistant_turn,
+                    a,
+                    "an answer " * 60,
+                    prompt_tokens=100,
+                    completion_tokens=120,
+                    ttft=0.05,
+                    latency=2.0,
+                )
                 timed(n, store.rate, a, f"w{n}", random.choice(LABELS))
                 done[n] += [u, a]
                 parent = a
@@ -60,9 +68,13 @@ def concurrent_writers(path: Path, writers: int = 64, seconds: float = 30.0) -> 
     present = {r[0] for r in conn.execute("select id from turns")}
     ratings = conn.execute("select count(*) from ratings").fetchone()[0]
     return {
-        "writes": len(all_lat), "seconds": seconds, "errors": len(errors),
-        "p50_ms": 1000 * all_lat[len(all_lat) // 2], "p99_ms": 1000 * all_lat[int(len(all_lat) * 0.99)],
-        "lost": len(written - present) + (len(written) // 2 - ratings), "turns": len(present),
+        "writes": len(all_lat),
+        "seconds": seconds,
+        "errors": len(errors),
+        "p50_ms": 1000 * all_lat[len(all_lat) // 2],
+        "p99_ms": 1000 * all_lat[int(len(all_lat) * 0.99)],
+        "lost": len(written - present) + (len(written) // 2 - ratings),
+        "turns": len(present),
     }
 
 
@@ -77,31 +89,82 @@ def generate(path: Path, turns: int = 100_000, seed: int = 0) -> None:
         sid = new_id()
         mode = rng.choice(["chat", "chat", "compare", "blind"])
         sessions.append({"id": sid, "created": now(), "mode": mode, "annotator": "ana", "closed": None})
-        lanes = [("a", "zero-shot"), ("b", "dialogue")] if mode != "chat" else [(None, rng.choice(["zero-shot", "dialogue"]))]
+        lanes = (
+            [("a", "zero-shot"), ("b", "dialogue")]
+            if mode != "chat"
+            else [(None, rng.choice(["zero-shot", "dialogue"]))]
+        )
         exchanges = rng.randint(2, 6)
         last = {}
         for lane, checkpoint in lanes:
             parent = None
             for x in range(1, exchanges + 1):
                 u, a = new_id(), new_id()
-                rows.append({"id": u, "session_id": sid, "parent_id": parent, "lane": lane, "exchange": x, "role": "user",
-                             "content": text, "status": "ok", "created": now()})
-                rows.append({"id": a, "session_id": sid, "parent_id": u, "lane": lane, "exchange": x, "role": "assistant",
-                             "content": text * 3, "checkpoint": checkpoint, "model": checkpoint, "params": '{"temperature": 0.7}',
-                             "prompt_tokens": 200 * x, "completion_tokens": 240, "ttft": 0.05, "latency": 3.0,
-                             "status": "ok", "created": now()})
-                for who in (["ana", "ben"] if rng.random() < 0.25 else ["ana"]):
-                    ratings.append({"id": new_id(), "turn_id": a, "annotator": who, "label": rng.choice(LABELS),
-                                    "created": now(), "current": 1})
+                rows.append(
+                    {
+                        "id": u,
+                        "session_id": sid,
+                        "parent_id": parent,
+                        "lane": lane,
+                        "exchange": x,
+                        "role": "user",
+                        "content": text,
+                        "status": "ok",
+                        "created": now(),
+                    }
+                )
+                rows.append(
+                    {
+                        "id": a,
+                        "session_id": sid,
+                        "parent_id": u,
+                        "lane": lane,
+                        "exchange": x,
+                        "role": "assistant",
+                        "content": text * 3,
+                        "checkpoint": checkpoint,
+                        "model": checkpoint,
+                        "params": '{"temperature": 0.7}',
+                        "prompt_tokens": 200 * x,
+                        "completion_tokens": 240,
+                        "ttft": 0.05,
+                        "latency": 3.0,
+                        "status": "ok",
+                        "created": now(),
+                    }
+                )
+                for who in ["ana", "ben"] if rng.random() < 0.25 else ["ana"]:
+                    ratings.append(
+                        {
+                            "id": new_id(),
+                            "turn_id": a,
+                            "annotator": who,
+                            "label": rng.choice(LABELS),
+                            "created": now(),
+                            "current": 1,
+                        }
+                    )
                 if rng.random() < 0.05:
                     edits.append({"id": new_id(), "turn_id": a, "annotator": "ana", "content": text, "created": now()})
                 last[lane] = last.get(lane, []) + [a]
                 parent = a
         if mode != "chat":
             for a, b in zip(last["a"], last["b"]):
-                verdicts.append({"id": new_id(), "session_id": sid, "turn_a": a, "turn_b": b, "checkpoint_a": "zero-shot",
-                                 "checkpoint_b": "dialogue", "verdict": rng.choice(["a", "b", "tie"]), "annotator": "ana",
-                                 "created": now(), "current": 1})
+                verdicts.append(
+                    {
+                        "id": new_id(),
+                        "session_id": sid,
+                        "turn_a": a,
+                        "turn_b": b,
+                        "checkpoint_a": "zero-shot",
+                        "checkpoint_b": "dialogue",
+                        "verdict": rng.choice(["a", "b", "tie"]),
+                        "annotator": "ana",
+                        "created": now(),
+                        "current": 1,
+                    }
+                )
+
     def insert(db) -> None:
         db["sessions"].insert_all(sessions)
         db["turns"].insert_all(rows, batch_size=2000)

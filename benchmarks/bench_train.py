@@ -16,7 +16,7 @@ from limachat.train.trainer import load_model, sft_args, time_forward_backward
 def batch_rows(tokenizer, n: int = 4, max_length: int = 512):
     rows = [tokenize(ex, tokenizer, max_length) for ex in bundled_examples()]
     rows.sort(key=lambda r: len(r["input_ids"]))
-    middle = rows[len(rows) // 2 - n // 2:][:n]  # median-length examples: typical padding
+    middle = rows[len(rows) // 2 - n // 2 :][:n]  # median-length examples: typical padding
     return [{"input_ids": r["input_ids"], "labels": r["labels"]} for r in middle]
 
 
@@ -24,6 +24,7 @@ def trainer_steps(model, tokenizer, rows, steps: int) -> list[float]:
     """Seconds per optimizer step of SFTTrainer with limachat's settings on the same batch."""
     from datasets import Dataset
     from transformers import TrainerCallback
+
     from limachat.train.trainer import trainer_class
 
     config = make_config(micro_batch_size=len(rows), batch_size=len(rows), max_length=512)
@@ -39,8 +40,13 @@ def trainer_steps(model, tokenizer, rows, steps: int) -> list[float]:
     with tempfile.TemporaryDirectory() as d:
         args = sft_args(config, Path(d), steps=steps + 1)
         args.logging_steps = 10**6  # progress logging is the caller's; the clock needs none
-        trainer = trainer_class()(model=model, args=args, train_dataset=Dataset.from_list(rows * (steps + 1)),
-                             processing_class=tokenizer, callbacks=[Clock()])
+        trainer = trainer_class()(
+            model=model,
+            args=args,
+            train_dataset=Dataset.from_list(rows * (steps + 1)),
+            processing_class=tokenizer,
+            callbacks=[Clock()],
+        )
         trainer.train()
     gaps = [b - a for a, b in zip(stamps, stamps[1:])]
     return gaps[1:]
@@ -59,8 +65,12 @@ def throughput(base_model: str, steps: int = 5) -> dict:
     sft = trainer_steps(model, tokenizer, rows, steps)
     raw_rate = [tokens / t for t in raw]
     sft_rate = [tokens / t for t in sft]
-    return {"tokens_per_batch": tokens, "raw_tok_s": raw_rate, "trainer_tok_s": sft_rate,
-            "ratio": statistics.median(sft_rate) / statistics.median(raw_rate)}
+    return {
+        "tokens_per_batch": tokens,
+        "raw_tok_s": raw_rate,
+        "trainer_tok_s": sft_rate,
+        "ratio": statistics.median(sft_rate) / statistics.median(raw_rate),
+    }
 
 
 if __name__ == "__main__":

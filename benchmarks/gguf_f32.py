@@ -37,7 +37,9 @@ def write_f32(source: Path, target: Path) -> Path:
         data = dequantize(t.data, t.tensor_type).astype(np.float32)
         shape = tuple(int(n) for n in reversed(t.shape))  # GGUF lists dims innermost first
         tensors.append((t.name, data.reshape(shape)))
-        writer.add_tensor_info(t.name, data.reshape(shape).shape, np.dtype(np.float32), data.nbytes, gguf.GGMLQuantizationType.F32)
+        writer.add_tensor_info(
+            t.name, data.reshape(shape).shape, np.dtype(np.float32), data.nbytes, gguf.GGMLQuantizationType.F32
+        )
     writer.write_header_to_file()
     writer.write_kv_data_to_file()
     writer.write_ti_data_to_file()

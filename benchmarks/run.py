@@ -132,64 +132,100 @@ def curate_section(runs: int, chains: int) -> list[str]:
     with bench_serve.serving(HOME) as (url, _):
         j = bench_curate.judge_runs(url, runs, {1: 6, 8: 24})
     for c in (1, 8):
-        rows += [f"| judge label, concurrency {c}: turns/s | {bench_store.spread(j[c]['rate'], unit='turns/s', digits=2)} | - |",
-                 f"| &nbsp; prompt / generated tokens per judged turn | {st.median(j[c]['prompt']):.0f} / "
-                 f"{st.median(j[c]['generated']):.0f} | - |"]
-    rows.append(f"| concurrency 8 / 1 (medians, one run) | {st.median(j[8]['rate']) / st.median(j[1]['rate']):.1f} | >= 3 |")
+        rows += [
+            f"| judge label, concurrency {c}: turns/s | {bench_store.spread(j[c]['rate'], unit='turns/s', digits=2)} | - |",
+            f"| &nbsp; prompt / generated tokens per judged turn | {st.median(j[c]['prompt']):.0f} / "
+            f"{st.median(j[c]['generated']):.0f} | - |",
+        ]
+    rows.append(
+        f"| concurrency 8 / 1 (medians, one run) | {st.median(j[8]['rate']) / st.median(j[1]['rate']):.1f} | >= 3 |"
+    )
     return rows
 
 
 SECTIONS = {
-    "store": ("## Store (SQLite)", [
-        "The writers run in a closed loop with no pause between writes, 64 threads against one SQLite",
-        "file: each writes a user turn, begins an assistant turn, saves a partial, finishes it and rates it.",
-        "Every write that returned is checked to be in the database afterwards. Writes go through the store's",
-        "one writer thread: the writes that queue while one transaction commits share the next (group commit),",
-        "each in its own savepoint, and each is acknowledged only after its COMMIT."]),
-    "train": ("## Training (CPU, SmolLM2-135M-Instruct, float32)", [
-        "Both sides train the same LoRA adapter on the same four median-length bundled examples; the",
-        "trainer side counts whole optimizer steps (forward, backward, clipping, AdamW, scheduler)."]),
-    "serve": ("## Serving (CPU, SmolLM2-135M-Instruct, 128 greedy tokens per reply)", [
-        "One prompt, every reply exactly 128 tokens (`ignore_eos`). vLLM is `limachat serve` with the demo",
-        "adapters (eager, float32; vLLM turns compilation off whenever LoRA is on, on CPU) and the `dialogue`",
-        "adapter in every request; llama.cpp is the `xllamacpp` wheel (2 threads, 4 slots) with no adapter,",
-        "a yardstick, not an engine limachat ships. Single stream: (tokens - 1) / (last - first token time);",
-        "4 streams: all tokens / wall time. Ready: from start to the first answer of `/v1/models`."]),
-    "sampling": ("## Sampling presets (5-turn conversations, bundled model, demo adapters)", [
-        "Per preset and checkpoint: 5-turn conversations about starting to run (benchmarks/bench_presets.py),",
-        "seeds 0 to N-1 (`--seeds`, default 2), up to 512 tokens a reply, context 2048 (a conversation that",
-        "outgrows it ends early). Fluency does not catch a reply that loops (its NLL falls); `stopped` does.",
-        "Stopped: replies that ended by themselves. Run > 30: replies with more than 30 characters without",
-        "whitespace (words run together). Fluency: the base's mean NLL per token of the reply in its",
-        "conversation (lower is better); at or above 3.5 counts as word salad."]),
-    "followups": ("## Follow-ups (held-out conversations, bundled model, demo adapters)", [
-        "The held-out conversations (dialogues/data/followups.jsonl: 10 conversations of 3-4 user turns, 22",
-        "follow-ups, never trained on) at the default preset (`focused`: temperature 0.3, top-p 0.9, 512 tokens",
-        "a reply, seed 7) with LIMA's penalty at 1.2 (the paper's) and 1.1, in each scope: `reply` counts the",
-        "reply's own tokens, `conversation` also the earlier replies' (never the user's). Every checkpoint and",
-        "scope of one penalty run at once (60 conversations), as several users would chat",
-        "(benchmarks/bench_followups.py). A follow-up is repeated when 50% or more of its word trigrams",
-        "already appeared in an earlier reply of its conversation (dialogues/repeats.py). Fluency: the base's",
-        "mean NLL per token of each reply (lower is better; 3.5 and up is word salad), median and maximum."]),
-    "app": ("## App (chat and compare handlers over vLLM on CPU, eager, float32, LoRA)", [
-        "Every reply is exactly 48 tokens (`ignore_eos`), so the sides compare like for like. The app path is",
-        "the handler a Gradio event calls: session and user turn saved, the reply streamed through the",
-        "client with partial saves and the view rebuilt per piece, the finished turn written. The direct",
-        "client is one httpx SSE stream. Streams run concurrently with asyncio; rounds alternate the sides."]),
-    "curate": ("## Curation (select: all-MiniLM-L6-v2 on CPU; judge: the local `base`, label mode)", [
-        "Select: seeded synthetic chains (benchmarks/bench_curate.py; 1-3 exchanges, ~400 word pieces each),",
-        "each run on a fresh copy of the database, so every chain is embedded; then again with the cache full.",
-        "The embedder reads N word pieces of a chain, each turn cut to its share (`curate.embedding_max_tokens`,",
-        "default 64), and 128 for comparison.",
-        "Judge: label mode with the default judge (the local server's `base`, JSON-schema answers, 256 tokens",
-        "at most), 6 turns a run at concurrency 1 and 24 at concurrency 8, each run on synthetic chains of its",
-        "own (no run finds another's prompts in vLLM's prefix cache). Tokens per turn from vLLM's /metrics."]),
+    "store": (
+        "## Store (SQLite)",
+        [
+            "The writers run in a closed loop with no pause between writes, 64 threads against one SQLite",
+            "file: each writes a user turn, begins an assistant turn, saves a partial, finishes it and rates it.",
+            "Every write that returned is checked to be in the database afterwards. Writes go through the store's",
+            "one writer thread: the writes that queue while one transaction commits share the next (group commit),",
+            "each in its own savepoint, and each is acknowledged only after its COMMIT.",
+        ],
+    ),
+    "train": (
+        "## Training (CPU, SmolLM2-135M-Instruct, float32)",
+        [
+            "Both sides train the same LoRA adapter on the same four median-length bundled examples; the",
+            "trainer side counts whole optimizer steps (forward, backward, clipping, AdamW, scheduler).",
+        ],
+    ),
+    "serve": (
+        "## Serving (CPU, SmolLM2-135M-Instruct, 128 greedy tokens per reply)",
+        [
+            "One prompt, every reply exactly 128 tokens (`ignore_eos`). vLLM is `limachat serve` with the demo",
+            "adapters (eager, float32; vLLM turns compilation off whenever LoRA is on, on CPU) and the `dialogue`",
+            "adapter in every request; llama.cpp is the `xllamacpp` wheel (2 threads, 4 slots) with no adapter,",
+            "a yardstick, not an engine limachat ships. Single stream: (tokens - 1) / (last - first token time);",
+            "4 streams: all tokens / wall time. Ready: from start to the first answer of `/v1/models`.",
+        ],
+    ),
+    "sampling": (
+        "## Sampling presets (5-turn conversations, bundled model, demo adapters)",
+        [
+            "Per preset and checkpoint: 5-turn conversations about starting to run (benchmarks/bench_presets.py),",
+            "seeds 0 to N-1 (`--seeds`, default 2), up to 512 tokens a reply, context 2048 (a conversation that",
+            "outgrows it ends early). Fluency does not catch a reply that loops (its NLL falls); `stopped` does.",
+            "Stopped: replies that ended by themselves. Run > 30: replies with more than 30 characters without",
+            "whitespace (words run together). Fluency: the base's mean NLL per token of the reply in its",
+            "conversation (lower is better); at or above 3.5 counts as word salad.",
+        ],
+    ),
+    "followups": (
+        "## Follow-ups (held-out conversations, bundled model, demo adapters)",
+        [
+            "The held-out conversations (dialogues/data/followups.jsonl: 10 conversations of 3-4 user turns, 22",
+            "follow-ups, never trained on) at the default preset (`focused`: temperature 0.3, top-p 0.9, 512 tokens",
+            "a reply, seed 7) with LIMA's penalty at 1.2 (the paper's) and 1.1, in each scope: `reply` counts the",
+            "reply's own tokens, `conversation` also the earlier replies' (never the user's). Every checkpoint and",
+            "scope of one penalty run at once (60 conversations), as several users would chat",
+            "(benchmarks/bench_followups.py). A follow-up is repeated when 50% or more of its word trigrams",
+            "already appeared in an earlier reply of its conversation (dialogues/repeats.py). Fluency: the base's",
+            "mean NLL per token of each reply (lower is better; 3.5 and up is word salad), median and maximum.",
+        ],
+    ),
+    "app": (
+        "## App (chat and compare handlers over vLLM on CPU, eager, float32, LoRA)",
+        [
+            "Every reply is exactly 48 tokens (`ignore_eos`), so the sides compare like for like. The app path is",
+            "the handler a Gradio event calls: session and user turn saved, the reply streamed through the",
+            "client with partial saves and the view rebuilt per piece, the finished turn written. The direct",
+            "client is one httpx SSE stream. Streams run concurrently with asyncio; rounds alternate the sides.",
+        ],
+    ),
+    "curate": (
+        "## Curation (select: all-MiniLM-L6-v2 on CPU; judge: the local `base`, label mode)",
+        [
+            "Select: seeded synthetic chains (benchmarks/bench_curate.py; 1-3 exchanges, ~400 word pieces each),",
+            "each run on a fresh copy of the database, so every chain is embedded; then again with the cache full.",
+            "The embedder reads N word pieces of a chain, each turn cut to its share (`curate.embedding_max_tokens`,",
+            "default 64), and 128 for comparison.",
+            "Judge: label mode with the default judge (the local server's `base`, JSON-schema answers, 256 tokens",
+            "at most), 6 turns a run at concurrency 1 and 24 at concurrency 8, each run on synthetic chains of its",
+            "own (no run finds another's prompts in vLLM's prefix cache). Tokens per turn from vLLM's /metrics.",
+        ],
+    ),
 }
 
 
-HEADERS = {"followups": bench_followups.HEADER,
-           "sampling": ["| checkpoint, preset | replies | stopped | run > 30 | median tokens | fluency, median (range) | fluency >= 3.5 |",
-                         "|---|---:|---:|---:|---:|---:|---:|"]}
+HEADERS = {
+    "followups": bench_followups.HEADER,
+    "sampling": [
+        "| checkpoint, preset | replies | stopped | run > 30 | median tokens | fluency, median (range) | fluency >= 3.5 |",
+        "|---|---:|---:|---:|---:|---:|---:|",
+    ],
+}
 
 
 def _existing(path: Path) -> dict[str, list[str]]:
@@ -214,8 +250,12 @@ def main() -> None:
     ap.add_argument("--train-steps", type=int, default=5, help="timed training steps per side")
     ap.add_argument("--seeds", type=int, default=2, help="conversations per sampling preset and checkpoint")
     ap.add_argument("--chains", type=int, default=10_000, help="synthetic chains `select` chooses from")
-    ap.add_argument("--only", choices=sorted(SECTIONS), action="append",
-                    help="run only this section (repeatable); the others are kept from the existing file")
+    ap.add_argument(
+        "--only",
+        choices=sorted(SECTIONS),
+        action="append",
+        help="run only this section (repeatable); the others are kept from the existing file",
+    )
     ap.add_argument("-o", "--output", type=Path, default=ROOT / "BENCHMARKS.md")
     args = ap.parse_args()
     run = {

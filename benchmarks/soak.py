@@ -24,9 +24,9 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "benchmarks"))
 
-from bench_serve import free_port, serving  # noqa: E402
+from bench_serve import free_port, serving  # noqa: E402 - importable once the path above is set
 
-from limachat.dialogues.store import INTERRUPTED  # noqa: E402
+from limachat.dialogues.store import INTERRUPTED  # noqa: E402 - after the path, with the others
 
 HOME = Path(os.environ.get("LIMACHAT_HOME", ROOT / "data"))
 
@@ -38,16 +38,25 @@ class App:
         self.home, self.port = home, free_port()
         self.url = f"http://127.0.0.1:{self.port}"
         self.env = {k: v for k, v in os.environ.items() if not k.startswith("LIMACHAT_")}
-        self.env.update(LIMACHAT_HOME=str(home), LIMACHAT_SERVER__PORT=str(vllm_port),
-                        LIMACHAT_SERVER__BASE=str(HOME / "base" / "SmolLM2-135M-Instruct" / "model"), PYTHONUNBUFFERED="1")
+        self.env.update(
+            LIMACHAT_HOME=str(home),
+            LIMACHAT_SERVER__PORT=str(vllm_port),
+            LIMACHAT_SERVER__BASE=str(HOME / "base" / "SmolLM2-135M-Instruct" / "model"),
+            PYTHONUNBUFFERED="1",
+        )
         self.proc = None
 
     def start(self) -> float:
         log = self.home / "app.log"
         before = log.read_text().count("app ready") if log.exists() else 0
         started = time.monotonic()
-        self.proc = subprocess.Popen([sys.executable, "-m", "limachat.cli", "app", "--port", str(self.port)], env=self.env,
-                                     cwd=self.home, stdout=subprocess.DEVNULL, stderr=log.open("ab"))
+        self.proc = subprocess.Popen(
+            [sys.executable, "-m", "limachat.cli", "app", "--port", str(self.port)],
+            env=self.env,
+            cwd=self.home,
+            stdout=subprocess.DEVNULL,
+            stderr=log.open("ab"),
+        )
         while log.read_text().count("app ready") <= before:
             if self.proc.poll() is not None:
                 raise RuntimeError(log.read_text()[-2000:])
@@ -104,7 +113,9 @@ def soak(streams: int, seconds: float) -> dict:
         app.start()
         up, stop, lock = threading.Event(), threading.Event(), threading.Lock()
         stats = {"live": 0, "held": 0, "acked": [], "finished": 0, "broken": 0, "errors": set()}
-        threads = [threading.Thread(target=user, args=(n, app, up, stop, stats, lock), daemon=True) for n in range(streams)]
+        threads = [
+            threading.Thread(target=user, args=(n, app, up, stop, stats, lock), daemon=True) for n in range(streams)
+        ]
         up.set()
         for t in threads:
             t.start()
@@ -125,15 +136,21 @@ def soak(streams: int, seconds: float) -> dict:
         conn = sqlite3.connect(db)
         stored = {r[0] for r in conn.execute("select content from turns where role = 'user'")}
         return {
-            "streams": streams, "seconds": seconds, "held": stats["held"],
-            "user_turns": len(stored), "assistant_turns": _count(home, "select count(*) from turns where role = 'assistant'"),
-            "acked": len(stats["acked"]), "lost": len([t for t in stats["acked"] if t not in stored]),
+            "streams": streams,
+            "seconds": seconds,
+            "held": stats["held"],
+            "user_turns": len(stored),
+            "assistant_turns": _count(home, "select count(*) from turns where role = 'assistant'"),
+            "acked": len(stats["acked"]),
+            "lost": len([t for t in stats["acked"] if t not in stored]),
             "streaming_at_kill": streaming_at_kill,
             "interrupted": _count(home, "select count(*) from turns where error = ?", INTERRUPTED),
             "left_streaming": _count(home, "select count(*) from turns where status = 'streaming'"),
-            "integrity": conn.execute("pragma integrity_check").fetchone()[0], "restart_s": restart,
+            "integrity": conn.execute("pragma integrity_check").fetchone()[0],
+            "restart_s": restart,
             "ok_replies": _count(home, "select count(*) from turns where role = 'assistant' and status = 'ok'"),
-            "broken_sends": stats["broken"], "client_errors": sorted(stats["errors"]),
+            "broken_sends": stats["broken"],
+            "client_errors": sorted(stats["errors"]),
         }
 
 
@@ -147,8 +164,10 @@ def _count(home: Path, sql: str, *params) -> int:
 
 def section(r: dict) -> list[str]:
     return [
-        "## Soak (32 chat streams through the app, SIGKILL of the app half-way, restart)", "",
-        "| what | figure | target |", "|---|---|---|",
+        "## Soak (32 chat streams through the app, SIGKILL of the app half-way, restart)",
+        "",
+        "| what | figure | target |",
+        "|---|---|---|",
         f"| concurrent streams held | {r['held']} of {r['streams']} | {r['streams']} |",
         f"| user turns acknowledged / stored | {r['acked']} / {r['user_turns']} | - |",
         f"| acknowledged user turns lost | {r['lost']} | 0 |",
@@ -156,7 +175,7 @@ def section(r: dict) -> list[str]:
         f"| replies streaming at the kill / marked interrupted after the restart | {r['streaming_at_kill']} / {r['interrupted']} | equal |",
         f"| turns left `streaming` at the end | {r['left_streaming']} | 0 |",
         f"| `PRAGMA integrity_check` | {r['integrity']} | ok |",
-        f"| restart: `limachat app` to \"app ready\" | {r['restart_s']:.1f} s | - |",
+        f'| restart: `limachat app` to "app ready" | {r["restart_s"]:.1f} s | - |',
         "",
         f"`make soak`: {r['seconds']:.0f} s of sends at the default sampling (preset `focused`, up to 512 tokens a reply) "
         "against `limachat serve` with the demo adapters, one gradio_client session per stream; the app gets SIGKILL "
@@ -176,7 +195,7 @@ def main() -> None:
     print(r)
     text = args.output.read_text() if args.output.exists() else "# Benchmarks\n"
     head, sep, rest = text.partition("## Soak")
-    tail = rest[rest.find("\n## "):] if sep and "\n## " in rest else ""
+    tail = rest[rest.find("\n## ") :] if sep and "\n## " in rest else ""
     args.output.write_text(head.rstrip() + "\n\n" + "\n".join(section(r)) + tail)
     print(f"wrote {args.output}")
     if r["lost"] or r["left_streaming"] or r["integrity"] != "ok":

@@ -22,27 +22,44 @@ def _selection_filters(checkpoint, annotator, mode, since, until):
     return Filters(checkpoint=checkpoint, annotator=annotator, mode=mode, since=since, until=until)
 
 
-SESSION_FILTERS = ("checkpoint", "annotator", "mode", "since", "until")  # the export filters that pick sessions and turns
+SESSION_FILTERS = (
+    "checkpoint",
+    "annotator",
+    "mode",
+    "since",
+    "until",
+)  # the export filters that pick sessions and turns
 
 
 def selection_options(f):
     """Which stored turns a curation command reads: the export filters that pick sessions and turns, and a limit."""
-    f = click.option("--limit", type=click.IntRange(1), help="At most this many (after skipping those already done).")(f)
+    f = click.option("--limit", type=click.IntRange(1), help="At most this many (after skipping those already done).")(
+        f
+    )
     return filter_options(f, only=SESSION_FILTERS)
 
 
 def endpoint_options(which: str):
     def wrap(f):
         opts = [
-            click.option("--model", help=f"Model id at the endpoint (curate.{which}.model; default: the local server's base)."),
-            click.option("--base-url", help=f"An OpenAI-compatible /v1 URL (curate.{which}.base_url; default: the local server)."),
+            click.option(
+                "--model", help=f"Model id at the endpoint (curate.{which}.model; default: the local server's base)."
+            ),
+            click.option(
+                "--base-url", help=f"An OpenAI-compatible /v1 URL (curate.{which}.base_url; default: the local server)."
+            ),
             click.option("--api-key", help=f"Its API key (better kept in limachat.toml: curate.{which}.api_key)."),
-            click.option("--concurrency", type=click.IntRange(1, 256), help="Requests at once (curate.concurrency, default 8)."),
-            click.option("--prompt-version", type=click.IntRange(1), help="An older prompt version (default: the newest)."),
+            click.option(
+                "--concurrency", type=click.IntRange(1, 256), help="Requests at once (curate.concurrency, default 8)."
+            ),
+            click.option(
+                "--prompt-version", type=click.IntRange(1), help="An older prompt version (default: the newest)."
+            ),
         ]
         for opt in reversed(opts):
             f = opt(f)
         return f
+
     return wrap
 
 
@@ -51,8 +68,21 @@ def endpoint_options(which: str):
 @selection_options
 @endpoint_options("judge")
 @click.pass_context
-def judge_cmd(ctx, judge_mode, checkpoint, annotator, mode, since, until, limit, model, base_url, api_key, concurrency,
-              prompt_version) -> None:
+def judge_cmd(
+    ctx,
+    judge_mode,
+    checkpoint,
+    annotator,
+    mode,
+    since,
+    until,
+    limit,
+    model,
+    base_url,
+    api_key,
+    concurrency,
+    prompt_version,
+) -> None:
     """Label stored assistant turns with an LLM judge. MODE: label (fail/pass/excellent, LIMA's
     definitions), score (AlpaGasus' 0-5 accuracy) or pairwise (compare sessions, MT-Bench style,
     judged twice with the sides swapped). Turns the judge already answered are skipped."""
@@ -61,9 +91,16 @@ def judge_cmd(ctx, judge_mode, checkpoint, annotator, mode, since, until, limit,
     settings = context.settings(ctx)
     endpoint = _endpoint(settings, "judge", model, base_url, api_key)
     try:
-        summary = judge.run(context.store(settings), endpoint, judge_mode, _selection_filters(checkpoint, annotator, mode, since, until),
-                            limit=limit, concurrency=concurrency or settings.curate.concurrency,
-                            max_tokens=settings.curate.judge_max_tokens, prompt_version=prompt_version)
+        summary = judge.run(
+            context.store(settings),
+            endpoint,
+            judge_mode,
+            _selection_filters(checkpoint, annotator, mode, since, until),
+            limit=limit,
+            concurrency=concurrency or settings.curate.concurrency,
+            max_tokens=settings.curate.judge_max_tokens,
+            prompt_version=prompt_version,
+        )
     except ValueError as e:
         raise click.ClickException(str(e)) from None
     click.echo(summary.line())
@@ -72,9 +109,15 @@ def judge_cmd(ctx, judge_mode, checkpoint, annotator, mode, since, until, limit,
 @click.command("select")
 @click.option("--name", required=True, help="Save the selection under this name (`export --selection NAME`).")
 @click.option("--size", type=click.IntRange(1), required=True, help="Chains to choose.")
-@click.option("--clusters", type=click.IntRange(1), help="K-means clusters; k-center starts from the chain nearest each centroid (default: half of --size).")
+@click.option(
+    "--clusters",
+    type=click.IntRange(1),
+    help="K-means clusters; k-center starts from the chain nearest each centroid (default: half of --size).",
+)
 @click.option("--per-cluster", is_flag=True, help="Choose within each cluster, in proportion to its size.")
-@click.option("--seed", type=int, default=0, show_default=True, help="Seed of K-means and of the random samples compared against.")
+@click.option(
+    "--seed", type=int, default=0, show_default=True, help="Seed of K-means and of the random samples compared against."
+)
 @click.option("--replace", is_flag=True, help="Replace a saved selection of the same name.")
 @filter_options
 @click.pass_context
@@ -86,35 +129,76 @@ def select_cmd(ctx, name, size, clusters, per_cluster, seed, replace, **filters)
 
     settings = context.settings(ctx)
     try:
-        result = select(context.store(settings), Filters(**filters), name=name, size=size, clusters=clusters, per_cluster=per_cluster,
-                        seed=seed, embedding_model=settings.curate.embedding_model,
-                        max_tokens=settings.curate.embedding_max_tokens, replace=replace)
+        result = select(
+            context.store(settings),
+            Filters(**filters),
+            name=name,
+            size=size,
+            clusters=clusters,
+            per_cluster=per_cluster,
+            seed=seed,
+            embedding_model=settings.curate.embedding_model,
+            max_tokens=settings.curate.embedding_max_tokens,
+            replace=replace,
+        )
     except ValueError as e:
         raise click.ClickException(str(e)) from None
     click.echo(result.line())
 
 
 @click.command("revise")
-@click.option("--labels", default="fail,pass", show_default=True,
-              help="Revise turns whose label (the lowest among --raters) is one of these.")
-@click.option("--raters", type=click.Choice(["humans", "judges", "all"]), default="all", show_default=True,
-              help="Whose labels choose the turns.")
+@click.option(
+    "--labels",
+    default="fail,pass",
+    show_default=True,
+    help="Revise turns whose label (the lowest among --raters) is one of these.",
+)
+@click.option(
+    "--raters",
+    type=click.Choice(["humans", "judges", "all"]),
+    default="all",
+    show_default=True,
+    help="Whose labels choose the turns.",
+)
 @click.option("--selection", help="Only turns of this named selection's chains (`limachat select`).")
-@click.option("--rounds", type=click.IntRange(1, 10),
-              help="Revise, train `<name>-rN`, serve it, replay the same instructions, judge and revise again.")
-@click.option("--name", default="citing", show_default=True, help="Checkpoint names of the rounds: NAME-r1, NAME-r2 ...")
+@click.option(
+    "--rounds",
+    type=click.IntRange(1, 10),
+    help="Revise, train `<name>-rN`, serve it, replay the same instructions, judge and revise again.",
+)
+@click.option(
+    "--name", default="citing", show_default=True, help="Checkpoint names of the rounds: NAME-r1, NAME-r2 ..."
+)
 @click.option("--epochs", type=click.IntRange(1), help="Training epochs per round (default: the recipe's).")
 @selection_options
 @endpoint_options("teacher")
 @click.pass_context
-def revise_cmd(ctx, labels, raters, selection, rounds, name, epochs, checkpoint, annotator, mode, since, until, limit,
-               model, base_url, api_key, concurrency, prompt_version) -> None:
+def revise_cmd(
+    ctx,
+    labels,
+    raters,
+    selection,
+    rounds,
+    name,
+    epochs,
+    checkpoint,
+    annotator,
+    mode,
+    since,
+    until,
+    limit,
+    model,
+    base_url,
+    api_key,
+    concurrency,
+    prompt_version,
+) -> None:
     """Revise assistant turns with a teacher LLM against per-category rubrics (CITING). The revisions
     are gold edits of kind `teacher`: review them in the app, train on them with
     `train --from-db --prefer-gold --gold-from teachers`."""
-    from limachat.rounds import rounds as run_rounds
     from limachat.dialogues.export import Filters
     from limachat.dialogues.values import LABELS
+    from limachat.rounds import rounds as run_rounds
 
     settings = context.settings(ctx)
     wanted = tuple(x.strip() for x in labels.split(",") if x.strip())
@@ -126,9 +210,19 @@ def revise_cmd(ctx, labels, raters, selection, rounds, name, epochs, checkpoint,
     endpoint = _endpoint(settings, "teacher", model, base_url, api_key)
     f = Filters(checkpoint=checkpoint, annotator=annotator, mode=mode, since=since, until=until, selection=selection)
     try:
-        for line in run_rounds(context.store(settings), settings, endpoint, f, rounds=rounds, name=name, epochs=epochs,
-                                  labels=wanted, raters=raters, limit=limit,
-                                  concurrency=concurrency or settings.curate.concurrency):
+        for line in run_rounds(
+            context.store(settings),
+            settings,
+            endpoint,
+            f,
+            rounds=rounds,
+            name=name,
+            epochs=epochs,
+            labels=wanted,
+            raters=raters,
+            limit=limit,
+            concurrency=concurrency or settings.curate.concurrency,
+        ):
             click.echo(line)
     except ValueError as e:
         raise click.ClickException(str(e)) from None

@@ -35,7 +35,11 @@ class Prompt:
 def prompt(name: str, version: int | None = None) -> Prompt:
     """A prompt file of the package: `<name>-v<N>.txt`, the newest unless `version` is given. A shipped
     version is never edited (the annotators named after it would change meaning): add the next one."""
-    found = {int(m.group(1)): p for p in PROMPTS.glob(f"{name}-v*.txt") if (m := re.fullmatch(rf"{name}-v(\d+)\.txt", p.name))}
+    found = {
+        int(m.group(1)): p
+        for p in PROMPTS.glob(f"{name}-v*.txt")
+        if (m := re.fullmatch(rf"{name}-v(\d+)\.txt", p.name))
+    }
     if not found:
         raise ValueError(f"no prompt named {name!r}")
     if version is None:
@@ -53,20 +57,27 @@ def reachable(endpoint: Checkpoint, role: str) -> None:
     try:
         r = httpx.get(endpoint.base_url.rstrip("/") + "/models", headers=headers, timeout=10)
     except httpx.HTTPError as e:
-        raise ValueError(f"{role} endpoint {endpoint.base_url}: cannot be reached ({type(e).__name__}); start "
-                         f"`limachat serve`, or set curate.{role}.base_url or --base-url") from None
+        raise ValueError(
+            f"{role} endpoint {endpoint.base_url}: cannot be reached ({type(e).__name__}); start "
+            f"`limachat serve`, or set curate.{role}.base_url or --base-url"
+        ) from None
     try:
         served = {m["id"] for m in r.json()["data"]} if r.status_code == 200 else None
     except (ValueError, KeyError, TypeError):
         served = None  # an endpoint without a model list: the first request tells
     if served is not None and endpoint.model not in served:
-        raise ValueError(f"{role} endpoint {endpoint.base_url} does not serve {endpoint.model!r} (it serves "
-                         f"{', '.join(sorted(served))}); set curate.{role}.model or --model")
+        raise ValueError(
+            f"{role} endpoint {endpoint.base_url} does not serve {endpoint.model!r} (it serves "
+            f"{', '.join(sorted(served))}); set curate.{role}.model or --model"
+        )
 
 
 def show(messages: list[dict[str, str]]) -> str:
     """A conversation as the judge reads it."""
-    return "\n\n".join(f"[{m['role'].upper()}]\n{m['content']}" for m in messages) or "(nothing: the reply opens the conversation)"
+    return (
+        "\n\n".join(f"[{m['role'].upper()}]\n{m['content']}" for m in messages)
+        or "(nothing: the reply opens the conversation)"
+    )
 
 
 def annotator_name(kind: str, endpoint: Checkpoint, tag: str) -> str:
@@ -87,7 +98,7 @@ def _lenient(text: str, schema: dict[str, Any]) -> dict[str, Any] | None:
     start, end = text.find("{"), text.rfind("}")
     if start != -1 and end > start:
         try:
-            data = json.loads(text[start:end + 1])
+            data = json.loads(text[start : end + 1])
             if isinstance(data, dict):
                 return data
         except ValueError:
@@ -105,13 +116,18 @@ def _lenient(text: str, schema: dict[str, Any]) -> dict[str, Any] | None:
     return found or None
 
 
-async def ask_json(client, text: str, schema: dict[str, Any], max_tokens: int, check: Callable[[dict], str | None]) -> Answer:
+async def ask_json(
+    client, text: str, schema: dict[str, Any], max_tokens: int, check: Callable[[dict], str | None]
+) -> Answer:
     """Ask for a JSON answer at temperature 0. `check(data)` returns what is wrong with it, or None."""
     from limachat.serve.client import ClientError
 
     params: dict[str, Any] = {"temperature": 0, "max_tokens": max_tokens}
     if client.checkpoint.structured_outputs:
-        params["response_format"] = {"type": "json_schema", "json_schema": {"name": "answer", "schema": schema, "strict": True}}
+        params["response_format"] = {
+            "type": "json_schema",
+            "json_schema": {"name": "answer", "schema": schema, "strict": True},
+        }
     try:
         done = await client.complete([{"role": "user", "content": text}], params)
     except ClientError as e:
@@ -124,8 +140,13 @@ async def ask_json(client, text: str, schema: dict[str, Any], max_tokens: int, c
     return Answer(None if problem else data, done.text, problem)
 
 
-async def bounded(items: Iterable, work: Callable[[Any], Awaitable[Any]], concurrency: int, progress,
-                  weight: Callable[[Any], int] = lambda item: 1) -> list:
+async def bounded(
+    items: Iterable,
+    work: Callable[[Any], Awaitable[Any]],
+    concurrency: int,
+    progress,
+    weight: Callable[[Any], int] = lambda item: 1,
+) -> list:
     """`work(item)` for every item, at most `concurrency` at once; progress advances by `weight(item)` as each ends."""
     gate = asyncio.Semaphore(concurrency)
 
@@ -143,6 +164,13 @@ def assistant_turns(store, f) -> list[dict[str, Any]]:
     annotator: turns that annotator rated), oldest first."""
     sessions = store.sessions_where(f.mode, f.since, f.until)
     rated = {t for t, _, _ in store.current_ratings(f.annotator)} if f.annotator else None
-    return [t for t in store.chain_turns()
-            if t["role"] == "assistant" and t["status"] == "ok" and t["content"] and t["session_id"] in sessions
-            and (f.checkpoint is None or t["checkpoint"] == f.checkpoint) and (rated is None or t["id"] in rated)]
+    return [
+        t
+        for t in store.chain_turns()
+        if t["role"] == "assistant"
+        and t["status"] == "ok"
+        and t["content"]
+        and t["session_id"] in sessions
+        and (f.checkpoint is None or t["checkpoint"] == f.checkpoint)
+        and (rated is None or t["id"] in rated)
+    ]

@@ -23,15 +23,33 @@ from limachat.curate.common import annotator_name, ask_json, assistant_turns, bo
 from limachat.dialogues.values import LABELS
 
 SCHEMAS: dict[str, dict[str, Any]] = {
-    "label": {"type": "object", "properties": {"label": {"type": "string", "enum": list(LABELS)},
-                                               "reason": {"type": "string", "maxLength": 400}},
-              "required": ["label", "reason"], "additionalProperties": False},
-    "score": {"type": "object", "properties": {"score": {"type": "number", "minimum": 0, "maximum": 5},
-                                               "explanation": {"type": "string", "maxLength": 400}},
-              "required": ["score", "explanation"], "additionalProperties": False},
-    "pairwise": {"type": "object", "properties": {"verdict": {"type": "string", "enum": ["A", "B", "C"]},
-                                                  "reason": {"type": "string", "maxLength": 400}},
-                 "required": ["verdict", "reason"], "additionalProperties": False},
+    "label": {
+        "type": "object",
+        "properties": {
+            "label": {"type": "string", "enum": list(LABELS)},
+            "reason": {"type": "string", "maxLength": 400},
+        },
+        "required": ["label", "reason"],
+        "additionalProperties": False,
+    },
+    "score": {
+        "type": "object",
+        "properties": {
+            "score": {"type": "number", "minimum": 0, "maximum": 5},
+            "explanation": {"type": "string", "maxLength": 400},
+        },
+        "required": ["score", "explanation"],
+        "additionalProperties": False,
+    },
+    "pairwise": {
+        "type": "object",
+        "properties": {
+            "verdict": {"type": "string", "enum": ["A", "B", "C"]},
+            "reason": {"type": "string", "maxLength": 400},
+        },
+        "required": ["verdict", "reason"],
+        "additionalProperties": False,
+    },
 }
 
 
@@ -43,6 +61,7 @@ def _check(mode: str):
             s = data.get("score")
             return None if isinstance(s, (int, float)) and 0 <= s <= 5 else "no score from 0 to 5"
         return None if data.get("verdict") in ("A", "B", "C") else "no verdict A, B or C"
+
     return check
 
 
@@ -60,8 +79,10 @@ class Summary:
         tally = ", ".join(f"{k} {v}" for k, v in sorted(self.results.items()))
         if self.scores:
             tally = f"mean score {sum(self.scores) / len(self.scores):.2f}, {sum(s >= 4.5 for s in self.scores)} at 4.5 or more"
-        return (f"{self.judge}: judged {self.asked} ({self.parsed} parsed{', ' + tally if tally else ''}); "
-                f"{self.skipped} already judged, skipped")
+        return (
+            f"{self.judge}: judged {self.asked} ({self.parsed} parsed{', ' + tally if tally else ''}); "
+            f"{self.skipped} already judged, skipped"
+        )
 
 
 def targets(store, mode: str, judge: str, f, limit: int | None) -> tuple[list, int]:
@@ -89,7 +110,8 @@ async def _one(store, client, mode: str, judge: str, p, target, max_tokens: int)
         conv = {"a": show(await store.aio.messages(a)), "b": show(await store.aio.messages(b))}
         first, second = await asyncio.gather(
             ask_json(client, p.render(conversation_a=conv["a"], conversation_b=conv["b"]), schema, max_tokens, check),
-            ask_json(client, p.render(conversation_a=conv["b"], conversation_b=conv["a"]), schema, max_tokens, check))
+            ask_json(client, p.render(conversation_a=conv["b"], conversation_b=conv["a"]), schema, max_tokens, check),
+        )
         raw = [first.raw, second.raw]
         if first.data is None or second.data is None:
             await store.aio.record_judgment(judge, mode, a, turn_b=b, raw=raw, error=first.error or second.error)
@@ -98,8 +120,15 @@ async def _one(store, client, mode: str, judge: str, p, target, max_tokens: int)
         g1 = {"A": "a", "B": "b", "C": "tie"}[first.data["verdict"]]
         g2 = {"A": "b", "B": "a", "C": "tie"}[second.data["verdict"]]
         result = g1 if g1 == g2 else "inconsistent"
-        await store.aio.record_judgment(judge, mode, a, turn_b=b, result=result, raw=raw,
-                                        explanation=f"A/B order: {first.data.get('reason', '')} | B/A order: {second.data.get('reason', '')}")
+        await store.aio.record_judgment(
+            judge,
+            mode,
+            a,
+            turn_b=b,
+            result=result,
+            raw=raw,
+            explanation=f"A/B order: {first.data.get('reason', '')} | B/A order: {second.data.get('reason', '')}",
+        )
         return result
     messages = await store.aio.messages(target)
     reply = messages.pop()["content"]
@@ -108,16 +137,29 @@ async def _one(store, client, mode: str, judge: str, p, target, max_tokens: int)
         await store.aio.record_judgment(judge, mode, target, raw=answer.raw, error=answer.error)
         return None
     if mode == "label":
-        await store.aio.record_judgment(judge, mode, target, result=answer.data["label"], explanation=answer.data.get("reason"),
-                                        raw=answer.raw)
+        await store.aio.record_judgment(
+            judge, mode, target, result=answer.data["label"], explanation=answer.data.get("reason"), raw=answer.raw
+        )
         return answer.data["label"]
     score = float(answer.data["score"])
-    await store.aio.record_judgment(judge, mode, target, score=score, explanation=answer.data.get("explanation"), raw=answer.raw)
+    await store.aio.record_judgment(
+        judge, mode, target, score=score, explanation=answer.data.get("explanation"), raw=answer.raw
+    )
     return score
 
 
-def run(store, endpoint, mode: str, f, *, limit: int | None = None, concurrency: int = 8, max_tokens: int = 256,
-        prompt_version: int | None = None, progress_cls=None) -> Summary:
+def run(
+    store,
+    endpoint,
+    mode: str,
+    f,
+    *,
+    limit: int | None = None,
+    concurrency: int = 8,
+    max_tokens: int = 256,
+    prompt_version: int | None = None,
+    progress_cls=None,
+) -> Summary:
     """Judge the turns the filters pick with `endpoint` (a Checkpoint with its base_url)."""
     from limachat.jobs import Progress
     from limachat.serve.client import ChatClient
@@ -129,9 +171,13 @@ def run(store, endpoint, mode: str, f, *, limit: int | None = None, concurrency:
     todo, skipped = targets(store, mode, judge, f, limit)
     summary = Summary(judge, mode, skipped=skipped)
     client = ChatClient(endpoint, timeout=300)
-    with (progress_cls or Progress)(f"judging ({mode})", total=len(todo), unit="pair" if mode == "pairwise" else "turn") as bar:
+    with (progress_cls or Progress)(
+        f"judging ({mode})", total=len(todo), unit="pair" if mode == "pairwise" else "turn"
+    ) as bar:
         bar.message(f"{judge}: {len(todo)} to judge, {skipped} already judged")
-        results = asyncio.run(bounded(todo, lambda t: _one(store, client, mode, judge, p, t, max_tokens), concurrency, bar))
+        results = asyncio.run(
+            bounded(todo, lambda t: _one(store, client, mode, judge, p, t, max_tokens), concurrency, bar)
+        )
         summary.asked = len(results)
         for r in results:
             if isinstance(r, float):

@@ -21,13 +21,32 @@ from limachat.curate.common import annotator_name, ask_json, assistant_turns, bo
 
 GENERAL = "general"  # where an instruction the teacher did not file goes
 # When the teacher's rubric does not parse (stored with the teacher's name and the reason).
-DEFAULT_RUBRIC = "- does what the user asked\n- is correct\n- is clear and well organised\n- stays consistent with the conversation"
+DEFAULT_RUBRIC = (
+    "- does what the user asked\n- is correct\n- is clear and well organised\n- stays consistent with the conversation"
+)
 BATCH = 20  # instructions per categorising request
-CATEGORY_SCHEMA = {"type": "object", "properties": {"assign": {"type": "array", "items": {
-    "type": "object", "properties": {"request": {"type": "integer"}, "category": {"type": "string", "maxLength": 40}},
-    "required": ["request", "category"], "additionalProperties": False}}}, "required": ["assign"], "additionalProperties": False}
-RUBRIC_SCHEMA = {"type": "object", "properties": {"rubric": {"type": "string", "maxLength": 1200}}, "required": ["rubric"],
-                 "additionalProperties": False}
+CATEGORY_SCHEMA = {
+    "type": "object",
+    "properties": {
+        "assign": {
+            "type": "array",
+            "items": {
+                "type": "object",
+                "properties": {"request": {"type": "integer"}, "category": {"type": "string", "maxLength": 40}},
+                "required": ["request", "category"],
+                "additionalProperties": False,
+            },
+        }
+    },
+    "required": ["assign"],
+    "additionalProperties": False,
+}
+RUBRIC_SCHEMA = {
+    "type": "object",
+    "properties": {"rubric": {"type": "string", "maxLength": 1200}},
+    "required": ["rubric"],
+    "additionalProperties": False,
+}
 
 
 @dataclass
@@ -42,12 +61,16 @@ class Summary:
     errors: list[str] = field(default_factory=list)
 
     def line(self) -> str:
-        return (f"{self.teacher}: {self.categorized} instructions filed, {self.rubrics} new rubrics, {self.revised} turns revised"
-                f"{f', {self.unchanged} given back unchanged' if self.unchanged else ''}"
-                f"{f', {self.failed} failed ({self.errors[0]})' if self.failed else ''}; {self.skipped} revised before, skipped")
+        return (
+            f"{self.teacher}: {self.categorized} instructions filed, {self.rubrics} new rubrics, {self.revised} turns revised"
+            f"{f', {self.unchanged} given back unchanged' if self.unchanged else ''}"
+            f"{f', {self.failed} failed ({self.errors[0]})' if self.failed else ''}; {self.skipped} revised before, skipped"
+        )
 
 
-def chosen_turns(store, f, labels: tuple[str, ...], raters: str, teacher: str, limit: int | None) -> tuple[list[str], int]:
+def chosen_turns(
+    store, f, labels: tuple[str, ...], raters: str, teacher: str, limit: int | None
+) -> tuple[list[str], int]:
     """Assistant turns the filters pick whose label (lowest among `raters`) is one of `labels`, less
     those this teacher revised already."""
     lowest = store.lowest_labels(raters=raters)
@@ -78,9 +101,18 @@ async def _categorize(store, client, teacher: str, instructions: dict[str, str],
 
     async def batch(part):
         requests = "\n".join(f"{i + 1}. {text[:300]}" for i, (_, text) in enumerate(part))
-        text = p.render(requests=requests, max_categories=str(max(3, min(12, len(instructions) // 3))),
-                        known=", ".join(names) or "none yet")
-        answer = await ask_json(client, text, CATEGORY_SCHEMA, max_tokens, lambda d: None if isinstance(d.get("assign"), list) else "no list")
+        text = p.render(
+            requests=requests,
+            max_categories=str(max(3, min(12, len(instructions) // 3))),
+            known=", ".join(names) or "none yet",
+        )
+        answer = await ask_json(
+            client,
+            text,
+            CATEGORY_SCHEMA,
+            max_tokens,
+            lambda d: None if isinstance(d.get("assign"), list) else "no list",
+        )
         got = {}
         for item in (answer.data or {}).get("assign", []):
             if isinstance(item, dict) and isinstance(item.get("request"), int) and 1 <= item["request"] <= len(part):
@@ -91,7 +123,7 @@ async def _categorize(store, client, teacher: str, instructions: dict[str, str],
         await store.aio.categorize(filed, teacher)
         return len(filed)
 
-    parts = [todo[i:i + BATCH] for i in range(0, len(todo), BATCH)]
+    parts = [todo[i : i + BATCH] for i in range(0, len(todo), BATCH)]
     return sum(await bounded(parts, batch, 4, bar, weight=len))
 
 
@@ -106,8 +138,13 @@ async def _rubrics(store, client, teacher: str, examples: dict[str, list[str]], 
 
     async def one(category):
         listed = "\n".join(f"- {text[:300]}" for text in examples[category][:5])
-        answer = await ask_json(client, p.render(category=category, examples=listed), RUBRIC_SCHEMA, max_tokens,
-                                lambda d: None if str(d.get("rubric", "")).strip() else "an empty rubric")
+        answer = await ask_json(
+            client,
+            p.render(category=category, examples=listed),
+            RUBRIC_SCHEMA,
+            max_tokens,
+            lambda d: None if str(d.get("rubric", "")).strip() else "an empty rubric",
+        )
         text = answer.data["rubric"].strip() if answer.data else DEFAULT_RUBRIC
         await store.aio.set_rubric(category, text, teacher if answer.data else f"{teacher} (fallback: {answer.error})")
         return 1
@@ -115,8 +152,9 @@ async def _rubrics(store, client, teacher: str, examples: dict[str, list[str]], 
     return sum(await bounded(todo, one, 4, bar))
 
 
-async def _revise_all(store, client, teacher: str, turns: list[str], params: dict[str, Any], bar, summary: Summary,
-                      concurrency: int) -> None:
+async def _revise_all(
+    store, client, teacher: str, turns: list[str], params: dict[str, Any], bar, summary: Summary, concurrency: int
+) -> None:
     p = prompt("revise")
     rubrics, categories = await store.aio.rubrics(), await store.aio.categories()
     bar.stage("revising", total=len(turns), unit="turn")
@@ -131,7 +169,9 @@ async def _revise_all(store, client, teacher: str, turns: list[str], params: dic
         # The conversation goes as the chat it was (with the reply to revise as the teacher's own last
         # turn), between the rubric as the system message and the request to rewrite: small models
         # echo a transcript pasted into one message instead of answering it.
-        system, request = p.render(category=category, rubric=rubric["content"] if rubric else DEFAULT_RUBRIC).split("\n----\n")
+        system, request = p.render(category=category, rubric=rubric["content"] if rubric else DEFAULT_RUBRIC).split(
+            "\n----\n"
+        )
         chat = [{"role": "system", "content": system}, *messages, {"role": "user", "content": request}]
         try:
             done = await client.complete(chat, params)
@@ -153,15 +193,28 @@ async def _revise_all(store, client, teacher: str, turns: list[str], params: dic
     await bounded(turns, one, concurrency, bar)
 
 
-def revise(store, endpoint, f, *, labels: tuple[str, ...] = ("fail", "pass"), raters: str = "all", limit: int | None = None,
-           params: dict[str, Any], max_tokens: int = 256, concurrency: int = 8, progress_cls=None) -> Summary:
+def revise(
+    store,
+    endpoint,
+    f,
+    *,
+    labels: tuple[str, ...] = ("fail", "pass"),
+    raters: str = "all",
+    limit: int | None = None,
+    params: dict[str, Any],
+    max_tokens: int = 256,
+    concurrency: int = 8,
+    progress_cls=None,
+) -> Summary:
     """One round: categorise, write missing rubrics, revise the chosen turns (`params`: the teacher's sampling)."""
     from limachat.jobs import Progress
     from limachat.serve.client import ChatClient
 
     reachable(endpoint, "teacher")
     teacher = annotator_name("teacher", endpoint, prompt("revise").tag)
-    store.register_annotator(teacher, "teacher", model=endpoint.model, endpoint=endpoint.base_url, prompt=prompt("revise").tag)
+    store.register_annotator(
+        teacher, "teacher", model=endpoint.model, endpoint=endpoint.base_url, prompt=prompt("revise").tag
+    )
     turns, skipped = chosen_turns(store, f, labels, raters, teacher, limit)
     summary = Summary(teacher, skipped=skipped)
     client = ChatClient(endpoint, timeout=600)

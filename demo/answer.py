@@ -52,15 +52,25 @@ class Deps:
         return list(self.checkpoints)
 
 
-async def answer(deps: Deps, session_id: str, user_turn: str, checkpoint: str, lane: str | None = None) -> AsyncIterator[Reply]:
+async def answer(
+    deps: Deps, session_id: str, user_turn: str, checkpoint: str, lane: str | None = None
+) -> AsyncIterator[Reply]:
     """Stream `checkpoint`'s reply to the branch ending at `user_turn`, storing it as it grows, at the
     checkpoint's sampling. Yields a Reply per piece of text, then the finished one."""
     if checkpoint not in deps.checkpoints:
         raise ValueError(f"unknown checkpoint {checkpoint!r}; known: {', '.join(deps.names)}")
     preset, wanted = deps.settings.sampling_for(checkpoint)
-    async for reply in stream_reply(deps.store.aio, deps.clients[checkpoint], session_id, user_turn,
-                                    checkpoint=checkpoint, preset=preset, wanted=wanted, lane=lane,
-                                    context_window=deps.settings.server.max_model_len):
+    async for reply in stream_reply(
+        deps.store.aio,
+        deps.clients[checkpoint],
+        session_id,
+        user_turn,
+        checkpoint=checkpoint,
+        preset=preset,
+        wanted=wanted,
+        lane=lane,
+        context_window=deps.settings.server.max_model_len,
+    ):
         if reply.status == "ok" and reply.text and deps.fluency_url:
             # In the background: the event (and the page's send button) is done when the reply is.
             task = asyncio.create_task(_score(deps, reply.turn_id, reply.asked, reply.text))

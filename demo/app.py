@@ -12,15 +12,15 @@ import random
 
 import gradio as gr
 
-from limachat.demo import chat
+from limachat.demo import chat, rating
 from limachat.demo.answer import Deps
 from limachat.demo.collect_tab import collect_tab, report_tab
 from limachat.demo.compare_tab import compare_tab
+from limachat.demo.history import FEEDBACK, judge_line
+from limachat.demo.panel import CSS as PANEL_CSS
+from limachat.demo.panel import SCRIPT, panel, updates
 from limachat.demo.study_tab import study_tab
 from limachat.demo.ui import _settle, _shown, _stream, _user
-from limachat.demo import rating
-from limachat.demo.history import FEEDBACK, judge_line
-from limachat.demo.panel import CSS as PANEL_CSS, SCRIPT, panel, updates
 from limachat.demo.users import Logins
 from limachat.dialogues.store import Store
 from limachat.serve.checkpoints import Checkpoint
@@ -35,16 +35,30 @@ footer {display: none !important}
 """
 
 
-def build_app(store: Store, checkpoints: list[Checkpoint], settings: Settings, *, auth: bool = False,
-              rng: random.Random | None = None) -> gr.Blocks:
+def build_app(
+    store: Store,
+    checkpoints: list[Checkpoint],
+    settings: Settings,
+    *,
+    auth: bool = False,
+    rng: random.Random | None = None,
+) -> gr.Blocks:
     """The app over `store`. Replies a crashed earlier run left streaming are marked interrupted first.
     `rng` draws the blind sides (seed it for a reproducible draw)."""
     local = any(c.base_url == settings.local_base_url for c in checkpoints)
-    deps = Deps(store, {c.name: c for c in checkpoints}, settings, auth=auth,
-                fluency_url=settings.local_base_url if local else None, rng=rng or random.Random())
+    deps = Deps(
+        store,
+        {c.name: c for c in checkpoints},
+        settings,
+        auth=auth,
+        fluency_url=settings.local_base_url if local else None,
+        rng=rng or random.Random(),
+    )
     repaired = store.repair_interrupted()
     if repaired:
-        log.warning("%d replies were streaming when the app last stopped: marked interrupted (retry offers a new one)", repaired)
+        log.warning(
+            "%d replies were streaming when the app last stopped: marked interrupted (retry offers a new one)", repaired
+        )
     names = deps.names
 
     def who(name: str | None, request: gr.Request | None) -> str | None:
@@ -56,10 +70,19 @@ def build_app(store: Store, checkpoints: list[Checkpoint], settings: Settings, *
     with gr.Blocks(title="limachat") as app:
         saved_name = gr.BrowserState("", storage_key="limachat-annotator", secret="limachat-annotator")
         with gr.Row(equal_height=True):
-            gr.Markdown("## limachat\nChat with, compare and rate LIMA's zero-shot and dialogue checkpoints "
-                        "(fail / pass / excellent under each reply).")
-            annotator = gr.Textbox(label="Your name (annotator)", placeholder="needed before your first rating",
-                                   interactive=not auth, max_lines=1, elem_id="annotator", scale=0, min_width=260)
+            gr.Markdown(
+                "## limachat\nChat with, compare and rate LIMA's zero-shot and dialogue checkpoints "
+                "(fail / pass / excellent under each reply)."
+            )
+            annotator = gr.Textbox(
+                label="Your name (annotator)",
+                placeholder="needed before your first rating",
+                interactive=not auth,
+                max_lines=1,
+                elem_id="annotator",
+                scale=0,
+                min_width=260,
+            )
 
         @app.load(inputs=[saved_name], outputs=[annotator])
         def _restore(saved, request: gr.Request):
@@ -89,20 +112,32 @@ def _chat_tab(deps: Deps, names, annotator, who, app: gr.Blocks) -> list:
         # Filled when the page loads (with logins, a user's own sessions only).
         sessions = gr.Dropdown([], value=None, label="Resume a session", scale=3, elem_id="chat-sessions")
         new = gr.Button("New session", scale=0, min_width=140)
-    bot = gr.Chatbot(label="Chat", feedback_options=OPTIONS, editable="all", height=460, elem_id="chat-bot",
-                     placeholder="Say something. Rate each reply with the keys 1 / 2 / 3 (or the buttons below, or the flag under "
-                                 "it); edit a message with the pencil (a user message starts a new branch, a reply becomes "
-                                 "a gold correction).")
+    bot = gr.Chatbot(
+        label="Chat",
+        feedback_options=OPTIONS,
+        editable="all",
+        height=460,
+        elem_id="chat-bot",
+        placeholder="Say something. Rate each reply with the keys 1 / 2 / 3 (or the buttons below, or the flag under "
+        "it); edit a message with the pencil (a user message starts a new branch, a reply becomes "
+        "a gold correction).",
+    )
     rate = panel("chat")
     back = gr.State(0)  # the focused reply: how many back from the newest
     with gr.Row():
-        box = gr.Textbox(show_label=False, placeholder="Message (Enter to send; / to get here)", scale=8, elem_id="chat-input",
-                         max_lines=8)
+        box = gr.Textbox(
+            show_label=False,
+            placeholder="Message (Enter to send; / to get here)",
+            scale=8,
+            elem_id="chat-input",
+            max_lines=8,
+        )
         send = gr.Button("Send", variant="primary", scale=1, min_width=90, elem_id="chat-send")
         stop = gr.Button("Stop", variant="stop", scale=1, min_width=90, elem_id="chat-stop")
     with gr.Row(equal_height=True):
-        show_judge = gr.Checkbox(False, label="Show the LLM judge's labels (label first yourself)", scale=1,
-                                 elem_id="chat-show-judge")
+        show_judge = gr.Checkbox(
+            False, label="Show the LLM judge's labels (label first yourself)", scale=1, elem_id="chat-show-judge"
+        )
         judged = gr.Markdown(elem_id="chat-judge", visible=False)
 
     async def on_send(st, text, ck, name, request: gr.Request):
@@ -155,6 +190,7 @@ def _chat_tab(deps: Deps, names, annotator, who, app: gr.Blocks) -> list:
                 raise gr.Error("No reply to rate yet.", print_exception=False)
             v = _user(lambda: chat.rate(deps, st, index, FEEDBACK[label], who(name, request)))
             return [_shown(v), *updates(v, b)]
+
         return on_key
 
     def mover(step):
@@ -162,15 +198,19 @@ def _chat_tab(deps: Deps, names, annotator, who, app: gr.Blocks) -> list:
             v = chat.current(deps, st, who(name, request))
             b = rating.move(v, b, step)
             return [b, *updates(v, b)]
+
         return on_move
 
-    runs = [send.click(on_send, [state, box, checkpoint, annotator], [state, bot, box]),
-            box.submit(on_send, [state, box, checkpoint, annotator], [state, bot, box]),
-            bot.retry(on_retry, [state, checkpoint, annotator], [state, bot]),
-            bot.edit(on_edit, [state, checkpoint, annotator], [state, bot])]
+    runs = [
+        send.click(on_send, [state, box, checkpoint, annotator], [state, bot, box]),
+        box.submit(on_send, [state, box, checkpoint, annotator], [state, bot, box]),
+        bot.retry(on_retry, [state, checkpoint, annotator], [state, bot]),
+        bot.edit(on_edit, [state, checkpoint, annotator], [state, bot]),
+    ]
     for r in runs:
         r.then(newest, [state, annotator], [back, *rate.outputs]).then(refresh_sessions, None, sessions).then(
-            on_judge, [state, show_judge, annotator], judged)
+            on_judge, [state, show_judge, annotator], judged
+        )
     show_judge.change(on_judge, [state, show_judge, annotator], judged)
     stop.click(on_stop, [state, annotator], bot, cancels=runs).then(newest, [state, annotator], [back, *rate.outputs])
     bot.like(on_rate, [state, annotator], bot).then(on_panel, [state, back, annotator], rate.outputs)
@@ -179,11 +219,14 @@ def _chat_tab(deps: Deps, names, annotator, who, app: gr.Blocks) -> list:
     rate.up.click(mover(-1), [state, back, annotator], [back, *rate.outputs])
     rate.down.click(mover(1), [state, back, annotator], [back, *rate.outputs])
     new.click(lambda: (chat.blank(), gr.update(value=[], feedback_value=[]), None), None, [state, bot, sessions]).then(
-        newest, [state, annotator], [back, *rate.outputs])
-    sessions.select(on_resume, [sessions, annotator], [state, bot]).then(on_judge, [state, show_judge, annotator], judged).then(
-        newest, [state, annotator], [back, *rate.outputs])
+        newest, [state, annotator], [back, *rate.outputs]
+    )
+    sessions.select(on_resume, [sessions, annotator], [state, bot]).then(
+        on_judge, [state, show_judge, annotator], judged
+    ).then(newest, [state, annotator], [back, *rate.outputs])
     sessions.focus(refresh_sessions, None, sessions)
     app.load(refresh_sessions, None, sessions)
+
     def on_name(st, b, name, request: gr.Request):  # the ratings shown are the annotator's own
         v = chat.current(deps, st, who(name, request))
         return [_shown(v), *updates(v, b)]
@@ -199,8 +242,16 @@ def launch(app: gr.Blocks, settings: Settings, *, users: dict[str, str] | None =
     auth = Logins(users).check if users else None
     host = settings.app.host
     host = f"[{host}]" if ":" in host and not host.startswith("[") else host  # Gradio takes IPv6 in brackets
-    return app.launch(server_name=host, server_port=settings.app.port, auth=auth, quiet=True,
-                      prevent_thread_lock=not block, css=CSS + PANEL_CSS, head=SCRIPT, allowed_paths=files)
+    return app.launch(
+        server_name=host,
+        server_port=settings.app.port,
+        auth=auth,
+        quiet=True,
+        prevent_thread_lock=not block,
+        css=CSS + PANEL_CSS,
+        head=SCRIPT,
+        allowed_paths=files,
+    )
 
 
 def app_checkpoints(settings: Settings) -> list[Checkpoint]:

@@ -25,8 +25,9 @@ async def _view(deps: Deps, leaf: str | None, annotator: str | None) -> View:
     return await deps.store.aio.read(view, deps.store, leaf, annotator)
 
 
-async def _reply(deps: Deps, session_id: str, user_turn: str, checkpoint: str, annotator: str | None
-                 ) -> AsyncIterator[tuple[dict, View]]:
+async def _reply(
+    deps: Deps, session_id: str, user_turn: str, checkpoint: str, annotator: str | None
+) -> AsyncIterator[tuple[dict, View]]:
     asked = await _view(deps, user_turn, annotator)
     async for r in answer(deps, session_id, user_turn, checkpoint):
         v = asked.growing(r, checkpoint)
@@ -35,8 +36,9 @@ async def _reply(deps: Deps, session_id: str, user_turn: str, checkpoint: str, a
     yield {"session": session_id, "ids": final.ids}, final
 
 
-async def send(deps: Deps, state: dict, text: str, checkpoint: str, annotator: str | None = None
-               ) -> AsyncIterator[tuple[dict, View]]:
+async def send(
+    deps: Deps, state: dict, text: str, checkpoint: str, annotator: str | None = None
+) -> AsyncIterator[tuple[dict, View]]:
     """A new user turn after the last shown message, then the checkpoint's streamed reply."""
     if not (text or "").strip():  # empty input does nothing
         yield state, await _view(deps, state["ids"][-1] if state["ids"] else None, annotator)
@@ -49,8 +51,9 @@ async def send(deps: Deps, state: dict, text: str, checkpoint: str, annotator: s
         yield out
 
 
-async def regenerate(deps: Deps, state: dict, index: int, checkpoint: str, annotator: str | None = None
-                     ) -> AsyncIterator[tuple[dict, View]]:
+async def regenerate(
+    deps: Deps, state: dict, index: int, checkpoint: str, annotator: str | None = None
+) -> AsyncIterator[tuple[dict, View]]:
     """A new reply to the question of message `index`, as a sibling: the old reply stays stored."""
     shown = await _view(deps, state["ids"][-1] if state["ids"] else None, annotator)
     turn = await deps.store.aio.turn(shown.turn_at(index))
@@ -59,8 +62,9 @@ async def regenerate(deps: Deps, state: dict, index: int, checkpoint: str, annot
         yield out
 
 
-async def edit(deps: Deps, state: dict, index: int, text: str, checkpoint: str, annotator: str | None = None
-               ) -> AsyncIterator[tuple[dict, View]]:
+async def edit(
+    deps: Deps, state: dict, index: int, text: str, checkpoint: str, annotator: str | None = None
+) -> AsyncIterator[tuple[dict, View]]:
     """Editing a user message starts a new branch from there (and asks for a reply); editing an
     assistant message stores a gold correction beside the original."""
     leaf = state["ids"][-1] if state["ids"] else None
@@ -93,8 +97,9 @@ def rate(deps: Deps, state: dict, index: int, option: str | bool | None, annotat
     return current(deps, state, annotator)
 
 
-def sessions(deps: Deps, modes: tuple[str, ...] = ("chat", "imported"), limit: int = 200, user: str | None = None
-             ) -> list[tuple[str, str]]:
+def sessions(
+    deps: Deps, modes: tuple[str, ...] = ("chat", "imported"), limit: int = 200, user: str | None = None
+) -> list[tuple[str, str]]:
     """(label, id) of earlier sessions, newest first, for the resume list; with logins (`user`), only
     that user's own."""
     out = []

@@ -8,23 +8,41 @@ from pathlib import Path
 
 from limachat import jobs
 from limachat.demo.answer import Deps
-from limachat.jobs import Job
-from limachat.settings import settings_env
 from limachat.dialogues import report as reports
 from limachat.dialogues.export import Filters, chains, export
+from limachat.jobs import Job
 from limachat.serve.checkpoints import Checkpoint
+from limachat.settings import settings_env
 
 ANY = "any"
 
 
-def filters(min_label: str = ANY, cut_at_first_fail: bool = False, prefer_gold: bool = False, checkpoint: str = ANY,
-            annotator: str = "", mode: str = ANY, raters: str = "", min_score: float | None = None,
-            selection: str = ANY, gold_from: str = "") -> Filters:
+def filters(
+    min_label: str = ANY,
+    cut_at_first_fail: bool = False,
+    prefer_gold: bool = False,
+    checkpoint: str = ANY,
+    annotator: str = "",
+    mode: str = ANY,
+    raters: str = "",
+    min_score: float | None = None,
+    selection: str = ANY,
+    gold_from: str = "",
+) -> Filters:
     """The export filters from the tab's widgets ("any", blank and 0 mean no filter, or the filter's own
     default)."""
-    given = {"min_label": min_label, "cut_at_first_fail": bool(cut_at_first_fail), "prefer_gold": bool(prefer_gold),
-             "checkpoint": checkpoint, "annotator": annotator, "mode": mode, "raters": raters, "min_score": min_score or None,
-             "selection": selection, "gold_from": gold_from}
+    given = {
+        "min_label": min_label,
+        "cut_at_first_fail": bool(cut_at_first_fail),
+        "prefer_gold": bool(prefer_gold),
+        "checkpoint": checkpoint,
+        "annotator": annotator,
+        "mode": mode,
+        "raters": raters,
+        "min_score": min_score or None,
+        "selection": selection,
+        "gold_from": gold_from,
+    }
     return Filters(**{k: v.strip() if isinstance(v, str) else v for k, v in given.items() if v not in (None, "", ANY)})
 
 
@@ -82,7 +100,16 @@ def start_select(deps: Deps, f: Filters, name: str, size: int | None, per_cluste
     name = (name or "").strip()
     if not name or not size:
         raise ValueError("Give the selection a name and a size.")
-    args = ["select", "--name", name, "--size", str(int(size)), "--replace", *f.args(), *(["--per-cluster"] * per_cluster)]
+    args = [
+        "select",
+        "--name",
+        name,
+        "--size",
+        str(int(size)),
+        "--replace",
+        *f.args(),
+        *(["--per-cluster"] * per_cluster),
+    ]
     return _job(deps, "select", f"select-{name}", args)
 
 
@@ -90,8 +117,14 @@ def start_revise(deps: Deps, f: Filters, labels: list[str], limit: int | None) -
     """`limachat revise` on the turns labelled `labels` (by people or judges) the filters pick."""
     if not labels:
         raise ValueError("Pick the labels of the turns to revise (fail, pass).")
-    args = ["revise", "--labels", ",".join(labels), *_session_filters(f), *(["--selection", f.selection] if f.selection else []),
-            *(["--limit", str(int(limit))] if limit else [])]
+    args = [
+        "revise",
+        "--labels",
+        ",".join(labels),
+        *_session_filters(f),
+        *(["--selection", f.selection] if f.selection else []),
+        *(["--limit", str(int(limit))] if limit else []),
+    ]
     return _job(deps, "revise", f"revise-{time.strftime('%Y%m%d-%H%M%S')}", args)
 
 
@@ -155,7 +188,10 @@ def save_rubric(deps: Deps, category: str | None, text: str, annotator: str | No
 
 def pending_revisions(deps: Deps) -> list[tuple[str, str]]:
     """(label, edit id) of the teacher revisions nobody has reviewed yet."""
-    return [(f"{e['category'] or 'no rubric'} · {e['original'][:70]!r}", e["id"]) for e in deps.store.teacher_edits(pending=True)]
+    return [
+        (f"{e['category'] or 'no rubric'} · {e['original'][:70]!r}", e["id"])
+        for e in deps.store.teacher_edits(pending=True)
+    ]
 
 
 def revision(deps: Deps, edit_id: str | None) -> tuple[str, str]:
@@ -163,8 +199,10 @@ def revision(deps: Deps, edit_id: str | None) -> tuple[str, str]:
     e = next((e for e in deps.store.teacher_edits() if e["id"] == edit_id), None)
     if e is None:
         return "", ""
-    return (f"**Original** ({e['category'] or 'no rubric'})\n\n{e['original']}",
-            f"**Revised by {e['annotator']}**\n\n{e['content']}")
+    return (
+        f"**Original** ({e['category'] or 'no rubric'})\n\n{e['original']}",
+        f"**Revised by {e['annotator']}**\n\n{e['content']}",
+    )
 
 
 def review(deps: Deps, edit_id: str | None, annotator: str | None, accept: bool) -> str:
@@ -175,5 +213,8 @@ def review(deps: Deps, edit_id: str | None, annotator: str | None, accept: bool)
     if not edit_id:
         raise ValueError("Pick a revision first.")
     deps.store.review_edit(edit_id, annotator, accept)
-    return ("Accepted: it is now your gold correction of that reply." if accept
-            else "Rejected: it will not be used as gold.")
+    return (
+        "Accepted: it is now your gold correction of that reply."
+        if accept
+        else "Rejected: it will not be used as gold."
+    )

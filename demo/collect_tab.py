@@ -14,8 +14,10 @@ from limachat.dialogues.values import GOLD_SOURCES, RATERS
 
 
 def collect_tab(deps: Deps, names, pickers: list, annotator, who, tab) -> None:
-    gr.Markdown("Rated chains become training data: pick the filters, see what passes, download it, "
-                "or train a new dialogue checkpoint from the bundled set plus these chains.")
+    gr.Markdown(
+        "Rated chains become training data: pick the filters, see what passes, download it, "
+        "or train a new dialogue checkpoint from the bundled set plus these chains."
+    )
     with gr.Row():
         min_label = gr.Dropdown([collect.ANY, *LABELS], value="pass", label="Min label (every reply)")
         cut = gr.Checkbox(False, label="Cut at first fail")
@@ -36,9 +38,11 @@ def collect_tab(deps: Deps, names, pickers: list, annotator, who, tab) -> None:
         train = gr.Button("Train dialogue checkpoint from these", variant="primary")
     result = gr.Markdown(elem_id="collect-result")
     download = gr.File(label="Download", interactive=False, elem_id="collect-file")
-    gr.Markdown("### Curate\nMachines beside the people, on the chains the filters above pick (checkpoint, annotator, "
-                "mode): an LLM judge labels or scores replies (AlpaGasus, MT-Bench), k-center picks a diverse subset "
-                "(LTD), a teacher revises replies against per-category rubrics (CITING). Each runs in the background.")
+    gr.Markdown(
+        "### Curate\nMachines beside the people, on the chains the filters above pick (checkpoint, annotator, "
+        "mode): an LLM judge labels or scores replies (AlpaGasus, MT-Bench), k-center picks a diverse subset "
+        "(LTD), a teacher revises replies against per-category rubrics (CITING). Each runs in the background."
+    )
     with gr.Row():
         with gr.Column():
             judge_mode = gr.Radio(["label", "score", "pairwise"], value="label", label="Judge")
@@ -95,10 +99,14 @@ def collect_tab(deps: Deps, names, pickers: list, annotator, who, tab) -> None:
 
     def on_tick():  # while jobs run, and once more after: what they made shows up in the pickers
         train_job = deps.jobs.get("train")
-        return (collect.job_status(deps), gr.Timer(active=collect.running(deps)),
-                gr.update(visible=train_job is not None and train_job.state == "done"),
-                gr.update(choices=[collect.ANY, *collect.selections(deps)]), gr.update(choices=sorted(deps.store.rubrics())),
-                gr.update(choices=collect.pending_revisions(deps)))
+        return (
+            collect.job_status(deps),
+            gr.Timer(active=collect.running(deps)),
+            gr.update(visible=train_job is not None and train_job.state == "done"),
+            gr.update(choices=[collect.ANY, *collect.selections(deps)]),
+            gr.update(choices=sorted(deps.store.rubrics())),
+            gr.update(choices=collect.pending_revisions(deps)),
+        )
 
     def on_serve():
         message = _user(lambda: collect.serve_trained(deps, deps.jobs["train"]))
@@ -107,8 +115,12 @@ def collect_tab(deps: Deps, names, pickers: list, annotator, who, tab) -> None:
 
     def on_open(*values):
         cats = sorted(deps.store.rubrics())
-        return (on_count(*values), gr.update(choices=[collect.ANY, *collect.selections(deps)]), gr.update(choices=cats),
-                gr.update(choices=collect.pending_revisions(deps), value=None))
+        return (
+            on_count(*values),
+            gr.update(choices=[collect.ANY, *collect.selections(deps)]),
+            gr.update(choices=cats),
+            gr.update(choices=collect.pending_revisions(deps), value=None),
+        )
 
     def on_save_rubric(cat, text, name, request: gr.Request):
         return _user(lambda: collect.save_rubric(deps, cat, text, who(name, request)))
@@ -117,6 +129,7 @@ def collect_tab(deps: Deps, names, pickers: list, annotator, who, tab) -> None:
         def on_review(edit_id, name, request: gr.Request):
             message = _user(lambda: collect.review(deps, edit_id, who(name, request), accepting))
             return message, gr.update(choices=collect.pending_revisions(deps), value=None), "", ""
+
         return on_review
 
     for w in widgets:
@@ -139,8 +152,12 @@ def collect_tab(deps: Deps, names, pickers: list, annotator, who, tab) -> None:
 
 def report_tab(deps: Deps, tab) -> None:
     refresh = gr.Button("Refresh", scale=0)
-    chart = gr.Image(label="Figure 7: label shares per checkpoint, and excellent share by turn", type="filepath",
-                     interactive=False, elem_id="report-chart")
+    chart = gr.Image(
+        label="Figure 7: label shares per checkpoint, and excellent share by turn",
+        type="filepath",
+        interactive=False,
+        elem_id="report-chart",
+    )
     tables = gr.Markdown(elem_id="report-tables")
 
     def on_report():

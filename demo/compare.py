@@ -25,8 +25,17 @@ BUNDLED_SET = "bundled"
 
 
 def blank() -> dict:
-    return {"session": None, "a": [], "b": [], "names": None, "blind": False, "closed": False, "origin": None,
-            "study": None, "slot": None}
+    return {
+        "session": None,
+        "a": [],
+        "b": [],
+        "names": None,
+        "blind": False,
+        "closed": False,
+        "origin": None,
+        "study": None,
+        "slot": None,
+    }
 
 
 def side_names(state: dict) -> dict[str, str]:
@@ -80,14 +89,21 @@ async def _start(deps: Deps, state: dict, text: str, left: str, right: str, blin
     if blind and not fixed and deps.rng.random() < 0.5:
         names = {"a": right, "b": left}
     origin = state["origin"] if state["origin"] and state["origin"]["text"].strip() == text.strip() else None
-    sid = await deps.store.aio.start_session("blind" if blind else "compare", annotator=annotator or None,
-                                   prompt_set=origin["set"] if origin else None, prompt=origin["id"] if origin else None,
-                                   meta={"lanes": names}, study=state.get("study"), slot=state.get("slot"))
+    sid = await deps.store.aio.start_session(
+        "blind" if blind else "compare",
+        annotator=annotator or None,
+        prompt_set=origin["set"] if origin else None,
+        prompt=origin["id"] if origin else None,
+        meta={"lanes": names},
+        study=state.get("study"),
+        slot=state.get("slot"),
+    )
     return {**state, "session": sid, "names": names, "blind": bool(blind)}
 
 
-async def send(deps: Deps, state: dict, text: str, left: str, right: str, blind: bool, annotator: str | None = None
-               ) -> AsyncIterator[tuple[dict, View, View]]:
+async def send(
+    deps: Deps, state: dict, text: str, left: str, right: str, blind: bool, annotator: str | None = None
+) -> AsyncIterator[tuple[dict, View, View]]:
     """The same user turn to both sides; both replies stream at once."""
     if not (text or "").strip():
         yield (state, *await _views(deps, state, annotator))
@@ -98,8 +114,10 @@ async def send(deps: Deps, state: dict, text: str, left: str, right: str, blind:
     if state["session"] is None:
         state = await _start(deps, state, text, left, right, blind, annotator)
     sid, store = state["session"], deps.store.aio
-    users = {lane: await store.add_user_turn(sid, text, parent_id=state[lane][-1] if state[lane] else None, lane=lane)
-             for lane in LANES}
+    users = {
+        lane: await store.add_user_turn(sid, text, parent_id=state[lane][-1] if state[lane] else None, lane=lane)
+        for lane in LANES
+    }
     names = state["names"]
     live = {lane: await store.read(view, deps.store, users[lane], annotator, blind_as(state, lane)) for lane in LANES}
     asked = dict(live)
@@ -110,7 +128,9 @@ async def send(deps: Deps, state: dict, text: str, left: str, right: str, blind:
     yield (state, *await _views(deps, state, annotator))
 
 
-async def retry(deps: Deps, state: dict, lane: str, annotator: str | None = None) -> AsyncIterator[tuple[dict, View, View]]:
+async def retry(
+    deps: Deps, state: dict, lane: str, annotator: str | None = None
+) -> AsyncIterator[tuple[dict, View, View]]:
     """A new reply on one side to its latest question (after an error, or just another try); the
     old reply stays stored."""
     if not state[lane]:
@@ -154,8 +174,11 @@ def verdicts_line(deps: Deps, state: dict, annotator: str | None) -> str:
     names = side_names(state)
     said = {"a": f"{names['a']} better", "b": f"{names['b']} better", "tie": "a tie"}
     exchange = {t: i // 2 + 1 for i, t in enumerate(state["a"])}  # the branch alternates question, reply
-    mine = sorted((exchange.get(v["turn_a"], 0), said.get(v["verdict"], v["verdict"]))
-                  for v in deps.store.verdicts(state["session"]) if v["annotator"] == annotator and v["turn_a"] in exchange)
+    mine = sorted(
+        (exchange.get(v["turn_a"], 0), said.get(v["verdict"], v["verdict"]))
+        for v in deps.store.verdicts(state["session"])
+        if v["annotator"] == annotator and v["turn_a"] in exchange
+    )
     return "Your verdicts: " + "; ".join(f"turn {n}: {w}" for n, w in mine) + "." if mine else ""
 
 
@@ -181,8 +204,15 @@ def resume(deps: Deps, session_id: str, annotator: str | None) -> tuple[dict, Vi
         raise ValueError("That is not a compare session: resume it in the Chat tab.")
     if deps.auth and s["annotator"] != annotator:
         raise ValueError("That session belongs to another user.")
-    state = {**blank(), "session": session_id, "names": (s["meta"] or {}).get("lanes"), "blind": s["mode"] == "blind",
-             "closed": bool(s["closed"]), "study": s.get("study"), "slot": s.get("slot")}
+    state = {
+        **blank(),
+        "session": session_id,
+        "names": (s["meta"] or {}).get("lanes"),
+        "blind": s["mode"] == "blind",
+        "closed": bool(s["closed"]),
+        "study": s.get("study"),
+        "slot": s.get("slot"),
+    }
     for lane in LANES:
         state[lane] = view(deps.store, deps.store.latest_turn(session_id, lane), annotator).ids
     return (state, *views(deps, state, annotator))
@@ -194,10 +224,14 @@ def close(deps: Deps, state: dict) -> tuple[dict, str]:
         return state, "Nothing to close yet."
     if state.get("study"):
         st = deps.store.study(state["study"])
-        conv, _, _ = study.conversation_at(deps.store, st, deps.store.session(state["session"])["annotator"], state["slot"])
+        conv, _, _ = study.conversation_at(
+            deps.store, st, deps.store.session(state["session"])["annotator"], state["slot"]
+        )
         if conv.session == state["session"] and not conv.reached(st["turns"]):
-            raise ValueError(f"This study conversation has not reached its {st['turns']} turns yet: close it once it has "
-                             "(a closed conversation takes no more messages).")
+            raise ValueError(
+                f"This study conversation has not reached its {st['turns']} turns yet: close it once it has "
+                "(a closed conversation takes no more messages)."
+            )
     deps.store.close_session(state["session"])
     state = {**state, "closed": True}
     names = state["names"]
@@ -228,10 +262,18 @@ def study_next(deps: Deps, study_name: str | None, annotator: str | None) -> tup
         return resume(deps, conv.session, who)[0], None
     missing = [c for c in conv.slot.sides.values() if c not in deps.checkpoints]
     if missing:
-        raise ValueError(f"study {st['name']} needs {', '.join(missing)}, which this app does not serve; "
-                         f"it serves {', '.join(deps.names)}")
-    state = {**blank(), "names": dict(conv.slot.sides), "blind": st["blind"], "study": st["name"], "slot": conv.slot.index,
-             "origin": {"set": st["prompt_set"], "id": conv.slot.prompt_id, "text": conv.slot.prompt}}
+        raise ValueError(
+            f"study {st['name']} needs {', '.join(missing)}, which this app does not serve; "
+            f"it serves {', '.join(deps.names)}"
+        )
+    state = {
+        **blank(),
+        "names": dict(conv.slot.sides),
+        "blind": st["blind"],
+        "study": st["name"],
+        "slot": conv.slot.index,
+        "origin": {"set": st["prompt_set"], "id": conv.slot.prompt_id, "text": conv.slot.prompt},
+    }
     return state, conv.slot.prompt
 
 

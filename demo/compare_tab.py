@@ -6,11 +6,11 @@ from __future__ import annotations
 import gradio as gr
 
 from limachat.demo import compare, rating
-from limachat.dialogues import study
 from limachat.demo.answer import Deps
 from limachat.demo.history import FEEDBACK, judge_line
 from limachat.demo.panel import panel, updates
 from limachat.demo.ui import _error, _settle, _shown, _stream, _user
+from limachat.dialogues import study
 
 OPTIONS = list(FEEDBACK.values())
 
@@ -27,18 +27,33 @@ def compare_tab(deps: Deps, names, annotator, who, tab) -> list:
         close = gr.Button("Close and reveal", scale=0, min_width=150, elem_id="compare-close")
     with gr.Row(equal_height=True):
         resumable = gr.Dropdown([], value=None, label="Resume a comparison", scale=3, elem_id="compare-sessions")
-        studied = gr.Dropdown([s["name"] for s in deps.store.studies()], value=None, label="Study", scale=1,
-                              elem_id="compare-study")
+        studied = gr.Dropdown(
+            [s["name"] for s in deps.store.studies()], value=None, label="Study", scale=1, elem_id="compare-study"
+        )
         nxt = gr.Button("Next study prompt (n)", scale=0, min_width=170, elem_id="study-next")
     study_said = gr.Markdown(elem_id="study-status")
     with gr.Accordion("Start from a prompt set", open=False, elem_id="compare-prompt-set"):
         with gr.Row():
-            pick = gr.Dropdown(_prompt_choices(prompts), value=None, label=f"Prompt ({set_name} set)", scale=3,
-                               elem_id="compare-prompt")
-            upload = gr.File(label="Load a prompt set (.jsonl with \"prompt\", or .txt: one per line)",
-                             file_types=[".jsonl", ".txt"], scale=1, height=90)
-        cover = gr.Dataframe(_coverage(deps, pset.value), label="Sessions per prompt and checkpoint",
-                             interactive=False, wrap=True, max_height=220)
+            pick = gr.Dropdown(
+                _prompt_choices(prompts),
+                value=None,
+                label=f"Prompt ({set_name} set)",
+                scale=3,
+                elem_id="compare-prompt",
+            )
+            upload = gr.File(
+                label='Load a prompt set (.jsonl with "prompt", or .txt: one per line)',
+                file_types=[".jsonl", ".txt"],
+                scale=1,
+                height=90,
+            )
+        cover = gr.Dataframe(
+            _coverage(deps, pset.value),
+            label="Sessions per prompt and checkpoint",
+            interactive=False,
+            wrap=True,
+            max_height=220,
+        )
     with gr.Row():
         with gr.Column():
             bot_a = gr.Chatbot(label="A", feedback_options=OPTIONS, height=420, elem_id="compare-a")
@@ -49,8 +64,12 @@ def compare_tab(deps: Deps, names, annotator, who, tab) -> list:
     backs = gr.State({"a": 0, "b": 0})
     gr.Markdown(rating.HELP, elem_id="compare-keys")
     with gr.Row():
-        box = gr.Textbox(show_label=False, placeholder="Message to both (Enter to send; / to get here)", scale=8,
-                         elem_id="compare-input")
+        box = gr.Textbox(
+            show_label=False,
+            placeholder="Message to both (Enter to send; / to get here)",
+            scale=8,
+            elem_id="compare-input",
+        )
         send = gr.Button("Send to both", variant="primary", scale=1, min_width=120, elem_id="compare-send")
         stop = gr.Button("Stop", variant="stop", scale=1, min_width=90)
     with gr.Row(elem_classes="verdict"):
@@ -59,8 +78,9 @@ def compare_tab(deps: Deps, names, annotator, who, tab) -> list:
         better_b = gr.Button("Right better (b) ▶", elem_id="verdict-b")
     said = gr.Markdown(elem_id="compare-status")
     with gr.Row(equal_height=True):
-        show_judge = gr.Checkbox(False, label="Show the LLM judge's labels (label first yourself)", scale=1,
-                                 elem_id="compare-show-judge")
+        show_judge = gr.Checkbox(
+            False, label="Show the LLM judge's labels (label first yourself)", scale=1, elem_id="compare-show-judge"
+        )
         judged = gr.Markdown(elem_id="compare-judge", visible=False)
 
     def labels(st):
@@ -79,16 +99,19 @@ def compare_tab(deps: Deps, names, annotator, who, tab) -> list:
             async for st2, va, vb in _stream(compare.retry(deps, st, lane, who(name, request))):
                 n = compare.side_names(st2)
                 yield st2, _shown(va, n["a"]), _shown(vb, n["b"])
+
         return on_retry
 
     def rater(lane):
         def on_rate(st, name, data: gr.LikeData, request: gr.Request):
             return _shown(_user(lambda: compare.rate(deps, st, lane, data.index, data.liked, who(name, request))))
+
         return on_rate
 
     def judge(choice):
         def on_verdict(st, name, request: gr.Request):
             return _user(lambda: compare.verdict(deps, st, choice, who(name, request)))
+
         return on_verdict
 
     def on_close(st, ps, name, request: gr.Request):
@@ -113,7 +136,11 @@ def compare_tab(deps: Deps, names, annotator, who, tab) -> list:
             return gr.update(), gr.update(), gr.update()
         name, items = _user(lambda: compare.prompt_set(path))
         ps = {"name": name, "prompts": items}
-        return ps, gr.update(choices=_prompt_choices(items), value=None, label=f"Prompt ({name} set)"), _coverage(deps, ps)
+        return (
+            ps,
+            gr.update(choices=_prompt_choices(items), value=None, label=f"Prompt ({name} set)"),
+            _coverage(deps, ps),
+        )
 
     async def on_stop(st, name, request: gr.Request):
         await _settle(deps, st["a"][-1:] + st["b"][-1:])
@@ -125,8 +152,10 @@ def compare_tab(deps: Deps, names, annotator, who, tab) -> list:
             return gr.update(visible=False)
         va, vb = compare.views(deps, st, who(name, request))
         n = compare.side_names(st)
-        return gr.update(value=judge_line(deps.store, va, f"{n['a']}: ") + "  \n" + judge_line(deps.store, vb, f"{n['b']}: "),
-                         visible=True)
+        return gr.update(
+            value=judge_line(deps.store, va, f"{n['a']}: ") + "  \n" + judge_line(deps.store, vb, f"{n['b']}: "),
+            visible=True,
+        )
 
     def panels(st, bk, name, request: gr.Request):
         va, vb = compare.views(deps, st, who(name, request))
@@ -137,8 +166,12 @@ def compare_tab(deps: Deps, names, annotator, who, tab) -> list:
         """After new replies, a resume or a close: the newest replies focused, the verdicts and the study."""
         bk = {"a": 0, "b": 0}
         who_ = who(name, request)
-        return [bk, *panels(st, bk, name, request), compare.verdicts_line(deps, st, who_),
-                _user(lambda: compare.study_line(deps, st, who_))]
+        return [
+            bk,
+            *panels(st, bk, name, request),
+            compare.verdicts_line(deps, st, who_),
+            _user(lambda: compare.study_line(deps, st, who_)),
+        ]
 
     def key_rater(lane, label):
         def on_key(st, bk, name, request: gr.Request):
@@ -147,7 +180,12 @@ def compare_tab(deps: Deps, names, annotator, who, tab) -> list:
             if index is None:
                 raise gr.Error("No reply to rate yet.", print_exception=False)
             v = _user(lambda: compare.rate(deps, st, lane, index, FEEDBACK[label], who(name, request)))
-            return [_shown(v), *panels(st, bk, name, request), _user(lambda: compare.study_line(deps, st, who(name, request)))]
+            return [
+                _shown(v),
+                *panels(st, bk, name, request),
+                _user(lambda: compare.study_line(deps, st, who(name, request))),
+            ]
+
         return on_key
 
     def mover(lane, step):
@@ -155,6 +193,7 @@ def compare_tab(deps: Deps, names, annotator, who, tab) -> list:
             v = compare.side(deps, st, lane, who(name, request))
             bk = {**bk, lane: rating.move(v, bk[lane], step)}
             return [bk, *panels(st, bk, name, request)]
+
         return on_move
 
     def on_resume(sid, name, request: gr.Request):
@@ -188,32 +227,41 @@ def compare_tab(deps: Deps, names, annotator, who, tab) -> list:
 
     after = [backs, *panel_a.outputs, *panel_b.outputs, said, study_said]
     inputs = [state, box, left, right, blind, annotator]
-    runs = [send.click(on_send, inputs, [state, bot_a, bot_b, box]), box.submit(on_send, inputs, [state, bot_a, bot_b, box]),
-            bot_a.retry(retrier("a"), [state, annotator], [state, bot_a, bot_b]),
-            bot_b.retry(retrier("b"), [state, annotator], [state, bot_a, bot_b]),
-            nxt.click(on_next, [state, studied, annotator], [state, bot_a, bot_b, box])]
+    runs = [
+        send.click(on_send, inputs, [state, bot_a, bot_b, box]),
+        box.submit(on_send, inputs, [state, bot_a, bot_b, box]),
+        bot_a.retry(retrier("a"), [state, annotator], [state, bot_a, bot_b]),
+        bot_b.retry(retrier("b"), [state, annotator], [state, bot_a, bot_b]),
+        nxt.click(on_next, [state, studied, annotator], [state, bot_a, bot_b, box]),
+    ]
     for r in runs:
         r.then(newest, [state, annotator], after).then(lambda ps: _coverage(deps, ps), pset, cover).then(
-            on_judge, [state, show_judge, annotator], judged)
+            on_judge, [state, show_judge, annotator], judged
+        )
     show_judge.change(on_judge, [state, show_judge, annotator], judged)
     stop.click(on_stop, [state, annotator], [bot_a, bot_b], cancels=runs).then(newest, [state, annotator], after)
     for bot, lane, pn in ((bot_a, "a", panel_a), (bot_b, "b", panel_b)):
-        bot.like(rater(lane), [state, annotator], bot).then(panels, [state, backs, annotator],
-                                                           [*panel_a.outputs, *panel_b.outputs])
+        bot.like(rater(lane), [state, annotator], bot).then(
+            panels, [state, backs, annotator], [*panel_a.outputs, *panel_b.outputs]
+        )
         for label, button in pn.buttons.items():
-            button.click(key_rater(lane, label), [state, backs, annotator],
-                         [bot, *panel_a.outputs, *panel_b.outputs, study_said])
+            button.click(
+                key_rater(lane, label), [state, backs, annotator], [bot, *panel_a.outputs, *panel_b.outputs, study_said]
+            )
         pn.up.click(mover(lane, -1), [state, backs, annotator], [backs, *panel_a.outputs, *panel_b.outputs])
         pn.down.click(mover(lane, 1), [state, backs, annotator], [backs, *panel_a.outputs, *panel_b.outputs])
     for button, choice in ((better_a, "a"), (tie, "tie"), (better_b, "b")):
         button.click(judge(choice), [state, annotator], said)
     close.click(on_close, [state, pset, annotator], [state, bot_a, bot_b, said, cover]).then(
-        refresh_sessions, None, resumable)
+        refresh_sessions, None, resumable
+    )
     new.click(on_new, blind, [state, bot_a, bot_b, said, pick]).then(newest, [state, annotator], after)
     resumable.select(on_resume, [resumable, annotator], [state, bot_a, bot_b]).then(newest, [state, annotator], after)
     resumable.focus(refresh_sessions, None, resumable)
     studied.focus(lambda: gr.update(choices=[s["name"] for s in deps.store.studies()]), None, studied)
-    blind.change(lambda st, b_: labels({**st, "blind": b_} if st["session"] is None else st), [state, blind], [bot_a, bot_b])
+    blind.change(
+        lambda st, b_: labels({**st, "blind": b_} if st["session"] is None else st), [state, blind], [bot_a, bot_b]
+    )
     pick.select(on_pick, [state, pset, pick], [state, box])
     upload.upload(on_upload, upload, [pset, pick, cover])
     tab.select(lambda ps: _coverage(deps, ps), pset, cover).then(refresh_sessions, None, resumable)

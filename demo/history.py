@@ -31,20 +31,24 @@ def inert(text: str) -> str:
 
 
 def dropped_notice(n: int, name: str | None) -> str:
-    return (f"*Note: the {n} oldest exchange{'s' if n > 1 else ''} of this conversation did not fit "
-            f"{name or 'the model'}'s context window and {'were' if n > 1 else 'was'} left out of the request.*")
+    return (
+        f"*Note: the {n} oldest exchange{'s' if n > 1 else ''} of this conversation did not fit "
+        f"{name or 'the model'}'s context window and {'were' if n > 1 else 'was'} left out of the request.*"
+    )
 
 
 def edited(original: str, editor: str) -> str:
     """How a reply with a gold correction ends: who corrected it, and the original one click away."""
-    return (f"\n\n<details class=\"gold\"><summary>✏️ edited by {html.escape(editor)}: show the original reply</summary>\n\n"
-            f"{inert(original)}\n\n</details>")
+    return (
+        f'\n\n<details class="gold"><summary>✏️ edited by {html.escape(editor)}: show the original reply</summary>\n\n'
+        f"{inert(original)}\n\n</details>"
+    )
 
 
 def listed(session: dict[str, Any], what: str, width: int = 60) -> str:
     """A session as a resume list shows it: when, `what`, and its first prompt on one line, cut to `width`."""
     first = " ".join((session["first_prompt"] or "(empty)").split())
-    first = first if len(first) <= width else first[:width - 3] + "..."
+    first = first if len(first) <= width else first[: width - 3] + "..."
     return f"{session['created'][:16].replace('T', ' ')} · {what} · {first}"
 
 
@@ -91,10 +95,19 @@ class View:
 
     def growing(self, reply, checkpoint: str, blind_as: str | None = None) -> View:
         """This view (a branch ending at a user turn) with `reply` (an answer.Reply) streaming after it."""
-        turn = {"content": reply.text, "status": reply.status, "error": reply.error, "error_detail": reply.detail,
-                "checkpoint": checkpoint, "params": {"dropped_exchanges": reply.dropped}}
-        return View(self.history + [{"role": "assistant", "content": shown(turn, blind_as=blind_as)}],
-                    self.feedback + [None], self.ids + [reply.turn_id])
+        turn = {
+            "content": reply.text,
+            "status": reply.status,
+            "error": reply.error,
+            "error_detail": reply.detail,
+            "checkpoint": checkpoint,
+            "params": {"dropped_exchanges": reply.dropped},
+        }
+        return View(
+            self.history + [{"role": "assistant", "content": shown(turn, blind_as=blind_as)}],
+            self.feedback + [None],
+            self.ids + [reply.turn_id],
+        )
 
 
 def view(store: Store, leaf_id: str | None, annotator: str | None, blind_as: str | None = None) -> View:
@@ -137,8 +150,10 @@ def check_message(text: str) -> None:
         raise ValueError(f"This message has {len(text):,} characters; the limit is {MAX_MESSAGE:,}. Shorten it.")
     bad = _CONTROL.search(text)
     if bad:
-        raise ValueError(f"This message holds the control character U+{ord(bad.group()):04X} at character {bad.start() + 1}; "
-                         "remove it and send again.")
+        raise ValueError(
+            f"This message holds the control character U+{ord(bad.group()):04X} at character {bad.start() + 1}; "
+            "remove it and send again."
+        )
 
 
 def judge_line(store: Store, v: View, side: str = "") -> str:

@@ -84,8 +84,10 @@ def panel(prefix: str) -> Panel:
     """Under a chat or a lane: what is focused, the three labels, earlier / later."""
     with gr.Row(elem_classes="rate-row", elem_id=f"{prefix}-panel"):
         caption = gr.Markdown(rating.caption(View(), 0), elem_id=f"{prefix}-caption")
-        buttons = {lab: gr.Button(f"{key} · {lab.capitalize()}", size="sm", elem_id=f"{prefix}-{lab}", scale=0, min_width=96)
-                   for key, lab in rating.KEYS.items()}
+        buttons = {
+            lab: gr.Button(f"{key} · {lab.capitalize()}", size="sm", elem_id=f"{prefix}-{lab}", scale=0, min_width=96)
+            for key, lab in rating.KEYS.items()
+        }
         up = gr.Button("↑", size="sm", elem_id=f"{prefix}-up", scale=0, min_width=40)
         down = gr.Button("↓", size="sm", elem_id=f"{prefix}-down", scale=0, min_width=40)
     return Panel(caption, buttons, up, down)
@@ -94,5 +96,7 @@ def panel(prefix: str) -> Panel:
 def updates(v: View, back: int, name: str = "") -> list:
     """The caption and the three buttons (in the order `panel` builds them), the focused reply's label highlighted."""
     mine = rating.label(v, back)
-    return [gr.update(value=rating.caption(v, back, name)),
-            *(gr.update(variant="primary" if lab == mine else "secondary") for lab in rating.KEYS.values())]
+    return [
+        gr.update(value=rating.caption(v, back, name)),
+        *(gr.update(variant="primary" if lab == mine else "secondary") for lab in rating.KEYS.values()),
+    ]

@@ -9,9 +9,11 @@ from limachat.demo.history import LABEL_OF, View
 
 KEYS = {"1": "fail", "2": "pass", "3": "excellent"}
 
-HELP = ("Keys: **1** fail, **2** pass, **3** excellent for the focused reply (then the focus moves to the other side) · "
-        "**↑ / ↓** earlier / later reply · **← / →** left / right side · **a / t / b** verdict · **n** next study prompt · "
-        "**/** write a message (Enter sends, Esc leaves the box)")
+HELP = (
+    "Keys: **1** fail, **2** pass, **3** excellent for the focused reply (then the focus moves to the other side) · "
+    "**↑ / ↓** earlier / later reply · **← / →** left / right side · **a / t / b** verdict · **n** next study prompt · "
+    "**/** write a message (Enter sends, Esc leaves the box)"
+)
 
 
 def replies(v: View) -> list[int]:

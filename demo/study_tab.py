@@ -3,8 +3,6 @@ study itself lives in dialogues/study.py and its numbers in dialogues/study_repo
 
 from __future__ import annotations
 
-from pathlib import Path
-
 import gradio as gr
 
 from limachat.demo.answer import Deps
@@ -12,25 +10,50 @@ from limachat.demo.ui import _user
 from limachat.dialogues import study, study_report
 
 
-def create(deps: Deps, name: str, checkpoints: list[str], prompts: str | None, conversations, turns, blind: bool,
-           annotators: str, seed) -> str:
+def create(
+    deps: Deps,
+    name: str,
+    checkpoints: list[str],
+    prompts: str | None,
+    conversations,
+    turns,
+    blind: bool,
+    annotators: str,
+    seed,
+) -> str:
     def whole(value, key):
         if value is None or float(value) != int(value):
             raise ValueError(f"{key}: a whole number, not {value!r}")
         return int(value)
 
-    st = study.create(deps.store, name, list(checkpoints or []), prompts=prompts or None,
-                      conversations=whole(conversations, "conversations"), turns=whole(turns, "turns"), blind=bool(blind),
-                      annotators=(annotators or "").split(","), seed=whole(seed, "seed"), known=deps.names)
-    return (f"Created study **{st['name']}**: {', '.join(st['checkpoints'])}, {st['conversations']} conversations per "
-            f"checkpoint of {st['turns']} turns. In the Compare tab, pick it and press **n** for its first prompt.")
+    st = study.create(
+        deps.store,
+        name,
+        list(checkpoints or []),
+        prompts=prompts or None,
+        conversations=whole(conversations, "conversations"),
+        turns=whole(turns, "turns"),
+        blind=bool(blind),
+        annotators=(annotators or "").split(","),
+        seed=whole(seed, "seed"),
+        known=deps.names,
+    )
+    return (
+        f"Created study **{st['name']}**: {', '.join(st['checkpoints'])}, {st['conversations']} conversations per "
+        f"checkpoint of {st['turns']} turns. In the Compare tab, pick it and press **n** for its first prompt."
+    )
 
 
 def board(deps: Deps, name: str | None) -> dict:
     if not name:
-        return {"data": [], "headers": ["annotator", "checkpoint", "started", "conversations done", "replies rated", "left"]}
+        return {
+            "data": [],
+            "headers": ["annotator", "checkpoint", "started", "conversations done", "replies rated", "left"],
+        }
     rows = study.progress(deps.store, deps.store.study(name))
-    headers = list(rows[0]) if rows else ["annotator", "checkpoint", "started", "conversations done", "replies rated", "left"]
+    headers = (
+        list(rows[0]) if rows else ["annotator", "checkpoint", "started", "conversations done", "replies rated", "left"]
+    )
     return {"data": [list(r.values()) for r in rows], "headers": headers}
 
 
@@ -47,19 +70,28 @@ def report(deps: Deps, name: str | None) -> tuple[str | None, str | None, str]:
 
 
 def study_tab(deps: Deps, names: list[str], tab) -> None:
-    gr.Markdown("A study runs LIMA's section 6 as a plan: so many conversations per checkpoint on a fixed prompt set, "
-                "each carried to so many turns and every reply labelled. Annotators walk it in the Compare tab "
-                "(pick the study, press **n**); the report gives every share a 95% interval over conversations.")
+    gr.Markdown(
+        "A study runs LIMA's section 6 as a plan: so many conversations per checkpoint on a fixed prompt set, "
+        "each carried to so many turns and every reply labelled. Annotators walk it in the Compare tab "
+        "(pick the study, press **n**); the report gives every share a 95% interval over conversations."
+    )
     with gr.Accordion("New study", open=False):
         with gr.Row():
             name = gr.Textbox(label="Name", max_lines=1, elem_id="study-name")
-            cks = gr.Dropdown(names, value=names[:2], multiselect=True, label="Checkpoints (two or more)",
-                              elem_id="study-checkpoints")
-            annotators = gr.Textbox(label="Annotators (comma-separated; blank: anyone)", max_lines=1,
-                                    elem_id="study-annotators")
+            cks = gr.Dropdown(
+                names, value=names[:2], multiselect=True, label="Checkpoints (two or more)", elem_id="study-checkpoints"
+            )
+            annotators = gr.Textbox(
+                label="Annotators (comma-separated; blank: anyone)", max_lines=1, elem_id="study-annotators"
+            )
         with gr.Row():
-            conversations = gr.Number(10, precision=0, minimum=1, label="Conversations per checkpoint (LIMA: 10)",
-                                      elem_id="study-conversations")
+            conversations = gr.Number(
+                10,
+                precision=0,
+                minimum=1,
+                label="Conversations per checkpoint (LIMA: 10)",
+                elem_id="study-conversations",
+            )
             turns = gr.Number(3, precision=0, minimum=1, label="Turns per conversation", elem_id="study-turns")
             blind = gr.Checkbox(True, label="Blind")
             seed = gr.Number(0, precision=0, label="Seed (order and sides)")
@@ -67,13 +99,22 @@ def study_tab(deps: Deps, names: list[str], tab) -> None:
         create_btn = gr.Button("Create study", variant="primary", elem_id="study-create")
         created = gr.Markdown(elem_id="study-created")
     with gr.Row(equal_height=True):
-        pick = gr.Dropdown([s["name"] for s in deps.store.studies()], value=None, label="Study", elem_id="study-pick", scale=3)
+        pick = gr.Dropdown(
+            [s["name"] for s in deps.store.studies()], value=None, label="Study", elem_id="study-pick", scale=3
+        )
         refresh = gr.Button("Refresh", scale=0, elem_id="study-refresh")
-    progress = gr.Dataframe(board(deps, None), label="Progress per annotator and checkpoint", interactive=False,
-                            elem_id="study-board")
-    chart = gr.Image(label="Label shares with 95% intervals, and the leaderboard", type="filepath", interactive=False,
-                     elem_id="study-chart")
-    page = gr.File(label="The report as one page to share (HTML, charts embedded)", interactive=False, elem_id="study-html")
+    progress = gr.Dataframe(
+        board(deps, None), label="Progress per annotator and checkpoint", interactive=False, elem_id="study-board"
+    )
+    chart = gr.Image(
+        label="Label shares with 95% intervals, and the leaderboard",
+        type="filepath",
+        interactive=False,
+        elem_id="study-chart",
+    )
+    page = gr.File(
+        label="The report as one page to share (HTML, charts embedded)", interactive=False, elem_id="study-html"
+    )
     text = gr.Markdown(elem_id="study-report")
 
     def studies():
@@ -87,8 +128,9 @@ def study_tab(deps: Deps, names: list[str], tab) -> None:
         png, html, md = _user(lambda: report(deps, n))
         return _user(lambda: board(deps, n)), png, html, md
 
-    create_btn.click(on_create, [name, cks, prompts, conversations, turns, blind, annotators, seed], [created, pick]).then(
-        on_show, pick, [progress, chart, page, text])
+    create_btn.click(
+        on_create, [name, cks, prompts, conversations, turns, blind, annotators, seed], [created, pick]
+    ).then(on_show, pick, [progress, chart, page, text])
     pick.select(on_show, pick, [progress, chart, page, text])
     refresh.click(on_show, pick, [progress, chart, page, text])
     tab.select(studies, None, pick).then(on_show, pick, [progress, chart, page, text])

@@ -33,7 +33,7 @@ async def _stream(gen):
     try:
         async for item in gen:
             yield item
-    except Exception as e:  # noqa: BLE001
+    except Exception as e:  # noqa: BLE001 - as in _user: one line on the page, the traceback in the log
         raise _error(e) from None
 
 

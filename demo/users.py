@@ -89,6 +89,7 @@ class Logins:
 
     def __post_init__(self):
         self._decoy = self.hasher.hash("not a password anyone has")  # checked for unknown names
+
     def _ok(self, name: str, password: str) -> bool:
         secret = self.users.get(name)
         if secret is None:

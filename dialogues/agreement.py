@@ -78,9 +78,16 @@ def judge_agreement(store) -> list[JudgeAgreement]:
     return out
 
 
-def _verdicts_against_people(by_pair: dict[tuple, dict[str, str]], judge: str, kinds: dict[str, str]) -> tuple[int, float | None]:
-    scores = [tie_discounted(votes[judge], votes[who]) for votes in by_pair.values() if judge in votes
-              for who in votes if kinds.get(who, "human") == "human"]
+def _verdicts_against_people(
+    by_pair: dict[tuple, dict[str, str]], judge: str, kinds: dict[str, str]
+) -> tuple[int, float | None]:
+    scores = [
+        tie_discounted(votes[judge], votes[who])
+        for votes in by_pair.values()
+        if judge in votes
+        for who in votes
+        if kinds.get(who, "human") == "human"
+    ]
     return len(scores), (sum(scores) / len(scores) if scores else None)
 
 
@@ -101,8 +108,19 @@ def win_rates(store) -> list[dict[str, Any]]:
     for (raters, x, y), c in sorted(tally.items()):
         n = sum(c.values())
         ties = c["tie"] + c["inconsistent"]
-        out.append({"raters": raters, "x": x, "y": y, "verdicts": n, "x_wins": c["a"], "y_wins": c["b"], "ties": ties,
-                    "inconsistent": c["inconsistent"], "x_rate": (c["a"] + ties / 2) / n})
+        out.append(
+            {
+                "raters": raters,
+                "x": x,
+                "y": y,
+                "verdicts": n,
+                "x_wins": c["a"],
+                "y_wins": c["b"],
+                "ties": ties,
+                "inconsistent": c["inconsistent"],
+                "x_rate": (c["a"] + ties / 2) / n,
+            }
+        )
     return out
 
 
@@ -112,22 +130,38 @@ def markdown(agreements: list[JudgeAgreement], rates: list[dict[str, Any]]) -> s
     if not agreements:
         lines.append("No turn or compare pair has been rated by both a judge and a person yet.")
     else:
-        lines += ["Judges against people (turns both rated; the people's label is the lowest among them):", "",
-                  "| judge | shared turns | agreement | Cohen's kappa | tie-discounted accuracy | shared verdicts | verdict accuracy |",
-                  "|---|---:|---:|---:|---:|---:|---:|"]
+        lines += [
+            "Judges against people (turns both rated; the people's label is the lowest among them):",
+            "",
+            "| judge | shared turns | agreement | Cohen's kappa | tie-discounted accuracy | shared verdicts | verdict accuracy |",
+            "|---|---:|---:|---:|---:|---:|---:|",
+        ]
         for a in agreements:
-            lines.append(f"| {a.judge} | {a.turns} | {pct(a.agreement)} | {num(a.kappa)} | {pct(a.tie_discounted)} | "
-                         f"{a.pairs} | {pct(a.verdict_accuracy)} |")
+            lines.append(
+                f"| {a.judge} | {a.turns} | {pct(a.agreement)} | {num(a.kappa)} | {pct(a.tie_discounted)} | "
+                f"{a.pairs} | {pct(a.verdict_accuracy)} |"
+            )
         for a in agreements:
             if a.turns:
-                lines += ["", f"Confusion, {a.judge} (rows: people, columns: judge):", "",
-                          "| person \\ judge | " + " | ".join(LABELS) + " |", "|---|" + "---:|" * len(LABELS)]
+                lines += [
+                    "",
+                    f"Confusion, {a.judge} (rows: people, columns: judge):",
+                    "",
+                    "| person \\ judge | " + " | ".join(LABELS) + " |",
+                    "|---|" + "---:|" * len(LABELS),
+                ]
                 lines += [f"| {h} | " + " | ".join(str(a.confusion[(h, j)]) for j in LABELS) + " |" for h in LABELS]
     if rates:
-        lines += ["", "Win rates per checkpoint pair (a tie counts half; judges' inconsistent verdicts count as ties):", "",
-                  "| raters | checkpoint x | checkpoint y | verdicts | x wins | y wins | ties (inconsistent) | x win rate |",
-                  "|---|---|---|---:|---:|---:|---:|---:|"]
-        lines += [f"| {r['raters']} | {r['x']} | {r['y']} | {r['verdicts']} | {r['x_wins']} | {r['y_wins']} | "
-                  f"{r['ties']} ({r['inconsistent']}) | {pct(r['x_rate'])} |" for r in rates]
+        lines += [
+            "",
+            "Win rates per checkpoint pair (a tie counts half; judges' inconsistent verdicts count as ties):",
+            "",
+            "| raters | checkpoint x | checkpoint y | verdicts | x wins | y wins | ties (inconsistent) | x win rate |",
+            "|---|---|---|---:|---:|---:|---:|---:|",
+        ]
+        lines += [
+            f"| {r['raters']} | {r['x']} | {r['y']} | {r['verdicts']} | {r['x_wins']} | {r['y_wins']} | "
+            f"{r['ties']} ({r['inconsistent']}) | {pct(r['x_rate'])} |"
+            for r in rates
+        ]
     return "\n".join(lines) + ("\n" if lines else "")
-

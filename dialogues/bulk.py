@@ -41,8 +41,9 @@ class Bulk:
                 raise ValueError(f"{what}: {column} must be one of {', '.join(allowed)}, not {value!r}")
         return {k: to_json(k, v) for k, v in obj.items() if k != "owner"}
 
-    def import_conversation(self, pairs: list[tuple[str, str]], meta: dict[str, Any], fmt: str, file: str,
-                            line: int) -> int | None:
+    def import_conversation(
+        self, pairs: list[tuple[str, str]], meta: dict[str, Any], fmt: str, file: str, line: int
+    ) -> int | None:
         """One conversation as an `imported` session, its id derived from its content; None when it is
         already there, else the number of turns added. Call inside `transaction`."""
         db = self.db
@@ -50,13 +51,36 @@ class Bulk:
         if db["sessions"].count_where("id = ?", [sid]):
             return None
         created, meta = now(), {**meta, "file": file, "line": line}
-        db["sessions"].insert({"id": sid, "created": created, "mode": "imported", "prompt_set": file,
-                               "meta": to_json("meta", meta), "notes": None, "annotator": None, "prompt": None, "closed": None})
+        db["sessions"].insert(
+            {
+                "id": sid,
+                "created": created,
+                "mode": "imported",
+                "prompt_set": file,
+                "meta": to_json("meta", meta),
+                "notes": None,
+                "annotator": None,
+                "prompt": None,
+                "closed": None,
+            }
+        )
         parent, rows = None, []
         for i, (role, text) in enumerate(pairs):
             tid = digest(sid, str(i))
-            rows.append({"id": tid, "session_id": sid, "parent_id": parent, "lane": None, "exchange": i // 2 + 1,
-                         "role": role, "content": text, "checkpoint": None, "status": "ok", "created": created})
+            rows.append(
+                {
+                    "id": tid,
+                    "session_id": sid,
+                    "parent_id": parent,
+                    "lane": None,
+                    "exchange": i // 2 + 1,
+                    "role": role,
+                    "content": text,
+                    "checkpoint": None,
+                    "status": "ok",
+                    "created": created,
+                }
+            )
             parent = tid
         db["turns"].insert_all(rows)
         return len(rows)
@@ -82,7 +106,9 @@ class Bulk:
         if study is not None:
             study = self._valid_row("studies", study, '"study"')
             if study.get("name") != session.get("study"):
-                raise ValueError(f'"study" names {study.get("name")!r} but the session belongs to {session.get("study")!r}')
+                raise ValueError(
+                    f'"study" names {study.get("name")!r} but the session belongs to {session.get("study")!r}'
+                )
             db["studies"].insert(study, ignore=True)  # the study travels with its sessions
         present = db["sessions"].count_where("id = ?", [session["id"]]) > 0
         db["sessions"].insert(session, ignore=True)
@@ -104,13 +130,19 @@ class Bulk:
         """The latest rating per (turn, annotator) and verdict per (pair, annotator) is the current one."""
         db, marks = self.db, ",".join("?" * len(turn_ids))
         db.execute(f"update ratings set current = 0 where turn_id in ({marks})", turn_ids)
-        db.execute(f"""update ratings set current = 1 where id in (
+        db.execute(
+            f"""update ratings set current = 1 where id in (
             select id from (select id, row_number() over (partition by turn_id, annotator order by created desc, id desc) as n
-                            from ratings where turn_id in ({marks})) where n = 1)""", turn_ids)
+                            from ratings where turn_id in ({marks})) where n = 1)""",
+            turn_ids,
+        )
         db.execute(f"update verdicts set current = 0 where turn_a in ({marks})", turn_ids)
-        db.execute(f"""update verdicts set current = 1 where id in (
+        db.execute(
+            f"""update verdicts set current = 1 where id in (
             select id from (select id, row_number() over (partition by turn_a, turn_b, annotator order by created desc, id desc) as n
-                            from verdicts where turn_a in ({marks})) where n = 1)""", turn_ids)
+                            from verdicts where turn_a in ({marks})) where n = 1)""",
+            turn_ids,
+        )
 
     def dump(self) -> Iterator[tuple[dict[str, Any], dict[str, list]]]:
         """(session, {turns, ratings (with history), edits, verdicts[, annotators][, study]}) of every session,
@@ -119,10 +151,12 @@ class Bulk:
         A teacher's edit leaves out its rubric (rubrics belong to the database, not to a session)."""
         machines = {r["name"]: r for r in self._query("select * from annotators order by name")}
         by_session: dict[str, dict[str, list]] = {}
-        queries = {"turns": "select * from turns order by created, id",
-                   "ratings": "select r.*, t.session_id as _sid from ratings r join turns t on t.id = r.turn_id order by r.created, r.id",
-                   "edits": "select e.*, t.session_id as _sid from edits e join turns t on t.id = e.turn_id order by e.created, e.id",
-                   "verdicts": "select * from verdicts order by created, id"}
+        queries = {
+            "turns": "select * from turns order by created, id",
+            "ratings": "select r.*, t.session_id as _sid from ratings r join turns t on t.id = r.turn_id order by r.created, r.id",
+            "edits": "select e.*, t.session_id as _sid from edits e join turns t on t.id = e.turn_id order by e.created, e.id",
+            "verdicts": "select * from verdicts order by created, id",
+        }
         for table, sql in queries.items():
             for row in self._query(sql):
                 row.pop("owner", None)

@@ -35,7 +35,9 @@ class Filters:
 
     min_label: str | None = _filter(None, "Every assistant turn rated at least this.", LABELS)
     cut_at_first_fail: bool = _filter(False, "Keep each chain up to the exchange before its first fail.")
-    prefer_gold: bool = _filter(False, "Use gold edits in place of the replies they correct.")  # an edited turn counts as excellent
+    prefer_gold: bool = _filter(
+        False, "Use gold edits in place of the replies they correct."
+    )  # an edited turn counts as excellent
     checkpoint: str | None = _filter(None, "Only chains answered by this checkpoint.")
     annotator: str | None = _filter(None, "Only this annotator's ratings count.")
     mode: str | None = _filter(None, "Only sessions of this mode.", MODES)
@@ -44,11 +46,17 @@ class Filters:
     min_turns: int = _filter(1, "Assistant turns per chain.", bounds=(1, None))
     raters: str = _filter("humans", "Whose ratings count: people's, LLM judges' (`limachat judge`), or both.", RATERS)
     human_wins: bool = _filter(False, "Where a person rated a turn, only people's labels count (with --raters all).")
-    min_score: float | None = _filter(None, "Every assistant turn scored at least this by `limachat judge score` "
-                                            "(AlpaGasus kept 4.5 and up).", bounds=(0, 5))
+    min_score: float | None = _filter(
+        None,
+        "Every assistant turn scored at least this by `limachat judge score` (AlpaGasus kept 4.5 and up).",
+        bounds=(0, 5),
+    )
     selection: str | None = _filter(None, "Only the chains of this named selection (`limachat select`).")
-    gold_from: str = _filter("humans", "With --prefer-gold: people's edits, teachers' revisions (`limachat revise`), or "
-                                       "both, a person's winning.", GOLD_SOURCES)
+    gold_from: str = _filter(
+        "humans",
+        "With --prefer-gold: people's edits, teachers' revisions (`limachat revise`), or both, a person's winning.",
+        GOLD_SOURCES,
+    )
 
     def __post_init__(self):
         for f in fields(self):
@@ -86,9 +94,14 @@ class Chain:
 
     def provenance(self) -> dict[str, Any]:
         """Where the chain came from (trainers ignore it); a study's chain says which study and slot."""
-        out = {"session": self.session["id"], "mode": self.session["mode"],
-               "checkpoints": sorted({t["checkpoint"] or "imported" for t in self.turns if t["role"] == "assistant"}),
-               "labels": self.labels, "annotators": self.annotators, "turn_ids": [t["id"] for t in self.turns]}
+        out = {
+            "session": self.session["id"],
+            "mode": self.session["mode"],
+            "checkpoints": sorted({t["checkpoint"] or "imported" for t in self.turns if t["role"] == "assistant"}),
+            "labels": self.labels,
+            "annotators": self.annotators,
+            "turn_ids": [t["id"] for t in self.turns],
+        }
         if self.session.get("study"):
             out.update(study=self.session["study"], slot=self.session["slot"])
         return out

@@ -23,8 +23,16 @@ from limachat.dialogues.store import Store
 
 SESSION_FORMAT = "limachat.session/1"
 FORMATS = ("lima", "messages", "sharegpt", "sessions")
-SHAREGPT_ROLES = {"human": "user", "user": "user", "gpt": "assistant", "assistant": "assistant", "chatgpt": "assistant",
-                  "bard": "assistant", "model": "assistant", "system": "system"}
+SHAREGPT_ROLES = {
+    "human": "user",
+    "user": "user",
+    "gpt": "assistant",
+    "assistant": "assistant",
+    "chatgpt": "assistant",
+    "bard": "assistant",
+    "model": "assistant",
+    "system": "system",
+}
 
 
 class FormatError(ValueError):
@@ -78,7 +86,11 @@ def conversation_pairs(record: dict[str, Any], fmt: str) -> tuple[list[tuple[str
             raise ValueError('"messages" must be a list')
         pairs = []
         for i, m in enumerate(msgs):
-            if not isinstance(m, dict) or not isinstance(m.get("content"), str) or m.get("role") not in ("system", "user", "assistant"):
+            if (
+                not isinstance(m, dict)
+                or not isinstance(m.get("content"), str)
+                or m.get("role") not in ("system", "user", "assistant")
+            ):
                 raise ValueError(f'message {i + 1} needs "role" (system, user or assistant) and string "content"')
             pairs.append((m["role"], m["content"]))
     else:
@@ -98,7 +110,9 @@ def conversation_pairs(record: dict[str, Any], fmt: str) -> tuple[list[tuple[str
     for i, (role, text) in enumerate(pairs):
         expected = "user" if i % 2 == 0 else "assistant"
         if role != expected:
-            raise ValueError(f"turn {i + 1} is {role!r} where {expected!r} belongs (turns alternate, starting with the user)")
+            raise ValueError(
+                f"turn {i + 1} is {role!r} where {expected!r} belongs (turns alternate, starting with the user)"
+            )
         if not text.strip():
             raise ValueError(f"turn {i + 1} is empty")
     return pairs, meta
@@ -111,14 +125,22 @@ def jsonl_records(path: Path) -> Iterator[tuple[int, dict[str, Any] | None, str 
             try:
                 line = raw.decode("utf-8")
             except UnicodeDecodeError as e:
-                yield number, None, f"not UTF-8 text (byte 0x{raw[e.start]:02x} at column {e.start + 1}); save the file as UTF-8"
+                yield (
+                    number,
+                    None,
+                    f"not UTF-8 text (byte 0x{raw[e.start]:02x} at column {e.start + 1}); save the file as UTF-8",
+                )
                 continue
             if not line.strip():
                 continue
             try:
                 record = json.loads(line)
             except json.JSONDecodeError as e:
-                hint = "; this looks like one JSON document: JSON Lines has one object per line" if line.strip() in ("[", "{") else ""
+                hint = (
+                    "; this looks like one JSON document: JSON Lines has one object per line"
+                    if line.strip() in ("[", "{")
+                    else ""
+                )
                 yield number, None, f"not valid JSON ({e.msg} at column {e.colno}){hint}"
                 continue
             if not isinstance(record, dict):
@@ -201,7 +223,9 @@ def load_prompts(path: Path) -> list[dict[str, str]]:
         try:
             line = raw.decode("utf-8")
         except UnicodeDecodeError as e:
-            raise FormatError(f"{path}:{number}: not UTF-8 text (byte 0x{raw[e.start]:02x} at column {e.start + 1})") from None
+            raise FormatError(
+                f"{path}:{number}: not UTF-8 text (byte 0x{raw[e.start]:02x} at column {e.start + 1})"
+            ) from None
         if "\x00" in line:
             raise FormatError(f"{path}:{number}: a NUL byte: this is not a text file")
         if not line.strip():
@@ -211,7 +235,11 @@ def load_prompts(path: Path) -> list[dict[str, str]]:
                 record = json.loads(line)
             except json.JSONDecodeError as e:
                 raise FormatError(f"{path}:{number}: not valid JSON ({e.msg})") from None
-            if not isinstance(record, dict) or not isinstance(record.get("prompt"), str) or not record["prompt"].strip():
+            if (
+                not isinstance(record, dict)
+                or not isinstance(record.get("prompt"), str)
+                or not record["prompt"].strip()
+            ):
                 raise FormatError(f'{path}:{number}: needs a "prompt" string')
             prompts.append({"id": str(record.get("id", f"p{len(prompts) + 1:02d}")), "prompt": record["prompt"]})
         else:

@@ -9,15 +9,26 @@ import json
 from typing import Any
 
 from limachat.dialogues.values import (
-    JUDGE_MODES, JUDGE_VERDICTS, KINDS, LABELS, RATERS, StoreError, _check, new_id, now, to_json)
+    JUDGE_MODES,
+    JUDGE_VERDICTS,
+    KINDS,
+    LABELS,
+    RATERS,
+    StoreError,
+    _check,
+    new_id,
+    now,
+    to_json,
+)
 from limachat.dialogues.writer import writes
 
 
 class Machines:
     # -- who is who ------------------------------------------------------------------------------------
     @writes
-    def register_annotator(self, name: str, kind: str, *, model: str | None = None, endpoint: str | None = None,
-                           prompt: str | None = None) -> str:
+    def register_annotator(
+        self, name: str, kind: str, *, model: str | None = None, endpoint: str | None = None, prompt: str | None = None
+    ) -> str:
         """Declare a machine annotator (or a human, though names never declared count as human)."""
         _check(kind, KINDS, "annotator kind")
         db = self.db
@@ -25,8 +36,11 @@ class Machines:
         if row is not None and row[0] != kind:
             raise StoreError(f"annotator {name!r} is a {row[0]}, not a {kind}")
         if row is None:
-            self._insert(db, "annotators", {"name": name, "kind": kind, "model": model, "endpoint": endpoint,
-                                            "prompt": prompt, "created": now()})
+            self._insert(
+                db,
+                "annotators",
+                {"name": name, "kind": kind, "model": model, "endpoint": endpoint, "prompt": prompt, "created": now()},
+            )
         return name
 
     def annotator_kinds(self) -> dict[str, str]:
@@ -47,9 +61,19 @@ class Machines:
 
     # -- judgments -------------------------------------------------------------------------------------
     @writes
-    def record_judgment(self, annotator: str, mode: str, turn_id: str, *, turn_b: str | None = None,
-                        result: str | None = None, score: float | None = None, explanation: str | None = None,
-                        raw: Any = None, error: str | None = None) -> str:
+    def record_judgment(
+        self,
+        annotator: str,
+        mode: str,
+        turn_id: str,
+        *,
+        turn_b: str | None = None,
+        result: str | None = None,
+        score: float | None = None,
+        explanation: str | None = None,
+        raw: Any = None,
+        error: str | None = None,
+    ) -> str:
         """What a judge answered about a turn (or, pairwise, about two): parsed (`result` / `score`) or not
         (`error`). A parsed label is also the judge's rating of the turn, a parsed pairwise result its
         verdict on the pair, in the same transaction."""
@@ -63,10 +87,23 @@ class Machines:
         if mode == "pairwise" and result is not None:
             _check(result, JUDGE_VERDICTS, "verdict")
         jid = new_id()
-        self._insert(self.db, "judgments", {
-            "id": jid, "annotator": annotator, "mode": mode, "turn_id": turn_id, "turn_b": turn_b, "result": result,
-            "score": score, "explanation": explanation, "raw": raw if raw is None or isinstance(raw, str) else json.dumps(raw),
-            "error": error, "created": now()})
+        self._insert(
+            self.db,
+            "judgments",
+            {
+                "id": jid,
+                "annotator": annotator,
+                "mode": mode,
+                "turn_id": turn_id,
+                "turn_b": turn_b,
+                "result": result,
+                "score": score,
+                "explanation": explanation,
+                "raw": raw if raw is None or isinstance(raw, str) else json.dumps(raw),
+                "error": error,
+                "created": now(),
+            },
+        )
         if error is None and mode == "label":
             self.rate(turn_id, annotator, result, explanation)
         elif error is None and mode == "pairwise":
@@ -75,8 +112,12 @@ class Machines:
 
     def judged(self, annotator: str, mode: str) -> set[tuple[str, str | None]]:
         """(turn, other turn or None) this judge has already answered in this mode, parsed."""
-        return set(self._tuples("select turn_id, turn_b from judgments where annotator = ? and mode = ? and error is null",
-                                (annotator, mode)))
+        return set(
+            self._tuples(
+                "select turn_id, turn_b from judgments where annotator = ? and mode = ? and error is null",
+                (annotator, mode),
+            )
+        )
 
     def judgments(self, annotator: str | None = None) -> list[dict[str, Any]]:
         where = " where annotator = ?" if annotator else ""
@@ -94,9 +135,12 @@ class Machines:
 
     def judge_labels(self, turn_ids: list[str]) -> dict[str, tuple[str, str]]:
         """turn id -> (label, judge) of the latest judge rating, for the pages that show it beside a human's."""
-        rows = self._tuples("""select r.turn_id, r.label, r.annotator from ratings r join annotators a on a.name = r.annotator
+        rows = self._tuples(
+            """select r.turn_id, r.label, r.annotator from ratings r join annotators a on a.name = r.annotator
                                where a.kind = 'judge' and r.current = 1 and r.turn_id in (select value from json_each(?))
-                               order by r.created, r.id""", (json.dumps(turn_ids),))
+                               order by r.created, r.id""",
+            (json.dumps(turn_ids),),
+        )
         return {turn: (label, who) for turn, label, who in rows}
 
     def compare_pairs(self) -> list[tuple[str, str, str]]:
@@ -105,7 +149,8 @@ class Machines:
         rows = self._tuples(
             """select t.session_id, t.exchange, t.lane, t.id from turns t join sessions s on s.id = t.session_id
                where s.mode in ('compare', 'blind') and t.role = 'assistant' and t.status = 'ok' and t.lane is not null
-               order by t.created, t.id""")
+               order by t.created, t.id"""
+        )
         newest: dict[tuple[str, int], dict[str, str]] = {}
         for session, exchange, lane, tid in rows:
             newest.setdefault((session, exchange), {})[lane] = tid
@@ -119,8 +164,18 @@ class Machines:
             raise StoreError("a rubric needs a category and some text")
         rid = new_id()
         self.db.execute("update rubrics set current = 0 where category = ? and current = 1", (category,))
-        self._insert(self.db, "rubrics", {"id": rid, "category": category, "content": content, "annotator": annotator,
-                                          "created": now(), "current": 1})
+        self._insert(
+            self.db,
+            "rubrics",
+            {
+                "id": rid,
+                "category": category,
+                "content": content,
+                "annotator": annotator,
+                "created": now(),
+                "current": 1,
+            },
+        )
         return rid
 
     def rubrics(self) -> dict[str, dict[str, Any]]:
@@ -134,9 +189,12 @@ class Machines:
         for turn_id, category in assignments.items():
             if self._turn_brief(turn_id)[1] != "user":
                 raise StoreError("categories file instructions: user turns")
-            db.execute("insert into categories (turn_id, category, annotator, created) values (?, ?, ?, ?) "
-                       "on conflict(turn_id) do update set category = excluded.category, annotator = excluded.annotator, "
-                       "created = excluded.created", (turn_id, category, annotator, now()))
+            db.execute(
+                "insert into categories (turn_id, category, annotator, created) values (?, ?, ?, ?) "
+                "on conflict(turn_id) do update set category = excluded.category, annotator = excluded.annotator, "
+                "created = excluded.created",
+                (turn_id, category, annotator, now()),
+            )
         return len(assignments)
 
     def categories(self) -> dict[str, str]:
@@ -171,12 +229,14 @@ class Machines:
             f"""select e.*, t.content as original, t.session_id, r.category from edits e
                 join annotators a on a.name = e.annotator and a.kind = 'teacher'
                 join turns t on t.id = e.turn_id left join rubrics r on r.id = e.rubric_id
-                where 1 = 1{where} order by e.created desc, e.id desc""")
+                where 1 = 1{where} order by e.created desc, e.id desc"""
+        )
 
     # -- selections and embeddings ---------------------------------------------------------------------
     @writes
-    def save_selection(self, name: str, method: str, params: dict, coverage: dict, chosen: list[tuple[str, int]],
-                       replace: bool = False) -> int:
+    def save_selection(
+        self, name: str, method: str, params: dict, coverage: dict, chosen: list[tuple[str, int]], replace: bool = False
+    ) -> int:
         """A named selection: the chains (by last turn id) in the order chosen, with their cluster."""
         db = self.db
         if db.execute("select 1 from selections where name = ?", (name,)).fetchone():
@@ -184,10 +244,21 @@ class Machines:
                 raise StoreError(f"a selection named {name!r} exists; pick another name or replace it")
             db.execute("delete from selection_chains where selection = ?", (name,))
             db.execute("delete from selections where name = ?", (name,))
-        self._insert(db, "selections", {"name": name, "created": now(), "method": method,
-                                        "params": to_json("params", params), "coverage": json.dumps(coverage, sort_keys=True)})
-        db.conn.executemany("insert into selection_chains (selection, turn_id, rank, cluster) values (?, ?, ?, ?)",
-                       [(name, tid, rank, cluster) for rank, (tid, cluster) in enumerate(chosen)])
+        self._insert(
+            db,
+            "selections",
+            {
+                "name": name,
+                "created": now(),
+                "method": method,
+                "params": to_json("params", params),
+                "coverage": json.dumps(coverage, sort_keys=True),
+            },
+        )
+        db.conn.executemany(
+            "insert into selection_chains (selection, turn_id, rank, cluster) values (?, ?, ?, ?)",
+            [(name, tid, rank, cluster) for rank, (tid, cluster) in enumerate(chosen)],
+        )
         return len(chosen)
 
     def selection(self, name: str) -> list[str]:
@@ -195,7 +266,10 @@ class Machines:
         if not self._tuples("select 1 from selections where name = ?", (name,)):
             known = ", ".join(r[0] for r in self._tuples("select name from selections order by created")) or "none yet"
             raise StoreError(f"no selection named {name!r} (saved: {known})")
-        return [r[0] for r in self._tuples("select turn_id from selection_chains where selection = ? order by rank", (name,))]
+        return [
+            r[0]
+            for r in self._tuples("select turn_id from selection_chains where selection = ? order by rank", (name,))
+        ]
 
     def selections(self) -> list[dict[str, Any]]:
         rows = self._query("""select s.*, (select count(*) from selection_chains c where c.selection = s.name) as chains
@@ -206,13 +280,18 @@ class Machines:
 
     @writes
     def put_embeddings(self, model: str, vectors: dict[str, bytes]) -> None:
-        self.db.conn.executemany("insert or ignore into embeddings (key, model, vector) values (?, ?, ?)",
-                            [(k, model, v) for k, v in vectors.items()])
+        self.db.conn.executemany(
+            "insert or ignore into embeddings (key, model, vector) values (?, ?, ?)",
+            [(k, model, v) for k, v in vectors.items()],
+        )
 
     def embeddings(self, keys: list[str]) -> dict[str, bytes]:
         out: dict[str, bytes] = {}
         for i in range(0, len(keys), 5000):
-            out.update(self._tuples("select key, vector from embeddings where key in (select value from json_each(?))",
-                                    (json.dumps(keys[i:i + 5000]),)))
+            out.update(
+                self._tuples(
+                    "select key, vector from embeddings where key in (select value from json_each(?))",
+                    (json.dumps(keys[i : i + 5000]),),
+                )
+            )
         return out
-

@@ -17,38 +17,81 @@ migrations = Migrations("limachat")
 @migrations()
 def m001_initial(db: Database) -> None:
     db["sessions"].create(
-        {"id": str, "created": str, "mode": str, "prompt_set": str, "prompt": str, "annotator": str,
-         "notes": str, "meta": str, "closed": str},
-        pk="id", not_null={"created", "mode"},
+        {
+            "id": str,
+            "created": str,
+            "mode": str,
+            "prompt_set": str,
+            "prompt": str,
+            "annotator": str,
+            "notes": str,
+            "meta": str,
+            "closed": str,
+        },
+        pk="id",
+        not_null={"created", "mode"},
     )
     db["turns"].create(
-        {"id": str, "session_id": str, "parent_id": str, "lane": str, "exchange": int, "role": str, "content": str,
-         "checkpoint": str, "model": str, "endpoint": str, "params": str, "prompt_tokens": int,
-         "completion_tokens": int, "ttft": float, "latency": float, "status": str, "error": str, "created": str},
-        pk="id", not_null={"session_id", "role", "content", "status", "created"},
+        {
+            "id": str,
+            "session_id": str,
+            "parent_id": str,
+            "lane": str,
+            "exchange": int,
+            "role": str,
+            "content": str,
+            "checkpoint": str,
+            "model": str,
+            "endpoint": str,
+            "params": str,
+            "prompt_tokens": int,
+            "completion_tokens": int,
+            "ttft": float,
+            "latency": float,
+            "status": str,
+            "error": str,
+            "created": str,
+        },
+        pk="id",
+        not_null={"session_id", "role", "content", "status", "created"},
         foreign_keys=[("session_id", "sessions", "id"), ("parent_id", "turns", "id")],
     )
     db["ratings"].create(
         {"id": str, "turn_id": str, "annotator": str, "label": str, "comment": str, "created": str, "current": int},
-        pk="id", not_null={"turn_id", "annotator", "label", "created", "current"},
+        pk="id",
+        not_null={"turn_id", "annotator", "label", "created", "current"},
         foreign_keys=[("turn_id", "turns", "id")],
     )
     db["edits"].create(
         {"id": str, "turn_id": str, "annotator": str, "content": str, "created": str},
-        pk="id", not_null={"turn_id", "annotator", "content", "created"},
+        pk="id",
+        not_null={"turn_id", "annotator", "content", "created"},
         foreign_keys=[("turn_id", "turns", "id")],
     )
     db["verdicts"].create(
-        {"id": str, "session_id": str, "turn_a": str, "turn_b": str, "checkpoint_a": str, "checkpoint_b": str,
-         "verdict": str, "annotator": str, "created": str, "current": int},
-        pk="id", not_null={"session_id", "turn_a", "turn_b", "verdict", "annotator", "created", "current"},
+        {
+            "id": str,
+            "session_id": str,
+            "turn_a": str,
+            "turn_b": str,
+            "checkpoint_a": str,
+            "checkpoint_b": str,
+            "verdict": str,
+            "annotator": str,
+            "created": str,
+            "current": int,
+        },
+        pk="id",
+        not_null={"session_id", "turn_a", "turn_b", "verdict", "annotator", "created", "current"},
         foreign_keys=[("session_id", "sessions", "id"), ("turn_a", "turns", "id"), ("turn_b", "turns", "id")],
     )
     db["turns"].create_index(["session_id", "created"])
     db["turns"].create_index(["parent_id"])
     # Covers the report's and export's walks of the tree, so they never read the (large) content.
-    db["turns"].create_index(["id", "parent_id", "session_id", "lane", "role", "status", "checkpoint", "exchange", "created"],
-                             index_name="turns_tree")
+    db["turns"].create_index(
+        ["id", "parent_id", "session_id", "lane", "role", "status", "checkpoint", "exchange", "created"],
+        index_name="turns_tree",
+    )
     db["ratings"].create_index(["turn_id"])
     db["edits"].create_index(["turn_id"])
     db["verdicts"].create_index(["session_id"])
@@ -66,22 +109,29 @@ def m002_sampling_and_fluency(db: Database) -> None:
     db["turns"].add_column("fluency", float)
 
 
-def _rebuild(db: Database, table: str, checks: dict[str, str], columns: dict[str, str] | None = None,
-             drop: tuple[str, ...] = ()) -> None:
+def _rebuild(
+    db: Database, table: str, checks: dict[str, str], columns: dict[str, str] | None = None, drop: tuple[str, ...] = ()
+) -> None:
     """Recreate `table` with CHECK constraints (SQLite cannot add them in place), keeping its rows,
     indexes and the keys that point at it; `drop`: names of its constraints to leave out (replaced). Rows that break a new constraint stop the migration with
     one line naming them (nothing is changed); foreign keys are off while it runs and checked after."""
     sql = db.execute("select sql from sqlite_master where type = 'table' and name = ?", [table]).fetchone()[0]
-    indexes = [r[0] for r in db.execute("select sql from sqlite_master where type = 'index' and tbl_name = ? and sql is not null",
-                                        [table])]
+    indexes = [
+        r[0]
+        for r in db.execute(
+            "select sql from sqlite_master where type = 'index' and tbl_name = ? and sql is not null", [table]
+        )
+    ]
     for name, condition in checks.items():
         bad = db.execute(f"select count(*), min(rowid) from {table} where not ({condition})").fetchone()
         if bad[0]:
             value = db.execute(f"select * from {table} where rowid = ?", [bad[1]]).fetchone()
-            raise ValueError(f"cannot add the check {name} to {table}: {bad[0]} rows break it (the first: {value!r}); "
-                             "fix them with any SQLite tool and start again")
+            raise ValueError(
+                f"cannot add the check {name} to {table}: {bad[0]} rows break it (the first: {value!r}); "
+                "fix them with any SQLite tool and start again"
+            )
     old = [r[1] for r in db.execute(f"PRAGMA table_info({table})")]
-    body = sql[sql.index("(") + 1:sql.rindex(")")]
+    body = sql[sql.index("(") + 1 : sql.rindex(")")]
     for name in drop:
         body, n = re.subn(rf",\s*CONSTRAINT {name} CHECK \((?:[^()]|\([^()]*\))*\)", "", body)
         if n != 1:
@@ -106,12 +156,24 @@ def m003_checks_owner_error_detail(db: Database) -> None:
     `turns.error`, which names none (a blind page shows only that). Existing error texts move to
     error_detail."""
     _rebuild(db, "sessions", {"sessions_mode": "mode in ('chat', 'compare', 'blind', 'imported')"})
-    _rebuild(db, "turns", {"turns_role": "role in ('user', 'assistant')",
-                           "turns_status": "status in ('streaming', 'ok', 'error', 'stopped')",
-                           "turns_lane": "lane is null or lane in ('a', 'b')"},
-             {"owner": "TEXT", "error_detail": "TEXT"})
-    _rebuild(db, "ratings", {"ratings_label": "label in ('fail', 'pass', 'excellent')", "ratings_current": "current in (0, 1)"})
-    _rebuild(db, "verdicts", {"verdicts_verdict": "verdict in ('a', 'b', 'tie')", "verdicts_current": "current in (0, 1)"})
+    _rebuild(
+        db,
+        "turns",
+        {
+            "turns_role": "role in ('user', 'assistant')",
+            "turns_status": "status in ('streaming', 'ok', 'error', 'stopped')",
+            "turns_lane": "lane is null or lane in ('a', 'b')",
+        },
+        {"owner": "TEXT", "error_detail": "TEXT"},
+    )
+    _rebuild(
+        db,
+        "ratings",
+        {"ratings_label": "label in ('fail', 'pass', 'excellent')", "ratings_current": "current in (0, 1)"},
+    )
+    _rebuild(
+        db, "verdicts", {"verdicts_verdict": "verdict in ('a', 'b', 'tie')", "verdicts_current": "current in (0, 1)"}
+    )
     db.execute("update turns set error_detail = error, error = 'the request failed' where error is not null")
     broken = db.execute("PRAGMA foreign_key_check").fetchall()
     if broken:
@@ -129,31 +191,68 @@ def m004_curation(db: Database) -> None:
     review (accepted / rejected). Rubrics are versioned per category; `categories` files instructions
     (a chain's first user turn) under one. A selection is a named, ordered set of chains (by the id of
     their last turn); `embeddings` caches a chain's vector by a hash of the model and the text."""
-    db["annotators"].create({"name": str, "kind": str, "model": str, "endpoint": str, "prompt": str, "created": str},
-                            pk="name", not_null={"kind", "created"})
+    db["annotators"].create(
+        {"name": str, "kind": str, "model": str, "endpoint": str, "prompt": str, "created": str},
+        pk="name",
+        not_null={"kind", "created"},
+    )
     _rebuild(db, "annotators", {"annotators_kind": "kind in ('human', 'judge', 'teacher')"})
     db["judgments"].create(
-        {"id": str, "annotator": str, "mode": str, "turn_id": str, "turn_b": str, "result": str, "score": float,
-         "explanation": str, "raw": str, "error": str, "created": str},
-        pk="id", not_null={"annotator", "mode", "turn_id", "created"},
-        foreign_keys=[("annotator", "annotators", "name"), ("turn_id", "turns", "id"), ("turn_b", "turns", "id")])
-    _rebuild(db, "judgments", {"judgments_mode": "mode in ('label', 'score', 'pairwise')",
-                               "judgments_parsed": "(error is null) = (result is not null or score is not null)"})
+        {
+            "id": str,
+            "annotator": str,
+            "mode": str,
+            "turn_id": str,
+            "turn_b": str,
+            "result": str,
+            "score": float,
+            "explanation": str,
+            "raw": str,
+            "error": str,
+            "created": str,
+        },
+        pk="id",
+        not_null={"annotator", "mode", "turn_id", "created"},
+        foreign_keys=[("annotator", "annotators", "name"), ("turn_id", "turns", "id"), ("turn_b", "turns", "id")],
+    )
+    _rebuild(
+        db,
+        "judgments",
+        {
+            "judgments_mode": "mode in ('label', 'score', 'pairwise')",
+            "judgments_parsed": "(error is null) = (result is not null or score is not null)",
+        },
+    )
     db["judgments"].create_index(["annotator", "mode", "turn_id"])
-    _rebuild(db, "verdicts", {"verdicts_verdict": "verdict in ('a', 'b', 'tie', 'inconsistent')"}, drop=("verdicts_verdict",))
-    db["rubrics"].create({"id": str, "category": str, "content": str, "annotator": str, "created": str, "current": int},
-                         pk="id", not_null={"category", "content", "annotator", "created", "current"})
+    _rebuild(
+        db, "verdicts", {"verdicts_verdict": "verdict in ('a', 'b', 'tie', 'inconsistent')"}, drop=("verdicts_verdict",)
+    )
+    db["rubrics"].create(
+        {"id": str, "category": str, "content": str, "annotator": str, "created": str, "current": int},
+        pk="id",
+        not_null={"category", "content", "annotator", "created", "current"},
+    )
     db.execute("CREATE UNIQUE INDEX rubrics_current ON rubrics (category) WHERE current = 1")
-    db["categories"].create({"turn_id": str, "category": str, "annotator": str, "created": str}, pk="turn_id",
-                            not_null={"category", "annotator", "created"}, foreign_keys=[("turn_id", "turns", "id")])
+    db["categories"].create(
+        {"turn_id": str, "category": str, "annotator": str, "created": str},
+        pk="turn_id",
+        not_null={"category", "annotator", "created"},
+        foreign_keys=[("turn_id", "turns", "id")],
+    )
     for column in ("rubric_id TEXT REFERENCES rubrics(id)", "review TEXT", "reviewer TEXT"):
         db.execute(f"ALTER TABLE edits ADD COLUMN {column}")
     _rebuild(db, "edits", {"edits_review": "review is null or review in ('accepted', 'rejected')"})
-    db["selections"].create({"name": str, "created": str, "method": str, "params": str, "coverage": str}, pk="name",
-                            not_null={"created", "method"})
-    db["selection_chains"].create({"selection": str, "turn_id": str, "rank": int, "cluster": int},
-                                  pk=("selection", "turn_id"), not_null={"rank"},
-                                  foreign_keys=[("selection", "selections", "name"), ("turn_id", "turns", "id")])
+    db["selections"].create(
+        {"name": str, "created": str, "method": str, "params": str, "coverage": str},
+        pk="name",
+        not_null={"created", "method"},
+    )
+    db["selection_chains"].create(
+        {"selection": str, "turn_id": str, "rank": int, "cluster": int},
+        pk=("selection", "turn_id"),
+        not_null={"rank"},
+        foreign_keys=[("selection", "selections", "name"), ("turn_id", "turns", "id")],
+    )
     db["embeddings"].create({"key": str, "model": str, "vector": bytes}, pk="key", not_null={"model", "vector"})
     broken = db.execute("PRAGMA foreign_key_check").fetchall()
     if broken:
@@ -167,10 +266,31 @@ def m005_studies(db: Database) -> None:
     reach, blind or not, its annotators (none listed: anyone) and the seed of every annotator's
     order and sides. A session may belong to a study, at one `slot` of its plan."""
     db["studies"].create(
-        {"name": str, "created": str, "prompt_set": str, "prompts": str, "checkpoints": str, "conversations": int,
-         "turns": int, "blind": int, "annotators": str, "seed": int},
-        pk="name", not_null={"created", "prompt_set", "prompts", "checkpoints", "conversations", "turns", "blind",
-                             "annotators", "seed"})
+        {
+            "name": str,
+            "created": str,
+            "prompt_set": str,
+            "prompts": str,
+            "checkpoints": str,
+            "conversations": int,
+            "turns": int,
+            "blind": int,
+            "annotators": str,
+            "seed": int,
+        },
+        pk="name",
+        not_null={
+            "created",
+            "prompt_set",
+            "prompts",
+            "checkpoints",
+            "conversations",
+            "turns",
+            "blind",
+            "annotators",
+            "seed",
+        },
+    )
     _rebuild(db, "studies", {"studies_counts": "conversations >= 1 and turns >= 1", "studies_blind": "blind in (0, 1)"})
     db.execute("ALTER TABLE sessions ADD COLUMN study TEXT REFERENCES studies(name)")
     db.execute("ALTER TABLE sessions ADD COLUMN slot INTEGER")

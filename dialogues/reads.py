@@ -27,11 +27,18 @@ class Reads:
                       (select content from turns t where t.session_id = s.id and t.role = 'user'
                         order by t.created limit 1) as first_prompt
                from sessions s {where} order by s.created desc limit :limit offset :offset""",
-            {"who": annotator, "limit": limit, "offset": offset})
+            {"who": annotator, "limit": limit, "offset": offset},
+        )
 
-    def sessions_where(self, mode: str | None = None, since: str | None = None, until: str | None = None) -> dict[str, dict]:
+    def sessions_where(
+        self, mode: str | None = None, since: str | None = None, until: str | None = None
+    ) -> dict[str, dict]:
         """id -> session, for the export filters."""
-        conditions = [(sql, value) for sql, value in (("mode = ?", mode), ("created >= ?", since), ("created < ?", until)) if value]
+        conditions = [
+            (sql, value)
+            for sql, value in (("mode = ?", mode), ("created >= ?", since), ("created < ?", until))
+            if value
+        ]
         clause = (" where " + " and ".join(sql for sql, _ in conditions)) if conditions else ""
         return {s["id"]: s for s in self._query(f"select * from sessions{clause}", tuple(v for _, v in conditions))}
 
@@ -40,12 +47,16 @@ class Reads:
         rows = self._tuples(
             """select s.prompt, t.checkpoint, count(distinct s.id) from sessions s join turns t on t.session_id = s.id
                where s.prompt_set = ? and t.role = 'assistant' and t.status = 'ok' group by s.prompt, t.checkpoint""",
-            (prompt_set,))
+            (prompt_set,),
+        )
         return {(p, c): n for p, c, n in rows}
 
     def counts(self) -> dict[str, int]:
         """Rows per table: what a check that nothing changed compares."""
-        return {t: self._tuples(f"select count(*) from {t}")[0][0] for t in ("sessions", "turns", "ratings", "edits", "verdicts")}
+        return {
+            t: self._tuples(f"select count(*) from {t}")[0][0]
+            for t in ("sessions", "turns", "ratings", "edits", "verdicts")
+        }
 
     def integrity(self) -> str:
         return self._tuples("PRAGMA integrity_check")[0][0]
@@ -61,19 +72,26 @@ class Reads:
         return self._query("select * from turns where session_id = ? order by created, id", (session_id,))
 
     def statuses(self, turn_ids: list[str]) -> dict[str, str]:
-        return dict(self._tuples("select id, status from turns where id in (select value from json_each(?))",
-                                 (json.dumps(turn_ids),)))
+        return dict(
+            self._tuples(
+                "select id, status from turns where id in (select value from json_each(?))", (json.dumps(turn_ids),)
+            )
+        )
 
     def latest_turn(self, session_id: str, lane: str | None = None) -> str | None:
         """The newest turn of a session (of one lane of a compare session): where a resume picks up."""
         where = " and lane = ?" if lane else ""
-        rows = self._tuples(f"select id from turns where session_id = ?{where} order by created desc, id desc limit 1",
-                            (session_id, lane) if lane else (session_id,))
+        rows = self._tuples(
+            f"select id from turns where session_id = ?{where} order by created desc, id desc limit 1",
+            (session_id, lane) if lane else (session_id,),
+        )
         return rows[0][0] if rows else None
 
     def children(self, turn_id: str | None, session_id: str | None = None) -> list[dict[str, Any]]:
         if turn_id is None:
-            return self._query("select * from turns where session_id = ? and parent_id is null order by created, id", (session_id,))
+            return self._query(
+                "select * from turns where session_id = ? and parent_id is null order by created, id", (session_id,)
+            )
         return self._query("select * from turns where parent_id = ? order by created, id", (turn_id,))
 
     def branch(self, turn_id: str) -> list[dict[str, Any]]:
@@ -82,7 +100,9 @@ class Reads:
             """with recursive up(id, parent_id, depth) as (
                  select id, parent_id, 0 from turns where id = ?
                  union all select t.id, t.parent_id, up.depth + 1 from turns t join up on t.id = up.parent_id)
-               select turns.* from up join turns on turns.id = up.id order by up.depth desc""", (turn_id,))
+               select turns.* from up join turns on turns.id = up.id order by up.depth desc""",
+            (turn_id,),
+        )
         if not rows:
             raise StoreError(f"no turn {turn_id!r}")
         return rows
@@ -105,19 +125,25 @@ class Reads:
 
     def chain_turns(self) -> list[dict[str, Any]]:
         """Every turn with what a training chain needs, oldest first (the export's walk)."""
-        return self._query("select id, session_id, parent_id, role, content, checkpoint, status, created from turns order by created, id")
+        return self._query(
+            "select id, session_id, parent_id, role, content, checkpoint, status, created from turns order by created, id"
+        )
 
     def latest_replies(self) -> list[tuple[str, str, str]]:
         """(session, lane or '', turn id) of the newest finished reply of each conversation."""
         rows = self._tuples(  # SQLite returns the bare column `id` from the row holding max(created)
             """select session_id, coalesce(lane, ''), id, max(created) from turns
-               where role = 'assistant' and status = 'ok' group by session_id, coalesce(lane, '')""")
+               where role = 'assistant' and status = 'ok' group by session_id, coalesce(lane, '')"""
+        )
         return [r[:3] for r in rows]
 
     def repeats_by_checkpoint(self, at: float) -> list[tuple[str, int, int]]:
         """(checkpoint, follow-up replies whose repeat share is at least `at`, follow-up replies scored)."""
-        return self._tuples("""select coalesce(checkpoint, 'imported'), sum(repeat >= ?), count(repeat) from turns
-                               where role = 'assistant' and status = 'ok' and repeat is not null group by 1""", (at,))
+        return self._tuples(
+            """select coalesce(checkpoint, 'imported'), sum(repeat >= ?), count(repeat) from turns
+                               where role = 'assistant' and status = 'ok' and repeat is not null group by 1""",
+            (at,),
+        )
 
     def fluency_by_checkpoint(self) -> list[tuple[str, float, int]]:
         """(checkpoint, mean fluency, replies scored)."""
@@ -132,17 +158,26 @@ class Reads:
         """turn id -> current label (of `annotator`, or the latest of anyone's) for one session."""
         rows = self._tuples(
             """select r.turn_id, r.label, r.annotator from ratings r join turns t on t.id = r.turn_id
-               where t.session_id = ? and r.current = 1 order by r.created, r.id""", (session_id,))
+               where t.session_id = ? and r.current = 1 order by r.created, r.id""",
+            (session_id,),
+        )
         return {turn: label for turn, label, who in rows if annotator is None or who == annotator}
 
     def current_ratings(self, annotator: str | None = None) -> list[tuple[str, str, str]]:
         """(turn id, annotator, label) of every current rating (of one annotator, when given)."""
         if annotator is None:
             return self._tuples("select turn_id, annotator, label from ratings where current = 1")
-        return self._tuples("select turn_id, annotator, label from ratings where current = 1 and annotator = ?", (annotator,))
+        return self._tuples(
+            "select turn_id, annotator, label from ratings where current = 1 and annotator = ?", (annotator,)
+        )
 
-    def lowest_labels(self, annotator: str | None = None, ratings: list[tuple[str, str, str]] | None = None,
-                      raters: str = "all", human_wins: bool = False) -> dict[str, str]:
+    def lowest_labels(
+        self,
+        annotator: str | None = None,
+        ratings: list[tuple[str, str, str]] | None = None,
+        raters: str = "all",
+        human_wins: bool = False,
+    ) -> dict[str, str]:
         """turn id -> the lowest current label among its annotators (or `annotator`'s own): a turn one
         annotator failed never counts as excellent. `ratings`: current_ratings() already read; `raters`:
         humans, judges or all; `human_wins`: where a person rated a turn, only people's labels count."""
@@ -173,7 +208,9 @@ class Reads:
                 left join annotators a on a.name = e.annotator
                 where coalesce(a.kind, 'human') in (select value from json_each(:kinds))
                   and (e.review is null or e.review = 'accepted'){where}
-                order by e.created, e.id""", {"ids": json.dumps(turn_ids), "kinds": json.dumps(kinds)})
+                order by e.created, e.id""",
+            {"ids": json.dumps(turn_ids), "kinds": json.dumps(kinds)},
+        )
         rows.sort(key=lambda r: kinds.index(r[2]))  # stable: by kind (a person's last), then by time
         return {turn: (text, who) for turn, text, _, who in rows}  # later rows win: the latest edit
 
@@ -181,8 +218,12 @@ class Reads:
         return self.gold_edits([turn_id]).get(turn_id)
 
     def verdicts(self, session_id: str) -> list[dict[str, Any]]:
-        return self._query("select * from verdicts where session_id = ? and current = 1 order by created, id", (session_id,))
+        return self._query(
+            "select * from verdicts where session_id = ? and current = 1 order by created, id", (session_id,)
+        )
 
     def current_verdicts(self) -> list[dict[str, Any]]:
-        return self._query("select session_id, turn_a, turn_b, checkpoint_a, checkpoint_b, annotator, verdict "
-                           "from verdicts where current = 1")
+        return self._query(
+            "select session_id, turn_a, turn_b, checkpoint_a, checkpoint_b, annotator, verdict "
+            "from verdicts where current = 1"
+        )

@@ -21,7 +21,7 @@ _WORD = re.compile(r"\w+")
 
 def _grams(text: str) -> list[tuple[str, ...]]:
     words = _WORD.findall(text.lower())
-    return [tuple(words[i:i + N]) for i in range(len(words) - N + 1)]
+    return [tuple(words[i : i + N]) for i in range(len(words) - N + 1)]
 
 
 def repeat_share(reply: str, earlier: Iterable[str]) -> float | None:

@@ -109,12 +109,18 @@ def build(store: Store, raters: str = "humans") -> Report:
     agreement = []
     names = sorted(by_annotator)
     for i, a in enumerate(names):
-        for b in names[i + 1:]:
+        for b in names[i + 1 :]:
             both = sorted(set(by_annotator[a]) & set(by_annotator[b]))
             if both:
                 la, lb = [by_annotator[a][t] for t in both], [by_annotator[b][t] for t in both]
-                agreement.append({"annotators": f"{a} / {b}", "turns": len(both),
-                                  "agreement": sum(x == y for x, y in zip(la, lb)) / len(both), "kappa": cohen_kappa(la, lb)})
+                agreement.append(
+                    {
+                        "annotators": f"{a} / {b}",
+                        "turns": len(both),
+                        "agreement": sum(x == y for x, y in zip(la, lb)) / len(both),
+                        "kappa": cohen_kappa(la, lb),
+                    }
+                )
     return Report(raters, stats, winners, agreement, _verdict_agreement(store, keep))
 
 
@@ -133,7 +139,15 @@ def _winners(store: Store, lane_scores, keep) -> list[dict[str, Any]]:
             c = verdicts[sid]
             winner = a if c["a"] > c["b"] else b if c["b"] > c["a"] else "tie"
             ties = c["tie"] + c["inconsistent"]
-            out.append({"session": sid, "a": a, "b": b, "winner": winner, "basis": f"verdicts {c['a']}-{c['b']}-{ties} (a-b-tie)"})
+            out.append(
+                {
+                    "session": sid,
+                    "a": a,
+                    "b": b,
+                    "winner": winner,
+                    "basis": f"verdicts {c['a']}-{c['b']}-{ties} (a-b-tie)",
+                }
+            )
         else:
             (a, sa), (b, sb) = lane_scores[sid]["a"], lane_scores[sid]["b"]
             winner = a if sa > sb else b if sb > sa else "tie"
@@ -151,9 +165,12 @@ def _verdict_agreement(store: Store, keep) -> list[dict[str, Any]]:
     for votes in by_pair.values():
         names = sorted(votes)
         for i, a in enumerate(names):
-            for b in names[i + 1:]:
+            for b in names[i + 1 :]:
                 scores[(a, b)].append(tie_discounted(votes[a], votes[b]))
-    return [{"annotators": f"{a} / {b}", "pairs": len(s), "accuracy": sum(s) / len(s)} for (a, b), s in sorted(scores.items())]
+    return [
+        {"annotators": f"{a} / {b}", "pairs": len(s), "accuracy": sum(s) / len(s)}
+        for (a, b), s in sorted(scores.items())
+    ]
 
 
 def ordered(report: Report) -> list[CheckpointStats]:
@@ -164,29 +181,49 @@ def ordered(report: Report) -> list[CheckpointStats]:
 
 def markdown(report: Report, heldout: list[dict[str, Any]] | None = None) -> str:
     stats = ordered(report)
-    lines = ["| checkpoint | rated turns | fail | pass | excellent | fails | first fail within 3 | fluency (NLL/token) | repeats |",
-             "|---|---:|---:|---:|---:|---:|---:|---:|---:|"]
+    lines = [
+        "| checkpoint | rated turns | fail | pass | excellent | fails | first fail within 3 | fluency (NLL/token) | repeats |",
+        "|---|---:|---:|---:|---:|---:|---:|---:|---:|",
+    ]
     for s in stats:
         fluency = f"{s.fluency:.2f} ({s.scored})" if s.fluency is not None else "-"
         repeats = f"{pct(s.repeat_rate)} ({s.repeats}/{s.followups})" if s.followups else "-"
-        lines.append(f"| {s.checkpoint} | {s.rated} | {pct(s.share('fail'))} | {pct(s.share('pass'))} | "
-                     f"{pct(s.share('excellent'))} | {s.counts['fail']}/{s.rated} | {s.early_fail} of {s.conversations} | "
-                     f"{fluency} | {repeats} |")
-    lines += ["", "Fluency: the base model's mean negative log-likelihood per token of a checkpoint's replies "
-              "(lower reads more fluently; word salad scores about 4 and above), with the number of replies scored.",
-              "", f"Repeats: the follow-up replies (turn 2 on) of which {REPEAT_AT:.0%} or more of the word trigrams "
-              "already appeared in an earlier reply of the same conversation: the reply gave back an earlier answer "
-              "instead of answering the new question (lower is better)."]
+        lines.append(
+            f"| {s.checkpoint} | {s.rated} | {pct(s.share('fail'))} | {pct(s.share('pass'))} | "
+            f"{pct(s.share('excellent'))} | {s.counts['fail']}/{s.rated} | {s.early_fail} of {s.conversations} | "
+            f"{fluency} | {repeats} |"
+        )
+    lines += [
+        "",
+        "Fluency: the base model's mean negative log-likelihood per token of a checkpoint's replies "
+        "(lower reads more fluently; word salad scores about 4 and above), with the number of replies scored.",
+        "",
+        f"Repeats: the follow-up replies (turn 2 on) of which {REPEAT_AT:.0%} or more of the word trigrams "
+        "already appeared in an earlier reply of the same conversation: the reply gave back an earlier answer "
+        "instead of answering the new question (lower is better).",
+    ]
     if heldout:
-        lines += ["", "Held-out loss: NLL per token of two held-out multi-turn chains' replies from turn 2 on "
-                  "(lower is better), written by `limachat train`:", "",
-                  "| checkpoint | held-out loss | its base | tokens | after epoch |", "|---|---:|---:|---:|---:|"]
-        lines += [f"| {h['checkpoint']} | {h['loss']:.3f} | {num(h.get('base_loss'))} | {h['tokens']} | {h['epoch']} |"
-                  for h in heldout]
+        lines += [
+            "",
+            "Held-out loss: NLL per token of two held-out multi-turn chains' replies from turn 2 on "
+            "(lower is better), written by `limachat train`:",
+            "",
+            "| checkpoint | held-out loss | its base | tokens | after epoch |",
+            "|---|---:|---:|---:|---:|",
+        ]
+        lines += [
+            f"| {h['checkpoint']} | {h['loss']:.3f} | {num(h.get('base_loss'))} | {h['tokens']} | {h['epoch']} |"
+            for h in heldout
+        ]
     turns = sorted({i for s in stats for i in s.by_turn})
     if turns:
-        lines += ["", "Excellent share by turn index:", "",
-                  "| checkpoint | " + " | ".join(f"turn {i}" for i in turns) + " |", "|---|" + "---:|" * len(turns)]
+        lines += [
+            "",
+            "Excellent share by turn index:",
+            "",
+            "| checkpoint | " + " | ".join(f"turn {i}" for i in turns) + " |",
+            "|---|" + "---:|" * len(turns),
+        ]
         for s in stats:
             cells = []
             for i in turns:
@@ -199,7 +236,10 @@ def markdown(report: Report, heldout: list[dict[str, Any]] | None = None) -> str
         lines += [f"| {w['session']} | {w['a']} | {w['b']} | {w['winner']} | {w['basis']} |" for w in report.winners]
     if report.agreement:
         lines += ["", "| annotators | shared turns | agreement | Cohen's kappa |", "|---|---:|---:|---:|"]
-        lines += [f"| {a['annotators']} | {a['turns']} | {pct(a['agreement'])} | {num(a['kappa'])} |" for a in report.agreement]
+        lines += [
+            f"| {a['annotators']} | {a['turns']} | {pct(a['agreement'])} | {num(a['kappa'])} |"
+            for a in report.agreement
+        ]
     if report.verdict_agreement:
         lines += ["", "| annotators | shared verdicts | tie-discounted accuracy |", "|---|---:|---:|"]
         lines += [f"| {a['annotators']} | {a['pairs']} | {pct(a['accuracy'])} |" for a in report.verdict_agreement]
@@ -221,14 +261,37 @@ def to_csv(*reports: Report) -> str:
     """Label counts and shares per checkpoint and turn, a block of rows per report (`raters`)."""
     out = io.StringIO()
     w = csv.writer(out)
-    w.writerow(["raters", "checkpoint", "turn", "rated", "fail", "pass", "excellent", "fail_share", "pass_share", "excellent_share"])
+    w.writerow(
+        [
+            "raters",
+            "checkpoint",
+            "turn",
+            "rated",
+            "fail",
+            "pass",
+            "excellent",
+            "fail_share",
+            "pass_share",
+            "excellent_share",
+        ]
+    )
     for report in reports:
         for s in ordered(report):
             rows = [("all", s.counts)] + [(str(i), s.by_turn[i]) for i in sorted(s.by_turn)]
             for turn, c in rows:
                 n = sum(c.values())
-                w.writerow([report.raters, s.checkpoint, turn, n, c["fail"], c["pass"], c["excellent"],
-                            *(f"{c[k] / n:.4f}" if n else "" for k in LABELS)])
+                w.writerow(
+                    [
+                        report.raters,
+                        s.checkpoint,
+                        turn,
+                        n,
+                        c["fail"],
+                        c["pass"],
+                        c["excellent"],
+                        *(f"{c[k] / n:.4f}" if n else "" for k in LABELS),
+                    ]
+                )
     return out.getvalue()
 
 
@@ -263,8 +326,14 @@ def render(doc: Document, heldout: list[dict[str, Any]] | None = None) -> str:
 
     if doc.judges is None:
         return markdown(doc.humans, heldout)
-    return ("## Rated by people\n\n" + markdown(doc.humans, heldout) + "\n## Rated by LLM judges (`limachat judge`)\n\n"
-            + markdown(doc.judges) + "\n## Judges against people\n\n" + agreement.markdown(doc.agreements, doc.rates))
+    return (
+        "## Rated by people\n\n"
+        + markdown(doc.humans, heldout)
+        + "\n## Rated by LLM judges (`limachat judge`)\n\n"
+        + markdown(doc.judges)
+        + "\n## Judges against people\n\n"
+        + agreement.markdown(doc.agreements, doc.rates)
+    )
 
 
 def figure7(reports: Report | list[Report], path: Path) -> None:
@@ -276,8 +345,9 @@ def figure7(reports: Report | list[Report], path: Path) -> None:
     import matplotlib.pyplot as plt
 
     reports = [reports] if isinstance(reports, Report) else reports
-    fig, axes = plt.subplots(len(reports), 2, figsize=(10, 3.6 * len(reports)), gridspec_kw={"width_ratios": [1.1, 1]},
-                             squeeze=False)
+    fig, axes = plt.subplots(
+        len(reports), 2, figsize=(10, 3.6 * len(reports)), gridspec_kw={"width_ratios": [1.1, 1]}, squeeze=False
+    )
     for report, (ax, ax2) in zip(reports, axes):
         who = {"humans": "people", "judges": "LLM judges", "all": "everyone"}[report.raters]
         _figure7_row(report, ax, ax2, f" (rated by {who})" if len(reports) > 1 else "")
@@ -306,7 +376,12 @@ def _figure7_row(report: Report, ax, ax2, title: str) -> None:
     ax.set_title("Labels per checkpoint" + title)
     for s in stats:
         turns = sorted(s.by_turn)
-        ax2.plot(turns, [100 * s.by_turn[i]["excellent"] / sum(s.by_turn[i].values()) for i in turns], marker="o", label=s.checkpoint)
+        ax2.plot(
+            turns,
+            [100 * s.by_turn[i]["excellent"] / sum(s.by_turn[i].values()) for i in turns],
+            marker="o",
+            label=s.checkpoint,
+        )
     ax2.set_ylim(0, 100)
     ax2.xaxis.get_major_locator().set_params(integer=True)
     ax2.set_xlabel("turn index")

@@ -31,7 +31,9 @@ class Estimate:
         return f"{100 * self.value:.1f}% [{100 * self.low:.1f}, {100 * self.high:.1f}]"
 
 
-def _bootstrap(samples: tuple[np.ndarray, ...], statistic, seed: int, resamples: int = RESAMPLES) -> tuple[float, float]:
+def _bootstrap(
+    samples: tuple[np.ndarray, ...], statistic, seed: int, resamples: int = RESAMPLES
+) -> tuple[float, float]:
     """The percentile interval of `statistic(*index arrays)` with each sample's conversations resampled
     independently. Too few conversations to resample (fewer than 2 in a sample): the interval is the
     value itself, said plainly rather than invented."""
@@ -40,8 +42,16 @@ def _bootstrap(samples: tuple[np.ndarray, ...], statistic, seed: int, resamples:
     point = float(statistic(*samples))
     if any(len(s) < 2 for s in samples) or math.isnan(point):
         return point, point
-    res = bootstrap(samples, statistic, paired=False, vectorized=True, n_resamples=resamples, confidence_level=CONFIDENCE,
-                    method="percentile", rng=np.random.default_rng(seed))
+    res = bootstrap(
+        samples,
+        statistic,
+        paired=False,
+        vectorized=True,
+        n_resamples=resamples,
+        confidence_level=CONFIDENCE,
+        method="percentile",
+        rng=np.random.default_rng(seed),
+    )
     low, high = float(res.confidence_interval.low), float(res.confidence_interval.high)
     if math.isnan(low) or math.isnan(high):  # every resample gave the same value
         return point, point
@@ -98,8 +108,9 @@ def failed_within(conversations: list[list[str]], turns: int = 3) -> tuple[int, 
     return sum("fail" in c[:turns] for c in rated), len(rated)
 
 
-def conversation_outcomes(winners: list[tuple[str, str, str]], order: list[str] | None = None
-                          ) -> dict[tuple[str, str], dict[str, int]]:
+def conversation_outcomes(
+    winners: list[tuple[str, str, str]], order: list[str] | None = None
+) -> dict[tuple[str, str], dict[str, int]]:
     """Per checkpoint pair (first, second in `order`, else by name), from per-conversation results
     `(a, b, winner)` (winner: a checkpoint's name or "tie"): how many conversations each won and how
     many tied: LIMA's "better in 7 of 10, tied in 3"."""
@@ -131,8 +142,8 @@ def _fit(models: list[str], battles: list[tuple[int, int, float]], prior: float)
         np.add.at(grad, i, -(s - p))
         np.add.at(grad, j, s - p)
         if prior:
-            loss += (beta ** 2).sum() / (2 * prior ** 2)
-            grad += beta / prior ** 2
+            loss += (beta**2).sum() / (2 * prior**2)
+            grad += beta / prior**2
         return loss, grad
 
     beta = minimize(nll, np.zeros(k), jac=True, method="L-BFGS-B").x
@@ -148,8 +159,9 @@ class Rank:
     battles: int
 
 
-def bradley_terry(verdicts: list[tuple[str, str, str, str]], seed: int = 0, resamples: int = 1000,
-                  prior: float = 2.0) -> list[Rank]:
+def bradley_terry(
+    verdicts: list[tuple[str, str, str, str]], seed: int = 0, resamples: int = 1000, prior: float = 2.0
+) -> list[Rank]:
     """A leaderboard from pairwise verdicts `(conversation, checkpoint a, checkpoint b, verdict)`
     (verdict: "a", "b", "tie" or a judge's "inconsistent", counted as a tie), as Chatbot Arena ranks its
     models: Bradley-Terry strengths on the Elo scale, with 95% percentile intervals from refitting on
@@ -169,11 +181,21 @@ def bradley_terry(verdicts: list[tuple[str, str, str, str]], seed: int = 0, resa
     if len(groups) >= 2:
         from scipy.stats import bootstrap
 
-        res = bootstrap((np.arange(len(groups)),), lambda g: _fit(models, [b for n in g for b in groups[n]], prior),
-                        vectorized=False, n_resamples=resamples, confidence_level=CONFIDENCE, method="percentile",
-                        rng=np.random.default_rng(seed))
+        res = bootstrap(
+            (np.arange(len(groups)),),
+            lambda g: _fit(models, [b for n in g for b in groups[n]], prior),
+            vectorized=False,
+            n_resamples=resamples,
+            confidence_level=CONFIDENCE,
+            method="percentile",
+            rng=np.random.default_rng(seed),
+        )
         low, high = np.asarray(res.confidence_interval.low), np.asarray(res.confidence_interval.high)
     played = {m: sum(1 for b in flat if index[m] in b[:2]) for m in models}
-    out = [Rank(m, ELO_BASE + ELO_SCALE * point[n], ELO_BASE + ELO_SCALE * low[n], ELO_BASE + ELO_SCALE * high[n], played[m])
-           for n, m in enumerate(models)]
+    out = [
+        Rank(
+            m, ELO_BASE + ELO_SCALE * point[n], ELO_BASE + ELO_SCALE * low[n], ELO_BASE + ELO_SCALE * high[n], played[m]
+        )
+        for n, m in enumerate(models)
+    ]
     return sorted(out, key=lambda r: -r.rating)

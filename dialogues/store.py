@@ -27,15 +27,30 @@ from sqlite_utils import Database
 
 from limachat.dialogues.bulk import Bulk
 from limachat.dialogues.machines import Machines
-from limachat.dialogues.studies import Studies
-from limachat.dialogues.reads import Reads
 from limachat.dialogues.migrations import migrations
+from limachat.dialogues.reads import Reads
 from limachat.dialogues.repeats import repeat_share
-from limachat.dialogues.writer import _not_on_loop, writes
-
+from limachat.dialogues.studies import Studies
 from limachat.dialogues.values import (  # noqa: F401 - re-exported: the store's public names
-    ENUMS, INTERRUPTED, JSON_COLUMNS, JUDGE_VERDICTS, LABELS, LANES, MODES, RANK, ROLES, STATUSES, VERDICTS, StoreError, _check, _row,
-    new_id, now, to_json)
+    ENUMS,
+    INTERRUPTED,
+    JSON_COLUMNS,
+    JUDGE_VERDICTS,
+    LABELS,
+    LANES,
+    MODES,
+    RANK,
+    ROLES,
+    STATUSES,
+    VERDICTS,
+    StoreError,
+    _check,
+    _row,
+    new_id,
+    now,
+    to_json,
+)
+from limachat.dialogues.writer import _not_on_loop, writes
 
 BATCH = 256  # writes at most in one group commit
 SQLITE_HEADER = b"SQLite format 3\x00"
@@ -72,19 +87,24 @@ class _Async:
     def __getattr__(self, name: str):
         store, attr = self._store, getattr(type(self._store), name)
         if hasattr(attr, "body"):
+
             def write(*args, **kwargs) -> asyncio.Future:
                 # Queued at the call, not at the await; shielded: a write once queued is done, even when
                 # the awaiting task is cancelled (a stop button) or never awaits it.
                 return asyncio.shield(asyncio.wrap_future(store._submit(lambda: attr.body(store, *args, **kwargs))))
+
             return write
 
         async def read(*args, **kwargs):
             return await self.read(getattr(store, name), *args, **kwargs)
+
         return read
 
     async def read(self, fn: Callable, *args, **kwargs):
         """Any function of the store's reads (a view built from several of them), off the event loop."""
-        return await asyncio.get_running_loop().run_in_executor(self._store._readers, functools.partial(fn, *args, **kwargs))
+        return await asyncio.get_running_loop().run_in_executor(
+            self._store._readers, functools.partial(fn, *args, **kwargs)
+        )
 
 
 class Store(Reads, Bulk, Machines, Studies):
@@ -95,7 +115,9 @@ class Store(Reads, Bulk, Machines, Studies):
         if self.path.exists() and self.path.stat().st_size:
             with self.path.open("rb") as f:
                 if f.read(16) != SQLITE_HEADER:
-                    raise StoreError(f"{self.path} is not a SQLite database (left as it is; set db or --home to another file)")
+                    raise StoreError(
+                        f"{self.path} is not a SQLite database (left as it is; set db or --home to another file)"
+                    )
         try:
             self.path.parent.mkdir(parents=True, exist_ok=True)
         except OSError as e:
@@ -109,7 +131,10 @@ class Store(Reads, Bulk, Machines, Studies):
         try:  # on this thread, before the writer starts: a database that needs nothing is only read
             self._migrate()
         except sqlite3.OperationalError as e:
-            raise StoreError(f"{self.path}: {e}" + (" by another process; nothing was changed, try again" if "locked" in str(e) else "")) from None
+            raise StoreError(
+                f"{self.path}: {e}"
+                + (" by another process; nothing was changed, try again" if "locked" in str(e) else "")
+            ) from None
         except (ValueError, sqlite3.DatabaseError) as e:
             raise StoreError(f"{self.path}: {e}") from None
         finally:
@@ -193,7 +218,7 @@ class Store(Reads, Bulk, Machines, Studies):
                     for _, fut, _, err in done:
                         if err is not None:
                             fut.set_exception(err)
-                    return [(f, fut) for f, fut, _, err in done if err is None] + work[i + 1:]
+                    return [(f, fut) for f, fut, _, err in done if err is None] + work[i + 1 :]
                 db.execute("ROLLBACK TO write")
                 db.execute("RELEASE write")
                 done.append((fn, future, None, e))
@@ -211,8 +236,10 @@ class Store(Reads, Bulk, Machines, Studies):
     def _error(self, error: BaseException) -> BaseException:
         """A database failure as the one line a user gets; a write's own error as it is."""
         if isinstance(error, sqlite3.OperationalError) and "locked" in str(error):
-            return StoreError(f"{self.path} is locked by another process (waited {self.busy_timeout_ms / 1000:.0f} s); "
-                              "nothing was written, try again")
+            return StoreError(
+                f"{self.path} is locked by another process (waited {self.busy_timeout_ms / 1000:.0f} s); "
+                "nothing was written, try again"
+            )
         if isinstance(error, sqlite3.DatabaseError) and not isinstance(error, sqlite3.IntegrityError):
             return StoreError(f"{self.path}: {error}; nothing was written")
         return error
@@ -264,17 +291,39 @@ class Store(Reads, Bulk, Machines, Studies):
 
     # -- sessions ---------------------------------------------------------------------------------
     @writes
-    def start_session(self, mode: str = "chat", *, annotator: str | None = None, prompt_set: str | None = None,
-                      prompt: str | None = None, notes: str | None = None, meta: dict | None = None,
-                      study: str | None = None, slot: int | None = None) -> str:
+    def start_session(
+        self,
+        mode: str = "chat",
+        *,
+        annotator: str | None = None,
+        prompt_set: str | None = None,
+        prompt: str | None = None,
+        notes: str | None = None,
+        meta: dict | None = None,
+        study: str | None = None,
+        slot: int | None = None,
+    ) -> str:
         """A new session; in a study (`study`, at `slot` of the annotator's plan) or not."""
         sid = new_id()
         if study is not None and not self.db.execute("select 1 from studies where name = ?", (study,)).fetchone():
             raise StoreError(f"no study {study!r}")
-        self._insert(self.db, "sessions", {
-            "id": sid, "created": now(), "mode": _check(mode, MODES, "mode"), "prompt_set": prompt_set, "prompt": prompt,
-            "annotator": annotator, "notes": notes, "meta": to_json("meta", meta), "closed": None, "study": study,
-            "slot": slot})
+        self._insert(
+            self.db,
+            "sessions",
+            {
+                "id": sid,
+                "created": now(),
+                "mode": _check(mode, MODES, "mode"),
+                "prompt_set": prompt_set,
+                "prompt": prompt,
+                "annotator": annotator,
+                "notes": notes,
+                "meta": to_json("meta", meta),
+                "closed": None,
+                "study": study,
+                "slot": slot,
+            },
+        )
         return sid
 
     @writes
@@ -295,8 +344,9 @@ class Store(Reads, Bulk, Machines, Studies):
             raise StoreError(f"no turn {turn_id!r}")
         return row
 
-    def _insert_turn(self, session_id: str, parent_id: str | None, role: str, content: str, lane: str | None,
-                     **fields: Any) -> str:
+    def _insert_turn(
+        self, session_id: str, parent_id: str | None, role: str, content: str, lane: str | None, **fields: Any
+    ) -> str:
         if lane is not None:
             _check(lane, LANES, "lane")
         exchange = 1
@@ -312,27 +362,60 @@ class Store(Reads, Bulk, Machines, Studies):
             if role != "user":
                 raise StoreError("a conversation starts with a user turn")
         tid = new_id()
-        record = {"id": tid, "session_id": session_id, "parent_id": parent_id, "lane": lane, "exchange": exchange,
-                  "role": role, "content": content, "created": now(), **fields}
+        record = {
+            "id": tid,
+            "session_id": session_id,
+            "parent_id": parent_id,
+            "lane": lane,
+            "exchange": exchange,
+            "role": role,
+            "content": content,
+            "created": now(),
+            **fields,
+        }
         self._insert(self.db, "turns", {k: to_json(k, v) for k, v in record.items()})
         return tid
 
     @writes
-    def add_user_turn(self, session_id: str, content: str, parent_id: str | None = None, lane: str | None = None) -> str:
+    def add_user_turn(
+        self, session_id: str, content: str, parent_id: str | None = None, lane: str | None = None
+    ) -> str:
         """Saved before any model call, so a failing model never loses what the user wrote."""
         if not content.strip():
             raise StoreError("a user turn needs some text")
         return self._insert_turn(session_id, parent_id, "user", content, lane, status="ok")
 
     @writes
-    def begin_assistant_turn(self, session_id: str, parent_id: str, *, checkpoint: str, model: str | None = None,
-                             endpoint: str | None = None, params: dict | None = None, lane: str | None = None,
-                             preset: str | None = None, omitted: list[str] | None = None) -> str:
+    def begin_assistant_turn(
+        self,
+        session_id: str,
+        parent_id: str,
+        *,
+        checkpoint: str,
+        model: str | None = None,
+        endpoint: str | None = None,
+        params: dict | None = None,
+        lane: str | None = None,
+        preset: str | None = None,
+        omitted: list[str] | None = None,
+    ) -> str:
         """`params` are the sampling fields as sent; `omitted` the preset's keys the endpoint was not sent.
         The turn is owned by this process until it is finished (see repair_interrupted)."""
-        return self._insert_turn(session_id, parent_id, "assistant", "", lane, status="streaming", checkpoint=checkpoint,
-                                 model=model, endpoint=endpoint, params=params or {}, preset=preset,
-                                 omitted=omitted or None, owner=owner())
+        return self._insert_turn(
+            session_id,
+            parent_id,
+            "assistant",
+            "",
+            lane,
+            status="streaming",
+            checkpoint=checkpoint,
+            model=model,
+            endpoint=endpoint,
+            params=params or {},
+            preset=preset,
+            omitted=omitted or None,
+            owner=owner(),
+        )
 
     @writes
     def save_partial(self, turn_id: str, text: str) -> None:
@@ -340,16 +423,34 @@ class Store(Reads, Bulk, Machines, Studies):
         self._update(self.db, "turns", turn_id, {"content": text})
 
     @writes
-    def finish_assistant_turn(self, turn_id: str, content: str, *, status: str = "ok", error: str | None = None,
-                              error_detail: str | None = None, prompt_tokens: int | None = None,
-                              completion_tokens: int | None = None, ttft: float | None = None,
-                              latency: float | None = None, params: dict | None = None) -> None:
+    def finish_assistant_turn(
+        self,
+        turn_id: str,
+        content: str,
+        *,
+        status: str = "ok",
+        error: str | None = None,
+        error_detail: str | None = None,
+        prompt_tokens: int | None = None,
+        completion_tokens: int | None = None,
+        ttft: float | None = None,
+        latency: float | None = None,
+        params: dict | None = None,
+    ) -> None:
         """`error` names no checkpoint, model or endpoint (a blind page shows it); `error_detail` may.
         `params` replaces the request parameters saved at the start (when the request changed on the way)."""
         _check(status, STATUSES[1:], "status")
-        fields = {"content": content, "status": status, "error": error, "error_detail": error_detail,
-                  "prompt_tokens": prompt_tokens, "completion_tokens": completion_tokens, "ttft": ttft,
-                  "latency": latency, "owner": None}
+        fields = {
+            "content": content,
+            "status": status,
+            "error": error,
+            "error_detail": error_detail,
+            "prompt_tokens": prompt_tokens,
+            "completion_tokens": completion_tokens,
+            "ttft": ttft,
+            "latency": latency,
+            "owner": None,
+        }
         if status == "ok":  # does it give back an earlier reply of its branch? (limachat.dialogues.repeats)
             fields["repeat"] = repeat_share(content, self._earlier_replies(turn_id))
         if params is not None:
@@ -358,11 +459,16 @@ class Store(Reads, Bulk, Machines, Studies):
 
     def _earlier_replies(self, turn_id: str) -> list[str]:
         """The finished replies above `turn_id` on its branch."""
-        return [r[0] for r in self.db.execute(
-            """with recursive up(id, parent_id) as (
+        return [
+            r[0]
+            for r in self.db.execute(
+                """with recursive up(id, parent_id) as (
                  select id, parent_id from turns where id = (select parent_id from turns where id = ?)
                  union all select t.id, t.parent_id from turns t join up on t.id = up.parent_id)
-               select content from up join turns using (id) where role = 'assistant' and status = 'ok'""", (turn_id,))]
+               select content from up join turns using (id) where role = 'assistant' and status = 'ok'""",
+                (turn_id,),
+            )
+        ]
 
     @writes
     def set_fluency(self, turn_id: str, value: float) -> None:
@@ -372,7 +478,11 @@ class Store(Reads, Bulk, Machines, Studies):
     def repair_interrupted(self) -> int:
         """Replies left `streaming` by a process that is gone (a crash, a kill) become errors that keep
         their partial text; the page offers retry on them. Returns how many."""
-        dead = [tid for tid, who in self.db.execute("select id, owner from turns where status = 'streaming'") if not _alive(who)]
+        dead = [
+            tid
+            for tid, who in self.db.execute("select id, owner from turns where status = 'streaming'")
+            if not _alive(who)
+        ]
         for tid in dead:
             self._update(self.db, "turns", tid, {"status": "error", "error": INTERRUPTED, "owner": None})
         return len(dead)
@@ -387,14 +497,29 @@ class Store(Reads, Bulk, Machines, Studies):
         if self._turn_brief(turn_id)[1] != "assistant":
             raise StoreError("only assistant turns are rated")
         db = self.db
-        same = db.execute("select id from ratings where turn_id = ? and annotator = ? and current = 1 and label = ?",
-                          (turn_id, annotator, label)).fetchone()
+        same = db.execute(
+            "select id from ratings where turn_id = ? and annotator = ? and current = 1 and label = ?",
+            (turn_id, annotator, label),
+        ).fetchone()
         if same:  # the same label again (a double click) is not a new rating
             return same[0]
         rid = new_id()
-        db.execute("update ratings set current = 0 where turn_id = ? and annotator = ? and current = 1", (turn_id, annotator))
-        self._insert(db, "ratings", {"id": rid, "turn_id": turn_id, "annotator": annotator, "label": label,
-                                     "comment": comment, "created": now(), "current": 1})
+        db.execute(
+            "update ratings set current = 0 where turn_id = ? and annotator = ? and current = 1", (turn_id, annotator)
+        )
+        self._insert(
+            db,
+            "ratings",
+            {
+                "id": rid,
+                "turn_id": turn_id,
+                "annotator": annotator,
+                "label": label,
+                "comment": comment,
+                "created": now(),
+                "current": 1,
+            },
+        )
         return rid
 
     @writes
@@ -405,7 +530,11 @@ class Store(Reads, Bulk, Machines, Studies):
         if not content.strip() or not annotator:
             raise StoreError("a gold edit needs text and an annotator")
         eid = new_id()
-        self._insert(self.db, "edits", {"id": eid, "turn_id": turn_id, "annotator": annotator, "content": content, "created": now()})
+        self._insert(
+            self.db,
+            "edits",
+            {"id": eid, "turn_id": turn_id, "annotator": annotator, "content": content, "created": now()},
+        )
         return eid
 
     @writes
@@ -413,13 +542,32 @@ class Store(Reads, Bulk, Machines, Studies):
         """Compare mode: which of two assistant turns answering the same prompt was better."""
         _check(verdict, JUDGE_VERDICTS if self.kind_of(annotator) == "judge" else VERDICTS, "verdict")
         a, b = self.turn(turn_a), self.turn(turn_b)
-        if not (a["session_id"] == b["session_id"] == session_id) or a["role"] != "assistant" or b["role"] != "assistant":
+        if (
+            not (a["session_id"] == b["session_id"] == session_id)
+            or a["role"] != "assistant"
+            or b["role"] != "assistant"
+        ):
             raise StoreError("a verdict compares two assistant turns of the same session")
         db = self.db
         vid = new_id()
-        db.execute("update verdicts set current = 0 where turn_a = ? and turn_b = ? and annotator = ? and current = 1",
-                   (turn_a, turn_b, annotator))
-        self._insert(db, "verdicts", {"id": vid, "session_id": session_id, "turn_a": turn_a, "turn_b": turn_b,
-                                      "checkpoint_a": a["checkpoint"], "checkpoint_b": b["checkpoint"],
-                                      "verdict": verdict, "annotator": annotator, "created": now(), "current": 1})
+        db.execute(
+            "update verdicts set current = 0 where turn_a = ? and turn_b = ? and annotator = ? and current = 1",
+            (turn_a, turn_b, annotator),
+        )
+        self._insert(
+            db,
+            "verdicts",
+            {
+                "id": vid,
+                "session_id": session_id,
+                "turn_a": turn_a,
+                "turn_b": turn_b,
+                "checkpoint_a": a["checkpoint"],
+                "checkpoint_b": b["checkpoint"],
+                "verdict": verdict,
+                "annotator": annotator,
+                "created": now(),
+                "current": 1,
+            },
+        )
         return vid

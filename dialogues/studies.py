@@ -18,14 +18,37 @@ def _decode(row: dict[str, Any]) -> dict[str, Any]:
 
 class Studies:
     @writes
-    def create_study(self, name: str, *, prompt_set: str, prompts: list[dict[str, str]], checkpoints: list[str],
-                     conversations: int, turns: int, blind: bool, annotators: list[str], seed: int) -> str:
+    def create_study(
+        self,
+        name: str,
+        *,
+        prompt_set: str,
+        prompts: list[dict[str, str]],
+        checkpoints: list[str],
+        conversations: int,
+        turns: int,
+        blind: bool,
+        annotators: list[str],
+        seed: int,
+    ) -> str:
         if self.db.execute("select 1 from studies where name = ?", (name,)).fetchone():
             raise StoreError(f"a study named {name!r} exists already; pick another name")
-        self._insert(self.db, "studies", {
-            "name": name, "created": now(), "prompt_set": prompt_set, "prompts": json.dumps(prompts, ensure_ascii=False),
-            "checkpoints": json.dumps(checkpoints), "conversations": conversations, "turns": turns, "blind": int(blind),
-            "annotators": json.dumps(annotators), "seed": seed})
+        self._insert(
+            self.db,
+            "studies",
+            {
+                "name": name,
+                "created": now(),
+                "prompt_set": prompt_set,
+                "prompts": json.dumps(prompts, ensure_ascii=False),
+                "checkpoints": json.dumps(checkpoints),
+                "conversations": conversations,
+                "turns": turns,
+                "blind": int(blind),
+                "annotators": json.dumps(annotators),
+                "seed": seed,
+            },
+        )
         return name
 
     def study(self, name: str) -> dict[str, Any]:
@@ -51,4 +74,5 @@ class Studies:
                   (select id from turns t where t.session_id = s.id and t.lane = 'a' order by created desc, id desc limit 1) as leaf_a,
                   (select id from turns t where t.session_id = s.id and t.lane = 'b' order by created desc, id desc limit 1) as leaf_b
                 from sessions s where s.study = :name {who} order by s.created, s.id""",
-            {"name": name, "who": annotator})
+            {"name": name, "who": annotator},
+        )

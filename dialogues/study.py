@@ -38,9 +38,19 @@ class Slot:
     sides: dict[str, str]  # lane ("a" left, "b" right) -> checkpoint
 
 
-def create(store: Store, name: str, checkpoints: list[str], *, prompts: str | Path | None = None, conversations: int = 10,
-           turns: int = 3, blind: bool = True, annotators: list[str] | None = None, seed: int = 0,
-           known: list[str] | None = None) -> dict[str, Any]:
+def create(
+    store: Store,
+    name: str,
+    checkpoints: list[str],
+    *,
+    prompts: str | Path | None = None,
+    conversations: int = 10,
+    turns: int = 3,
+    blind: bool = True,
+    annotators: list[str] | None = None,
+    seed: int = 0,
+    known: list[str] | None = None,
+) -> dict[str, Any]:
     """Define a study; bad input is a ValueError naming the field. `known`: the checkpoints that can
     be served (a study of one that cannot would never finish)."""
     name = (name or "").strip()
@@ -61,8 +71,17 @@ def create(store: Store, name: str, checkpoints: list[str], *, prompts: str | Pa
     else:
         set_name, items = Path(prompts).name, load_prompts(Path(prompts))
     people = sorted({a.strip() for a in (annotators or []) if a.strip()})
-    store.create_study(name, prompt_set=set_name, prompts=items, checkpoints=checkpoints, conversations=conversations,
-                       turns=turns, blind=bool(blind), annotators=people, seed=int(seed))
+    store.create_study(
+        name,
+        prompt_set=set_name,
+        prompts=items,
+        checkpoints=checkpoints,
+        conversations=conversations,
+        turns=turns,
+        blind=bool(blind),
+        annotators=people,
+        seed=int(seed),
+    )
     return store.study(name)
 
 
@@ -94,14 +113,17 @@ def check_annotator(study: dict[str, Any], annotator: str | None) -> str:
     if not annotator:
         raise ValueError("Enter your name at the top of the page first: a study keeps each annotator's own walk.")
     if study["annotators"] and annotator not in study["annotators"]:
-        raise ValueError(f"{annotator!r} is not an annotator of study {study['name']!r} (its annotators: "
-                         f"{', '.join(study['annotators'])})")
+        raise ValueError(
+            f"{annotator!r} is not an annotator of study {study['name']!r} (its annotators: "
+            f"{', '.join(study['annotators'])})"
+        )
     return annotator
 
 
 @dataclass
 class Conversation:
     """One slot of one annotator's walk, as far as it has gone."""
+
     slot: Slot
     session: str | None = None
     exchanges: int = 0  # exchanges both lanes have reached
@@ -155,7 +177,11 @@ def conversation_at(store: Store, study: dict[str, Any], annotator: str, index: 
     """One slot of the annotator's walk: (its conversation, its place in the walk from 1, the walk's length)."""
     slots = plan(study, annotator)
     place = next(n for n, s in enumerate(slots) if s.index == index)
-    return _conversation(store, slots[place], _sessions(store, study, annotator).get(index), annotator), place + 1, len(slots)
+    return (
+        _conversation(store, slots[place], _sessions(store, study, annotator).get(index), annotator),
+        place + 1,
+        len(slots),
+    )
 
 
 def next_conversation(store: Store, study: dict[str, Any], annotator: str) -> Conversation | None:
@@ -165,7 +191,9 @@ def next_conversation(store: Store, study: dict[str, Any], annotator: str) -> Co
 
 
 def annotators_of(store: Store, study: dict[str, Any]) -> list[str]:
-    return study["annotators"] or sorted({s["annotator"] for s in store.study_sessions(study["name"]) if s["annotator"]})
+    return study["annotators"] or sorted(
+        {s["annotator"] for s in store.study_sessions(study["name"]) if s["annotator"]}
+    )
 
 
 def progress(store: Store, study: dict[str, Any]) -> list[dict[str, Any]]:
@@ -183,10 +211,16 @@ def progress(store: Store, study: dict[str, Any]) -> list[dict[str, Any]]:
         for checkpoint, t in tally.items():
             done = min(t["done"], study["conversations"])
             rated = t["rated"]
-            rows.append({"annotator": who, "checkpoint": checkpoint, "started": t["started"],
-                         "conversations done": f"{done} / {study['conversations']}",
-                         "replies rated": f"{rated} / {goal_turns}",
-                         "left": f"{_n(study['conversations'] - done, 'conversation')}, {_n(max(goal_turns - rated, 0), 'reply')}"})
+            rows.append(
+                {
+                    "annotator": who,
+                    "checkpoint": checkpoint,
+                    "started": t["started"],
+                    "conversations done": f"{done} / {study['conversations']}",
+                    "replies rated": f"{rated} / {goal_turns}",
+                    "left": f"{_n(study['conversations'] - done, 'conversation')}, {_n(max(goal_turns - rated, 0), 'reply')}",
+                }
+            )
     return rows
 
 
@@ -194,7 +228,9 @@ def _n(count: int, noun: str) -> str:
     return f"{count} {noun if count == 1 else ('replies' if noun == 'reply' else noun + 's')}"
 
 
-def status_line(study: dict[str, Any], conv: Conversation | None, place: int | None = None, total: int | None = None) -> str:
+def status_line(
+    study: dict[str, Any], conv: Conversation | None, place: int | None = None, total: int | None = None
+) -> str:
     """What the Compare tab says about the annotator's place in the study."""
     turns = study["turns"]
     if conv is None:
@@ -203,7 +239,11 @@ def status_line(study: dict[str, Any], conv: Conversation | None, place: int | N
     if conv.reached(turns):
         left = conv.replies - conv.rated
         todo = f"Rate its {left} unrated repl{'ies' if left != 1 else 'y'}, then give" if left > 0 else "Give"
-        return (f"Study **{study['name']}**, {where}: it has reached its {turns} turns. "
-                f"{todo} a verdict (a / t / b) and press **n** for the next prompt.")
-    return (f"Study **{study['name']}**, {where}: turn {conv.exchanges + 1} of {turns}. Rate each reply (1 / 2 / 3), "
-            "then write the next message.")
+        return (
+            f"Study **{study['name']}**, {where}: it has reached its {turns} turns. "
+            f"{todo} a verdict (a / t / b) and press **n** for the next prompt."
+        )
+    return (
+        f"Study **{study['name']}**, {where}: turn {conv.exchanges + 1} of {turns}. Rate each reply (1 / 2 / 3), "
+        "then write the next message."
+    )

@@ -22,6 +22,7 @@ from typing import Any
 from limachat.dialogues import stats
 from limachat.dialogues.store import LABELS, RANK, Store
 from limachat.dialogues.values import COLORS
+
 WHO = {"humans": "people", "judges": "LLM judges"}
 
 
@@ -62,7 +63,9 @@ def build(store: Store, name: str, raters: str = "humans") -> StudyReport:
     for s in sessions:
         for lane in ("a", "b"):
             leaf = s[f"leaf_{lane}"]
-            replies = [t for t in store.branch(leaf) if t["role"] == "assistant" and t["status"] == "ok"] if leaf else []
+            replies = (
+                [t for t in store.branch(leaf) if t["role"] == "assistant" and t["status"] == "ok"] if leaf else []
+            )
             labels = [lowest[t["id"]] for t in replies if t["id"] in lowest]
             checkpoint = (s["meta"] or {}).get("lanes", {}).get(lane) or (replies[0]["checkpoint"] if replies else None)
             if checkpoint in sides and labels:
@@ -73,10 +76,19 @@ def build(store: Store, name: str, raters: str = "humans") -> StudyReport:
     ids = {s["id"] for s in sessions}
     verdicts = [v for v in store.current_verdicts() if v["session_id"] in ids and keep(v["annotator"])]
     battles = [(v["session_id"], v["checkpoint_a"], v["checkpoint_b"], v["verdict"]) for v in verdicts]
-    differences = [(a, b, stats.difference(sides[a].conversations, sides[b].conversations, "excellent", seed))
-                   for a, b in combinations(study["checkpoints"], 2)]
-    return StudyReport(study, raters, list(sides.values()), differences, stats.conversation_outcomes(_winners(verdicts, means), study["checkpoints"]),
-                       stats.bradley_terry(battles, seed), len(verdicts))
+    differences = [
+        (a, b, stats.difference(sides[a].conversations, sides[b].conversations, "excellent", seed))
+        for a, b in combinations(study["checkpoints"], 2)
+    ]
+    return StudyReport(
+        study,
+        raters,
+        list(sides.values()),
+        differences,
+        stats.conversation_outcomes(_winners(verdicts, means), study["checkpoints"]),
+        stats.bradley_terry(battles, seed),
+        len(verdicts),
+    )
 
 
 def _winners(verdicts: list[dict[str, Any]], means: dict[str, dict[str, float]]) -> list[tuple[str, str, str]]:
@@ -124,32 +136,79 @@ def sections(report: StudyReport) -> list[tuple[str, list[str], list[list[str]],
     for s in report.sides:
         f, n = stats.fails(s.conversations)
         k, m = stats.failed_within(s.conversations, 3)
-        rows.append([s.checkpoint, str(len(s.conversations)), str(s.turns), *(pct(s.shares[x]) for x in LABELS),
-                     f"{f} of {n}", f"{k} of {m}"])
-    out.append(("Labels per checkpoint", ["checkpoint", "conversations", "rated turns", "fail", "pass", "excellent",
-                                          "turns failed", "failed within 3 turns"], rows,
-                "Shares with 95% percentile intervals from 2,000 bootstrap resamples of conversations (a "
-                "conversation's turns are not independent)."))
-    out.append(("Difference in excellent share", ["comparison", "difference"],
-                [[f"{b} − {a}", _points(e)] for a, b, e in report.differences],
-                "The second checkpoint's excellent share minus the first's; each checkpoint's conversations "
-                "resampled on their own. An interval that excludes 0 is a difference the study can claim."))
+        rows.append(
+            [
+                s.checkpoint,
+                str(len(s.conversations)),
+                str(s.turns),
+                *(pct(s.shares[x]) for x in LABELS),
+                f"{f} of {n}",
+                f"{k} of {m}",
+            ]
+        )
+    out.append(
+        (
+            "Labels per checkpoint",
+            [
+                "checkpoint",
+                "conversations",
+                "rated turns",
+                "fail",
+                "pass",
+                "excellent",
+                "turns failed",
+                "failed within 3 turns",
+            ],
+            rows,
+            "Shares with 95% percentile intervals from 2,000 bootstrap resamples of conversations (a "
+            "conversation's turns are not independent).",
+        )
+    )
+    out.append(
+        (
+            "Difference in excellent share",
+            ["comparison", "difference"],
+            [[f"{b} − {a}", _points(e)] for a, b, e in report.differences],
+            "The second checkpoint's excellent share minus the first's; each checkpoint's conversations "
+            "resampled on their own. An interval that excludes 0 is a difference the study can claim.",
+        )
+    )
     rows = []
     for (a, b), tally in report.outcomes.items():
         n = sum(tally.values())
         lead, other = (b, a) if tally[b] > tally[a] else (a, b)
-        rows.append([f"{a} vs {b}", str(tally[a]), str(tally[b]), str(tally["tie"]),
-                     f"{lead} better in {tally[lead]} of {n}, tied in {tally['tie']}" + (
-                         f", worse in {tally[other]}" if tally[other] else "")])
-    out.append(("Per conversation", ["pair", "first better", "second better", "tied", "as LIMA reports it"], rows,
-                "A conversation goes to the checkpoint that won more of its exchange verdicts; without verdicts, to "
-                "the one whose replies were labelled higher on average."))
-    out.append(("Leaderboard (Bradley-Terry)", ["rank", "checkpoint", "rating", "95% interval", "verdicts"],
-                [[str(i), r.checkpoint, f"{r.rating:.0f}", f"{r.low:.0f} to {r.high:.0f}", str(r.battles)]
-                 for i, r in enumerate(report.leaderboard, 1)],
-                f"From {report.verdicts} pairwise verdicts (ties count half), on the Elo scale (1000 is the mean; "
-                "400 points is 10:1 odds), as Chatbot Arena ranks models; intervals from 1,000 resamples of "
-                "conversations. A weak prior (sd 2 in log-strength) keeps an undefeated checkpoint finite."))
+        rows.append(
+            [
+                f"{a} vs {b}",
+                str(tally[a]),
+                str(tally[b]),
+                str(tally["tie"]),
+                f"{lead} better in {tally[lead]} of {n}, tied in {tally['tie']}"
+                + (f", worse in {tally[other]}" if tally[other] else ""),
+            ]
+        )
+    out.append(
+        (
+            "Per conversation",
+            ["pair", "first better", "second better", "tied", "as LIMA reports it"],
+            rows,
+            "A conversation goes to the checkpoint that won more of its exchange verdicts; without verdicts, to "
+            "the one whose replies were labelled higher on average.",
+        )
+    )
+    out.append(
+        (
+            "Leaderboard (Bradley-Terry)",
+            ["rank", "checkpoint", "rating", "95% interval", "verdicts"],
+            [
+                [str(i), r.checkpoint, f"{r.rating:.0f}", f"{r.low:.0f} to {r.high:.0f}", str(r.battles)]
+                for i, r in enumerate(report.leaderboard, 1)
+            ],
+            f"From {report.verdicts} pairwise verdicts (ties count half), on the Elo scale (1000 is the mean; "
+            "400 points is 10:1 odds), as Chatbot Arena ranks models; intervals from 1,000 resamples of "
+            "conversations. A weak prior (sd 2 in log-strength) keeps an undefeated checkpoint finite.",
+        )
+    )
     return out
 
 
@@ -166,9 +225,11 @@ def markdown(reports: list[StudyReport]) -> str:
 
 
 def _summary(st: dict[str, Any]) -> str:
-    return (f"{' vs '.join(st['checkpoints'])}; {st['conversations']} conversations per checkpoint of {st['turns']} turns; "
-            f"{'blind' if st['blind'] else 'not blind'}; prompt set {st['prompt_set']} ({len(st['prompts'])} prompts); "
-            f"annotators: {', '.join(st['annotators']) or 'anyone'}; seed {st['seed']}.")
+    return (
+        f"{' vs '.join(st['checkpoints'])}; {st['conversations']} conversations per checkpoint of {st['turns']} turns; "
+        f"{'blind' if st['blind'] else 'not blind'}; prompt set {st['prompt_set']} ({len(st['prompts'])} prompts); "
+        f"annotators: {', '.join(st['annotators']) or 'anyone'}; seed {st['seed']}."
+    )
 
 
 def to_csv(reports: list[StudyReport]) -> str:
@@ -180,8 +241,18 @@ def to_csv(reports: list[StudyReport]) -> str:
             counts = Counter(x for c in s.conversations for x in c)
             for label in LABELS:
                 e = s.shares[label]
-                w.writerow([r.study["name"], r.raters, s.checkpoint, len(s.conversations), s.turns, label, counts[label],
-                            *("" if v != v else f"{v:.4f}" for v in (e.value, e.low, e.high))])
+                w.writerow(
+                    [
+                        r.study["name"],
+                        r.raters,
+                        s.checkpoint,
+                        len(s.conversations),
+                        s.turns,
+                        label,
+                        counts[label],
+                        *("" if v != v else f"{v:.4f}" for v in (e.value, e.low, e.high)),
+                    ]
+                )
     return out.getvalue()
 
 
@@ -193,8 +264,9 @@ def figure(reports: list[StudyReport], path: Path | None = None) -> bytes:
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    fig, axes = plt.subplots(len(reports), 2, figsize=(11, 3.8 * len(reports)), squeeze=False,
-                             gridspec_kw={"width_ratios": [1.4, 1]})
+    fig, axes = plt.subplots(
+        len(reports), 2, figsize=(11, 3.8 * len(reports)), squeeze=False, gridspec_kw={"width_ratios": [1.4, 1]}
+    )
     for report, (ax, ax2) in zip(reports, axes):
         who = f" (rated by {WHO.get(report.raters, report.raters)})"
         width = 0.8 / len(LABELS)
@@ -202,11 +274,15 @@ def figure(reports: list[StudyReport], path: Path | None = None) -> bytes:
             xs = [i + (k - 1) * width for i in range(len(report.sides))]
             es = [s.shares[label] for s in report.sides]
             vals = [0 if e.value != e.value else 100 * e.value for e in es]
-            err = [[max(v - 100 * e.low, 0) if e.low == e.low else 0 for v, e in zip(vals, es)],
-                   [max(100 * e.high - v, 0) if e.high == e.high else 0 for v, e in zip(vals, es)]]
+            err = [
+                [max(v - 100 * e.low, 0) if e.low == e.low else 0 for v, e in zip(vals, es)],
+                [max(100 * e.high - v, 0) if e.high == e.high else 0 for v, e in zip(vals, es)],
+            ]
             ax.bar(xs, vals, width, yerr=err, capsize=3, color=COLORS[label], label=label.capitalize())
-        ax.set_xticks(range(len(report.sides)), [f"{s.checkpoint}\n({len(s.conversations)} conv., {s.turns} turns)"
-                                                  for s in report.sides])
+        ax.set_xticks(
+            range(len(report.sides)),
+            [f"{s.checkpoint}\n({len(s.conversations)} conv., {s.turns} turns)" for s in report.sides],
+        )
         ax.set_ylim(0, 100)
         ax.set_ylabel("share of rated turns (%)")
         ax.set_title("Labels per checkpoint, 95% intervals" + who)
@@ -215,8 +291,13 @@ def figure(reports: list[StudyReport], path: Path | None = None) -> bytes:
         if board:
             names = [r.checkpoint for r in board][::-1]
             vals = [r.rating for r in board][::-1]
-            ax2.errorbar(vals, names, xerr=[[v - r.low for v, r in zip(vals, board[::-1])],
-                                             [r.high - v for v, r in zip(vals, board[::-1])]], fmt="o", capsize=4)
+            ax2.errorbar(
+                vals,
+                names,
+                xerr=[[v - r.low for v, r in zip(vals, board[::-1])], [r.high - v for v, r in zip(vals, board[::-1])]],
+                fmt="o",
+                capsize=4,
+            )
             ax2.axvline(stats.ELO_BASE, color="#999", lw=0.8, ls="--")
             ax2.set_xlabel("Bradley-Terry rating (Elo scale)")
         else:
@@ -240,26 +321,38 @@ def to_html(reports: list[StudyReport], chart: bytes | None = None) -> str:
     st = reports[0].study
     e = html.escape
     png = base64.b64encode(chart if chart is not None else figure(reports)).decode()
-    parts = [f"<h1>Study {e(st['name'])}</h1>", f"<p>{e(_summary(st))}</p>",
-             f'<img alt="label shares and leaderboard" src="data:image/png;base64,{png}">']
+    parts = [
+        f"<h1>Study {e(st['name'])}</h1>",
+        f"<p>{e(_summary(st))}</p>",
+        f'<img alt="label shares and leaderboard" src="data:image/png;base64,{png}">',
+    ]
     for report in reports:
         parts.append(f"<h2>Rated by {e(WHO.get(report.raters, report.raters))}</h2>")
         for title, header, rows, note in sections(report):
             head = "".join(f"<th>{e(h)}</th>" for h in header)
-            body = "".join("<tr>" + "".join(f"<td>{e(c)}</td>" for c in r) + "</tr>" for r in rows) or \
-                f'<tr><td colspan="{len(header)}">none yet</td></tr>'
-            parts.append(f"<h3>{e(title)}</h3><table><thead><tr>{head}</tr></thead><tbody>{body}</tbody></table>"
-                         f"<p class=note>{e(note)}</p>")
-    style = ("body{font-family:system-ui,sans-serif;max-width:1100px;margin:2em auto;padding:0 1em;color:#222}"
-             "table{border-collapse:collapse;margin:.5em 0}th,td{border:1px solid #ccc;padding:.3em .7em;text-align:left}"
-             "th{background:#f4f4f4}img{max-width:100%}.note{color:#555;font-size:.9em}")
-    return (f'<!doctype html><html lang="en"><head><meta charset="utf-8"><title>Study {e(st["name"])} - limachat</title>'
-            f"<style>{style}</style></head><body>{''.join(parts)}"
-            "<p class=note>Written by limachat (limachat report --study).</p></body></html>\n")
+            body = (
+                "".join("<tr>" + "".join(f"<td>{e(c)}</td>" for c in r) + "</tr>" for r in rows)
+                or f'<tr><td colspan="{len(header)}">none yet</td></tr>'
+            )
+            parts.append(
+                f"<h3>{e(title)}</h3><table><thead><tr>{head}</tr></thead><tbody>{body}</tbody></table>"
+                f"<p class=note>{e(note)}</p>"
+            )
+    style = (
+        "body{font-family:system-ui,sans-serif;max-width:1100px;margin:2em auto;padding:0 1em;color:#222}"
+        "table{border-collapse:collapse;margin:.5em 0}th,td{border:1px solid #ccc;padding:.3em .7em;text-align:left}"
+        "th{background:#f4f4f4}img{max-width:100%}.note{color:#555;font-size:.9em}"
+    )
+    return (
+        f'<!doctype html><html lang="en"><head><meta charset="utf-8"><title>Study {e(st["name"])} - limachat</title>'
+        f"<style>{style}</style></head><body>{''.join(parts)}"
+        "<p class=note>Written by limachat (limachat report --study).</p></body></html>\n"
+    )
 
 
-def write(reports: list[StudyReport], *, html_path: Path | None = None, png: Path | None = None,
-          csv_path: Path | None = None) -> None:
+def write(
+    reports: list[StudyReport], *, html_path: Path | None = None, png: Path | None = None, csv_path: Path | None = None
+) -> None:
     """The files asked for; the chart is drawn once for the PNG and the page alike."""
     chart = figure(reports, png) if (png or html_path) else None
     if html_path:

@@ -41,7 +41,11 @@ def now() -> str:
 
 def to_json(key: str, value: Any) -> Any:
     """JSON columns are stored with sorted keys, so an export re-imported exports byte for byte."""
-    return json.dumps(value, sort_keys=True) if key in JSON_COLUMNS and value is not None and not isinstance(value, str) else value
+    return (
+        json.dumps(value, sort_keys=True)
+        if key in JSON_COLUMNS and value is not None and not isinstance(value, str)
+        else value
+    )
 
 
 def _row(row: dict[str, Any] | None) -> dict[str, Any] | None:
@@ -57,8 +61,13 @@ def _check(value: str, allowed: tuple[str, ...], what: str) -> str:
 
 
 # The enumerated columns, checked before a row is written (and by the schema's CHECK constraints).
-ENUMS = {"sessions": {"mode": MODES}, "turns": {"role": ROLES, "status": STATUSES, "lane": LANES},
-         "ratings": {"label": LABELS}, "verdicts": {"verdict": JUDGE_VERDICTS}, "edits": {"review": ("accepted", "rejected")}}
+ENUMS = {
+    "sessions": {"mode": MODES},
+    "turns": {"role": ROLES, "status": STATUSES, "lane": LANES},
+    "ratings": {"label": LABELS},
+    "verdicts": {"verdict": JUDGE_VERDICTS},
+    "edits": {"review": ("accepted", "rejected")},
+}
 
 
 def pct(x: float | None) -> str:

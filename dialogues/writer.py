@@ -18,6 +18,7 @@ def _not_on_loop() -> None:
 
 def writes(method):
     """The method's body runs on the store's writer thread, inside a group-committed transaction."""
+
     @functools.wraps(method)
     def call(self, *args, **kwargs):
         if threading.current_thread() is self._writer:

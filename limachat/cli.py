@@ -14,14 +14,17 @@ from limachat.context import store as _store
 from limachat.curate.command import judge_cmd, revise_cmd, select_cmd
 from limachat.layout import BASE_NAME, VARIANTS
 from limachat.options import filter_options
-from limachat.study_command import study_cmd
 from limachat.serve.net import AddressError, check_bind, url_host
 from limachat.settings import App, Server, Settings, SettingsError, load_settings
+from limachat.study_command import study_cmd
 from limachat.train.command import train_cmd
 
-
-_auth_option = click.option("--auth", "auth_file", type=click.Path(exists=True, dir_okay=False, path_type=Path),
-                            help="Users log in with a user:password line of FILE; ratings carry the user's name.")
+_auth_option = click.option(
+    "--auth",
+    "auth_file",
+    type=click.Path(exists=True, dir_okay=False, path_type=Path),
+    help="Users log in with a user:password line of FILE; ratings carry the user's name.",
+)
 
 
 class _Main(click.Group):
@@ -70,9 +73,16 @@ class _Main(click.Group):
 
 
 @click.group(cls=_Main, context_settings={"help_option_names": ["-h", "--help"]})
-@click.option("--config", "config", type=click.Path(dir_okay=False, path_type=Path), envvar="LIMACHAT_CONFIG",
-              help="TOML settings file (default ./limachat.toml when present).")
-@click.option("--home", type=click.Path(file_okay=False, path_type=Path), help="Data directory (LIMACHAT_HOME, default ./data).")
+@click.option(
+    "--config",
+    "config",
+    type=click.Path(dir_okay=False, path_type=Path),
+    envvar="LIMACHAT_CONFIG",
+    help="TOML settings file (default ./limachat.toml when present).",
+)
+@click.option(
+    "--home", type=click.Path(file_okay=False, path_type=Path), help="Data directory (LIMACHAT_HOME, default ./data)."
+)
 @click.pass_context
 def main(ctx: click.Context, config: Path | None, home: Path | None) -> None:
     """limachat: chat with, compare, rate and train LIMA's zero-shot and dialogue checkpoints."""
@@ -102,7 +112,10 @@ def config_cmd(ctx: click.Context) -> None:
 
     settings = _settings(ctx)
     data = settings.model_dump(mode="json")
-    click.echo("# sampling presets in force: " + ", ".join(f"{c.name} = {settings.preset_name(c.name)}" for c in settings.checkpoints))
+    click.echo(
+        "# sampling presets in force: "
+        + ", ".join(f"{c.name} = {settings.preset_name(c.name)}" for c in settings.checkpoints)
+    )
     for key, value in data.items():
         if isinstance(value, dict):
             click.echo(f"[{key}]")
@@ -143,8 +156,16 @@ def _stop_on_signals() -> None:
 
 
 def _serve(settings: Settings, prepared, *, app: bool = False, users: dict[str, str] | None = None) -> None:
-    from limachat.serve.server import (ServerConfig, ServerError, VLLMServer, find_adapters, has_cuda_gpu, pidfile, stop_stale,
-                                       supervise)
+    from limachat.serve.server import (
+        ServerConfig,
+        ServerError,
+        VLLMServer,
+        find_adapters,
+        has_cuda_gpu,
+        pidfile,
+        stop_stale,
+        supervise,
+    )
 
     try:
         adapters = find_adapters(settings.home, prepared.adapter, prepared.model)
@@ -154,10 +175,19 @@ def _serve(settings: Settings, prepared, *, app: bool = False, users: dict[str, 
         _progress(f"{a.name}: {a.describe()}")
     s = settings.server
     gpu = {"cuda": True, "cpu": False}.get(s.device, None)
-    config = ServerConfig(model=prepared.model, adapters=adapters, host=s.host, port=s.port,
-                          gpu=has_cuda_gpu() if gpu is None else gpu, dtype=s.dtype, enforce_eager=s.enforce_eager,
-                          max_model_len=s.max_model_len, max_lora_rank=s.max_lora_rank, kv_cache_gib=s.kv_cache_gib,
-                          extra_args=s.extra_args)
+    config = ServerConfig(
+        model=prepared.model,
+        adapters=adapters,
+        host=s.host,
+        port=s.port,
+        gpu=has_cuda_gpu() if gpu is None else gpu,
+        dtype=s.dtype,
+        enforce_eager=s.enforce_eager,
+        max_model_len=s.max_model_len,
+        max_lora_rank=s.max_lora_rank,
+        kv_cache_gib=s.kv_cache_gib,
+        extra_args=s.extra_args,
+    )
     server = VLLMServer(config, settings.layout.vllm_log(s.port), pidfile(settings.home, s.port))
     stale = stop_stale(settings.home, s.port)
     if stale:
@@ -169,14 +199,22 @@ def _serve(settings: Settings, prepared, *, app: bool = False, users: dict[str, 
     def ready() -> None:
         nonlocal ui
         names = ", ".join([BASE_NAME, *(a.name for a in adapters)])
-        click.echo(f"vLLM ready in {server.start_seconds:.0f} s: {config.url} serving {names}."
-                   f"{'' if app else ' Ctrl-C stops it.'}", err=True)
+        click.echo(
+            f"vLLM ready in {server.start_seconds:.0f} s: {config.url} serving {names}."
+            f"{'' if app else ' Ctrl-C stops it.'}",
+            err=True,
+        )
         if app and ui is None:
             ui = _start_app(settings, users, block=False)
 
     try:
-        supervise(server, timeout=s.start_timeout, progress=_progress, on_ready=ready,
-                  again=f"limachat {'demo' if app else 'serve'}")
+        supervise(
+            server,
+            timeout=s.start_timeout,
+            progress=_progress,
+            on_ready=ready,
+            again=f"limachat {'demo' if app else 'serve'}",
+        )
     except ServerError as e:
         raise click.ClickException(str(e)) from None
     except KeyboardInterrupt:
@@ -238,8 +276,10 @@ def _users(auth_file: Path | None) -> dict[str, str] | None:
     except AuthFileError as e:
         raise click.ClickException(f"--auth: {e}") from None
     if plain(users):
-        _progress(f"warning: --auth {auth_file}: the password of {', '.join(plain(users))} is stored in plain text; "
-                  f"store a hash with `limachat users add NAME --file {auth_file}`")
+        _progress(
+            f"warning: --auth {auth_file}: the password of {', '.join(plain(users))} is stored in plain text; "
+            f"store a hash with `limachat users add NAME --file {auth_file}`"
+        )
     return users
 
 
@@ -247,13 +287,16 @@ def _start_app(settings: Settings, users: dict[str, str] | None, *, block: bool)
     """Build the Gradio app over the store and the configured checkpoints and serve it."""
     from limachat.demo.app import app_checkpoints, build_app, launch
     from limachat.serve.client import ChatClient
+
     checkpoints = app_checkpoints(settings)
     for ck in checkpoints:
         _progress(f"{ck.name}: {ck.model} at {ck.base_url} ({ChatClient(ck).status()})")
     app = build_app(_store(settings), checkpoints, settings, auth=users is not None)
     url = f"http://{url_host(settings.app.host)}:{settings.app.port}"
     launch(app, settings, users=users, block=False)
-    click.echo(f"app ready: {url}{' (log in as a user of the --auth file)' if users else ''}. Ctrl-C stops it.", err=True)
+    click.echo(
+        f"app ready: {url}{' (log in as a user of the --auth file)' if users else ''}. Ctrl-C stops it.", err=True
+    )
     if block:
         try:
             while True:
@@ -294,8 +337,12 @@ def _writable(path: Path, option: str) -> None:
 
 @main.command("import")
 @click.argument("file", type=click.Path(exists=True, dir_okay=False, path_type=Path))
-@click.option("--format", "fmt", type=click.Choice(["lima", "messages", "sharegpt", "sessions"]),
-              help="Detected from the first line when not given.")
+@click.option(
+    "--format",
+    "fmt",
+    type=click.Choice(["lima", "messages", "sharegpt", "sessions"]),
+    help="Detected from the first line when not given.",
+)
 @click.option("--skip-bad", is_flag=True, help="Skip bad lines (and count them) instead of stopping at the first.")
 @click.pass_context
 def import_cmd(ctx: click.Context, file: Path, fmt: str | None, skip_bad: bool) -> None:
@@ -324,7 +371,9 @@ def export_cmd(ctx: click.Context, fmt: str, output: Path, **filters) -> None:
     defaults = {"min_turns": 1, "raters": "humans", "gold_from": "humans"}
     given = [k for k, v in filters.items() if v not in (None, False) and defaults.get(k) != v]
     if fmt == "sessions" and given:
-        raise click.ClickException(f"--format sessions writes every session in full; drop --{given[0].replace('_', '-')}")
+        raise click.ClickException(
+            f"--format sessions writes every session in full; drop --{given[0].replace('_', '-')}"
+        )
     chains, turns = export(_store(_settings(ctx)), output, fmt, Filters(**filters))
     click.echo(f"{output}: {chains} {'sessions' if fmt == 'sessions' else 'chains'}, {turns} assistant turns")
 
@@ -332,10 +381,16 @@ def export_cmd(ctx: click.Context, fmt: str, output: Path, **filters) -> None:
 @main.command("report")
 @click.option("--study", help="The report of this study (`limachat study`): intervals, differences, leaderboard.")
 @click.option("--png", type=click.Path(dir_okay=False, path_type=Path), help="Write the Figure 7 chart here.")
-@click.option("--csv", "csv_path", type=click.Path(dir_okay=False, path_type=Path), help="Write label counts and shares here.")
-@click.option("--html", type=click.Path(dir_okay=False, path_type=Path), help="With --study: one self-contained page to share.")
+@click.option(
+    "--csv", "csv_path", type=click.Path(dir_okay=False, path_type=Path), help="Write label counts and shares here."
+)
+@click.option(
+    "--html", type=click.Path(dir_okay=False, path_type=Path), help="With --study: one self-contained page to share."
+)
 @click.pass_context
-def report_cmd(ctx: click.Context, study: str | None, png: Path | None, csv_path: Path | None, html: Path | None) -> None:
+def report_cmd(
+    ctx: click.Context, study: str | None, png: Path | None, csv_path: Path | None, html: Path | None
+) -> None:
     """LIMA's Figure 7 per checkpoint: label shares, fails, excellent share by turn, agreement; by people
     and, once `limachat judge` has run, by the judges, with how far they agree with the people. With
     --study: that study's report, every share with its 95% interval over conversations."""
@@ -370,8 +425,13 @@ def users_cmd() -> None:
 
 @users_cmd.command("add")
 @click.argument("name")
-@click.option("--file", "path", type=click.Path(dir_okay=False, path_type=Path), default=None,
-              help="The auth file to write (default <home>/users.txt); pass it to `--auth`.")
+@click.option(
+    "--file",
+    "path",
+    type=click.Path(dir_okay=False, path_type=Path),
+    default=None,
+    help="The auth file to write (default <home>/users.txt); pass it to `--auth`.",
+)
 @click.option("--password-stdin", is_flag=True, help="Read the password from standard input instead of asking.")
 @click.pass_context
 def users_add(ctx: click.Context, name: str, path: Path | None, password_stdin: bool) -> None:
@@ -382,8 +442,11 @@ def users_add(ctx: click.Context, name: str, path: Path | None, password_stdin: 
     _writable(path, "--file")
     import sys
 
-    password = sys.stdin.readline().rstrip("\n") if password_stdin else \
-        click.prompt(f"password for {name}", hide_input=True, confirmation_prompt=True)
+    password = (
+        sys.stdin.readline().rstrip("\n")
+        if password_stdin
+        else click.prompt(f"password for {name}", hide_input=True, confirmation_prompt=True)
+    )
     replaced = add_user(path, name, password)
     click.echo(f"{'changed the password of' if replaced else 'added'} {name} in {path}; start with --auth {path}")
 

@@ -50,14 +50,27 @@ async def _one(client: ChatClient, url: str, scorer: str, convo: dict[str, Any],
         done = await client.complete(messages, params)
         earlier = [m["content"] for m in messages if m["role"] == "assistant"]
         score = await fluency(url, scorer, messages, done.text, timeout=FLUENCY_TIMEOUT)
-        out.append(Reply(convo["id"], i, done.text, done.finish_reason, done.usage.completion_tokens if done.usage else 0,
-                         repeat_share(done.text, earlier) if i > 1 else None, score))
+        out.append(
+            Reply(
+                convo["id"],
+                i,
+                done.text,
+                done.finish_reason,
+                done.usage.completion_tokens if done.usage else 0,
+                repeat_share(done.text, earlier) if i > 1 else None,
+                score,
+            )
+        )
         messages.append({"role": "assistant", "content": done.text})
     return out
 
 
-async def run(url: str, runs: dict[str, tuple[str, dict[str, Any]]], convos: list[dict[str, Any]] | None = None,
-              scorer: str = "base") -> dict[str, list[Reply]]:
+async def run(
+    url: str,
+    runs: dict[str, tuple[str, dict[str, Any]]],
+    convos: list[dict[str, Any]] | None = None,
+    scorer: str = "base",
+) -> dict[str, list[Reply]]:
     """Every conversation for every run at once. `runs`: a name -> (model id, sampling parameters)."""
     convos = conversations() if convos is None else convos
     clients = {name: ChatClient(Checkpoint(name=model, model=model, base_url=url)) for name, (model, _) in runs.items()}
@@ -73,8 +86,12 @@ def summary(replies: list[Reply]) -> dict[str, Any]:
     """Repeats among the follow-ups; median fluency, stop rate and median length over every reply."""
     follow = [r for r in replies if r.turn > 1]
     scores = [r.fluency for r in replies if r.fluency is not None]
-    return {"followups": len(follow), "repeats": sum(is_repeat(r.repeat) for r in follow),
-            "replies": len(replies), "stopped": sum(r.finish == "stop" for r in replies),
-            "fluency": st.median(scores) if scores else None, "tokens": st.median(r.tokens for r in replies),
-            "worst": max((r.repeat for r in follow if r.repeat is not None), default=None)}
-
+    return {
+        "followups": len(follow),
+        "repeats": sum(is_repeat(r.repeat) for r in follow),
+        "replies": len(replies),
+        "stopped": sum(r.finish == "stop" for r in replies),
+        "fluency": st.median(scores) if scores else None,
+        "tokens": st.median(r.tokens for r in replies),
+        "worst": max((r.repeat for r in follow if r.repeat is not None), default=None),
+    }

@@ -141,6 +141,12 @@ def start(home: Path, kind: str, name: str, args: list[str], env: dict[str, str]
     progress.unlink(missing_ok=True)
     cmd = [sys.executable, "-m", "limachat.cli", "--home", str(home), *args]
     with log.open("wb") as out:
-        proc = subprocess.Popen(cmd, stdout=out, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL, start_new_session=True,
-                                env={**os.environ, "PYTHONUNBUFFERED": "1", ENV: str(progress), **(env or {})})
+        proc = subprocess.Popen(
+            cmd,
+            stdout=out,
+            stderr=subprocess.STDOUT,
+            stdin=subprocess.DEVNULL,
+            start_new_session=True,
+            env={**os.environ, "PYTHONUNBUFFERED": "1", ENV: str(progress), **(env or {})},
+        )
     return Job(kind, name, proc, log, progress)

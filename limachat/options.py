@@ -21,9 +21,11 @@ def _option(f) -> click.Option:
 def filter_options(command=None, *, only: tuple[str, ...] | None = None):
     """The export filters (every field of `Filters`, or those named in `only`), shared by `export`,
     `train --from-db` and the curation commands."""
+
     def wrap(command):
         for f in reversed(fields(Filters)):
             if only is None or f.name in only:
                 command = _option(f)(command)
         return command
+
     return wrap(command) if command is not None else wrap

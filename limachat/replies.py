@@ -37,13 +37,22 @@ def _drop_oldest(messages: list[dict[str, str]]) -> list[dict[str, str]] | None:
     """The messages without their oldest exchange (a system message stays), or None when only the
     last question is left."""
     head = messages[:1] if messages and messages[0]["role"] == "system" else []
-    body = messages[len(head):]
+    body = messages[len(head) :]
     return head + body[2:] if len(body) > 2 else None
 
 
-async def stream_reply(store, client: ChatClient, session_id: str, user_turn: str, *, checkpoint: str,
-                       preset: str | None, wanted: dict[str, Any], context_window: int,
-                       lane: str | None = None) -> AsyncIterator[Reply]:
+async def stream_reply(
+    store,
+    client: ChatClient,
+    session_id: str,
+    user_turn: str,
+    *,
+    checkpoint: str,
+    preset: str | None,
+    wanted: dict[str, Any],
+    context_window: int,
+    lane: str | None = None,
+) -> AsyncIterator[Reply]:
     """Stream `client`'s reply to the branch ending at `user_turn`, storing it as it grows (`store` is a
     Store's `aio`: every call is awaited on its writer thread or reader pool, so a slow write never stalls
     another stream). `wanted` is the sampling asked for; what the endpoint is sent is what the turn
@@ -51,9 +60,17 @@ async def stream_reply(store, client: ChatClient, session_id: str, user_turn: st
     ck = client.checkpoint
     params = client.sent(wanted)
     messages = await store.messages(user_turn)
-    tid = await store.begin_assistant_turn(session_id, user_turn, checkpoint=checkpoint, model=ck.model,
-                                           endpoint=ck.base_url, params=params, lane=lane, preset=preset,
-                                           omitted=sorted(set(wanted) - set(params)))
+    tid = await store.begin_assistant_turn(
+        session_id,
+        user_turn,
+        checkpoint=checkpoint,
+        model=ck.model,
+        endpoint=ck.base_url,
+        params=params,
+        lane=lane,
+        preset=preset,
+        omitted=sorted(set(wanted) - set(params)),
+    )
     text, status, error, detail, done, dropped = "", "stopped", None, None, None, 0
     saved = time.monotonic()
     try:
@@ -72,9 +89,14 @@ async def stream_reply(store, client: ChatClient, session_id: str, user_turn: st
             except ContextTooLong as e:
                 shorter = None if text else _drop_oldest(messages)
                 if shorter is None:
-                    raise ContextTooLong(str(e), partial=e.partial, public=(
-                        f"this message is too long for the context window ({context_window} tokens "
-                        "on the local server); shorten it or lower sampling.max_tokens")) from e
+                    raise ContextTooLong(
+                        str(e),
+                        partial=e.partial,
+                        public=(
+                            f"this message is too long for the context window ({context_window} tokens "
+                            "on the local server); shorten it or lower sampling.max_tokens"
+                        ),
+                    ) from e
                 messages, dropped = shorter, dropped + 1
         status = "ok"
     except ClientError as e:
@@ -83,7 +105,15 @@ async def stream_reply(store, client: ChatClient, session_id: str, user_turn: st
     finally:  # also on cancellation (stop button, closed browser): the turn never stays "streaming"
         usage = done.usage if done else None
         await store.finish_assistant_turn(  # queued at the call: a second cancel cannot skip it
-            tid, text, status=status, error=error, error_detail=detail, prompt_tokens=usage.prompt_tokens if usage else None,
-            completion_tokens=usage.completion_tokens if usage else None, ttft=done.ttft if done else None,
-            latency=done.latency if done else None, params={**params, "dropped_exchanges": dropped} if dropped else None)
+            tid,
+            text,
+            status=status,
+            error=error,
+            error_detail=detail,
+            prompt_tokens=usage.prompt_tokens if usage else None,
+            completion_tokens=usage.completion_tokens if usage else None,
+            ttft=done.ttft if done else None,
+            latency=done.latency if done else None,
+            params={**params, "dropped_exchanges": dropped} if dropped else None,
+        )
     yield Reply(tid, text, status, error, dropped, detail, asked=messages)

@@ -22,8 +22,17 @@ from limachat.train.command import run
 from limachat.train.data import bundled_examples, from_chains, split
 
 
-async def _replay(store, client: ChatClient, checkpoint: str, preset: str | None, params: dict[str, Any],
-                  context_window: int, sources: list[str], round_: int, bar) -> int:
+async def _replay(
+    store,
+    client: ChatClient,
+    checkpoint: str,
+    preset: str | None,
+    params: dict[str, Any],
+    context_window: int,
+    sources: list[str],
+    round_: int,
+    bar,
+) -> int:
     """Ask `checkpoint` the user turns of each source chain (by its revised turn), in a fresh chat session,
     each reply stored as the app stores one (its preset, the sampling sent and what was left out)."""
     from limachat.curate.common import bounded
@@ -32,13 +41,23 @@ async def _replay(store, client: ChatClient, checkpoint: str, preset: str | None
 
     async def one(turn_id):
         users = [t["content"] for t in await store.aio.branch(turn_id) if t["role"] == "user"]
-        sid = await store.aio.start_session("chat", prompt_set=f"{checkpoint}", meta={"round": round_, "replay_of": turn_id})
+        sid = await store.aio.start_session(
+            "chat", prompt_set=f"{checkpoint}", meta={"round": round_, "replay_of": turn_id}
+        )
         parent, n = None, 0
         for text in users:
             parent = await store.aio.add_user_turn(sid, text, parent_id=parent)
-            async for reply in stream_reply(store.aio, client, sid, parent, checkpoint=checkpoint, preset=preset,
-                                            wanted=params, context_window=context_window):
-                pass
+            stream = stream_reply(
+                store.aio,
+                client,
+                sid,
+                parent,
+                checkpoint=checkpoint,
+                preset=preset,
+                wanted=params,
+                context_window=context_window,
+            )
+            reply = [r async for r in stream][-1]  # the finished reply
             if reply.status != "ok":
                 break
             parent, n = reply.turn_id, n + 1
@@ -47,39 +66,90 @@ async def _replay(store, client: ChatClient, checkpoint: str, preset: str | None
     return sum(await bounded(sources, one, 4, bar))
 
 
-def rounds(store, settings, endpoint, f, *, rounds: int | None, name: str, epochs: int | None, labels: tuple[str, ...],
-           raters: str, limit: int | None, concurrency: int):
+def rounds(
+    store,
+    settings,
+    endpoint,
+    f,
+    *,
+    rounds: int | None,
+    name: str,
+    epochs: int | None,
+    labels: tuple[str, ...],
+    raters: str,
+    limit: int | None,
+    concurrency: int,
+):
     """Revise once (rounds None), or `rounds` times: revise, train `<name>-rK` on the bundled set plus the
     revised chains, serve it, replay their instructions to it, judge the replies, and revise those next.
     Yields a line per step."""
     _, params = settings.sampling_for(None)
     params = {**params, "max_tokens": settings.curate.teacher_max_tokens}
     for k in range(1, (rounds or 1) + 1):
-        summary = revise(store, endpoint, f, labels=labels, raters=raters, limit=limit, params=params,
-                         max_tokens=settings.curate.judge_max_tokens, concurrency=concurrency)
+        summary = revise(
+            store,
+            endpoint,
+            f,
+            labels=labels,
+            raters=raters,
+            limit=limit,
+            params=params,
+            max_tokens=settings.curate.judge_max_tokens,
+            concurrency=concurrency,
+        )
         yield (f"round {k}: " if rounds else "") + summary.line()
         if not rounds:
             return
-        revised = sorted({e["turn_id"] for e in store.teacher_edits() if e["annotator"] == summary.teacher and e["review"] != "rejected"})
+        revised = sorted(
+            {
+                e["turn_id"]
+                for e in store.teacher_edits()
+                if e["annotator"] == summary.teacher and e["review"] != "rejected"
+            }
+        )
         if not revised:
             raise ValueError(f"round {k}: no revisions to train on")
         checkpoint = f"{name}-r{k}"
         leaves = {c.leaf: c for c in chains(store, Filters(raters="all")) if {t["id"] for t in c.turns} & set(revised)}
-        store.save_selection(f"{checkpoint}-data", "revised", {"round": k, "teacher": summary.teacher}, {},
-                             [(leaf, 0) for leaf in leaves], replace=True)
-        data = chains(store, Filters(raters="all", selection=f"{checkpoint}-data", prefer_gold=True, gold_from="teachers"))
+        store.save_selection(
+            f"{checkpoint}-data",
+            "revised",
+            {"round": k, "teacher": summary.teacher},
+            {},
+            [(leaf, 0) for leaf in leaves],
+            replace=True,
+        )
+        data = chains(
+            store, Filters(raters="all", selection=f"{checkpoint}-data", prefer_gold=True, gold_from="teachers")
+        )
         base = prepare_base(settings.home, settings.server.base, print).model
-        run(settings, ["dialogue"], split(bundled_examples() + from_chains(data)), base, {"epochs": epochs} if epochs else {},
-            name=checkpoint, progress=print)
+        run(
+            settings,
+            ["dialogue"],
+            split(bundled_examples() + from_chains(data)),
+            base,
+            {"epochs": epochs} if epochs else {},
+            name=checkpoint,
+            progress=print,
+        )
         load_adapter(settings.local_base_url, checkpoint, settings.layout.checkpoint(checkpoint))
-        client = ChatClient(Checkpoint(name=checkpoint, model=checkpoint, base_url=settings.local_base_url), timeout=600)
+        client = ChatClient(
+            Checkpoint(name=checkpoint, model=checkpoint, base_url=settings.local_base_url), timeout=600
+        )
         preset, chat_params = settings.sampling_for(None)
         with Progress(f"replaying to {checkpoint}", total=len(revised), unit="chain") as bar:
-            replies = asyncio.run(_replay(store, client, checkpoint, preset, chat_params, settings.server.max_model_len,
-                                          revised, k, bar))
+            replies = asyncio.run(
+                _replay(store, client, checkpoint, preset, chat_params, settings.server.max_model_len, revised, k, bar)
+            )
         yield f"round {k}: {checkpoint} trained on {len(leaves)} revised chains and served; answered {replies} turns"
-        verdict = judge.run(store, settings.endpoint(settings.curate.judge), "label", Filters(checkpoint=checkpoint),
-                            concurrency=concurrency, max_tokens=settings.curate.judge_max_tokens)
+        verdict = judge.run(
+            store,
+            settings.endpoint(settings.curate.judge),
+            "label",
+            Filters(checkpoint=checkpoint),
+            concurrency=concurrency,
+            max_tokens=settings.curate.judge_max_tokens,
+        )
         yield f"round {k}: {verdict.line()}"
         f = replace(f, checkpoint=checkpoint, selection=None, annotator=None, mode=None, since=None, until=None)
         raters, limit = "judges", None

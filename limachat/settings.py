@@ -9,10 +9,10 @@ from __future__ import annotations
 import functools
 import os
 import re
-import tomllib
 from pathlib import Path
 from typing import Any, Literal
 
+import tomllib
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 from pydantic_settings import BaseSettings, PydanticBaseSettingsSource, SettingsConfigDict
 
@@ -216,7 +216,9 @@ class Settings(BaseSettings):
         return [self.checkpoint(c.name) for c in self.checkpoints]
 
     @classmethod
-    def settings_customise_sources(cls, settings_cls, init_settings, env_settings, dotenv_settings, file_secret_settings):
+    def settings_customise_sources(
+        cls, settings_cls, init_settings, env_settings, dotenv_settings, file_secret_settings
+    ):
         return (init_settings, env_settings, _TomlSource(settings_cls))
 
 
@@ -235,7 +237,7 @@ class _TomlSource(PydanticBaseSettingsSource):
                 where, msg = (f"{self.path}:{m[2]}", m[1]) if m else (str(self.path), str(e))
                 raise SettingsError(f"{where}: not valid TOML: {msg}") from None
             except UnicodeDecodeError as e:
-                line = self.path.read_bytes()[:e.start].count(b"\n") + 1
+                line = self.path.read_bytes()[: e.start].count(b"\n") + 1
                 raise SettingsError(f"{self.path}:{line}: not UTF-8 text (byte 0x{e.object[e.start]:02x})") from None
         elif "LIMACHAT_CONFIG" in os.environ:
             raise SettingsError(f"LIMACHAT_CONFIG: no such file: {self.path}")
@@ -266,11 +268,18 @@ def model_preset(folder: Path) -> dict[str, Any]:
     try:
         config = json.loads(path.read_text())
     except FileNotFoundError:
-        raise SettingsError(f"sampling preset 'model': {path} not found (prepare the base first: `limachat base`)") from None
+        raise SettingsError(
+            f"sampling preset 'model': {path} not found (prepare the base first: `limachat base`)"
+        ) from None
     except (OSError, ValueError) as e:
         raise SettingsError(f"sampling preset 'model': {path}: {e}") from None
-    keys = {"temperature": "temperature", "top_p": "top_p", "top_k": "top_k",
-            "repetition_penalty": "repetition_penalty", "max_new_tokens": "max_tokens"}
+    keys = {
+        "temperature": "temperature",
+        "top_p": "top_p",
+        "top_k": "top_k",
+        "repetition_penalty": "repetition_penalty",
+        "max_new_tokens": "max_tokens",
+    }
     preset = {ours: config[theirs] for theirs, ours in keys.items() if config.get(theirs) is not None}
     if config.get("do_sample") is False:
         preset["temperature"] = 0.0

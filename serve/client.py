@@ -95,8 +95,9 @@ _CONTEXT_RE = re.compile(r"context length|maximum model length|context window|to
 _MODEL_RE = re.compile(r"model .*(does not exist|not found)|unknown model|no such model", re.I)
 
 
-def request_body(model: str, messages: list[dict[str, str]], params: dict[str, Any],
-                 prior_ids: list[int] | None = None) -> dict[str, Any]:
+def request_body(
+    model: str, messages: list[dict[str, str]], params: dict[str, Any], prior_ids: list[int] | None = None
+) -> dict[str, Any]:
     """The JSON of a streamed chat request; LIMA's generated-tokens penalty goes in vllm_xargs, with
     the ids of the earlier replies' tokens when its scope is the conversation."""
     xargs = {k: params[k] for k in XARGS if k in params}
@@ -127,7 +128,9 @@ def _classify(status: int, message: str, model: str, url: str) -> ClientError:
         return ContextTooLong(f"prompt too long for {model!r}: {message}", status=status)
     if status == 404 and "model" in message.lower():
         return UnknownModel(f"{url} does not serve model {model!r}: {message}", status=status)
-    return HTTPStatusError(f"{url} answered HTTP {status}: {message}", status=status, public=f"its endpoint answered HTTP {status}")
+    return HTTPStatusError(
+        f"{url} answered HTTP {status}: {message}", status=status, public=f"its endpoint answered HTTP {status}"
+    )
 
 
 IDS_CACHED = 4096  # earlier replies' token ids kept per client
@@ -163,18 +166,24 @@ class ChatClient:
         found = {t: self._ids[t] for t in texts if t in self._ids}
         root = self.url.removesuffix("/chat/completions").removesuffix("/v1")
         for text in texts.keys() - found.keys():
-            r = await http.post(f"{root}/tokenize", json={"model": self.checkpoint.model, "prompt": text,
-                                                           "add_special_tokens": False})
+            r = await http.post(
+                f"{root}/tokenize", json={"model": self.checkpoint.model, "prompt": text, "add_special_tokens": False}
+            )
             if r.status_code >= 400:
-                raise HTTPStatusError(f"{root}/tokenize answered HTTP {r.status_code}: {_error_message(r.content)} "
-                                      f"(penalty_scope 'conversation' needs vLLM's /tokenize)", status=r.status_code,
-                                      public=f"its endpoint answered HTTP {r.status_code}")
+                raise HTTPStatusError(
+                    f"{root}/tokenize answered HTTP {r.status_code}: {_error_message(r.content)} "
+                    f"(penalty_scope 'conversation' needs vLLM's /tokenize)",
+                    status=r.status_code,
+                    public=f"its endpoint answered HTTP {r.status_code}",
+                )
             found[text] = self._ids[text] = r.json()["tokens"]
             if len(self._ids) > IDS_CACHED:
                 self._ids.pop(next(iter(self._ids)))
         return sorted({i for ids in found.values() for i in ids})
 
-    async def stream(self, messages: list[dict[str, str]], params: dict[str, Any] | None = None) -> AsyncIterator[str | Completion]:
+    async def stream(
+        self, messages: list[dict[str, str]], params: dict[str, Any] | None = None
+    ) -> AsyncIterator[str | Completion]:
         params = self.sent(params or {})
         model = self.checkpoint.model
         text: list[str] = []
@@ -201,7 +210,9 @@ class ChatClient:
                         if "error" in chunk:  # vLLM reports errors raised mid-generation in-band
                             raise StreamBroken(f"{model}: {_error_message(data.encode())}", partial="".join(text))
                         if chunk.get("usage"):
-                            usage = Usage(chunk["usage"].get("prompt_tokens", 0), chunk["usage"].get("completion_tokens", 0))
+                            usage = Usage(
+                                chunk["usage"].get("prompt_tokens", 0), chunk["usage"].get("completion_tokens", 0)
+                            )
                         for choice in chunk.get("choices") or []:
                             piece = (choice.get("delta") or {}).get("content")
                             if piece:
@@ -216,7 +227,9 @@ class ChatClient:
         except (httpx.ConnectError, httpx.ConnectTimeout) as e:
             raise EndpointUnreachable(f"cannot reach {self.url} ({type(e).__name__}: {e})") from e
         except (httpx.TransportError, json.JSONDecodeError) as e:
-            raise StreamBroken(f"stream from {model} broke after {len(text)} chunks: {type(e).__name__}: {e}", partial="".join(text)) from e
+            raise StreamBroken(
+                f"stream from {model} broke after {len(text)} chunks: {type(e).__name__}: {e}", partial="".join(text)
+            ) from e
         if not done and finish is None:
             raise StreamBroken(f"stream from {model} ended before it finished", partial="".join(text))
         yield Completion("".join(text), model, finish, usage, ttft, time.perf_counter() - start, params)
@@ -224,8 +237,12 @@ class ChatClient:
     def status(self, timeout: float = 3.0) -> str:
         """One line on whether the endpoint answers and serves this model (for start-up logs)."""
         try:
-            r = httpx.get(self.url.removesuffix("/chat/completions") + "/models", headers=self.headers, timeout=timeout,
-                          verify=self.ssl)
+            r = httpx.get(
+                self.url.removesuffix("/chat/completions") + "/models",
+                headers=self.headers,
+                timeout=timeout,
+                verify=self.ssl,
+            )
             served = {m["id"] for m in r.json().get("data", [])} if r.status_code == 200 else None
         except (httpx.HTTPError, ValueError, AttributeError):
             return "not answering yet: chats with it show an error until it does"
@@ -239,4 +256,3 @@ class ChatClient:
             if isinstance(event, Completion):
                 return event
         raise StreamBroken("stream produced no completion")  # unreachable: stream always ends with one
-

@@ -20,12 +20,16 @@ FLUENT_BELOW = 3.5
 _context: dict[tuple[str, str], int | None] = {}  # (server, model) -> its context window, from /v1/models
 
 
-async def fluency(base_url: str, model: str, messages: list[dict[str, str]], reply: str, *, timeout: float = 30.0) -> float | None:
+async def fluency(
+    base_url: str, model: str, messages: list[dict[str, str]], reply: str, *, timeout: float = 30.0
+) -> float | None:
     """Mean NLL (nats per token) of `reply` after `messages` under `model` at the vLLM server
     `base_url` (…/v1). None for an empty reply."""
     root = base_url.rstrip("/").removesuffix("/v1")
     async with httpx.AsyncClient(timeout=timeout) as http:
-        prefix = await http.post(f"{root}/tokenize", json={"model": model, "messages": messages, "add_generation_prompt": True})
+        prefix = await http.post(
+            f"{root}/tokenize", json={"model": model, "messages": messages, "add_generation_prompt": True}
+        )
         prefix.raise_for_status()
         tail = await http.post(f"{root}/tokenize", json={"model": model, "prompt": reply, "add_special_tokens": False})
         tail.raise_for_status()
@@ -36,12 +40,14 @@ async def fluency(base_url: str, model: str, messages: list[dict[str, str]], rep
             models = (await http.get(f"{root}/v1/models")).json()["data"]
             _context[(root, model)] = next((m.get("max_model_len") for m in models if m["id"] == model), None)
         limit = _context[(root, model)] or len(head) + len(ids) + 1
-        head = head[max(0, len(head) + len(ids) + 1 - limit):]  # a long conversation: its oldest tokens go
+        head = head[max(0, len(head) + len(ids) + 1 - limit) :]  # a long conversation: its oldest tokens go
         if not head:
             return None  # the reply alone fills the context window
-        r = await http.post(f"{root}/v1/completions", json={"model": model, "prompt": head + ids, "max_tokens": 1,
-                                                            "temperature": 0, "prompt_logprobs": 0})
+        r = await http.post(
+            f"{root}/v1/completions",
+            json={"model": model, "prompt": head + ids, "max_tokens": 1, "temperature": 0, "prompt_logprobs": 0},
+        )
         r.raise_for_status()
-    scored = r.json()["choices"][0]["prompt_logprobs"][len(head):]
+    scored = r.json()["choices"][0]["prompt_logprobs"][len(head) :]
     logprobs = [entry[str(tok)]["logprob"] for entry, tok in zip(scored, ids)]
     return -sum(logprobs) / len(logprobs) if logprobs and all(math.isfinite(x) for x in logprobs) else None

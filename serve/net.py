@@ -25,10 +25,14 @@ def check_bind(host: str, port: int = 0, what: str = "--host") -> None:
     except socket.gaierror as e:
         raise AddressError(f"{what} {host!r}: not an address of this machine ({e.strerror})") from None
     with socket.socket(family, kind, proto) as s:
-        s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)  # as servers do: a closed connection's TIME_WAIT is no conflict
+        s.setsockopt(
+            socket.SOL_SOCKET, socket.SO_REUSEADDR, 1
+        )  # as servers do: a closed connection's TIME_WAIT is no conflict
         try:
             s.bind(address)
         except OSError as e:
             if e.errno == errno.EADDRINUSE:
-                raise AddressError(f"{what} {host}:{port}: the port is already in use (choose another with --port)") from None
+                raise AddressError(
+                    f"{what} {host}:{port}: the port is already in use (choose another with --port)"
+                ) from None
             raise AddressError(f"{what} {host!r}: cannot listen there ({e.strerror})") from None

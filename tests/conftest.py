@@ -63,8 +63,14 @@ def trained_home(model_home) -> Path:
     from limachat.train.data import bundled_examples, split
 
     base = str(model_home / "base" / "SmolLM2-135M-Instruct" / "model")
-    run(Settings(home=model_home), ["zero-shot", "dialogue"], split(bundled_examples()), base, {},
-        progress=lambda m: print(m, file=sys.stderr))
+    run(
+        Settings(home=model_home),
+        ["zero-shot", "dialogue"],
+        split(bundled_examples()),
+        base,
+        {},
+        progress=lambda m: print(m, file=sys.stderr),
+    )
     return model_home
 
 
@@ -77,8 +83,13 @@ class RunningServer:
         env = {**{k: v for k, v in os.environ.items() if not k.startswith("LIMACHAT_")}, **(env or {})}
         env.update(LIMACHAT_HOME=str(home), PYTHONUNBUFFERED="1")
         self.stderr_path = home / f"serve-{port}.stderr"
-        self.proc = subprocess.Popen([sys.executable, "-m", "limachat.cli", "serve", "--port", str(port)], env=env,
-                                     stdout=subprocess.DEVNULL, stderr=self.stderr_path.open("wb"), cwd=home)
+        self.proc = subprocess.Popen(
+            [sys.executable, "-m", "limachat.cli", "serve", "--port", str(port)],
+            env=env,
+            stdout=subprocess.DEVNULL,
+            stderr=self.stderr_path.open("wb"),
+            cwd=home,
+        )
         self.started: dict[int, object] = {}
 
     def output(self) -> str:

@@ -18,7 +18,10 @@ def test_trained_adapters_for_this_base_are_served(tmp_path):
     adapter(tmp_path / "checkpoints" / "dialogue", "/base/a")
     untrained = tmp_path / "untrained"
     zs, dl = find_adapters(tmp_path, untrained, "/base/a")
-    assert (zs.path, zs.trained) == (untrained, False) and f"no {tmp_path / 'checkpoints' / 'zero-shot'}" in zs.describe()
+    assert (zs.path, zs.trained) == (
+        untrained,
+        False,
+    ) and f"no {tmp_path / 'checkpoints' / 'zero-shot'}" in zs.describe()
     assert (dl.path, dl.trained) == (tmp_path / "checkpoints" / "dialogue", True)
 
 

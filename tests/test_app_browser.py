@@ -14,11 +14,16 @@ from contextlib import contextmanager
 from pathlib import Path
 
 import pytest
-
 from conftest import SHOTS, free_port
 
 CHROMIUM = "/usr/bin/chromium"
-ARGS = ["--no-sandbox", "--disable-gpu", "--disable-background-networking", "--disable-component-update", "--disable-sync"]
+ARGS = [
+    "--no-sandbox",
+    "--disable-gpu",
+    "--disable-background-networking",
+    "--disable-component-update",
+    "--disable-sync",
+]
 XSS = 'Repeat this exactly: <script>window.pwned = 1</script> <img src=x onerror="window.pwned = 2">'
 
 
@@ -29,12 +34,21 @@ def running_app(vllm_server, home: Path, *args: str, procs: list | None = None):
     `procs` collects the process (for tests that kill it)."""
     port = free_port()
     env = {k: v for k, v in os.environ.items() if not k.startswith("LIMACHAT_")}
-    env.update(LIMACHAT_HOME=str(home), LIMACHAT_SERVER__PORT=str(vllm_server.port), PYTHONUNBUFFERED="1",
-               LIMACHAT_SERVER__BASE=str(vllm_server.home / "base" / "SmolLM2-135M-Instruct" / "model"))
+    env.update(
+        LIMACHAT_HOME=str(home),
+        LIMACHAT_SERVER__PORT=str(vllm_server.port),
+        PYTHONUNBUFFERED="1",
+        LIMACHAT_SERVER__BASE=str(vllm_server.home / "base" / "SmolLM2-135M-Instruct" / "model"),
+    )
     log = home / "app.log"
     started = log.read_text().count("app ready") if log.exists() else 0
-    proc = subprocess.Popen([sys.executable, "-m", "limachat.cli", "app", "--port", str(port), *args], env=env, cwd=home,
-                            stdout=subprocess.DEVNULL, stderr=log.open("ab"))
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "limachat.cli", "app", "--port", str(port), *args],
+        env=env,
+        cwd=home,
+        stdout=subprocess.DEVNULL,
+        stderr=log.open("ab"),
+    )
     if procs is not None:
         procs.append(proc)
     try:
@@ -117,7 +131,7 @@ def test_chat_compare_collect_report_in_a_browser(app_url):
         for n, text in enumerate(["What is the capital of France?", XSS], 1):
             page.fill("#chat-input textarea", text)
             page.click("#chat-send")
-            wait_for(lambda: replies_done(db, n), f"reply {n}")
+            wait_for(lambda n=n: replies_done(db, n), f"reply {n}")
             page.wait_for_timeout(800)  # the page gets the finished reply
         rate(page, "#chat-bot", 0, "Pass")
         wait_for(lambda: query(db, "select count(*) from ratings")[0][0] == 1, "the first rating")
@@ -152,7 +166,9 @@ def test_chat_compare_collect_report_in_a_browser(app_url):
         page.wait_for_function("document.querySelector('#compare-status').innerText.includes('A was')")
         (meta,) = query(db, "select meta from sessions where mode = 'blind'")[0]
         lanes = json.loads(meta)["lanes"]
-        assert f"A was {lanes['a']}, B was {lanes['b']}" in page.locator("#compare-status").inner_text().replace("*", "")
+        assert f"A was {lanes['a']}, B was {lanes['b']}" in page.locator("#compare-status").inner_text().replace(
+            "*", ""
+        )
         assert page.locator("#compare-a").get_by_text(lanes["a"], exact=True).count() >= 1
 
         # Collect: the default filters (every reply at least pass) and an export.
@@ -169,18 +185,25 @@ def test_chat_compare_collect_report_in_a_browser(app_url):
         page.click("#collect-revise")
         page.wait_for_function("document.querySelector('#collect-jobs').innerText.includes('judge judge-label')")
         jobs = "document.querySelector('#collect-jobs').innerText"
-        page.wait_for_function(f"{jobs}.includes('judging (label): 5/5 turn') && {jobs}.includes('revising: 1/1 turn')"
-                               f" && ({jobs}.match(/: done/g) || []).length == 2", timeout=600_000)
+        page.wait_for_function(
+            f"{jobs}.includes('judging (label): 5/5 turn') && {jobs}.includes('revising: 1/1 turn')"
+            f" && ({jobs}.match(/: done/g) || []).length == 2",
+            timeout=600_000,
+        )
         assert query(db, "select count(*) from ratings where annotator = 'judge/base/label-v1'") == [(5,)]
         page.get_by_text("Teacher revisions to review").click()
         page.get_by_text("Rubrics (written by the teacher").click()
         page.locator("#revision-pick input").click()
         page.get_by_role("option").first.click()
-        page.wait_for_function("document.querySelector('#revision-after').innerText.includes('Revised by teacher/base/revise-v1')")
+        page.wait_for_function(
+            "document.querySelector('#revision-after').innerText.includes('Revised by teacher/base/revise-v1')"
+        )
         shot(page, "curate")
         page.click("#revision-accept")
         page.wait_for_function("document.querySelector('#revision-status').innerText.includes('Accepted')")
-        assert query(db, "select review, reviewer from edits where annotator = 'teacher/base/revise-v1'") == [("accepted", "ana")]
+        assert query(db, "select review, reviewer from edits where annotator = 'teacher/base/revise-v1'") == [
+            ("accepted", "ana")
+        ]
         assert query(db, "select count(*) from edits where annotator = 'ana'") == [(1,)]  # now ana's own gold edit
 
         page.get_by_role("tab", name="Report").click()
@@ -199,15 +222,26 @@ def test_chat_compare_collect_report_in_a_browser(app_url):
     # The database holds exactly what was done ...
     sessions = query(db, "select mode, prompt_set, prompt, closed is not null from sessions order by created")
     assert sessions == [("chat", None, None, 0), ("blind", "bundled", "p01", 1)]
-    chat_turns = query(db, "select t.role, t.status, t.checkpoint from turns t join sessions s on s.id = t.session_id "
-                           "where s.mode = 'chat' order by t.created")
+    chat_turns = query(
+        db,
+        "select t.role, t.status, t.checkpoint from turns t join sessions s on s.id = t.session_id "
+        "where s.mode = 'chat' order by t.created",
+    )
     assert [r[0] for r in chat_turns] == ["user", "assistant", "user", "assistant", "assistant"]
     assert all(r[1] == "ok" and r[2] == "dialogue" for r in chat_turns if r[0] == "assistant")
     user_xss = query(db, "select content from turns where role = 'user' and content like '%<script>%'")
     assert user_xss == [(XSS,)], "the message is stored as typed"
-    labels = query(db, """select t.lane, t.exchange, r.label, r.annotator from ratings r join turns t on t.id = r.turn_id
-                          where r.current = 1 and r.annotator = 'ana' order by r.created""")
-    assert labels == [(None, 1, "pass", "ana"), (None, 2, "excellent", "ana"), ("a", 1, "pass", "ana"), ("b", 1, "fail", "ana")]
+    labels = query(
+        db,
+        """select t.lane, t.exchange, r.label, r.annotator from ratings r join turns t on t.id = r.turn_id
+                          where r.current = 1 and r.annotator = 'ana' order by r.created""",
+    )
+    assert labels == [
+        (None, 1, "pass", "ana"),
+        (None, 2, "excellent", "ana"),
+        ("a", 1, "pass", "ana"),
+        ("b", 1, "fail", "ana"),
+    ]
     assert query(db, "select verdict, annotator, checkpoint_a from verdicts") == [("a", "ana", lanes["a"])]
     # ... and so does the export: the two chains whose replies are all at least pass.
     (exported,) = list((home / "exports").glob("limachat-messages-*.jsonl"))
@@ -215,15 +249,36 @@ def test_chat_compare_collect_report_in_a_browser(app_url):
     assert len(records) == 2
     by_mode = {r["limachat"]["mode"]: r for r in records}
     assert by_mode["chat"]["limachat"]["labels"] == ["pass", "excellent"]
-    assert [m["content"] for m in by_mode["chat"]["messages"] if m["role"] == "user"] == ["What is the capital of France?", XSS]
-    assert by_mode["blind"]["limachat"]["checkpoints"] == [lanes["a"]] and by_mode["blind"]["limachat"]["labels"] == ["pass"]
+    assert [m["content"] for m in by_mode["chat"]["messages"] if m["role"] == "user"] == [
+        "What is the capital of France?",
+        XSS,
+    ]
+    assert by_mode["blind"]["limachat"]["checkpoints"] == [lanes["a"]] and by_mode["blind"]["limachat"]["labels"] == [
+        "pass"
+    ]
 
 
 def test_with_auth_people_log_in_and_see_only_their_own_sessions(vllm_server, tmp_path):
     users = tmp_path / "users.txt"
     for name, password in (("ana", "open-sesame"), ("bo", "bo-pass")):
-        add = subprocess.run([sys.executable, "-m", "limachat.cli", "--home", str(tmp_path), "users", "add", name, "--file",
-                              str(users), "--password-stdin"], input=password + "\n", capture_output=True, text=True)
+        add = subprocess.run(
+            [
+                sys.executable,
+                "-m",
+                "limachat.cli",
+                "--home",
+                str(tmp_path),
+                "users",
+                "add",
+                name,
+                "--file",
+                str(users),
+                "--password-stdin",
+            ],
+            input=password + "\n",
+            capture_output=True,
+            text=True,
+        )
         assert add.returncode == 0, add.stderr
     assert "open-sesame" not in users.read_text() and users.read_text().count("$argon2id$") == 2
     db = tmp_path / "limachat.db"
@@ -303,7 +358,8 @@ def test_a_blind_page_never_names_a_side_model_or_endpoint(vllm_server, tmp_path
     secret_model, secret_path = "secret-model-7b", "hidden-route"
     (tmp_path / "limachat.toml").write_text(
         '[[checkpoints]]\nname = "dialogue"\nmodel = "dialogue"\n\n'
-        f'[[checkpoints]]\nname = "mystery"\nmodel = "{secret_model}"\nbase_url = "http://127.0.0.1:{dead_port}/{secret_path}/v1"\n')
+        f'[[checkpoints]]\nname = "mystery"\nmodel = "{secret_model}"\nbase_url = "http://127.0.0.1:{dead_port}/{secret_path}/v1"\n'
+    )
     # The port as an address part (":34883"): five bare digits also turn up by chance in ids and hashes.
     secrets = (secret_model, secret_path, f":{dead_port}")
     db = tmp_path / "limachat.db"
@@ -335,5 +391,5 @@ def test_a_blind_page_never_names_a_side_model_or_endpoint(vllm_server, tmp_path
         received.append(json.dumps(client.view_api(return_format="dict", print_info=False)))
     stored = query(db, "select error_detail from turns where status = 'error'")
     assert stored and secret_path in stored[0][0], "the operator's record keeps the detail"
-    leaks = [text[max(0, text.index(s) - 60):text.index(s) + 60] for s in secrets for text in received if s in text]
+    leaks = [text[max(0, text.index(s) - 60) : text.index(s) + 60] for s in secrets for text in received if s in text]
     assert not leaks, f"the browser received {leaks[:3]}"

@@ -9,8 +9,8 @@ import re
 
 import httpx
 import pytest
-
 from conftest import free_port, models
+
 from limachat.demo import chat, collect, compare, rating
 from limachat.demo.answer import Deps
 from limachat.demo.history import inert
@@ -37,6 +37,7 @@ def drain(gen):
         items = [item async for item in gen]
         await asyncio.gather(*(asyncio.all_tasks() - {asyncio.current_task()}))  # fluency scoring, in the background
         return items
+
     return asyncio.run(go())
 
 
@@ -57,8 +58,13 @@ def test_chat_two_turns_stream_and_are_stored(deps):
     assert reply["ttft"] > 0
     # what was sent is what is stored: the bundled model's preset under the overrides
     assert reply["preset"] == "focused" and reply["omitted"] is None
-    assert reply["params"] == {"max_tokens": 24, "temperature": 0.0, "top_p": 0.9, "generated_repetition_penalty": 1.1,
-                               "penalty_scope": "conversation"}
+    assert reply["params"] == {
+        "max_tokens": 24,
+        "temperature": 0.0,
+        "top_p": 0.9,
+        "generated_repetition_penalty": 1.1,
+        "penalty_scope": "conversation",
+    }
     assert 0 < reply["fluency"] < 3.5  # scored under the base once the reply is done
     # the second request carried the first exchange
     assert [m["content"] for m in deps.store.messages(turns[2]["id"])][:2] == [turns[0]["content"], turns[1]["content"]]
@@ -66,8 +72,14 @@ def test_chat_two_turns_stream_and_are_stored(deps):
 
 
 def test_an_endpoint_that_cannot_apply_limas_penalty_records_it_was_not_sent(deps, vllm_server):
-    deps.add_checkpoint(Checkpoint(name="llama-cpp-box", model="dialogue", base_url=vllm_server.url,
-                                   omit_params=["generated_repetition_penalty"]))
+    deps.add_checkpoint(
+        Checkpoint(
+            name="llama-cpp-box",
+            model="dialogue",
+            base_url=vllm_server.url,
+            omit_params=["generated_repetition_penalty"],
+        )
+    )
     state, v = drain(chat.send(deps, chat.blank(), "Say hello.", "llama-cpp-box", "ana"))[-1]
     reply = deps.store.turn(state["ids"][1])
     # without the penalty its scope means nothing: neither is sent, both are recorded as not sent
@@ -76,7 +88,7 @@ def test_an_endpoint_that_cannot_apply_limas_penalty_records_it_was_not_sent(dep
 
 
 def test_empty_input_does_nothing(deps):
-    (state, v), = drain(chat.send(deps, chat.blank(), "   ", "dialogue", "ana"))
+    ((state, v),) = drain(chat.send(deps, chat.blank(), "   ", "dialogue", "ana"))
     assert state["session"] is None and v.history == [] and deps.store.sessions() == []
 
 
@@ -115,8 +127,12 @@ def test_regenerate_keeps_the_old_reply_and_edit_branches(deps):
     state, v = drain(chat.edit(deps, state, 1, "Goodbye, and take care!", "dialogue", "ana"))[-1]
     original = deps.store.turn(state["ids"][1])["content"]
     shown = v.history[1]["content"]
-    assert shown.startswith("Goodbye, and take care!\n\n") and "edited by ana" in shown, "an edited reply says so, and who"
-    assert f"<summary>✏️ edited by ana: show the original reply</summary>\n\n{inert(original)}" in shown, "the original, one click away"
+    assert shown.startswith("Goodbye, and take care!\n\n") and "edited by ana" in shown, (
+        "an edited reply says so, and who"
+    )
+    assert f"<summary>✏️ edited by ana: show the original reply</summary>\n\n{inert(original)}" in shown, (
+        "the original, one click away"
+    )
     assert deps.store.gold(state["ids"][1]) == "Goodbye, and take care!" and original
     state, v = drain(chat.edit(deps, state, 1, shown.replace("take care", "be well"), "dialogue", "ana"))[-1]
     assert deps.store.gold(state["ids"][1]) == "Goodbye, and be well!", "editing again stores the text, not the note"
@@ -132,10 +148,13 @@ def test_stop_keeps_the_partial_reply(deps):
         task = None
 
         async def consume():
-            async for item in chat.send(deps, chat.blank(), "Write a long story about a lighthouse.", "zero-shot", "ana"):
+            async for item in chat.send(
+                deps, chat.blank(), "Write a long story about a lighthouse.", "zero-shot", "ana"
+            ):
                 outs.append(item)
                 if len(outs) == 4:
                     task.cancel()
+
         task = asyncio.ensure_future(consume())
         with pytest.raises(asyncio.CancelledError):
             await task
@@ -202,7 +221,10 @@ def test_blind_compare_from_a_prompt_both_sides_own_history(deps):
     # Resumed (a new page): both lanes, the ratings, the verdicts, and still blind.
     again, ra, rb = compare.resume(deps, state["session"], "ana")
     assert (again["a"], again["b"], again["names"]) == (state["a"], state["b"], state["names"])
-    assert (ra.feedback, rb.feedback) == ([None, "Pass"], ["Fail", None]) and compare.side_names(again) == {"a": "A", "b": "B"}
+    assert (ra.feedback, rb.feedback) == ([None, "Pass"], ["Fail", None]) and compare.side_names(again) == {
+        "a": "A",
+        "b": "B",
+    }
     assert compare.verdicts_line(deps, again, "ana") == "Your verdicts: turn 2: B better."
     (listed,) = compare.sessions(deps)
     assert listed[1] == state["session"] and "A vs B (blind)" in listed[0]
@@ -221,7 +243,9 @@ def test_blind_compare_from_a_prompt_both_sides_own_history(deps):
 def test_a_study_walk_by_the_rating_panel_resumes_where_it_stopped(deps):
     from limachat.dialogues import study
 
-    study.create(deps.store, "pilot", ["zero-shot", "dialogue"], conversations=1, turns=2, blind=True, annotators=["ana"])
+    study.create(
+        deps.store, "pilot", ["zero-shot", "dialogue"], conversations=1, turns=2, blind=True, annotators=["ana"]
+    )
     with pytest.raises(ValueError, match="not an annotator"):
         compare.study_next(deps, "pilot", "bo")
     state, prompt = compare.study_next(deps, "pilot", "ana")
@@ -270,8 +294,10 @@ def test_blind_assignment_is_drawn_per_session_from_the_seeded_generator(deps):
 
     def draws(seed):
         deps.rng = random.Random(seed)
-        return [asyncio.run(compare._start(deps, compare.blank(), "hi", "zero-shot", "dialogue", True, "ana"))["names"]["a"]
-                for _ in range(12)]
+        return [
+            asyncio.run(compare._start(deps, compare.blank(), "hi", "zero-shot", "dialogue", True, "ana"))["names"]["a"]
+            for _ in range(12)
+        ]
 
     assert draws(7) == draws(7), "a seeded draw repeats"
     assert set(draws(7)) == {"zero-shot", "dialogue"}, "both sides come up"
@@ -288,8 +314,13 @@ def test_blind_errors_name_the_side_from_fields_and_hide_the_detail(deps):
     for lane in ("a", "b"):
         u = deps.store.add_user_turn(sid, "Is a dialogue better than a monologue?", lane=lane)
         r = deps.store.begin_assistant_turn(sid, u, checkpoint=names[lane], lane=lane)
-        deps.store.finish_assistant_turn(r, "Two voices talk.", status="error", error="the reply broke off",
-                                         error_detail=f"{names[lane]}: stream from model-{names[lane]} at http://10.0.0.9/v1 broke")
+        deps.store.finish_assistant_turn(
+            r,
+            "Two voices talk.",
+            status="error",
+            error="the reply broke off",
+            error_detail=f"{names[lane]}: stream from model-{names[lane]} at http://10.0.0.9/v1 broke",
+        )
         state[lane] = [u, r]
     for lane, v in zip("ab", compare.views(deps, state, "ana")):
         assert v.history[0]["content"] == "Is a dialogue better than a monologue?"
@@ -304,8 +335,10 @@ def test_blind_errors_name_the_side_from_fields_and_hide_the_detail(deps):
 def test_user_prompt_set_file(tmp_path):
     path = tmp_path / "mine.txt"
     path.write_text("First question\n\nSecond question\n")
-    assert compare.prompt_set(path) == ("mine.txt", [{"id": "p01", "prompt": "First question"},
-                                                     {"id": "p02", "prompt": "Second question"}])
+    assert compare.prompt_set(path) == (
+        "mine.txt",
+        [{"id": "p01", "prompt": "First question"}, {"id": "p02", "prompt": "Second question"}],
+    )
     bad = tmp_path / "bad.jsonl"
     bad.write_text('{"prompt": "ok"}\n{"text": "no prompt"}\n')
     with pytest.raises(ValueError, match="bad.jsonl:2"):
@@ -320,14 +353,18 @@ def test_collect_counts_exports_and_trains_in_the_background(deps):
     chat.rate(deps, state, 3, "Pass", "ana")
     assert collect.count(deps, collect.filters("pass")) == "**1** chains, **2** assistant turns pass these filters."
     assert collect.count(deps, collect.filters("excellent", cut_at_first_fail=True)).startswith("**0**")
-    path, message = collect.export_file(deps, collect.filters("pass", checkpoint="dialogue", annotator="ana"), "messages")
+    path, message = collect.export_file(
+        deps, collect.filters("pass", checkpoint="dialogue", annotator="ana"), "messages"
+    )
     (record,) = [json.loads(line) for line in path.read_text().splitlines()]
     assert [m["role"] for m in record["messages"]] == ["user", "assistant"] * 2 and "1 chains" in message
     with pytest.raises(ValueError, match="No chains"):
         collect.start_training(deps, collect.filters("pass", checkpoint="zero-shot"))
     # a real (short) training run in the background, then served by the running vLLM and chatted with
     name = "dialogue-r2"
-    job = collect.start_training(deps, collect.filters("pass"), name=name, extra=("--epochs", "1", "--max-length", "96"))
+    job = collect.start_training(
+        deps, collect.filters("pass"), name=name, extra=("--epochs", "1", "--max-length", "96")
+    )
     with pytest.raises(ValueError, match="still running"):
         collect.start_training(deps, collect.filters("pass"))
     with pytest.raises(ValueError, match="nothing to serve yet"):
@@ -383,8 +420,13 @@ def test_auth_file_holds_argon2_hashes_and_plain_lines_still_work(tmp_path):
     assert inspect.iscoroutinefunction(check), "Gradio awaits only what inspect calls a coroutine function"
 
     async def tries():
-        return [await check("ana", "n3w"), await check("bo", "pw:with:colons"), await check("cy", "plain-pw"),
-                await check("ana", "s3cret"), await check("nobody", "x")]
+        return [
+            await check("ana", "n3w"),
+            await check("bo", "pw:with:colons"),
+            await check("cy", "plain-pw"),
+            await check("ana", "s3cret"),
+            await check("nobody", "x"),
+        ]
 
     assert asyncio.run(tries()) == [True, True, True, False, False]
     assert logins.failures == {"ana": 1, "nobody": 1}
@@ -403,7 +445,10 @@ def test_the_highlighted_button_is_the_focused_replys_label_whatever_the_key_ord
     monkeypatch.setattr(rating, "KEYS", {"1": "excellent", "2": "fail", "3": "pass"})
     with gr.Blocks():
         p = panel_mod.panel("chat")
-    v = View(history=[{"role": "user", "content": "hi"}, {"role": "assistant", "content": "hello"}],
-             feedback=["Fail"], ids=["u", "a"])
+    v = View(
+        history=[{"role": "user", "content": "hi"}, {"role": "assistant", "content": "hello"}],
+        feedback=["Fail"],
+        ids=["u", "a"],
+    )
     variants = dict(zip(p.buttons, (u["variant"] for u in panel_mod.updates(v, 0)[1:])))
     assert variants == {"excellent": "secondary", "fail": "primary", "pass": "secondary"}

@@ -21,8 +21,14 @@ from limachat.dialogues.store import Store
 from limachat.serve.checkpoints import Checkpoint
 from limachat.settings import Settings
 
-SESSION = {"format": "limachat.session/1", "session": {"id": "s-bad", "created": "2026-01-01T00:00:00", "mode": "chat"},
-           "turns": [], "ratings": [], "edits": [], "verdicts": []}
+SESSION = {
+    "format": "limachat.session/1",
+    "session": {"id": "s-bad", "created": "2026-01-01T00:00:00", "mode": "chat"},
+    "turns": [],
+    "ratings": [],
+    "edits": [],
+    "verdicts": [],
+}
 
 
 def session_with(**changes) -> str:
@@ -32,77 +38,244 @@ def session_with(**changes) -> str:
     return json.dumps(record) + "\n"
 
 
-TURN = {"id": "t-bad", "session_id": "s-bad", "parent_id": None, "lane": None, "exchange": 1, "role": "user",
-        "content": "hi", "status": "ok", "created": "2026-01-01T00:00:01"}
+TURN = {
+    "id": "t-bad",
+    "session_id": "s-bad",
+    "parent_id": None,
+    "lane": None,
+    "exchange": 1,
+    "role": "user",
+    "content": "hi",
+    "status": "ok",
+    "created": "2026-01-01T00:00:01",
+}
 
 # (id, files to write in the working folder, environment, CLI arguments, what the one line must contain)
 CLI_CASES = [
-    ("import-binary", {"in.jsonl": b"\x89PNG\r\n\x1a\n\x00\x00binary"}, {}, ["import", "in.jsonl"], "in.jsonl:1: not UTF-8 text"),
-    ("import-latin1", {"in.jsonl": '{"conversations": ["caf\xe9", "ok"]}\n'.encode("latin-1")}, {}, ["import", "in.jsonl"],
-     "in.jsonl:1: not UTF-8 text (byte 0xe9"),
+    (
+        "import-binary",
+        {"in.jsonl": b"\x89PNG\r\n\x1a\n\x00\x00binary"},
+        {},
+        ["import", "in.jsonl"],
+        "in.jsonl:1: not UTF-8 text",
+    ),
+    (
+        "import-latin1",
+        {"in.jsonl": '{"conversations": ["caf\xe9", "ok"]}\n'.encode("latin-1")},
+        {},
+        ["import", "in.jsonl"],
+        "in.jsonl:1: not UTF-8 text (byte 0xe9",
+    ),
     ("import-empty", {"in.jsonl": b""}, {}, ["import", "in.jsonl"], "in.jsonl: empty"),
-    ("import-json-array", {"in.jsonl": b'[{"conversations": ["a", "b"]}]\n'}, {}, ["import", "in.jsonl"],
-     "in.jsonl:1: each line must be a JSON object (a JSON array?"),
-    ("import-pretty-json", {"in.jsonl": b'{\n  "conversations": ["a", "b"]\n}\n'}, {}, ["import", "in.jsonl"],
-     "in.jsonl:1: not valid JSON"),
-    ("import-second-line-bad", {"in.jsonl": b'{"conversations": ["a", "b"]}\n{"conversations": 3}\n'}, {},
-     ["import", "in.jsonl"], "in.jsonl:2:"),
-    ("import-unknown-column", {"in.jsonl": session_with(session={**SESSION["session"], "colour": "red"}).encode()}, {},
-     ["import", "in.jsonl"], "in.jsonl:1: \"session\" has unknown field 'colour'"),
-    ("import-unknown-mode", {"in.jsonl": session_with(session={**SESSION["session"], "mode": "party"}).encode()}, {},
-     ["import", "in.jsonl"], "mode must be one of chat, compare, blind, imported, not 'party'"),
-    ("import-unknown-status", {"in.jsonl": session_with(turns=[{**TURN, "status": "done"}]).encode()}, {},
-     ["import", "in.jsonl"], "turns[0]: status must be one of"),
-    ("import-unknown-label", {"in.jsonl": session_with(
-        turns=[TURN], ratings=[{"id": "r", "turn_id": "t-bad", "annotator": "a", "label": "great", "created": "x",
-                                "current": 1}]).encode()}, {}, ["import", "in.jsonl"], "ratings[0]: label must be one of"),
-    ("import-unknown-turn-column", {"in.jsonl": session_with(turns=[{**TURN, "mood": 1}]).encode()}, {},
-     ["import", "in.jsonl"], "turns[0] has unknown field 'mood'"),
+    (
+        "import-json-array",
+        {"in.jsonl": b'[{"conversations": ["a", "b"]}]\n'},
+        {},
+        ["import", "in.jsonl"],
+        "in.jsonl:1: each line must be a JSON object (a JSON array?",
+    ),
+    (
+        "import-pretty-json",
+        {"in.jsonl": b'{\n  "conversations": ["a", "b"]\n}\n'},
+        {},
+        ["import", "in.jsonl"],
+        "in.jsonl:1: not valid JSON",
+    ),
+    (
+        "import-second-line-bad",
+        {"in.jsonl": b'{"conversations": ["a", "b"]}\n{"conversations": 3}\n'},
+        {},
+        ["import", "in.jsonl"],
+        "in.jsonl:2:",
+    ),
+    (
+        "import-unknown-column",
+        {"in.jsonl": session_with(session={**SESSION["session"], "colour": "red"}).encode()},
+        {},
+        ["import", "in.jsonl"],
+        "in.jsonl:1: \"session\" has unknown field 'colour'",
+    ),
+    (
+        "import-unknown-mode",
+        {"in.jsonl": session_with(session={**SESSION["session"], "mode": "party"}).encode()},
+        {},
+        ["import", "in.jsonl"],
+        "mode must be one of chat, compare, blind, imported, not 'party'",
+    ),
+    (
+        "import-unknown-status",
+        {"in.jsonl": session_with(turns=[{**TURN, "status": "done"}]).encode()},
+        {},
+        ["import", "in.jsonl"],
+        "turns[0]: status must be one of",
+    ),
+    (
+        "import-unknown-label",
+        {
+            "in.jsonl": session_with(
+                turns=[TURN],
+                ratings=[
+                    {"id": "r", "turn_id": "t-bad", "annotator": "a", "label": "great", "created": "x", "current": 1}
+                ],
+            ).encode()
+        },
+        {},
+        ["import", "in.jsonl"],
+        "ratings[0]: label must be one of",
+    ),
+    (
+        "import-unknown-turn-column",
+        {"in.jsonl": session_with(turns=[{**TURN, "mood": 1}]).encode()},
+        {},
+        ["import", "in.jsonl"],
+        "turns[0] has unknown field 'mood'",
+    ),
     ("import-missing-file", {}, {}, ["import", "nope.jsonl"], "'nope.jsonl' does not exist"),
-    ("import-bad-format-option", {"in.jsonl": b'{"conversations": ["a", "b"]}\n'}, {}, ["import", "in.jsonl", "--format", "csv"],
-     "'csv' is not one of"),
-    ("export-missing-folder", {}, {}, ["export", "--format", "messages", "-o", "no/such/dir/out.jsonl"],
-     "-o/--output no/such/dir/out.jsonl: the folder no/such/dir does not exist"),
-    ("export-onto-a-folder", {"out/keep": b""}, {}, ["export", "--format", "messages", "-o", "out"],
-     "'--output': File 'out' is a directory. (see `limachat export --help`)"),
-    ("report-png-missing-folder", {}, {}, ["report", "--png", "nowhere/fig.png"], "--png nowhere/fig.png: the folder nowhere"),
-    ("report-csv-onto-a-folder", {"out/keep": b""}, {}, ["report", "--csv", "out"], "'--csv': File 'out' is a directory"),
+    (
+        "import-bad-format-option",
+        {"in.jsonl": b'{"conversations": ["a", "b"]}\n'},
+        {},
+        ["import", "in.jsonl", "--format", "csv"],
+        "'csv' is not one of",
+    ),
+    (
+        "export-missing-folder",
+        {},
+        {},
+        ["export", "--format", "messages", "-o", "no/such/dir/out.jsonl"],
+        "-o/--output no/such/dir/out.jsonl: the folder no/such/dir does not exist",
+    ),
+    (
+        "export-onto-a-folder",
+        {"out/keep": b""},
+        {},
+        ["export", "--format", "messages", "-o", "out"],
+        "'--output': File 'out' is a directory. (see `limachat export --help`)",
+    ),
+    (
+        "report-png-missing-folder",
+        {},
+        {},
+        ["report", "--png", "nowhere/fig.png"],
+        "--png nowhere/fig.png: the folder nowhere",
+    ),
+    (
+        "report-csv-onto-a-folder",
+        {"out/keep": b""},
+        {},
+        ["report", "--csv", "out"],
+        "'--csv': File 'out' is a directory",
+    ),
     ("app-port-too-high", {}, {}, ["app", "--port", "70000"], "'--port': 70000 is not in the range 1<=x<=65535"),
     ("app-port-zero", {}, {}, ["app", "--port", "0"], "'--port': 0 is not in the range"),
     ("serve-port-negative", {}, {}, ["serve", "--port", "-1"], "'--port': -1 is not in the range"),
-    ("serve-unknown-host", {}, {}, ["serve", "--host", "no-such-host.invalid"], "--host 'no-such-host.invalid': not an address"),
+    (
+        "serve-unknown-host",
+        {},
+        {},
+        ["serve", "--host", "no-such-host.invalid"],
+        "--host 'no-such-host.invalid': not an address",
+    ),
     ("app-bad-ipv6-host", {}, {}, ["app", "--host", "::zz"], "--host '::zz': not an address"),
     ("home-is-a-file", {"afile": b"x"}, {}, ["--home", "afile", "report"], "'--home': Directory 'afile' is a file"),
     ("toml-unknown-key", {"limachat.toml": b"[app]\ncolour = 'red'\n"}, {}, ["report"], "limachat.toml:2: app.colour"),
     ("toml-syntax", {"limachat.toml": b"[app\nport = 1\n"}, {}, ["report"], "limachat.toml"),
-    ("toml-port-range", {"limachat.toml": b"[app]\nport = 99999\n"}, {}, ["report"],
-     "limachat.toml:2: app.port: Input should be less than or equal to 65535"),
+    (
+        "toml-port-range",
+        {"limachat.toml": b"[app]\nport = 99999\n"},
+        {},
+        ["report"],
+        "limachat.toml:2: app.port: Input should be less than or equal to 65535",
+    ),
     ("toml-not-utf8", {"limachat.toml": b"[app]\nhost = '\xff'\n"}, {}, ["report"], "limachat.toml"),
     ("env-port-not-a-number", {}, {"LIMACHAT_APP__PORT": "abc"}, ["report"], "LIMACHAT_APP__PORT: app.port"),
     ("env-unknown-setting", {}, {"LIMACHAT_COLOUR": "red"}, ["report"], "LIMACHAT_COLOUR: unknown setting"),
     ("env-unknown-preset", {}, {"LIMACHAT_SAMPLING__PRESET": "wild"}, ["report"], "wild"),
-    ("auth-not-utf8", {"users.txt": b"ana:\xff\xfe\n"}, {}, ["app", "--auth", "users.txt"], "--auth: users.txt:1: not UTF-8"),
+    (
+        "auth-not-utf8",
+        {"users.txt": b"ana:\xff\xfe\n"},
+        {},
+        ["app", "--auth", "users.txt"],
+        "--auth: users.txt:1: not UTF-8",
+    ),
     ("auth-empty", {"users.txt": b"# nobody yet\n"}, {}, ["app", "--auth", "users.txt"], "--auth: users.txt: no users"),
-    ("auth-no-colon", {"users.txt": b"ana\n"}, {}, ["app", "--auth", "users.txt"], "--auth: users.txt:1: expected name:hash"),
+    (
+        "auth-no-colon",
+        {"users.txt": b"ana\n"},
+        {},
+        ["app", "--auth", "users.txt"],
+        "--auth: users.txt:1: expected name:hash",
+    ),
     ("users-add-bad-name", {}, {}, ["users", "add", "a:b", "--password-stdin"], "a user name needs text without ':'"),
     ("judge-unknown-mode", {}, {}, ["judge", "great"], "Invalid value for 'MODE': 'great' is not one of"),
-    ("judge-prompt-version", {}, {}, ["judge", "label", "--prompt-version", "9"], "--prompt-version: label has versions 1, not 9"),
-    ("judge-unreachable", {}, {}, ["judge", "label", "--base-url", "http://127.0.0.1:9/v1"],
-     "judge endpoint http://127.0.0.1:9/v1: cannot be reached"),
-    ("judge-concurrency-zero", {}, {}, ["judge", "score", "--concurrency", "0"], "'--concurrency': 0 is not in the range"),
+    (
+        "judge-prompt-version",
+        {},
+        {},
+        ["judge", "label", "--prompt-version", "9"],
+        "--prompt-version: label has versions 1, not 9",
+    ),
+    (
+        "judge-unreachable",
+        {},
+        {},
+        ["judge", "label", "--base-url", "http://127.0.0.1:9/v1"],
+        "judge endpoint http://127.0.0.1:9/v1: cannot be reached",
+    ),
+    (
+        "judge-concurrency-zero",
+        {},
+        {},
+        ["judge", "score", "--concurrency", "0"],
+        "'--concurrency': 0 is not in the range",
+    ),
     ("select-too-many", {}, {}, ["select", "--name", "x", "--size", "5000"], "--size 5000: the filters pass 69 chains"),
     ("select-no-name", {}, {}, ["select", "--size", "5"], "Missing option '--name'"),
-    ("revise-unknown-label", {}, {}, ["revise", "--labels", "fail,great"], "--labels: great is not one of fail, pass, excellent"),
-    ("revise-unreachable", {}, {}, ["revise", "--base-url", "http://127.0.0.1:9/v1"], "teacher endpoint http://127.0.0.1:9/v1: cannot be reached"),
-    ("export-unknown-selection", {}, {}, ["export", "--format", "lima", "-o", "out.jsonl", "--selection", "nope"],
-     "no selection named 'nope' (saved: none yet)"),
-    ("export-score-out-of-range", {}, {}, ["export", "--format", "lima", "-o", "out.jsonl", "--min-score", "7"],
-     "'--min-score': 7.0 is not in the range 0<=x<=5"),
-    ("db-not-sqlite", {"data/limachat.db": b"these are my notes, not a database\n" * 10}, {}, ["report"],
-     "limachat.db is not a SQLite database (left as it is"),
-    ("db-not-sqlite-import", {"data/limachat.db": b"these are my notes, not a database\n" * 10,
-                              "in.jsonl": b'{"conversations": ["a", "b"]}\n'}, {}, ["import", "in.jsonl"],
-     "limachat.db is not a SQLite database"),
+    (
+        "revise-unknown-label",
+        {},
+        {},
+        ["revise", "--labels", "fail,great"],
+        "--labels: great is not one of fail, pass, excellent",
+    ),
+    (
+        "revise-unreachable",
+        {},
+        {},
+        ["revise", "--base-url", "http://127.0.0.1:9/v1"],
+        "teacher endpoint http://127.0.0.1:9/v1: cannot be reached",
+    ),
+    (
+        "export-unknown-selection",
+        {},
+        {},
+        ["export", "--format", "lima", "-o", "out.jsonl", "--selection", "nope"],
+        "no selection named 'nope' (saved: none yet)",
+    ),
+    (
+        "export-score-out-of-range",
+        {},
+        {},
+        ["export", "--format", "lima", "-o", "out.jsonl", "--min-score", "7"],
+        "'--min-score': 7.0 is not in the range 0<=x<=5",
+    ),
+    (
+        "db-not-sqlite",
+        {"data/limachat.db": b"these are my notes, not a database\n" * 10},
+        {},
+        ["report"],
+        "limachat.db is not a SQLite database (left as it is",
+    ),
+    (
+        "db-not-sqlite-import",
+        {
+            "data/limachat.db": b"these are my notes, not a database\n" * 10,
+            "in.jsonl": b'{"conversations": ["a", "b"]}\n',
+        },
+        {},
+        ["import", "in.jsonl"],
+        "limachat.db is not a SQLite database",
+    ),
 ]
 
 
@@ -129,8 +302,20 @@ def state_of(path: Path):
     if not data.startswith(b"SQLite format 3"):
         return data
     conn = sqlite3.connect(path)
-    counts = {t: conn.execute(f"select count(*) from {t}").fetchone()[0]
-              for t in ("sessions", "turns", "ratings", "edits", "verdicts", "judgments", "rubrics", "selections", "embeddings")}
+    counts = {
+        t: conn.execute(f"select count(*) from {t}").fetchone()[0]
+        for t in (
+            "sessions",
+            "turns",
+            "ratings",
+            "edits",
+            "verdicts",
+            "judgments",
+            "rubrics",
+            "selections",
+            "embeddings",
+        )
+    }
     integrity = conn.execute("pragma integrity_check").fetchone()[0]
     conn.close()
     return counts, integrity
@@ -138,8 +323,15 @@ def state_of(path: Path):
 
 def run_cli(cwd: Path, args: list[str], env: dict[str, str], stdin: str = "") -> subprocess.CompletedProcess:
     base = {k: v for k, v in os.environ.items() if not k.startswith("LIMACHAT_")}
-    return subprocess.run([sys.executable, "-m", "limachat.cli", *args], cwd=cwd, capture_output=True, text=True,
-                          env={**base, "LIMACHAT_HOME": str(cwd / "data"), **env}, input=stdin, timeout=120)
+    return subprocess.run(
+        [sys.executable, "-m", "limachat.cli", *args],
+        cwd=cwd,
+        capture_output=True,
+        text=True,
+        env={**base, "LIMACHAT_HOME": str(cwd / "data"), **env},
+        input=stdin,
+        timeout=120,
+    )
 
 
 def assert_one_clear_line(text: str, expected: str) -> None:
@@ -173,12 +365,22 @@ def test_a_database_locked_past_the_busy_timeout(seeded_db, tmp_path):
     db.write_bytes(seeded_db.read_bytes())
     (tmp_path / "in.jsonl").write_text('{"conversations": ["a new question", "an answer"]}\n')
     before = state_of(db)
-    locker = subprocess.Popen([sys.executable, "-c", (
-        "import sqlite3, sys, time\n"
-        "c = sqlite3.connect(sys.argv[1], isolation_level=None)\n"
-        "c.execute('BEGIN EXCLUSIVE')\n"
-        "print('locked', flush=True)\n"
-        "time.sleep(8)\n"), str(db)], stdout=subprocess.PIPE, text=True)
+    locker = subprocess.Popen(
+        [
+            sys.executable,
+            "-c",
+            (
+                "import sqlite3, sys, time\n"
+                "c = sqlite3.connect(sys.argv[1], isolation_level=None)\n"
+                "c.execute('BEGIN EXCLUSIVE')\n"
+                "print('locked', flush=True)\n"
+                "time.sleep(8)\n"
+            ),
+            str(db),
+        ],
+        stdout=subprocess.PIPE,
+        text=True,
+    )
     try:
         assert locker.stdout.readline().strip() == "locked"
         result = run_cli(tmp_path, ["import", "in.jsonl"], {"LIMACHAT_DB_BUSY_TIMEOUT": "1"})
@@ -213,7 +415,9 @@ def test_an_unexpected_error_is_logged_with_its_traceback_and_named_in_one_line(
         cli._store = original
     assert result.exit_code == 1
     log = home / "logs" / "limachat.log"
-    assert_one_clear_line(result.output, f"internal error in limachat report (KeyError: 'a bug'); its traceback is in {log}")
+    assert_one_clear_line(
+        result.output, f"internal error in limachat report (KeyError: 'a bug'); its traceback is in {log}"
+    )
     assert "Traceback" in log.read_text() and "KeyError: 'a bug'" in log.read_text()
 
 
@@ -223,8 +427,14 @@ def deps(seeded_db, tmp_path):
     path = tmp_path / "app.db"
     path.write_bytes(seeded_db.read_bytes())
     url = "http://127.0.0.1:9/v1"  # never reached: every case here is refused before a model is asked
-    d = Deps(Store(path), {"dialogue": Checkpoint(name="dialogue", model="dialogue", base_url=url),
-                           "zero-shot": Checkpoint(name="zero-shot", model="zero-shot", base_url=url)}, Settings(home=tmp_path))
+    d = Deps(
+        Store(path),
+        {
+            "dialogue": Checkpoint(name="dialogue", model="dialogue", base_url=url),
+            "zero-shot": Checkpoint(name="zero-shot", model="zero-shot", base_url=url),
+        },
+        Settings(home=tmp_path),
+    )
     yield d
     d.store.close()
 
@@ -232,28 +442,67 @@ def deps(seeded_db, tmp_path):
 def drain(gen):
     async def go():
         return [item async for item in gen]
+
     return asyncio.run(go())
 
 
 # (id, what is stored first (or None), the call, what the one line must contain)
 APP_CASES = [
-    ("chat-1mb-message", None, lambda d, st: drain(chat.send(d, chat.blank(), "word " * 200_000, "dialogue", "ana")),
-     "This message has 1,000,000 characters; the limit is 100,000"),
-    ("chat-nul", None, lambda d, st: drain(chat.send(d, chat.blank(), "hello\x00world", "dialogue", "ana")),
-     "control character U+0000 at character 6"),
-    ("chat-escape-sequence", None, lambda d, st: drain(chat.send(d, chat.blank(), "red \x1b[31mtext", "dialogue", "ana")),
-     "control character U+001B at character 5"),
-    ("compare-bell", None, lambda d, st: drain(compare.send(d, compare.blank(), "ring\x07", "zero-shot", "dialogue", True, "ana")),
-     "control character U+0007"),
-    ("compare-1mb", None, lambda d, st: drain(compare.send(d, compare.blank(), "x" * 1_000_000, "zero-shot", "dialogue", False, "ana")),
-     "the limit is 100,000"),
-    ("edit-to-control", "exchange", lambda d, st: drain(chat.edit(d, st, 0, "new\x08text", "dialogue", "ana")),
-     "control character U+0008"),
-    ("prompt-set-binary", None, lambda d, st: compare.prompt_set(_file(d, "set.jsonl", b"\x00\x01\x02\xff")), "set.jsonl:1: not UTF-8"),
-    ("prompt-set-nul", None, lambda d, st: compare.prompt_set(_file(d, "set.txt", b"a question\x00\n")), "set.txt:1: a NUL byte"),
+    (
+        "chat-1mb-message",
+        None,
+        lambda d, st: drain(chat.send(d, chat.blank(), "word " * 200_000, "dialogue", "ana")),
+        "This message has 1,000,000 characters; the limit is 100,000",
+    ),
+    (
+        "chat-nul",
+        None,
+        lambda d, st: drain(chat.send(d, chat.blank(), "hello\x00world", "dialogue", "ana")),
+        "control character U+0000 at character 6",
+    ),
+    (
+        "chat-escape-sequence",
+        None,
+        lambda d, st: drain(chat.send(d, chat.blank(), "red \x1b[31mtext", "dialogue", "ana")),
+        "control character U+001B at character 5",
+    ),
+    (
+        "compare-bell",
+        None,
+        lambda d, st: drain(compare.send(d, compare.blank(), "ring\x07", "zero-shot", "dialogue", True, "ana")),
+        "control character U+0007",
+    ),
+    (
+        "compare-1mb",
+        None,
+        lambda d, st: drain(compare.send(d, compare.blank(), "x" * 1_000_000, "zero-shot", "dialogue", False, "ana")),
+        "the limit is 100,000",
+    ),
+    (
+        "edit-to-control",
+        "exchange",
+        lambda d, st: drain(chat.edit(d, st, 0, "new\x08text", "dialogue", "ana")),
+        "control character U+0008",
+    ),
+    (
+        "prompt-set-binary",
+        None,
+        lambda d, st: compare.prompt_set(_file(d, "set.jsonl", b"\x00\x01\x02\xff")),
+        "set.jsonl:1: not UTF-8",
+    ),
+    (
+        "prompt-set-nul",
+        None,
+        lambda d, st: compare.prompt_set(_file(d, "set.txt", b"a question\x00\n")),
+        "set.txt:1: a NUL byte",
+    ),
     ("prompt-set-empty", None, lambda d, st: compare.prompt_set(_file(d, "set.txt", b"\n\n")), "set.txt: no prompts"),
-    ("prompt-set-array", None, lambda d, st: compare.prompt_set(_file(d, "set.jsonl", b'{"prompt": "ok"}\n{"prompt": 3}\n')),
-     'set.jsonl:2: needs a "prompt" string'),
+    (
+        "prompt-set-array",
+        None,
+        lambda d, st: compare.prompt_set(_file(d, "set.jsonl", b'{"prompt": "ok"}\n{"prompt": 3}\n')),
+        'set.jsonl:2: needs a "prompt" string',
+    ),
     ("rate-without-name", "exchange", lambda d, st: chat.rate(d, st, 1, "Pass", None), "Enter your name"),
 ]
 
@@ -315,6 +564,25 @@ def test_right_to_left_and_emoji_text_is_stored_as_written(deps):
 
 def test_cases_cover_every_entry_point():
     kinds = {c[0].split("-")[0] for c in CLI_CASES} | {c[0].split("-")[0] for c in APP_CASES}
-    assert {"import", "export", "report", "app", "serve", "home", "toml", "env", "auth", "users", "db", "chat",
-            "compare", "edit", "prompt", "rate", "judge", "select", "revise"} <= kinds
+    assert {
+        "import",
+        "export",
+        "report",
+        "app",
+        "serve",
+        "home",
+        "toml",
+        "env",
+        "auth",
+        "users",
+        "db",
+        "chat",
+        "compare",
+        "edit",
+        "prompt",
+        "rate",
+        "judge",
+        "select",
+        "revise",
+    } <= kinds
     assert len(CLI_CASES) + len(APP_CASES) + 2 >= 30

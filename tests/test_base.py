@@ -21,7 +21,15 @@ def test_conversion_is_complete_and_idempotent(model_home):
     assert {p.name: p.stat().st_mtime_ns for p in model_dir.iterdir()} == before
     assert base.model == str(model_dir)
     adapter = json.loads((base.adapter / "adapter_config.json").read_text())
-    assert adapter["r"] == 8 and set(adapter["target_modules"]) == {"q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"}
+    assert adapter["r"] == 8 and set(adapter["target_modules"]) == {
+        "q_proj",
+        "k_proj",
+        "v_proj",
+        "o_proj",
+        "gate_proj",
+        "up_proj",
+        "down_proj",
+    }
 
 
 def test_a_changed_or_partial_result_is_detected(model_home, tmp_path):

@@ -13,15 +13,22 @@ import threading
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
 import pytest
-
 from conftest import free_port
+
 from limachat.serve.checkpoints import Checkpoint
-from limachat.serve.client import (ChatClient, Completion, ContextTooLong, EndpointUnreachable, HTTPStatusError,
-                                   StreamBroken, UnknownModel)
+from limachat.serve.client import (
+    ChatClient,
+    Completion,
+    ContextTooLong,
+    EndpointUnreachable,
+    HTTPStatusError,
+    StreamBroken,
+    UnknownModel,
+)
 
 
 def chunk(text: str) -> bytes:
-    return f'data: {json.dumps({"choices": [{"index": 0, "delta": {"content": text}, "finish_reason": None}]})}\n\n'.encode()
+    return f"data: {json.dumps({'choices': [{'index': 0, 'delta': {'content': text}, 'finish_reason': None}]})}\n\n".encode()
 
 
 class Failing(BaseHTTPRequestHandler):
@@ -47,9 +54,20 @@ class Failing(BaseHTTPRequestHandler):
             return self._json(200, {"tokens": [ord(c) for c in body["prompt"]]})
         self.server.requests.append(body)
         if model == "missing":  # vLLM's answer for an unknown model
-            return self._json(404, {"error": {"message": "The model `missing` does not exist.", "type": "NotFoundError", "code": 404}})
+            return self._json(
+                404, {"error": {"message": "The model `missing` does not exist.", "type": "NotFoundError", "code": 404}}
+            )
         if model == "long":
-            return self._json(400, {"error": {"message": "This model's maximum context length is 2048 tokens. However, your request has 3000 input tokens.", "type": "BadRequestError", "code": 400}})
+            return self._json(
+                400,
+                {
+                    "error": {
+                        "message": "This model's maximum context length is 2048 tokens. However, your request has 3000 input tokens.",
+                        "type": "BadRequestError",
+                        "code": 400,
+                    }
+                },
+            )
         if model == "boom":
             return self._json(500, {"error": {"message": "engine dead", "type": "InternalServerError", "code": 500}})
         self.send_response(200)
@@ -109,8 +127,12 @@ def test_stream_yields_text_then_completion(endpoint):
 
 
 def test_a_checkpoint_omits_what_its_endpoint_rejects(endpoint):
-    events = run(endpoint, "ok", {"repetition_penalty": 1.3, "top_p": 0.9, "temperature": None},
-                 omit_params=["repetition_penalty"])
+    events = run(
+        endpoint,
+        "ok",
+        {"repetition_penalty": 1.3, "top_p": 0.9, "temperature": None},
+        omit_params=["repetition_penalty"],
+    )
     assert "repetition_penalty" not in endpoint.requests[-1] and endpoint.requests[-1]["top_p"] == 0.9
     assert events[-1].params == {"top_p": 0.9}  # what was sent, not what was asked for
 
@@ -126,8 +148,13 @@ def test_lima_penalty_travels_in_vllm_xargs(endpoint):
 
 def test_conversation_scope_sends_the_earlier_replies_token_ids(endpoint):
     url = f"http://127.0.0.1:{endpoint.server_port}/v1"
-    messages = [{"role": "user", "content": "zzz"}, {"role": "assistant", "content": "ab"},
-                {"role": "user", "content": "yyy"}, {"role": "assistant", "content": "ba c"}, {"role": "user", "content": "x"}]
+    messages = [
+        {"role": "user", "content": "zzz"},
+        {"role": "assistant", "content": "ab"},
+        {"role": "user", "content": "yyy"},
+        {"role": "assistant", "content": "ba c"},
+        {"role": "user", "content": "x"},
+    ]
     params = {"generated_repetition_penalty": 1.2, "penalty_scope": "conversation"}
 
     def go(model: str, params: dict, **checkpoint):
@@ -145,11 +172,14 @@ def test_conversation_scope_sends_the_earlier_replies_token_ids(endpoint):
         go("no-tokenize", params)
 
 
-@pytest.mark.parametrize("model, error, text", [
-    ("missing", UnknownModel, "does not serve model 'missing'"),
-    ("long", ContextTooLong, "maximum context length is 2048"),
-    ("boom", HTTPStatusError, "HTTP 500: engine dead"),
-])
+@pytest.mark.parametrize(
+    "model, error, text",
+    [
+        ("missing", UnknownModel, "does not serve model 'missing'"),
+        ("long", ContextTooLong, "maximum context length is 2048"),
+        ("boom", HTTPStatusError, "HTTP 500: engine dead"),
+    ],
+)
 def test_http_errors_are_told_apart(endpoint, model, error, text):
     with pytest.raises(error, match=text) as e:
         run(endpoint, model)

@@ -42,15 +42,24 @@ def test_default_preset_answers_every_follow_up_of_the_held_out_conversations(vl
     for name, replies in results.items():
         s = summary[name]
         repeated = [(r.conversation, r.turn, round(r.repeat, 2)) for r in replies if is_repeat(r.repeat)]
-        assert s["stopped"] >= 0.9 * s["replies"], f"{name}: only {s['stopped']} of {s['replies']} replies ended by themselves"
+        assert s["stopped"] >= 0.9 * s["replies"], (
+            f"{name}: only {s['stopped']} of {s['replies']} replies ended by themselves"
+        )
         for r in replies:
             where = f"{name} {r.conversation} turn {r.turn}"
             assert longest_run(r.text) <= LONGEST_RUN, f"{where}: words run together: {r.text[-300:]!r}"
-            assert r.fluency is not None and r.fluency < FLUENT_BELOW, f"{where}: fluency {r.fluency}: {r.text[-300:]!r}"
+            assert r.fluency is not None and r.fluency < FLUENT_BELOW, (
+                f"{where}: fluency {r.fluency}: {r.text[-300:]!r}"
+            )
         assert replies[0].text, f"{name}: empty reply"
         print(f"{name}: {s} repeated: {repeated}")
-    for name, s in summary.items():  # before LIMA's penalty counted the earlier replies: dialogue 7-9 of 22, zero-shot 4-5
-        assert s["repeats"] * 12 <= s["followups"], f"{name} repeated an earlier reply in {s['repeats']} of {s['followups']} follow-ups"
+    for (
+        name,
+        s,
+    ) in summary.items():  # before LIMA's penalty counted the earlier replies: dialogue 7-9 of 22, zero-shot 4-5
+        assert s["repeats"] * 12 <= s["followups"], (
+            f"{name} repeated an earlier reply in {s['repeats']} of {s['followups']} follow-ups"
+        )
 
 
 @pytest.mark.parametrize("fixture, fluent", [("word_salad.json", False), ("coherent.json", True)])

@@ -13,15 +13,15 @@ import time
 import httpx
 import psutil
 import pytest
-
 from conftest import RunningServer, free_port
+from test_app_browser import browser_page, query, running_app, wait_for
+
 from limachat.demo import chat
 from limachat.demo.answer import Deps
 from limachat.dialogues.store import INTERRUPTED, Store
 from limachat.serve.checkpoints import Checkpoint
 from limachat.serve.client import StreamBroken
 from limachat.settings import Settings
-from test_app_browser import browser_page, query, running_app, wait_for
 
 LONG = "Write a long story about a lighthouse keeper who counts the waves, with many details."
 
@@ -44,8 +44,13 @@ def test_sigkill_of_the_app_mid_stream_then_restart_offers_retry(vllm_server, tm
         page.locator("#annotator textarea, #annotator input").first.fill("ana")
         page.fill("#chat-input textarea", LONG)
         page.click("#chat-send")
-        wait_for(lambda: query(db, "select count(*) from turns where status = 'streaming' and length(content) > 20")[0][0] == 1,
-                 "a partial reply saved", timeout=120)
+        wait_for(
+            lambda: (
+                query(db, "select count(*) from turns where status = 'streaming' and length(content) > 20")[0][0] == 1
+            ),
+            "a partial reply saved",
+            timeout=120,
+        )
         procs[0].send_signal(signal.SIGKILL)
         procs[0].wait()
     ((status, partial),) = query(db, "select status, content from turns where role = 'assistant'")
@@ -60,8 +65,11 @@ def test_sigkill_of_the_app_mid_stream_then_restart_offers_retry(vllm_server, tm
         page.get_by_role("option").first.click()
         page.get_by_text("interrupted: the app stopped while this reply was streaming").first.wait_for()
         page.locator("#chat-bot button[aria-label=Retry]").last.click()
-        wait_for(lambda: query(db, "select count(*) from turns where role = 'assistant' and status = 'ok'")[0][0] == 1,
-                 "the retried reply", timeout=300)
+        wait_for(
+            lambda: query(db, "select count(*) from turns where role = 'assistant' and status = 'ok'")[0][0] == 1,
+            "the retried reply",
+            timeout=300,
+        )
     assert query(db, "select count(*) from turns where status = 'streaming'") == [(0,)]
     assert query(db, "pragma integrity_check") == [("ok",)]
 
@@ -108,7 +116,10 @@ def test_sigkill_of_serve_takes_its_vllm_server_down(trained_home):
     try:
         first.wait_ready()
         vllm_log = trained_home / "logs" / f"vllm-{port}.log"
-        assert "limachat's vLLM patches applied: lora-logits-zero-delta, lora-no-adapter-rows, cpu-seeded-rewind" in vllm_log.read_text()
+        assert (
+            "limachat's vLLM patches applied: lora-logits-zero-delta, lora-no-adapter-rows, cpu-seeded-rewind"
+            in vllm_log.read_text()
+        )
         assert "standing aside" not in vllm_log.read_text()
         assert not port_free(port)
         first.proc.send_signal(signal.SIGKILL)
@@ -124,10 +135,19 @@ def test_sigkill_of_serve_takes_its_vllm_server_down(trained_home):
         try:
             second.wait_ready()
             assert "left on port" not in second.output(), "nothing stale was there to replace"
-            assert httpx.post(second.url + "/chat/completions", timeout=60, json={
-                "model": "dialogue", "messages": [{"role": "user", "content": "Hi"}], "max_tokens": 4}).status_code == 200
-            warnings = {line.split("WARNING", 1)[1].split("]", 1)[-1].strip() for line in vllm_log.read_text()[started:].splitlines()
-                        if "limachat's vLLM patches" in line}
+            assert (
+                httpx.post(
+                    second.url + "/chat/completions",
+                    timeout=60,
+                    json={"model": "dialogue", "messages": [{"role": "user", "content": "Hi"}], "max_tokens": 4},
+                ).status_code
+                == 200
+            )
+            warnings = {
+                line.split("WARNING", 1)[1].split("]", 1)[-1].strip()
+                for line in vllm_log.read_text()[started:].splitlines()
+                if "limachat's vLLM patches" in line
+            }
             assert len(warnings) == 1 and "standing aside" in next(iter(warnings)), warnings
             assert "lora-no-adapter-rows (vLLM 0.32.0 is outside <0.1" in next(iter(warnings))
         finally:
@@ -146,10 +166,16 @@ def test_vllm_killed_mid_stream_keeps_the_partial_reply_and_retry_works_once_it_
     settings = Settings(home=tmp_path)
     settings.server.port = vllm_server.port
     settings.server.base = str(vllm_server.home / "base" / "SmolLM2-135M-Instruct" / "model")
-    deps = Deps(Store(tmp_path / "app.db"), {"dialogue": Checkpoint(name="dialogue", model="dialogue", base_url=vllm_server.url)},
-                settings)
-    vllm = next(p for p in psutil.Process(vllm_server.proc.pid).children(recursive=True)
-                if "vllm.entrypoints.openai.api_server" in " ".join(p.cmdline()))
+    deps = Deps(
+        Store(tmp_path / "app.db"),
+        {"dialogue": Checkpoint(name="dialogue", model="dialogue", base_url=vllm_server.url)},
+        settings,
+    )
+    vllm = next(
+        p
+        for p in psutil.Process(vllm_server.proc.pid).children(recursive=True)
+        if "vllm.entrypoints.openai.api_server" in " ".join(p.cmdline())
+    )
 
     async def go():
         outs = []
@@ -163,12 +189,18 @@ def test_vllm_killed_mid_stream_keeps_the_partial_reply_and_retry_works_once_it_
     state, v = outs[-1]
     reply = deps.store.turn(state["ids"][-1])
     assert reply["status"] == "error" and len(reply["content"]) > 0, "the text streamed before the kill is kept"
-    assert reply["error"] in (StreamBroken.public, "its server cannot be reached (stopped, starting, or a wrong address)")
+    assert reply["error"] in (
+        StreamBroken.public,
+        "its server cannot be reached (stopped, starting, or a wrong address)",
+    )
     assert v.history[-1]["content"].startswith(reply["content"][:20]) and "⚠️ **dialogue:" in v.history[-1]["content"]
     assert "retry" in v.history[-1]["content"]
 
-    wait_for(lambda: "vLLM stopped (exit code" in vllm_server.output() and vllm_server.output().count("vLLM ready") == 2,
-             "limachat serve to start vLLM again", timeout=300)
+    wait_for(
+        lambda: "vLLM stopped (exit code" in vllm_server.output() and vllm_server.output().count("vLLM ready") == 2,
+        "limachat serve to start vLLM again",
+        timeout=300,
+    )
     assert vllm_server.proc.poll() is None and "Restarting it (1 of 3)" in vllm_server.output()
     state, v = asyncio.run(_last(chat.regenerate(deps, state, 1, "dialogue", "ana")))
     assert deps.store.turn(state["ids"][-1])["status"] == "ok"
@@ -178,6 +210,6 @@ def test_vllm_killed_mid_stream_keeps_the_partial_reply_and_retry_works_once_it_
 
 async def _last(gen):
     out = None
-    async for out in gen:
-        pass
+    async for item in gen:
+        out = item
     return out

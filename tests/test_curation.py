@@ -21,11 +21,13 @@ from limachat.dialogues.store import Store
 from limachat.serve.checkpoints import Checkpoint
 from limachat.settings import Settings
 
+
 def drain(gen):
     async def go():
         items = [item async for item in gen]
         await asyncio.gather(*(asyncio.all_tasks() - {asyncio.current_task()}))
         return items
+
     return asyncio.run(go())
 
 
@@ -39,8 +41,10 @@ def collected(vllm_server, tmp_path_factory):
     settings.server.port = vllm_server.port
     cks = {n: Checkpoint(name=n, model=n, base_url=vllm_server.url) for n in ("zero-shot", "dialogue")}
     deps = Deps(Store(home / "limachat.db"), cks, settings)
-    for ck, (first, second) in (("dialogue", ("How do I boil an egg?", "And how long for a soft one?")),
-                                ("zero-shot", ("Name three planets.", "Which one is the largest?"))):
+    for ck, (first, second) in (
+        ("dialogue", ("How do I boil an egg?", "And how long for a soft one?")),
+        ("zero-shot", ("Name three planets.", "Which one is the largest?")),
+    ):
         state, _ = drain(chat.send(deps, chat.blank(), first, ck, "ana"))[-1]
         state, _ = drain(chat.send(deps, state, second, ck, "ana"))[-1]
         chat.rate(deps, state, 1, "Pass", "ana")
@@ -59,8 +63,14 @@ def test_judge_labels_scores_and_compares_and_a_second_run_adds_nothing(collecte
     assert endpoint.model == "base" and endpoint.base_url == settings.local_base_url  # the default judge
     answers = {}
     for mode, expected in (("label", 8), ("score", 8), ("pairwise", 2)):
-        s = judge.run(store, endpoint, mode, Filters(), concurrency=settings.curate.concurrency,
-                      max_tokens=settings.curate.judge_max_tokens)
+        s = judge.run(
+            store,
+            endpoint,
+            mode,
+            Filters(),
+            concurrency=settings.curate.concurrency,
+            max_tokens=settings.curate.judge_max_tokens,
+        )
         assert (s.asked, s.parsed, s.skipped) == (expected, expected, 0), s.line()  # every answer parsed
         assert s.judge == f"judge/base/{mode}-v1" and store.kind_of(s.judge) == "judge"
         answers[mode] = store.judgments(s.judge)
@@ -91,8 +101,23 @@ def test_judge_labels_scores_and_compares_and_a_second_run_adds_nothing(collecte
 
 def test_judge_from_the_command_line_with_another_model_and_a_limit(collected, vllm_server, monkeypatch):
     monkeypatch.setenv("LIMACHAT_SERVER__PORT", str(vllm_server.port))
-    result = CliRunner().invoke(main, ["--home", str(collected.settings.home), "judge", "label", "--checkpoint", "dialogue",
-                                       "--model", "dialogue", "--limit", "1", "--prompt-version", "1"])
+    result = CliRunner().invoke(
+        main,
+        [
+            "--home",
+            str(collected.settings.home),
+            "judge",
+            "label",
+            "--checkpoint",
+            "dialogue",
+            "--model",
+            "dialogue",
+            "--limit",
+            "1",
+            "--prompt-version",
+            "1",
+        ],
+    )
     assert result.exit_code == 0, result.output
     assert "judge/dialogue/label-v1: judged 1 (1 parsed, " in result.output  # another judge: its own annotator
     assert collected.store.kind_of("judge/dialogue/label-v1") == "judge"
@@ -102,9 +127,16 @@ def test_revise_turns_stores_rubrics_and_teacher_edits_and_exports_them(collecte
     store, settings = collected.store, collected.settings
     teacher = settings.endpoint(settings.curate.teacher)
     _, params = settings.sampling_for(None)
-    s = revise.revise(store, teacher, Filters(), labels=("fail", "pass"), raters="humans", limit=3,
-                      params={**params, "max_tokens": settings.curate.teacher_max_tokens},
-                      max_tokens=settings.curate.judge_max_tokens)
+    s = revise.revise(
+        store,
+        teacher,
+        Filters(),
+        labels=("fail", "pass"),
+        raters="humans",
+        limit=3,
+        params={**params, "max_tokens": settings.curate.teacher_max_tokens},
+        max_tokens=settings.curate.judge_max_tokens,
+    )
     # a 135M teacher may give a reply back as it was: that is counted, not stored for review
     assert s.revised + s.unchanged + s.failed == 3 and s.revised >= 1, s.line()
     assert s.teacher == "teacher/base/revise-v1" and store.kind_of(s.teacher) == "teacher"
@@ -115,7 +147,9 @@ def test_revise_turns_stores_rubrics_and_teacher_edits_and_exports_them(collecte
     assert all(e["content"].strip() and e["content"] != e["original"] for e in edits)
     # A person's gold edits are the default; a teacher's revision is gold only when asked for.
     revised = edits[0]["turn_id"]
-    assert store.gold_edits(source="humans") == {} and store.gold_edits(source="teachers")[revised] == edits[0]["content"]
+    assert (
+        store.gold_edits(source="humans") == {} and store.gold_edits(source="teachers")[revised] == edits[0]["content"]
+    )
     out = tmp_path / "revised.jsonl"
     export(store, out, "messages", Filters(prefer_gold=True, gold_from="teachers", raters="all"))
     texts = [m["content"] for line in out.read_text().splitlines() for m in json.loads(line)["messages"]]
@@ -125,8 +159,16 @@ def test_revise_turns_stores_rubrics_and_teacher_edits_and_exports_them(collecte
     assert store.gold_edits(source="humans")[revised] == edits[0]["content"]
     assert edits[0]["id"] not in [e for _, e in collect.pending_revisions(collected)]
     # a second run skips what this teacher revised already
-    again = revise.revise(store, teacher, Filters(), labels=("fail", "pass"), raters="humans", limit=2,
-                          params={**params, "max_tokens": 16}, max_tokens=settings.curate.judge_max_tokens)
+    again = revise.revise(
+        store,
+        teacher,
+        Filters(),
+        labels=("fail", "pass"),
+        raters="humans",
+        limit=2,
+        params={**params, "max_tokens": 16},
+        max_tokens=settings.curate.judge_max_tokens,
+    )
     assert again.skipped >= s.revised
 
 
@@ -164,20 +206,37 @@ def test_revise_rounds_train_serve_replay_and_judge_each_round(collected, vllm_s
     (one epoch: the number of epochs is not what this checks), load it into the running server, ask it
     the revised chains' questions again, and have the judge label its replies for the report."""
     import httpx
-
     from conftest import models
 
     store, settings = collected.store, collected.settings
     settings.server.base = str(vllm_server.home / "base" / "SmolLM2-135M-Instruct" / "model")
     teacher = settings.endpoint(settings.curate.teacher)
     try:
-        lines = list(rounds.rounds(store, settings, teacher, Filters(), rounds=1, name="citing", epochs=1,
-                                   labels=("fail", "pass"), raters="all", limit=1, concurrency=8))
+        lines = list(
+            rounds.rounds(
+                store,
+                settings,
+                teacher,
+                Filters(),
+                rounds=1,
+                name="citing",
+                epochs=1,
+                labels=("fail", "pass"),
+                raters="all",
+                limit=1,
+                concurrency=8,
+            )
+        )
         assert lines[0].startswith("round 1: teacher/base/revise-v1:") and "turns revised" in lines[0], lines
         assert "citing-r1 trained on" in lines[1] and "served" in lines[1], lines
         assert "citing-r1" in models(vllm_server.url)
-        replies = [t for s in store.sessions() if s["prompt_set"] == "citing-r1" for t in store.turns(s["id"])
-                   if t["role"] == "assistant"]
+        replies = [
+            t
+            for s in store.sessions()
+            if s["prompt_set"] == "citing-r1"
+            for t in store.turns(s["id"])
+            if t["role"] == "assistant"
+        ]
         assert replies and all(t["checkpoint"] == "citing-r1" and t["status"] == "ok" and t["content"] for t in replies)
         preset, wanted = settings.sampling_for(None)
         assert {t["preset"] for t in replies} == {preset}, "a replayed reply records its preset, as the app's do"
@@ -193,15 +252,29 @@ def test_a_judge_without_structured_outputs_is_parsed_and_a_failure_is_kept_and_
     """An endpoint that takes no JSON schema (structured_outputs = false): the answer is parsed from the
     text; one that does not parse is stored with its error and raw text, and the next run asks again."""
     store, settings = collected.store, collected.settings
-    endpoint = settings.endpoint(settings.curate.judge).model_copy(update={"model": "zero-shot", "structured_outputs": False})
-    first = judge.run(store, endpoint, "label", Filters(checkpoint="dialogue"), concurrency=8,
-                      max_tokens=settings.curate.judge_max_tokens)
+    endpoint = settings.endpoint(settings.curate.judge).model_copy(
+        update={"model": "zero-shot", "structured_outputs": False}
+    )
+    first = judge.run(
+        store,
+        endpoint,
+        "label",
+        Filters(checkpoint="dialogue"),
+        concurrency=8,
+        max_tokens=settings.curate.judge_max_tokens,
+    )
     answers = store.judgments(first.judge)
     assert first.judge == "judge/zero-shot/label-v1" and first.asked == len(answers) > 0
     failed = [j for j in answers if j["error"] is not None]
     assert len(failed) == first.asked - first.parsed
     assert all(j["result"] is None and j["raw"] is not None for j in failed)
     assert all(j["result"] in ("fail", "pass", "excellent") for j in answers if j["error"] is None)
-    again = judge.run(store, endpoint, "label", Filters(checkpoint="dialogue"), concurrency=8,
-                      max_tokens=settings.curate.judge_max_tokens)
+    again = judge.run(
+        store,
+        endpoint,
+        "label",
+        Filters(checkpoint="dialogue"),
+        concurrency=8,
+        max_tokens=settings.curate.judge_max_tokens,
+    )
     assert (again.asked, again.skipped) == (len(failed), first.parsed)  # only the unparsed are asked again

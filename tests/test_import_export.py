@@ -25,17 +25,34 @@ def write(path: Path, *records) -> Path:
     return path
 
 
-LIMA = [{"conversations": ["How do I boil an egg?", "Put it in boiling water for 8 minutes."], "source": "wikihow"},
-        {"conversations": ["Name a colour.", "Blue.", "Another?", "Green."], "source": "multi_turn"}]
+LIMA = [
+    {"conversations": ["How do I boil an egg?", "Put it in boiling water for 8 minutes."], "source": "wikihow"},
+    {"conversations": ["Name a colour.", "Blue.", "Another?", "Green."], "source": "multi_turn"},
+]
 
 
 def test_each_format_imports_and_is_detected(store, tmp_path):
     cases = {
         "lima": LIMA,
-        "messages": [{"messages": [{"role": "system", "content": "Be brief."}, {"role": "user", "content": "Hi"},
-                                   {"role": "assistant", "content": "Hello!"}]}],
-        "sharegpt": [{"conversations": [{"from": "human", "value": "2+2?"}, {"from": "gpt", "value": "4"},
-                                        {"from": "human", "value": "times 3?"}, {"from": "gpt", "value": "12"}]}],
+        "messages": [
+            {
+                "messages": [
+                    {"role": "system", "content": "Be brief."},
+                    {"role": "user", "content": "Hi"},
+                    {"role": "assistant", "content": "Hello!"},
+                ]
+            }
+        ],
+        "sharegpt": [
+            {
+                "conversations": [
+                    {"from": "human", "value": "2+2?"},
+                    {"from": "gpt", "value": "4"},
+                    {"from": "human", "value": "times 3?"},
+                    {"from": "gpt", "value": "12"},
+                ]
+            }
+        ],
     }
     for fmt, records in cases.items():
         report = import_file(store, write(tmp_path / f"{fmt}.jsonl", *records))
@@ -54,16 +71,22 @@ def test_importing_twice_adds_nothing(store, tmp_path):
     assert len(store.sessions()) == 2
 
 
-@pytest.mark.parametrize("line, message", [
-    ('{"conversations": ["a", "b"', "not valid JSON"),
-    ('[1, 2]', "each line must be a JSON object"),
-    ('{"text": "hello"}', "not a known format"),
-    ('{"conversations": ["a", 3]}', '"conversations" must be a list of strings'),
-    ('{"messages": [{"role": "assistant", "content": "hi"}]}', "turn 1 is 'assistant' where 'user' belongs"),
-    ('{"messages": [{"role": "user", "content": "q"}, {"role": "bot", "content": "a"}]}', 'message 2 needs "role"'),
-    ('{"conversations": [{"from": "human", "value": "q"}, {"from": "alien", "value": "a"}]}', 'turn 2 needs "from"'),
-    ('{"conversations": ["q", "   "]}', "turn 2 is empty"),
-])
+@pytest.mark.parametrize(
+    "line, message",
+    [
+        ('{"conversations": ["a", "b"', "not valid JSON"),
+        ("[1, 2]", "each line must be a JSON object"),
+        ('{"text": "hello"}', "not a known format"),
+        ('{"conversations": ["a", 3]}', '"conversations" must be a list of strings'),
+        ('{"messages": [{"role": "assistant", "content": "hi"}]}', "turn 1 is 'assistant' where 'user' belongs"),
+        ('{"messages": [{"role": "user", "content": "q"}, {"role": "bot", "content": "a"}]}', 'message 2 needs "role"'),
+        (
+            '{"conversations": [{"from": "human", "value": "q"}, {"from": "alien", "value": "a"}]}',
+            'turn 2 needs "from"',
+        ),
+        ('{"conversations": ["q", "   "]}', "turn 2 is empty"),
+    ],
+)
 def test_a_bad_line_names_file_and_line_and_nothing_is_written(store, tmp_path, line, message):
     path = write(tmp_path / "bad.jsonl", LIMA[0], line)
     with pytest.raises(FormatError) as e:
@@ -82,7 +105,9 @@ def test_skip_bad_goes_on_and_counts(store, tmp_path):
 def test_a_conversation_ending_with_the_user_is_reported_not_dropped(store, tmp_path):
     path = write(tmp_path / "open.jsonl", {"conversations": ["q1", "a1", "q2"]})
     report = import_file(store, path)
-    assert report.sessions_added == 1 and report.warnings == [f"{path}:1: ends with a user turn (kept; it has no answer to train on)"]
+    assert report.sessions_added == 1 and report.warnings == [
+        f"{path}:1: ends with a user turn (kept; it has no answer to train on)"
+    ]
     assert store.counts()["turns"] == 3
 
 
@@ -100,6 +125,7 @@ def test_the_bundled_sets_import_cleanly(store):
 
 
 # -- export ---------------------------------------------------------------------------------------
+
 
 def rated_chain(store, labels, checkpoint="dialogue", annotator="ana", mode="chat", gold=None):
     """A session whose assistant turns carry `labels` (None = unrated); returns the assistant turn ids."""
@@ -154,6 +180,7 @@ def test_identical_chains_are_written_once(store):
 
 def test_training_exports_load_in_datasets(store, tmp_path):
     import datasets
+
     rated_chain(store, ["excellent", "pass"])
     rated_chain(store, ["pass"], checkpoint="zero-shot")
     for fmt in ("lima", "messages"):
@@ -224,7 +251,9 @@ def test_cli_import_export(tmp_path, clean_env):
     out = tmp_path / "out.jsonl"
     result = runner.invoke(main, ["--home", str(tmp_path / "h"), "export", "--format", "messages", "-o", str(out)])
     assert result.exit_code == 0 and f"{out}: 2 chains, 3 assistant turns" in result.output
-    result = runner.invoke(main, ["--home", str(tmp_path / "h"), "export", "--format", "sessions", "-o", str(out), "--min-label", "pass"])
+    result = runner.invoke(
+        main, ["--home", str(tmp_path / "h"), "export", "--format", "sessions", "-o", str(out), "--min-label", "pass"]
+    )
     assert result.exit_code == 1 and "drop --min-label" in result.output
 
 
@@ -252,7 +281,9 @@ def test_a_session_line_failing_half_way_leaves_nothing_with_skip_bad(store, tmp
         t["session_id"] = "new-session"
         t["id"] = "new-" + t["id"]
         t["parent_id"] = t["parent_id"] and "new-" + t["parent_id"]
-    record["ratings"] = [{**record["ratings"][0], "id": "r-new", "turn_id": "no-such-turn"}]  # fails after the turns went in
+    record["ratings"] = [
+        {**record["ratings"][0], "id": "r-new", "turn_id": "no-such-turn"}
+    ]  # fails after the turns went in
     other = Store(tmp_path / "other.db")
     report = import_file(other, write(tmp_path / "half.jsonl", record), skip_bad=True)
     assert len(report.bad) == 1 and "FOREIGN KEY" in report.bad[0]
@@ -316,6 +347,15 @@ def test_the_filters_flags_and_their_arguments_come_from_one_dataclass():
     flags = {p.name for p in export_cmd.params if isinstance(p, click.Option)}
     assert {f.name for f in fields(Filters)} <= flags
     assert parsed() == Filters(), "no flag: every filter at its default"
-    wanted = Filters(min_label="pass", prefer_gold=True, checkpoint="dialogue", mode="blind", min_turns=2, raters="all",
-                     human_wins=True, min_score=4.5, gold_from="both")
+    wanted = Filters(
+        min_label="pass",
+        prefer_gold=True,
+        checkpoint="dialogue",
+        mode="blind",
+        min_turns=2,
+        raters="all",
+        human_wins=True,
+        min_score=4.5,
+        gold_from="both",
+    )
     assert parsed(*wanted.args()) == wanted

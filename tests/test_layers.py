@@ -10,15 +10,35 @@ from pathlib import Path
 
 from conftest import REPO
 
-FOLDERS = {"limachat": "limachat", "serve": "limachat.serve", "dialogues": "limachat.dialogues",
-           "train": "limachat.train", "demo": "limachat.demo", "curate": "limachat.curate"}
+FOLDERS = {
+    "limachat": "limachat",
+    "serve": "limachat.serve",
+    "dialogues": "limachat.dialogues",
+    "train": "limachat.train",
+    "demo": "limachat.demo",
+    "curate": "limachat.curate",
+}
 # A module's layer: the first prefix that matches, so a module named here wins over its folder.
-LAYERS = [("limachat.cli", "cli"), ("limachat.study_command", "commands"), ("limachat.curate.command", "commands"),
-          ("limachat.context", "context"), ("limachat.rounds", "rounds"), ("limachat.replies", "replies"),
-          ("limachat.followups", "followups"), ("limachat.settings", "settings"), ("limachat.serve.base", "base"),
-          ("limachat.demo", "demo"), ("limachat.curate", "curate"), ("limachat.train", "train"),
-          ("limachat.serve", "serve"), ("limachat.dialogues", "dialogues"), ("limachat.layout", "core"),
-          ("limachat.jobs", "core"), ("limachat.logs", "core"), ("limachat.options", "context")]
+LAYERS = [
+    ("limachat.cli", "cli"),
+    ("limachat.study_command", "commands"),
+    ("limachat.curate.command", "commands"),
+    ("limachat.context", "context"),
+    ("limachat.rounds", "rounds"),
+    ("limachat.replies", "replies"),
+    ("limachat.followups", "followups"),
+    ("limachat.settings", "settings"),
+    ("limachat.serve.base", "base"),
+    ("limachat.demo", "demo"),
+    ("limachat.curate", "curate"),
+    ("limachat.train", "train"),
+    ("limachat.serve", "serve"),
+    ("limachat.dialogues", "dialogues"),
+    ("limachat.layout", "core"),
+    ("limachat.jobs", "core"),
+    ("limachat.logs", "core"),
+    ("limachat.options", "context"),
+]
 
 
 def modules() -> dict[str, Path]:
@@ -85,7 +105,7 @@ def test_no_module_imports_itself_back():
 
     def visit(m: str) -> None:
         if m in path:
-            raise AssertionError("import cycle: " + " -> ".join(path[path.index(m):] + [m]))
+            raise AssertionError("import cycle: " + " -> ".join(path[path.index(m) :] + [m]))
         if m in seen:
             return
         path.append(m)

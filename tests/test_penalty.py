@@ -20,9 +20,14 @@ def _processor_with(requests: dict[int, tuple], prior: dict[int, list[int]] | No
     def args(row, p):
         if p is None:
             return {}
-        return {"generated_repetition_penalty": p, **({"prior_reply_ids": prior[row]} if prior and row in prior else {})}
+        return {
+            "generated_repetition_penalty": p,
+            **({"prior_reply_ids": prior[row]} if prior and row in prior else {}),
+        }
 
-    added = [(row, SamplingParams(extra_args=args(row, p)), prompt, output) for row, (p, prompt, output) in requests.items()]
+    added = [
+        (row, SamplingParams(extra_args=args(row, p)), prompt, output) for row, (p, prompt, output) in requests.items()
+    ]
     proc.update_state(BatchUpdate(batch_size=len(added), removed=[], added=added, moved=[]))
     return proc
 
@@ -55,7 +60,9 @@ def test_real_server_never_penalises_a_token_only_in_the_prompt(vllm_server):
 
     def reply(**params) -> str:
         body = {"model": "dialogue", "messages": messages, "max_tokens": 6, "temperature": 0, **params}
-        return httpx.post(vllm_server.url + "/chat/completions", json=body, timeout=120).json()["choices"][0]["message"]["content"]
+        return httpx.post(vllm_server.url + "/chat/completions", json=body, timeout=120).json()["choices"][0][
+            "message"
+        ]["content"]
 
     plain = reply()
     assert plain.startswith("The capital of France is")  # every word of it is in the prompt
@@ -65,9 +72,18 @@ def test_real_server_never_penalises_a_token_only_in_the_prompt(vllm_server):
 
 def test_real_server_output_differs_with_the_processor_on_and_off(vllm_server):
     def reply(**params) -> str:
-        body = {"model": "dialogue", "messages": RECIPE, "max_tokens": 120, "temperature": 0.7, "top_p": 0.9,
-                "seed": 3, **params}
-        return httpx.post(vllm_server.url + "/chat/completions", json=body, timeout=300).json()["choices"][0]["message"]["content"]
+        body = {
+            "model": "dialogue",
+            "messages": RECIPE,
+            "max_tokens": 120,
+            "temperature": 0.7,
+            "top_p": 0.9,
+            "seed": 3,
+            **params,
+        }
+        return httpx.post(vllm_server.url + "/chat/completions", json=body, timeout=300).json()["choices"][0][
+            "message"
+        ]["content"]
 
     off = reply()
     assert reply() == off  # same prompt and seed: the same text
@@ -75,12 +91,27 @@ def test_real_server_output_differs_with_the_processor_on_and_off(vllm_server):
 
 
 def test_real_server_rejects_a_bad_penalty_with_a_clear_400(vllm_server):
-    r = httpx.post(vllm_server.url + "/chat/completions", timeout=60,
-                   json={"model": "dialogue", "messages": RECIPE, "max_tokens": 4, "vllm_xargs": {"generated_repetition_penalty": -1}})
+    r = httpx.post(
+        vllm_server.url + "/chat/completions",
+        timeout=60,
+        json={
+            "model": "dialogue",
+            "messages": RECIPE,
+            "max_tokens": 4,
+            "vllm_xargs": {"generated_repetition_penalty": -1},
+        },
+    )
     assert r.status_code == 400 and "generated_repetition_penalty must be a number above 0" in r.text
-    r = httpx.post(vllm_server.url + "/chat/completions", timeout=60,
-                   json={"model": "dialogue", "messages": RECIPE, "max_tokens": 4,
-                         "vllm_xargs": {"generated_repetition_penalty": 1.2, "prior_reply_ids": ["a"]}})
+    r = httpx.post(
+        vllm_server.url + "/chat/completions",
+        timeout=60,
+        json={
+            "model": "dialogue",
+            "messages": RECIPE,
+            "max_tokens": 4,
+            "vllm_xargs": {"generated_repetition_penalty": 1.2, "prior_reply_ids": ["a"]},
+        },
+    )
     assert r.status_code == 400 and "prior_reply_ids must be a list of token ids" in r.text
 
 
@@ -97,15 +128,21 @@ def test_real_server_conversation_scope_never_penalises_a_token_only_in_a_user_t
     ask = "Complete this sentence:\nThe capital of France is"
 
     def reply(earlier: str, **params) -> str:
-        messages = [{"role": "user", "content": ask}, {"role": "assistant", "content": earlier},
-                    {"role": "user", "content": ask}]
+        messages = [
+            {"role": "user", "content": ask},
+            {"role": "assistant", "content": earlier},
+            {"role": "user", "content": ask},
+        ]
         done = asyncio.run(client.complete(messages, {"max_tokens": 6, "temperature": 0, **params}))
         assert done.params.get("penalty_scope") == params.get("penalty_scope")  # stored as sent
         return done.text
 
     def ids(text: str) -> set[int]:
-        r = httpx.post(vllm_server.url.removesuffix("/v1") + "/tokenize",
-                       json={"model": "dialogue", "prompt": text, "add_special_tokens": False}, timeout=30)
+        r = httpx.post(
+            vllm_server.url.removesuffix("/v1") + "/tokenize",
+            json={"model": "dialogue", "prompt": text, "add_special_tokens": False},
+            timeout=30,
+        )
         return set(r.json()["tokens"])
 
     unrelated = "Sure! Happy to help"

@@ -79,16 +79,39 @@ def test_an_upgrade_from_schema_5_scores_the_replies_already_stored(tmp_path):
     from limachat.dialogues import migrations as m
 
     db = Database(tmp_path / "v5.db")
-    steps = [m.m001_initial, m.m002_sampling_and_fluency, m.m003_checks_owner_error_detail, m.m004_curation, m.m005_studies]
+    steps = [
+        m.m001_initial,
+        m.m002_sampling_and_fluency,
+        m.m003_checks_owner_error_detail,
+        m.m004_curation,
+        m.m005_studies,
+    ]
     for i, step in enumerate(steps, 1):
         step(db)
-        db["_sqlite_migrations"].insert({"id": i, "migration_set": "limachat", "name": step.__name__, "applied_at": "1"}, pk="id")
+        db["_sqlite_migrations"].insert(
+            {"id": i, "migration_set": "limachat", "name": step.__name__, "applied_at": "1"}, pk="id"
+        )
     db["sessions"].insert({"id": "s", "created": "1", "mode": "chat"})
     text = "Keep the chain clean and oil it every few weeks."
-    rows = [("u1", None, "user", "q"), ("a1", "u1", "assistant", text), ("u2", "a1", "user", "q2"), ("a2", "u2", "assistant", text)]
+    rows = [
+        ("u1", None, "user", "q"),
+        ("a1", "u1", "assistant", text),
+        ("u2", "a1", "user", "q2"),
+        ("a2", "u2", "assistant", text),
+    ]
     for tid, parent, role, content in rows:
-        db["turns"].insert({"id": tid, "session_id": "s", "parent_id": parent, "role": role, "content": content,
-                            "status": "ok", "created": tid, "exchange": int(tid[1])})
+        db["turns"].insert(
+            {
+                "id": tid,
+                "session_id": "s",
+                "parent_id": parent,
+                "role": role,
+                "content": content,
+                "status": "ok",
+                "created": tid,
+                "exchange": int(tid[1]),
+            }
+        )
     db.close()
     store = Store(tmp_path / "v5.db")
     assert (store.turn("a1")["repeat"], store.turn("a2")["repeat"]) == (None, 1.0)

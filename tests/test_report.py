@@ -30,8 +30,10 @@ def paper_db(tmp_path) -> Store:
     15 fail), dialogue 46 turns (35 excellent, 10 pass, 1 fail), spread over 10 conversations each.
     The order of labels inside conversations is invented here; the paper reports only totals."""
     store = Store(tmp_path / "paper.db")
-    for checkpoint, counts, lengths in (("zero-shot", {"excellent": 19, "pass": 8, "fail": 15}, [5, 5, 4, 4, 4, 4, 4, 4, 4, 4]),
-                                        ("dialogue", {"excellent": 35, "pass": 10, "fail": 1}, [5, 5, 5, 5, 5, 5, 4, 4, 4, 4])):
+    for checkpoint, counts, lengths in (
+        ("zero-shot", {"excellent": 19, "pass": 8, "fail": 15}, [5, 5, 4, 4, 4, 4, 4, 4, 4, 4]),
+        ("dialogue", {"excellent": 35, "pass": 10, "fail": 1}, [5, 5, 5, 5, 5, 5, 4, 4, 4, 4]),
+    ):
         pool = [lab for lab, n in counts.items() for _ in range(n)]
         pool.sort(key=lambda lab: {"fail": 0, "pass": 1, "excellent": 2}[lab])  # fails first: they come early
         interleaved = [pool[i::10] for i in range(10)]
@@ -61,7 +63,11 @@ def test_turn_index_and_early_fail(tmp_path):
     report = rep.build(store)
     s = report.checkpoints["zero-shot"]
     assert {i: dict(c) for i, c in s.by_turn.items()} == {
-        1: {"excellent": 2, "pass": 1}, 2: {"fail": 1, "excellent": 1}, 3: {"pass": 1, "excellent": 1}, 4: {"pass": 1, "fail": 1}}
+        1: {"excellent": 2, "pass": 1},
+        2: {"fail": 1, "excellent": 1},
+        3: {"pass": 1, "excellent": 1},
+        4: {"pass": 1, "fail": 1},
+    }
     assert (s.early_fail, s.conversations) == (1, 3)  # the fail at turn 4 is not within 3
     rows = list(csv.DictReader(io.StringIO(rep.to_csv(report))))
     turn2 = next(r for r in rows if r["turn"] == "2")
@@ -101,7 +107,7 @@ def test_agreement_kappa_and_tie_discounted_accuracy(tmp_path):
     assert agree["kappa"] == pytest.approx((0.5 - 5 / 16) / (1 - 5 / 16))
     sid = store.start_session("compare")
     pairs = []
-    for i in range(3):
+    for _ in range(3):
         _, [a] = conversation(store, "zero-shot", ["pass"], session=sid, lane="a")
         _, [b] = conversation(store, "dialogue", ["pass"], session=sid, lane="b")
         pairs.append((a, b))
@@ -115,8 +121,11 @@ def test_agreement_kappa_and_tie_discounted_accuracy(tmp_path):
 def test_cli_report_writes_markdown_csv_and_png(tmp_path, clean_env):
     paper_db(tmp_path)
     png, out_csv = tmp_path / "fig7.png", tmp_path / "fig7.csv"
-    result = CliRunner().invoke(main, ["--home", str(tmp_path), "report", "--png", str(png), "--csv", str(out_csv)],
-                                env={"LIMACHAT_DB": str(tmp_path / "paper.db")})
+    result = CliRunner().invoke(
+        main,
+        ["--home", str(tmp_path), "report", "--png", str(png), "--csv", str(out_csv)],
+        env={"LIMACHAT_DB": str(tmp_path / "paper.db")},
+    )
     assert result.exit_code == 0, result.output
     assert "45.2%" in result.output and "76.1%" in result.output
     assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n" and png.stat().st_size > 10_000
@@ -137,13 +146,27 @@ def test_report_shows_fluency_and_held_out_loss_per_checkpoint(tmp_path):
     for name, loss in (("zero-shot", 3.04), ("dialogue", 3.02)):
         folder = tmp_path / "checkpoints" / name
         folder.mkdir(parents=True)
-        (folder / "training.json").write_text(json.dumps(
-            {"heldout": {"loss": loss, "base_loss": 3.16, "tokens": 1061, "chains": 2, "from_exchange": 2, "epoch": 3}}))
+        (folder / "training.json").write_text(
+            json.dumps(
+                {
+                    "heldout": {
+                        "loss": loss,
+                        "base_loss": 3.16,
+                        "tokens": 1061,
+                        "chains": 2,
+                        "from_exchange": 2,
+                        "epoch": 3,
+                    }
+                }
+            )
+        )
     report = rep.build(store)
     assert (report.checkpoints["dialogue"].fluency, report.checkpoints["dialogue"].scored) == (2.0, 2)
     md = rep.markdown(report, rep.heldout(tmp_path))
     assert "| zero-shot | 0 | 0.0% | 0.0% | 0.0% | 0/0 | 0 of 0 | 2.50 (1) | - |" in md
-    assert "| dialogue | 3.020 | 3.16 | 1061 | 3 |" in md and md.index("| zero-shot | 3.040") < md.index("| dialogue | 3.020")
+    assert "| dialogue | 3.020 | 3.16 | 1061 | 3 |" in md and md.index("| zero-shot | 3.040") < md.index(
+        "| dialogue | 3.020"
+    )
 
 
 def judged_db(tmp_path) -> tuple[Store, list[str]]:
@@ -181,7 +204,11 @@ def test_judges_against_people_kappa_tie_discounted_accuracy_confusion_and_win_r
     # one point for each of the 3 agreements, half for pass/excellent (2 turns), none for fail/excellent (1)
     assert label.tie_discounted == pytest.approx((3 + 0.5 * 2) / 6)
     assert label.confusion[("fail", "excellent")] == 1 and label.confusion[("excellent", "pass")] == 1
-    assert (pairwise.judge, pairwise.pairs, pairwise.verdict_accuracy) == ("judge/x/pairwise-v1", 1, 0.5)  # inconsistent = tie
+    assert (pairwise.judge, pairwise.pairs, pairwise.verdict_accuracy) == (
+        "judge/x/pairwise-v1",
+        1,
+        0.5,
+    )  # inconsistent = tie
     rates = {(r["raters"], r["x"], r["y"]): r for r in doc.rates}
     assert rates[("humans", "dialogue", "zero-shot")]["x_rate"] == 1.0  # ana preferred dialogue
     judged = rates[("judges", "dialogue", "zero-shot")]
@@ -203,6 +230,7 @@ def test_export_takes_people_judges_or_both_and_a_person_can_win(tmp_path):
 
     def labels(**kw):
         return [c.labels for c in chains(store, Filters(mode="chat", **kw))]
+
     assert labels() == [["fail", "pass", "excellent", "excellent", "pass", "fail"]]  # people only, by default
     assert labels(raters="judges") == [["fail", "excellent", "excellent", "pass", "pass", "excellent"]]
     assert labels(raters="all") == [["fail", "pass", "excellent", "pass", "pass", "fail"]]  # the lower of the two

@@ -6,8 +6,8 @@ import asyncio
 import time
 
 import pytest
-
 from conftest import models
+
 from limachat.serve.checkpoints import Checkpoint
 from limachat.serve.client import ChatClient, Completion, ContextTooLong, UnknownModel
 
@@ -26,13 +26,21 @@ def test_serves_base_and_both_adapters(vllm_server):
     out = vllm_server.output()
     assert "vLLM ready in" in out and f"http://127.0.0.1:{vllm_server.port}/v1 serving base, zero-shot, dialogue" in out
     home = vllm_server.home / "checkpoints"
-    assert f"zero-shot: trained adapter {home / 'zero-shot'}" in out and f"dialogue: trained adapter {home / 'dialogue'}" in out
+    assert (
+        f"zero-shot: trained adapter {home / 'zero-shot'}" in out
+        and f"dialogue: trained adapter {home / 'dialogue'}" in out
+    )
 
 
 @pytest.mark.parametrize("model", ["zero-shot", "dialogue", "base"])
 def test_streams_a_reply_with_usage_and_timing(vllm_server, model):
-    events = stream(vllm_server, model, [{"role": "user", "content": "Complete this sentence: The capital of France is"}],
-                    temperature=0.0, max_tokens=24)
+    events = stream(
+        vllm_server,
+        model,
+        [{"role": "user", "content": "Complete this sentence: The capital of France is"}],
+        temperature=0.0,
+        max_tokens=24,
+    )
     done = events[-1]
     pieces = events[:-1]
     assert isinstance(done, Completion) and all(isinstance(p, str) for p in pieces)
@@ -53,14 +61,26 @@ def test_each_checkpoint_answers_with_its_own_weights(vllm_server):
     messages = [{"role": "user", "content": "Can you explain what photosynthesis is?"}]
 
     def first_logprobs(model: str) -> dict[str, float]:
-        body = {"model": model, "messages": messages, "max_tokens": 1, "temperature": 0, "logprobs": True, "top_logprobs": 3}
+        body = {
+            "model": model,
+            "messages": messages,
+            "max_tokens": 1,
+            "temperature": 0,
+            "logprobs": True,
+            "top_logprobs": 3,
+        }
         top = httpx.post(vllm_server.url + "/chat/completions", json=body, timeout=120).json()["choices"][0]["logprobs"]
         return {t["token"]: t["logprob"] for t in top["content"][0]["top_logprobs"]}
 
     served = {m: first_logprobs(m) for m in ("base", "zero-shot", "dialogue")}
     folder = vllm_server.home / "base" / "SmolLM2-135M-Instruct" / "model"
-    tok, model = AutoTokenizer.from_pretrained(folder), AutoModelForCausalLM.from_pretrained(folder, dtype=torch.float32)
-    ids = tok.apply_chat_template(messages, add_generation_prompt=True, return_tensors="pt", return_dict=True)["input_ids"]
+    tok, model = (
+        AutoTokenizer.from_pretrained(folder),
+        AutoModelForCausalLM.from_pretrained(folder, dtype=torch.float32),
+    )
+    ids = tok.apply_chat_template(messages, add_generation_prompt=True, return_tensors="pt", return_dict=True)[
+        "input_ids"
+    ]
     with torch.no_grad():
         reference = torch.log_softmax(model(ids).logits[0, -1], -1)
     for token, logprob in served["base"].items():

@@ -12,9 +12,16 @@ from limachat.settings import SettingsError, load_settings
 def test_defaults_are_lima_sampling_and_local_checkpoints(clean_env):
     s = load_settings()
     # the bundled model's measured default: LIMA's penalty on generated tokens only, at a lower temperature
-    assert s.sampling_for("dialogue") == ("focused", {"max_tokens": 512, "temperature": 0.3, "top_p": 0.9,
-                                                      "generated_repetition_penalty": 1.1,
-                                                      "penalty_scope": "conversation"})
+    assert s.sampling_for("dialogue") == (
+        "focused",
+        {
+            "max_tokens": 512,
+            "temperature": 0.3,
+            "top_p": 0.9,
+            "generated_repetition_penalty": 1.1,
+            "penalty_scope": "conversation",
+        },
+    )
     assert s.home == Path("data") and s.db_path == Path("data/limachat.db")
     assert [c.name for c in s.checkpoints] == ["zero-shot", "dialogue"]
     assert s.checkpoint("dialogue").base_url == "http://127.0.0.1:8000/v1"
@@ -52,7 +59,9 @@ def test_unknown_toml_key_names_file_line_and_key(clean_env):
 
 def test_bad_value_names_key(clean_env):
     (clean_env / "limachat.toml").write_text("[sampling]\ntop_p = 1.5\n")
-    with pytest.raises(SettingsError, match=r"^limachat.toml:2: sampling.top_p: Input should be less than or equal to 1"):
+    with pytest.raises(
+        SettingsError, match=r"^limachat.toml:2: sampling.top_p: Input should be less than or equal to 1"
+    ):
         load_settings()
 
 
@@ -70,7 +79,9 @@ def test_invalid_toml_and_duplicate_checkpoints(clean_env):
     (clean_env / "limachat.toml").write_text("[server\nport = 1\n")
     with pytest.raises(SettingsError, match=r"^limachat.toml:1: not valid TOML"):
         load_settings()
-    (clean_env / "limachat.toml").write_text('[[checkpoints]]\nname="a"\nmodel="x"\n[[checkpoints]]\nname="a"\nmodel="y"\n')
+    (clean_env / "limachat.toml").write_text(
+        '[[checkpoints]]\nname="a"\nmodel="x"\n[[checkpoints]]\nname="a"\nmodel="y"\n'
+    )
     with pytest.raises(SettingsError, match="repeated: a"):
         load_settings()
 
@@ -90,23 +101,42 @@ def test_presets_per_checkpoint_user_defined_and_from_the_model(clean_env):
     )
     folder = clean_env / "data" / "base" / "SmolLM2-135M-Instruct" / "model"
     folder.mkdir(parents=True)
-    (folder / "generation_config.json").write_text('{"temperature": 0.2, "top_p": 0.9, "repetition_penalty": 1.1, "eos_token_id": 2}')
+    (folder / "generation_config.json").write_text(
+        '{"temperature": 0.2, "top_p": 0.9, "repetition_penalty": 1.1, "eos_token_id": 2}'
+    )
     s = load_settings()
-    assert s.sampling_for("dialogue") == ("calm", {"max_tokens": 512, "temperature": 0.3, "generated_repetition_penalty": 1.1})
-    assert s.sampling_for("zero-shot") == ("model", {"max_tokens": 512, "temperature": 0.2, "top_p": 0.9, "repetition_penalty": 1.1})
+    assert s.sampling_for("dialogue") == (
+        "calm",
+        {"max_tokens": 512, "temperature": 0.3, "generated_repetition_penalty": 1.1},
+    )
+    assert s.sampling_for("zero-shot") == (
+        "model",
+        {"max_tokens": 512, "temperature": 0.2, "top_p": 0.9, "repetition_penalty": 1.1},
+    )
 
 
 def test_a_users_own_base_defaults_to_lima_and_unknown_presets_are_named(clean_env):
-    (clean_env / "limachat.toml").write_text('[server]\nbase = "/models/llama-7b"\n[[checkpoints]]\nname = "x"\nmodel = "x"\npreset = "fast"\n')
-    with pytest.raises(SettingsError, match=r"^checkpoints.x.preset: no preset named 'fast' \(known: lima, focused, model\)$"):
+    (clean_env / "limachat.toml").write_text(
+        '[server]\nbase = "/models/llama-7b"\n[[checkpoints]]\nname = "x"\nmodel = "x"\npreset = "fast"\n'
+    )
+    with pytest.raises(
+        SettingsError, match=r"^checkpoints.x.preset: no preset named 'fast' \(known: lima, focused, model\)$"
+    ):
         load_settings()
     (clean_env / "limachat.toml").write_text('[server]\nbase = "/models/llama-7b"\n')
-    assert load_settings().sampling_for("dialogue") == ("lima", {"max_tokens": 512, "temperature": 0.7, "top_p": 0.9,
-                                                                 "generated_repetition_penalty": 1.2,
-                                                                 "penalty_scope": "conversation"})
+    assert load_settings().sampling_for("dialogue") == (
+        "lima",
+        {
+            "max_tokens": 512,
+            "temperature": 0.7,
+            "top_p": 0.9,
+            "generated_repetition_penalty": 1.2,
+            "penalty_scope": "conversation",
+        },
+    )
     (clean_env / "limachat.toml").write_text('[sampling]\npreset = "nope"\n')
     with pytest.raises(SettingsError, match=r"^sampling.preset: no preset named 'nope'"):
         load_settings()  # at start-up, not at the first reply
-    (clean_env / "limachat.toml").write_text('[sampling.presets.lima]\ntemperature = 0.1\n')
+    (clean_env / "limachat.toml").write_text("[sampling.presets.lima]\ntemperature = 0.1\n")
     with pytest.raises(SettingsError, match="sampling.presets: .*'lima' is a built-in preset"):
         load_settings()

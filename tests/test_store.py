@@ -15,8 +15,14 @@ import pytest
 from limachat.dialogues.migrations import migrations
 from limachat.dialogues.store import INTERRUPTED, Store, StoreError
 
-ALL = ["m001_initial", "m002_sampling_and_fluency", "m003_checks_owner_error_detail", "m004_curation", "m005_studies",
-       "m006_repeat"]
+ALL = [
+    "m001_initial",
+    "m002_sampling_and_fluency",
+    "m003_checks_owner_error_detail",
+    "m004_curation",
+    "m005_studies",
+    "m006_repeat",
+]
 
 
 @pytest.fixture
@@ -43,10 +49,15 @@ def test_blank_database_gets_the_whole_schema(tmp_path):
     b = store.begin_assistant_turn(sid, ub, checkpoint="y", lane="b")
     store.rate(a, "ana", "pass")
     store.verdict(sid, a, b, "tie", "ana")
-    for sql in ["insert into sessions (id, created, mode) values ('x', 'now', 'party')",
-                "update turns set status = 'done'", "update turns set role = 'system'", "update turns set lane = 'c'",
-                "update ratings set label = 'great'", "update verdicts set verdict = 'both'",
-                "insert into annotators (name, kind, created) values ('r2', 'robot', 'now')"]:
+    for sql in [
+        "insert into sessions (id, created, mode) values ('x', 'now', 'party')",
+        "update turns set status = 'done'",
+        "update turns set role = 'system'",
+        "update turns set lane = 'c'",
+        "update ratings set label = 'great'",
+        "update verdicts set verdict = 'both'",
+        "insert into annotators (name, kind, created) values ('r2', 'robot', 'now')",
+    ]:
         with pytest.raises(sqlite3.IntegrityError, match="CHECK constraint failed"):
             conn.execute(sql)
 
@@ -60,8 +71,12 @@ def test_upgrade_from_the_first_schema_keeps_turns(tmp_path):
     old = Database(path)
     m001_initial(old)
     old["sessions"].insert({"id": "s1", "created": "2026-01-01", "mode": "chat"})
-    old["turns"].insert({"id": "t1", "session_id": "s1", "role": "user", "content": "hi", "status": "ok", "created": "2026-01-01"})
-    old["_sqlite_migrations"].insert({"id": 1, "migration_set": "limachat", "name": "m001_initial", "applied_at": "2026-01-01"}, pk="id")
+    old["turns"].insert(
+        {"id": "t1", "session_id": "s1", "role": "user", "content": "hi", "status": "ok", "created": "2026-01-01"}
+    )
+    old["_sqlite_migrations"].insert(
+        {"id": 1, "migration_set": "limachat", "name": "m001_initial", "applied_at": "2026-01-01"}, pk="id"
+    )
     old.close()
     store = Store(path)
     assert store.turn("t1")["content"] == "hi" and store.turn("t1")["fluency"] is None
@@ -77,12 +92,28 @@ def _second_schema(path):
     m001_initial(old)
     m002_sampling_and_fluency(old)
     for i, name in enumerate(["m001_initial", "m002_sampling_and_fluency"], 1):
-        old["_sqlite_migrations"].insert({"id": i, "migration_set": "limachat", "name": name, "applied_at": "2026-01-01"}, pk="id")
+        old["_sqlite_migrations"].insert(
+            {"id": i, "migration_set": "limachat", "name": name, "applied_at": "2026-01-01"}, pk="id"
+        )
     old["sessions"].insert({"id": "s1", "created": "2026-01-01", "mode": "blind"})
-    old["turns"].insert({"id": "u1", "session_id": "s1", "role": "user", "content": "hi", "status": "ok", "created": "1"})
-    old["turns"].insert({"id": "a1", "session_id": "s1", "parent_id": "u1", "role": "assistant", "content": "",
-                         "status": "error", "error": "http://10.0.0.7:8001/v1 does not serve model 'secret-7b'", "created": "2"})
-    old["ratings"].insert({"id": "r1", "turn_id": "a1", "annotator": "ana", "label": "fail", "created": "3", "current": 1})
+    old["turns"].insert(
+        {"id": "u1", "session_id": "s1", "role": "user", "content": "hi", "status": "ok", "created": "1"}
+    )
+    old["turns"].insert(
+        {
+            "id": "a1",
+            "session_id": "s1",
+            "parent_id": "u1",
+            "role": "assistant",
+            "content": "",
+            "status": "error",
+            "error": "http://10.0.0.7:8001/v1 does not serve model 'secret-7b'",
+            "created": "2",
+        }
+    )
+    old["ratings"].insert(
+        {"id": "r1", "turn_id": "a1", "annotator": "ana", "label": "fail", "created": "3", "current": 1}
+    )
     return old
 
 
@@ -104,15 +135,41 @@ def test_upgrade_to_curation_keeps_verdicts_and_edits_and_lets_a_judge_be_incons
     db = Database(tmp_path / "v3.db")
     for i, step in enumerate([m001_initial, m002_sampling_and_fluency, m003_checks_owner_error_detail], 1):
         step(db)
-        db["_sqlite_migrations"].insert({"id": i, "migration_set": "limachat", "name": step.__name__, "applied_at": "1"}, pk="id")
+        db["_sqlite_migrations"].insert(
+            {"id": i, "migration_set": "limachat", "name": step.__name__, "applied_at": "1"}, pk="id"
+        )
     sid, a, b = "s1", "a1", "b1"
     db["sessions"].insert({"id": sid, "created": "1", "mode": "compare"})
-    for tid, parent, lane, role in (("ua", None, "a", "user"), ("ub", None, "b", "user"), (a, "ua", "a", "assistant"),
-                                    (b, "ub", "b", "assistant")):
-        db["turns"].insert({"id": tid, "session_id": sid, "parent_id": parent, "lane": lane, "role": role, "content": "x",
-                            "status": "ok", "created": "2"})
-    db["verdicts"].insert({"id": "v1", "session_id": sid, "turn_a": a, "turn_b": b, "verdict": "a", "annotator": "ana",
-                           "created": "3", "current": 1})
+    for tid, parent, lane, role in (
+        ("ua", None, "a", "user"),
+        ("ub", None, "b", "user"),
+        (a, "ua", "a", "assistant"),
+        (b, "ub", "b", "assistant"),
+    ):
+        db["turns"].insert(
+            {
+                "id": tid,
+                "session_id": sid,
+                "parent_id": parent,
+                "lane": lane,
+                "role": role,
+                "content": "x",
+                "status": "ok",
+                "created": "2",
+            }
+        )
+    db["verdicts"].insert(
+        {
+            "id": "v1",
+            "session_id": sid,
+            "turn_a": a,
+            "turn_b": b,
+            "verdict": "a",
+            "annotator": "ana",
+            "created": "3",
+            "current": 1,
+        }
+    )
     db["edits"].insert({"id": "e1", "turn_id": a, "annotator": "ana", "content": "better", "created": "3"})
     db.close()
     store = Store(tmp_path / "v3.db")
@@ -121,7 +178,10 @@ def test_upgrade_to_curation_keeps_verdicts_and_edits_and_lets_a_judge_be_incons
     assert store.gold(a) == "better" and store.verdicts(sid)[0]["verdict"] == "a"
     store.register_annotator("judge/x/pairwise-v1", "judge")
     store.record_judgment("judge/x/pairwise-v1", "pairwise", a, turn_b=b, result="inconsistent", raw=["A", "A"])
-    assert {v["annotator"]: v["verdict"] for v in store.verdicts(sid)} == {"ana": "a", "judge/x/pairwise-v1": "inconsistent"}
+    assert {v["annotator"]: v["verdict"] for v in store.verdicts(sid)} == {
+        "ana": "a",
+        "judge/x/pairwise-v1": "inconsistent",
+    }
     with pytest.raises(StoreError, match="verdict must be one of a, b, tie, not 'inconsistent'"):
         store.verdict(sid, a, b, "inconsistent", "ana")  # a person picks a side or a tie
 
@@ -135,7 +195,9 @@ def test_upgrade_to_studies_keeps_sessions_outside_any_study(tmp_path):
     steps = [m.m001_initial, m.m002_sampling_and_fluency, m.m003_checks_owner_error_detail, m.m004_curation]
     for i, step in enumerate(steps, 1):
         step(db)
-        db["_sqlite_migrations"].insert({"id": i, "migration_set": "limachat", "name": step.__name__, "applied_at": "1"}, pk="id")
+        db["_sqlite_migrations"].insert(
+            {"id": i, "migration_set": "limachat", "name": step.__name__, "applied_at": "1"}, pk="id"
+        )
     db["sessions"].insert({"id": "s1", "created": "1", "mode": "compare", "meta": '{"lanes": {"a": "x", "b": "y"}}'})
     db.close()
     store = Store(tmp_path / "v4.db")
@@ -143,8 +205,17 @@ def test_upgrade_to_studies_keeps_sessions_outside_any_study(tmp_path):
     assert store.session("s1")["study"] is None and store.studies() == []
     with pytest.raises(StoreError, match="no study 'ghost'"):
         store.start_session("compare", study="ghost", slot=0)
-    store.create_study("s", prompt_set="p", prompts=[{"id": "1", "prompt": "hi"}], checkpoints=["x", "y"], conversations=1,
-                       turns=1, blind=True, annotators=[], seed=0)
+    store.create_study(
+        "s",
+        prompt_set="p",
+        prompts=[{"id": "1", "prompt": "hi"}],
+        checkpoints=["x", "y"],
+        conversations=1,
+        turns=1,
+        blind=True,
+        annotators=[],
+        seed=0,
+    )
     sid = store.start_session("blind", study="s", slot=0)
     assert [r["id"] for r in store.study_sessions("s")] == [sid]
     with pytest.raises(sqlite3.IntegrityError):  # the schema itself refuses a study of zero conversations
@@ -167,8 +238,9 @@ def test_an_upgrade_refuses_rows_that_break_a_check_and_changes_nothing(tmp_path
 def test_a_conversation_with_branches(store):
     sid = store.start_session("chat", annotator="ana")
     u1 = store.add_user_turn(sid, "Plan a trip to Porto")
-    a1 = store.begin_assistant_turn(sid, u1, checkpoint="dialogue", model="dialogue", endpoint="http://x/v1",
-                                    params={"temperature": 0.7})
+    a1 = store.begin_assistant_turn(
+        sid, u1, checkpoint="dialogue", model="dialogue", endpoint="http://x/v1", params={"temperature": 0.7}
+    )
     store.save_partial(a1, "Day 1:")
     assert store.turn(a1)["content"] == "Day 1:" and store.turn(a1)["status"] == "streaming"
     store.finish_assistant_turn(a1, "Day 1: Ribeira.", prompt_tokens=30, completion_tokens=5, ttft=0.2, latency=1.5)
@@ -180,12 +252,20 @@ def test_a_conversation_with_branches(store):
     assert [t["id"] for t in store.children(u1)] == [a1, regen]
     assert [t["id"] for t in store.children(a1)] == [u2, edited]
     assert len(store.turns(sid)) == 5  # nothing replaced, nothing deleted
-    assert store.messages(u2) == [{"role": "user", "content": "Plan a trip to Porto"},
-                                  {"role": "assistant", "content": "Day 1: Ribeira."},
-                                  {"role": "user", "content": "And day 2?"}]
+    assert store.messages(u2) == [
+        {"role": "user", "content": "Plan a trip to Porto"},
+        {"role": "assistant", "content": "Day 1: Ribeira."},
+        {"role": "user", "content": "And day 2?"},
+    ]
     t = store.turn(a1)
     assert (t["params"], t["prompt_tokens"], t["completion_tokens"], t["ttft"], t["latency"], t["status"]) == (
-        {"temperature": 0.7}, 30, 5, 0.2, 1.5, "ok")
+        {"temperature": 0.7},
+        30,
+        5,
+        0.2,
+        1.5,
+        "ok",
+    )
     assert [store.turn(x)["exchange"] for x in (u1, a1, u2)] == [1, 1, 2]
     session = store.sessions()[0]
     assert (session["turns"], session["first_prompt"]) == (5, "Plan a trip to Porto")
@@ -232,14 +312,17 @@ def test_gold_edits_and_verdicts(store):
     assert (v["verdict"], v["checkpoint_a"], v["checkpoint_b"]) == ("tie", "zero-shot", "dialogue")
 
 
-@pytest.mark.parametrize("call, message", [
-    (lambda s, sid, u, a: s.rate(a, "ana", "great"), "label must be one of fail, pass, excellent, not 'great'"),
-    (lambda s, sid, u, a: s.rate(u, "ana", "pass"), "only assistant turns are rated"),
-    (lambda s, sid, u, a: s.add_user_turn(sid, "   "), "a user turn needs some text"),
-    (lambda s, sid, u, a: s.add_user_turn(sid, "x", parent_id=u), "a user turn cannot follow a user turn"),
-    (lambda s, sid, u, a: s.start_session("party"), "mode must be one of"),
-    (lambda s, sid, u, a: s.turn("nope"), "no turn 'nope'"),
-])
+@pytest.mark.parametrize(
+    "call, message",
+    [
+        (lambda s, sid, u, a: s.rate(a, "ana", "great"), "label must be one of fail, pass, excellent, not 'great'"),
+        (lambda s, sid, u, a: s.rate(u, "ana", "pass"), "only assistant turns are rated"),
+        (lambda s, sid, u, a: s.add_user_turn(sid, "   "), "a user turn needs some text"),
+        (lambda s, sid, u, a: s.add_user_turn(sid, "x", parent_id=u), "a user turn cannot follow a user turn"),
+        (lambda s, sid, u, a: s.start_session("party"), "mode must be one of"),
+        (lambda s, sid, u, a: s.turn("nope"), "no turn 'nope'"),
+    ],
+)
 def test_bad_requests_are_refused_with_one_line(store, call, message):
     sid = store.start_session()
     u = store.add_user_turn(sid, "q")
@@ -272,7 +355,9 @@ def test_many_threads_write_at_once_and_nothing_is_lost(store):
     check = sqlite3.connect(store.path)
     assert check.execute("select count(*) from turns").fetchone()[0] == 16 * 25 * 2
     assert check.execute("select count(*) from ratings where current = 1").fetchone()[0] == 16 * 25
-    assert check.execute("select count(*) from turns where status = 'ok' and role = 'assistant'").fetchone()[0] == len(written)
+    assert check.execute("select count(*) from turns where status = 'ok' and role = 'assistant'").fetchone()[0] == len(
+        written
+    )
 
 
 KILLED_WRITER = """
@@ -347,8 +432,12 @@ def test_one_failing_write_in_a_group_does_not_undo_the_others(store):
     sid = store.start_session()
 
     async def main():
-        return await asyncio.gather(store.aio.add_user_turn(sid, "kept"), store.aio.rate("nope", "ana", "pass"),
-                                    store.aio.add_user_turn(sid, "kept too"), return_exceptions=True)
+        return await asyncio.gather(
+            store.aio.add_user_turn(sid, "kept"),
+            store.aio.rate("nope", "ana", "pass"),
+            store.aio.add_user_turn(sid, "kept too"),
+            return_exceptions=True,
+        )
 
     first, failed, last = asyncio.run(main())
     assert isinstance(failed, StoreError) and "no turn 'nope'" in str(failed)
@@ -479,9 +568,14 @@ def test_a_write_that_ends_the_whole_transaction_fails_alone(store):
         except Exception as e:  # noqa: BLE001 - asserted below
             outcomes[name] = e
 
-    threads = [threading.Thread(target=run, args=args) for args in (
-        ("before", lambda: store.add_user_turn(sid, "before")), ("bad", lambda: store.transaction(ends_it)),
-        ("after", lambda: store.add_user_turn(sid, "after")))]
+    threads = [
+        threading.Thread(target=run, args=args)
+        for args in (
+            ("before", lambda: store.add_user_turn(sid, "before")),
+            ("bad", lambda: store.transaction(ends_it)),
+            ("after", lambda: store.add_user_turn(sid, "after")),
+        )
+    ]
     for t in threads:
         t.start()
         time.sleep(0.1)

@@ -9,10 +9,11 @@ from collections import Counter
 
 import pytest
 from click.testing import CliRunner
+from test_report import conversation
 
 from limachat.cli import main
-from test_report import conversation
-from limachat.dialogues import stats, study as studies
+from limachat.dialogues import stats
+from limachat.dialogues import study as studies
 from limachat.dialogues import study_report as srep
 from limachat.dialogues.formats import dumps, import_file, session_records
 from limachat.dialogues.store import Store
@@ -68,8 +69,18 @@ def test_bradley_terry_by_hand():
 # 15 failed), dialogue 46 (76.1% excellent, 1 failed); zero-shot failed within 3 turns in 6 of 10;
 # dialogue better in 7 of 10 conversations and tied in 3. Only those totals are the paper's; the order
 # of labels inside each conversation is made up here to fit them.
-ZERO_SHOT = [[F, F, F, E, E], [F, F, E, P, F], [F, E, E, F], [E, F, E, P], [E, E, F, P], [P, F, E, E],
-             [E, E, P, F], [E, P, E, F], [E, E, P, F], [E, E, P, F]]
+ZERO_SHOT = [
+    [F, F, F, E, E],
+    [F, F, E, P, F],
+    [F, E, E, F],
+    [E, F, E, P],
+    [E, E, F, P],
+    [P, F, E, E],
+    [E, E, P, F],
+    [E, P, E, F],
+    [E, E, P, F],
+    [E, E, P, F],
+]
 DIALOGUE = [[E, E, E, E, F]] + [[E, E, E, P, E]] * 5 + [[E, E, P, E], [E, P, E, E], [E, E, E, P], [E, P, P, E]]
 
 
@@ -97,9 +108,11 @@ def test_lima_counts_reproduced(tmp_path):
     assert stats.fails(zs.conversations) == (15, 42) and stats.fails(dl.conversations) == (1, 46)
     assert stats.failed_within(zs.conversations, 3) == (6, 10) and stats.failed_within(dl.conversations, 3) == (0, 10)
     assert report.outcomes == {("zero-shot", "dialogue"): {"zero-shot": 0, "dialogue": 7, "tie": 3}}
-    (first, second, diff), = report.differences
+    ((first, second, diff),) = report.differences
     assert (first, second) == ("zero-shot", "dialogue")
-    assert diff.value == pytest.approx(35 / 46 - 19 / 42) and diff.low > 0  # the paper's gap holds over 10 conversations
+    assert (
+        diff.value == pytest.approx(35 / 46 - 19 / 42) and diff.low > 0
+    )  # the paper's gap holds over 10 conversations
     assert zs.shares[E].low < 0.452 < zs.shares[E].high
     assert [r.checkpoint for r in report.leaderboard] == ["dialogue", "zero-shot"] and report.leaderboard[0].low > 1000
     md = srep.markdown([report])
@@ -126,12 +139,16 @@ def test_plan_is_balanced_seeded_and_per_annotator(tmp_path):
 
 def test_progress_board_and_next_conversation(tmp_path):
     store = Store(tmp_path / "b.db")
-    st = studies.create(store, "s", ["zero-shot", "dialogue"], conversations=2, turns=2, annotators=["ana", "bo"], seed=0)
+    st = studies.create(
+        store, "s", ["zero-shot", "dialogue"], conversations=2, turns=2, annotators=["ana", "bo"], seed=0
+    )
     with pytest.raises(ValueError, match="not an annotator of study 's'"):
         studies.next_conversation(store, st, "cy")
     first = studies.next_conversation(store, st, "ana")
     assert first.session is None
-    sid = store.start_session("compare", annotator="ana", study="s", slot=first.slot.index, meta={"lanes": first.slot.sides})
+    sid = store.start_session(
+        "compare", annotator="ana", study="s", slot=first.slot.index, meta={"lanes": first.slot.sides}
+    )
     for ln, c in first.slot.sides.items():
         conversation(store, c, [E, P], "ana", sid, ln)
     walked = list(studies.walk(store, st, "ana"))
@@ -149,12 +166,14 @@ def test_progress_board_and_next_conversation(tmp_path):
 
 def test_bad_study_definitions(tmp_path):
     store = Store(tmp_path / "x.db")
-    for kwargs, message in (({"checkpoints": ["a"]}, "two or more different"),
-                            ({"checkpoints": ["a", "a"]}, "two or more different"),
-                            ({"conversations": 0}, "conversations: a whole number"),
-                            ({"turns": "3"}, "turns: a whole number"),
-                            ({"name": "no spaces"}, "study name"),
-                            ({"known": ["a"]}, "checkpoints: unknown 'b'")):
+    for kwargs, message in (
+        ({"checkpoints": ["a"]}, "two or more different"),
+        ({"checkpoints": ["a", "a"]}, "two or more different"),
+        ({"conversations": 0}, "conversations: a whole number"),
+        ({"turns": "3"}, "turns: a whole number"),
+        ({"name": "no spaces"}, "study name"),
+        ({"known": ["a"]}, "checkpoints: unknown 'b'"),
+    ):
         args = {"name": "s", "checkpoints": ["a", "b"], **kwargs}
         with pytest.raises(ValueError, match=message):
             studies.create(store, args.pop("name"), args.pop("checkpoints"), **args)
@@ -176,22 +195,29 @@ def test_cli_study_and_html_report(tmp_path, clean_env):
     assert "ana" in out.output and "dialogue" in out.output
     page = tmp_path / "out" / "lima.html"
     (tmp_path / "out").mkdir()
-    out = run(main, ["report", "--study", "lima", "--html", str(page), "--csv", str(tmp_path / "out" / "l.csv")], env=env)
+    out = run(
+        main, ["report", "--study", "lima", "--html", str(page), "--csv", str(tmp_path / "out" / "l.csv")], env=env
+    )
     assert out.exit_code == 0, out.output
     assert "dialogue better in 7 of 10, tied in 3" in out.output
     text = page.read_text()
     assert text.startswith("<!doctype html>") and "data:image/png;base64," in text and "76.1% [" in text
-    assert "src=\"http" not in text and "<script" not in text  # self-contained: nothing to fetch
+    assert 'src="http' not in text and "<script" not in text  # self-contained: nothing to fetch
     rows = list(csv_rows(tmp_path / "out" / "l.csv"))
-    assert {(r["checkpoint"], r["label"], r["count"]) for r in rows} >= {("zero-shot", "excellent", "19"), ("dialogue", "fail", "1")}
+    assert {(r["checkpoint"], r["label"], r["count"]) for r in rows} >= {
+        ("zero-shot", "excellent", "19"),
+        ("dialogue", "fail", "1"),
+    }
     out = run(main, ["study", "create", "lima", "--checkpoints", "zero-shot,dialogue"], env=env)
     assert out.exit_code != 0 and "exists already" in out.output and "Traceback" not in out.output
     bad = tmp_path / "bad.jsonl"
     bad.write_text('{"prompt": "fine"}\n{"prompt": \n')
-    for args, said in ((["--checkpoints", "zero-shot"], "two or more different checkpoints"),
-                       (["--checkpoints", "zero-shot,gpt-9"], "checkpoints: unknown 'gpt-9'"),
-                       (["--checkpoints", "zero-shot,dialogue", "--prompts", str(bad)], f"{bad}:2"),
-                       (["--checkpoints", "zero-shot,dialogue", "--turns", "0"], "turns: a whole number")):
+    for args, said in (
+        (["--checkpoints", "zero-shot"], "two or more different checkpoints"),
+        (["--checkpoints", "zero-shot,gpt-9"], "checkpoints: unknown 'gpt-9'"),
+        (["--checkpoints", "zero-shot,dialogue", "--prompts", str(bad)], f"{bad}:2"),
+        (["--checkpoints", "zero-shot,dialogue", "--turns", "0"], "turns: a whole number"),
+    ):
         out = run(main, ["study", "create", "other", *args], env=env)
         assert out.exit_code == 1 and said in out.output and "Traceback" not in out.output, out.output
         assert len(out.output.strip().splitlines()) == 1, out.output
@@ -199,8 +225,23 @@ def test_cli_study_and_html_report(tmp_path, clean_env):
     assert out.exit_code == 1 and "--html needs --study NAME" in out.output
     out = run(main, ["report", "--study", "nope"], env=env)
     assert out.exit_code != 0 and "no study 'nope'; known: lima" in out.output
-    out = run(main, ["study", "create", "two", "--checkpoints", "zero-shot,dialogue", "--conversations", "2", "--turns", "2",
-                     "--annotators", "ana,bo"], env=env)
+    out = run(
+        main,
+        [
+            "study",
+            "create",
+            "two",
+            "--checkpoints",
+            "zero-shot,dialogue",
+            "--conversations",
+            "2",
+            "--turns",
+            "2",
+            "--annotators",
+            "ana,bo",
+        ],
+        env=env,
+    )
     assert out.exit_code == 0, out.output
     out = run(main, ["study", "status", "two"], env=env)
     assert "0 / 2" in out.output and "bo" in out.output
@@ -235,14 +276,21 @@ def test_judges_beside_people_in_a_study(tmp_path):
     judge = store.register_annotator("judge/base/label-v1", "judge", model="base")
     sessions = store.study_sessions("lima")
     for s in sessions[:4]:  # the judge labels every reply of four conversations "pass", and prefers side b
-        replies = {lane: [t for t in store.branch(s[f"leaf_{lane}"]) if t["role"] == "assistant"] for lane in ("a", "b")}
+        replies = {
+            lane: [t for t in store.branch(s[f"leaf_{lane}"]) if t["role"] == "assistant"] for lane in ("a", "b")
+        }
         for t in replies["a"] + replies["b"]:
             store.rate(t["id"], judge, "pass")
         store.verdict(s["id"], replies["a"][0]["id"], replies["b"][0]["id"], "b", judge)
     people, judges = srep.document(store, "lima")
     assert (people.raters, judges.raters) == ("humans", "judges")
-    assert people.sides[0].turns == 42 and f"{100 * people.sides[1].shares[E].value:.1f}" == "76.1", "judges change nothing of people's"
-    assert all(s.shares["pass"].value == 1.0 for s in judges.sides) and sum(len(s.conversations) for s in judges.sides) == 8
+    assert people.sides[0].turns == 42 and f"{100 * people.sides[1].shares[E].value:.1f}" == "76.1", (
+        "judges change nothing of people's"
+    )
+    assert (
+        all(s.shares["pass"].value == 1.0 for s in judges.sides)
+        and sum(len(s.conversations) for s in judges.sides) == 8
+    )
     assert judges.verdicts == 4 and people.verdicts == 10
     md = srep.markdown([people, judges])
     assert md.index("## Rated by people") < md.index("## Rated by LLM judges")

@@ -11,8 +11,12 @@ import time
 from test_app_browser import browser_page, open_as, query, replies_done, running_app, shot, wait_for
 
 KEY = {"fail": "1", "pass": "2", "excellent": "3"}
-CHAT = [("Give me one tip for sleeping better.", "pass"), ("Why does that help?", "excellent"),
-        ("And one more tip?", "pass"), ("Thanks. Summarise both tips in a sentence.", "excellent")]
+CHAT = [
+    ("Give me one tip for sleeping better.", "pass"),
+    ("Why does that help?", "excellent"),
+    ("And one more tip?", "pass"),
+    ("Thanks. Summarise both tips in a sentence.", "excellent"),
+]
 
 
 class Keys:
@@ -65,7 +69,7 @@ def test_a_two_checkpoint_study_by_keyboard(vllm_server, tmp_path):
         page.get_by_role("tab", name="Chat").click()
         for n, (text, label) in enumerate(CHAT, 1):
             keys.write(text)
-            wait_for(lambda: replies_done(db, n), f"chat reply {n}", timeout=600)
+            wait_for(lambda n=n: replies_done(db, n), f"chat reply {n}", timeout=600)
             caption_says(page, "#chat-caption", f"reply {n} of {n}")
             keys.rate(label)
             caption_says(page, "#chat-caption", f"your label: {label}")
@@ -85,7 +89,9 @@ def test_a_two_checkpoint_study_by_keyboard(vllm_server, tmp_path):
         assert not page.locator("#chat-bot details.gold").last.evaluate("e => e.open")
         page.locator("#chat-bot details.gold summary").last.click()
         assert page.locator("#chat-bot details.gold").last.evaluate("e => e.open")
-        word = max(re.findall(r"[A-Za-z]{4,}", original), key=len)  # a word of the original, whatever Markdown made of it
+        word = max(
+            re.findall(r"[A-Za-z]{4,}", original), key=len
+        )  # a word of the original, whatever Markdown made of it
         assert word in page.locator("#chat-bot details.gold").last.inner_text()
         shot(page, "chat-keys")
 
@@ -156,21 +162,32 @@ def test_a_two_checkpoint_study_by_keyboard(vllm_server, tmp_path):
         shot(page, "study-report", full_page=True)
 
     # One key press per rated reply: 12 replies (4 in Chat, 8 in the study's two lanes).
-    rated = query(db, """select s.mode, t.lane, r.label from ratings r join turns t on t.id = r.turn_id
-                         join sessions s on s.id = t.session_id where r.current = 1 and r.annotator = 'ana'""")
+    rated = query(
+        db,
+        """select s.mode, t.lane, r.label from ratings r join turns t on t.id = r.turn_id
+                         join sessions s on s.id = t.session_id where r.current = 1 and r.annotator = 'ana'""",
+    )
     assert len(rated) == 12 and sum(m == "blind" for m, _, _ in rated) == 8
     assert sorted(lane for m, lane, _ in rated if m == "blind") == ["a"] * 4 + ["b"] * 4
     assert keys.rating_actions == 12 and keys.rating_actions / len(rated) == 1.0
-    assert query(db, "select label from ratings r join turns t on t.id = r.turn_id where t.exchange = 3 and t.lane is null "
-                     "and r.current = 1") == [("fail",)], "the re-rated earlier reply"
-    chat_labels = query(db, """select r.label from ratings r join turns t on t.id = r.turn_id join sessions s on s.id = t.session_id
-                               where s.mode = 'chat' and r.current = 1 order by t.exchange""")
+    assert query(
+        db,
+        "select label from ratings r join turns t on t.id = r.turn_id where t.exchange = 3 and t.lane is null "
+        "and r.current = 1",
+    ) == [("fail",)], "the re-rated earlier reply"
+    chat_labels = query(
+        db,
+        """select r.label from ratings r join turns t on t.id = r.turn_id join sessions s on s.id = t.session_id
+                               where s.mode = 'chat' and r.current = 1 order by t.exchange""",
+    )
     assert [x for (x,) in chat_labels] == ["pass", "excellent", "fail", "excellent"]
     sessions = query(db, "select study, slot, mode from sessions where study is not null order by created")
     assert [(s, m) for s, _, m in sessions] == [("pilot", "blind")] * 2 and len({slot for _, slot, _ in sessions}) == 2
     verdicts = query(db, "select v.verdict from verdicts v join turns t on t.id = v.turn_a order by v.created")
     assert [v for (v,) in verdicts] == ["a", "tie", "b", "a"]
     assert query(db, "select annotator from edits") == [("ana",)]
-    print(f"\nkey presses and clicks per rated reply: {keys.rating_actions / len(rated):.2f} ({keys.rating_actions} for "
-          f"{len(rated)}); key to stored rating: median {sorted(keys.latencies)[len(keys.latencies) // 2]:.2f} s, "
-          f"max {max(keys.latencies):.2f} s, total {sum(keys.latencies):.1f} s")
+    print(
+        f"\nkey presses and clicks per rated reply: {keys.rating_actions / len(rated):.2f} ({keys.rating_actions} for "
+        f"{len(rated)}); key to stored rating: median {sorted(keys.latencies)[len(keys.latencies) // 2]:.2f} s, "
+        f"max {max(keys.latencies):.2f} s, total {sum(keys.latencies):.1f} s"
+    )

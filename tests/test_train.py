@@ -43,8 +43,11 @@ def test_loss_mask_covers_exactly_the_assistant_turns(model_home):
     from transformers import AutoTokenizer
 
     tok = AutoTokenizer.from_pretrained(smol_model(model_home))
-    ex = Example((("user", "Name a colour."), ("assistant", "Blue."), ("user", "Another?"), ("assistant", "Green, like grass.")),
-                 True, "test")
+    ex = Example(
+        (("user", "Name a colour."), ("assistant", "Blue."), ("user", "Another?"), ("assistant", "Green, like grass.")),
+        True,
+        "test",
+    )
     row = tokenize(ex, tok, 2048)
     ids, labels = row["input_ids"], row["labels"]
     assert len(ids) == len(labels) and not row["trimmed"]
@@ -76,8 +79,17 @@ def test_trimming_is_counted(model_home):
 def tiny_llama(layers: int = 4):
     from transformers import LlamaConfig, LlamaForCausalLM
 
-    return LlamaForCausalLM(LlamaConfig(vocab_size=512, hidden_size=32, intermediate_size=64, num_hidden_layers=layers,
-                                        num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=128))
+    return LlamaForCausalLM(
+        LlamaConfig(
+            vocab_size=512,
+            hidden_size=32,
+            intermediate_size=64,
+            num_hidden_layers=layers,
+            num_attention_heads=4,
+            num_key_value_heads=2,
+            max_position_embeddings=128,
+        )
+    )
 
 
 def test_residual_dropout_rises_linearly_per_layer():
@@ -87,7 +99,10 @@ def test_residual_dropout_rises_linearly_per_layer():
     model = tiny_llama(layers=5)
     rates = add_residual_dropout(model, 0.2)
     assert rates == pytest.approx([0.0, 0.05, 0.1, 0.15, 0.2])
-    got = [(l.self_attn.o_proj._limachat_residual_dropout, l.mlp.down_proj._limachat_residual_dropout) for l in model.model.layers]
+    got = [
+        (layer.self_attn.o_proj._limachat_residual_dropout, layer.mlp.down_proj._limachat_residual_dropout)
+        for layer in model.model.layers
+    ]
     assert got == [(r, r) for r in rates]
     top = model.model.layers[-1].mlp.down_proj
     x = torch.randn(2, 8, 64)
@@ -104,7 +119,13 @@ def test_small_models_top_out_at_0_2_and_large_at_0_3():
 
     cfg = make_config("lima", method="full")
     assert (top_dropout(cfg, 135e6), top_dropout(cfg, 65e9)) == (0.2, 0.3)
-    assert (cfg.learning_rate, cfg.final_learning_rate, cfg.batch_size, cfg.epochs, cfg.max_length) == (1e-5, 1e-6, 32, 15, 2048)
+    assert (cfg.learning_rate, cfg.final_learning_rate, cfg.batch_size, cfg.epochs, cfg.max_length) == (
+        1e-5,
+        1e-6,
+        32,
+        15,
+        2048,
+    )
     assert (cfg.adam_beta1, cfg.adam_beta2, cfg.weight_decay, cfg.warmup_steps) == (0.9, 0.95, 0.1, 0)
 
 
@@ -116,9 +137,13 @@ def test_end_of_turn_token_for_a_base_without_chat_template(model_home):
     tok.chat_template = None
     assert ensure_chat_template(tok)
     eot = tok.convert_tokens_to_ids(EOT)
-    row = tokenize(Example((("user", "q"), ("assistant", "a"), ("user", "q2"), ("assistant", "b")), True, "t"), tok, 256)
+    row = tokenize(
+        Example((("user", "q"), ("assistant", "a"), ("user", "q2"), ("assistant", "b")), True, "t"), tok, 256
+    )
     labelled = [t for t, lab in zip(row["input_ids"], row["labels"]) if lab != IGNORE]
-    assert labelled.count(eot) == 2 and row["input_ids"].count(eot) == 4  # every turn ends with it; the loss sees the assistant's
+    assert (
+        labelled.count(eot) == 2 and row["input_ids"].count(eot) == 4
+    )  # every turn ends with it; the loss sees the assistant's
     assert tok.decode(labelled) == f" a{EOT}\n b{EOT}\n"
     model = tiny_llama()
     model.resize_token_embeddings(len(tok))
@@ -150,8 +175,9 @@ def test_demo_training_lowers_the_loss_and_dialogue_wins_on_held_out_chains(trai
         assert len(b) == 15 * 7 and all(t.abs().max() > 0 for t in b)  # top half of 30 layers; B starts at zero
         held = record["heldout"]
         assert held["chains"] == 2 and held["tokens"] > 500 and held["loss"] < held["base_loss"]
-    assert records["dialogue"]["heldout"]["loss"] < records["zero-shot"]["heldout"]["loss"], \
-        {v: r["heldout"] for v, r in records.items()}
+    assert records["dialogue"]["heldout"]["loss"] < records["zero-shot"]["heldout"]["loss"], {
+        v: r["heldout"] for v, r in records.items()
+    }
 
 
 def test_unchanged_data_is_not_retrained_however_the_base_is_spelled(trained_home, monkeypatch):
@@ -165,13 +191,25 @@ def test_unchanged_data_is_not_retrained_however_the_base_is_spelled(trained_hom
     out = trained_home / "checkpoints" / "zero-shot"
     said = []
     monkeypatch.chdir(trained_home)  # `make demo` spells the base absolute, `limachat demo` relative: the same base
-    for spelling in ("base/SmolLM2-135M-Instruct/model", str(trained_home / "base" / "SmolLM2-135M-Instruct" / "model"),
-                     f"./base/../base/SmolLM2-135M-Instruct/model"):
+    for spelling in (
+        "base/SmolLM2-135M-Instruct/model",
+        str(trained_home / "base" / "SmolLM2-135M-Instruct" / "model"),
+        "./base/../base/SmolLM2-135M-Instruct/model",
+    ):
         run(Settings(home=Path(".")), ["zero-shot"], data, spelling, {}, epoch=1, progress=said.append)
         assert said[-1] == f"zero-shot: up to date in {Path('.') / 'checkpoints' / 'zero-shot'}; now serving epoch 1"
-    assert (out / "adapter_model.safetensors").read_bytes() == (out / "epochs" / "epoch-1" / "adapter_model.safetensors").read_bytes()
-    run(Settings(home=trained_home), ["zero-shot"], data, str(trained_home / "base" / "SmolLM2-135M-Instruct" / "model"),
-        {}, epoch=last, progress=said.append)
+    assert (out / "adapter_model.safetensors").read_bytes() == (
+        out / "epochs" / "epoch-1" / "adapter_model.safetensors"
+    ).read_bytes()
+    run(
+        Settings(home=trained_home),
+        ["zero-shot"],
+        data,
+        str(trained_home / "base" / "SmolLM2-135M-Instruct" / "model"),
+        {},
+        epoch=last,
+        progress=said.append,
+    )
     assert json.loads((out / "training.json").read_text())["served_epoch"] == last
 
 
@@ -200,6 +238,9 @@ def test_a_named_checkpoint_needs_one_variant_and_a_plain_name(clean_env):
 
     from limachat.cli import main
 
-    for args, bad in ((["--name", "dialogue-r2"], "'dialogue-r2'"), (["--variant", "dialogue", "--name", "../up"], "'../up'")):
+    for args, bad in (
+        (["--name", "dialogue-r2"], "'dialogue-r2'"),
+        (["--variant", "dialogue", "--name", "../up"], "'../up'"),
+    ):
         result = CliRunner().invoke(main, ["--home", str(clean_env), "train", *args, "--dry-run"])
         assert result.exit_code != 0 and f"--name {bad}: give one --variant" in result.output

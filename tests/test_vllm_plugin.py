@@ -24,7 +24,9 @@ def test_the_canaries_see_vllms_own_functions():
     from vllm.v1.worker.gpu_model_runner import GPUModelRunner
 
     for fn in (lora_ops.bgmv_shrink, PunicaWrapperCPU.add_lora_logits, GPUModelRunner._bookkeeping_sync):
-        assert not getattr(fn, vllm_plugin.MARK, False), "this process loaded the plugin: the canaries would test limachat's code"
+        assert not getattr(fn, vllm_plugin.MARK, False), (
+            "this process loaded the plugin: the canaries would test limachat's code"
+        )
 
 
 def test_a_row_without_adapter_still_gets_the_last_adapter():
@@ -55,8 +57,11 @@ def test_a_cpu_generator_is_still_rewound():
     """A thrown-away token rewinds the request's generator with set_offset, which a CPU generator lacks."""
     from vllm.v1.worker.gpu_model_runner import GPUModelRunner
 
-    runner = SimpleNamespace(use_async_scheduling=False, input_batch=SimpleNamespace(num_reqs=1, generators={0: torch.Generator()}),
-                             discard_request_mask=SimpleNamespace(np=np.array([True])))
+    runner = SimpleNamespace(
+        use_async_scheduling=False,
+        input_batch=SimpleNamespace(num_reqs=1, generators={0: torch.Generator()}),
+        discard_request_mask=SimpleNamespace(np=np.array([True])),
+    )
     try:
         GPUModelRunner._bookkeeping_sync(runner, None, None, None, None, 0)
     except RuntimeError as e:
@@ -71,7 +76,9 @@ def test_each_patch_names_its_range_platform_upstream_and_when_to_go():
     for patch in vllm_plugin.PATCHES:
         assert patch.versions and patch.platform == "cpu" and patch.upstream.startswith("https://github.com/")
         assert "canary" in patch.remove_when
-        assert patch.remove_when.split()[3] in globals(), f"{patch.name}: its canary {patch.remove_when.split()[3]} is not here"
+        assert patch.remove_when.split()[3] in globals(), (
+            f"{patch.name}: its canary {patch.remove_when.split()[3]} is not here"
+        )
 
 
 def test_outside_its_range_a_patch_stands_aside_with_one_warning(monkeypatch, caplog):
@@ -86,10 +93,24 @@ def test_outside_its_range_a_patch_stands_aside_with_one_warning(monkeypatch, ca
     assert all(f"{p.name} (vLLM 0.40.0 is outside {p.versions}" in line for p in vllm_plugin.PATCHES)
 
     caplog.clear()
-    gone = vllm_plugin.Patch("gone", ">=0", "cpu", ("vllm.lora.ops.torch_ops.lora_ops:no_such_kernel",), "https://github.com/x",
-                             "when the canary x fails", lambda: pytest.fail("a patch whose symbol is gone must not run"))
-    on_gpu = vllm_plugin.Patch("gpu", ">=0", "cpu", ("vllm:__version__",), "https://github.com/x", "when the canary x fails",
-                               lambda: pytest.fail("a CPU patch must not run on another platform"))
+    gone = vllm_plugin.Patch(
+        "gone",
+        ">=0",
+        "cpu",
+        ("vllm.lora.ops.torch_ops.lora_ops:no_such_kernel",),
+        "https://github.com/x",
+        "when the canary x fails",
+        lambda: pytest.fail("a patch whose symbol is gone must not run"),
+    )
+    on_gpu = vllm_plugin.Patch(
+        "gpu",
+        ">=0",
+        "cpu",
+        ("vllm:__version__",),
+        "https://github.com/x",
+        "when the canary x fails",
+        lambda: pytest.fail("a CPU patch must not run on another platform"),
+    )
     with caplog.at_level(logging.WARNING, logger="vllm.limachat"):
         assert vllm_plugin.apply([gone], version="0.32.0", platform="cpu") == []
         assert vllm_plugin.apply([on_gpu], version="0.32.0", platform="cuda") == []
@@ -109,10 +130,9 @@ def test_the_plugin_does_nothing_outside_limachat_serve(monkeypatch):
 def test_the_vllm_version_is_pinned_in_one_place():
     """serve/vllm-version is read by the Makefile (CPU and GPU builds) and the Dockerfile's build; the
     installed vLLM is that version, and every patch's range holds it."""
-    from packaging.specifiers import SpecifierSet
-
     import vllm
     from conftest import REPO
+    from packaging.specifiers import SpecifierSet
 
     pinned = (REPO / "serve" / "vllm-version").read_text().strip()
     assert vllm.__version__ == pinned

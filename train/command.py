@@ -45,8 +45,19 @@ def is_current(out_dir: Path, stamp: str) -> bool:
     return (training_record(out_dir) or {}).get("fingerprint") == stamp
 
 
-def run(settings, variants: list[str], split_, base_model: str, overrides: dict, *, dry_run: bool = False,
-        epoch: int | None = None, progress=print, force: bool = False, name: str | None = None) -> None:
+def run(
+    settings,
+    variants: list[str],
+    split_,
+    base_model: str,
+    overrides: dict,
+    *,
+    dry_run: bool = False,
+    epoch: int | None = None,
+    progress=print,
+    force: bool = False,
+    name: str | None = None,
+) -> None:
     from limachat.train.recipe import make_config
 
     for variant in variants:
@@ -69,8 +80,10 @@ def run(settings, variants: list[str], split_, base_model: str, overrides: dict,
         from limachat.train.trainer import main
 
         record = main(config, examples, base_model, out_dir, progress, serve_epoch=epoch, fingerprint=stamp)
-        progress(f"{variant}: trained in {record['seconds']:.0f} s ({record['tokens_per_second']:.0f} tokens/s), "
-                 f"final loss {record['losses'][-1][1] if record['losses'] else 'n/a'}; saved {out_dir}")
+        progress(
+            f"{variant}: trained in {record['seconds']:.0f} s ({record['tokens_per_second']:.0f} tokens/s), "
+            f"final loss {record['losses'][-1][1] if record['losses'] else 'n/a'}; saved {out_dir}"
+        )
 
 
 def _dry_run(config, examples, base_model: str, progress) -> None:
@@ -86,22 +99,30 @@ def _dry_run(config, examples, base_model: str, progress) -> None:
     if not rows:
         return
     model, _ = load_model(base_model, config, tokenizer, added)
-    batch = sorted(rows, key=lambda r: len(r["input_ids"]))[len(rows) // 2:][: config.micro_batch_size]
+    batch = sorted(rows, key=lambda r: len(r["input_ids"]))[len(rows) // 2 :][: config.micro_batch_size]
     [seconds] = time_forward_backward(model, batch, tokenizer.pad_token_id or 0)
     rate = sum(len(r["input_ids"]) for r in batch) / seconds
-    progress(f"  estimate: {plan.tokens * config.epochs / rate / 60:.1f} min at {rate:.0f} tokens/s (one timed micro-batch)")
+    progress(
+        f"  estimate: {plan.tokens * config.epochs / rate / 60:.1f} min at {rate:.0f} tokens/s (one timed micro-batch)"
+    )
 
 
 @click.command("train")
 @click.option("--variant", type=click.Choice([*VARIANTS, "both"]), default="both", show_default=True)
-@click.option("--data", type=click.Path(exists=True, dir_okay=False, path_type=Path), multiple=True,
-              help="A training file (LIMA train.jsonl, messages or ShareGPT JSONL); repeatable.")
+@click.option(
+    "--data",
+    type=click.Path(exists=True, dir_okay=False, path_type=Path),
+    multiple=True,
+    help="A training file (LIMA train.jsonl, messages or ShareGPT JSONL); repeatable.",
+)
 @click.option("--format", "fmt", type=click.Choice(["lima", "messages", "sharegpt"]), help="Format of --data files.")
 @click.option("--bundled", is_flag=True, help="Add the bundled set (the default when no other source is given).")
 @click.option("--from-db", is_flag=True, help="Add rated chains from the store, with the export filters below.")
 @filter_options
 @click.option("--method", type=click.Choice(["lora", "full"]), default="lora", show_default=True)
-@click.option("--recipe", type=click.Choice(sorted(PRESETS)), help="lima (default for full) or lora-cpu (default for lora).")
+@click.option(
+    "--recipe", type=click.Choice(sorted(PRESETS)), help="lima (default for full) or lora-cpu (default for lora)."
+)
 @click.option("--epochs", type=click.IntRange(1))
 @click.option("--learning-rate", type=float)
 @click.option("--batch-size", type=click.IntRange(1))
@@ -113,8 +134,27 @@ def _dry_run(config, examples, base_model: str, progress) -> None:
 @click.option("--dry-run", is_flag=True, help="Print counts, tokens, steps and an estimated time; train nothing.")
 @click.option("--force", is_flag=True, help="Train even when data, settings and base are unchanged.")
 @click.pass_context
-def train_cmd(ctx, variant, data, fmt, bundled, from_db, method, recipe, epochs, learning_rate, batch_size,
-              micro_batch_size, max_length, epoch, base, name, dry_run, force, **filters) -> None:
+def train_cmd(
+    ctx,
+    variant,
+    data,
+    fmt,
+    bundled,
+    from_db,
+    method,
+    recipe,
+    epochs,
+    learning_rate,
+    batch_size,
+    micro_batch_size,
+    max_length,
+    epoch,
+    base,
+    name,
+    dry_run,
+    force,
+    **filters,
+) -> None:
     """Train the zero-shot (single-turn only) and dialogue (plus multi-turn chains) checkpoints."""
     from limachat.dialogues.formats import FormatError
     from limachat.serve.base import BaseModelError, prepare_base
@@ -127,9 +167,26 @@ def train_cmd(ctx, variant, data, fmt, bundled, from_db, method, recipe, epochs,
         base_model = prepare_base(settings.home, base or settings.server.base, lambda m: click.echo(m, err=True)).model
         variants = list(VARIANTS) if variant == "both" else [variant]
         click.echo(f"examples: {len(split_.single)} single-turn, {len(split_.chains)} multi-turn chains", err=True)
-        overrides = dict(method=method, recipe=recipe, epochs=epochs, learning_rate=learning_rate, batch_size=batch_size,
-                         micro_batch_size=micro_batch_size, max_length=max_length)
-        run(settings, variants, split_, base_model, overrides, dry_run=dry_run, epoch=epoch,
-            progress=lambda m: click.echo(m, err=True), force=force, name=name)
+        overrides = dict(
+            method=method,
+            recipe=recipe,
+            epochs=epochs,
+            learning_rate=learning_rate,
+            batch_size=batch_size,
+            micro_batch_size=micro_batch_size,
+            max_length=max_length,
+        )
+        run(
+            settings,
+            variants,
+            split_,
+            base_model,
+            overrides,
+            dry_run=dry_run,
+            epoch=epoch,
+            progress=lambda m: click.echo(m, err=True),
+            force=force,
+            name=name,
+        )
     except (FormatError, BaseModelError, ValueError) as e:
         raise click.ClickException(str(e)) from None

@@ -42,7 +42,9 @@ def read_file(path: Path, fmt: str | None = None) -> list[Example]:
             raise FormatError(f"{where}: {problem}")
         line_fmt = fmt or detect_format(record)
         if line_fmt in (None, "sessions"):
-            raise FormatError(f"{where}: training reads lima, messages or sharegpt lines (export sessions with --format messages)")
+            raise FormatError(
+                f"{where}: training reads lima, messages or sharegpt lines (export sessions with --format messages)"
+            )
         try:
             pairs, meta = conversation_pairs(record, line_fmt)
         except ValueError as e:
@@ -51,7 +53,7 @@ def read_file(path: Path, fmt: str | None = None) -> list[Example]:
             pairs = pairs[:-1]  # nothing to learn from an unanswered question
         if not pairs:
             continue
-        system = ((("system", meta["system"]),) if meta.get("system") else ())
+        system = (("system", meta["system"]),) if meta.get("system") else ()
         exchanges = len(pairs) // 2
         out.append(Example(system + tuple(pairs), meta.get("source") == "multi_turn" or exchanges > 1, where))
     return out
@@ -59,8 +61,10 @@ def read_file(path: Path, fmt: str | None = None) -> list[Example]:
 
 def from_chains(chains: Iterable[Any]) -> list[Example]:
     """Chains exported from the store (limachat.dialogues.export.chains)."""
-    return [Example(tuple((m["role"], m["content"]) for m in c.messages()), len(c.labels) > 1, f"db:{c.session['id']}")
-            for c in chains]
+    return [
+        Example(tuple((m["role"], m["content"]) for m in c.messages()), len(c.labels) > 1, f"db:{c.session['id']}")
+        for c in chains
+    ]
 
 
 @dataclass
@@ -106,6 +110,7 @@ def data_hash(examples: list[Example]) -> str:
 
 # -- tokenization with loss masks --------------------------------------------------------------------
 
+
 def tokenize(example: Example, tokenizer, max_length: int, first_exchange: int = 1) -> dict[str, Any]:
     """input_ids with labels on every assistant turn's tokens (its end-of-turn marker included)
     from the `first_exchange`-th reply on, and IGNORE elsewhere. Each boundary is found by rendering the chat template on a prefix of the
@@ -121,8 +126,10 @@ def tokenize(example: Example, tokenizer, max_length: int, first_exchange: int =
         prompt = _render(tokenizer, messages[:i], generation_prompt=True)
         full = _render(tokenizer, messages[: i + 1], generation_prompt=False)
         if full[: len(prompt)] != prompt or prompt[: len(ids)] != ids:
-            raise ValueError(f"{example.origin}: the chat template does not render conversations as prefixes of each other")
-        reply = full[len(prompt):] if exchange >= first_exchange else [IGNORE] * (len(full) - len(prompt))
+            raise ValueError(
+                f"{example.origin}: the chat template does not render conversations as prefixes of each other"
+            )
+        reply = full[len(prompt) :] if exchange >= first_exchange else [IGNORE] * (len(full) - len(prompt))
         labels += [IGNORE] * (len(prompt) - len(ids)) + reply
         ids = full
     trimmed = len(ids) > max_length

@@ -29,13 +29,19 @@ def add_residual_dropout(model, top: float) -> list[float]:
     import torch.nn.functional as F
 
     layers = decoder_layers(model)
-    if not layers or not all(hasattr(l, "self_attn") and hasattr(l.self_attn, "o_proj") and hasattr(l, "mlp")
-                             and hasattr(l.mlp, "down_proj") for l in layers):
+    if not layers or not all(
+        hasattr(layer, "self_attn")
+        and hasattr(layer.self_attn, "o_proj")
+        and hasattr(layer, "mlp")
+        and hasattr(layer.mlp, "down_proj")
+        for layer in layers
+    ):
         raise ValueError("residual dropout needs a llama-style model (layers with self_attn.o_proj and mlp.down_proj)")
     rates = layer_rates(len(layers), top)
     for layer, p in zip(layers, rates):
         for module in (layer.self_attn.o_proj, layer.mlp.down_proj):
             module._limachat_residual_dropout = p
             module.register_forward_hook(
-                lambda mod, args, out, p=p: F.dropout(out, p=p, training=mod.training) if p > 0 else out)
+                lambda mod, args, out, p=p: F.dropout(out, p=p, training=mod.training) if p > 0 else out
+            )
     return rates

@@ -43,16 +43,37 @@ class TrainConfig(BaseModel):
 PRESETS: dict[str, dict] = {
     # LIMA: AdamW b1 0.9, b2 0.95, wd 0.1, no warm-up, lr 1e-5 decaying linearly to 1e-6, batch 32,
     # 15 epochs, max length 2048, residual dropout 0 -> 0.3 (0.2 for smaller models).
-    "lima": dict(learning_rate=1e-5, final_learning_rate=1e-6, adam_beta1=0.9, adam_beta2=0.95, weight_decay=0.1,
-                 warmup_steps=0, batch_size=32, epochs=15, max_length=2048, residual_dropout_on=True),
+    "lima": dict(
+        learning_rate=1e-5,
+        final_learning_rate=1e-6,
+        adam_beta1=0.9,
+        adam_beta2=0.95,
+        weight_decay=0.1,
+        warmup_steps=0,
+        batch_size=32,
+        epochs=15,
+        max_length=2048,
+        residual_dropout_on=True,
+    ),
     # LIMA's optimizer shape with a LoRA learning rate and a CPU-sized schedule (the demo adapters):
     # three epochs of small batches, so each adapter takes ~50 optimizer steps and its loss falls, with
     # LoRA on the top half of the layers so both fit in 8 minutes on 2 cores.
     # No residual dropout: on the bundled set it lifted SmolLM2's starting loss from 3.4 to 8.7, more
     # damage than a few LoRA epochs repair (LIMA applied it over 15 epochs of full fine-tuning).
-    "lora-cpu": dict(learning_rate=4e-4, final_learning_rate=4e-5, adam_beta1=0.9, adam_beta2=0.95, weight_decay=0.1,
-                     warmup_steps=0, batch_size=4, micro_batch_size=1, epochs=3, max_length=1024,
-                     residual_dropout_on=False, lora_layer_share=0.5),
+    "lora-cpu": dict(
+        learning_rate=4e-4,
+        final_learning_rate=4e-5,
+        adam_beta1=0.9,
+        adam_beta2=0.95,
+        weight_decay=0.1,
+        warmup_steps=0,
+        batch_size=4,
+        micro_batch_size=1,
+        epochs=3,
+        max_length=1024,
+        residual_dropout_on=False,
+        lora_layer_share=0.5,
+    ),
 }
 
 
@@ -61,8 +82,14 @@ def make_config(recipe: str | None = None, method: str = "lora", **overrides) ->
     recipe = recipe or ("lima" if method == "full" else "lora-cpu")
     if recipe not in PRESETS:
         raise ValueError(f"--recipe must be one of {', '.join(PRESETS)}, not {recipe!r}")
-    return TrainConfig(**{**PRESETS[recipe], "recipe": recipe, "method": method,
-                          **{k: v for k, v in overrides.items() if v is not None}})
+    return TrainConfig(
+        **{
+            **PRESETS[recipe],
+            "recipe": recipe,
+            "method": method,
+            **{k: v for k, v in overrides.items() if v is not None},
+        }
+    )
 
 
 def top_dropout(config: TrainConfig, parameters: int) -> float:

@@ -10,7 +10,6 @@ TRL's scripts/sft.py. Output, picked up by `limachat serve`:
 
 from __future__ import annotations
 
-import json
 import math
 import shutil
 import time
@@ -25,8 +24,10 @@ from limachat.train.recipe import TrainConfig, top_dropout
 EOT = "<|end_of_turn|>"
 # Used only for a base without a chat template: LIMA's end-of-turn token ends every turn.
 # The generation prompt stops before the space, so the prompt's tokens are a prefix of the reply's.
-EOT_TEMPLATE = ("{% for m in messages %}{{ m['role'] | capitalize }}: {{ m['content'] }}" + EOT + "\n{% endfor %}"
-                "{% if add_generation_prompt %}Assistant:{% endif %}")
+EOT_TEMPLATE = (
+    "{% for m in messages %}{{ m['role'] | capitalize }}: {{ m['content'] }}" + EOT + "\n{% endfor %}"
+    "{% if add_generation_prompt %}Assistant:{% endif %}"
+)
 
 Progress = Callable[[str], None]
 
@@ -42,8 +43,10 @@ class Plan:
     data_hash: str
 
     def line(self) -> str:
-        return (f"{self.variant}: {self.examples} examples ({self.chains} multi-turn), {self.tokens:,} tokens, "
-                f"{self.trimmed} trimmed to max length, {self.steps} optimizer steps")
+        return (
+            f"{self.variant}: {self.examples} examples ({self.chains} multi-turn), {self.tokens:,} tokens, "
+            f"{self.trimmed} trimmed to max length, {self.steps} optimizer steps"
+        )
 
 
 def ensure_chat_template(tokenizer) -> bool:
@@ -60,13 +63,19 @@ def ensure_chat_template(tokenizer) -> bool:
 def prepare(config: TrainConfig, examples: list[Example], tokenizer) -> tuple[Plan, list[dict]]:
     rows = [tokenize(ex, tokenizer, config.max_length) for ex in examples]
     rows = [r for r in rows if any(label != IGNORE for label in r["labels"])]  # fully trimmed away: nothing to learn
-    plan = Plan(config.variant, len(rows), sum(ex.multi_turn for ex in examples),
-                sum(len(r["input_ids"]) for r in rows), sum(r["trimmed"] for r in rows),
-                math.ceil(len(rows) / config.batch_size) * config.epochs, data_hash(examples))
+    plan = Plan(
+        config.variant,
+        len(rows),
+        sum(ex.multi_turn for ex in examples),
+        sum(len(r["input_ids"]) for r in rows),
+        sum(r["trimmed"] for r in rows),
+        math.ceil(len(rows) / config.batch_size) * config.epochs,
+        data_hash(examples),
+    )
     return plan, [{"input_ids": r["input_ids"], "labels": r["labels"]} for r in rows]
 
 
-def _device() -> tuple[str, "object"]:
+def _device() -> tuple[str, object]:
     import torch
 
     if torch.cuda.is_available():
@@ -87,12 +96,22 @@ def load_model(base_model: str, config: TrainConfig, tokenizer, added_eot: bool)
     if config.method == "lora":
         from peft import LoraConfig, get_peft_model
 
-        lora = dict(r=config.lora_rank, lora_alpha=config.lora_alpha, lora_dropout=0.0, target_modules="all-linear",
-                    task_type="CAUSAL_LM")
+        lora = dict(
+            r=config.lora_rank,
+            lora_alpha=config.lora_alpha,
+            lora_dropout=0.0,
+            target_modules="all-linear",
+            task_type="CAUSAL_LM",
+        )
         layers = model.config.num_hidden_layers
         if config.lora_layer_share < 1.0:  # PEFT takes a layer list only with named modules: every linear but the head
-            lora["target_modules"] = sorted({name.rsplit(".", 1)[-1] for name, m in model.named_modules()
-                                             if isinstance(m, torch.nn.Linear) and "lm_head" not in name})
+            lora["target_modules"] = sorted(
+                {
+                    name.rsplit(".", 1)[-1]
+                    for name, m in model.named_modules()
+                    if isinstance(m, torch.nn.Linear) and "lm_head" not in name
+                }
+            )
             lora["layers_to_transform"] = list(range(layers - max(1, round(layers * config.lora_layer_share)), layers))
         if added_eot:  # the new token's embedding row is trained too (PEFT trainable tokens)
             lora["trainable_token_indices"] = {"embed_tokens": [tokenizer.convert_tokens_to_ids(EOT)]}
@@ -147,8 +166,10 @@ def heldout_loss(model, tokenizer, examples: list[Example] | None = None) -> dic
             for r in rows:
                 n = sum(label != IGNORE for label in r["labels"][1:])
                 if n:
-                    out = model(input_ids=torch.tensor([r["input_ids"]], device=device),
-                                labels=torch.tensor([r["labels"]], device=device))
+                    out = model(
+                        input_ids=torch.tensor([r["input_ids"]], device=device),
+                        labels=torch.tensor([r["labels"]], device=device),
+                    )
                     total, count = total + float(out.loss) * n, count + n
         return total / max(count, 1), count
 
@@ -214,8 +235,10 @@ def _callback(progress_bar, epochs_dir: Path, model, tokenizer, losses: list, to
             if logs and "loss" in logs:
                 losses.append((state.global_step, round(float(logs["loss"]), 4)))
                 elapsed = time.monotonic() - self.start
-                self.postfix = {"loss": round(float(logs["loss"]), 3),
-                                "tok_s": round(state.global_step * tokens_per_step / elapsed)}
+                self.postfix = {
+                    "loss": round(float(logs["loss"]), 3),
+                    "tok_s": round(state.global_step * tokens_per_step / elapsed),
+                }
 
         def on_step_end(self, args, state, control, **kw):
             progress_bar.update(1, **self.postfix)
@@ -244,8 +267,15 @@ def trainer_class():
     return LimaSFTTrainer
 
 
-def main(config: TrainConfig, examples: list[Example], base_model: str, out_dir: Path,
-         progress: Progress = print, serve_epoch: int | None = None, fingerprint: str | None = None) -> dict:
+def main(
+    config: TrainConfig,
+    examples: list[Example],
+    base_model: str,
+    out_dir: Path,
+    progress: Progress = print,
+    serve_epoch: int | None = None,
+    fingerprint: str | None = None,
+) -> dict:
     """Train one variant; returns the record written to training.json. The progress bar's record is the
     Collect tab's view of the run (limachat.jobs)."""
     from datasets import Dataset
@@ -265,9 +295,15 @@ def main(config: TrainConfig, examples: list[Example], base_model: str, out_dir:
     epochs_dir = tmp / "epochs"
     losses: list = []
     bar = Bar(f"training {config.variant}", total=plan.steps, unit="step")
-    trainer = trainer_class()(model=model, args=sft_args(config, tmp / "trainer"), train_dataset=Dataset.from_list(rows),
-                         processing_class=tokenizer,
-                         callbacks=[_callback(bar, epochs_dir, model, tokenizer, losses, plan.tokens / max(plan.steps, 1) * config.epochs)])
+    trainer = trainer_class()(
+        model=model,
+        args=sft_args(config, tmp / "trainer"),
+        train_dataset=Dataset.from_list(rows),
+        processing_class=tokenizer,
+        callbacks=[
+            _callback(bar, epochs_dir, model, tokenizer, losses, plan.tokens / max(plan.steps, 1) * config.epochs)
+        ],
+    )
     from transformers.trainer_callback import PrinterCallback
 
     trainer.remove_callback(PrinterCallback)  # our bar shows the loss; no raw log dicts on the console
@@ -277,15 +313,26 @@ def main(config: TrainConfig, examples: list[Example], base_model: str, out_dir:
     seconds = time.monotonic() - started
     shutil.rmtree(tmp / "trainer", ignore_errors=True)
     heldout = {**heldout_loss(model, tokenizer), "epoch": config.epochs}  # the model after the last epoch
-    progress(f"{config.variant}: held-out loss (replies from turn {HELDOUT_FROM} on, {heldout['chains']} chains, "
-             f"{heldout['tokens']} tokens) {heldout['loss']:.3f}"
-             + (f" (base {heldout['base_loss']:.3f})" if "base_loss" in heldout else ""))
+    progress(
+        f"{config.variant}: held-out loss (replies from turn {HELDOUT_FROM} on, {heldout['chains']} chains, "
+        f"{heldout['tokens']} tokens) {heldout['loss']:.3f}"
+        + (f" (base {heldout['base_loss']:.3f})" if "base_loss" in heldout else "")
+    )
     from limachat.serve.base import base_identity
 
-    record = {"variant": config.variant, "base_model": base_model, "base_identity": base_identity(base_model), **asdict(plan), "seconds": round(seconds, 1),
-              "tokens_per_second": round(plan.tokens * config.epochs / seconds, 1), "losses": losses,
-              "residual_dropout": rates, "end_of_turn_token": EOT if added_eot else None, "fingerprint": fingerprint,
-              "heldout": heldout}
+    record = {
+        "variant": config.variant,
+        "base_model": base_model,
+        "base_identity": base_identity(base_model),
+        **asdict(plan),
+        "seconds": round(seconds, 1),
+        "tokens_per_second": round(plan.tokens * config.epochs / seconds, 1),
+        "losses": losses,
+        "residual_dropout": rates,
+        "end_of_turn_token": EOT if added_eot else None,
+        "fingerprint": fingerprint,
+        "heldout": heldout,
+    }
     (tmp / "train_config.json").write_text(config.model_dump_json(indent=1) + "\n")
     write_training_record(tmp, record)
     shutil.rmtree(out_dir, ignore_errors=True)
