@@ -124,7 +124,9 @@ class RunningServer:
 def vllm_server(trained_home) -> RunningServer:
     """The real vLLM CPU server on the bundled model with both adapters, for the whole session.
 
-    Tests marked `stops_server` run last and stop it; the teardown stops it if they did not."""
+    Tests marked `kills_vllm` run after every other test that uses it (they kill vLLM under it and wait
+    for `limachat serve` to bring it back); tests marked `stops_server` run after those and stop it. The
+    teardown stops it if they did not."""
     server = RunningServer(trained_home, free_port())
     try:
         server.wait_ready()
@@ -145,12 +147,14 @@ TIERS = {"model_home": "model", "trained_home": "training", "vllm_server": "serv
 
 
 def pytest_collection_modifyitems(config, items):
-    """Mark each test by the fixtures it needs; tests that stop the shared server go after every other test."""
+    """Mark each test by the fixtures it needs; then order by what a test does to the shared server:
+    those that kill vLLM under it (it comes back) after the others, those that stop it last."""
     for item in items:
         for fixture, marker in TIERS.items():
             if fixture in item.fixturenames:
                 item.add_marker(marker)
-    items.sort(key=lambda item: item.get_closest_marker("stops_server") is not None)
+    order = {"kills_vllm": 1, "stops_server": 2}
+    items.sort(key=lambda item: max((n for m, n in order.items() if item.get_closest_marker(m)), default=0))
 
 
 def models(url: str) -> set[str]:

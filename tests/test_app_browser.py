@@ -28,12 +28,14 @@ XSS = 'Repeat this exactly: <script>window.pwned = 1</script> <img src=x onerror
 
 
 @contextmanager
-def running_app(vllm_server, home: Path, *args: str, procs: list | None = None):
+def running_app(vllm_server, home: Path, *args: str, procs: list | None = None, settings: dict[str, str] | None = None):
     """`limachat app` as a user starts it, against the session's vLLM server, on a fresh database, with
-    the default sampling (preset and reply length): this is the end-to-end test at a user's settings.
-    `procs` collects the process (for tests that kill it)."""
+    the default sampling (preset and reply length) unless `settings` (LIMACHAT_* variables) say otherwise:
+    the chat-compare-collect test below is the end-to-end test at a user's settings. `procs` collects
+    the process (for tests that kill it)."""
     port = free_port()
     env = {k: v for k, v in os.environ.items() if not k.startswith("LIMACHAT_")}
+    env.update(settings or {})
     env.update(
         LIMACHAT_HOME=str(home),
         LIMACHAT_SERVER__PORT=str(vllm_server.port),

@@ -56,7 +56,11 @@ def test_sigkill_of_the_app_mid_stream_then_restart_offers_retry(vllm_server, tm
     ((status, partial),) = query(db, "select status, content from turns where role = 'assistant'")
     assert status == "streaming" and partial, "what a crash leaves: the partial text, still marked streaming"
 
-    with running_app(vllm_server, tmp_path) as url, browser_page() as page:
+    # The retry only has to answer: 64 tokens (the killed reply above ran at the default length).
+    with (
+        running_app(vllm_server, tmp_path, settings={"LIMACHAT_SAMPLING__MAX_TOKENS": "64"}) as url,
+        browser_page() as page,
+    ):
         ((status, content, error),) = query(db, "select status, content, error from turns where role = 'assistant'")
         assert (status, error) == ("error", INTERRUPTED) and content == partial
         page.goto(url)
@@ -158,7 +162,7 @@ def test_sigkill_of_serve_takes_its_vllm_server_down(trained_home):
             p.kill()
 
 
-@pytest.mark.stops_server
+@pytest.mark.kills_vllm
 def test_vllm_killed_mid_stream_keeps_the_partial_reply_and_retry_works_once_it_is_back(vllm_server, tmp_path):
     """SIGKILL of the real vLLM process while a reply streams (default sampling and length): the
     reply keeps its text with status error and a clear message; `limachat serve` says vLLM stopped
