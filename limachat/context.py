@@ -5,6 +5,8 @@ from here and never import the CLI back."""
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import click
 
 from limachat.settings import Settings
@@ -25,3 +27,11 @@ def store(settings: Settings):
 def progress(message: str) -> None:
     """A line of progress for the person at the terminal (stderr, so stdout stays the result)."""
     click.echo(message, err=True)
+
+
+def writable(path: Path, option: str) -> None:
+    """An output file's folder must exist (and the path must not be a folder): checked before any work."""
+    if path.is_dir():
+        raise click.ClickException(f"{option} {path}: is a folder; give a file name")
+    if not path.parent.is_dir():
+        raise click.ClickException(f"{option} {path}: the folder {path.parent} does not exist")

@@ -19,6 +19,8 @@ from pydantic_settings import BaseSettings, PydanticBaseSettingsSource, Settings
 from limachat.layout import VARIANTS, Home
 from limachat.serve.checkpoints import Checkpoint
 from limachat.serve.net import url_host
+from limachat.serve.vllm_plugin import ENABLE as PLUGIN_ENABLE
+from limachat.serve.vllm_plugin import RANGE_OVERRIDE as PLUGIN_RANGE
 
 ENV_PREFIX = "LIMACHAT_"
 CONFIG_FILE = "limachat.toml"
@@ -304,7 +306,8 @@ def config_path() -> Path:
 
 def _env_names() -> set[str]:
     """Every environment variable name that maps to a setting (top-level and nested)."""
-    names = {ENV_PREFIX + "CONFIG", ENV_PREFIX + "PROGRESS"}  # not settings: the config file, a job's progress record
+    # Not settings: the config file, a job's progress record, and the vLLM plugin's switch and range override.
+    names = {ENV_PREFIX + "CONFIG", ENV_PREFIX + "PROGRESS", PLUGIN_ENABLE, PLUGIN_RANGE}
     for name, field in Settings.model_fields.items():
         names.add(ENV_PREFIX + name.upper())
         sub = field.annotation

@@ -98,7 +98,11 @@ class RunningServer:
     def track(self) -> None:
         import psutil
 
-        for p in psutil.Process(self.proc.pid).children(recursive=True):
+        try:
+            children = psutil.Process(self.proc.pid).children(recursive=True)
+        except psutil.NoSuchProcess:  # a short-lived child (or the server itself) exited while being listed
+            return
+        for p in children:
             self.started.setdefault(p.pid, p)
 
     def wait_ready(self, timeout: float = 900) -> None:

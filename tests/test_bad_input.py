@@ -398,7 +398,7 @@ def test_an_unexpected_error_is_logged_with_its_traceback_and_named_in_one_line(
     And a crash inside a command goes to <home>/logs/limachat.log with its traceback."""
     from click.testing import CliRunner
 
-    from limachat import cli
+    from limachat import cli, context
 
     home = tmp_path / "home"
     home.mkdir()
@@ -407,12 +407,12 @@ def test_an_unexpected_error_is_logged_with_its_traceback_and_named_in_one_line(
     def broken(*args, **kwargs):
         raise KeyError("a bug")
 
-    original = cli._store
-    cli._store = broken  # a stand-in for a bug: nothing a user does triggers one on purpose
+    original = context.store
+    context.store = broken  # a stand-in for a bug: nothing a user does triggers one on purpose
     try:
         result = CliRunner().invoke(cli.main, ["--home", str(home), "report"])
     finally:
-        cli._store = original
+        context.store = original
     assert result.exit_code == 1
     log = home / "logs" / "limachat.log"
     assert_one_clear_line(

@@ -150,7 +150,7 @@ def test_sigkill_of_serve_takes_its_vllm_server_down(trained_home):
             warnings = {
                 line.split("WARNING", 1)[1].split("]", 1)[-1].strip()
                 for line in vllm_log.read_text()[started:].splitlines()
-                if "limachat's vLLM patches" in line
+                if "WARNING" in line and "limachat's vLLM patches" in line
             }
             assert len(warnings) == 1 and "standing aside" in next(iter(warnings)), warnings
             assert "lora-no-adapter-rows (vLLM 0.32.0 is outside <0.1" in next(iter(warnings))

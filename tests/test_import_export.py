@@ -337,7 +337,7 @@ def test_the_filters_flags_and_their_arguments_come_from_one_dataclass():
 
     import click
 
-    from limachat.cli import export_cmd
+    from limachat.data_command import export_cmd
     from limachat.dialogues.export import Filters
 
     def parsed(*args):

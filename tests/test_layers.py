@@ -21,6 +21,8 @@ FOLDERS = {
 # A module's layer: the first prefix that matches, so a module named here wins over its folder.
 LAYERS = [
     ("limachat.cli", "cli"),
+    ("limachat.run_command", "commands"),
+    ("limachat.data_command", "commands"),
     ("limachat.study_command", "commands"),
     ("limachat.curate.command", "commands"),
     ("limachat.context", "context"),
