@@ -11,6 +11,7 @@ from limachat.demo.answer import Deps
 from limachat.dialogues import report as reports
 from limachat.dialogues.export import Filters, chains, export
 from limachat.jobs import Job
+from limachat.layout import DIALOGUE
 from limachat.serve.checkpoints import Checkpoint
 from limachat.settings import settings_env
 
@@ -78,7 +79,7 @@ def start_training(deps: Deps, f: Filters, name: str | None = None, extra: tuple
     if not any(True for _ in chains(deps.store, f)):
         raise ValueError("No chains pass these filters: rate some turns, or loosen the filters, first.")
     name = name or f"dialogue-{time.strftime('%Y%m%d-%H%M%S')}"
-    args = ["train", "--variant", "dialogue", "--name", name, "--bundled", "--from-db", *f.args(), *extra]
+    args = ["train", "--variant", DIALOGUE, "--name", name, "--bundled", "--from-db", *f.args(), *extra]
     if deps.settings.server.base:
         args += ["--base", deps.settings.server.base]
     return _job(deps, "train", name, args)

@@ -175,8 +175,8 @@ def _verdict_agreement(store: Store, keep) -> list[dict[str, Any]]:
 
 def ordered(report: Report) -> list[CheckpointStats]:
     """zero-shot, then dialogue (the paper's order), then any other checkpoint by name."""
-    first = {"zero-shot": 0, "dialogue": 1}
-    return sorted(report.checkpoints.values(), key=lambda s: (first.get(s.checkpoint, 2), s.checkpoint))
+    first = {v: i for i, v in enumerate(VARIANTS)}
+    return sorted(report.checkpoints.values(), key=lambda s: (first.get(s.checkpoint, len(first)), s.checkpoint))
 
 
 def markdown(report: Report, heldout: list[dict[str, Any]] | None = None) -> str:

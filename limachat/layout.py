@@ -10,6 +10,7 @@ from typing import Any
 
 BASE_NAME = "base"  # the untuned base, as the local vLLM server serves it (--served-model-name)
 VARIANTS = ("zero-shot", "dialogue")  # LIMA's two checkpoints: 1,000 single-turn examples; those plus 30 chains
+ZERO_SHOT, DIALOGUE = VARIANTS
 TRAINING_RECORD = "training.json"  # what `limachat train` writes beside an adapter: data, recipe, base, losses
 
 

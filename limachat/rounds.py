@@ -13,6 +13,7 @@ from limachat.curate import judge
 from limachat.curate.revise import revise
 from limachat.dialogues.export import Filters, chains
 from limachat.jobs import Progress
+from limachat.layout import DIALOGUE
 from limachat.replies import stream_reply
 from limachat.serve.base import prepare_base
 from limachat.serve.checkpoints import Checkpoint
@@ -125,7 +126,7 @@ def rounds(
         base = prepare_base(settings.home, settings.server.base, print).model
         run(
             settings,
-            ["dialogue"],
+            [DIALOGUE],
             split(bundled_examples() + from_chains(data)),
             base,
             {"epochs": epochs} if epochs else {},

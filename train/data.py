@@ -16,6 +16,7 @@ from typing import Any
 
 from limachat.dialogues import bundled
 from limachat.dialogues.formats import FormatError, conversation_pairs, detect_format, jsonl_records
+from limachat.layout import DIALOGUE, ZERO_SHOT
 
 IGNORE = -100  # label of a token the loss skips
 
@@ -73,11 +74,11 @@ class Split:
     chains: list[Example] = field(default_factory=list)
 
     def variant(self, name: str) -> list[Example]:
-        if name == "zero-shot":
+        if name == ZERO_SHOT:
             return list(self.single)
-        if name == "dialogue":
+        if name == DIALOGUE:
             return self.single + self.chains
-        raise ValueError(f"--variant must be zero-shot, dialogue or both, not {name!r}")
+        raise ValueError(f"--variant must be {ZERO_SHOT}, {DIALOGUE} or both, not {name!r}")
 
 
 def split(examples: Iterable[Example]) -> Split:

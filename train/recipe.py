@@ -4,7 +4,9 @@ from __future__ import annotations
 
 from typing import Literal
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, field_validator
+
+from limachat.layout import DIALOGUE, VARIANTS
 
 SMALL_MODEL_PARAMS = 30e9  # LIMA: residual dropout tops out at 0.3 for the 65B model, 0.2 for smaller ones
 
@@ -14,7 +16,7 @@ class TrainConfig(BaseModel):
 
     model_config = ConfigDict(extra="forbid")
 
-    variant: Literal["zero-shot", "dialogue"] = "dialogue"
+    variant: str = DIALOGUE  # one of layout.VARIANTS
     method: Literal["lora", "full"] = "lora"
     recipe: Literal["lima", "lora-cpu"] = "lora-cpu"
     learning_rate: float = Field(2e-4, gt=0)
@@ -28,6 +30,14 @@ class TrainConfig(BaseModel):
     # a bundled chain of 1,000 tokens batched with short answers padded them all to its length.
     micro_batch_size: int = Field(4, ge=1)
     epochs: int = Field(2, ge=1)
+
+    @field_validator("variant")
+    @classmethod
+    def _known_variant(cls, value: str) -> str:
+        if value not in VARIANTS:
+            raise ValueError(f"variant must be one of {', '.join(VARIANTS)}, not {value!r}")
+        return value
+
     max_length: int = Field(1024, ge=16)
     residual_dropout: float | None = None  # top layer's rate; None: 0.3, or 0.2 below 30B parameters
     residual_dropout_on: bool = True
