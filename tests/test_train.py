@@ -244,3 +244,18 @@ def test_a_named_checkpoint_needs_one_variant_and_a_plain_name(clean_env):
     ):
         result = CliRunner().invoke(main, ["--home", str(clean_env), "train", *args, "--dry-run"])
         assert result.exit_code != 0 and f"--name {bad}: give one --variant" in result.output
+
+
+def test_training_leaves_the_vllm_log_level_alone():
+    """TRL sets VLLM_LOGGING_LEVEL=ERROR when imported; `limachat demo` trains, then starts vLLM from the
+    same process, whose log must keep its INFO lines (the plugin's report among them)."""
+    import subprocess
+    import sys
+
+    code = (
+        "import os; from limachat.train.trainer import sft_args, trainer_class; trainer_class(); "
+        "import trl; print(os.environ.get('VLLM_LOGGING_LEVEL'))"
+    )
+    env = {k: v for k, v in __import__("os").environ.items() if k != "VLLM_LOGGING_LEVEL"}
+    out = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, check=True).stdout
+    assert out.strip().splitlines()[-1] == "None"

@@ -183,8 +183,25 @@ def heldout_loss(model, tokenizer, examples: list[Example] | None = None) -> dic
     return record
 
 
+def _trl():
+    """TRL, imported without what its import does to this process: `trl/_compat.py` sets
+    VLLM_LOGGING_LEVEL=ERROR in os.environ, and `limachat demo` starts vLLM from the same process after
+    training, so vLLM's log would keep only errors (the plugin's warnings among what it lost)."""
+    import os
+
+    before = os.environ.get("VLLM_LOGGING_LEVEL")
+    try:
+        import trl
+    finally:
+        if before is None:
+            os.environ.pop("VLLM_LOGGING_LEVEL", None)
+        else:
+            os.environ["VLLM_LOGGING_LEVEL"] = before
+    return trl
+
+
 def sft_args(config: TrainConfig, output_dir: Path, steps: int | None = None):
-    from trl import SFTConfig
+    SFTConfig = _trl().SFTConfig
 
     device, _ = _device()
     accumulation = max(1, config.batch_size // config.micro_batch_size)
@@ -254,7 +271,8 @@ def _callback(progress_bar, epochs_dir: Path, model, tokenizer, losses: list, to
 
 def trainer_class():
     from transformers import Trainer
-    from trl import SFTTrainer
+
+    SFTTrainer = _trl().SFTTrainer
 
     class LimaSFTTrainer(SFTTrainer):
         """SFTTrainer with the model's own loss. TRL's fused LM head also works out entropy and top-1
