@@ -56,6 +56,9 @@ BATCH = 256  # writes at most in one group commit
 SQLITE_HEADER = b"SQLite format 3\x00"
 
 
+START_SLACK = 2.0  # seconds: the same pid started this close to the recorded time is the same process
+
+
 @functools.cache
 def owner() -> str:
     """This process, as the streaming turns it owns name it: host, pid and start time (pids are reused)."""
@@ -72,7 +75,9 @@ def _alive(owner_id: str | None) -> bool:
         host, pid, started = (owner_id or "").rsplit(":", 2)
         if host != socket.gethostname():
             return True
-        return f"{psutil.Process(int(pid)).create_time():.0f}" == started
+        # psutil works the start time out from the boot time each call, which can move by a fraction of a
+        # second: a rounded comparison flipped at .5 and took a live reply for a dead one.
+        return abs(psutil.Process(int(pid)).create_time() - float(started)) < START_SLACK
     except (ValueError, psutil.Error):
         return False
 

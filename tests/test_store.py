@@ -593,3 +593,17 @@ def test_a_write_that_ends_the_whole_transaction_fails_alone(store):
     assert isinstance(outcomes["bad"], StoreError) and "rolled back" in str(outcomes["bad"])
     assert {t["content"] for t in store.turns(sid)} == {"before", "after"}
     assert store.turn(outcomes["before"])["content"] == "before" and store.turn(outcomes["after"])["content"] == "after"
+
+
+def test_a_live_owner_stays_alive_when_its_start_time_reads_a_little_differently(monkeypatch):
+    """psutil derives a start time from the boot time on each call, which can move by a fraction of a
+    second; the owner recorded at 12.4 and read back as 12.6 is the same live process."""
+    import os
+
+    import psutil
+
+    from limachat.dialogues.store import _alive
+
+    monkeypatch.setattr(psutil.Process, "create_time", lambda self: 1000012.6)
+    assert _alive(f"{socket.gethostname()}:{os.getpid()}:1000012")  # recorded (rounded) from 1000012.4
+    assert not _alive(f"{socket.gethostname()}:{os.getpid()}:1000020"), "another process under a reused pid"
