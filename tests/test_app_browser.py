@@ -113,6 +113,23 @@ def shot(page, name: str, full_page: bool = False) -> None:
     assert len(png) > 10_000, f"the {name} screenshot is {len(png)} bytes: a blank page?"
 
 
+def pick_first_option(page, selector: str, tries: int = 10) -> None:
+    """Open a dropdown and pick its first choice. The page's timer fills the choices once a job is done,
+    so a dropdown opened a moment before that shows none: close it and open it again."""
+    from playwright.sync_api import TimeoutError as PlaywrightTimeout
+
+    for attempt in range(tries):
+        page.locator(selector).click()
+        try:
+            page.get_by_role("option").first.click(timeout=3000)
+            return
+        except PlaywrightTimeout:
+            if attempt == tries - 1:
+                raise
+            page.keyboard.press("Escape")
+            page.wait_for_timeout(1000)
+
+
 def open_as(page, url: str, annotator: str) -> None:
     """The app's page, with the annotator's name typed in (as a first visit has none remembered)."""
     page.goto(url)
@@ -195,8 +212,7 @@ def test_chat_compare_collect_report_in_a_browser(app_url):
         assert query(db, "select count(*) from ratings where annotator = 'judge/base/label-v1'") == [(5,)]
         page.get_by_text("Teacher revisions to review").click()
         page.get_by_text("Rubrics (written by the teacher").click()
-        page.locator("#revision-pick input").click()
-        page.get_by_role("option").first.click()
+        pick_first_option(page, "#revision-pick input")
         page.wait_for_function(
             "document.querySelector('#revision-after').innerText.includes('Revised by teacher/base/revise-v1')"
         )
