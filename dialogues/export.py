@@ -11,6 +11,7 @@ from __future__ import annotations
 from collections import defaultdict
 from collections.abc import Iterator
 from dataclasses import dataclass, field, fields
+from datetime import datetime
 from pathlib import Path
 from typing import Any
 
@@ -21,10 +22,10 @@ from limachat.dialogues.values import GOLD_SOURCES, RATERS
 UNRATED = "unrated"
 
 
-def _filter(default, help: str, choices: tuple | None = None, bounds: tuple | None = None):
+def _filter(default, help: str, choices: tuple | None = None, bounds: tuple | None = None, date: bool = False):
     """A filter field: its default, its help line, and the values it takes (the CLI flags, the
     Collect tab and validation all read these)."""
-    return field(default=default, metadata={"help": help, "choices": choices, "bounds": bounds})
+    return field(default=default, metadata={"help": help, "choices": choices, "bounds": bounds, "date": date})
 
 
 @dataclass(frozen=True)
@@ -41,8 +42,9 @@ class Filters:
     checkpoint: str | None = _filter(None, "Only chains answered by this checkpoint.")
     annotator: str | None = _filter(None, "Only this annotator's ratings count.")
     mode: str | None = _filter(None, "Only sessions of this mode.", MODES)
-    since: str | None = _filter(None, "Sessions created at or after this ISO date/time.")
-    until: str | None = _filter(None, "Sessions created before this ISO date/time.")
+    since: str | None = _filter(None, "Sessions created at or after this ISO date/time.", date=True)
+    until: str | None = _filter(None, "Sessions created before this ISO date/time.", date=True)
+    study: str | None = _filter(None, "Only the sessions of this study (`limachat study`).")
     min_turns: int = _filter(1, "Assistant turns per chain.", bounds=(1, None))
     raters: str = _filter("humans", "Whose ratings count: people's, LLM judges' (`limachat judge`), or both.", RATERS)
     human_wins: bool = _filter(False, "Where a person rated a turn, only people's labels count (with --raters all).")
@@ -64,6 +66,13 @@ class Filters:
             flag = "--" + f.name.replace("_", "-")
             if value is not None and choices and value not in choices:
                 raise ValueError(f"{flag} must be one of {', '.join(choices)}, not {value!r}")
+            if value is not None and f.metadata["date"]:
+                try:
+                    datetime.fromisoformat(value)
+                except (TypeError, ValueError):
+                    raise ValueError(
+                        f"{flag} must be an ISO date or date/time (2026-12-01, 2026-12-01T09:30), not {value!r}"
+                    ) from None
             low, high = bounds or (None, None)
             if value is not None and ((low is not None and value < low) or (high is not None and value > high)):
                 raise ValueError(f"{flag} must be from {low} to {high if high is not None else 'up'}, not {value}")
@@ -108,7 +117,7 @@ class Chain:
 
 
 def chains(store: Store, f: Filters = Filters()) -> Iterator[Chain]:
-    sessions = store.sessions_where(f.mode, f.since, f.until)
+    sessions = store.sessions_where(f.mode, f.since, f.until, f.study)
     ratings = store.current_ratings(f.annotator)
     label = store.lowest_labels(f.annotator, ratings, raters=f.raters, human_wins=f.human_wins)
     keep = store.takes(f.raters)

@@ -10,6 +10,19 @@ from typing import Any
 from limachat.dialogues.values import GOLD_SOURCES, RANK, StoreError, _check
 
 
+def sent(branch: list[dict[str, Any]]) -> list[dict[str, str]]:
+    """The messages a model was sent for a branch (root first): a failed or empty reply is left out with
+    the user turn it answered (a retry does not repeat the question), unless it is the branch's last."""
+    out: list[dict[str, str]] = []
+    for t in branch:
+        if t["role"] == "assistant" and (t["status"] == "error" or not t["content"]):
+            if out and out[-1]["role"] == "user" and t is not branch[-1]:
+                out.pop()
+            continue
+        out.append({"role": t["role"], "content": t["content"]})
+    return out
+
+
 class Reads:
     def session(self, session_id: str) -> dict[str, Any]:
         rows = self._query("select * from sessions where id = ?", (session_id,))
@@ -31,12 +44,19 @@ class Reads:
         )
 
     def sessions_where(
-        self, mode: str | None = None, since: str | None = None, until: str | None = None
+        self, mode: str | None = None, since: str | None = None, until: str | None = None, study: str | None = None
     ) -> dict[str, dict]:
-        """id -> session, for the export filters."""
+        """id -> session, for the export filters (a study named must exist)."""
+        if study is not None:
+            self.study(study)
         conditions = [
             (sql, value)
-            for sql, value in (("mode = ?", mode), ("created >= ?", since), ("created < ?", until))
+            for sql, value in (
+                ("mode = ?", mode),
+                ("created >= ?", since),
+                ("created < ?", until),
+                ("study = ?", study),
+            )
             if value
         ]
         clause = (" where " + " and ".join(sql for sql, _ in conditions)) if conditions else ""
@@ -110,14 +130,7 @@ class Reads:
     def messages(self, turn_id: str) -> list[dict[str, str]]:
         """The chat messages of a branch, for the next request. Failed or empty replies are left out,
         together with the user turn they answered, so a retry does not repeat the question."""
-        out: list[dict[str, str]] = []
-        for t in self.branch(turn_id):
-            if t["role"] == "assistant" and (t["status"] == "error" or not t["content"]):
-                if out and out[-1]["role"] == "user" and t["id"] != turn_id:
-                    out.pop()
-                continue
-            out.append({"role": t["role"], "content": t["content"]})
-        return out
+        return sent(self.branch(turn_id))
 
     def tree(self) -> list[tuple]:
         """(id, parent_id, role, status, checkpoint, exchange) of every turn (the report's walk; no content)."""

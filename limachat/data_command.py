@@ -55,21 +55,80 @@ def import_cmd(ctx: click.Context, file: Path, fmt: str | None, skip_bad: bool) 
 
 
 @click.command("export")
-@click.option("--format", "fmt", type=click.Choice(["lima", "messages", "sessions"]), required=True)
-@click.option("-o", "--output", type=click.Path(dir_okay=False, path_type=Path), required=True)
+@click.option(
+    "--format",
+    "fmt",
+    type=click.Choice(["lima", "messages", "sessions", "preference", "kto"]),
+    required=True,
+    help="lima, messages: rated chains (SFT); preference: chosen/rejected pairs (DPO, reward models); "
+    "kto: replies labelled good or bad; sessions: every session in full (a backup).",
+)
+@click.option("-o", "--output", type=click.Path(dir_okay=False, path_type=Path), help="The JSONL file to write.")
 @filter_options
+@click.option("--dedupe", is_flag=True, help="preference, kto: one row per (prompt, chosen, rejected) or reply.")
+@click.option(
+    "--pass-is-good", is_flag=True, help="kto: a pass counts as good (without it, pass replies are left out)."
+)
+@click.option(
+    "--hf-dir",
+    type=click.Path(file_okay=False, path_type=Path),
+    help="Also write a Hub-ready dataset folder: Parquet per format and a dataset card.",
+)
+@click.option("--license", "license_", help="The dataset card's license (a Hub license id, e.g. cc-by-4.0).")
+@click.option("--push-to-hub", "repo", help="Upload the --hf-dir folder as this dataset repo, with your own token.")
+@click.option("--private", is_flag=True, help="With --push-to-hub: create the repo private.")
 @click.pass_context
-def export_cmd(ctx: click.Context, fmt: str, output: Path, **filters) -> None:
-    """Export rated chains as training data (lima, messages) or every session in full (sessions)."""
-    from limachat.dialogues.export import Filters, export
+def export_cmd(
+    ctx: click.Context,
+    fmt: str,
+    output: Path | None,
+    dedupe: bool,
+    pass_is_good: bool,
+    hf_dir: Path | None,
+    license_: str | None,
+    repo: str | None,
+    private: bool,
+    **filters,
+) -> None:
+    """Export training data: rated chains (lima, messages), preference pairs (preference), labelled replies
+    (kto), or every session in full (sessions); as JSONL, and as a Hub-ready folder with --hf-dir."""
+    from limachat.dialogues import dataset
+    from limachat.dialogues.export import Filters
 
-    context.writable(output, "-o/--output")
-    chosen = Filters(**filters)
-    given = chosen.args()  # the filters set away from their defaults
-    if fmt == "sessions" and given:
-        raise click.ClickException(f"--format sessions writes every session in full; drop {given[0]}")
-    chains, turns = export(context.store(context.settings(ctx)), output, fmt, chosen)
-    click.echo(f"{output}: {chains} {'sessions' if fmt == 'sessions' else 'chains'}, {turns} assistant turns")
+    if output is None and hf_dir is None:
+        raise click.ClickException("give -o/--output FILE, --hf-dir DIR, or both")
+    if hf_dir is not None and fmt not in dataset.HUB_FORMATS:
+        raise click.ClickException(
+            f"--hf-dir takes --format {', '.join(dataset.HUB_FORMATS)}; a sessions backup is not a dataset"
+        )
+    if repo and hf_dir is None:
+        raise click.ClickException("--push-to-hub uploads the --hf-dir folder: give --hf-dir DIR too")
+    if output is not None:
+        context.writable(output, "-o/--output")
+    if hf_dir is not None and (hf_dir.is_file() or not hf_dir.parent.is_dir()):
+        raise click.ClickException(
+            f"--hf-dir {hf_dir}: " + ("is a file" if hf_dir.is_file() else f"the folder {hf_dir.parent} does not exist")
+        )
+    try:
+        chosen = Filters(**filters)
+        given = chosen.args()  # the filters set away from their defaults
+        if fmt == "sessions" and given:
+            raise ValueError(f"--format sessions writes every session in full; drop {given[0]}")
+        out = dataset.Output(
+            context.store(context.settings(ctx)), fmt, chosen, dedupe=dedupe, pass_is_good=pass_is_good
+        )
+        if output is not None:
+            rows = dataset.write_jsonl(out, output)
+        else:
+            rows = list(out)
+        click.echo(f"{output or hf_dir}: {out.summary()}")
+        if hf_dir is not None:
+            dataset.write_hub_dir(out, rows, hf_dir, license_)
+            click.echo(f"{hf_dir}: a dataset folder (load it with datasets.load_dataset({str(hf_dir)!r}))")
+        if repo:
+            click.echo(f"uploaded: {dataset.push(hf_dir, repo, private)}")
+    except ValueError as e:
+        raise click.ClickException(str(e)) from None
 
 
 @click.command("report")
