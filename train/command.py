@@ -10,7 +10,7 @@ from pathlib import Path
 import click
 
 from limachat import context
-from limachat.layout import VARIANTS, training_record
+from limachat.layout import DIALOGUE, VARIANTS, training_record
 from limachat.options import filter_options
 from limachat.train.recipe import PRESETS
 
@@ -107,6 +107,40 @@ def _dry_run(config, examples, base_model: str, progress) -> None:
     )
 
 
+def _preference(settings, method, data, base, name, start_from, overrides) -> None:
+    from limachat.serve.base import BaseModelError, prepare_base
+    from limachat.train import preference
+
+    if not re.fullmatch(r"[A-Za-z0-9][A-Za-z0-9._-]*", name):
+        raise click.ClickException(f"--name {name!r}: give a name of letters, digits, '.', '_', '-'")
+    start = None
+    if start_from != "base":
+        start = settings.layout.checkpoint(start_from)
+        if not (start / "adapter_config.json").is_file():
+            raise click.ClickException(
+                f"--start-from {start_from}: no trained adapter in {start}; train it first or give --start-from base"
+            )
+    try:
+        rows = preference.load_rows(list(data), method)  # checked before the base is loaded
+        base_model = prepare_base(settings.home, base or settings.server.base, lambda m: click.echo(m, err=True)).model
+        record = preference.main(
+            method,
+            rows,
+            base_model,
+            settings.layout.checkpoint(name),
+            start=start,
+            overrides=overrides,
+            progress=lambda m: click.echo(m, err=True),
+        )
+    except (BaseModelError, ValueError) as e:
+        raise click.ClickException(str(e)) from None
+    final = record["losses"][-1][1] if record["losses"] else "n/a"
+    click.echo(
+        f"{name}: {method} trained in {record['seconds']:.0f} s, final loss {final}; saved "
+        f"{settings.layout.checkpoint(name)} (`limachat serve` serves it as {name!r})"
+    )
+
+
 @click.command("train")
 @click.option("--variant", type=click.Choice([*VARIANTS, "both"]), default="both", show_default=True)
 @click.option(
@@ -119,7 +153,21 @@ def _dry_run(config, examples, base_model: str, progress) -> None:
 @click.option("--bundled", is_flag=True, help="Add the bundled set (the default when no other source is given).")
 @click.option("--from-db", is_flag=True, help="Add rated chains from the store, with the export filters below.")
 @filter_options
-@click.option("--method", type=click.Choice(["lora", "full"]), default="lora", show_default=True)
+@click.option(
+    "--method",
+    type=click.Choice(["lora", "full", "dpo", "kto"]),
+    default="lora",
+    show_default=True,
+    help="lora, full: supervised (SFT); dpo, kto: a LoRA checkpoint from `limachat export --format preference|kto` "
+    "files given as --data.",
+)
+@click.option("--beta", type=click.FloatRange(0, min_open=True), help="dpo, kto: the beta (TRL's default 0.1).")
+@click.option(
+    "--start-from",
+    default=DIALOGUE,
+    show_default=True,
+    help="dpo, kto: the trained checkpoint to start from (its copy is the reference), or `base` for a fresh LoRA.",
+)
 @click.option(
     "--recipe", type=click.Choice(sorted(PRESETS)), help="lima (default for full) or lora-cpu (default for lora)."
 )
@@ -142,6 +190,8 @@ def train_cmd(
     bundled,
     from_db,
     method,
+    beta,
+    start_from,
     recipe,
     epochs,
     learning_rate,
@@ -160,6 +210,38 @@ def train_cmd(
     from limachat.serve.base import BaseModelError, prepare_base
 
     settings = context.settings(ctx)
+    if method in ("dpo", "kto"):
+        given = [
+            flag
+            for flag, value in (
+                ("--from-db", from_db),
+                ("--bundled", bundled),
+                ("--format", fmt),
+                ("--recipe", recipe),
+                ("--epoch", epoch),
+                ("--dry-run", dry_run),
+                ("--micro-batch-size", micro_batch_size),
+            )
+            if value
+        ]
+        if given:
+            raise click.ClickException(f"--method {method} trains on --data exports only; drop {given[0]}")
+        if not data:
+            raise click.ClickException(
+                f"--method {method} needs --data FILE: a `limachat export --format "
+                f"{'preference' if method == 'dpo' else 'kto'}` file"
+            )
+        return _preference(
+            settings,
+            method,
+            data,
+            base,
+            name or method,
+            start_from,
+            dict(beta=beta, learning_rate=learning_rate, epochs=epochs, batch_size=batch_size, max_length=max_length),
+        )
+    if beta is not None or start_from != DIALOGUE:
+        raise click.ClickException("--beta and --start-from go with --method dpo or kto")
     if name is not None and (variant == "both" or not re.fullmatch(r"[A-Za-z0-9][A-Za-z0-9._-]*", name)):
         raise click.ClickException(f"--name {name!r}: give one --variant and a name of letters, digits, '.', '_', '-'")
     try:

@@ -252,10 +252,9 @@ def _callback(progress_bar, epochs_dir: Path, model, tokenizer, losses: list, to
             if logs and "loss" in logs:
                 losses.append((state.global_step, round(float(logs["loss"]), 4)))
                 elapsed = time.monotonic() - self.start
-                self.postfix = {
-                    "loss": round(float(logs["loss"]), 3),
-                    "tok_s": round(state.global_step * tokens_per_step / elapsed),
-                }
+                self.postfix = {"loss": round(float(logs["loss"]), 3)}
+                if tokens_per_step:
+                    self.postfix["tok_s"] = round(state.global_step * tokens_per_step / elapsed)
 
         def on_step_end(self, args, state, control, **kw):
             progress_bar.update(1, **self.postfix)
