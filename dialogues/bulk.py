@@ -10,11 +10,13 @@ from __future__ import annotations
 import hashlib
 import json
 from collections.abc import Iterator
+from datetime import datetime, timedelta
 from typing import Any
 
-from limachat.dialogues.values import ENUMS, now, to_json
+from limachat.dialogues.values import ENUMS, RANKER, check_text, now, to_json
 
 TABLES = ("sessions", "turns", "ratings", "edits", "verdicts")
+FILLED = {"ratings": ("current",), "verdicts": ("current",)}  # set by the merge itself
 
 
 def digest(*parts: str) -> str:
@@ -23,9 +25,16 @@ def digest(*parts: str) -> str:
 
 class Bulk:
     def _columns(self, table: str) -> set[str]:
+        return set(self._schema(table))
+
+    def _schema(self, table: str) -> dict[str, bool]:
+        """column -> whether a row must give it (a key, or NOT NULL without a default), read from the schema."""
         cache = self.__dict__.setdefault("_column_cache", {})
         if table not in cache:
-            cache[table] = {r[1] for r in self.db.execute(f"PRAGMA table_info({table})")}
+            cache[table] = {
+                name: bool(pk) or (bool(notnull) and default is None)
+                for _, name, _, notnull, default, pk in self.db.execute(f"PRAGMA table_info({table})")
+            }
         return cache[table]
 
     def _valid_row(self, table: str, obj: Any, what: str) -> dict[str, Any]:
@@ -35,6 +44,12 @@ class Bulk:
         unknown = sorted(set(obj) - self._columns(table) - {"owner"})
         if unknown:
             raise ValueError(f"{what} has unknown field {unknown[0]!r}")
+        for column, required in self._schema(table).items():
+            if required and obj.get(column) is None and column not in FILLED.get(table, ()):
+                raise ValueError(f'{what} has no "{column}"' + (" (null)" if column in obj else ""))
+        for column, value in obj.items():
+            if isinstance(value, str):
+                check_text(value, f"{what}.{column}")
         for column, allowed in ENUMS.get(table, {}).items():
             value = obj.get(column)
             if value is not None and value not in allowed:
@@ -85,6 +100,139 @@ class Bulk:
         db["turns"].insert_all(rows)
         return len(rows)
 
+    def import_tree(
+        self, fmt: str, tree: str, nodes: list[dict[str, Any]], meta: dict[str, Any], file: str, line: int
+    ) -> int | None:
+        """A message tree (OpenAssistant's) as one `imported` session whose siblings stay siblings; nodes
+        come parents first, each {key, parent, role, text, rank}. Ranks among siblings (0 is best) become
+        the ratings of annotator `oasst-ranking`: the best excellent, the worst fail, any between pass (a
+        lone ranked reply is not rated: a rank says nothing alone). None when the tree is already there."""
+        db = self.db
+        sid = digest(fmt, tree)
+        if db["sessions"].count_where("id = ?", [sid]):
+            return None
+        created = now()
+        start = datetime.fromisoformat(created)
+        db["sessions"].insert(
+            {
+                "id": sid,
+                "created": created,
+                "mode": "imported",
+                "prompt_set": file,
+                "meta": to_json("meta", {**meta, "file": file, "line": line}),
+            }
+        )
+        depth: dict[str | None, int] = {None: -1}
+        rows, ranked = [], {}
+        for node in nodes:
+            depth[node["key"]] = depth[node["parent"]] + 1
+            tid = digest(sid, node["key"])
+            rows.append(
+                {
+                    "id": tid,
+                    "session_id": sid,
+                    "parent_id": digest(sid, node["parent"]) if node["parent"] else None,
+                    "lane": None,
+                    "exchange": depth[node["key"]] // 2 + 1,
+                    "role": node["role"],
+                    "content": node["text"],
+                    "checkpoint": None,
+                    "status": "ok",
+                    "created": (start + timedelta(microseconds=len(rows))).isoformat(),  # siblings keep their order
+                }
+            )
+            if node["rank"] is not None and node["role"] == "assistant":
+                ranked.setdefault(node["parent"], []).append((node["rank"], tid))
+        db["turns"].insert_all(rows)
+        ratings = []
+        for siblings in ranked.values():
+            if len(siblings) < 2:
+                continue
+            siblings.sort()
+            for i, (_, tid) in enumerate(siblings):
+                label = "excellent" if i == 0 else "fail" if i == len(siblings) - 1 else "pass"
+                ratings.append(
+                    {
+                        "id": digest(tid, RANKER),
+                        "turn_id": tid,
+                        "annotator": RANKER,
+                        "label": label,
+                        "comment": f"rank {siblings[i][0]} of {len(siblings)}",
+                        "created": created,
+                        "current": 1,
+                    }
+                )
+        db["ratings"].insert_all(ratings)
+        return len(rows)
+
+    def import_pair(
+        self,
+        pairs: list[tuple[str, str]],
+        meta: dict[str, Any],
+        chosen: str,
+        rejected: str,
+        annotator: str,
+        file: str,
+        line: int,
+    ) -> int | None:
+        """A preference row as a compare-shaped session: the prompt on both lanes, the chosen reply on
+        lane a, the rejected one on lane b, and the verdict "a" by `annotator` (the row's first, else
+        "imported"). None when it is already there, else the turns added."""
+        db = self.db
+        sid = digest("preference", json.dumps(pairs), chosen, rejected, json.dumps(meta, sort_keys=True))
+        if db["sessions"].count_where("id = ?", [sid]):
+            return None
+        created = now()
+        db["sessions"].insert(
+            {
+                "id": sid,
+                "created": created,
+                "mode": "compare",
+                "prompt_set": file,
+                "annotator": annotator,
+                "meta": to_json(
+                    "meta", {**meta, "file": file, "line": line, "lanes": {"a": "chosen", "b": "rejected"}}
+                ),
+            }
+        )
+        rows, last = [], {}
+        for lane, reply in (("a", chosen), ("b", rejected)):
+            parent = None
+            for i, (role, text) in enumerate([*pairs, ("assistant", reply)]):
+                tid = digest(sid, lane, str(i))
+                rows.append(
+                    {
+                        "id": tid,
+                        "session_id": sid,
+                        "parent_id": parent,
+                        "lane": lane,
+                        "exchange": i // 2 + 1,
+                        "role": role,
+                        "content": text,
+                        "checkpoint": None,
+                        "status": "ok",
+                        "created": created,
+                    }
+                )
+                parent = tid
+            last[lane] = parent
+        db["turns"].insert_all(rows)
+        db["verdicts"].insert(
+            {
+                "id": digest(sid, "verdict"),
+                "session_id": sid,
+                "turn_a": last["a"],
+                "turn_b": last["b"],
+                "checkpoint_a": None,
+                "checkpoint_b": None,
+                "verdict": "a",
+                "annotator": annotator,
+                "created": created,
+                "current": 1,
+            }
+        )
+        return len(rows)
+
     def merge_session(self, record: dict[str, Any]) -> tuple[bool, int]:
         """Insert what is missing of one exported session (rows already present stay as they are).
         Returns (was the session there already, turns added). Call inside `transaction`."""
@@ -98,6 +246,7 @@ class Bulk:
             if not isinstance(rows, list):
                 raise ValueError(f'"{table}" must be a list')
             parts[table] = [self._valid_row(table, r, f"{table}[{i}]") for i, r in enumerate(rows)]
+        _check_references(db, session["id"], parts)
         machines = record.get("annotators", [])
         if not isinstance(machines, list):
             raise ValueError('"annotators" must be a list')
@@ -173,6 +322,25 @@ class Bulk:
             if session.get("study"):
                 out["study"] = self.study_row(session["study"])
             yield session, out
+
+
+def _check_references(db, session_id: str, parts: dict[str, list[dict[str, Any]]]) -> None:
+    """Every turn a row points at is in the record or already stored, and a session's turns are its own."""
+    ids = {t["id"] for t in parts["turns"]}
+
+    def known(turn_id: str) -> bool:
+        return turn_id in ids or db["turns"].count_where("id = ?", [turn_id]) > 0
+
+    for i, t in enumerate(parts["turns"]):
+        if t["session_id"] != session_id:
+            raise ValueError(f"turns[{i}] belongs to session {t['session_id']!r}, not {session_id!r}")
+        if t.get("parent_id") is not None and not known(t["parent_id"]):
+            raise ValueError(f"turns[{i}]: its parent_id {t['parent_id']!r} is no turn of the record or the store")
+    for table, columns in (("ratings", ("turn_id",)), ("edits", ("turn_id",)), ("verdicts", ("turn_a", "turn_b"))):
+        for i, row in enumerate(parts[table]):
+            for column in columns:
+                if not known(row[column]):
+                    raise ValueError(f"{table}[{i}]: {column} {row[column]!r} is no turn of the record or the store")
 
 
 def _parents_first(turns: list[dict[str, Any]]) -> list[dict[str, Any]]:

@@ -96,10 +96,18 @@ class Chain:
     annotators: list[str]
     leaf: str = ""  # the id of the branch's last turn: the chain's name in a selection
 
-    def messages(self) -> list[dict[str, str]]:
-        system = (self.session.get("meta") or {}).get("system")
-        head = [{"role": "system", "content": system}] if system else []
-        return head + [{"role": t["role"], "content": t["content"]} for t in self.turns]
+    def messages(self) -> list[dict[str, Any]]:
+        """The chain as chat messages; an imported OpenAI file's per-message "weight" is written back."""
+        meta = self.session.get("meta") or {}
+        head = [{"role": "system", "content": meta["system"]}] if meta.get("system") else []
+        weights = meta.get("weights") or []
+        out = []
+        for i, t in enumerate(self.turns):
+            message = {"role": t["role"], "content": t["content"]}
+            if i < len(weights) and weights[i] is not None:
+                message["weight"] = weights[i]
+            out.append(message)
+        return head + out
 
     def provenance(self) -> dict[str, Any]:
         """Where the chain came from (trainers ignore it); a study's chain says which study and slot."""

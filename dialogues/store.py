@@ -18,6 +18,7 @@ import queue
 import socket
 import sqlite3
 import threading
+import urllib.parse
 from collections.abc import Callable
 from concurrent.futures import Future, ThreadPoolExecutor
 from pathlib import Path
@@ -124,9 +125,23 @@ class Store(Reads, Bulk, Machines, Studies):
                         f"{self.path} is not a SQLite database (left as it is; set db or --home to another file)"
                     )
         try:
-            self.path.parent.mkdir(parents=True, exist_ok=True)
+            if not self.path.parent.is_dir():
+                self.path.parent.mkdir(parents=True, exist_ok=True)
         except OSError as e:
             raise StoreError(f"cannot create {self.path.parent}: {e.strerror}") from None
+        # A home on a read-only disk (an archived study) is opened immutable: every read works, a write
+        # is refused in one line. os.access answers EROFS for root too.
+        self.readonly = not os.access(self.path.parent, os.W_OK) or (
+            self.path.exists() and not os.access(self.path, os.W_OK)
+        )
+        if self.readonly and not self.path.exists():
+            raise StoreError(f"{self.path}: no database, and {self.path.parent} cannot be written (a read-only disk?)")
+        wal = self.path.with_name(self.path.name + "-wal")
+        if self.readonly and wal.exists() and wal.stat().st_size:
+            raise StoreError(
+                f"{self.path} is on a read-only disk with writes still in {wal.name}; open it once where it can "
+                "be written (limachat report does) so they are merged into the file"
+            )
         self.busy_timeout_ms = busy_timeout_ms
         self._local = threading.local()
         self.commits = 0  # transactions the writer committed (each may hold many writes)
@@ -155,7 +170,11 @@ class Store(Reads, Bulk, Machines, Studies):
         _not_on_loop()
         db = getattr(self._local, "db", None)
         if db is None or getattr(self._local, "pid", None) != os.getpid():
-            db = Database(sqlite3.connect(self.path, isolation_level=None))
+            if self.readonly:
+                uri = f"file:{urllib.parse.quote(str(self.path.resolve()))}?immutable=1"
+                db = Database(sqlite3.connect(uri, uri=True, isolation_level=None))
+            else:
+                db = Database(sqlite3.connect(self.path, isolation_level=None))
             db.execute(f"PRAGMA busy_timeout={self.busy_timeout_ms}")
             db.execute("PRAGMA foreign_keys=ON")
             db.execute("PRAGMA synchronous=NORMAL")  # WAL + NORMAL: a commit survives a crash of this process
@@ -164,6 +183,13 @@ class Store(Reads, Bulk, Machines, Studies):
 
     def _migrate(self) -> None:
         db = self.db
+        if self.readonly:
+            if "_sqlite_migrations" not in db.table_names() or migrations.pending(db):
+                raise StoreError(
+                    f"{self.path} needs a schema upgrade, which a read-only disk cannot take; copy the home "
+                    "to a writable disk first"
+                )
+            return
         if db.execute("PRAGMA journal_mode").fetchone()[0] != "wal":
             db.execute("PRAGMA journal_mode=WAL")  # persistent: stored in the file
         if "_sqlite_migrations" in db.table_names() and not migrations.pending(db):
@@ -175,6 +201,8 @@ class Store(Reads, Bulk, Machines, Studies):
             db.execute("PRAGMA foreign_keys=ON")
 
     def _submit(self, fn: Callable[[], Any]) -> Future:
+        if self.readonly:
+            raise StoreError(f"{self.path} is on a read-only disk: it can be read (report, export), not written")
         if not getattr(self, "_writer", None) or not self._writer.is_alive():
             raise StoreError(f"{self.path} is closed")
         future: Future = Future()

@@ -23,6 +23,7 @@ RATERS = ("humans", "judges", "all")  # whose ratings a report or a filter takes
 JUDGE_MODES = ("label", "score", "pairwise")
 GOLD_SOURCES = ("humans", "teachers", "both")  # whose gold edits training takes
 JSON_COLUMNS = {"params", "meta", "omitted"}
+RANKER = "oasst-ranking"  # the annotator OpenAssistant's sibling ranks are imported under (a human's)
 INTERRUPTED = "interrupted: the app stopped while this reply was streaming"
 
 
@@ -54,6 +55,17 @@ def _row(row: dict[str, Any] | None) -> dict[str, Any] | None:
     return {k: (json.loads(v) if k in JSON_COLUMNS and v is not None else v) for k, v in row.items()}
 
 
+def check_text(text: str, what: str) -> str:
+    """Text a database and a terminal can hold: UTF-8 encodable (no lone surrogates), and no control
+    characters but tab, newline and carriage return (a NUL ends C strings; ESC drives terminals)."""
+    for i, ch in enumerate(text):
+        code = ord(ch)
+        if (code < 32 and ch not in "\t\n\r") or code == 127 or 0xD800 <= code <= 0xDFFF:
+            kind = "a lone surrogate" if code >= 0xD800 else f"the control character U+{code:04X}"
+            raise ValueError(f"{what} holds {kind} at character {i + 1}")
+    return text
+
+
 def _check(value: str, allowed: tuple[str, ...], what: str) -> str:
     if value not in allowed:
         raise StoreError(f"{what} must be one of {', '.join(allowed)}, not {value!r}")
@@ -67,6 +79,7 @@ ENUMS = {
     "ratings": {"label": LABELS},
     "verdicts": {"verdict": JUDGE_VERDICTS},
     "edits": {"review": ("accepted", "rejected")},
+    "annotators": {"kind": KINDS},
 }
 
 

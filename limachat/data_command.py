@@ -7,6 +7,7 @@ from pathlib import Path
 import click
 
 from limachat import context
+from limachat.dialogues.formats import FORMATS
 from limachat.options import filter_options
 
 
@@ -36,13 +37,14 @@ def config_cmd(ctx: click.Context) -> None:
 @click.option(
     "--format",
     "fmt",
-    type=click.Choice(["lima", "messages", "sharegpt", "sessions"]),
-    help="Detected from the first line when not given.",
+    type=click.Choice(FORMATS),
+    help="Detected from each record when not given.",
 )
 @click.option("--skip-bad", is_flag=True, help="Skip bad lines (and count them) instead of stopping at the first.")
 @click.pass_context
 def import_cmd(ctx: click.Context, file: Path, fmt: str | None, skip_bad: bool) -> None:
-    """Import conversations (LIMA, messages, ShareGPT JSONL) or sessions exported by limachat."""
+    """Import conversations (LIMA, messages/OpenAI, ShareGPT, Alpaca, OpenAssistant trees, preference pairs;
+    JSONL or one JSON array) or sessions exported by limachat."""
     from limachat.dialogues.formats import FormatError, import_file
 
     try:

@@ -4,6 +4,8 @@ line that names the error and points to that file."""
 from __future__ import annotations
 
 import logging
+import os
+import tempfile
 from pathlib import Path
 
 from limachat.layout import Home
@@ -18,6 +20,9 @@ def setup(home: Path) -> Path:
     """Log limachat's warnings and errors to <home>/logs/limachat.log (once per process and file)."""
     global _path
     path = Home(Path(home)).logs / "limachat.log"
+    if not os.access(Path(home) if Path(home).is_dir() else Path(home).parent, os.W_OK):
+        # a home on a read-only disk can still be read (report, export elsewhere): log beside the temp files
+        path = Path(tempfile.gettempdir()) / f"limachat-{os.getuid()}.log"
     if _path != path:
         path.parent.mkdir(parents=True, exist_ok=True)
         handler = logging.FileHandler(path, encoding="utf-8")

@@ -50,6 +50,8 @@ TURN = {
     "created": "2026-01-01T00:00:01",
 }
 
+RATING_ROW = {"id": "r", "turn_id": "t-bad", "annotator": "a", "label": "pass", "created": "x", "current": 1}
+
 # (id, files to write in the working folder, environment, CLI arguments, what the one line must contain)
 CLI_CASES = [
     (
@@ -68,11 +70,18 @@ CLI_CASES = [
     ),
     ("import-empty", {"in.jsonl": b""}, {}, ["import", "in.jsonl"], "in.jsonl: empty"),
     (
-        "import-json-array",
-        {"in.jsonl": b'[{"conversations": ["a", "b"]}]\n'},
+        "import-json-array-in-lines",
+        {"in.jsonl": b'{"conversations": ["a", "b"]}\n[{"conversations": ["a", "b"]}]\n'},
         {},
         ["import", "in.jsonl"],
-        "in.jsonl:1: each line must be a JSON object (a JSON array?",
+        "in.jsonl:2: each line must be a JSON object (a JSON array?",
+    ),
+    (
+        "import-json-array-element",
+        {"in.json": b'[\n  {"conversations": ["a", "b"]},\n  3\n]\n'},
+        {},
+        ["import", "in.json"],
+        "in.json:3: each element must be a JSON object",
     ),
     (
         "import-pretty-json",
@@ -275,6 +284,127 @@ CLI_CASES = [
         {},
         ["import", "in.jsonl"],
         "limachat.db is not a SQLite database",
+    ),
+    (
+        "import-rating-without-id",
+        {
+            "in.jsonl": session_with(
+                turns=[{**TURN, "role": "assistant"}], ratings=[{**RATING_ROW, "id": None}]
+            ).encode()
+        },
+        {},
+        ["import", "in.jsonl"],
+        'in.jsonl:1: ratings[0] has no "id" (null)',
+    ),
+    (
+        "import-rating-key-missing",
+        {"in.jsonl": session_with(turns=[TURN], ratings=[{k: v for k, v in RATING_ROW.items() if k != "id"}]).encode()},
+        {},
+        ["import", "in.jsonl"],
+        'in.jsonl:1: ratings[0] has no "id"',
+    ),
+    (
+        "import-rating-of-no-turn",
+        {"in.jsonl": session_with(turns=[TURN], ratings=[{**RATING_ROW, "turn_id": "t-gone"}]).encode()},
+        {},
+        ["import", "in.jsonl"],
+        "in.jsonl:1: ratings[0]: turn_id 't-gone' is no turn of the record or the store",
+    ),
+    (
+        "import-turn-of-another-session",
+        {"in.jsonl": session_with(turns=[{**TURN, "session_id": "s-other"}]).encode()},
+        {},
+        ["import", "in.jsonl"],
+        "in.jsonl:1: turns[0] belongs to session 's-other', not 's-bad'",
+    ),
+    (
+        "import-text-with-escape",
+        {"in.jsonl": b'{"conversations": ["a", "b"]}\n{"conversations": ["hi \\u001b[2J", "b"]}\n'},
+        {},
+        ["import", "in.jsonl"],
+        "in.jsonl:2: turn 1 holds the control character U+001B at character 4",
+    ),
+    (
+        "import-text-with-nul-in-a-session",
+        {"in.jsonl": session_with(turns=[{**TURN, "content": "a\x00b"}]).encode()},
+        {},
+        ["import", "in.jsonl"],
+        "in.jsonl:1: turns[0].content holds the control character U+0000",
+    ),
+    (
+        "import-lone-surrogate",
+        {"in.jsonl": b'{"messages": [{"role": "user", "content": "\\ud800"}]}\n'},
+        {},
+        ["import", "in.jsonl"],
+        "in.jsonl:1: turn 1 holds a lone surrogate at character 1",
+    ),
+    (
+        "import-alpaca-no-output",
+        {"in.json": b'[{"instruction": "Say hi.", "input": "", "output": ""}]'},
+        {},
+        ["import", "in.json", "--format", "alpaca"],
+        'in.json:1: "output" must be a non-empty string',
+    ),
+    (
+        "import-openai-weight-on-user",
+        {"in.jsonl": b'{"messages": [{"role": "user", "content": "q", "weight": 1}]}\n'},
+        {},
+        ["import", "in.jsonl"],
+        'in.jsonl:1: message 1: "weight" is 0 or 1, on assistant messages only',
+    ),
+    (
+        "import-oasst-two-roots",
+        {
+            "in.jsonl": b'{"message_id": "a", "parent_id": null, "role": "prompter", "text": "q", "message_tree_id": "t"}\n'
+            b'{"message_id": "b", "parent_id": null, "role": "prompter", "text": "q", "message_tree_id": "t"}\n'
+        },
+        {},
+        ["import", "in.jsonl"],
+        "in.jsonl:1: a message tree has one root (parent_id null), this one has 2",
+    ),
+    (
+        "import-oasst-unknown-parent",
+        {
+            "in.jsonl": b'{"message_id": "a", "parent_id": null, "role": "prompter", "text": "q"}\n'
+            b'{"message_id": "b", "parent_id": "zz", "role": "assistant", "text": "r", "message_tree_id": "a"}\n'
+        },
+        {},
+        ["import", "in.jsonl"],
+        "in.jsonl:2: parent_id 'zz' is no message of its tree",
+    ),
+    (
+        "import-oasst-not-alternating",
+        {
+            "in.jsonl": b'{"message_tree_id": "t", "prompt": {"message_id": "a", "role": "prompter", "text": "q", '
+            b'"replies": [{"message_id": "b", "role": "prompter", "text": "again"}]}}\n'
+        },
+        {},
+        ["import", "in.jsonl"],
+        "in.jsonl:1: a prompter message cannot answer a prompter one (turns alternate)",
+    ),
+    (
+        "import-preference-tie",
+        {"in.jsonl": b'{"prompt": "q", "chosen": "same", "rejected": "same"}\n'},
+        {},
+        ["import", "in.jsonl"],
+        'in.jsonl:1: "chosen" and "rejected" are the same reply: a tie is no pair',
+    ),
+    (
+        "import-preference-prompt-ends-with-a-reply",
+        {
+            "in.jsonl": b'{"prompt": [{"role": "user", "content": "q"}, {"role": "assistant", "content": "r"}], '
+            b'"chosen": "a", "rejected": "b"}\n'
+        },
+        {},
+        ["import", "in.jsonl"],
+        'in.jsonl:1: "prompt" must end with a user message',
+    ),
+    (
+        "export-since-not-a-date",
+        {},
+        {},
+        ["export", "--format", "messages", "-o", "out.jsonl", "--since", "yesterday"],
+        "--since must be an ISO date or date/time (2026-12-01, 2026-12-01T09:30), not 'yesterday'",
     ),
 ]
 
@@ -586,3 +716,72 @@ def test_cases_cover_every_entry_point():
         "revise",
     } <= kinds
     assert len(CLI_CASES) + len(APP_CASES) + 2 >= 30
+
+
+def test_a_home_on_a_read_only_disk_is_read_and_a_write_is_one_line(seeded_db, tmp_path):
+    """An archived home on a read-only disk (a tmpfs remounted read-only, in a mount namespace of this
+    test's own): report, export elsewhere and a study's report work; an import is refused in one line."""
+    home = tmp_path / "home"
+    home.mkdir()
+    (home / "limachat.db").write_bytes(seeded_db.read_bytes())
+    store = Store(home / "limachat.db")
+    store.create_study(
+        "archived",
+        prompt_set="p",
+        prompts=[{"id": "p1", "prompt": "Name a bird."}],
+        checkpoints=["zero-shot", "dialogue"],
+        conversations=1,
+        turns=1,
+        blind=True,
+        annotators=["ana"],
+        seed=3,
+    )
+    sid = store.start_session("blind", annotator="ana", study="archived", slot=0, prompt="p1", prompt_set="p")
+    for lane, ck in (("a", "zero-shot"), ("b", "dialogue")):
+        u = store.add_user_turn(sid, "Name a bird.", lane=lane)
+        t = store.begin_assistant_turn(sid, u, checkpoint=ck, lane=lane)
+        store.finish_assistant_turn(t, "A robin." if lane == "a" else "A wren.")
+        store.rate(t, "ana", "pass" if lane == "a" else "excellent")
+    store.close()
+    (tmp_path / "in.jsonl").write_text('{"conversations": ["a", "b"]}\n')
+    disk, out = tmp_path / "disk", tmp_path / "out"
+    disk.mkdir()
+    out.mkdir()
+    cli = f"{sys.executable} -m limachat.cli"
+    steps = {
+        "report": "report",
+        "export": f"export --format preference -o {out}/pairs.jsonl",
+        "study": f"report --study archived --html {out}/study.html",
+        "import": f"import {tmp_path}/in.jsonl",
+    }
+    script = "\n".join(
+        [
+            f"mount -t tmpfs -o size=64m tmpfs {disk}",
+            f"cp -a {home} {disk}/home",
+            f"mount -o remount,ro {disk}",
+            *(
+                f"if LIMACHAT_HOME={disk}/home {cli} {args} > {out}/{name}.out 2> {out}/{name}.err; "
+                f"then echo 0; else echo $?; fi > {out}/{name}.rc"
+                for name, args in steps.items()
+            ),
+        ]
+    )
+    env = {k: v for k, v in os.environ.items() if not k.startswith("LIMACHAT_")}
+    done = subprocess.run(
+        ["unshare", "--mount", "--propagation", "private", "sh", "-ec", script],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=300,
+        cwd=tmp_path,
+    )
+    assert done.returncode == 0, done.stderr
+    rc = {name: int((out / f"{name}.rc").read_text()) for name in steps}
+    err = {name: (out / f"{name}.err").read_text() for name in steps}
+    assert rc == {"report": 0, "export": 0, "study": 0, "import": 1}, err
+    assert "| dialogue | 2 |" in (out / "report.out").read_text(), (out / "report.out").read_text()
+    assert "pairs: " in (out / "export.out").read_text() and (out / "pairs.jsonl").is_file()
+    assert "<html" in (out / "study.html").read_text()[:500].lower()
+    assert_one_clear_line(
+        err["import"], "limachat.db is on a read-only disk: it can be read (report, export), not written"
+    )

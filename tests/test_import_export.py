@@ -281,12 +281,15 @@ def test_a_session_line_failing_half_way_leaves_nothing_with_skip_bad(store, tmp
         t["session_id"] = "new-session"
         t["id"] = "new-" + t["id"]
         t["parent_id"] = t["parent_id"] and "new-" + t["parent_id"]
-    record["ratings"] = [
-        {**record["ratings"][0], "id": "r-new", "turn_id": "no-such-turn"}
-    ]  # fails after the turns went in
+    turns = [t["id"] for t in record["turns"] if t["role"] == "assistant"]
+    record.update(ratings=[], edits=[])
+    record["verdicts"] = [  # its session is none the database has: the foreign key fails after the turns went in
+        {"id": "v", "session_id": "elsewhere", "turn_a": turns[0], "turn_b": turns[0], "verdict": "a"}
+        | {"annotator": "ana", "created": "2026-01-01"}
+    ]
     other = Store(tmp_path / "other.db")
     report = import_file(other, write(tmp_path / "half.jsonl", record), skip_bad=True)
-    assert len(report.bad) == 1 and "FOREIGN KEY" in report.bad[0]
+    assert len(report.bad) == 1 and "FOREIGN KEY" in report.bad[0], report.bad
     assert other.counts()["turns"] == 0
     assert other.counts()["sessions"] == 0
 
@@ -360,3 +363,120 @@ def test_the_filters_flags_and_their_arguments_come_from_one_dataclass():
         gold_from="both",
     )
     assert parsed(*wanted.args()) == wanted
+
+
+# -- the formats people bring in -----------------------------------------------------------------------
+ALPACA = [
+    {"instruction": "Give a synonym.", "input": "happy", "output": "Glad."},
+    {"instruction": "Name a prime number.", "input": "", "output": "Seven."},
+]
+
+
+def test_alpaca_as_a_json_array_and_as_jsonl_with_a_bom_and_crlf(store, tmp_path):
+    array = tmp_path / "alpaca_data.json"
+    array.write_text(json.dumps(ALPACA, indent=2))
+    report = import_file(store, array)
+    assert (report.format, report.sessions_added, report.turns_added) == ("alpaca", 2, 4)
+    [first, second] = sorted((c.messages() for c in chains(store)), key=lambda m: m[0]["content"])
+    assert first == [
+        {"role": "user", "content": "Give a synonym.\n\nhappy"},
+        {"role": "assistant", "content": "Glad."},
+    ]
+    assert second[0]["content"] == "Name a prime number."  # an empty input adds nothing
+    lines = tmp_path / "alpaca.jsonl"
+    lines.write_bytes(b"\xef\xbb\xbf" + b"".join(json.dumps(r).encode() + b"\r\n" for r in ALPACA))
+    again = import_file(store, lines)
+    assert again.sessions_present == 2 and again.sessions_added == 0 and not again.bad
+
+
+def test_openai_fine_tuning_lines_keep_the_system_message_and_weights(store, tmp_path):
+    record = {
+        "messages": [
+            {"role": "system", "content": "You are terse."},
+            {"role": "user", "content": "Capital of Peru?"},
+            {"role": "assistant", "content": "Lima, I think.", "weight": 0},
+            {"role": "user", "content": "Sure?"},
+            {"role": "assistant", "content": "Yes: Lima.", "weight": 1},
+        ]
+    }
+    import_file(store, write(tmp_path / "openai.jsonl", record))
+    out = tmp_path / "out.jsonl"
+    export(store, out, "messages")
+    assert json.loads(out.read_text())["messages"] == record["messages"]
+
+
+OASST = [  # one tree: a prompt, three ranked replies, a follow-up under the best, a deleted reply
+    {"message_id": "m1", "parent_id": None, "role": "prompter", "text": "Tips for a first marathon?"},
+    {"message_id": "m2", "parent_id": "m1", "role": "assistant", "text": "Train slowly for months.", "rank": 0},
+    {"message_id": "m3", "parent_id": "m1", "role": "assistant", "text": "Run a lot.", "rank": 1},
+    {"message_id": "m4", "parent_id": "m1", "role": "assistant", "text": "Buy shoes.", "rank": 2},
+    {"message_id": "m5", "parent_id": "m2", "role": "prompter", "text": "How many months?"},
+    {"message_id": "m6", "parent_id": "m5", "role": "assistant", "text": "Four to six."},
+    {"message_id": "m7", "parent_id": "m1", "role": "assistant", "text": "spam", "deleted": True},
+]
+
+
+def nested(messages: list[dict], root: str = "m1") -> dict:
+    def node(m):
+        kids = [node(k) for k in messages if k["parent_id"] == m["message_id"]]
+        return {k: v for k, v in m.items() if k != "parent_id"} | ({"replies": kids} if kids else {})
+
+    return {"message_tree_id": root, "prompt": node(next(m for m in messages if m["message_id"] == root))}
+
+
+def test_openassistant_trees_keep_siblings_and_their_ranks_become_labels(store, tmp_path):
+    from limachat.dialogues.preference import pairs
+
+    flat = [{**m, "message_tree_id": "m1"} for m in OASST]
+    report = import_file(store, write(tmp_path / "oasst.jsonl", *reversed(flat)))  # any line order
+    assert (report.format, report.sessions_added, report.turns_added) == ("oasst", 1, 6)
+    assert report.warnings == [f"{tmp_path / 'oasst.jsonl'}:1: 1 deleted messages left out, with their replies"]
+    [session] = store.sessions()
+    root = store.children(None, session["id"])[0]
+    replies = store.children(root["id"])
+    assert [r["content"] for r in replies] == ["Train slowly for months.", "Run a lot.", "Buy shoes."]
+    assert [store.ratings(r["id"])[0]["label"] for r in replies] == ["excellent", "pass", "fail"]
+    assert len(list(chains(store))) == 3, "one chain per leaf: the follow-up, then the two other replies"
+    rows = list(pairs(store))
+    assert [(r["chosen"][0]["content"], r["rejected"][0]["content"]) for r in rows] == [
+        ("Train slowly for months.", "Run a lot."),
+        ("Train slowly for months.", "Buy shoes."),
+        ("Run a lot.", "Buy shoes."),
+    ]
+    assert rows[0]["limachat"]["annotators"] == [{"name": "oasst-ranking", "kind": "human"}]
+    again = import_file(store, write(tmp_path / "trees.jsonl", nested(flat)))  # the same tree, nested
+    assert again.format == "oasst" and again.sessions_present == 1 and again.sessions_added == 0
+
+
+def test_preference_rows_import_as_a_compare_verdict_and_export_back(store, tmp_path):
+    from limachat.dialogues.dataset import Output, write_jsonl
+
+    rows = [
+        {
+            "prompt": [
+                {"role": "user", "content": "Pick a fruit."},
+                {"role": "assistant", "content": "An apple."},
+                {"role": "user", "content": "Another?"},
+            ],
+            "chosen": [{"role": "assistant", "content": "A pear."}],
+            "rejected": [{"role": "assistant", "content": "An apple."}],
+        },
+        {"prompt": "Say hi.", "chosen": "Hi!", "rejected": "No."},  # TRL's standard (string) form
+    ]
+    report = import_file(store, write(tmp_path / "pairs.jsonl", *rows))
+    assert (report.format, report.sessions_added) == ("preference", 2)
+    assert {s["mode"] for s in store.sessions()} == {"compare"}
+    back = write_jsonl(Output(store, "preference", Filters()), tmp_path / "back.jsonl")
+    assert sorted(json.dumps([r["prompt"], r["chosen"], r["rejected"]]) for r in back) == sorted(
+        json.dumps(r)
+        for r in [
+            [rows[0]["prompt"], rows[0]["chosen"], rows[0]["rejected"]],
+            [
+                [{"role": "user", "content": "Say hi."}],
+                [{"role": "assistant", "content": "Hi!"}],
+                [{"role": "assistant", "content": "No."}],
+            ],
+        ]
+    )
+    assert {r["limachat"]["annotators"][0]["name"] for r in back} == {"imported"}
+    assert import_file(store, tmp_path / "back.jsonl").sessions_present == 2, "an exported pair is that pair"
