@@ -3,13 +3,17 @@ a background process and serving it, and the Figure 7 report."""
 
 from __future__ import annotations
 
+import dataclasses
+import json
 import time
 from pathlib import Path
 
 from limachat import jobs
 from limachat.demo.answer import Deps
 from limachat.dialogues import report as reports
-from limachat.dialogues.export import Filters, chains, export
+from limachat.dialogues.dataset import MANIFEST, Output, write_hub_dir, write_jsonl
+from limachat.dialogues.export import Filters, chains
+from limachat.dialogues.preference import CHAIN_ONLY
 from limachat.jobs import Job
 from limachat.layout import DIALOGUE
 from limachat.serve.checkpoints import Checkpoint
@@ -47,20 +51,64 @@ def filters(
     return Filters(**{k: v.strip() if isinstance(v, str) else v for k, v in given.items() if v not in (None, "", ANY)})
 
 
-def count(deps: Deps, f: Filters) -> str:
+PAIR_FORMATS = ("preference", "kto")
+
+
+def for_format(f: Filters, fmt: str) -> Filters:
+    """The filters a format takes: pairs and labelled replies leave the chain-shaping ones at their defaults."""
+    if fmt not in PAIR_FORMATS:
+        return f
+    return dataclasses.replace(f, **{name: Filters.__dataclass_fields__[name].default for name in CHAIN_ONLY})
+
+
+def count(deps: Deps, f: Filters, pass_is_good: bool = False) -> str:
+    """What each format would write under these filters: chains, pairs by source, KTO replies."""
     n_chains = n_turns = 0
     for chain in chains(deps.store, f):
         n_chains += 1
         n_turns += len(chain.labels)
-    return f"**{n_chains}** chains, **{n_turns}** assistant turns pass these filters."
+    pairs = Output(deps.store, "preference", for_format(f, "preference"))
+    n_pairs = sum(1 for _ in pairs)
+    kto = Output(deps.store, "kto", for_format(f, "kto"), pass_is_good=pass_is_good)
+    n_kto = sum(1 for _ in kto)
+    return (
+        f"**{n_chains}** chains, **{n_turns}** assistant turns pass these filters.  \n"
+        f"**{n_pairs}** preference pairs: {pairs.tally.line()}.  \n"
+        f"**{n_kto}** KTO replies: {kto.tally.pairs['good']} good, {kto.tally.pairs['bad']} bad"
+        + ("" if pass_is_good else ' (pass replies left out; tick "Pass is good" to count them good)')
+        + ".  \n_Pairs and KTO replies take the checkpoint, annotator, mode, raters and selection filters; "
+        "min label, cut at first fail, gold corrections and min score shape chains only._"
+    )
 
 
-def export_file(deps: Deps, f: Filters, fmt: str) -> tuple[Path, str]:
-    """Write the filtered chains as LIMA or messages JSONL under <home>/exports/."""
+def _output(deps: Deps, f: Filters, fmt: str, pass_is_good: bool, dedupe: bool) -> Output:
+    if fmt in PAIR_FORMATS:
+        return Output(deps.store, fmt, for_format(f, fmt), dedupe=dedupe, pass_is_good=pass_is_good and fmt == "kto")
+    return Output(deps.store, fmt, f)
+
+
+def export_file(deps: Deps, f: Filters, fmt: str, pass_is_good: bool = False, dedupe: bool = False) -> tuple[Path, str]:
+    """Write the filtered data (chains, pairs or KTO replies) as JSONL under <home>/exports/."""
     out = deps.settings.layout.exports / f"limachat-{fmt}-{time.strftime('%Y%m%d-%H%M%S')}.jsonl"
     out.parent.mkdir(parents=True, exist_ok=True)
-    n_chains, n_turns = export(deps.store, out, fmt, f)
-    return out, f"Wrote {n_chains} chains ({n_turns} assistant turns) to `{out}`."
+    output = _output(deps, f, fmt, pass_is_good, dedupe)
+    write_jsonl(output, out)
+    return out, f"Wrote {output.summary()} to `{out}`."
+
+
+def hub_folder(
+    deps: Deps, f: Filters, fmt: str, pass_is_good: bool = False, dedupe: bool = False, license: str = ""
+) -> tuple[Path, str]:
+    """Write (or add this format's config to) the Hub-ready folder <home>/exports/hub."""
+    folder = deps.settings.layout.exports / "hub"
+    folder.parent.mkdir(parents=True, exist_ok=True)
+    output = _output(deps, f, fmt, pass_is_good, dedupe)
+    write_hub_dir(output, list(output), folder, license.strip() or None)
+    configs = ", ".join(json.loads((folder / MANIFEST).read_text())["configs"])
+    return folder, (
+        f"Wrote {output.summary()} as the `{fmt}` config of `{folder}` (configs: {configs}); "
+        f"`datasets.load_dataset('{folder}', '{fmt}')` loads it, `limachat export --push-to-hub` uploads it."
+    )
 
 
 def _job(deps: Deps, kind: str, name: str, args: list[str]) -> Job:

@@ -33,9 +33,19 @@ def collect_tab(deps: Deps, names, pickers: list, annotator, who, tab) -> None:
     widgets = [min_label, cut, gold, ck, person, mode, raters, min_score, selection, gold_from]
     counted = gr.Markdown(elem_id="collect-count")
     with gr.Row():
-        fmt = gr.Radio(["lima", "messages"], value="messages", label="Format")
+        fmt = gr.Radio(
+            ["lima", "messages", "preference", "kto"],
+            value="messages",
+            label="Format (lima, messages: chains for SFT; preference: pairs for DPO; kto: good/bad replies)",
+            elem_id="collect-format",
+        )
+        pass_good = gr.Checkbox(False, label="Pass is good (kto)", elem_id="collect-pass-good")
+        dedupe = gr.Checkbox(False, label="One row per pair (dedupe)")
         export = gr.Button("Export JSONL", elem_id="collect-export")
         train = gr.Button("Train dialogue checkpoint from these", variant="primary")
+    with gr.Row():
+        license_ = gr.Textbox(label="Dataset license (Hub id, e.g. cc-by-4.0)", max_lines=1, scale=2)
+        hub = gr.Button("Write Hub dataset folder", elem_id="collect-hub", scale=1)
     result = gr.Markdown(elem_id="collect-result")
     download = gr.File(label="Download", interactive=False, elem_id="collect-file")
     gr.Markdown(
@@ -75,12 +85,16 @@ def collect_tab(deps: Deps, names, pickers: list, annotator, who, tab) -> None:
             reject = gr.Button("Reject", elem_id="revision-reject")
     reviewed = gr.Markdown(elem_id="revision-status")
 
-    def on_count(*values):
-        return _user(lambda: collect.count(deps, collect.filters(*values)))
+    def on_count(good, *values):
+        return _user(lambda: collect.count(deps, collect.filters(*values), good))
 
-    def on_export(fmt_, *values):
-        path, message = _user(lambda: collect.export_file(deps, collect.filters(*values), fmt_))
+    def on_export(fmt_, good, once, *values):
+        path, message = _user(lambda: collect.export_file(deps, collect.filters(*values), fmt_, good, once))
         return str(path), message
+
+    def on_hub(fmt_, good, once, license_text, *values):
+        _, message = _user(lambda: collect.hub_folder(deps, collect.filters(*values), fmt_, good, once, license_text))
+        return message
 
     def started(job):
         return collect.job_status(deps), gr.Timer(active=True), gr.update(visible=False)
@@ -116,7 +130,7 @@ def collect_tab(deps: Deps, names, pickers: list, annotator, who, tab) -> None:
     def on_open(*values):
         cats = sorted(deps.store.rubrics())
         return (
-            on_count(*values),
+            on_count(False, *values),
             gr.update(choices=[collect.ANY, *collect.selections(deps)]),
             gr.update(choices=cats),
             gr.update(choices=collect.pending_revisions(deps), value=None),
@@ -132,9 +146,10 @@ def collect_tab(deps: Deps, names, pickers: list, annotator, who, tab) -> None:
 
         return on_review
 
-    for w in widgets:
-        w.change(on_count, widgets, counted)
-    export.click(on_export, [fmt, *widgets], [download, result])
+    for w in [pass_good, *widgets]:
+        w.change(on_count, [pass_good, *widgets], counted)
+    export.click(on_export, [fmt, pass_good, dedupe, *widgets], [download, result])
+    hub.click(on_hub, [fmt, pass_good, dedupe, license_, *widgets], result)
     jobs_out = [progress, timer, serve]
     train.click(on_train, widgets, jobs_out)
     judge.click(on_judge, [judge_mode, judge_limit, *widgets], jobs_out)

@@ -189,7 +189,7 @@ def card(manifest: dict[str, Any]) -> str:
         lines += [
             f"## `{name}`",
             "",
-            f"- rows: {facts['rows']}, from {facts['sessions']} conversations ("
+            f"- rows: {facts['rows']}, from {facts['sessions']} conversation{'s' if facts['sessions'] != 1 else ''} ("
             + ", ".join(f"{n} {mode}" for mode, n in facts["modes"].items())
             + ")",
         ]

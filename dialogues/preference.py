@@ -12,7 +12,8 @@ before them. Pairs come from four sources:
 - `edit`: a gold edit (chosen) against the reply it corrects (rejected);
 - `label`: two replies at the same parent (regenerations, or sides sharing a prompt turn) whose
   labels differ under the rater options, the higher one chosen.
-Ties give no pair: a tie verdict, an `inconsistent` judge, equal labels, an edit that changes nothing.
+Ties give no pair: a tie verdict, an `inconsistent` judge, equal labels, two replies of the same text
+(an edit that changes nothing among them).
 Every row carries its provenance under "limachat", which trainers ignore.
 """
 
@@ -128,6 +129,8 @@ def _reply(text: str) -> list[dict[str, str]]:
 
 
 def _pair(w: _World, chosen: dict, rejected: dict, source: str, annotators, chosen_text: str | None = None, **extra):
+    if (chosen["content"] if chosen_text is None else chosen_text).strip() == rejected["content"].strip():
+        return None  # the same text on both sides teaches nothing: a tie
     return {
         "prompt": w.prompt(rejected),
         "chosen": _reply(chosen["content"] if chosen_text is None else chosen_text),
@@ -166,9 +169,6 @@ def _edit_pairs(w: _World, skipped: Counter) -> Iterator[dict]:
         reply = w.turns.get(turn)
         if not w.usable(reply) or not w.in_scope(reply) or (w.f.annotator and editor != w.f.annotator):
             continue
-        if text.strip() == reply["content"].strip():
-            skipped["edits that change nothing"] += 1
-            continue
         yield _pair(w, reply, reply, "edit", [editor], chosen_text=text)
 
 
@@ -204,6 +204,9 @@ def pairs(store: Store, f: Filters = NO_FILTERS, *, dedupe: bool = False, tally:
     seen: set[str] = set()
     for source, make in (("verdict", _verdict_pairs), ("edit", _edit_pairs), ("label", _label_pairs)):
         for row in make(w, tally.skipped):
+            if row is None:
+                tally.skipped["pairs of the same text"] += 1
+                continue
             row["limachat"].setdefault("verdict", None)
             row["limachat"].setdefault("labels", None)
             if dedupe:

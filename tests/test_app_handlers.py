@@ -349,9 +349,9 @@ def test_collect_counts_exports_and_trains_in_the_background(deps):
     state, _ = drain(chat.send(deps, chat.blank(), "Name a fruit.", "dialogue", "ana"))[-1]
     state, _ = drain(chat.send(deps, state, "Another one?", "dialogue", "ana"))[-1]
     chat.rate(deps, state, 1, "Excellent", "ana")
-    assert collect.count(deps, collect.filters("pass")) == "**0** chains, **0** assistant turns pass these filters."
+    assert collect.count(deps, collect.filters("pass")).startswith("**0** chains, **0** assistant turns pass these")
     chat.rate(deps, state, 3, "Pass", "ana")
-    assert collect.count(deps, collect.filters("pass")) == "**1** chains, **2** assistant turns pass these filters."
+    assert collect.count(deps, collect.filters("pass")).startswith("**1** chains, **2** assistant turns pass these")
     assert collect.count(deps, collect.filters("excellent", cut_at_first_fail=True)).startswith("**0**")
     path, message = collect.export_file(
         deps, collect.filters("pass", checkpoint="dialogue", annotator="ana"), "messages"

@@ -103,6 +103,11 @@ def test_ties_give_no_pair_and_dedupe_keeps_one_row(store):
     assert [r["limachat"]["source"] for r in rows] == ["verdict", "edit", "label"]
     store.rate(ids["r2"], "bo", "fail")  # now both siblings are fail: equal labels, no pair
     assert preview(store, Filters()).skipped["siblings with equal labels"] == 1
+    parent = store.turn(ids["r1"])["parent_id"]
+    same = reply(store, ids["chat"], parent, "Rivers are wet.", "dialogue")  # a regeneration drew the same text
+    store.rate(same, "ana", "excellent")
+    tally = preview(store, Filters())
+    assert tally.skipped["pairs of the same text"] == 1 and tally.pairs["label"] == 1, tally  # same over r2
 
 
 def test_filters_apply_to_pairs(store):

@@ -40,7 +40,8 @@ def demo_user(vllm_server, tmp_path_factory):
         compare.verdict(deps, state, choice, "ana")
     state, _ = drain(chat.send(deps, chat.blank(), "Name three rivers.", "dialogue", "ana"))[-1]
     chat.rate(deps, state, 1, "Fail", "ana")
-    state, _ = drain(chat.regenerate(deps, state, 1, "dialogue", "ana"))[-1]
+    other_draw = Deps(deps.store, cks, Settings(home=home, sampling={"max_tokens": 64, "extra": {"seed": 1}}))
+    state, _ = drain(chat.regenerate(other_draw, state, 1, "dialogue", "ana"))[-1]  # a new draw, as a user gets
     chat.rate(deps, state, 1, "Excellent", "ana")
     drain(chat.edit(deps, state, 1, "The Nile, the Amazon and the Danube.", "dialogue", "ana"))
     yield deps, home
@@ -62,6 +63,27 @@ def test_the_demo_users_pairs_by_source(demo_user):
     assert rows[2]["limachat"]["labels"] == {"chosen": "excellent", "rejected": "fail"}
     kto = Output(deps.store, "kto", Filters())
     assert [r["label"] for r in write_jsonl(kto, home / "kto.jsonl")] == [False, True]
+
+
+def test_the_collect_tab_counts_pairs_by_source_and_writes_them(demo_user):
+    """The tab's defaults (min label pass, gold corrections on) shape chains; pairs ignore them and say so."""
+    from datasets import load_dataset
+
+    from limachat.demo import collect
+
+    deps, _ = demo_user
+    f = collect.filters("pass", prefer_gold=True)
+    counted = collect.count(deps, f)
+    assert "**3** preference pairs: 1 from verdicts, 1 from edits, 1 from labels" in counted, counted
+    assert "**2** KTO replies: 1 good, 1 bad (pass replies left out" in counted, counted
+    path, message = collect.export_file(deps, f, "preference")
+    assert len(path.read_text().splitlines()) == 3 and message.startswith("Wrote 3 pairs")
+    folder, message = collect.hub_folder(deps, f, "preference", license="cc-by-4.0")
+    assert "as the `preference` config of" in message and "(configs: preference)" in message, message
+    _, message = collect.hub_folder(deps, f, "kto", pass_is_good=True)
+    assert "(configs: preference, kto)" in message, message
+    assert len(load_dataset(str(folder), "preference", split="train")) == 3
+    assert "license: cc-by-4.0" in (folder / "README.md").read_text()
 
 
 def test_dpo_and_kto_trainers_each_take_a_step_on_the_exports(demo_user, model_home):
