@@ -73,7 +73,7 @@ def count(deps: Deps, f: Filters, pass_is_good: bool = False) -> str:
     n_kto = sum(1 for _ in kto)
     return (
         f"**{n_chains}** chains, **{n_turns}** assistant turns pass these filters.  \n"
-        f"**{n_pairs}** preference pairs: {pairs.tally.line()}.  \n"
+        f"**{n_pairs}** preference pair{'s' if n_pairs != 1 else ''}: {pairs.tally.line()}.  \n"
         f"**{n_kto}** KTO replies: {kto.tally.pairs['good']} good, {kto.tally.pairs['bad']} bad"
         + ("" if pass_is_good else ' (pass replies left out; tick "Pass is good" to count them good)')
         + ".  \n_Pairs and KTO replies take the checkpoint, annotator, mode, raters and selection filters; "

@@ -36,7 +36,8 @@ def collect_tab(deps: Deps, names, pickers: list, annotator, who, tab) -> None:
         fmt = gr.Radio(
             ["lima", "messages", "preference", "kto"],
             value="messages",
-            label="Format (lima, messages: chains for SFT; preference: pairs for DPO; kto: good/bad replies)",
+            label="Format",
+            info="lima, messages: chains for SFT; preference: pairs for DPO; kto: good or bad replies",
             elem_id="collect-format",
         )
         pass_good = gr.Checkbox(False, label="Pass is good (kto)", elem_id="collect-pass-good")

@@ -65,11 +65,12 @@ class Output:
 
     def summary(self) -> str:
         if self.fmt == "preference":
-            return f"{self.rows} pairs: {self.tally.line()}"
+            return f"{self.rows} pair{'s' if self.rows != 1 else ''}: {self.tally.line()}"
         if self.fmt == "kto":
             left = ", ".join(f"{n} {why}" for why, n in sorted(self.tally.skipped.items()))
-            return f"{self.rows} replies: {self.tally.pairs['good']} good, {self.tally.pairs['bad']} bad" + (
-                f" (left out: {left})" if left else ""
+            return (
+                f"{self.rows} repl{'ies' if self.rows != 1 else 'y'}: {self.tally.pairs['good']} good, {self.tally.pairs['bad']} bad"
+                + (f" (left out: {left})" if left else "")
             )
         if self.fmt == "sessions":
             return f"{self.rows} sessions"

@@ -193,9 +193,15 @@ def test_chat_compare_collect_report_in_a_browser(app_url):
         # Collect: the default filters (every reply at least pass) and an export.
         page.get_by_role("tab", name="Collect").click()
         page.wait_for_function("document.querySelector('#collect-count').innerText.includes('chains')")
-        assert "2 chains, 3 assistant turns" in page.locator("#collect-count").inner_text()
+        counted = page.locator("#collect-count").inner_text()
+        assert "2 chains, 3 assistant turns" in counted
+        # the blind verdict at the first exchange is a pair; the regenerated reply is unrated, so no pair
+        assert "1 preference pair: 1 from verdicts, 0 from edits, 0 from labels" in counted, counted
         page.click("#collect-export")
         page.wait_for_function("document.querySelector('#collect-result').innerText.includes('Wrote')")
+        page.locator("#collect-format").get_by_text("preference", exact=True).click()
+        page.click("#collect-export")
+        page.wait_for_function("document.querySelector('#collect-result').innerText.includes('Wrote 1 pair:')")
         shot(page, "collect")
 
         # Curate from the Collect tab: the local base judges every reply, a teacher revises one, a person reviews it.
