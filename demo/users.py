@@ -29,7 +29,7 @@ def read_users(path: Path) -> dict[str, str]:
     """name -> Argon2 hash or plain-text password, from an auth file (blank lines and # comments skipped)."""
     path = Path(path)
     try:
-        data = path.read_bytes()
+        data = path.read_bytes().removeprefix(b"\xef\xbb\xbf")  # a BOM, as Notepad writes
     except OSError as e:
         raise AuthFileError(f"{path}: {e.strerror}") from None
     users: dict[str, str] = {}

@@ -426,7 +426,7 @@ def load_prompts(path: Path) -> list[dict[str, str]]:
     path = Path(path)
     prompts = []
     try:
-        data = path.read_bytes()
+        data = path.read_bytes().removeprefix(BOM)
     except OSError as e:
         raise FormatError(f"{path}: {e.strerror}") from None
     for number, raw in enumerate(data.splitlines(), 1):

@@ -233,7 +233,7 @@ class _TomlSource(PydanticBaseSettingsSource):
         self.data: dict[str, Any] = {}
         if self.path.is_file():
             try:
-                self.data = tomllib.loads(self.path.read_text(encoding="utf-8"))
+                self.data = tomllib.loads(self.path.read_text(encoding="utf-8-sig"))  # a BOM, as Notepad writes
             except tomllib.TOMLDecodeError as e:  # "Expected ... (at line 1, column 8)"
                 m = re.match(r"(.*) \(at line (\d+), column \d+\)$", str(e))
                 where, msg = (f"{self.path}:{m[2]}", m[1]) if m else (str(self.path), str(e))

@@ -785,3 +785,29 @@ def test_a_home_on_a_read_only_disk_is_read_and_a_write_is_one_line(seeded_db, t
     assert_one_clear_line(
         err["import"], "limachat.db is on a read-only disk: it can be read (report, export), not written"
     )
+
+
+def test_files_other_tools_wrote_with_a_bom_and_crlf_are_read_as_they_mean(tmp_path, monkeypatch):
+    """Notepad's UTF-8 (a byte-order mark) and Windows line ends in every file a user hands limachat."""
+    from limachat.demo.users import read_users
+    from limachat.dialogues.formats import load_prompts
+    from limachat.settings import load_settings
+
+    bom = b"\xef\xbb\xbf"
+    prompts = tmp_path / "prompts.txt"
+    prompts.write_bytes(bom + b"Plan my week.\r\nExplain DNS.\r\n")
+    assert load_prompts(prompts) == [{"id": "p01", "prompt": "Plan my week."}, {"id": "p02", "prompt": "Explain DNS."}]
+    toml = tmp_path / "limachat.toml"
+    toml.write_bytes(bom + b"[app]\r\nport = 7861\r\n")
+    for key in [k for k in os.environ if k.startswith("LIMACHAT_")]:
+        monkeypatch.delenv(key)
+    monkeypatch.setenv("LIMACHAT_CONFIG", str(toml))
+    assert load_settings().app.port == 7861
+    users = tmp_path / "users.txt"
+    users.write_bytes(bom + b"ana:secret\r\n")
+    assert list(read_users(users)) == ["ana"]
+    jsonl = tmp_path / "in.jsonl"
+    jsonl.write_bytes(bom + b'{"conversations": ["a", "b"]}\r\n{"conversations": ["c", "d"]}\r\n')
+    store = Store(tmp_path / "x.db")
+    assert import_file(store, jsonl).sessions_added == 2
+    assert sorted(t["content"] for t in store.chain_turns()) == ["a", "b", "c", "d"]  # no BOM in the first
