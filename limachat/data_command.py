@@ -105,6 +105,13 @@ def export_cmd(
         )
     if repo and hf_dir is None:
         raise click.ClickException("--push-to-hub uploads the --hf-dir folder: give --hf-dir DIR too")
+    if repo:
+        from huggingface_hub.utils import HFValidationError, validate_repo_id
+
+        try:
+            validate_repo_id(repo)
+        except HFValidationError as e:
+            raise click.ClickException(f"--push-to-hub {repo!r}: {str(e).split('. ')[0]}") from None
     if output is not None:
         context.writable(output, "-o/--output")
     if hf_dir is not None and (hf_dir.is_file() or not hf_dir.parent.is_dir()):

@@ -211,6 +211,10 @@ def test_cli_writes_preference_and_kto_and_loads_with_datasets(home):
         (["--format", "preference"], "give -o/--output FILE, --hf-dir DIR, or both"),
         (["--format", "preference", "-o", "p.jsonl", "--push-to-hub", "me/x"], "--push-to-hub uploads the --hf-dir"),
         (
+            ["--format", "preference", "--hf-dir", "hub", "--push-to-hub", "a/b/c"],
+            "--push-to-hub 'a/b/c': Repo id must be in the form 'repo_name' or 'namespace/repo_name'",
+        ),
+        (
             ["--format", "preference", "--hf-dir", "no/such/hub"],
             "--hf-dir no/such/hub: the folder no/such does not exist",
         ),
