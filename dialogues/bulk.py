@@ -23,6 +23,22 @@ def digest(*parts: str) -> str:
     return hashlib.sha256("\x1f".join(parts).encode()).hexdigest()[:26]
 
 
+def _turn(tid: str, sid: str, parent: str | None, lane: str | None, exchange: int, role: str, text: str, created: str):
+    """An imported turn: finished, answered by no checkpoint of ours."""
+    return {
+        "id": tid,
+        "session_id": sid,
+        "parent_id": parent,
+        "lane": lane,
+        "exchange": exchange,
+        "role": role,
+        "content": text,
+        "checkpoint": None,
+        "status": "ok",
+        "created": created,
+    }
+
+
 class Bulk:
     def _columns(self, table: str) -> set[str]:
         return set(self._schema(table))
@@ -82,20 +98,7 @@ class Bulk:
         parent, rows = None, []
         for i, (role, text) in enumerate(pairs):
             tid = digest(sid, str(i))
-            rows.append(
-                {
-                    "id": tid,
-                    "session_id": sid,
-                    "parent_id": parent,
-                    "lane": None,
-                    "exchange": i // 2 + 1,
-                    "role": role,
-                    "content": text,
-                    "checkpoint": None,
-                    "status": "ok",
-                    "created": created,
-                }
-            )
+            rows.append(_turn(tid, sid, parent, None, i // 2 + 1, role, text, created))
             parent = tid
         db["turns"].insert_all(rows)
         return len(rows)
@@ -127,20 +130,9 @@ class Bulk:
         for node in nodes:
             depth[node["key"]] = depth[node["parent"]] + 1
             tid = digest(sid, node["key"])
-            rows.append(
-                {
-                    "id": tid,
-                    "session_id": sid,
-                    "parent_id": digest(sid, node["parent"]) if node["parent"] else None,
-                    "lane": None,
-                    "exchange": depth[node["key"]] // 2 + 1,
-                    "role": node["role"],
-                    "content": node["text"],
-                    "checkpoint": None,
-                    "status": "ok",
-                    "created": (start + timedelta(microseconds=len(rows))).isoformat(),  # siblings keep their order
-                }
-            )
+            parent = digest(sid, node["parent"]) if node["parent"] else None
+            at = (start + timedelta(microseconds=len(rows))).isoformat()  # siblings keep their order
+            rows.append(_turn(tid, sid, parent, None, depth[node["key"]] // 2 + 1, node["role"], node["text"], at))
             if node["rank"] is not None and node["role"] == "assistant":
                 ranked.setdefault(node["parent"], []).append((node["rank"], tid))
         db["turns"].insert_all(rows)
@@ -200,20 +192,7 @@ class Bulk:
             parent = None
             for i, (role, text) in enumerate([*pairs, ("assistant", reply)]):
                 tid = digest(sid, lane, str(i))
-                rows.append(
-                    {
-                        "id": tid,
-                        "session_id": sid,
-                        "parent_id": parent,
-                        "lane": lane,
-                        "exchange": i // 2 + 1,
-                        "role": role,
-                        "content": text,
-                        "checkpoint": None,
-                        "status": "ok",
-                        "created": created,
-                    }
-                )
+                rows.append(_turn(tid, sid, parent, lane, i // 2 + 1, role, text, created))
                 parent = tid
             last[lane] = parent
         db["turns"].insert_all(rows)

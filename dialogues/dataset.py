@@ -106,7 +106,8 @@ def _facts(out: Output, rows: list[dict[str, Any]]) -> dict[str, Any]:
     turn_session = {t["id"]: t["session_id"] for t in out.store.chain_turns()}
     labels = out.store.lowest_labels(out.f.annotator, raters=out.f.raters, human_wins=out.f.human_wins)
     shares = Counter(label for turn, label in labels.items() if turn_session.get(turn) in sessions)
-    modes = Counter(out.store.session(s)["mode"] for s in sessions if s)
+    every = out.store.sessions_where()  # one read, not one per session
+    modes = Counter(every[s]["mode"] for s in sessions if s in every)
     sources = dict(out.tally.pairs) if out.fmt in ("preference", "kto") else {}
     return {
         "rows": len(rows),

@@ -197,11 +197,23 @@ def _label_pairs(w: _World, skipped: Counter) -> Iterator[dict]:
                 )
 
 
+def _fresh(seen: set[str] | None, key: list, tally: Tally) -> bool:
+    """With `--dedupe` (`seen` given): whether this row's key is new; a repeat is counted and left out."""
+    if seen is None:
+        return True
+    text = dumps(key)
+    if text in seen:
+        tally.skipped["duplicates"] += 1
+        return False
+    seen.add(text)
+    return True
+
+
 def pairs(store: Store, f: Filters = NO_FILTERS, *, dedupe: bool = False, tally: Tally | None = None) -> Iterator[dict]:
     """Preference rows from every source, in source order. `dedupe`: one row per (prompt, chosen, rejected)."""
     w = _World(store, f)
     tally = tally if tally is not None else Tally(Counter(), Counter())
-    seen: set[str] = set()
+    seen: set[str] | None = set() if dedupe else None
     for source, make in (("verdict", _verdict_pairs), ("edit", _edit_pairs), ("label", _label_pairs)):
         for row in make(w, tally.skipped):
             if row is None:
@@ -209,12 +221,8 @@ def pairs(store: Store, f: Filters = NO_FILTERS, *, dedupe: bool = False, tally:
                 continue
             row["limachat"].setdefault("verdict", None)
             row["limachat"].setdefault("labels", None)
-            if dedupe:
-                key = dumps([row["prompt"], row["chosen"], row["rejected"]])
-                if key in seen:
-                    tally.skipped["duplicates"] += 1
-                    continue
-                seen.add(key)
+            if not _fresh(seen, [row["prompt"], row["chosen"], row["rejected"]], tally):
+                continue
             tally.pairs[source] += 1
             yield row
 
@@ -231,7 +239,7 @@ def kto_rows(
     (left out otherwise). Several annotators' labels resolve as the rater options say."""
     w = _World(store, f)
     tally = tally if tally is not None else Tally(Counter(), Counter())
-    seen: set[str] = set()
+    seen: set[str] | None = set() if dedupe else None
     for t in sorted(w.turns.values(), key=lambda t: (t["created"], t["id"])):
         label = w.labels.get(t["id"])
         if label is None or not w.usable(t) or not w.in_scope(t):
@@ -255,12 +263,8 @@ def kto_rows(
                 "annotators": w.who(w.raters[t["id"]]),
             },
         }
-        if dedupe:
-            key = dumps([row["prompt"], row["completion"], row["label"]])
-            if key in seen:
-                tally.skipped["duplicates"] += 1
-                continue
-            seen.add(key)
+        if not _fresh(seen, [row["prompt"], row["completion"], row["label"]], tally):
+            continue
         tally.pairs["good" if row["label"] else "bad"] += 1
         yield row
 
