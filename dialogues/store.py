@@ -54,7 +54,6 @@ from limachat.dialogues.values import (  # noqa: F401 - re-exported: the store's
 from limachat.dialogues.writer import _not_on_loop, writes
 
 BATCH = 256  # writes at most in one group commit
-SQLITE_HEADER = b"SQLite format 3\x00"
 
 
 START_SLACK = 2.0  # seconds: the same pid started this close to the recorded time is the same process
@@ -118,12 +117,9 @@ class Store(Reads, Bulk, Machines, Studies):
         self.path = Path(path)
         if self.path.is_dir():
             raise StoreError(f"{self.path} is a directory, not a database file")
-        if self.path.exists() and self.path.stat().st_size:
-            with self.path.open("rb") as f:
-                if f.read(16) != SQLITE_HEADER:
-                    raise StoreError(
-                        f"{self.path} is not a SQLite database (left as it is; set db or --home to another file)"
-                    )
+        # The file is only ever opened by SQLite (a file that is not a database is told by SQLITE_NOTADB).
+        # Closing any other descriptor of it drops this process's POSIX locks; another process's last
+        # connection then deletes the WAL under ours, which corrupts the file (sqlite.org/howtocorrupt.html 2.2).
         try:
             if not self.path.parent.is_dir():
                 self.path.parent.mkdir(parents=True, exist_ok=True)
@@ -155,7 +151,13 @@ class Store(Reads, Bulk, Machines, Studies):
                 f"{self.path}: {e}"
                 + (" by another process; nothing was changed, try again" if "locked" in str(e) else "")
             ) from None
-        except (ValueError, sqlite3.DatabaseError) as e:
+        except sqlite3.DatabaseError as e:
+            if getattr(e, "sqlite_errorname", "") == "SQLITE_NOTADB":
+                raise StoreError(
+                    f"{self.path} is not a SQLite database (left as it is; set db or --home to another file)"
+                ) from None
+            raise StoreError(f"{self.path}: {e}") from None
+        except ValueError as e:
             raise StoreError(f"{self.path}: {e}") from None
         finally:
             self.close_connection()

@@ -417,6 +417,49 @@ def test_killing_a_process_that_writes_under_load_keeps_every_acknowledged_write
     assert len(acknowledged) >= 2000 and set(acknowledged) <= present
 
 
+CHILD_WRITER = """
+import sys
+from limachat.dialogues.store import Store
+store = Store(sys.argv[1])
+sid = store.start_session(annotator="job")
+for i in range(50):
+    store.add_user_turn(sid, "j" * 900)
+store.close()
+"""
+
+
+def test_a_second_store_in_this_process_and_a_job_in_another_leave_the_file_sound(tmp_path):
+    """The app holds the database; a command in the same process opens it again (CITING's rounds train
+    from it) and a job in another process writes and exits. If anything but SQLite opened the file, its
+    close would drop this process's locks, the job's exit would delete the WAL under the app, and the next
+    read would fail with "disk I/O error" (it did, in CI). Every row stays, and the file is sound."""
+    path = tmp_path / "shared.db"
+    store = Store(path)
+    sid = store.start_session(annotator="app")
+    for _ in range(300):
+        store.add_user_turn(sid, "a" * 900)
+    Store(path).close()
+    subprocess.run([sys.executable, "-c", CHILD_WRITER, str(path)], check=True, timeout=120)
+    for _ in range(100):
+        store.add_user_turn(sid, "b" * 900)
+    seen: list = []
+
+    def read() -> None:  # on a thread of its own: a new connection
+        try:
+            seen.append({s["annotator"] for s in store.sessions(limit=10)})
+        except sqlite3.Error as e:
+            seen.append(e)
+
+    reader = threading.Thread(target=read)
+    reader.start()
+    reader.join()
+    assert seen == [{"app", "job"}]
+    store.close()
+    check = sqlite3.connect(path)
+    assert check.execute("pragma integrity_check").fetchone()[0] == "ok"
+    assert check.execute("select count(*) from turns").fetchone()[0] == 450
+
+
 def test_writes_queued_together_share_one_commit(store):
     sid = store.start_session()
 

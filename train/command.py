@@ -25,7 +25,11 @@ def gather(settings, data: tuple[Path, ...], fmt: str | None, use_bundled: bool,
         from limachat.dialogues.export import Filters, chains
         from limachat.dialogues.store import Store
 
-        examples += from_chains(chains(Store(settings.db_path), Filters(**filters)))
+        store = Store(settings.db_path)
+        try:
+            examples += from_chains(chains(store, Filters(**filters)))
+        finally:
+            store.close()
     if use_bundled or not (data or from_db):
         examples += bundled_examples()
     return split(examples)
