@@ -1,4 +1,10 @@
-"""How far each LLM judge agrees with the people, and who wins each checkpoint pair by whom.
+"""How far people agree with each other, how far each LLM judge agrees with the people, and who wins each
+checkpoint pair by whom.
+
+Between people, on the turns two or more of them rated: per pair, raw agreement, Cohen's kappa weighted
+for ordered labels (scikit-learn's, linear weights: fail and excellent are further apart than either is
+from pass), LIMA's tie-discounted accuracy and the confusion matrix; across everyone, Krippendorff's
+alpha for ordinal data (the krippendorff package), with a 95% interval from resampling conversations.
 
 On the turns both rated (the people's label being the lowest among them), per judge: plain agreement,
 Cohen's kappa, the confusion matrix, and LIMA's tie-discounted accuracy (Zhou et al., 2023, appendix:
@@ -14,6 +20,7 @@ from collections import Counter, defaultdict
 from dataclasses import dataclass, field
 from typing import Any
 
+from limachat.dialogues import stats
 from limachat.dialogues.values import LABELS, RANK, num, pct
 
 
@@ -39,6 +46,135 @@ def tie_discounted(x: str, y: str) -> float:
 def label_credit(x: str, y: str) -> float:
     """LIMA's tie-discounted point for two labels, `pass` in the tie's place."""
     return {0: 1.0, 1: 0.5}.get(abs(RANK[x] - RANK[y]), 0.0)
+
+
+@dataclass
+class PairAgreement:
+    a: str
+    b: str
+    turns: int  # turns both rated
+    agreement: float
+    kappa: float | None  # Cohen's, unweighted
+    weighted_kappa: float | None  # Cohen's, linear weights over fail < pass < excellent
+    tie_discounted: float
+    confusion: Counter  # (a's label, b's label) -> turns
+
+
+@dataclass
+class PeopleAgreement:
+    pairs: list[PairAgreement]
+    raters: int = 0  # annotators with a turn another also rated
+    turns: int = 0  # turns two or more rated
+    conversations: int = 0  # the conversations those turns are in (the bootstrap's clusters)
+    alpha: stats.Estimate | None = None  # Krippendorff's, ordinal; None when undefined (one label only)
+
+
+def weighted_kappa(a: list[str], b: list[str]) -> float | None:
+    """Cohen's kappa with linear weights over the ordered labels (None when every label is the same:
+    there is no chance agreement to correct)."""
+    from sklearn.metrics import cohen_kappa_score
+
+    if len(set(a) | set(b)) < 2:
+        return None
+    return float(cohen_kappa_score([RANK[x] for x in a], [RANK[y] for y in b], labels=[0, 1, 2], weights="linear"))
+
+
+def _alpha(columns: list[dict[str, str]], raters: list[str]) -> float:
+    """Krippendorff's alpha (ordinal) over turns (`columns`: annotator -> label); nan when undefined."""
+    import krippendorff
+    import numpy as np
+
+    data = np.array([[RANK[c[r]] if r in c else np.nan for c in columns] for r in raters], dtype=float)
+    if len(set(data[~np.isnan(data)].tolist())) < 2:
+        return float("nan")
+    return float(krippendorff.alpha(reliability_data=data, level_of_measurement="ordinal", value_domain=[0, 1, 2]))
+
+
+def people_agreement(
+    by_annotator: dict[str, dict[str, str]], conversation_of: dict[str, str], seed: int = 0
+) -> PeopleAgreement:
+    """Agreement between annotators (`by_annotator`: name -> turn -> label) on the turns two or more of them
+    rated; `conversation_of`: turn -> its conversation, the unit the alpha's interval resamples."""
+    names = sorted(by_annotator)
+    pairs = []
+    for i, a in enumerate(names):
+        for b in names[i + 1 :]:
+            both = sorted(set(by_annotator[a]) & set(by_annotator[b]))
+            if not both:
+                continue
+            la, lb = [by_annotator[a][t] for t in both], [by_annotator[b][t] for t in both]
+            pairs.append(
+                PairAgreement(
+                    a,
+                    b,
+                    len(both),
+                    sum(x == y for x, y in zip(la, lb)) / len(both),
+                    cohen_kappa(la, lb),
+                    weighted_kappa(la, lb),
+                    sum(label_credit(x, y) for x, y in zip(la, lb)) / len(both),
+                    Counter(zip(la, lb)),
+                )
+            )
+    raters_of: dict[str, dict[str, str]] = defaultdict(dict)
+    for who, labels in by_annotator.items():
+        for turn, label in labels.items():
+            raters_of[turn][who] = label
+    shared = {t: r for t, r in raters_of.items() if len(r) >= 2}
+    out = PeopleAgreement(pairs, len({w for r in shared.values() for w in r}), len(shared))
+    if not shared:
+        return out
+    groups: dict[str, list[dict[str, str]]] = defaultdict(list)
+    for turn in sorted(shared):
+        groups[conversation_of.get(turn, turn)].append(shared[turn])
+    clusters = list(groups.values())
+    raters = sorted({w for r in shared.values() for w in r})
+    out.conversations = len(clusters)
+    point = _alpha([c for g in clusters for c in g], raters)
+    if point == point:
+        low, high = stats.cluster_interval(
+            len(clusters), lambda idx: _alpha([c for n in idx for c in clusters[n]], raters), seed
+        )
+        out.alpha = stats.Estimate(point, low, high)
+    return out
+
+
+def people_markdown(agreement: PeopleAgreement, who: str = "people") -> list[str]:
+    """The table of pairs, the alpha line and a confusion matrix per pair, as Markdown lines."""
+    if not agreement.pairs:
+        return [f"No turn has been rated by two {who} yet: no agreement between them to show."]
+    lines = [
+        f"Agreement between {who} (turns both rated):",
+        "",
+        "| annotators | shared turns | agreement | Cohen's kappa | weighted kappa | tie-discounted accuracy |",
+        "|---|---:|---:|---:|---:|---:|",
+    ]
+    lines += [
+        f"| {p.a} / {p.b} | {p.turns} | {pct(p.agreement)} | {num(p.kappa)} | {num(p.weighted_kappa)} | "
+        f"{pct(p.tie_discounted)} |"
+        for p in agreement.pairs
+    ]
+    a = agreement.alpha
+    lines += [
+        "",
+        f"Krippendorff's alpha (ordinal), {agreement.raters} {who} on {agreement.turns} shared turns in "
+        f"{agreement.conversations} conversations: "
+        + (
+            "n/a (every label the same)"
+            if a is None
+            else f"{a.value:.2f}"
+            + ("" if a.low != a.low else f" [{a.low:.2f}, {a.high:.2f}], 95% interval over conversations")
+        ),
+    ]
+    for p in agreement.pairs:
+        lines += [
+            "",
+            f"Confusion, {p.a} (rows) against {p.b} (columns):",
+            "",
+            f"| {p.a} \\ {p.b} | " + " | ".join(LABELS) + " |",
+            "|---|" + "---:|" * len(LABELS),
+        ]
+        lines += [f"| {x} | " + " | ".join(str(p.confusion[(x, y)]) for y in LABELS) + " |" for x in LABELS]
+    return lines
 
 
 @dataclass

@@ -51,13 +51,18 @@ class Machines:
         return (self.annotator_kinds() if kinds is None else kinds).get(name, "human")
 
     def takes(self, raters: str, kinds: dict[str, str] | None = None):
-        """A test on annotator names: do `raters` (humans | judges | all) include this one?"""
+        """A test on annotator names: do `raters` include this one? `humans` and `judges` are what they say;
+        `all` is both; `adjudicated` is people and adjudicators (whose final label wins: `lowest_labels`).
+        An adjudicator's label settles a disagreement, it is not one more opinion: only `adjudicated` takes it."""
         _check(raters, RATERS, "raters")
         kinds = self.annotator_kinds() if kinds is None else kinds
-        if raters == "all":
-            return lambda name: True
-        want = "human" if raters == "humans" else "judge"
-        return lambda name: kinds.get(name, "human") == want
+        want = {
+            "humans": ("human",),
+            "judges": ("judge",),
+            "all": ("human", "judge"),
+            "adjudicated": ("human", "adjudicator"),
+        }[raters]
+        return lambda name: kinds.get(name, "human") in want
 
     # -- judgments -------------------------------------------------------------------------------------
     @writes

@@ -318,3 +318,58 @@ def m006_repeat(db: Database) -> None:
         share = repeat_share(content, earlier)
         if share is not None:
             db.execute("update turns set repeat = ? where id = ?", (share, tid))
+
+
+@migrations()
+def m007_team(db: Database) -> None:
+    """A team's study (issue 21). A study may split its conversations: `raters_per_conversation` people
+    rate each (one drives it, the others rate it from a queue; null: everyone walks everything), and it
+    names who may `adjudicate`. An annotator may be an `adjudicator`: a reviewer's final label, stored
+    under `adjudicator/<name>` beside the labels it settles. A queue is a named, ordered set of replies,
+    each wanting `needs` ratings, to `rate` or to `adjudicate`; a study's queue (`study` set, `source`
+    'study') grows as its conversations do. `conversation_verdicts`: a person's verdict on a whole compare
+    conversation (a / b / tie), kept like the per-exchange ones (a new one clears `current`)."""
+    _rebuild(
+        db,
+        "annotators",
+        {"annotators_kind": "kind in ('human', 'judge', 'teacher', 'adjudicator')"},
+        drop=("annotators_kind",),
+    )
+    db.execute("ALTER TABLE studies ADD COLUMN raters_per_conversation INTEGER CHECK (raters_per_conversation >= 1)")
+    db.execute("ALTER TABLE studies ADD COLUMN adjudicators TEXT NOT NULL DEFAULT '[]'")
+    db["queues"].create(
+        {
+            "name": str,
+            "created": str,
+            "purpose": str,
+            "source": str,
+            "study": str,
+            "needs": int,
+            "adjudicators": str,
+        },
+        pk="name",
+        not_null={"created", "purpose", "source", "needs", "adjudicators"},
+        foreign_keys=[("study", "studies", "name")],
+    )
+    _rebuild(db, "queues", {"queues_purpose": "purpose in ('rate', 'adjudicate')", "queues_needs": "needs >= 1"})
+    db["queue_items"].create(
+        {"queue": str, "turn_id": str, "position": int},
+        pk=("queue", "turn_id"),
+        not_null={"position"},
+        foreign_keys=[("queue", "queues", "name"), ("turn_id", "turns", "id")],
+    )
+    db["conversation_verdicts"].create(
+        {"id": str, "session_id": str, "annotator": str, "verdict": str, "created": str, "current": int},
+        pk="id",
+        not_null={"session_id", "annotator", "verdict", "created", "current"},
+        foreign_keys=[("session_id", "sessions", "id")],
+    )
+    _rebuild(
+        db,
+        "conversation_verdicts",
+        {
+            "conversation_verdicts_verdict": "verdict in ('a', 'b', 'tie')",
+            "conversation_verdicts_current": "current in (0, 1)",
+        },
+    )
+    db["conversation_verdicts"].create_index(["session_id", "annotator"])

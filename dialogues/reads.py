@@ -133,8 +133,9 @@ class Reads:
         return sent(self.branch(turn_id))
 
     def tree(self) -> list[tuple]:
-        """(id, parent_id, role, status, checkpoint, exchange) of every turn (the report's walk; no content)."""
-        return self._tuples("select id, parent_id, role, status, checkpoint, exchange from turns")
+        """(id, parent_id, role, status, checkpoint, exchange, session_id, lane) of every turn (the report's
+        walk; no content)."""
+        return self._tuples("select id, parent_id, role, status, checkpoint, exchange, session_id, lane from turns")
 
     def chain_turns(self) -> list[dict[str, Any]]:
         """Every turn with what a training chain needs, oldest first (the export's walk)."""
@@ -193,18 +194,21 @@ class Reads:
     ) -> dict[str, str]:
         """turn id -> the lowest current label among its annotators (or `annotator`'s own): a turn one
         annotator failed never counts as excellent. `ratings`: current_ratings() already read; `raters`:
-        humans, judges or all; `human_wins`: where a person rated a turn, only people's labels count."""
+        as `takes` reads them (with `adjudicated`, an adjudicator's label is the turn's where there is
+        one); `human_wins`: where a person rated a turn, only people's labels count."""
         kinds = self.annotator_kinds()
         keep = self.takes(raters, kinds)
         rows = [r for r in (self.current_ratings(annotator) if ratings is None else ratings) if keep(r[1])]
         by_human = {turn for turn, who, _ in rows if kinds.get(who, "human") == "human"} if human_wins else set()
         lowest: dict[str, str] = {}
+        final: dict[str, str] = {}  # an adjudicator's label (the lowest, should two have settled one turn)
         for turn, who, label in rows:
             if turn in by_human and kinds.get(who, "human") != "human":
                 continue
-            if turn not in lowest or RANK[label] < RANK[lowest[turn]]:
-                lowest[turn] = label
-        return lowest
+            into = final if kinds.get(who) == "adjudicator" else lowest
+            if turn not in into or RANK[label] < RANK[into[turn]]:
+                into[turn] = label
+        return {**lowest, **final}
 
     def gold_edits(self, turn_ids: list[str] | None = None, source: str = "humans") -> dict[str, str]:
         """turn id -> the text of its latest gold edit (of the given turns, or of all). `source`: people's

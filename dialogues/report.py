@@ -14,11 +14,21 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from limachat.dialogues.agreement import JudgeAgreement, cohen_kappa, judge_agreement, tie_discounted, win_rates
+from limachat.dialogues.agreement import (
+    JudgeAgreement,
+    PeopleAgreement,
+    judge_agreement,
+    people_agreement,
+    people_markdown,
+    tie_discounted,
+    win_rates,
+)
 from limachat.dialogues.repeats import REPEAT_AT
 from limachat.dialogues.store import LABELS, RANK, Store
 from limachat.dialogues.values import COLORS, num, pct
 from limachat.layout import VARIANTS, Home, training_record
+
+WHO = {"humans": "people", "judges": "judges", "all": "raters", "adjudicated": "people"}
 
 
 @dataclass
@@ -50,7 +60,7 @@ class Report:
     raters: str  # humans | judges | all: whose ratings and verdicts it counts
     checkpoints: dict[str, CheckpointStats]
     winners: list[dict[str, Any]]  # per compare conversation
-    agreement: list[dict[str, Any]]  # per annotator pair: turns, percent agreement, kappa
+    agreement: PeopleAgreement  # between the raters taken (adjudicators aside), per pair and across all
     verdict_agreement: list[dict[str, Any]]  # per annotator pair: pairs, tie-discounted accuracy
 
 
@@ -68,7 +78,7 @@ def build(store: Store, raters: str = "humans") -> Report:
         if t is not None and t[2] == "assistant" and t[3] == "ok" and keep(annotator):
             by_annotator[annotator][turn] = label
             rated.append((turn, annotator, label))
-    lowest = store.lowest_labels(ratings=rated)  # turn -> lowest current label among its annotators
+    lowest = store.lowest_labels(ratings=rated, raters=raters)  # turn -> the lowest current label of its raters
     stats: dict[str, CheckpointStats] = {}
 
     def of(name: str) -> CheckpointStats:
@@ -106,21 +116,10 @@ def build(store: Store, raters: str = "humans") -> Report:
         s.repeats, s.followups = flagged, n
 
     winners = _winners(store, lane_scores, keep)
-    agreement = []
-    names = sorted(by_annotator)
-    for i, a in enumerate(names):
-        for b in names[i + 1 :]:
-            both = sorted(set(by_annotator[a]) & set(by_annotator[b]))
-            if both:
-                la, lb = [by_annotator[a][t] for t in both], [by_annotator[b][t] for t in both]
-                agreement.append(
-                    {
-                        "annotators": f"{a} / {b}",
-                        "turns": len(both),
-                        "agreement": sum(x == y for x, y in zip(la, lb)) / len(both),
-                        "kappa": cohen_kappa(la, lb),
-                    }
-                )
+    conversation_of = {t: f"{row[6]}:{row[7] or ''}" for t, row in turns.items() if t in lowest}
+    kinds = store.annotator_kinds()
+    independent = {who: labels for who, labels in by_annotator.items() if kinds.get(who) != "adjudicator"}
+    agreement = people_agreement(independent, conversation_of)
     return Report(raters, stats, winners, agreement, _verdict_agreement(store, keep))
 
 
@@ -234,12 +233,8 @@ def markdown(report: Report, heldout: list[dict[str, Any]] | None = None) -> str
     if report.winners:
         lines += ["", "| session | a | b | better | from |", "|---|---|---|---|---|"]
         lines += [f"| {w['session']} | {w['a']} | {w['b']} | {w['winner']} | {w['basis']} |" for w in report.winners]
-    if report.agreement:
-        lines += ["", "| annotators | shared turns | agreement | Cohen's kappa |", "|---|---:|---:|---:|"]
-        lines += [
-            f"| {a['annotators']} | {a['turns']} | {pct(a['agreement'])} | {num(a['kappa'])} |"
-            for a in report.agreement
-        ]
+    if report.agreement.pairs:
+        lines += ["", *people_markdown(report.agreement, WHO.get(report.raters, "raters"))]
     if report.verdict_agreement:
         lines += ["", "| annotators | shared verdicts | tie-discounted accuracy |", "|---|---:|---:|"]
         lines += [f"| {a['annotators']} | {a['pairs']} | {pct(a['accuracy'])} |" for a in report.verdict_agreement]

@@ -199,3 +199,118 @@ def bradley_terry(
         for n, m in enumerate(models)
     ]
     return sorted(out, key=lambda r: -r.rating)
+
+
+def cluster_interval(groups: int, statistic, seed: int = 0, resamples: int = 1000) -> tuple[float, float]:
+    """A 95% percentile interval of `statistic(indices)` over resamples of `groups` clusters (conversations)
+    with replacement. A resample where the statistic is undefined (nan: say, every label the same, for
+    Krippendorff's alpha) is left out, as scipy cannot; fewer than 2 clusters: no interval (nan)."""
+    if groups < 2:
+        return math.nan, math.nan
+    rng = np.random.default_rng(seed)
+    values = np.array([statistic(rng.integers(0, groups, groups)) for _ in range(resamples)], dtype=float)
+    values = values[~np.isnan(values)]
+    if not len(values):
+        return math.nan, math.nan
+    tail = 100 * (1 - CONFIDENCE) / 2
+    return float(np.percentile(values, tail)), float(np.percentile(values, 100 - tail))
+
+
+@dataclass(frozen=True)
+class Needed:
+    """How many conversations per checkpoint a study needs for the 95% interval of the gap in a label's
+    share to exclude 0 with the power asked for, from a bootstrap of the pilot."""
+
+    first: str
+    second: str
+    gap: float  # the pilot's: second's share minus first's
+    have: int  # conversations of the smaller side so far
+    per_checkpoint: int | None  # None: no gap in the pilot, too few conversations, or more than `cap`
+    power: float
+    why: str = ""  # when per_checkpoint is None
+
+    @property
+    def more(self) -> int | None:
+        return None if self.per_checkpoint is None else max(self.per_checkpoint - self.have, 0)
+
+    def line(self) -> str:
+        head = f"{self.second} vs {self.first}"
+        if self.per_checkpoint is None:
+            return f"{head}: {self.why}"
+        gap = f"{100 * self.gap:+.1f} points"
+        if not self.more:
+            return (
+                f"{head}: the pilot's gap ({gap}) needs about {self.per_checkpoint} conversations per checkpoint "
+                f"at {100 * self.power:.0f}% power; the {self.have} done are enough"
+            )
+        return (
+            f"{head}: about {self.more} more conversations per checkpoint ({self.per_checkpoint} in all) for the "
+            f"95% interval of the pilot's gap ({gap}) to exclude 0 at {100 * self.power:.0f}% power"
+        )
+
+
+def _gap_clears_zero(h1, n1, h2, n2) -> np.ndarray:
+    """Per simulated study (rows: conversations drawn), whether the gap's 95% interval excludes 0: the
+    ratio estimator's cluster (conversation-level) standard error by the delta method, as the bootstrap
+    over conversations estimates it at that size without the inner resampling; Student's t with the
+    conversations' degrees of freedom, so a handful of conversations is not trusted like a hundred."""
+    from scipy.stats import t as student
+
+    z = student.ppf(1 - (1 - CONFIDENCE) / 2, 2 * (h1.shape[1] - 1))
+
+    def ratio_and_var(h, n):
+        r = h.sum(axis=1) / n.sum(axis=1)
+        k = h.shape[1]
+        resid = h - r[:, None] * n
+        var = resid.var(axis=1, ddof=1) * k / n.sum(axis=1) ** 2
+        return r, var
+
+    r1, v1 = ratio_and_var(h1, n1)
+    r2, v2 = ratio_and_var(h2, n2)
+    gap, se = r2 - r1, np.sqrt(v1 + v2)
+    return np.where(se > 0, np.abs(gap) > z * se, gap != 0) & (np.sign(gap) == np.sign(gap.mean()))
+
+
+def conversations_needed(
+    first: list[list[str]],
+    second: list[list[str]],
+    label: str = "excellent",
+    *,
+    names: tuple[str, str] = ("first", "second"),
+    power: float = 0.8,
+    seed: int = 0,
+    resamples: int = 500,
+    cap: int = 1000,
+) -> Needed:
+    """Conversations per checkpoint for the interval of the gap in `label`'s share to exclude 0 with
+    `power`: for each size, `resamples` studies of that many conversations drawn (with replacement) from
+    each side's pilot; the smallest size where that share of them clear 0 (found by bisection, with the
+    same draws at every size). The pilot stands in for the truth: a pilot with no gap gets no estimate."""
+    first, second = [c for c in first if c], [c for c in second if c]
+    have = min(len(first), len(second))
+    if have < 2:
+        return Needed(*names, math.nan, have, None, power, "too few conversations to estimate (2 per side at least)")
+    (h1, n1), (h2, n2) = _counts(first, label), _counts(second, label)
+    gap = h2.sum() / n2.sum() - h1.sum() / n1.sum()
+    if gap == 0:
+        return Needed(*names, 0.0, have, None, power, f"the pilot shows no gap in the {label} share: no size would")
+    rng = np.random.default_rng(seed)
+    u1, u2 = rng.random((resamples, cap)), rng.random((resamples, cap))  # the same draws at every size
+
+    def powered(k: int) -> bool:
+        i = (u1[:, :k] * len(first)).astype(int)
+        j = (u2[:, :k] * len(second)).astype(int)
+        return _gap_clears_zero(h1[i], n1[i], h2[j], n2[j]).mean() >= power
+
+    if not powered(cap):
+        return Needed(
+            *names, float(gap), have, None, power, f"more than {cap} conversations per checkpoint: the gap is too small"
+        )
+    low, high = 2, cap  # powered(high) holds
+    while low < high:
+        mid = (low + high) // 2
+        if powered(mid):
+            high = mid
+        else:
+            low = mid + 1
+    return Needed(*names, float(gap), have, high, power)

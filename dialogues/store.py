@@ -32,6 +32,7 @@ from limachat.dialogues.migrations import migrations
 from limachat.dialogues.reads import Reads
 from limachat.dialogues.repeats import repeat_share
 from limachat.dialogues.studies import Studies
+from limachat.dialogues.team import Team
 from limachat.dialogues.values import (  # noqa: F401 - re-exported: the store's public names
     ENUMS,
     INTERRUPTED,
@@ -112,7 +113,7 @@ class _Async:
         )
 
 
-class Store(Reads, Bulk, Machines, Studies):
+class Store(Reads, Bulk, Machines, Studies, Team):
     def __init__(self, path: str | Path, busy_timeout_ms: int = 10_000, readers: int = 8):
         self.path = Path(path)
         if self.path.is_dir():

@@ -9,7 +9,7 @@ from typing import Any
 from limachat.dialogues.values import StoreError, now
 from limachat.dialogues.writer import writes
 
-_LISTS = ("prompts", "checkpoints", "annotators")
+_LISTS = ("prompts", "checkpoints", "annotators", "adjudicators")
 
 
 def _decode(row: dict[str, Any]) -> dict[str, Any]:
@@ -30,6 +30,8 @@ class Studies:
         blind: bool,
         annotators: list[str],
         seed: int,
+        raters_per_conversation: int | None = None,
+        adjudicators: list[str] | None = None,
     ) -> str:
         if self.db.execute("select 1 from studies where name = ?", (name,)).fetchone():
             raise StoreError(f"a study named {name!r} exists already; pick another name")
@@ -47,6 +49,8 @@ class Studies:
                 "blind": int(blind),
                 "annotators": json.dumps(annotators),
                 "seed": seed,
+                "raters_per_conversation": raters_per_conversation,
+                "adjudicators": json.dumps(sorted(set(adjudicators or []))),
             },
         )
         return name

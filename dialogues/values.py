@@ -18,8 +18,11 @@ RANK = {label: i for i, label in enumerate(LABELS)}  # a turn rated by several a
 STATUSES = ("streaming", "ok", "error", "stopped")
 VERDICTS = ("a", "b", "tie")  # a person's
 JUDGE_VERDICTS = (*VERDICTS, "inconsistent")  # a judge's: its two verdicts, sides swapped, disagreed
-KINDS = ("human", "judge", "teacher")  # who an annotator is
-RATERS = ("humans", "judges", "all")  # whose ratings a report or a filter takes
+KINDS = ("human", "judge", "teacher", "adjudicator")  # who an annotator is
+ADJUDICATOR = "adjudicator/"  # + a reviewer's name: the annotator their final labels are stored under
+# whose ratings a report or a filter takes; `adjudicated`: people's, an adjudicator's final label winning
+RATERS = ("humans", "judges", "all", "adjudicated")
+PURPOSES = ("rate", "adjudicate")  # what a queue's annotators do
 JUDGE_MODES = ("label", "score", "pairwise")
 GOLD_SOURCES = ("humans", "teachers", "both")  # whose gold edits training takes
 JSON_COLUMNS = {"params", "meta", "omitted"}
@@ -80,6 +83,8 @@ ENUMS = {
     "verdicts": {"verdict": JUDGE_VERDICTS},
     "edits": {"review": ("accepted", "rejected")},
     "annotators": {"kind": KINDS},
+    "queues": {"purpose": PURPOSES},
+    "conversation_verdicts": {"verdict": VERDICTS},
 }
 
 

@@ -101,10 +101,10 @@ def test_agreement_kappa_and_tie_discounted_accuracy(tmp_path):
     _, ids = conversation(store, "dialogue", ["excellent", "pass", "fail", "excellent"], annotator="ana")
     for turn, label in zip(ids, ["excellent", "pass", "pass", "pass"]):
         store.rate(turn, "ben", label)
-    [agree] = rep.build(store).agreement
-    assert agree["turns"] == 4 and agree["agreement"] == 0.5
+    [agree] = rep.build(store).agreement.pairs
+    assert agree.turns == 4 and agree.agreement == 0.5
     # ana: E P F E, ben: E P P P -> p_o = 0.5, p_e = (2*1 + 1*3 + 1*0) / 16 = 5/16
-    assert agree["kappa"] == pytest.approx((0.5 - 5 / 16) / (1 - 5 / 16))
+    assert agree.kappa == pytest.approx((0.5 - 5 / 16) / (1 - 5 / 16))
     sid = store.start_session("compare")
     pairs = []
     for _ in range(3):

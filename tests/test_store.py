@@ -23,6 +23,7 @@ ALL = [
     "m004_curation",
     "m005_studies",
     "m006_repeat",
+    "m007_team",
 ]
 
 
@@ -220,7 +221,10 @@ def test_upgrade_to_studies_keeps_sessions_outside_any_study(tmp_path):
     sid = store.start_session("blind", study="s", slot=0)
     assert [r["id"] for r in store.study_sessions("s")] == [sid]
     with pytest.raises(sqlite3.IntegrityError):  # the schema itself refuses a study of zero conversations
-        store.db.execute("insert into studies values ('t', '1', 'p', '[]', '[]', 0, 1, 1, '[]', 0)")
+        store.db.execute(
+            "insert into studies (name, created, prompt_set, prompts, checkpoints, conversations, turns, blind,"
+            " annotators, seed) values ('t', '1', 'p', '[]', '[]', 0, 1, 1, '[]', 0)"
+        )
 
 
 def test_an_upgrade_refuses_rows_that_break_a_check_and_changes_nothing(tmp_path):
