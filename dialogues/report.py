@@ -62,6 +62,7 @@ class Report:
     winners: list[dict[str, Any]]  # per compare conversation
     agreement: PeopleAgreement  # between the raters taken (adjudicators aside), per pair and across all
     verdict_agreement: list[dict[str, Any]]  # per annotator pair: pairs, tie-discounted accuracy
+    why_failed: dict[str, list[tuple[str, str]]] = field(default_factory=dict)  # checkpoint -> (annotator, reason)
 
 
 def build(store: Store, raters: str = "humans") -> Report:
@@ -120,10 +121,39 @@ def build(store: Store, raters: str = "humans") -> Report:
     kinds = store.annotator_kinds()
     independent = {who: labels for who, labels in by_annotator.items() if kinds.get(who) != "adjudicator"}
     agreement = people_agreement(independent, conversation_of)
-    return Report(raters, stats, winners, agreement, _verdict_agreement(store, keep))
+    return Report(raters, stats, winners, agreement, _verdict_agreement(store, keep), why_failed(store, keep))
+
+
+def why_failed(store: Store, keep, turns: set[str] | None = None) -> dict[str, list[tuple[str, str]]]:
+    """checkpoint -> (annotator, reason) of every current fail that gives a reason (of `turns`, when given)."""
+    out: dict[str, list[tuple[str, str]]] = defaultdict(list)
+    for turn, checkpoint, who, label, reason in store.reasons():
+        if label == "fail" and keep(who) and (turns is None or turn in turns):
+            out[checkpoint].append((who, reason))
+    return dict(out)
 
 
 def _winners(store: Store, lane_scores, keep) -> list[dict[str, Any]]:
+    """Per compare session: the better side by its whole-conversation verdicts, else by its exchange
+    verdicts, else by the mean label; `basis` says which."""
+    whole: dict[str, Counter] = defaultdict(Counter)
+    for v in store.conversation_verdicts():
+        if keep(v["annotator"]):
+            whole[v["session_id"]][v["verdict"]] += 1
+    out = []
+    for sid, c in sorted(whole.items()):
+        lanes = (store.session(sid)["meta"] or {}).get("lanes") or {}
+        a, b = lanes.get("a", "?"), lanes.get("b", "?")
+        winner = a if c["a"] > c["b"] else b if c["b"] > c["a"] else "tie"
+        out.append(
+            {
+                "session": sid,
+                "a": a,
+                "b": b,
+                "winner": winner,
+                "basis": f"conversation verdicts {c['a']}-{c['b']}-{c['tie']} (a-b-tie)",
+            }
+        )
     verdicts = defaultdict(Counter)
     names: dict[str, tuple[str, str]] = {}
     for v in store.current_verdicts():
@@ -131,8 +161,7 @@ def _winners(store: Store, lane_scores, keep) -> list[dict[str, Any]]:
             continue
         verdicts[v["session_id"]][v["verdict"]] += 1
         names[v["session_id"]] = (v["checkpoint_a"], v["checkpoint_b"])
-    out = []
-    for sid in sorted(set(verdicts) | {s for s, lanes in lane_scores.items() if {"a", "b"} <= set(lanes)}):
+    for sid in sorted(set(verdicts) | {s for s, lanes in lane_scores.items() if {"a", "b"} <= set(lanes)} - set(whole)):
         if sid in verdicts:
             a, b = names[sid]
             c = verdicts[sid]
@@ -235,6 +264,17 @@ def markdown(report: Report, heldout: list[dict[str, Any]] | None = None) -> str
         lines += [f"| {w['session']} | {w['a']} | {w['b']} | {w['winner']} | {w['basis']} |" for w in report.winners]
     if report.agreement.pairs:
         lines += ["", *people_markdown(report.agreement, WHO.get(report.raters, "raters"))]
+    if report.why_failed:
+        lines += ["", "Why replies failed (the reasons given with a fail, key c):", ""]
+        for s in stats:
+            for who, reason in report.why_failed.get(s.checkpoint, []):
+                lines.append(f"- {s.checkpoint}: {reason} ({who})")
+        lines += [
+            f"- {ck}: {reason} ({who})"
+            for ck, said in sorted(report.why_failed.items())
+            if ck not in report.checkpoints
+            for who, reason in said
+        ]
     if report.verdict_agreement:
         lines += ["", "| annotators | shared verdicts | tie-discounted accuracy |", "|---|---:|---:|"]
         lines += [f"| {a['annotators']} | {a['pairs']} | {pct(a['accuracy'])} |" for a in report.verdict_agreement]

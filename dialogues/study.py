@@ -3,15 +3,19 @@ per checkpoint, each carried to so many exchanges, every reply labelled, blind o
 
 Each conversation of the plan is one compare session: two checkpoints answer the same opening prompt
 side by side (with more than two checkpoints, the plan cycles through every pair until each
-checkpoint has its conversations). Every annotator works through the whole plan in an order and with
-sides of their own, drawn from the study's seed and their name, so a rerun draws the same. No
-Gradio here: the Study tab and `limachat study` both call these functions.
+checkpoint has its conversations). By default every annotator works through the whole plan in an
+order and with sides of their own, drawn from the study's seed and their name, so a rerun draws the
+same. A study with `raters_per_conversation` K splits the plan instead: each conversation has one
+driver, who chats it, and K-1 more annotators, who rate its replies from the study's queue
+(`queues.py`), so agreement is measured on the same turns. No Gradio here: the Study tab and
+`limachat study` both call these functions.
 """
 
 from __future__ import annotations
 
 import random
 import re
+from collections import Counter
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from itertools import combinations
@@ -50,9 +54,13 @@ def create(
     annotators: list[str] | None = None,
     seed: int = 0,
     known: list[str] | None = None,
+    raters_per_conversation: int | None = None,
+    adjudicators: list[str] | None = None,
 ) -> dict[str, Any]:
     """Define a study; bad input is a ValueError naming the field. `known`: the checkpoints that can
-    be served (a study of one that cannot would never finish)."""
+    be served (a study of one that cannot would never finish). `raters_per_conversation`: split the
+    conversations among the annotators, so many rating each (None: everyone walks everything);
+    `adjudicators`: who may settle disagreements."""
     name = (name or "").strip()
     if not NAME.match(name):
         raise ValueError(f"study name {name!r}: use 1-64 letters, digits, '.', '-' or '_'")
@@ -71,6 +79,15 @@ def create(
     else:
         set_name, items = Path(prompts).name, load_prompts(Path(prompts))
     people = sorted({a.strip() for a in (annotators or []) if a.strip()})
+    k = raters_per_conversation
+    if k is not None:
+        if not isinstance(k, int) or isinstance(k, bool) or not 1 <= k <= max(len(people), 1):
+            raise ValueError(
+                f"raters per conversation: a whole number from 1 to the number of annotators ({len(people)}), not {k!r}"
+            )
+        if not people:
+            raise ValueError("raters per conversation: list the annotators to split the conversations among")
+    judges = sorted({a.strip() for a in (adjudicators or []) if a.strip()})
     store.create_study(
         name,
         prompt_set=set_name,
@@ -81,16 +98,26 @@ def create(
         blind=bool(blind),
         annotators=people,
         seed=int(seed),
+        raters_per_conversation=k,
+        adjudicators=judges,
     )
+    if k and k >= 2:  # the shared conversations' queue, which grows as the drivers chat
+        store.create_queue(
+            study_queue(name), purpose="rate", source="study", needs=k, turn_ids=[], study=name, adjudicators=judges
+        )
     return store.study(name)
 
 
-def plan(study: dict[str, Any], annotator: str) -> list[Slot]:
-    """The annotator's walk through the study: every slot once, in their own order, sides drawn."""
+def study_queue(study_name: str) -> str:
+    """The name of a split study's own queue (`queues.py`): its shared conversations' replies."""
+    return f"{study_name}-shared"
+
+
+def _slots(study: dict[str, Any], rng: random.Random) -> list[Slot]:
+    """The plan's conversations in slot order, prompts and sides drawn from `rng`."""
     pairs = list(combinations(study["checkpoints"], 2))
     per_round = len(pairs) * 2 // len(study["checkpoints"])  # conversations each checkpoint gets per round of pairs
     rounds = -(-study["conversations"] // per_round)
-    rng = random.Random(f"{study['seed']}:{study['name']}:{annotator}")
     prompts = list(study["prompts"])
     rng.shuffle(prompts)
     slots = []
@@ -98,15 +125,63 @@ def plan(study: dict[str, Any], annotator: str) -> list[Slot]:
         p = prompts[r % len(prompts)]
         for left, right in pairs:
             slots.append((p, left, right))
+    return [(i, p, left, right) for i, (p, left, right) in enumerate(slots)]
+
+
+def _sided(index: int, p: dict[str, str], left: str, right: str, rng: random.Random) -> Slot:
+    if rng.random() < 0.5:
+        left, right = right, left
+    return Slot(index, p["id"], p["prompt"], {"a": left, "b": right})
+
+
+@dataclass(frozen=True)
+class Assignment:
+    """Who rates one conversation of a split study: its driver chats it, all of `raters` rate it."""
+
+    slot: Slot
+    driver: str
+    raters: tuple[str, ...]  # the driver among them
+
+
+def assignments(study: dict[str, Any]) -> list[Assignment]:
+    """A split study's conversations, each with its driver and raters (empty when everyone walks
+    everything). Each conversation goes to the group of K annotators with the least work so far, and
+    among those to the one whose pairs have shared the fewest conversations, so every pair of
+    annotators shares some; within the group, the one who has driven least drives. Seeded: the same
+    split on every machine."""
+    k = study.get("raters_per_conversation")
+    if not k:
+        return []
+    rng = random.Random(f"{study['seed']}:{study['name']}")
+    slots = [_sided(*s, rng) for s in _slots(study, rng)]
+    groups = list(combinations(sorted(study["annotators"]), k))
+    rng.shuffle(groups)
+    load: Counter = Counter()
+    drives: Counter = Counter()
+    together: Counter = Counter()
+    out = []
+    for slot in slots:
+        group = min(groups, key=lambda g: (sum(load[p] for p in g), sum(together[q] for q in combinations(g, 2))))
+        driver = min(group, key=lambda p: (drives[p], load[p]))
+        out.append(Assignment(slot, driver, group))
+        drives[driver] += 1
+        load.update(group)
+        together.update(combinations(group, 2))
+    return out
+
+
+def plan(study: dict[str, Any], annotator: str) -> list[Slot]:
+    """The annotator's walk through the study, in their own order: every slot once, sides drawn; in a
+    split study, the conversations they drive."""
+    rng = random.Random(f"{study['seed']}:{study['name']}:{annotator}")
+    if study.get("raters_per_conversation"):
+        mine = [a.slot for a in assignments(study) if a.driver == annotator]
+        rng.shuffle(mine)
+        return mine
+    slots = _slots(study, rng)
     order = list(range(len(slots)))
     rng.shuffle(order)
-    out = []
-    for index in order:
-        p, left, right = slots[index]
-        if rng.random() < 0.5:
-            left, right = right, left
-        out.append(Slot(index, p["id"], p["prompt"], {"a": left, "b": right}))
-    return out
+    return [_sided(*slots[index], rng) for index in order]
 
 
 def check_annotator(study: dict[str, Any], annotator: str | None) -> str:
@@ -197,7 +272,11 @@ def annotators_of(store: Store, study: dict[str, Any]) -> list[str]:
 
 
 def progress(store: Store, study: dict[str, Any]) -> list[dict[str, Any]]:
-    """The progress board: per annotator and checkpoint, conversations done, replies rated, what is left."""
+    """The progress board: per annotator and checkpoint, conversations done, replies rated, what is left.
+    In a split study, "conversations done" counts the ones they drive, and "replies rated" every reply
+    they are to rate: their own conversations' and the shared ones in the queue."""
+    if study.get("raters_per_conversation"):
+        return _split_progress(store, study)
     rows = []
     goal_turns = study["conversations"] * study["turns"]
     for who in annotators_of(store, study):
@@ -210,18 +289,46 @@ def progress(store: Store, study: dict[str, Any]) -> list[dict[str, Any]]:
                 t["rated"] += conv.lanes.get(lane, (0, 0))[1]
         for checkpoint, t in tally.items():
             done = min(t["done"], study["conversations"])
-            rated = t["rated"]
-            rows.append(
-                {
-                    "annotator": who,
-                    "checkpoint": checkpoint,
-                    "started": t["started"],
-                    "conversations done": f"{done} / {study['conversations']}",
-                    "replies rated": f"{rated} / {goal_turns}",
-                    "left": f"{_n(study['conversations'] - done, 'conversation')}, {_n(max(goal_turns - rated, 0), 'reply')}",
-                }
-            )
+            rows.append(_row(who, checkpoint, t["started"], done, study["conversations"], t["rated"], goal_turns))
     return rows
+
+
+def _row(who: str, checkpoint: str, started: int, done: int, of: int, rated: int, goal: int) -> dict[str, Any]:
+    return {
+        "annotator": who,
+        "checkpoint": checkpoint,
+        "started": started,
+        "conversations done": f"{done} / {of}",
+        "replies rated": f"{rated} / {goal}",
+        "left": f"{_n(of - done, 'conversation')}, {_n(max(goal - rated, 0), 'reply')}",
+    }
+
+
+def driven(store: Store, study: dict[str, Any]) -> dict[int, dict[str, Any]]:
+    """A split study's sessions by slot: the driver's (the newest, should there be two)."""
+    drivers = {a.slot.index: a.driver for a in assignments(study)}
+    return {s["slot"]: s for s in store.study_sessions(study["name"]) if drivers.get(s["slot"]) == s["annotator"]}
+
+
+def _split_progress(store: Store, study: dict[str, Any]) -> list[dict[str, Any]]:
+    sessions = driven(store, study)
+    tally = {
+        (who, c): {"done": 0, "of": 0, "rated": 0, "goal": 0, "started": 0}
+        for who in study["annotators"]
+        for c in study["checkpoints"]
+    }
+    for a in assignments(study):
+        for who in a.raters:
+            conv = _conversation(store, a.slot, sessions.get(a.slot.index), who)
+            for lane, checkpoint in a.slot.sides.items():
+                t = tally[(who, checkpoint)]
+                if who == a.driver:
+                    t["of"] += 1
+                    t["started"] += conv.session is not None
+                    t["done"] += conv.done(study["turns"])
+                t["rated"] += conv.lanes.get(lane, (0, 0))[1]
+                t["goal"] += study["turns"]
+    return [_row(who, c, t["started"], t["done"], t["of"], t["rated"], t["goal"]) for (who, c), t in tally.items()]
 
 
 def _n(count: int, noun: str) -> str:

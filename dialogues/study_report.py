@@ -13,17 +13,21 @@ import base64
 import csv
 import html
 import io
-from collections import Counter
+from collections import Counter, defaultdict
 from dataclasses import dataclass, field
 from itertools import combinations
 from pathlib import Path
 from typing import Any
 
 from limachat.dialogues import stats
+from limachat.dialogues.agreement import PeopleAgreement, people_agreement
+from limachat.dialogues.report import why_failed
 from limachat.dialogues.store import LABELS, RANK, Store
-from limachat.dialogues.values import COLORS
+from limachat.dialogues.values import COLORS, num
+from limachat.dialogues.values import pct as share_pct
 
-WHO = {"humans": "people", "judges": "LLM judges"}
+WHO = {"humans": "people", "judges": "LLM judges", "adjudicated": "people, adjudicated"}
+POWER = 0.8  # of the estimate of conversations needed
 
 
 @dataclass
@@ -46,6 +50,10 @@ class StudyReport:
     outcomes: dict[tuple[str, str], dict[str, int]]
     leaderboard: list[stats.Rank]
     verdicts: int
+    bases: Counter  # how the per-conversation outcomes were decided: conversation | exchanges | labels -> count
+    needed: list[stats.Needed]  # per checkpoint pair: conversations for the excellent gap to clear 0
+    agreement: PeopleAgreement
+    why_failed: dict[str, list[tuple[str, str]]]  # checkpoint -> (annotator, reason) of fails with a reason
 
     @property
     def rated(self) -> int:
@@ -75,38 +83,106 @@ def build(store: Store, name: str, raters: str = "humans") -> StudyReport:
         side.shares = stats.shares(side.conversations, seed)
     ids = {s["id"] for s in sessions}
     verdicts = [v for v in store.current_verdicts() if v["session_id"] in ids and keep(v["annotator"])]
+    whole = [v for v in store.conversation_verdicts() if v["session_id"] in ids and keep(v["annotator"])]
+    lanes = {s["id"]: (s["meta"] or {}).get("lanes") or {} for s in sessions}
     battles = [(v["session_id"], v["checkpoint_a"], v["checkpoint_b"], v["verdict"]) for v in verdicts]
     differences = [
         (a, b, stats.difference(sides[a].conversations, sides[b].conversations, "excellent", seed))
         for a, b in combinations(study["checkpoints"], 2)
     ]
+    winners = _winners(whole, verdicts, means, lanes)
     return StudyReport(
         study,
         raters,
         list(sides.values()),
         differences,
-        stats.conversation_outcomes(_winners(verdicts, means), study["checkpoints"]),
+        stats.conversation_outcomes([w[:3] for w in winners], study["checkpoints"]),
         stats.bradley_terry(battles, seed),
         len(verdicts),
+        Counter(w[3] for w in winners),
+        [
+            stats.conversations_needed(
+                sides[a].conversations, sides[b].conversations, names=(a, b), seed=seed, power=POWER
+            )
+            for a, b in combinations(study["checkpoints"], 2)
+        ],
+        _agreement(store, study, sessions, raters),
+        why_failed(store, keep, {t for s in sessions for t in _replies(store, s)}),
     )
 
 
-def _winners(verdicts: list[dict[str, Any]], means: dict[str, dict[str, float]]) -> list[tuple[str, str, str]]:
-    """Per session: the checkpoint its verdicts favour (most exchanges won), else the one whose replies
-    were labelled higher on average; a tie when neither."""
+def _replies(store: Store, s: dict[str, Any]) -> list[str]:
+    return [
+        t["id"]
+        for lane in ("a", "b")
+        if s[f"leaf_{lane}"]
+        for t in store.branch(s[f"leaf_{lane}"])
+        if t["role"] == "assistant"
+    ]
+
+
+def _agreement(store: Store, study: dict[str, Any], sessions, raters: str) -> PeopleAgreement:
+    """Agreement between the raters taken (adjudicators aside) on the study's replies."""
+    kinds = store.annotator_kinds()
+    keep = store.takes(raters, kinds)
+    conversation_of = {}
+    for s in sessions:
+        for lane in ("a", "b"):
+            leaf = s[f"leaf_{lane}"]
+            for t in store.branch(leaf) if leaf else []:
+                if t["role"] == "assistant":
+                    conversation_of[t["id"]] = f"{s['id']}:{lane}"
+    by_annotator: dict[str, dict[str, str]] = defaultdict(dict)
+    for turn, who, label in store.current_ratings():
+        if turn in conversation_of and keep(who) and kinds.get(who) != "adjudicator":
+            by_annotator[who][turn] = label
+    return people_agreement(by_annotator, conversation_of, study["seed"])
+
+
+BASIS = {
+    "conversation": "whole-conversation verdicts",
+    "exchanges": "the majority of exchange verdicts",
+    "labels": "the higher mean label",
+}
+
+
+def _winners(
+    whole: list[dict[str, Any]],
+    verdicts: list[dict[str, Any]],
+    means: dict[str, dict[str, float]],
+    lanes: dict[str, dict[str, str]],
+) -> list[tuple[str, str, str, str]]:
+    """Per session (a, b, winner, basis): the checkpoint its whole-conversation verdicts favour where
+    there are any (LIMA's authors judged whole conversations); else the one that won more of its
+    exchange verdicts; else the one whose replies were labelled higher on average; a tie when neither."""
+
+    def pick(a: str, b: str, c: Counter) -> str:
+        return a if c["a"] > c["b"] else b if c["b"] > c["a"] else "tie"
+
+    out = []
+    decided = set()
+    by_session: dict[str, Counter] = defaultdict(Counter)
+    for v in whole:
+        by_session[v["session_id"]][v["verdict"]] += 1
+    for sid, c in by_session.items():
+        a, b = lanes[sid].get("a"), lanes[sid].get("b")
+        if a and b:
+            out.append((a, b, pick(a, b, c), "conversation"))
+            decided.add(sid)
     tallies: dict[str, Counter] = {}
     names: dict[str, tuple[str, str]] = {}
     for v in verdicts:
+        if v["session_id"] in decided:
+            continue
         tallies.setdefault(v["session_id"], Counter())[v["verdict"]] += 1
         names[v["session_id"]] = (v["checkpoint_a"], v["checkpoint_b"])
-    out = []
     for sid, (a, b) in names.items():
-        c = tallies[sid]
-        out.append((a, b, a if c["a"] > c["b"] else b if c["b"] > c["a"] else "tie"))
+        out.append((a, b, pick(a, b, tallies[sid]), "exchanges"))
+        decided.add(sid)
     for sid, by in means.items():
-        if sid not in names and len(by) == 2:
+        if sid not in decided and len(by) == 2:
             (a, ma), (b, mb) = by.items()
-            out.append((a, b, a if ma > mb else b if mb > ma else "tie"))
+            out.append((a, b, a if ma > mb else b if mb > ma else "tie", "labels"))
     return out
 
 
@@ -192,8 +268,45 @@ def sections(report: StudyReport) -> list[tuple[str, list[str], list[list[str]],
             "Per conversation",
             ["pair", "first better", "second better", "tied", "as LIMA reports it"],
             rows,
-            "A conversation goes to the checkpoint that won more of its exchange verdicts; without verdicts, to "
-            "the one whose replies were labelled higher on average.",
+            "A conversation goes to the checkpoint its whole-conversation verdicts favour; without those, to the "
+            "one that won more of its exchange verdicts; without verdicts, to the one whose replies were labelled "
+            "higher on average. Decided here by "
+            + (
+                "; ".join(
+                    f"{BASIS[k]} for {n}"
+                    for k, n in sorted(report.bases.items(), key=lambda x: list(BASIS).index(x[0]))
+                )
+                or "nothing yet"
+            )
+            + ".",
+        )
+    )
+    out += _agreement_sections(report)
+    out.append(
+        (
+            "Why replies failed",
+            ["checkpoint", "annotator", "reason"],
+            [[ck, who, reason] for ck in report.study["checkpoints"] for who, reason in report.why_failed.get(ck, [])],
+            "The reasons given with a fail (key c in the app), per checkpoint.",
+        )
+    )
+    out.append(
+        (
+            "How many conversations are enough",
+            ["comparison", "pilot gap (excellent)", "conversations so far", "per checkpoint needed", "more"],
+            [
+                [
+                    f"{n.second} − {n.first}",
+                    "n/a" if n.gap != n.gap else f"{100 * n.gap:+.1f} points",
+                    str(n.have),
+                    str(n.per_checkpoint) if n.per_checkpoint else n.why,
+                    "-" if n.more is None else str(n.more),
+                ]
+                for n in report.needed
+            ],
+            f"For the 95% interval of the excellent-share gap to exclude 0 at {100 * POWER:.0f}% power: studies of "
+            "each size drawn from these conversations (a bootstrap of the pilot), the smallest size where that "
+            "share of them clears 0. The pilot stands in for the truth, so a small pilot gives a rough figure.",
         )
     )
     out.append(
@@ -209,6 +322,52 @@ def sections(report: StudyReport) -> list[tuple[str, list[str], list[list[str]],
             "conversations. A weak prior (sd 2 in log-strength) keeps an undefeated checkpoint finite.",
         )
     )
+    return out
+
+
+def _agreement_sections(report: StudyReport) -> list[tuple[str, list[str], list[list[str]], str]]:
+    g = report.agreement
+    who = WHO.get(report.raters, report.raters)
+    a = g.alpha
+    alpha = (
+        "n/a (every label the same)"
+        if a is None
+        else f"{a.value:.2f}" + ("" if a.low != a.low else f" [{a.low:.2f}, {a.high:.2f}]")
+    )
+    out = [
+        (
+            "Agreement between raters",
+            ["annotators", "shared turns", "agreement", "Cohen's kappa", "weighted kappa", "tie-discounted accuracy"],
+            [
+                [
+                    f"{p.a} / {p.b}",
+                    str(p.turns),
+                    share_pct(p.agreement),
+                    num(p.kappa),
+                    num(p.weighted_kappa),
+                    share_pct(p.tie_discounted),
+                ]
+                for p in g.pairs
+            ],
+            f"On the replies two {who} rated. Weighted kappa: linear weights over fail < pass < excellent. "
+            "Tie-discounted accuracy: LIMA's, a point when two agree, half when one said pass. "
+            f"Krippendorff's alpha (ordinal) across all: {alpha}"
+            + (
+                f" ({g.raters} raters, {g.turns} shared turns, 95% interval over {g.conversations} conversations)."
+                if g.pairs
+                else "."
+            ),
+        )
+    ]
+    for p in g.pairs:
+        out.append(
+            (
+                f"Confusion, {p.a} against {p.b}",
+                [f"{p.a} \\ {p.b}", *LABELS],
+                [[x, *(str(p.confusion[(x, y)]) for y in LABELS)] for x in LABELS],
+                f"Rows: {p.a}'s label; columns: {p.b}'s, on the {p.turns} replies both rated.",
+            )
+        )
     return out
 
 
