@@ -95,6 +95,7 @@ class Chain:
     labels: list[str]  # one per assistant turn: fail | pass | excellent | unrated
     annotators: list[str]
     leaf: str = ""  # the id of the branch's last turn: the chain's name in a selection
+    reasons: list[str] = field(default_factory=list)  # one per assistant turn: "ana: too long" ("" for none)
 
     def messages(self) -> list[dict[str, Any]]:
         """The chain as chat messages; an imported OpenAI file's per-message "weight" is written back."""
@@ -119,9 +120,20 @@ class Chain:
             "annotators": self.annotators,
             "turn_ids": [t["id"] for t in self.turns],
         }
+        if any(self.reasons):
+            out["reasons"] = self.reasons
         if self.session.get("study"):
             out.update(study=self.session["study"], slot=self.session["slot"])
         return out
+
+
+def reasons_of(store: Store, keep, annotator: str | None = None) -> dict[str, str]:
+    """turn id -> the reasons its raters gave with their labels ("ana: too long; bo: wrong year")."""
+    out: dict[str, list[str]] = defaultdict(list)
+    for turn, _, who, _, reason in store.reasons():
+        if keep(who) and (annotator is None or who == annotator):
+            out[turn].append(f"{who}: {reason}")
+    return {t: "; ".join(r) for t, r in out.items()}
 
 
 def chains(store: Store, f: Filters = Filters()) -> Iterator[Chain]:
@@ -133,6 +145,7 @@ def chains(store: Store, f: Filters = Filters()) -> Iterator[Chain]:
     for turn, annotator, _ in ratings:
         if keep(annotator):
             who[turn].add(annotator)
+    why = reasons_of(store, keep, f.annotator)
     gold = store.gold_edits(source=f.gold_from) if f.prefer_gold else {}
     scores = store.current_scores() if f.min_score is not None else {}
     chosen = set(store.selection(f.selection)) if f.selection else None
@@ -154,6 +167,7 @@ def chains(store: Store, f: Filters = Filters()) -> Iterator[Chain]:
             chain = _select(sessions[node["session_id"]], path, label, who, gold, scores, f)
             if chain is None:
                 continue
+            chain.reasons = [why.get(t["id"], "") for t in chain.turns[1::2]]
             key = dumps(chain.messages())
             if key not in seen:
                 seen.add(key)

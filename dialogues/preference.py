@@ -24,7 +24,7 @@ from collections.abc import Iterator
 from dataclasses import dataclass
 from typing import Any
 
-from limachat.dialogues.export import Filters
+from limachat.dialogues.export import Filters, reasons_of
 from limachat.dialogues.formats import dumps
 from limachat.dialogues.reads import sent
 from limachat.dialogues.store import RANK, Store
@@ -67,6 +67,7 @@ class _World:
         self.keep = store.takes(f.raters, self.kinds)
         self.ratings = [r for r in store.current_ratings(f.annotator) if r[0] in self.turns and self.keep(r[1])]
         self.labels = store.lowest_labels(f.annotator, self.ratings, raters=f.raters, human_wins=f.human_wins)
+        self.reasons = reasons_of(store, self.keep, f.annotator)
         self.raters: dict[str, set[str]] = defaultdict(set)
         for turn, who, _ in self.ratings:
             self.raters[turn].add(who)
@@ -263,6 +264,8 @@ def kto_rows(
                 "annotators": w.who(w.raters[t["id"]]),
             },
         }
+        if t["id"] in w.reasons:
+            row["limachat"]["reasons"] = w.reasons[t["id"]]
         if not _fresh(seen, [row["prompt"], row["completion"], row["label"]], tally):
             continue
         tally.pairs["good" if row["label"] else "bad"] += 1

@@ -145,10 +145,10 @@ class Assignment:
 
 def assignments(study: dict[str, Any]) -> list[Assignment]:
     """A split study's conversations, each with its driver and raters (empty when everyone walks
-    everything). Each conversation goes to the group of K annotators with the least work so far, and
-    among those to the one whose pairs have shared the fewest conversations, so every pair of
-    annotators shares some; within the group, the one who has driven least drives. Seeded: the same
-    split on every machine."""
+    everything). Each conversation goes to the group of K annotators whose pairs have shared the fewest
+    conversations so far (so every pair shares some, where there are conversations enough), then to the
+    group with the least work, driven by whoever of it has driven least: loads and drives stay within
+    one of each other. Seeded: the same split on every machine."""
     k = study.get("raters_per_conversation")
     if not k:
         return []
@@ -161,8 +161,10 @@ def assignments(study: dict[str, Any]) -> list[Assignment]:
     together: Counter = Counter()
     out = []
     for slot in slots:
-        group = min(groups, key=lambda g: (sum(load[p] for p in g), sum(together[q] for q in combinations(g, 2))))
-        driver = min(group, key=lambda p: (drives[p], load[p]))
+        driver, group = min(
+            ((p, g) for g in groups for p in g),
+            key=lambda c: (sum(together[q] for q in combinations(c[1], 2)), sum(load[p] for p in c[1]), drives[c[0]]),
+        )
         out.append(Assignment(slot, driver, group))
         drives[driver] += 1
         load.update(group)

@@ -12,7 +12,7 @@ from limachat.data_command import config_cmd, export_cmd, import_cmd, report_cmd
 from limachat.run_command import app_cmd, base_cmd, demo_cmd, serve_cmd, users_cmd
 from limachat.serve.net import AddressError
 from limachat.settings import SettingsError, load_settings
-from limachat.study_command import study_cmd
+from limachat.study_command import queue_cmd, study_cmd
 from limachat.train.command import train_cmd
 
 
@@ -108,6 +108,7 @@ for command in (
     select_cmd,
     revise_cmd,
     study_cmd,
+    queue_cmd,
 ):
     main.add_command(command)
 

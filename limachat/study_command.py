@@ -1,4 +1,5 @@
-"""`limachat study create|status|report`: LIMA's section 6 as a named study (dialogues/study.py)."""
+"""`limachat study create|status|report`: LIMA's section 6 as a named study (dialogues/study.py); and
+`limachat queue create|status`: replies put in a queue for more ratings or adjudication (dialogues/queues.py)."""
 
 from __future__ import annotations
 
@@ -7,6 +8,7 @@ from pathlib import Path
 import click
 
 from limachat import context
+from limachat.options import filter_options
 
 
 def _store(ctx: click.Context):
@@ -44,6 +46,14 @@ def study_cmd() -> None:
 )
 @click.option("--annotators", help="Comma-separated names who take part (default: anyone).")
 @click.option("--seed", type=int, default=0, show_default=True, help="Seeds every annotator's order and sides.")
+@click.option(
+    "--raters-per-conversation",
+    "raters",
+    type=int,
+    help="Split the conversations among --annotators, this many rating each: one drives it, the others "
+    "rate it from the study's queue (default: everyone walks everything).",
+)
+@click.option("--adjudicators", help="Comma-separated names who may settle disagreements (`limachat queue`).")
 @click.pass_context
 def create_cmd(
     ctx: click.Context,
@@ -55,6 +65,8 @@ def create_cmd(
     blind: bool,
     annotators: str | None,
     seed: int,
+    raters: int | None,
+    adjudicators: str | None,
 ) -> None:
     """Define a study. The app's Compare tab then walks each annotator through it (key n: next prompt)."""
     from limachat.dialogues import study
@@ -72,14 +84,23 @@ def create_cmd(
             annotators=_names(annotators),
             seed=seed,
             known=known,
+            raters_per_conversation=raters,
+            adjudicators=_names(adjudicators),
         )
     except ValueError as e:
         raise click.ClickException(f"{e} (see `limachat study create --help`)") from None
-    slots = len(study.plan(st, ""))
+    split = study.assignments(st)
+    if split:
+        who = ", ".join(f"{p} drives {sum(a.driver == p for a in split)}" for p in st["annotators"])
+        said = (
+            f"{len(split)} compare conversations shared out, {st['raters_per_conversation']} raters each ({who}; "
+            f"the others rate from queue {study.study_queue(st['name'])})"
+        )
+    else:
+        said = f"{len(study.plan(st, ''))} compare conversations per annotator"
     click.echo(
-        f"study {st['name']}: {', '.join(st['checkpoints'])}; {slots} compare conversations per annotator, "
-        f"{st['turns']} turns each, from {len(st['prompts'])} prompts ({st['prompt_set']}); "
-        f"{'blind' if st['blind'] else 'not blind'}"
+        f"study {st['name']}: {', '.join(st['checkpoints'])}; {said}, {st['turns']} turns each, from "
+        f"{len(st['prompts'])} prompts ({st['prompt_set']}); {'blind' if st['blind'] else 'not blind'}"
     )
 
 
@@ -87,15 +108,23 @@ def create_cmd(
 @click.argument("name")
 @click.pass_context
 def status_cmd(ctx: click.Context, name: str) -> None:
-    """The progress board: per annotator and checkpoint, conversations done, replies rated, what is left."""
-    from limachat.dialogues import study
+    """The progress board (per annotator and checkpoint: conversations done, replies rated, what is left) and
+    how many more conversations the study needs for its excellent-share gap to clear 0."""
+    from limachat.dialogues import study, study_report
 
     store = _store(ctx)
     st = store.study(name)
     rows = study.progress(store, st)
     if not rows:
         click.echo(f"study {name}: nobody has started yet (it lists no annotators)")
-        return
+    else:
+        _table(rows)
+    click.echo("")
+    for needed in study_report.build(store, name).needed:
+        click.echo(needed.line())
+
+
+def _table(rows: list[dict]) -> None:
     header = list(rows[0])
     click.echo("| " + " | ".join(header) + " |\n|" + "---|" * len(header))
     for r in rows:
@@ -126,3 +155,89 @@ def write_report(
 def report_cmd(ctx: click.Context, name: str, html: Path | None, png: Path | None, csv_path: Path | None) -> None:
     """The study's report (the same as `limachat report --study NAME`)."""
     ctx.invoke(ctx.find_root().command.commands["report"], study=name, html=html, png=png, csv_path=csv_path)
+
+
+@click.group("queue")
+def queue_cmd() -> None:
+    """Replies put in a named queue for more ratings, or for an adjudicator's final label; walked in the app's
+    Queue tab, one reply at a time with the rating keys."""
+
+
+@queue_cmd.command("create")
+@click.argument("name")
+@click.option(
+    "--source",
+    type=click.Choice(["study", "filter", "disagree", "judge-disagrees", "one-rater"]),
+    default="filter",
+    show_default=True,
+    help="study: a split study's shared conversations; filter: the replies of the chains the filters pick; "
+    "disagree: replies people labelled differently; judge-disagrees: replies a judge labelled otherwise than "
+    "the people; one-rater: replies only one person rated.",
+)
+@click.option(
+    "--needs", type=int, help="Ratings each reply wants (default: the study's raters, else 2; 1 to adjudicate)."
+)
+@click.option(
+    "--adjudicate",
+    is_flag=True,
+    help="A queue to settle: its adjudicators see everyone's labels and give the final one.",
+)
+@click.option("--adjudicators", help="Comma-separated names who may adjudicate (default: the study's).")
+@filter_options
+@click.pass_context
+def queue_create_cmd(
+    ctx: click.Context,
+    name: str,
+    source: str,
+    needs: int | None,
+    adjudicate: bool,
+    adjudicators: str | None,
+    **filters,
+) -> None:
+    """Put replies in a queue. With --study, the disagreement sources look only at that study's replies."""
+    from limachat.dialogues import queues
+    from limachat.dialogues.export import Filters
+
+    store = _store(ctx)
+    try:
+        chosen = Filters(**filters)
+        if source != "filter" and chosen.args() and chosen.args() != ["--study", str(chosen.study)]:
+            raise ValueError(f"--source {source} takes no export filters but --study; drop {chosen.args()[0]}")
+        q = queues.create(
+            store,
+            name,
+            source,
+            filters=chosen,
+            study=chosen.study,
+            needs=needs,
+            purpose="adjudicate" if adjudicate else "rate",
+            adjudicators=_names(adjudicators),
+        )
+    except ValueError as e:
+        raise click.ClickException(f"{e} (see `limachat queue create --help`)") from None
+    click.echo(queues.status_line(q, queues.status(store, q)))
+
+
+@queue_cmd.command("status")
+@click.argument("name", required=False)
+@click.option("--items", is_flag=True, help="List each reply with everyone's labels and reasons.")
+@click.pass_context
+def queue_status_cmd(ctx: click.Context, name: str | None, items: bool) -> None:
+    """How far a queue (or every queue) has got: replies done, and ratings per annotator."""
+    from limachat.dialogues import queues
+
+    store = _store(ctx)
+    chosen = [store.queue(name)] if name else store.queues()
+    if not chosen:
+        click.echo("no queues yet (`limachat queue create`)")
+    for q in chosen:
+        click.echo(queues.status_line(q, queues.status(store, q)))
+        if items:
+            turns, labels = queues.state(store, q)
+            for n, turn in enumerate(turns, 1):
+                said = "; ".join(
+                    f"{who}: {label}" + (f" ({reason})" if reason else "")
+                    for who, (label, reason) in sorted(labels[turn].items())
+                )
+                text = " ".join(store.turn(turn)["content"].split())[:70]
+                click.echo(f"  {n}. {turn} {text!r}: {said or 'unrated'}")
