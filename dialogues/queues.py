@@ -26,9 +26,9 @@ from typing import Any
 from limachat.dialogues import study as studies
 from limachat.dialogues.export import Filters, chains
 from limachat.dialogues.store import Store
-from limachat.dialogues.values import PURPOSES, RANK
+from limachat.dialogues.values import PURPOSES, QUEUE_SOURCES, RANK
 
-SOURCES = ("study", "filter", "disagree", "judge-disagrees", "one-rater")
+SOURCES = QUEUE_SOURCES
 NAME = re.compile(r"^[\w.-]{1,64}$")
 
 

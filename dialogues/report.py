@@ -161,7 +161,8 @@ def _winners(store: Store, lane_scores, keep) -> list[dict[str, Any]]:
             continue
         verdicts[v["session_id"]][v["verdict"]] += 1
         names[v["session_id"]] = (v["checkpoint_a"], v["checkpoint_b"])
-    for sid in sorted(set(verdicts) | {s for s, lanes in lane_scores.items() if {"a", "b"} <= set(lanes)} - set(whole)):
+    both_rated = {s for s, lanes in lane_scores.items() if {"a", "b"} <= set(lanes)}
+    for sid in sorted((set(verdicts) | both_rated) - set(whole)):
         if sid in verdicts:
             a, b = names[sid]
             c = verdicts[sid]

@@ -147,28 +147,44 @@ def assignments(study: dict[str, Any]) -> list[Assignment]:
     """A split study's conversations, each with its driver and raters (empty when everyone walks
     everything). Each conversation goes to the group of K annotators whose pairs have shared the fewest
     conversations so far (so every pair shares some, where there are conversations enough), then to the
-    group with the least work, driven by whoever of it has driven least: loads and drives stay within
-    one of each other. Seeded: the same split on every machine."""
+    group with the least work; drivers are then drawn so that drives are as even as the groups allow.
+    Seeded: the same split on every machine."""
     k = study.get("raters_per_conversation")
     if not k:
         return []
     rng = random.Random(f"{study['seed']}:{study['name']}")
     slots = [_sided(*s, rng) for s in _slots(study, rng)]
-    groups = list(combinations(sorted(study["annotators"]), k))
+    people = sorted(study["annotators"])
+    groups = list(combinations(people, k))
     rng.shuffle(groups)
     load: Counter = Counter()
-    drives: Counter = Counter()
     together: Counter = Counter()
-    out = []
-    for slot in slots:
-        driver, group = min(
-            ((p, g) for g in groups for p in g),
-            key=lambda c: (sum(together[q] for q in combinations(c[1], 2)), sum(load[p] for p in c[1]), drives[c[0]]),
-        )
-        out.append(Assignment(slot, driver, group))
-        drives[driver] += 1
+    chosen = []
+    for _ in slots:
+        group = min(groups, key=lambda g: (sum(together[q] for q in combinations(g, 2)), sum(load[p] for p in g)))
+        chosen.append(group)
         load.update(group)
         together.update(combinations(group, 2))
+    return [Assignment(slot, driver, group) for slot, driver, group in zip(slots, _drivers(chosen, people), chosen)]
+
+
+def _drivers(groups: list[tuple[str, ...]], people: list[str]) -> list[str]:
+    """One driver per conversation from its group, drives as even as the groups allow: an assignment
+    problem (scipy's), where someone's n-th drive costs n, so a third drive goes to nobody while
+    another has one."""
+    import numpy as np
+    from scipy.optimize import linear_sum_assignment
+
+    seats = len(groups)  # at most this many drives each
+    cost = np.full((len(groups), len(people) * seats), 1e9)
+    for row, group in enumerate(groups):
+        for p in group:
+            col = people.index(p) * seats
+            cost[row, col : col + seats] = np.arange(seats) ** 2
+    rows, cols = linear_sum_assignment(cost)
+    out = [""] * len(groups)
+    for row, col in zip(rows, cols):
+        out[row] = people[col // seats]
     return out
 
 

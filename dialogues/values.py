@@ -23,6 +23,7 @@ ADJUDICATOR = "adjudicator/"  # + a reviewer's name: the annotator their final l
 # whose ratings a report or a filter takes; `adjudicated`: people's, an adjudicator's final label winning
 RATERS = ("humans", "judges", "all", "adjudicated")
 PURPOSES = ("rate", "adjudicate")  # what a queue's annotators do
+QUEUE_SOURCES = ("study", "filter", "disagree", "judge-disagrees", "one-rater")  # where a queue's replies come from
 JUDGE_MODES = ("label", "score", "pairwise")
 GOLD_SOURCES = ("humans", "teachers", "both")  # whose gold edits training takes
 JSON_COLUMNS = {"params", "meta", "omitted"}

@@ -8,6 +8,7 @@ from pathlib import Path
 import click
 
 from limachat import context
+from limachat.dialogues.values import QUEUE_SOURCES
 from limachat.options import filter_options
 
 
@@ -167,7 +168,7 @@ def queue_cmd() -> None:
 @click.argument("name")
 @click.option(
     "--source",
-    type=click.Choice(["study", "filter", "disagree", "judge-disagrees", "one-rater"]),
+    type=click.Choice(QUEUE_SOURCES),
     default="filter",
     show_default=True,
     help="study: a split study's shared conversations; filter: the replies of the chains the filters pick; "

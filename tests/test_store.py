@@ -227,6 +227,43 @@ def test_upgrade_to_studies_keeps_sessions_outside_any_study(tmp_path):
         )
 
 
+def test_upgrade_to_teams_keeps_annotators_and_studies_and_lets_an_adjudicator_in(tmp_path):
+    from sqlite_utils import Database
+
+    from limachat.dialogues import migrations as m
+
+    db = Database(tmp_path / "v6.db")
+    for i, name in enumerate(ALL[:6], 1):
+        getattr(m, name)(db)
+        db["_sqlite_migrations"].insert(
+            {"id": i, "migration_set": "limachat", "name": name, "applied_at": "1"}, pk="id"
+        )
+    db["annotators"].insert({"name": "judge/x", "kind": "judge", "created": "1"})
+    db["studies"].insert(
+        {
+            "name": "old",
+            "created": "1",
+            "prompt_set": "p",
+            "prompts": "[]",
+            "checkpoints": '["x", "y"]',
+            "conversations": 1,
+            "turns": 1,
+            "blind": 1,
+            "annotators": "[]",
+            "seed": 0,
+        }
+    )
+    db.close()
+    store = Store(tmp_path / "v6.db")
+    assert [m.name for m in migrations.applied(store.db)] == ALL and store.integrity() == "ok"
+    assert store.kind_of("judge/x") == "judge"
+    old = store.study("old")
+    assert old["raters_per_conversation"] is None and old["adjudicators"] == []
+    store.register_annotator("adjudicator/cy", "adjudicator")
+    with pytest.raises(sqlite3.IntegrityError):  # the schema itself refuses a queue that wants no ratings
+        store.db.execute("insert into queues values ('q', '1', 'rate', 'filter', null, 0, '[]')")
+
+
 def test_an_upgrade_refuses_rows_that_break_a_check_and_changes_nothing(tmp_path):
     old = _second_schema(tmp_path / "bad.db")
     old["sessions"].insert({"id": "s2", "created": "2026-01-02", "mode": "party"})
