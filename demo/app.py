@@ -19,6 +19,7 @@ from limachat.demo.compare_tab import compare_tab
 from limachat.demo.history import FEEDBACK, judge_line
 from limachat.demo.panel import CSS as PANEL_CSS
 from limachat.demo.panel import SCRIPT, panel, updates
+from limachat.demo.queue_tab import queue_tab
 from limachat.demo.study_tab import study_tab
 from limachat.demo.ui import _settle, _shown, _stream, _user
 from limachat.demo.users import Logins
@@ -97,6 +98,8 @@ def build_app(
                 compare_pickers = compare_tab(deps, names, annotator, who, compare_tab_)
             with gr.Tab("Study", id="study") as study_tab_:
                 study_tab(deps, names, study_tab_)
+            with gr.Tab("Queue", id="queue") as queue_tab_:
+                queue_tab(deps, annotator, who, queue_tab_)
             with gr.Tab("Collect", id="collect") as collect_tab_:
                 collect_tab(deps, names, chat_pickers + compare_pickers, annotator, who, collect_tab_)
             with gr.Tab("Report", id="report") as report_tab_:
@@ -216,6 +219,13 @@ def _chat_tab(deps: Deps, names, annotator, who, app: gr.Blocks) -> list:
     bot.like(on_rate, [state, annotator], bot).then(on_panel, [state, back, annotator], rate.outputs)
     for label, button in rate.buttons.items():
         button.click(rater(label), [state, back, annotator], [bot, *rate.outputs])
+
+    def on_reason(st, b, text, name, request: gr.Request):
+        who_ = who(name, request)
+        _user(lambda: rating.give_reason(deps.store, chat.current(deps, st, who_), b, text, who_))
+        return ["", *updates(chat.current(deps, st, who_), b)]
+
+    rate.reason.submit(on_reason, [state, back, rate.reason, annotator], [rate.reason, *rate.outputs])
     rate.up.click(mover(-1), [state, back, annotator], [back, *rate.outputs])
     rate.down.click(mover(1), [state, back, annotator], [back, *rate.outputs])
     new.click(lambda: (chat.blank(), gr.update(value=[], feedback_value=[]), None), None, [state, bot, sessions]).then(

@@ -167,6 +167,24 @@ def verdict(deps: Deps, state: dict, choice: str, annotator: str | None) -> str:
     return verdicts_line(deps, state, annotator)
 
 
+def conversation_verdict(deps: Deps, state: dict, choice: str, annotator: str | None) -> str:
+    """Left better ("a"), right better ("b") or tie, for the whole conversation (keys A / T / B). A study
+    conversation takes it once it has reached its turns."""
+    if not annotator:
+        raise ValueError(NAME_FIRST)
+    if not (state["a"] and state["b"]):
+        raise ValueError("Send a message first: this verdict is on the whole conversation.")
+    if state.get("study"):
+        st = deps.store.study(state["study"])
+        conv, _, _ = study.conversation_at(deps.store, st, annotator, state["slot"])
+        if conv.session == state["session"] and not conv.reached(st["turns"]):
+            raise ValueError(
+                f"This study conversation has not reached its {st['turns']} turns yet: judge it as a whole once it has."
+            )
+    deps.store.conversation_verdict(state["session"], annotator, choice)
+    return verdicts_line(deps, state, annotator)
+
+
 def verdicts_line(deps: Deps, state: dict, annotator: str | None) -> str:
     """The annotator's verdicts in this session, exchange by exchange."""
     if state["session"] is None or not annotator:
@@ -179,7 +197,11 @@ def verdicts_line(deps: Deps, state: dict, annotator: str | None) -> str:
         for v in deps.store.verdicts(state["session"])
         if v["annotator"] == annotator and v["turn_a"] in exchange
     )
-    return "Your verdicts: " + "; ".join(f"turn {n}: {w}" for n, w in mine) + "." if mine else ""
+    whole = [v["verdict"] for v in deps.store.conversation_verdicts(state["session"]) if v["annotator"] == annotator]
+    line = "Your verdicts: " + "; ".join(f"turn {n}: {w}" for n, w in mine) + "." if mine else ""
+    if whole:
+        line += f" On the whole conversation: {said[whole[-1]]}."
+    return line.strip()
 
 
 def sessions(deps: Deps, user: str | None = None, limit: int = 200) -> list[tuple[str, str]]:

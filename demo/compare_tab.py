@@ -76,6 +76,15 @@ def compare_tab(deps: Deps, names, annotator, who, tab) -> list:
         better_a = gr.Button("◀ Left better (a)", elem_id="verdict-a")
         tie = gr.Button("Tie (t)", elem_id="verdict-tie")
         better_b = gr.Button("Right better (b) ▶", elem_id="verdict-b")
+    with gr.Row(elem_classes="verdict"):
+        whole = {
+            choice: gr.Button(text, size="sm", elem_id=f"conversation-{choice}")
+            for choice, text in (
+                ("a", "Whole conversation: left better (A)"),
+                ("tie", "Whole conversation: tie (T)"),
+                ("b", "Whole conversation: right better (B)"),
+            )
+        }
     said = gr.Markdown(elem_id="compare-status")
     with gr.Row(equal_height=True):
         show_judge = gr.Checkbox(
@@ -252,6 +261,28 @@ def compare_tab(deps: Deps, names, annotator, who, tab) -> list:
         pn.down.click(mover(lane, 1), [state, backs, annotator], [backs, *panel_a.outputs, *panel_b.outputs])
     for button, choice in ((better_a, "a"), (tie, "tie"), (better_b, "b")):
         button.click(judge(choice), [state, annotator], said)
+
+    def judge_whole(choice):
+        def on_whole(st, name, request: gr.Request):
+            return _user(lambda: compare.conversation_verdict(deps, st, choice, who(name, request)))
+
+        return on_whole
+
+    for choice, button in whole.items():
+        button.click(judge_whole(choice), [state, annotator], said)
+
+    def reasoner(lane):
+        def on_reason(st, bk, text, name, request: gr.Request):
+            who_ = who(name, request)
+            _user(lambda: rating.give_reason(deps.store, compare.side(deps, st, lane, who_), bk[lane], text, who_))
+            return ["", *panels(st, bk, name, request)]
+
+        return on_reason
+
+    for lane, pn in (("a", panel_a), ("b", panel_b)):
+        pn.reason.submit(
+            reasoner(lane), [state, backs, pn.reason, annotator], [pn.reason, *panel_a.outputs, *panel_b.outputs]
+        )
     close.click(on_close, [state, pset, annotator], [state, bot_a, bot_b, said, cover]).then(
         refresh_sessions, None, resumable
     )

@@ -86,6 +86,7 @@ class View:
     history: list[dict[str, str]] = field(default_factory=list)
     feedback: list[str | None] = field(default_factory=list)  # one per assistant message
     ids: list[str] = field(default_factory=list)  # the turn behind each message
+    reasons: list[str | None] = field(default_factory=list)  # one per assistant message: the annotator's reason
 
     def turn_at(self, index: int | tuple | list) -> str:
         i = index[0] if isinstance(index, (tuple, list)) else index
@@ -107,6 +108,7 @@ class View:
             self.history + [{"role": "assistant", "content": shown(turn, blind_as=blind_as)}],
             self.feedback + [None],
             self.ids + [reply.turn_id],
+            self.reasons + [None],
         )
 
 
@@ -116,6 +118,7 @@ def view(store: Store, leaf_id: str | None, annotator: str | None, blind_as: str
         return View()
     turns = store.branch(leaf_id)
     labels = store.current_labels(turns[0]["session_id"], annotator) if annotator else {}
+    reasons = store.current_reasons(turns[0]["session_id"], annotator) if annotator else {}
     gold = store.gold_editors([t["id"] for t in turns])
     out = View()
     for t in turns:
@@ -124,6 +127,7 @@ def view(store: Store, leaf_id: str | None, annotator: str | None, blind_as: str
         out.ids.append(t["id"])
         if t["role"] == "assistant":
             out.feedback.append(FEEDBACK.get(labels.get(t["id"])))
+            out.reasons.append(reasons.get(t["id"]))
     return out
 
 

@@ -21,6 +21,8 @@ SCRIPT = """
   const shown = (id) => { const el = document.getElementById(id); return el && el.offsetParent !== null ? el : null; };
   const press = (id) => { const el = shown(id); if (!el) return false; el.click(); return true; };
   const keys = KEYS;
+  let rated = null;  // the panel whose reply a key just rated: key c gives that rating its reason
+  const reasonBox = (panel) => document.querySelector("#" + panel + "-reason input, #" + panel + "-reason textarea");
   // The focused side is an attribute of <body>; the stylesheet outlines that side's panel.
   const lane = (side) => { if (side) document.body.dataset.lane = side; return document.body.dataset.lane || "a"; };
   document.addEventListener("keydown", (e) => {
@@ -29,17 +31,22 @@ SCRIPT = """
     const typing = t && (t.tagName === "TEXTAREA" || t.tagName === "INPUT" || t.isContentEditable);
     if (typing) {
       if (e.key === "Escape") t.blur();
-      if (e.key === "Enter" && !e.shiftKey && t.tagName === "TEXTAREA" && t.closest("#chat-input, #compare-input"))
-        setTimeout(() => t.blur(), 0);  // sent: the next key rates
+      if (e.key === "Enter" && !e.shiftKey && t.closest("#chat-input, #compare-input, .reason-box"))
+        setTimeout(() => t.blur(), 0);  // sent (or saved): the next key rates
       return;
     }
-    const tab = shown("chat-bot") ? "chat" : shown("compare-a") ? "compare" : null;
+    const tab = shown("chat-bot") ? "chat" : shown("compare-a") ? "compare" : shown("queue-bot") ? "queue" : null;
     if (!tab) return;
-    const panel = tab === "chat" ? "chat" : "compare-" + lane();
+    const panel = tab === "compare" ? "compare-" + lane() : tab;
     let done = false;
     if (keys[e.key]) {
       done = press(panel + "-" + keys[e.key]);
+      if (done) rated = panel;
       if (done && tab === "compare") lane(lane() === "a" ? "b" : "a");  // on to the other side
+    }
+    else if (e.key === "c") {
+      const box = reasonBox(rated && rated.startsWith(tab) ? rated : panel);
+      if (box) { box.focus(); done = true; }
     }
     else if (e.key === "ArrowUp" || e.key === "k") done = press(panel + "-up");
     else if (e.key === "ArrowDown" || e.key === "j") done = press(panel + "-down");
@@ -53,6 +60,9 @@ SCRIPT = """
       else if (e.key === "t") done = press("verdict-tie");
       else if (e.key === "b") done = press("verdict-b");
       else if (e.key === "n") done = press("study-next");
+      else if (e.key === "A") done = press("conversation-a");
+      else if (e.key === "T") done = press("conversation-tie");
+      else if (e.key === "B") done = press("conversation-b");
     }
     if (done) e.preventDefault();
   });
@@ -74,23 +84,32 @@ class Panel:
     buttons: dict[str, gr.Button]  # label -> button
     up: gr.Button
     down: gr.Button
+    reason: gr.Textbox  # key c: a one-line reason for the label just given (Enter saves)
 
     @property
     def outputs(self) -> list:
         return [self.caption, *self.buttons.values()]
 
 
-def panel(prefix: str) -> Panel:
-    """Under a chat or a lane: what is focused, the three labels, earlier / later."""
+def panel(prefix: str, moves: bool = True) -> Panel:
+    """Under a chat or a lane: what is focused, the three labels, earlier / later (`moves`), a reason."""
     with gr.Row(elem_classes="rate-row", elem_id=f"{prefix}-panel"):
         caption = gr.Markdown(rating.caption(View(), 0), elem_id=f"{prefix}-caption")
         buttons = {
             lab: gr.Button(f"{key} · {lab.capitalize()}", size="sm", elem_id=f"{prefix}-{lab}", scale=0, min_width=96)
             for key, lab in rating.KEYS.items()
         }
-        up = gr.Button("↑", size="sm", elem_id=f"{prefix}-up", scale=0, min_width=40)
-        down = gr.Button("↓", size="sm", elem_id=f"{prefix}-down", scale=0, min_width=40)
-    return Panel(caption, buttons, up, down)
+        up = gr.Button("↑", size="sm", elem_id=f"{prefix}-up", scale=0, min_width=40, visible=moves)
+        down = gr.Button("↓", size="sm", elem_id=f"{prefix}-down", scale=0, min_width=40, visible=moves)
+    reason = gr.Textbox(
+        show_label=False,
+        placeholder="c: a reason for this label (Enter saves, Esc leaves)",
+        max_lines=1,
+        container=False,
+        elem_id=f"{prefix}-reason",
+        elem_classes="reason-box",
+    )
+    return Panel(caption, buttons, up, down, reason)
 
 
 def updates(v: View, back: int, name: str = "") -> list:

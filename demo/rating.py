@@ -5,14 +5,15 @@ replies back from the newest (0: the newest)."""
 
 from __future__ import annotations
 
-from limachat.demo.history import LABEL_OF, View
+from limachat.demo.history import LABEL_OF, NAME_FIRST, View, inert
 
 KEYS = {"1": "fail", "2": "pass", "3": "excellent"}
 
 HELP = (
     "Keys: **1** fail, **2** pass, **3** excellent for the focused reply (then the focus moves to the other side) · "
-    "**↑ / ↓** earlier / later reply · **← / →** left / right side · **a / t / b** verdict · **n** next study prompt · "
-    "**/** write a message (Enter sends, Esc leaves the box)"
+    "**c** a reason for the label just given (Enter saves) · **↑ / ↓** earlier / later reply · **← / →** left / "
+    "right side · **a / t / b** verdict on the exchange · **A / T / B** (with Shift) on the whole conversation · "
+    "**n** next study prompt · **/** write a message (Enter sends, Esc leaves the box)"
 )
 
 
@@ -42,11 +43,28 @@ def label(v: View, back: int) -> str | None:
     return LABEL_OF.get(v.feedback[replies(v).index(index)])
 
 
+def reason(v: View, back: int) -> str | None:
+    """The annotator's reason for their label of the focused reply."""
+    index = focused(v, back)
+    return None if index is None or not v.reasons else v.reasons[replies(v).index(index)]
+
+
 def caption(v: View, back: int, name: str = "") -> str:
     shown = replies(v)
     index = focused(v, back)
     if index is None:
         return f"{name}no reply to rate yet"
     n = shown.index(index) + 1
-    mine = label(v, back)
-    return f"{name}reply {n} of {len(shown)}" + (f" · your label: **{mine}**" if mine else " · not rated yet")
+    mine, why = label(v, back), reason(v, back)
+    said = f" · your label: **{mine}**" + (f" · reason: *{inert(why)}*" if why else "") if mine else " · not rated yet"
+    return f"{name}reply {n} of {len(shown)}{said}"
+
+
+def give_reason(store, v: View, back: int, text: str, annotator: str | None) -> None:
+    """Key c: the annotator's one-line reason for their label of the focused reply."""
+    if not annotator:
+        raise ValueError(NAME_FIRST)
+    index = focused(v, back)
+    if index is None:
+        raise ValueError("No reply to give a reason for yet.")
+    store.set_reason(v.turn_at(index), annotator, text)

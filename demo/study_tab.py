@@ -20,6 +20,8 @@ def create(
     blind: bool,
     annotators: str,
     seed,
+    raters=None,
+    adjudicators: str = "",
 ) -> str:
     def whole(value, key):
         if value is None or float(value) != int(value):
@@ -37,10 +39,18 @@ def create(
         annotators=(annotators or "").split(","),
         seed=whole(seed, "seed"),
         known=deps.names,
+        raters_per_conversation=whole(raters, "raters per conversation") if raters else None,
+        adjudicators=(adjudicators or "").split(","),
+    )
+    shared = (
+        f" Each conversation is rated by {st['raters_per_conversation']}: its driver, and the others from the "
+        f"Queue tab (queue **{study.study_queue(st['name'])}**)."
+        if st["raters_per_conversation"]
+        else ""
     )
     return (
         f"Created study **{st['name']}**: {', '.join(st['checkpoints'])}, {st['conversations']} conversations per "
-        f"checkpoint of {st['turns']} turns. In the Compare tab, pick it and press **n** for its first prompt."
+        f"checkpoint of {st['turns']} turns. In the Compare tab, pick it and press **n** for its first prompt.{shared}"
     )
 
 
@@ -57,16 +67,18 @@ def board(deps: Deps, name: str | None) -> dict:
     return {"data": [list(r.values()) for r in rows], "headers": headers}
 
 
-def report(deps: Deps, name: str | None) -> tuple[str | None, str | None, str]:
-    """(PNG path, HTML path, Markdown) of the study's report, written under <home>/reports/."""
+def report(deps: Deps, name: str | None) -> tuple[str | None, str | None, str, str]:
+    """(PNG path, HTML path, Markdown, how many more conversations) of the study's report, written under
+    <home>/reports/."""
     if not name:
-        return None, None, "Pick a study."
+        return None, None, "Pick a study.", ""
     reports = study_report.document(deps.store, name)
     out = deps.settings.layout.reports
     out.mkdir(parents=True, exist_ok=True)
     png, page = out / f"study-{name}.png", out / f"study-{name}.html"
     study_report.write(reports, html_path=page, png=png)
-    return str(png), str(page), study_report.markdown(reports)
+    needed = "  \n".join(n.line() for n in reports[0].needed)
+    return str(png), str(page), study_report.markdown(reports), needed
 
 
 def study_tab(deps: Deps, names: list[str], tab) -> None:
@@ -95,6 +107,10 @@ def study_tab(deps: Deps, names: list[str], tab) -> None:
             turns = gr.Number(3, precision=0, minimum=1, label="Turns per conversation", elem_id="study-turns")
             blind = gr.Checkbox(True, label="Blind")
             seed = gr.Number(0, precision=0, label="Seed (order and sides)")
+            raters = gr.Number(
+                None, precision=0, label="Raters per conversation (blank: everyone walks all)", elem_id="study-raters"
+            )
+            adjudicators = gr.Textbox(label="Adjudicators (comma-separated)", max_lines=1, elem_id="study-adjudicators")
             prompts = gr.File(label="Prompt set (blank: the bundled set)", file_types=[".jsonl", ".txt"], height=90)
         create_btn = gr.Button("Create study", variant="primary", elem_id="study-create")
         created = gr.Markdown(elem_id="study-created")
@@ -106,6 +122,7 @@ def study_tab(deps: Deps, names: list[str], tab) -> None:
     progress = gr.Dataframe(
         board(deps, None), label="Progress per annotator and checkpoint", interactive=False, elem_id="study-board"
     )
+    needed = gr.Markdown(elem_id="study-needed")
     chart = gr.Image(
         label="Label shares with 95% intervals, and the leaderboard",
         type="filepath",
@@ -120,17 +137,20 @@ def study_tab(deps: Deps, names: list[str], tab) -> None:
     def studies():
         return gr.update(choices=[s["name"] for s in deps.store.studies()])
 
-    def on_create(n, c, p, conv, t, b, a, s):
-        message = _user(lambda: create(deps, n, c, p, conv, t, b, a, s))
+    def on_create(n, c, p, conv, t, b, a, s, k, adj):
+        message = _user(lambda: create(deps, n, c, p, conv, t, b, a, s, k, adj))
         return message, gr.update(choices=[x["name"] for x in deps.store.studies()], value=n.strip())
 
     def on_show(n):
-        png, html, md = _user(lambda: report(deps, n))
-        return _user(lambda: board(deps, n)), png, html, md
+        png, html, md, more = _user(lambda: report(deps, n))
+        return _user(lambda: board(deps, n)), more, png, html, md
 
+    shown = [progress, needed, chart, page, text]
     create_btn.click(
-        on_create, [name, cks, prompts, conversations, turns, blind, annotators, seed], [created, pick]
-    ).then(on_show, pick, [progress, chart, page, text])
-    pick.select(on_show, pick, [progress, chart, page, text])
-    refresh.click(on_show, pick, [progress, chart, page, text])
-    tab.select(studies, None, pick).then(on_show, pick, [progress, chart, page, text])
+        on_create,
+        [name, cks, prompts, conversations, turns, blind, annotators, seed, raters, adjudicators],
+        [created, pick],
+    ).then(on_show, pick, shown)
+    pick.select(on_show, pick, shown)
+    refresh.click(on_show, pick, shown)
+    tab.select(studies, None, pick).then(on_show, pick, shown)

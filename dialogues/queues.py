@@ -213,7 +213,8 @@ def next_item(store: Store, queue: dict[str, Any], annotator: str) -> Item | Non
 
 
 def status(store: Store, queue: dict[str, Any]) -> dict[str, Any]:
-    """Replies, replies with all their ratings (or settled), and per annotator how many they gave."""
+    """Replies, replies with all their ratings (or settled), and per annotator how many they gave (in a
+    queue to adjudicate, the adjudicators' final labels)."""
     refresh(store, queue)
     items, labels = state(store, queue)
     kinds = store.annotator_kinds()
@@ -222,7 +223,8 @@ def status(store: Store, queue: dict[str, Any]) -> dict[str, Any]:
     for turn in items:
         mine = labels.get(turn, {})
         for who in mine:
-            per[who] += 1
+            if (kinds.get(who) == "adjudicator") == (queue["purpose"] == "adjudicate"):
+                per[who] += 1
         if queue["purpose"] == "adjudicate":
             done += any(kinds.get(w) == "adjudicator" for w in mine)
         else:

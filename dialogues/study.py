@@ -366,7 +366,8 @@ def status_line(
         todo = f"Rate its {left} unrated repl{'ies' if left != 1 else 'y'}, then give" if left > 0 else "Give"
         return (
             f"Study **{study['name']}**, {where}: it has reached its {turns} turns. "
-            f"{todo} a verdict (a / t / b) and press **n** for the next prompt."
+            f"{todo} a verdict on the last exchange (a / t / b) and on the whole conversation (A / T / B), "
+            "then press **n** for the next prompt."
         )
     return (
         f"Study **{study['name']}**, {where}: turn {conv.exchanges + 1} of {turns}. Rate each reply (1 / 2 / 3), "

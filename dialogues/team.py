@@ -41,6 +41,16 @@ class Team:
         ).fetchone()
         return row[0] if row else None
 
+    def current_reasons(self, session_id: str, annotator: str) -> dict[str, str]:
+        """turn id -> the reason of the annotator's current rating, for one session's turns that have one."""
+        return dict(
+            self._tuples(
+                """select r.turn_id, r.comment from ratings r join turns t on t.id = r.turn_id
+                   where t.session_id = ? and r.annotator = ? and r.current = 1 and r.comment is not null""",
+                (session_id, annotator),
+            )
+        )
+
     def reasons(self) -> list[tuple[str, str, str, str, str]]:
         """(turn id, checkpoint, annotator, label, reason) of every current rating that gives a reason."""
         return self._tuples(

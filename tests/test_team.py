@@ -249,3 +249,42 @@ def test_cli_queue_and_split_study(tmp_path, clean_env):
     assert (
         out.exit_code == 1 and "--source disagree takes no export filters but --study; drop --checkpoint" in out.output
     )
+
+
+# -- the app's handlers (the browser test drives the same through the page) ---------------------------------
+def test_queue_tab_walks_labels_gives_reasons_and_adjudicates(tmp_path):
+    from limachat.demo import queue as qtab
+    from limachat.demo.answer import Deps
+    from limachat.settings import Settings
+
+    store = Store(tmp_path / "h.db")
+    deps = Deps(store, {}, Settings(home=tmp_path))
+    st = split_study(store)
+    first = studies.assignments(st)[0]
+    other = next(p for p in first.raters if p != first.driver)
+    ids = drive(store, st, first, {"zero-shot": [P, F], "dialogue": [E, P]})
+    state = {**qtab.blank(), "queue": "team-shared"}
+    state, v, caption, others, progress = qtab.show(deps, state, other)
+    assert v.ids[-1] == state["item"] and v.history[-1]["role"] == "assistant" and len(v.history) == 2
+    assert "reply 1 of 4" in caption and others == "" and "0 of 4 replies" in progress
+    with pytest.raises(ValueError, match="Label a reply first"):
+        qtab.reason(deps, state, "why", other)
+    labelled = []
+    for label in (F, P, E, P):
+        labelled.append(state["item"])
+        state = qtab.rate(deps, state, label, other)
+        state, v, caption, others, progress = qtab.show(deps, state, other)
+    assert state["item"] is None and "Nothing left for you" in caption and "4 of 4 replies" in progress
+    assert sorted(labelled) == sorted(ids["a"] + ids["b"])
+    assert "Reason saved" in qtab.reason(deps, state, "misses the point", other)
+    assert store.reason(labelled[-1], other) == "misses the point"
+    made = qtab.create(deps, "settle", "disagree", "team", None, True, "")
+    assert made == "Created queue settle (adjudicate, disagree): 0 of 2 replies settled; by annotator: nobody yet"
+    with pytest.raises(ValueError, match="may not adjudicate"):
+        qtab.show(deps, {**qtab.blank(), "queue": "settle"}, other if other != "cy" else first.driver)
+    settle, v, caption, others, _ = qtab.show(deps, {**qtab.blank(), "queue": "settle"}, "cy")
+    assert "(adjudicate)" in caption and f"**{first.driver}**:" in others and f"**{other}**:" in others
+    settle = qtab.rate(deps, settle, P, "cy")
+    assert store.annotator_kinds()["adjudicator/cy"] == "adjudicator"
+    assert store.lowest_labels(raters="adjudicated")[settle["last"]] == P
+    assert qtab.show(deps, settle, "cy")[4].endswith("1 of 2 replies settled; by annotator: adjudicator/cy: 1")
