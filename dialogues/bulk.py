@@ -15,8 +15,8 @@ from typing import Any
 
 from limachat.dialogues.values import ENUMS, RANKER, check_text, now, to_json
 
-TABLES = ("sessions", "turns", "ratings", "edits", "verdicts")
-FILLED = {"ratings": ("current",), "verdicts": ("current",)}  # set by the merge itself
+TABLES = ("sessions", "turns", "ratings", "edits", "verdicts", "conversation_verdicts")
+FILLED = {"ratings": ("current",), "verdicts": ("current",), "conversation_verdicts": ("current",)}  # the merge's
 
 
 def digest(*parts: str) -> str:
@@ -244,14 +244,20 @@ class Bulk:
         db["turns"].insert_all(_parents_first(parts["turns"]), ignore=True)
         added = db["turns"].count - before
         db["annotators"].insert_all(machines, ignore=True)  # a judge stays a judge in the merged file
-        for table in ("ratings", "edits", "verdicts"):
+        for table in ("ratings", "edits", "verdicts", "conversation_verdicts"):
             rows = parts[table]
-            if table in ("ratings", "verdicts"):
+            if table != "edits":
                 rows = [{**r, "current": 0} for r in rows]  # recomputed below: merged work may supersede ours
             db[table].insert_all(rows, ignore=True)
         turn_ids = [t["id"] for t in parts["turns"]]
         if turn_ids:
             self._recompute_current(turn_ids)
+        db.execute(
+            """update conversation_verdicts set current = (id = (select c.id from conversation_verdicts c
+                 where c.session_id = conversation_verdicts.session_id and c.annotator = conversation_verdicts.annotator
+                 order by c.created desc, c.id desc limit 1)) where session_id = ?""",
+            (session["id"],),
+        )
         return present, added
 
     def _recompute_current(self, turn_ids: list[str]) -> None:
@@ -273,7 +279,8 @@ class Bulk:
         )
 
     def dump(self) -> Iterator[tuple[dict[str, Any], dict[str, list]]]:
-        """(session, {turns, ratings (with history), edits, verdicts[, annotators][, study]}) of every session,
+        """(session, {turns, ratings (with history), edits, verdicts[, conversation_verdicts][, annotators][, study]})
+        of every session,
         oldest first. `annotators`, when any, are the machines (judges, teachers) among the session's
         annotators; `study`, the study the session belongs to (its definition, so an import keeps the link).
         A teacher's edit leaves out its rubric (rubrics belong to the database, not to a session)."""
@@ -292,9 +299,14 @@ class Bulk:
                     row["rubric_id"] = None
                 sid = row.pop("_sid", None) or row["session_id"]
                 by_session.setdefault(sid, {}).setdefault(table, []).append(row)
+        whole: dict[str, list] = {}
+        for row in self._query("select * from conversation_verdicts order by created, id"):
+            whole.setdefault(row["session_id"], []).append(row)
         for session in self._query("select * from sessions order by created, id"):
             parts = by_session.get(session["id"], {})
             out = {t: parts.get(t, []) for t in queries}
+            if session["id"] in whole:  # only where there are any: older backups stay byte for byte
+                out["conversation_verdicts"] = whole[session["id"]]
             names = sorted({r["annotator"] for t in ("ratings", "edits", "verdicts") for r in out[t]} & set(machines))
             if names:
                 out["annotators"] = [machines[n] for n in names]
@@ -315,6 +327,9 @@ def _check_references(db, session_id: str, parts: dict[str, list[dict[str, Any]]
             raise ValueError(f"turns[{i}] belongs to session {t['session_id']!r}, not {session_id!r}")
         if t.get("parent_id") is not None and not known(t["parent_id"]):
             raise ValueError(f"turns[{i}]: its parent_id {t['parent_id']!r} is no turn of the record or the store")
+    for i, row in enumerate(parts.get("conversation_verdicts", [])):
+        if row["session_id"] != session_id:
+            raise ValueError(f"conversation_verdicts[{i}] belongs to session {row['session_id']!r}, not {session_id!r}")
     for table, columns in (("ratings", ("turn_id",)), ("edits", ("turn_id",)), ("verdicts", ("turn_a", "turn_b"))):
         for i, row in enumerate(parts[table]):
             for column in columns:

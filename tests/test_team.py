@@ -288,3 +288,25 @@ def test_queue_tab_walks_labels_gives_reasons_and_adjudicates(tmp_path):
     assert store.annotator_kinds()["adjudicator/cy"] == "adjudicator"
     assert store.lowest_labels(raters="adjudicated")[settle["last"]] == P
     assert qtab.show(deps, settle, "cy")[4].endswith("1 of 2 replies settled; by annotator: adjudicator/cy: 1")
+
+
+def test_a_backup_keeps_reasons_adjudications_and_whole_conversation_verdicts(tmp_path):
+    from limachat.dialogues.formats import dumps, import_file, session_records
+
+    store = Store(tmp_path / "b.db")
+    sid = store.start_session("compare", annotator="ana", meta={"lanes": {"a": "zero-shot", "b": "dialogue"}})
+    ids = {ln: conversation(store, c, [P], "ana", sid, ln)[1][0] for ln, c in (("a", "zero-shot"), ("b", "dialogue"))}
+    store.rate(ids["a"], "bo", F)
+    store.set_reason(ids["a"], "bo", "off topic")
+    store.adjudicate(ids["a"], "cy", P, "on topic after all")
+    store.conversation_verdict(sid, "ana", "a")
+    store.conversation_verdict(sid, "ana", "tie")  # the newer one stands
+    backup = tmp_path / "backup.jsonl"
+    backup.write_text("".join(dumps(r) + "\n" for r in session_records(store)))
+    again = Store(tmp_path / "again.db")
+    import_file(again, backup)
+    assert [v["verdict"] for v in again.conversation_verdicts(sid)] == ["tie"]
+    assert again.reason(ids["a"], "bo") == "off topic" and again.reason(ids["a"], "adjudicator/cy") == "on topic after all"
+    assert again.kind_of("adjudicator/cy") == "adjudicator"
+    assert again.lowest_labels(raters="adjudicated") == store.lowest_labels(raters="adjudicated")
+    assert "".join(dumps(r) + "\n" for r in session_records(again)) == backup.read_text()  # byte for byte
