@@ -46,7 +46,12 @@ class Filters:
     until: str | None = _filter(None, "Sessions created before this ISO date/time.", date=True)
     study: str | None = _filter(None, "Only the sessions of this study (`limachat study`).")
     min_turns: int = _filter(1, "Assistant turns per chain.", bounds=(1, None))
-    raters: str = _filter("humans", "Whose ratings count: people's, LLM judges' (`limachat judge`), or both.", RATERS)
+    raters: str = _filter(
+        "humans",
+        "Whose ratings count: people's, LLM judges' (`limachat judge`), both, or people's with an adjudicator's "
+        "final label winning (adjudicated).",
+        RATERS,
+    )
     human_wins: bool = _filter(False, "Where a person rated a turn, only people's labels count (with --raters all).")
     min_score: float | None = _filter(
         None,

@@ -350,7 +350,10 @@ class Document:
         return any(s.rated for r in self.reports for s in r.checkpoints.values())
 
 
-def document(store: Store) -> Document:
+def document(store: Store, raters: str | None = None) -> Document:
+    """By people, and by judges once any judge rated; with `raters`, by those alone."""
+    if raters is not None:
+        return Document(build(store, raters), None, judge_agreement(store), win_rates(store))
     judges = None
     if "judge" in store.annotator_kinds().values():
         judges = build(store, "judges")
@@ -385,7 +388,9 @@ def figure7(reports: Report | list[Report], path: Path) -> None:
         len(reports), 2, figsize=(10, 3.6 * len(reports)), gridspec_kw={"width_ratios": [1.1, 1]}, squeeze=False
     )
     for report, (ax, ax2) in zip(reports, axes):
-        who = {"humans": "people", "judges": "LLM judges", "all": "everyone"}[report.raters]
+        who = {"humans": "people", "judges": "LLM judges", "all": "everyone", "adjudicated": "people, adjudicated"}[
+            report.raters
+        ]
         _figure7_row(report, ax, ax2, f" (rated by {who})" if len(reports) > 1 else "")
     fig.tight_layout()
     path = Path(path)

@@ -186,9 +186,14 @@ def _winners(
     return out
 
 
-def document(store: Store, name: str) -> list[StudyReport]:
-    """By people, and by judges when any judge rated a reply or gave a verdict in the study."""
+def document(store: Store, name: str, raters: str | None = None) -> list[StudyReport]:
+    """By people; adjudicated, once an adjudicator settled a reply; and by judges when any judge rated a
+    reply or gave a verdict in the study. With `raters`, by those alone."""
+    if raters is not None:
+        return [build(store, name, raters)]
     reports = [build(store, name, "humans")]
+    if "adjudicator" in store.annotator_kinds().values():
+        reports.append(build(store, name, "adjudicated"))
     if "judge" in store.annotator_kinds().values():
         judges = build(store, name, "judges")
         if judges.rated or judges.verdicts:

@@ -8,6 +8,7 @@ import click
 
 from limachat import context
 from limachat.dialogues.formats import FORMATS
+from limachat.dialogues.values import RATERS
 from limachat.options import filter_options
 
 
@@ -149,9 +150,20 @@ def export_cmd(
 @click.option(
     "--html", type=click.Path(dir_okay=False, path_type=Path), help="With --study: one self-contained page to share."
 )
+@click.option(
+    "--raters",
+    type=click.Choice(RATERS),
+    help="Only the report by these: humans, judges, all, or adjudicated (an adjudicator's final label wins). "
+    "Default: people, and judges once any judge rated; a study's report adds adjudicated once anyone adjudicated.",
+)
 @click.pass_context
 def report_cmd(
-    ctx: click.Context, study: str | None, png: Path | None, csv_path: Path | None, html: Path | None
+    ctx: click.Context,
+    study: str | None,
+    png: Path | None,
+    csv_path: Path | None,
+    html: Path | None,
+    raters: str | None,
 ) -> None:
     """LIMA's Figure 7 per checkpoint: label shares, fails, excellent share by turn, agreement; by people
     and, once `limachat judge` has run, by the judges, with how far they agree with the people. With
@@ -165,7 +177,10 @@ def report_cmd(
         from limachat.study_command import write_report
 
         click.echo(
-            write_report(context.store(context.settings(ctx)), study, html=html, png=png, csv_path=csv_path), nl=False
+            write_report(
+                context.store(context.settings(ctx)), study, html=html, png=png, csv_path=csv_path, raters=raters
+            ),
+            nl=False,
         )
         for path in (html, png, csv_path):
             if path:
@@ -173,7 +188,7 @@ def report_cmd(
         return
     if html:
         raise click.ClickException("--html needs --study NAME (the page is a study's report)")
-    doc = rep.document(context.store(context.settings(ctx)))
+    doc = rep.document(context.store(context.settings(ctx)), raters)
     click.echo(rep.render(doc, rep.heldout(context.settings(ctx).home)), nl=False)
     if csv_path:
         csv_path.write_text(rep.to_csv(*doc.reports))

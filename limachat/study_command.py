@@ -133,12 +133,18 @@ def _table(rows: list[dict]) -> None:
 
 
 def write_report(
-    store, name: str, *, html: Path | None = None, png: Path | None = None, csv_path: Path | None = None
+    store,
+    name: str,
+    *,
+    html: Path | None = None,
+    png: Path | None = None,
+    csv_path: Path | None = None,
+    raters: str | None = None,
 ) -> str:
     """The study report as Markdown (returned), and the files asked for."""
     from limachat.dialogues import study_report as srep
 
-    reports = srep.document(store, name)
+    reports = srep.document(store, name, raters)
     srep.write(reports, html_path=html, png=png, csv_path=csv_path)
     return srep.markdown(reports)
 

@@ -229,10 +229,22 @@ def test_cli_queue_and_split_study(tmp_path, clean_env):
     store = Store(tmp_path / "limachat.db")
     st = split_study(store)
     first = studies.assignments(st)[0]
-    drive(store, st, first, {"zero-shot": [P, F], "dialogue": [E, P]})
+    ids = drive(store, st, first, {"zero-shot": [P, F], "dialogue": [E, P]})
+    failed = ids[next(ln for ln, c in first.slot.sides.items() if c == "zero-shot")][1]
     store.close()
     env = {"LIMACHAT_HOME": str(tmp_path)}
     run = CliRunner().invoke
+    out = run(main, ["report", "--raters", "adjudicated"], env=env)
+    assert out.exit_code == 0 and "| zero-shot | 2 | 50.0% | 50.0% | 0.0% |" in out.output, out.output
+    store = Store(tmp_path / "limachat.db")
+    store.adjudicate(failed, "cy", P)
+    store.close()
+    out = run(main, ["report", "--raters", "adjudicated"], env=env)
+    assert "| zero-shot | 2 | 0.0% | 100.0% | 0.0% |" in out.output, out.output
+    out = run(main, ["report", "--study", "team"], env=env)
+    assert (
+        out.exit_code == 0 and "## Rated by people, adjudicated" in out.output and "## Rated by people\n" in out.output
+    )
     out = run(main, ["queue", "status", "team-shared", "--items"], env=env)
     assert out.exit_code == 0, out.output
     assert "queue team-shared (rate, study): 0 of 4 replies with their 2 ratings" in out.output
@@ -306,7 +318,9 @@ def test_a_backup_keeps_reasons_adjudications_and_whole_conversation_verdicts(tm
     again = Store(tmp_path / "again.db")
     import_file(again, backup)
     assert [v["verdict"] for v in again.conversation_verdicts(sid)] == ["tie"]
-    assert again.reason(ids["a"], "bo") == "off topic" and again.reason(ids["a"], "adjudicator/cy") == "on topic after all"
+    assert (
+        again.reason(ids["a"], "bo") == "off topic" and again.reason(ids["a"], "adjudicator/cy") == "on topic after all"
+    )
     assert again.kind_of("adjudicator/cy") == "adjudicator"
     assert again.lowest_labels(raters="adjudicated") == store.lowest_labels(raters="adjudicated")
     assert "".join(dumps(r) + "\n" for r in session_records(again)) == backup.read_text()  # byte for byte
