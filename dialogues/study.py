@@ -359,7 +359,12 @@ def status_line(
     """What the Compare tab says about the annotator's place in the study."""
     turns = study["turns"]
     if conv is None:
-        return f"Study **{study['name']}**: your walk is done. See the Study tab for the report."
+        shared = (
+            f" Rate the conversations you share in the Queue tab (queue **{study_queue(study['name'])}**)."
+            if study.get("raters_per_conversation", 0) and study["raters_per_conversation"] > 1
+            else ""
+        )
+        return f"Study **{study['name']}**: your walk is done.{shared} See the Study tab for the report."
     where = f"conversation {place} of {total}" if place else "a conversation"
     if conv.reached(turns):
         left = conv.replies - conv.rated

@@ -269,6 +269,27 @@ CLI_CASES = [
         "'--min-score': 7.0 is not in the range 0<=x<=5",
     ),
     (
+        "queue-unknown",
+        {},
+        {},
+        ["queue", "status", "ghost"],
+        "no queue 'ghost'; create one first",
+    ),
+    (
+        "queue-bad-name",
+        {},
+        {},
+        ["queue", "create", "no spaces"],
+        "queue name 'no spaces': use 1-64 letters, digits, '.', '-' or '_' (see `limachat queue create --help`)",
+    ),
+    (
+        "study-split-without-annotators",
+        {},
+        {},
+        ["study", "create", "s", "--checkpoints", "zero-shot,dialogue", "--raters-per-conversation", "2"],
+        "raters per conversation: a whole number from 1 to the number of annotators (0), not 2",
+    ),
+    (
         "db-not-sqlite",
         {"data/limachat.db": b"these are my notes, not a database\n" * 10},
         {},
