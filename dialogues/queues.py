@@ -42,21 +42,20 @@ def _people(store: Store) -> tuple[dict[str, dict[str, str]], dict[str, str]]:
     return by_turn, kinds
 
 
-def _study_items(store: Store, st: dict[str, Any]) -> list[str]:
-    """The replies of a split study's conversations so far (each lane's newest branch), slot by slot."""
+def _shared(store: Store, st: dict[str, Any]) -> dict[str, set[str]]:
+    """A split study's replies so far (each lane's newest branch, slot by slot), each with who may rate it
+    from the queue: its conversation's raters but the driver."""
     sessions = studies.driven(store, st)
-    out = []
+    out: dict[str, set[str]] = {}
     for a in studies.assignments(st):
         s = sessions.get(a.slot.index)
         if s is None or len(a.raters) < 2:
             continue
         for lane in ("a", "b"):
             leaf = s[f"leaf_{lane}"]
-            out += (
-                [t["id"] for t in store.branch(leaf) if t["role"] == "assistant" and t["status"] == "ok"]
-                if leaf
-                else []
-            )
+            for t in store.branch(leaf) if leaf else []:
+                if t["role"] == "assistant" and t["status"] == "ok":
+                    out[t["id"]] = set(a.raters) - {a.driver}
     return out
 
 
@@ -72,7 +71,7 @@ def candidates(store: Store, source: str, filters: Filters | None = None, study:
             raise ValueError(
                 f"study {study!r} does not share its conversations (create it with --raters-per-conversation 2 or more)"
             )
-        return _study_items(store, st)
+        return list(_shared(store, st))
     if source == "filter":
         f = filters or Filters()
         return [t["id"] for c in chains(store, f) for t in c.turns if t["role"] == "assistant"]
@@ -134,7 +133,7 @@ def refresh(store: Store, queue: dict[str, Any]) -> int:
     """A study's queue takes the replies its conversations gained since; other queues stay as made."""
     if queue["source"] != "study" or not queue["study"]:
         return 0
-    return store.add_queue_items(queue["name"], _study_items(store, store.study(queue["study"])))
+    return store.add_queue_items(queue["name"], list(_shared(store, store.study(queue["study"]))))
 
 
 def may_work(queue: dict[str, Any], annotator: str | None) -> str:
@@ -158,21 +157,10 @@ class Item:
 
 
 def _offered(store: Store, queue: dict[str, Any]) -> dict[str, set[str]] | None:
-    """For a study's queue: turn -> who may rate it (the conversation's raters but its driver)."""
+    """For a study's queue: turn -> who may rate it; None for any other queue (anyone may)."""
     if queue["source"] != "study" or not queue["study"]:
         return None
-    st = store.study(queue["study"])
-    sessions = studies.driven(store, st)
-    out: dict[str, set[str]] = {}
-    for a in studies.assignments(st):
-        s = sessions.get(a.slot.index)
-        if s is None:
-            continue
-        for lane in ("a", "b"):
-            leaf = s[f"leaf_{lane}"]
-            for t in store.branch(leaf) if leaf else []:
-                out[t["id"]] = set(a.raters) - {a.driver}
-    return out
+    return _shared(store, store.study(queue["study"]))
 
 
 def state(store: Store, queue: dict[str, Any]) -> tuple[list[str], dict[str, dict[str, tuple[str, str | None]]]]:

@@ -361,7 +361,7 @@ def status_line(
     if conv is None:
         shared = (
             f" Rate the conversations you share in the Queue tab (queue **{study_queue(study['name'])}**)."
-            if study.get("raters_per_conversation", 0) and study["raters_per_conversation"] > 1
+            if (study.get("raters_per_conversation") or 0) > 1
             else ""
         )
         return f"Study **{study['name']}**: your walk is done.{shared} See the Study tab for the report."
