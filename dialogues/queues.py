@@ -113,6 +113,7 @@ def create(
         raise ValueError(f"queue name {name!r}: use 1-64 letters, digits, '.', '-' or '_'")
     if purpose not in PURPOSES:
         raise ValueError(f"purpose must be one of {', '.join(PURPOSES)}, not {purpose!r}")
+    items = candidates(store, source, filters, study)
     st = store.study(study) if study else None
     if needs is None:
         needs = st["raters_per_conversation"] if source == "study" else 1 if purpose == "adjudicate" else 2
@@ -121,7 +122,6 @@ def create(
     people = sorted({a.strip() for a in (adjudicators or []) if a and a.strip()}) or (st["adjudicators"] if st else [])
     if purpose == "adjudicate" and not people:
         raise ValueError("an adjudication queue names who may adjudicate (--adjudicators, or the study's)")
-    items = candidates(store, source, filters, study)
     said = " ".join([source, *(filters.args() if source == "filter" and filters else [])])
     store.create_queue(
         name, purpose=purpose, source=said, needs=needs, turn_ids=items, study=study, adjudicators=people
@@ -133,7 +133,9 @@ def refresh(store: Store, queue: dict[str, Any]) -> int:
     """A study's queue takes the replies its conversations gained since; other queues stay as made."""
     if queue["source"] != "study" or not queue["study"]:
         return 0
-    return store.add_queue_items(queue["name"], list(_shared(store, store.study(queue["study"]))))
+    have = set(store.queue_items(queue["name"]))
+    new = [t for t in _shared(store, store.study(queue["study"])) if t not in have]
+    return store.add_queue_items(queue["name"], new) if new else 0  # no write when none (a read-only home)
 
 
 def may_work(queue: dict[str, Any], annotator: str | None) -> str:
