@@ -54,7 +54,8 @@ lint: venv
 # Refresh the pictures in docs/screenshots/ that the browser tests take (a plain `make test` writes them to a
 # temporary folder). The others there (demo-*, judges-report) are taken by hand from `make demo`.
 screenshots: venv $(CHROMIUM)
-	SCREENSHOTS=$(CURDIR)/docs/screenshots $(PY) -m pytest -q tests/test_app_browser.py tests/test_study_browser.py
+	SCREENSHOTS=$(CURDIR)/docs/screenshots $(PY) -m pytest -q tests/test_app_browser.py tests/test_study_browser.py \
+		tests/test_team_browser.py
 
 # The CUDA image (Dockerfile), on vLLM's image of the pinned version.
 image:
