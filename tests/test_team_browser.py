@@ -124,6 +124,8 @@ def test_a_team_study_shared_queued_adjudicated_and_reported(vllm_server, tmp_pa
             labels, verdict = plans[driver]
             for label in labels:
                 team.rate(label)
+            for side, label in zip(("a", "b"), labels):  # the page has the labels: a reason now follows them
+                caption_says(page, f"#compare-{side}-caption", f"your label: {label}")
             if n == 1:  # c: a reason for the label just given (side B's, the focus having moved on)
                 team.reason("answers a different question")
                 caption_says(page, "#compare-b-caption", "reason: answers a different question")
