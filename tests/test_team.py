@@ -324,3 +324,19 @@ def test_a_backup_keeps_reasons_adjudications_and_whole_conversation_verdicts(tm
     assert again.kind_of("adjudicator/cy") == "adjudicator"
     assert again.lowest_labels(raters="adjudicated") == store.lowest_labels(raters="adjudicated")
     assert "".join(dumps(r) + "\n" for r in session_records(again)) == backup.read_text()  # byte for byte
+
+
+def test_the_panel_shows_the_reason_after_the_label():
+    from limachat.demo import rating
+    from limachat.demo.history import View
+
+    v = View(
+        [{"role": "user", "content": "q"}, {"role": "assistant", "content": "a"}],
+        ["Fail"],
+        ["u1", "a1"],
+        ["gives <b>no</b> answer"],
+    )
+    assert (
+        rating.caption(v, 0, "B: ") == "B: reply 1 of 1 · your label: **fail** · reason: *gives &lt;b>no&lt;/b> answer*"
+    )
+    assert rating.caption(View(v.history, [None], v.ids, [None]), 0) == "reply 1 of 1 · not rated yet"
