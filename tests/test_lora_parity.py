@@ -1,0 +1,131 @@
+"""What vLLM serves equals what transformers and PEFT compute on the same weights, with limachat's own
+LoRA path in the server (serve/vllm_plugin.py: fused adapter slots, compiled, only the adapters' layers
+wrapped): `base` against transformers, each adapter against PEFT, a batch that mixes all three against
+each request alone, and prompt log-probabilities (the fluency score) under an adapter."""
+
+from __future__ import annotations
+
+import asyncio
+
+import httpx
+import pytest
+
+TOKENS = 24  # greedy tokens per check
+TOP = 5
+ABS = 2e-3  # float32 on both sides; vLLM's CPU kernels sum in another order than torch's
+MESSAGES = [
+    [{"role": "user", "content": "What are three good habits for writing clear code?"}],
+    [
+        {"role": "user", "content": "I want to learn to bake bread."},
+        {"role": "assistant", "content": "Start with a simple loaf: flour, water, salt and yeast."},
+        {"role": "user", "content": "How long should the dough rise?"},
+    ],
+]
+NAMES = ("base", "zero-shot", "dialogue")
+
+
+@pytest.fixture(scope="module")
+def reference(vllm_server):
+    """Per model name: transformers (base) or PEFT (adapters) on the served weights, float32."""
+    import torch
+    from peft import PeftModel
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    folder = vllm_server.home / "base" / "SmolLM2-135M-Instruct" / "model"
+    tok = AutoTokenizer.from_pretrained(folder)
+    models = {"base": AutoModelForCausalLM.from_pretrained(folder, dtype=torch.float32).eval()}
+    for name in NAMES[1:]:
+        base = AutoModelForCausalLM.from_pretrained(folder, dtype=torch.float32)
+        models[name] = PeftModel.from_pretrained(base, vllm_server.home / "checkpoints" / name).eval()
+    return tok, models
+
+
+def prompt_ids(tok, messages) -> list[int]:
+    return list(tok.apply_chat_template(messages, add_generation_prompt=True, return_dict=True)["input_ids"])
+
+
+def teacher_forced(model, ids: list[int], start: int):
+    """log-softmax at each position from `start` on, predicting ids[start+1:] (and one past the end)."""
+    import torch
+
+    with torch.no_grad():
+        logits = model(torch.tensor([ids])).logits[0, start:]
+    return torch.log_softmax(logits.float(), -1)
+
+
+async def served(http, url: str, model: str, ids: list[int]) -> tuple[list[int], list[dict[int, float]]]:
+    """Greedy tokens and each step's top log-probabilities, from /v1/completions on token ids."""
+    body = {
+        "model": model,
+        "prompt": ids,
+        "max_tokens": TOKENS,
+        "temperature": 0,
+        "logprobs": TOP,
+        "ignore_eos": True,
+        "return_tokens_as_token_ids": True,
+    }
+    r = await http.post(url + "/completions", json=body)
+    r.raise_for_status()
+    lp = r.json()["choices"][0]["logprobs"]
+    tokens = [int(t.removeprefix("token_id:")) for t in lp["tokens"]]
+    tops = [{int(k.removeprefix("token_id:")): v for k, v in step.items()} for step in lp["top_logprobs"]]
+    return tokens, tops
+
+
+def each(url: str, jobs: list[tuple[str, list[int]]], together: bool):
+    async def go():
+        async with httpx.AsyncClient(timeout=300) as http:
+            if together:
+                return await asyncio.gather(*(served(http, url, m, ids) for m, ids in jobs))
+            return [await served(http, url, m, ids) for m, ids in jobs]
+
+    return asyncio.run(go())
+
+
+def test_each_checkpoint_matches_transformers_and_peft(vllm_server, reference):
+    """Greedy text and top log-probabilities of `base` equal transformers', each adapter's equal PEFT's."""
+    tok, models = reference
+    for messages in MESSAGES:
+        ids = prompt_ids(tok, messages)
+        for name, (tokens, tops) in zip(NAMES, each(vllm_server.url, [(n, ids) for n in NAMES], together=False)):
+            reference_lp = teacher_forced(models[name], ids + tokens, len(ids) - 1)
+            expected = [int(reference_lp[i].argmax()) for i in range(TOKENS)]
+            assert tokens == expected, (name, tok.decode(tokens), tok.decode(expected))
+            for i, top in enumerate(tops):
+                for token, logprob in top.items():
+                    assert logprob == pytest.approx(float(reference_lp[i, token]), abs=ABS), (name, i, token)
+
+
+def test_a_batch_mixing_base_and_both_adapters_gives_each_what_it_gets_alone(vllm_server, reference):
+    tok, _ = reference
+    jobs = [(name, prompt_ids(tok, messages)) for messages in MESSAGES for name in NAMES]
+    jobs += jobs[:3]  # the same request twice in one batch
+    alone = each(vllm_server.url, jobs, together=False)
+    mixed = each(vllm_server.url, jobs, together=True)
+    for (name, _), (tokens, tops), (mixed_tokens, mixed_tops) in zip(jobs, alone, mixed):
+        assert mixed_tokens == tokens, name
+        for top, mixed_top in zip(tops, mixed_tops):
+            assert mixed_top.keys() == top.keys(), name
+            for token, logprob in top.items():
+                assert mixed_top[token] == pytest.approx(logprob, abs=ABS), name
+
+
+def test_prompt_logprobs_under_an_adapter_match_peft_while_others_decode(vllm_server, reference):
+    """The fluency score's request (prompt log-probabilities) under `dialogue`, sharing the engine with
+    replies of the other checkpoints, equals PEFT's log-probabilities of the same tokens."""
+    tok, models = reference
+    ids = prompt_ids(tok, MESSAGES[1]) + tok.encode("Let it rise until it doubles, one to two hours.")
+
+    async def go():
+        async with httpx.AsyncClient(timeout=300) as http:
+            body = {"model": "dialogue", "prompt": ids, "max_tokens": 1, "temperature": 0, "prompt_logprobs": 0}
+            others = [served(http, vllm_server.url, m, prompt_ids(tok, MESSAGES[0])) for m in ("base", "zero-shot")]
+            results = await asyncio.gather(http.post(vllm_server.url + "/completions", json=body), *others)
+            results[0].raise_for_status()
+            return results[0].json()["choices"][0]["prompt_logprobs"]
+
+    scored = asyncio.run(go())
+    reference_lp = teacher_forced(models["dialogue"], ids, 0)
+    assert scored[0] is None and len(scored) == len(ids)
+    for i in range(1, len(ids)):
+        assert scored[i][str(ids[i])]["logprob"] == pytest.approx(float(reference_lp[i - 1, ids[i]]), abs=ABS), i
