@@ -5,6 +5,12 @@ its mean NLL is high; a coherent reply's is low. vLLM scores it: the conversatio
 generation prompt and the reply are tokenized by the server's own `/tokenize` (chat template and
 all), sent as one prompt to `/v1/completions` with `prompt_logprobs=0`, and the log-probabilities
 of the reply's tokens are averaged. One request of prompt processing, no generation to speak of.
+
+The conversation before the reply is usually in vLLM's prefix cache under the base already (the last
+turn's score put it there), so the request asks limachat's vLLM plugin to read the cache
+(`limachat_cached_prompt`): only the new user turn and the reply are computed. Should the cache cover
+one of the reply's own positions (the same reply scored twice), that position comes back empty and the
+request is sent again without the cache.
 """
 
 from __future__ import annotations
@@ -12,6 +18,8 @@ from __future__ import annotations
 import math
 
 import httpx
+
+from limachat.serve.vllm_plugin import CACHED_PROMPT
 
 # Calibrated on the bundled SmolLM2-135M-Instruct (tests/test_coherence.py, benchmarks/bench_presets.py):
 # coherent replies scored 1.3-3.0, replies rambling to the token limit 3.3-3.8, and the word salad
@@ -43,11 +51,28 @@ async def fluency(
         head = head[max(0, len(head) + len(ids) + 1 - limit) :]  # a long conversation: its oldest tokens go
         if not head:
             return None  # the reply alone fills the context window
-        r = await http.post(
-            f"{root}/v1/completions",
-            json={"model": model, "prompt": head + ids, "max_tokens": 1, "temperature": 0, "prompt_logprobs": 0},
-        )
-        r.raise_for_status()
-    scored = r.json()["choices"][0]["prompt_logprobs"][len(head) :]
-    logprobs = [entry[str(tok)]["logprob"] for entry, tok in zip(scored, ids)]
-    return -sum(logprobs) / len(logprobs) if logprobs and all(math.isfinite(x) for x in logprobs) else None
+        logprobs = None
+        for cached in (True, False):
+            body = {"model": model, "prompt": head + ids, "max_tokens": 1, "temperature": 0, "prompt_logprobs": 0}
+            if cached:
+                body["vllm_xargs"] = {CACHED_PROMPT: 1}
+            r = await http.post(f"{root}/v1/completions", json=body)
+            r.raise_for_status()
+            logprobs = _reply_logprobs(r.json()["choices"][0]["prompt_logprobs"][len(head) :], ids)
+            if logprobs is not None:
+                break
+    if not logprobs or not all(math.isfinite(x) for x in logprobs):
+        return None
+    return -sum(logprobs) / len(logprobs)
+
+
+def _reply_logprobs(scored: list[dict | None], ids: list[int]) -> list[float] | None:
+    """Each reply token's log-probability; None where a position came back empty (the prefix cache had
+    it: token 0 at log-probability 0, or no entry at all)."""
+    out = []
+    for entry, tok in zip(scored, ids):
+        hit = (entry or {}).get(str(tok))
+        if hit is None or (tok == 0 and hit["logprob"] == 0.0):
+            return None
+        out.append(hit["logprob"])
+    return out if len(out) == len(ids) else None

@@ -339,6 +339,44 @@ def _patch_refuse_unwrapped_adapter() -> None:
     WorkerLoRAManager._load_adapter = _load_adapter
 
 
+CACHED_PROMPT = "limachat_cached_prompt"  # vllm_xargs key: prompt log-probabilities may start after the cache
+
+
+def _patch_cached_prompt_logprobs() -> None:
+    """vLLM 0.32 recomputes the whole prompt of every request that asks for prompt log-probabilities, so
+    that each position gets one: scoring a reply's fluency re-ran its whole conversation (0.7-1.0 s of
+    engine time here), though the conversation was in the prefix cache from the turn before. A request
+    that sends `vllm_xargs: {"limachat_cached_prompt": 1}` reads the cache like any other; the positions
+    the cache covered come back as token 0 with log-probability 0 (zero-filled, where vLLM leaves them
+    uninitialised), and limachat.serve.fluency asks again without the key if a reply's position is among
+    them."""
+    from vllm.v1.outputs import LogprobsTensors
+    from vllm.v1.request import Request
+
+    original_skip = Request.get_skip_reading_prefix_cache
+
+    def get_skip_reading_prefix_cache(self) -> bool:
+        params = self.sampling_params
+        if params is not None and (params.extra_args or {}).get(CACHED_PROMPT):
+            return False
+        return original_skip(self)
+
+    def empty_cpu(num_positions: int, num_tokens_per_position: int) -> LogprobsTensors:
+        import torch
+        from vllm.utils.torch_utils import PIN_MEMORY
+
+        shape = (num_positions, num_tokens_per_position)
+        return LogprobsTensors(
+            logprob_token_ids=torch.zeros(shape, dtype=torch.int32, pin_memory=PIN_MEMORY),
+            logprobs=torch.zeros(shape, dtype=torch.float32, pin_memory=PIN_MEMORY),
+            selected_token_ranks=torch.zeros(num_positions, dtype=torch.int32, pin_memory=PIN_MEMORY),
+        )
+
+    setattr(get_skip_reading_prefix_cache, MARK, True)
+    Request.get_skip_reading_prefix_cache = get_skip_reading_prefix_cache
+    LogprobsTensors.empty_cpu = staticmethod(empty_cpu)
+
+
 PATCHES = (
     Patch(
         "lora-logits-zero-delta",
@@ -402,6 +440,16 @@ PATCHES = (
         "against --lora-target-modules)",
         "when the canary test_vllm_still_drops_weights_outside_the_target_modules fails",
         _patch_refuse_unwrapped_adapter,
+    ),
+    Patch(
+        "cached-prompt-logprobs",
+        ">=0.32.0,<0.33",
+        "any",
+        ("vllm.v1.request:Request.get_skip_reading_prefix_cache", "vllm.v1.outputs:LogprobsTensors.empty_cpu"),
+        "https://github.com/vllm-project/vllm/blob/v0.32.0/vllm/sampling_params.py "
+        "(prompt logprobs skip reading the prefix cache)",
+        "when the canary test_prompt_logprobs_still_skip_the_prefix_cache fails",
+        _patch_cached_prompt_logprobs,
     ),
     Patch(
         "cpu-seeded-rewind",

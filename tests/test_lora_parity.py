@@ -129,3 +129,49 @@ def test_prompt_logprobs_under_an_adapter_match_peft_while_others_decode(vllm_se
     assert scored[0] is None and len(scored) == len(ids)
     for i in range(1, len(ids)):
         assert scored[i][str(ids[i])]["logprob"] == pytest.approx(float(reference_lp[i - 1, ids[i]]), abs=ABS), i
+
+
+def _cache_hits(url: str) -> float:
+    text = httpx.get(url.removesuffix("/v1") + "/metrics", timeout=30).text
+    return sum(float(line.split()[-1]) for line in text.splitlines() if line.startswith("vllm:prefix_cache_hits_total"))
+
+
+def test_a_reply_is_scored_from_the_cached_conversation_with_the_same_score(vllm_server, reference):
+    """Fluency of a second turn reads the conversation the first turn's score left in the prefix cache
+    (only the new turn and the reply are computed) and equals the score of the whole prompt computed."""
+    from limachat.serve.fluency import fluency
+
+    tok, models = reference
+    first = [{"role": "user", "content": "I want to learn to bake bread."}]
+    reply1 = "Start with a simple loaf: flour, water, salt and yeast, kneaded for ten minutes until smooth. " * 8
+    asyncio.run(fluency(vllm_server.url, "base", first, reply1))
+    second = [*first, {"role": "assistant", "content": reply1}, {"role": "user", "content": "How long should it rise?"}]
+    reply2 = "Let it rise somewhere warm until it has doubled, which takes one to two hours."
+    before = _cache_hits(vllm_server.url)
+    score = asyncio.run(fluency(vllm_server.url, "base", second, reply2))
+    hits = _cache_hits(vllm_server.url) - before
+    head = prompt_ids(tok, second)
+    # vLLM caches whole blocks (128 tokens on CPU): all but the last partial block of the first turn's prompt
+    assert hits >= 128 * ((len(prompt_ids(tok, first)) + len(tok.encode(reply1))) // 128) > 0, (hits, len(head))
+
+    ids = head + tok.encode(reply2)
+    reference_lp = teacher_forced(models["base"], ids, len(head) - 1)
+    expected = -float(sum(reference_lp[i, ids[len(head) + i]] for i in range(len(ids) - len(head)))) / (
+        len(ids) - len(head)
+    )
+    assert score == pytest.approx(expected, abs=ABS)
+    assert asyncio.run(fluency(vllm_server.url, "base", second, reply2)) == pytest.approx(score, abs=ABS)  # all cached
+
+
+def test_an_adapter_on_more_layers_than_the_server_wraps_is_refused_in_one_line(vllm_server):
+    """The untrained adapter puts LoRA on all 30 layers; the server wraps the 15 the demo adapters touch."""
+    from conftest import models
+
+    from limachat.serve.server import load_adapter
+
+    wide = vllm_server.home / "base" / "SmolLM2-135M-Instruct" / "untrained-lora"
+    with pytest.raises(ValueError) as e:
+        load_adapter(vllm_server.url, "wide", wide)
+    message = str(e.value)
+    assert "does not wrap" in message and "restart `limachat serve`" in message and "\n" not in message, message
+    assert models(vllm_server.url) == {"base", "zero-shot", "dialogue"}  # still serving

@@ -116,6 +116,12 @@ def test_vllm_still_drops_weights_outside_the_target_modules():
     )
 
 
+def test_prompt_logprobs_still_skip_the_prefix_cache():
+    from vllm import SamplingParams
+
+    assert SamplingParams(prompt_logprobs=0).skip_reading_prefix_cache is True, FIXED.format("cached-prompt-logprobs")
+
+
 def _layer(slots: int, outs: tuple[int, ...], rank: int, width: int, seed: int):
     """A stand-in linear LoRA layer as vLLM lays one out: per slice, A (slots, 1, rank, in), B (slots, 1, out, rank)."""
     g = torch.Generator().manual_seed(seed)
