@@ -98,9 +98,27 @@ def serving(home: Path, env: dict[str, str] | None = None):
 
 
 def vllm(home: Path, rounds: int, env: dict[str, str] | None = None) -> dict:
-    """Decode rates of the `dialogue` adapter."""
+    """Decode rates of the `dialogue` adapter, on the second start (the first compiles, if the cache is cold)."""
+    with serving(home, env) as (_, first):
+        pass
     with serving(home, env) as (url, ready):
-        return {"ready": ready, **measure(url, "dialogue", rounds)}
+        return {"first": first, "ready": ready, **measure(url, "dialogue", rounds)}
+
+
+def vllm_without_lora(home: Path, rounds: int) -> dict:
+    """vLLM on the same base as `limachat serve` starts it, compiled, with no LoRA at all."""
+    from limachat.serve.base import prepare_base
+    from limachat.serve.server import ServerConfig, VLLMServer
+    from limachat.settings import Settings
+
+    s = Settings(home=home).server
+    config = ServerConfig(
+        prepare_base(home, None).model, [], "127.0.0.1", free_port(), False, s.dtype, s.enforce_eager,
+        s.max_model_len, s.max_lora_rank, s.kv_cache_gib, [],
+    )  # fmt: skip
+    with VLLMServer(config, home / "logs" / f"bench-nolora-{config.port}.log") as server:
+        server.start()
+        return {"ready": server.start_seconds, **measure(config.url, "base", rounds)}
 
 
 def llama_cpp(gguf: Path, home: Path, rounds: int) -> dict:
@@ -117,6 +135,67 @@ def llama_cpp(gguf: Path, home: Path, rounds: int) -> dict:
         _stop(proc, signal.SIGKILL, 10)  # the in-process llama.cpp server ignores Ctrl-C
 
 
+def scoring(home: Path, rounds: int) -> dict[str, list[float]]:
+    """Fluency scoring of a 4-turn conversation's replies (`dialogue`, 128 tokens each): the seconds one
+    score takes with the conversation read from the prefix cache and computed whole; and the next reply's
+    time to first token when its request arrives with the last reply's score running, and without it."""
+    from limachat.serve.fluency import fluency
+
+    turns = [
+        "Tell me about the history of the bicycle.",
+        "Which invention made it safe?",
+        "And the tyres?",
+        "Why did that matter?",
+        "What came next?",
+    ]
+    out: dict[str, list[float]] = {"cached": [], "whole": [], "ttft_scored": [], "ttft_alone": []}
+
+    async def ttft(http, url, messages) -> tuple[float, str]:
+        body = {"model": "dialogue", "messages": messages, "max_tokens": TOKENS, "ignore_eos": True,
+                "temperature": 0, "stream": True}  # fmt: skip
+        start, first, text = time.perf_counter(), None, []
+        async with http.stream("POST", url + "/chat/completions", json=body) as r:
+            async for line in r.aiter_lines():
+                if line.startswith("data: ") and line != "data: [DONE]":
+                    import json
+
+                    delta = json.loads(line[6:])["choices"][0]["delta"].get("content")
+                    if delta:
+                        first = first or time.perf_counter() - start
+                        text.append(delta)
+        return first, "".join(text)
+
+    async def conversation(url: str, i: int) -> None:
+        async with httpx.AsyncClient(timeout=600) as http:
+            messages: list[dict[str, str]] = []
+            pending = None  # (context, reply) whose score starts with the next request, as the app does it
+            for n, turn in enumerate(turns):
+                messages.append({"role": "user", "content": f"{turn} ({i})"})
+                score = asyncio.create_task(fluency(url, "base", *pending)) if pending else None
+                first, reply = await ttft(http, url, messages)
+                if n:
+                    out["ttft_scored" if score else "ttft_alone"].append(first)
+                if score:
+                    await score
+                pending = None
+                context = list(messages)
+                if n % 2 == 0:  # the next request comes with this reply's score running
+                    pending = (context, reply)
+                else:  # scored alone: its own time, cached and whole
+                    start = time.perf_counter()
+                    await fluency(url, "base", context, reply)
+                    out["cached"].append(time.perf_counter() - start)
+                    start = time.perf_counter()
+                    await fluency(url, "base", context, reply, cached=False)
+                    out["whole"].append(time.perf_counter() - start)
+                messages.append({"role": "assistant", "content": reply})
+
+    with serving(home) as (url, _):
+        for i in range(rounds):
+            asyncio.run(conversation(url, i))
+    return out
+
+
 def section(home: Path, rounds: int, spread) -> list[str]:
     from gguf_f32 import write_f32
 
@@ -124,11 +203,10 @@ def section(home: Path, rounds: int, spread) -> list[str]:
 
     q4 = bundled_gguf()
     f32 = write_f32(q4, home / "bench" / "SmolLM2-135M-Instruct.F32.gguf")
+    ours_name = "vLLM, LoRA `dialogue`, as `limachat serve` runs it (compiled, fused LoRA)"
     runs = {
-        "vLLM, LoRA `dialogue` (limachat's CPU default: both cores)": vllm(home, rounds),
-        "vLLM, LoRA `dialogue`, one core reserved (vLLM's default)": vllm(
-            home, rounds, {"VLLM_CPU_NUM_OF_RESERVED_CPU": "1"}
-        ),
+        ours_name: vllm(home, rounds),
+        "vLLM, no LoRA, compiled": vllm_without_lora(home, rounds),
         "llama.cpp, float32 GGUF of the same weights, no adapter": llama_cpp(f32, home, rounds),
         "llama.cpp, bundled Q4_1 GGUF, no adapter": llama_cpp(q4, home, rounds),
     }
@@ -139,16 +217,32 @@ def section(home: Path, rounds: int, spread) -> list[str]:
         rows += [
             f"| {name}: 1 stream | {spread(r['1'], unit='tokens/s', digits=1)} | - |",
             f"| {name}: 4 streams | {spread(r['4'], unit='tokens/s', digits=1)} | - |",
-            f"| {name}: ready after | {r['ready']:.0f} s | - |",
         ]
+        if "first" in r:
+            rows.append(f"| {name}: ready after, first start (compiles unless cached) | {r['first']:.0f} s | - |")
+        rows.append(
+            f"| {name}: ready after{', second start' if 'first' in r else ''} | {r['ready']:.0f} s | "
+            f"{'<= 60 s' if 'first' in r else '-'} |"
+        )
     names = list(runs)
-    ours, f32_run, q4_run = runs[names[0]], runs[names[2]], runs[names[3]]
+    ours, bare, f32_run, q4_run = (runs[n] for n in names)
     for n in ("1", "4"):
         label = "1 stream" if n == "1" else "4 streams"
         rows += [
-            f"| vLLM+LoRA / llama.cpp float32, {label} (medians) | {st.median(ours[n]) / st.median(f32_run[n]):.2f} | >= 0.6 |",
+            f"| vLLM+LoRA / llama.cpp float32, {label} (medians) | {st.median(ours[n]) / st.median(f32_run[n]):.2f} | >= 0.7 |",
             f"| vLLM+LoRA / llama.cpp Q4_1, {label} (medians) | {st.median(ours[n]) / st.median(q4_run[n]):.2f} | - |",
-            f"| both cores / one reserved, vLLM, {label} (medians) | "
-            f"{st.median(ours[n]) / st.median(runs[names[1]][n]):.2f} | - |",
+            f"| vLLM+LoRA / vLLM without LoRA, {label} (medians) | {st.median(ours[n]) / st.median(bare[n]):.2f} | - |",
+            f"| vLLM without LoRA / llama.cpp float32, {label} (medians) | "
+            f"{st.median(bare[n]) / st.median(f32_run[n]):.2f} | - |",
         ]
+    sc = scoring(home, rounds)
+    print(f"  scoring: {sc}")
+    rows += [
+        f"| fluency score of a reply, conversation from the prefix cache | {spread(sc['cached'])} | <= 0.2 s |",
+        f"| fluency score of a reply, whole prompt computed (before) | {spread(sc['whole'])} | - |",
+        f"| next reply's first token, the last reply's score running | {spread(sc['ttft_scored'])} | - |",
+        f"| next reply's first token, no score running | {spread(sc['ttft_alone'])} | - |",
+        f"| first token: scored - alone (medians) | "
+        f"{1000 * (st.median(sc['ttft_scored']) - st.median(sc['ttft_alone'])):+.0f} ms | <= +50 ms |",
+    ]
     return rows

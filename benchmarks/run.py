@@ -164,11 +164,15 @@ SECTIONS = {
     "serve": (
         "## Serving (CPU, SmolLM2-135M-Instruct, 128 greedy tokens per reply)",
         [
-            "One prompt, every reply exactly 128 tokens (`ignore_eos`). vLLM is `limachat serve` with the demo",
-            "adapters (eager, float32; vLLM turns compilation off whenever LoRA is on, on CPU) and the `dialogue`",
-            "adapter in every request; llama.cpp is the `xllamacpp` wheel (2 threads, 4 slots) with no adapter,",
-            "a yardstick, not an engine limachat ships. Single stream: (tokens - 1) / (last - first token time);",
-            "4 streams: all tokens / wall time. Ready: from start to the first answer of `/v1/models`.",
+            "One prompt, every reply exactly 128 greedy tokens (`ignore_eos`), medians of 3, all in one run. vLLM",
+            "is `limachat serve` with the demo adapters (float32, compiled, limachat's fused CPU LoRA path, only",
+            "the 15 layers the adapters touch wrapped) and `dialogue` in every request; no LoRA is the same vLLM",
+            "started without `--enable-lora`. llama.cpp is the `xllamacpp` wheel (2 threads, 4 slots) with no",
+            "adapter, a yardstick, not an engine limachat ships. Single stream: (tokens - 1) / (last - first token",
+            "time); 4 streams: all tokens / wall time. Ready: from start to `vLLM ready` (LoRA) or the first",
+            "answer of `/v1/models`. Scoring: a 5-turn `dialogue` conversation, 128-token replies, 3 rounds; each",
+            "odd turn's reply scored alone (cached, then whole), each even turn's score started together with",
+            "the next turn's request, as the app does.",
         ],
     ),
     "sampling": (

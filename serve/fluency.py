@@ -29,10 +29,17 @@ _context: dict[tuple[str, str], int | None] = {}  # (server, model) -> its conte
 
 
 async def fluency(
-    base_url: str, model: str, messages: list[dict[str, str]], reply: str, *, timeout: float = 30.0
+    base_url: str,
+    model: str,
+    messages: list[dict[str, str]],
+    reply: str,
+    *,
+    timeout: float = 30.0,
+    cached: bool = True,
 ) -> float | None:
     """Mean NLL (nats per token) of `reply` after `messages` under `model` at the vLLM server
-    `base_url` (…/v1). None for an empty reply."""
+    `base_url` (…/v1). None for an empty reply. `cached=False` computes the whole prompt (the benchmark's
+    yardstick)."""
     root = base_url.rstrip("/").removesuffix("/v1")
     async with httpx.AsyncClient(timeout=timeout) as http:
         prefix = await http.post(
@@ -52,9 +59,9 @@ async def fluency(
         if not head:
             return None  # the reply alone fills the context window
         logprobs = None
-        for cached in (True, False):
+        for use_cache in (True, False)[0 if cached else 1 :]:
             body = {"model": model, "prompt": head + ids, "max_tokens": 1, "temperature": 0, "prompt_logprobs": 0}
-            if cached:
+            if use_cache:
                 body["vllm_xargs"] = {CACHED_PROMPT: 1}
             r = await http.post(f"{root}/v1/completions", json=body)
             r.raise_for_status()

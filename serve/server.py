@@ -175,16 +175,12 @@ class ServerConfig:
             dtype,
             "--max-model-len",
             str(self.max_model_len),
-            "--enable-lora",
-            "--max-lora-rank",
-            str(self.max_lora_rank),
-            "--max-loras",
-            str(len(self.adapters)),
-            "--lora-modules",
-            *[f"{a.name}={a.path}" for a in self.adapters],
             "--logits-processors",
             LOGITS_PROCESSOR,
         ]
+        if self.adapters:  # none: the base alone, without LoRA (the benchmark's yardstick)
+            cmd += ["--enable-lora", "--max-lora-rank", str(self.max_lora_rank), "--max-loras", str(len(self.adapters))]
+            cmd += ["--lora-modules", *[f"{a.name}={a.path}" for a in self.adapters]]
         if self.lora_targets:
             cmd += ["--lora-target-modules", *self.lora_targets]
         if eager:
