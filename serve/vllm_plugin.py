@@ -166,7 +166,7 @@ def fused_delta(layer, x, output):
     if not torch.compiler.is_compiling() and layer.punica_wrapper.no_lora:
         return output  # eager: a step in which no request has an adapter adds nothing
     h = rows.to(big_a.dtype) @ big_a.t()
-    h = (h.view(rows.shape[0], slots, -1) * mask.unsqueeze(-1)).view(rows.shape[0], -1)
+    h = (h.view(rows.shape[0], slots, -1) * mask.unsqueeze(-1).to(h.dtype)).view(rows.shape[0], -1)
     flat.add_((h @ big_b).to(flat.dtype))
     return output
 
