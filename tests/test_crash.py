@@ -156,7 +156,9 @@ def test_sigkill_of_serve_takes_its_vllm_server_down(trained_home):
         finally:
             second.interrupt()
         print(f"port freed {freed:.1f} s after SIGKILL")
-    finally:
+    finally:  # the supervisor first: alive, it would start the vLLM killed here again (a failed assertion above)
+        first.proc.kill()
+        first.proc.wait()
         for p in first.leftovers():
             p.kill()
 
