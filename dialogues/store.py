@@ -26,6 +26,7 @@ from typing import Any
 
 from sqlite_utils import Database
 
+from limachat import procs
 from limachat.dialogues.bulk import Bulk
 from limachat.dialogues.machines import Machines
 from limachat.dialogues.migrations import migrations
@@ -57,29 +58,18 @@ from limachat.dialogues.writer import _not_on_loop, writes
 BATCH = 256  # writes at most in one group commit
 
 
-START_SLACK = 2.0  # seconds: the same pid started this close to the recorded time is the same process
-
-
 @functools.cache
 def owner() -> str:
     """This process, as the streaming turns it owns name it: host, pid and start time (pids are reused)."""
-    import psutil
-
-    return f"{socket.gethostname()}:{os.getpid()}:{psutil.Process().create_time():.0f}"
+    return f"{socket.gethostname()}:{os.getpid()}:{procs.started():.2f}"
 
 
 def _alive(owner_id: str | None) -> bool:
     """Whether the process that owns a streaming turn still runs (on another host: assumed so)."""
-    import psutil
-
     try:
         host, pid, started = (owner_id or "").rsplit(":", 2)
-        if host != socket.gethostname():
-            return True
-        # psutil works the start time out from the boot time each call, which can move by a fraction of a
-        # second: a rounded comparison flipped at .5 and took a live reply for a dead one.
-        return abs(psutil.Process(int(pid)).create_time() - float(started)) < START_SLACK
-    except (ValueError, psutil.Error):
+        return host != socket.gethostname() or procs.same(int(pid), float(started))
+    except ValueError:
         return False
 
 

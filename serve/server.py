@@ -19,6 +19,7 @@ from pathlib import Path
 
 import httpx
 
+from limachat import procs
 from limachat.layout import BASE_NAME, VARIANTS, Home, training_record
 from limachat.serve.net import AddressError, check_bind, url_host
 from limachat.serve.vllm_plugin import ENABLE as PLUGIN
@@ -262,7 +263,7 @@ def stale_server(home: Path, port: int):
     try:
         record = json.loads(pidfile(home, port).read_text())
         proc = psutil.Process(record["pid"])
-        if abs(proc.create_time() - record["started"]) < 1 and "vllm.entrypoints.openai.api_server" in proc.cmdline():
+        if procs.same(record["pid"], record["started"]) and "vllm.entrypoints.openai.api_server" in proc.cmdline():
             return proc
     except (OSError, ValueError, KeyError, TypeError, psutil.Error):
         pass
@@ -301,14 +302,12 @@ class VLLMServer:
         )
         log.close()
         if self.pid_path is not None:
-            import psutil
-
             self.pid_path.parent.mkdir(parents=True, exist_ok=True)
             self.pid_path.write_text(
                 json.dumps(
                     {
                         "pid": self.proc.pid,
-                        "started": psutil.Process(self.proc.pid).create_time(),
+                        "started": procs.started(self.proc.pid),
                         "supervisor": os.getpid(),
                     }
                 )

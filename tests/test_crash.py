@@ -16,6 +16,7 @@ import pytest
 from conftest import RunningServer, free_port
 from test_app_browser import browser_page, query, running_app, wait_for
 
+from limachat import procs
 from limachat.demo import chat
 from limachat.demo.answer import Deps
 from limachat.dialogues.store import INTERRUPTED, Store
@@ -97,11 +98,11 @@ def test_the_next_serve_recognises_its_own_stale_server_and_nothing_else(tmp_pat
     try:
         path = pidfile(tmp_path, port)
         path.parent.mkdir(parents=True)
-        path.write_text(json.dumps({"pid": other.pid, "started": psutil.Process(other.pid).create_time()}))
+        path.write_text(json.dumps({"pid": other.pid, "started": procs.started(other.pid)}))
         assert stale_server(tmp_path, port) is None, "not a vLLM server: left alone"
-        path.write_text(json.dumps({"pid": stale.pid, "started": psutil.Process(stale.pid).create_time() + 5}))
+        path.write_text(json.dumps({"pid": stale.pid, "started": procs.started(stale.pid) + 5}))
         assert stale_server(tmp_path, port) is None, "a reused pid (another start time): left alone"
-        path.write_text(json.dumps({"pid": stale.pid, "started": psutil.Process(stale.pid).create_time()}))
+        path.write_text(json.dumps({"pid": stale.pid, "started": procs.started(stale.pid)}))
         assert stale_server(tmp_path, port).pid == stale.pid
         assert stop_stale(tmp_path, port) == stale.pid
         assert stale.wait(timeout=30) is not None and other.poll() is None and not path.exists()

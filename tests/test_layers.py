@@ -39,6 +39,7 @@ LAYERS = [
     ("limachat.layout", "core"),
     ("limachat.jobs", "core"),
     ("limachat.logs", "core"),
+    ("limachat.procs", "core"),
     ("limachat.options", "context"),
 ]
 

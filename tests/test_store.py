@@ -679,15 +679,20 @@ def test_a_write_that_ends_the_whole_transaction_fails_alone(store):
     assert store.turn(outcomes["before"])["content"] == "before" and store.turn(outcomes["after"])["content"] == "after"
 
 
-def test_a_live_owner_stays_alive_when_its_start_time_reads_a_little_differently(monkeypatch):
-    """psutil derives a start time from the boot time on each call, which can move by a fraction of a
-    second; the owner recorded at 12.4 and read back as 12.6 is the same live process."""
+def test_a_live_owner_stays_alive_when_the_clock_is_set(monkeypatch):
+    """psutil works a start time out from the wall clock on each call: when NTP set the clock of a fresh CI
+    machine, this live process's own reply was taken for one left by a dead process. Start times are read
+    from the kernel's count since boot, which setting the clock does not move."""
     import os
 
     import psutil
 
-    from limachat.dialogues.store import _alive
+    from limachat import procs
+    from limachat.dialogues.store import _alive, owner
 
-    monkeypatch.setattr(psutil.Process, "create_time", lambda self: 1000012.6)
-    assert _alive(f"{socket.gethostname()}:{os.getpid()}:1000012")  # recorded (rounded) from 1000012.4
-    assert not _alive(f"{socket.gethostname()}:{os.getpid()}:1000020"), "another process under a reused pid"
+    me = owner()
+    monkeypatch.setattr(psutil, "boot_time", lambda: 0.0)  # as if the clock had been set back 56 years
+    monkeypatch.setattr(psutil.Process, "create_time", lambda self: 12.0)
+    assert _alive(me)
+    assert not _alive(f"{socket.gethostname()}:{os.getpid()}:{procs.started() + 5:.2f}"), "a reused pid"
+    assert not _alive(f"{socket.gethostname()}:999999999:{procs.started():.2f}"), "no such process"
