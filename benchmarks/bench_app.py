@@ -25,11 +25,21 @@ from limachat.serve.checkpoints import Checkpoint
 from limachat.settings import Settings
 
 PROMPT = "Tell me about the history of lighthouses and the people who kept them."
+KEYS: dict[str, str] = {}  # URL -> the API key of the `limachat serve` there (bench_serve.serving)
+
+
+def key(url: str) -> str | None:
+    """The API key a benchmark sends to `url`: that of the server it started, else the home's (LIMACHAT_HOME)."""
+    return KEYS.get(url) or Settings().layout.api_key()
+
+
+def auth(url: str) -> dict[str, str]:
+    return {"Authorization": f"Bearer {k}"} if (k := key(url)) else {}
 
 
 def make_deps(base_url: str, home: Path, tokens: int) -> Deps:
     settings = Settings(home=home, sampling={"max_tokens": tokens, "extra": {"ignore_eos": True}})
-    cks = {n: Checkpoint(name=n, model=n, base_url=base_url) for n in ("zero-shot", "dialogue")}
+    cks = {n: Checkpoint(name=n, model=n, base_url=base_url, api_key=key(base_url)) for n in ("zero-shot", "dialogue")}
     return Deps(Store(home / "bench.db"), cks, settings)
 
 
@@ -59,7 +69,7 @@ async def direct_stream(
     }
     start = time.perf_counter()
     ttft, n = None, 0
-    async with http.stream("POST", base_url + "/chat/completions", json=body) as r:
+    async with http.stream("POST", base_url + "/chat/completions", json=body, headers=auth(base_url)) as r:
         async for line in r.aiter_lines():
             if not line.startswith("data: ") or line == "data: [DONE]":
                 continue

@@ -93,6 +93,7 @@ def select_runs(n: int, size: int, runs: int, max_tokens: int | None = None) -> 
     """Seconds of `select` over `n` chains with an empty embedding cache (each run on a fresh copy, the
     model's load included), and with every embedding cached; `max_tokens`: word pieces embedded per
     chain (default: the setting's)."""
+
     from limachat.curate.select import Embedder, embedder_folder, select
     from limachat.dialogues.export import Filters
     from limachat.dialogues.store import Store
@@ -137,6 +138,8 @@ def judge_runs(base_url: str, runs: int, turns: dict[int, int]) -> dict[int, dic
     `turns[c]` turns a run. Every run judges chains of its own (synthetic, seeded per run and level), so
     no run finds another's prompts in vLLM's prefix cache; the shared instructions it may find, as in
     real use. Also the prompt and generated tokens per judged turn, from vLLM's counters."""
+    from bench_app import key
+
     from limachat.curate import judge
     from limachat.dialogues.export import Filters
     from limachat.dialogues.formats import import_file
@@ -144,7 +147,7 @@ def judge_runs(base_url: str, runs: int, turns: dict[int, int]) -> dict[int, dic
     from limachat.serve.checkpoints import Checkpoint
     from limachat.settings import Curate
 
-    endpoint = Checkpoint(name="judge", model="base", base_url=base_url)
+    endpoint = Checkpoint(name="judge", model="base", base_url=base_url, api_key=key(base_url))
     out: dict[int, dict[str, list[float]]] = {c: {"rate": [], "prompt": [], "generated": []} for c in turns}
     with tempfile.TemporaryDirectory() as d:
         for i in range(runs):

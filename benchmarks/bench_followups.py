@@ -10,6 +10,8 @@ from __future__ import annotations
 import argparse
 import asyncio
 
+from bench_app import key
+
 from limachat import followups
 from limachat.dialogues.repeats import REPEAT_AT
 from limachat.layout import BASE_NAME, VARIANTS
@@ -46,7 +48,7 @@ def measure(url: str, seed: int = 7, dump: str | None = None) -> tuple[str, list
     every = runs(settings, seed)
     for penalty in PENALTIES:  # one batch per penalty: 60 conversations at once fit this CPU's KV cache
         batch = {k: v for k, v in every.items() if v[1]["generated_repetition_penalty"] == penalty}
-        results.update(asyncio.run(followups.run(url, batch)))
+        results.update(asyncio.run(followups.run(url, batch, api_key=key(url))))
     if dump:  # every reply, to read (or to keep as a fixture)
         import dataclasses
         import json

@@ -12,6 +12,8 @@ import asyncio
 import re
 import statistics as st
 
+from bench_app import key
+
 from limachat.serve.checkpoints import Checkpoint
 from limachat.serve.client import ChatClient, ContextTooLong
 from limachat.serve.fluency import FLUENT_BELOW, fluency
@@ -44,7 +46,7 @@ async def conversation(client: ChatClient, url: str, params: dict, seed: int) ->
             done = await client.complete(messages, {**params, "seed": seed})
         except ContextTooLong:
             break  # the context window is 2048 tokens: a conversation that outgrows it ends there
-        score = await fluency(url, "base", messages, done.text)
+        score = await fluency(url, "base", messages, done.text, headers=client.headers)
         out.append(
             {
                 "stop": done.finish_reason == "stop",
@@ -58,7 +60,7 @@ async def conversation(client: ChatClient, url: str, params: dict, seed: int) ->
 
 
 async def measure(url: str, checkpoint: str, seeds: int) -> dict[str, list[dict]]:
-    client = ChatClient(Checkpoint(name=checkpoint, model=checkpoint, base_url=url))
+    client = ChatClient(Checkpoint(name=checkpoint, model=checkpoint, base_url=url, api_key=key(url)))
     table = presets(Settings())
     jobs = {
         (name, seed): conversation(client, url, params, seed) for name, params in table.items() for seed in range(seeds)

@@ -19,7 +19,9 @@ from contextlib import contextmanager
 from pathlib import Path
 
 import httpx
-from bench_app import direct_stream
+from bench_app import KEYS, auth, direct_stream
+
+from limachat.layout import Home
 
 PROMPT = "Explain in a few paragraphs how a bicycle stays upright while moving."
 TOKENS = 128
@@ -92,7 +94,10 @@ def serving(home: Path, env: dict[str, str] | None = None):
         env={**os.environ, **(env or {})},
     )
     try:
-        yield f"http://127.0.0.1:{port}/v1", _wait(proc, log, "vLLM ready")
+        ready = _wait(proc, log, "vLLM ready")
+        url = f"http://127.0.0.1:{port}/v1"
+        KEYS[url] = Home(home).api_key()  # `limachat serve` made it in the home
+        yield url, ready
     finally:
         _stop(proc)
 
@@ -154,7 +159,7 @@ def scoring(home: Path, rounds: int) -> dict[str, list[float]]:
         body = {"model": "dialogue", "messages": messages, "max_tokens": TOKENS, "ignore_eos": True,
                 "temperature": 0, "stream": True}  # fmt: skip
         start, first, text = time.perf_counter(), None, []
-        async with http.stream("POST", url + "/chat/completions", json=body) as r:
+        async with http.stream("POST", url + "/chat/completions", json=body, headers=auth(url)) as r:
             async for line in r.aiter_lines():
                 if line.startswith("data: ") and line != "data: [DONE]":
                     import json
@@ -171,7 +176,7 @@ def scoring(home: Path, rounds: int) -> dict[str, list[float]]:
             pending = None  # (context, reply) whose score starts with the next request, as the app does it
             for n, turn in enumerate(turns):
                 messages.append({"role": "user", "content": f"{turn} ({i})"})
-                score = asyncio.create_task(fluency(url, "base", *pending)) if pending else None
+                score = asyncio.create_task(fluency(url, "base", *pending, headers=auth(url))) if pending else None
                 first, reply = await ttft(http, url, messages)
                 if n:
                     out["ttft_scored" if score else "ttft_alone"].append(first)
@@ -183,10 +188,10 @@ def scoring(home: Path, rounds: int) -> dict[str, list[float]]:
                     pending = (context, reply)
                 else:  # scored alone: its own time, cached and whole
                     start = time.perf_counter()
-                    await fluency(url, "base", context, reply)
+                    await fluency(url, "base", context, reply, headers=auth(url))
                     out["cached"].append(time.perf_counter() - start)
                     start = time.perf_counter()
-                    await fluency(url, "base", context, reply, cached=False)
+                    await fluency(url, "base", context, reply, cached=False, headers=auth(url))
                     out["whole"].append(time.perf_counter() - start)
                 messages.append({"role": "assistant", "content": reply})
 

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import argparse
 import os
+import shutil
 import signal
 import sqlite3
 import subprocess
@@ -109,6 +110,7 @@ def user(n: int, app: App, up: threading.Event, stop: threading.Event, stats: di
 def soak(streams: int, seconds: float) -> dict:
     with serving(HOME) as (url, _), tempfile.TemporaryDirectory() as d:
         home = Path(d)
+        shutil.copy(HOME / "server.key", home / "server.key")  # the app reads the server's key in its home
         app = App(home, int(url.rsplit(":", 1)[1].split("/")[0]))
         app.start()
         up, stop, lock = threading.Event(), threading.Event(), threading.Lock()

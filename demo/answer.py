@@ -82,7 +82,9 @@ async def answer(
 async def _score(deps: Deps, turn_id: str, messages: list[dict[str, str]], text: str) -> None:
     """Store the reply's fluency under the local base; a failure only leaves it unscored (logged)."""
     try:
-        value = await fluency(deps.fluency_url, BASE_NAME, messages, text, timeout=FLUENCY_TIMEOUT)
+        value = await fluency(
+            deps.fluency_url, BASE_NAME, messages, text, timeout=FLUENCY_TIMEOUT, headers=deps.settings.local_headers
+        )
     except (httpx.HTTPError, KeyError, ValueError, IndexError) as e:
         log.warning("fluency of turn %s not scored: %s: %s", turn_id, type(e).__name__, e)
         return

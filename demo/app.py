@@ -272,11 +272,13 @@ def app_checkpoints(settings: Settings) -> list[Checkpoint]:
     checkpoints = settings.resolved_checkpoints()
     known = {c.model for c in checkpoints if c.base_url == settings.local_base_url}
     try:
-        served = httpx.get(settings.local_base_url + "/models", timeout=2).json()["data"]
+        served = httpx.get(settings.local_base_url + "/models", headers=settings.local_headers, timeout=2).json()[
+            "data"
+        ]
     except (httpx.HTTPError, ValueError, KeyError):
         return checkpoints
     taken = {c.name for c in checkpoints}
     for m in served:
         if m.get("parent") and m["id"] not in known and m["id"] not in taken:
-            checkpoints.append(Checkpoint(name=m["id"], model=m["id"], base_url=settings.local_base_url))
+            checkpoints.append(settings.local(m["id"]))
     return checkpoints

@@ -16,7 +16,6 @@ from limachat.dialogues.export import Filters, chains
 from limachat.dialogues.preference import CHAIN_ONLY
 from limachat.jobs import Job
 from limachat.layout import DIALOGUE
-from limachat.serve.checkpoints import Checkpoint
 from limachat.settings import settings_env
 
 ANY = "any"
@@ -197,9 +196,9 @@ def serve_trained(deps: Deps, job: Job) -> str:
         raise ValueError(f"The training run is {job.state}; there is nothing to serve yet.")
     from limachat.serve.server import load_adapter
 
-    base_url = deps.settings.local_base_url
-    load_adapter(base_url, job.name, deps.settings.layout.checkpoint(job.name))
-    deps.add_checkpoint(Checkpoint(name=job.name, model=job.name, base_url=base_url))
+    settings = deps.settings
+    load_adapter(settings.local_base_url, job.name, settings.layout.checkpoint(job.name), settings.layout.api_key())
+    deps.add_checkpoint(settings.local(job.name))
     return f"Serving **{job.name}**: pick it in Chat or Compare (e.g. against zero-shot)."
 
 

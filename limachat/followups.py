@@ -49,7 +49,7 @@ async def _one(client: ChatClient, url: str, scorer: str, convo: dict[str, Any],
         messages.append({"role": "user", "content": prompt})
         done = await client.complete(messages, params)
         earlier = [m["content"] for m in messages if m["role"] == "assistant"]
-        score = await fluency(url, scorer, messages, done.text, timeout=FLUENCY_TIMEOUT)
+        score = await fluency(url, scorer, messages, done.text, timeout=FLUENCY_TIMEOUT, headers=client.headers)
         out.append(
             Reply(
                 convo["id"],
@@ -70,10 +70,15 @@ async def run(
     runs: dict[str, tuple[str, dict[str, Any]]],
     convos: list[dict[str, Any]] | None = None,
     scorer: str = "base",
+    api_key: str | None = None,
 ) -> dict[str, list[Reply]]:
-    """Every conversation for every run at once. `runs`: a name -> (model id, sampling parameters)."""
+    """Every conversation for every run at once, at the server `url` with its `api_key`. `runs`: a name ->
+    (model id, sampling parameters)."""
     convos = conversations() if convos is None else convos
-    clients = {name: ChatClient(Checkpoint(name=model, model=model, base_url=url)) for name, (model, _) in runs.items()}
+    clients = {
+        name: ChatClient(Checkpoint(name=model, model=model, base_url=url, api_key=api_key))
+        for name, (model, _) in runs.items()
+    }
     jobs = [(name, _one(clients[name], url, scorer, c, params)) for name, (_, params) in runs.items() for c in convos]
     done = await asyncio.gather(*(j for _, j in jobs))
     out: dict[str, list[Reply]] = {name: [] for name in runs}

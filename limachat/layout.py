@@ -4,6 +4,9 @@ data home. It imports nothing of limachat, so serve, train, dialogues and the ap
 from __future__ import annotations
 
 import json
+import os
+import secrets
+import stat
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -73,3 +76,27 @@ class Home:
 
     def pidfile(self, port: int) -> Path:  # the vLLM server a limachat started on this port
         return self.root / "run" / f"vllm-{port}.pid"
+
+    @property
+    def server_key(self) -> Path:  # the API key of every vLLM server `limachat serve` starts (owner-only)
+        return self.root / "server.key"
+
+    def api_key(self, create: bool = False) -> str | None:
+        """The local vLLM server's API key: made once (by `limachat serve`, `create=True`) with owner-only
+        permissions, then read by limachat's own clients and jobs. None where there is none yet."""
+        path = self.server_key
+        if create and not path.exists():
+            path.parent.mkdir(parents=True, exist_ok=True)
+            try:
+                fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+            except FileExistsError:  # another `serve` made it first: use that one
+                pass
+            else:
+                with os.fdopen(fd, "w") as f:
+                    f.write(secrets.token_urlsafe(32) + "\n")
+        try:
+            if create and stat.S_IMODE(path.stat().st_mode) & 0o077:
+                path.chmod(0o600)  # copied in with looser permissions: only its owner may read it
+            return path.read_text().strip() or None
+        except FileNotFoundError:
+            return None

@@ -16,7 +16,6 @@ from limachat.jobs import Progress
 from limachat.layout import DIALOGUE
 from limachat.replies import stream_reply
 from limachat.serve.base import prepare_base
-from limachat.serve.checkpoints import Checkpoint
 from limachat.serve.client import ChatClient
 from limachat.serve.server import load_adapter
 from limachat.train.command import run
@@ -133,10 +132,10 @@ def rounds(
             name=checkpoint,
             progress=print,
         )
-        load_adapter(settings.local_base_url, checkpoint, settings.layout.checkpoint(checkpoint))
-        client = ChatClient(
-            Checkpoint(name=checkpoint, model=checkpoint, base_url=settings.local_base_url), timeout=600
+        load_adapter(
+            settings.local_base_url, checkpoint, settings.layout.checkpoint(checkpoint), settings.layout.api_key()
         )
+        client = ChatClient(settings.local(checkpoint), timeout=600)
         preset, chat_params = settings.sampling_for(None)
         with Progress(f"replaying to {checkpoint}", total=len(revised), unit="chain") as bar:
             replies = asyncio.run(

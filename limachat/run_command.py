@@ -56,6 +56,8 @@ def _serve(settings: Settings, prepared, *, app: bool = False, users: dict[str, 
         ServerConfig,
         ServerError,
         VLLMServer,
+        check_parallel,
+        cpu_binding,
         find_adapters,
         has_cuda_gpu,
         lora_targets,
@@ -85,7 +87,18 @@ def _serve(settings: Settings, prepared, *, app: bool = False, users: dict[str, 
         kv_cache_gib=s.kv_cache_gib,
         extra_args=s.extra_args,
         lora_targets=lora_targets(prepared.model, adapters),
+        api_key=settings.layout.api_key(create=True),
+        adapter_roots=[settings.layout.checkpoints, *s.adapter_dirs],
+        data_parallel=s.data_parallel,
+        pipeline_parallel=s.pipeline_parallel,
+        tensor_parallel=s.tensor_parallel,
     )
+    try:
+        check_parallel(config.model, s.tensor_parallel, s.pipeline_parallel)
+        if not config.gpu and config.ranks > 1:
+            cpu_binding(config.ranks)
+    except ServerError as e:
+        raise click.ClickException(str(e)) from None
     server = VLLMServer(config, settings.layout.vllm_log(s.port), pidfile(settings.home, s.port))
     stale = stop_stale(settings.home, s.port)
     if stale:

@@ -105,6 +105,13 @@ class Server(_Section):
     kv_cache_gib: int = Field(1, ge=1)  # VLLM_CPU_KVCACHE_SPACE on CPU (whole GiB)
     start_timeout: float = Field(900.0, gt=0)  # seconds to wait for /v1/models
     extra_args: list[str] = []  # passed to vLLM as they are
+    # vLLM across ranks (docs/serving.md, "Beyond one device"): replicas, layer stages, tensor shards.
+    # On CPU each rank is bound to its own share of the cores (VLLM_CPU_OMP_THREADS_BIND).
+    data_parallel: int = Field(1, ge=1)
+    pipeline_parallel: int = Field(1, ge=1)
+    tensor_parallel: int = Field(1, ge=1)
+    # Adapters load at run time (CITING rounds, the app's "serve it") only from <home>/checkpoints and these.
+    adapter_dirs: list[Path] = []
 
 
 class App(_Section):
@@ -167,9 +174,22 @@ class Settings(BaseSettings):
     def local_base_url(self) -> str:
         return f"http://{url_host(self.server.host)}:{self.server.port}/v1"
 
+    @property
+    def local_headers(self) -> dict[str, str]:
+        """What a request to the local vLLM server carries: its API key (`limachat serve` makes one)."""
+        key = self.layout.api_key()
+        return {"Authorization": f"Bearer {key}"} if key else {}
+
+    def local(self, model: str, name: str | None = None) -> Checkpoint:
+        """A checkpoint served by the local vLLM server under `model` (an adapter loaded at run time)."""
+        return self.endpoint(Checkpoint(name=name or model, model=model))
+
     def endpoint(self, c: Checkpoint) -> Checkpoint:
-        """`c` with the local server's URL filled in where none is given."""
-        return c if c.base_url else c.model_copy(update={"base_url": self.local_base_url})
+        """`c` with the local server's URL filled in where none is given, and its API key: the local server
+        takes requests only with the key `limachat serve` keeps in the home. Other endpoints keep their own."""
+        if c.base_url and c.base_url != self.local_base_url:
+            return c
+        return c.model_copy(update={"base_url": self.local_base_url, "api_key": c.api_key or self.layout.api_key()})
 
     def checkpoint(self, name: str) -> Checkpoint:
         """The named checkpoint, with the local server's URL filled in where none is given."""

@@ -36,12 +36,13 @@ async def fluency(
     *,
     timeout: float = 30.0,
     cached: bool = True,
+    headers: dict[str, str] | None = None,
 ) -> float | None:
     """Mean NLL (nats per token) of `reply` after `messages` under `model` at the vLLM server
-    `base_url` (…/v1). None for an empty reply. `cached=False` computes the whole prompt (the benchmark's
-    yardstick)."""
+    `base_url` (…/v1), with `headers` (its API key). None for an empty reply. `cached=False` computes the
+    whole prompt (the benchmark's yardstick)."""
     root = base_url.rstrip("/").removesuffix("/v1")
-    async with httpx.AsyncClient(timeout=timeout) as http:
+    async with httpx.AsyncClient(timeout=timeout, headers=headers) as http:
         prefix = await http.post(
             f"{root}/tokenize", json={"model": model, "messages": messages, "add_generation_prompt": True}
         )

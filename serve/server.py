@@ -14,7 +14,7 @@ import subprocess
 import sys
 import time
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import httpx
@@ -22,6 +22,7 @@ import httpx
 from limachat import procs
 from limachat.layout import BASE_NAME, VARIANTS, Home, training_record
 from limachat.serve.net import AddressError, check_bind, url_host
+from limachat.serve.vllm_plugin import ADAPTER_ROOTS, STATIC_ADAPTERS
 from limachat.serve.vllm_plugin import ENABLE as PLUGIN
 
 # LIMA's penalty on generated tokens only, selected per request (see limachat.serve.vllm_ext).
@@ -94,6 +95,39 @@ def find_adapters(home: Path, untrained: Path, base_model: str | None = None) ->
     return adapters
 
 
+def cpu_binding(ranks: int, cores: list[int] | None = None) -> str:
+    """VLLM_CPU_OMP_THREADS_BIND for `ranks` CPU ranks (ordered data, pipeline, tensor, as vLLM reads it):
+    this process's cores split into that many contiguous, equal shares ("0|1" for two ranks on two cores)."""
+    cores = sorted(os.sched_getaffinity(0)) if cores is None else sorted(cores)
+    if ranks > len(cores):
+        raise ServerError(
+            f"server.data_parallel × pipeline_parallel × tensor_parallel asks for {ranks} ranks; "
+            f"this machine gives limachat {len(cores)} cores, and each CPU rank needs one"
+        )
+    share = len(cores) // ranks
+    parts = [cores[i * share : (i + 1) * share] for i in range(ranks)]
+    return "|".join(str(p[0]) if len(p) == 1 else f"{p[0]}-{p[-1]}" for p in parts)
+
+
+def check_parallel(model: str, tensor_parallel: int, pipeline_parallel: int) -> None:
+    """A tensor-parallel size the base's attention heads do not divide by, or more pipeline stages than
+    layers: one line before vLLM starts (where the base is a local folder)."""
+    try:
+        config = json.loads((Path(model) / "config.json").read_text())
+    except (OSError, ValueError):
+        return
+    for key in ("num_attention_heads", "num_key_value_heads"):
+        heads = config.get(key)
+        if isinstance(heads, int) and heads % tensor_parallel:
+            raise ServerError(
+                f"server.tensor_parallel = {tensor_parallel}: the base's {heads} {key.replace('_', ' ')[4:]} "
+                "do not divide by it; pick a divisor, or use server.pipeline_parallel or data_parallel"
+            )
+    layers = config.get("num_hidden_layers")
+    if isinstance(layers, int) and pipeline_parallel > layers:
+        raise ServerError(f"server.pipeline_parallel = {pipeline_parallel}: the base has only {layers} layers")
+
+
 # vLLM serves a Llama-family model's q/k/v and gate/up projections as one packed module each; a
 # deployment-time target names the packed module vLLM holds (vLLM's `packed_modules_mapping`).
 PACKED = {
@@ -155,6 +189,18 @@ class ServerConfig:
     kv_cache_gib: int
     extra_args: list[str]
     lora_targets: list[str] | None = None  # --lora-target-modules (lora_targets()); None: every module
+    # The key every request to /v1 must carry (Home.api_key); it goes in the environment, not the command
+    # line, so neither `ps` nor the log shows it. None: anyone who reaches the port (benchmarks only).
+    api_key: str | None = None
+    # Adapters loaded at run time must lie under one of these folders (the plugin refuses others); empty: anywhere.
+    adapter_roots: list[Path] = field(default_factory=list)
+    data_parallel: int = 1
+    pipeline_parallel: int = 1
+    tensor_parallel: int = 1
+
+    @property
+    def ranks(self) -> int:
+        return self.data_parallel * self.pipeline_parallel * self.tensor_parallel
 
     def command(self) -> list[str]:
         dtype = self.dtype or ("bfloat16" if self.gpu else "float32")
@@ -186,6 +232,13 @@ class ServerConfig:
             cmd += ["--lora-target-modules", *self.lora_targets]
         if eager:
             cmd.append("--enforce-eager")
+        for flag, size in (
+            ("--data-parallel-size", self.data_parallel),
+            ("--pipeline-parallel-size", self.pipeline_parallel),
+            ("--tensor-parallel-size", self.tensor_parallel),
+        ):
+            if size > 1:
+                cmd += [flag, str(size)]
         return cmd + list(self.extra_args)
 
     def env(self) -> dict[str, str]:
@@ -195,15 +248,26 @@ class ServerConfig:
             # vLLM keeps one core out of its engine by default; on a 2-core machine that halves decode
             # (make bench: both cores gave the higher rate, and the API server and app kept answering).
             env.setdefault("VLLM_CPU_NUM_OF_RESERVED_CPU", "0")
+            if self.ranks > 1:  # vLLM's automatic binding puts every data-parallel engine on the same cores
+                env.setdefault("VLLM_CPU_OMP_THREADS_BIND", cpu_binding(self.ranks))
         env[PLUGIN] = "1"  # limachat's patches to vLLM (serve/vllm_plugin.py), loaded by vLLM itself
         # The app's "serve it" loads a freshly trained adapter into the running server.
         env.setdefault("VLLM_ALLOW_RUNTIME_LORA_UPDATING", "True")
+        if self.adapter_roots:
+            env[ADAPTER_ROOTS] = os.pathsep.join(str(Path(p).resolve()) for p in self.adapter_roots)
+            env[STATIC_ADAPTERS] = os.pathsep.join(str(Path(a.path).resolve()) for a in self.adapters)
+        if self.api_key:
+            env["VLLM_API_KEY"] = self.api_key
         env.setdefault("HF_HUB_OFFLINE", "1" if Path(self.model).exists() else env.get("HF_HUB_OFFLINE", "0"))
         return env
 
     @property
     def url(self) -> str:
         return f"http://{url_host(self.host)}:{self.port}/v1"
+
+    @property
+    def headers(self) -> dict[str, str]:
+        return {"Authorization": f"Bearer {self.api_key}"} if self.api_key else {}
 
 
 # -- Nothing outlives its supervisor ------------------------------------------------------------------
@@ -219,13 +283,13 @@ def _die_with_parent() -> None:  # runs in the child between fork and exec
     ctypes.CDLL("libc.so.6", use_errno=True).prctl(PR_SET_PDEATHSIG, signal.SIGTERM)
 
 
-def load_adapter(base_url: str, name: str, path: Path) -> None:
+def load_adapter(base_url: str, name: str, path: Path, api_key: str | None = None) -> None:
     """Load a trained LoRA adapter into the running local vLLM server (started with runtime LoRA
-    updating on) under `name`; ValueError saying why not."""
-    import httpx
-
+    updating on) under `name`, with the server's `api_key`; ValueError saying why not."""
+    headers = {"Authorization": f"Bearer {api_key}"} if api_key else {}
     try:
-        r = httpx.post(base_url + "/load_lora_adapter", json={"lora_name": name, "lora_path": str(path)}, timeout=120)
+        body = {"lora_name": name, "lora_path": str(path)}
+        r = httpx.post(base_url + "/load_lora_adapter", json=body, headers=headers, timeout=120)
     except httpx.HTTPError as e:
         raise ValueError(f"cannot reach the local vLLM server at {base_url}: {e}") from None
     if r.status_code != 200 and "already been loaded" not in r.text:
@@ -329,7 +393,12 @@ class VLLMServer:
                     f"vLLM exited with code {self.proc.returncode} while starting; see {self.log_path}: {self.log_error()}"
                 )
             try:
-                listed = {m["id"] for m in httpx.get(self.config.url + "/models", timeout=2).json()["data"]}
+                listed = {
+                    m["id"]
+                    for m in httpx.get(self.config.url + "/models", headers=self.config.headers, timeout=2).json()[
+                        "data"
+                    ]
+                }
                 if wanted <= listed:
                     return
             except (httpx.HTTPError, ValueError, KeyError):

@@ -301,16 +301,32 @@ def _patch_cpu_compile_cache_load() -> None:
     torch.compiler.load_compiled_function = load_compiled_function
 
 
-def uncovered_modules(lora_modules, wrapped, packed: dict[str, list[str]]) -> list[str]:
-    """The modules an adapter has weights for that this server did not wrap (`--lora-target-modules`)."""
+def uncovered_modules(lora_modules, wrapped, packed: dict[str, list[str]], held=lambda name: True) -> list[str]:
+    """The modules an adapter has weights for that this server did not wrap (`--lora-target-modules`).
+    `held(name)`: whether this rank holds the module at all; under pipeline parallelism another stage
+    holds the other layers, and wraps them there."""
     parent_of = {child: parent for parent, children in packed.items() for child in children}
     missing = []
     for name in lora_modules:
         head, _, leaf = name.rpartition(".")
         packed_name = f"{head}.{parent_of[leaf]}" if head and leaf in parent_of else None
-        if name not in wrapped and packed_name not in wrapped:
+        if name not in wrapped and packed_name not in wrapped and held(packed_name or name):
             missing.append(name)
     return sorted(missing)
+
+
+def _holds(model):
+    """Whether `model` (this rank's part of it) has a module of that name: not a pipeline stage's
+    placeholder (vLLM's PPMissingLayer, which has no children) for a layer another rank holds."""
+
+    def held(name: str) -> bool:
+        try:
+            model.get_submodule(name)
+        except AttributeError:
+            return False
+        return True
+
+    return held
 
 
 def _patch_refuse_unwrapped_adapter() -> None:
@@ -326,7 +342,7 @@ def _patch_refuse_unwrapped_adapter() -> None:
         manager = self._adapter_manager
         if manager.lora_config.target_modules is None:
             return lora
-        missing = uncovered_modules(lora.loras, manager.modules, manager.packed_modules_mapping)
+        missing = uncovered_modules(lora.loras, manager.modules, manager.packed_modules_mapping, _holds(manager.model))
         if missing:
             raise ValueError(
                 f"adapter {lora_request.lora_name!r} has LoRA weights on {len(missing)} modules this server "
@@ -337,6 +353,91 @@ def _patch_refuse_unwrapped_adapter() -> None:
 
     setattr(_load_adapter, MARK, True)
     WorkerLoRAManager._load_adapter = _load_adapter
+
+
+ADAPTER_ROOTS = "LIMACHAT_ADAPTER_ROOTS"  # set by `limachat serve`: the folders adapters load from at run time
+STATIC_ADAPTERS = "LIMACHAT_STATIC_ADAPTERS"  # and the adapters it names on the command line (os.pathsep-joined)
+
+
+def adapter_refusal(path: str, roots: list[str], static: list[str]) -> str | None:
+    """Why an adapter at `path` may not be loaded (None: it may): only folders under one of `roots`
+    (resolved, so neither `..` nor a symlink leads out) and the adapters the server was started with."""
+    from pathlib import Path
+
+    where = Path(path).resolve()
+    if str(where) in static or any(where.is_relative_to(Path(root).resolve()) for root in roots):
+        return None
+    return f"adapters are loaded only from {' or '.join(roots)} (server.adapter_dirs adds folders); {path} is outside"
+
+
+def _patch_adapter_root() -> None:
+    """vLLM's runtime LoRA loading (VLLM_ALLOW_RUNTIME_LORA_UPDATING, on for the CITING rounds and the
+    app's "serve it") loads any path the caller names, from anywhere on the machine. Under `limachat
+    serve` only the home's checkpoints folder (and server.adapter_dirs) is allowed: any other path gets
+    HTTP 400 with one line."""
+    from http import HTTPStatus
+
+    from vllm.entrypoints.openai.models.serving import OpenAIServingModels
+    from vllm.entrypoints.serve import create_error_response
+
+    original = OpenAIServingModels._check_load_lora_adapter_request
+
+    async def _check_load_lora_adapter_request(self, request):
+        roots = [r for r in os.environ.get(ADAPTER_ROOTS, "").split(os.pathsep) if r]
+        if roots and request.lora_path:
+            why = adapter_refusal(request.lora_path, roots, os.environ.get(STATIC_ADAPTERS, "").split(os.pathsep))
+            if why:
+                return create_error_response(
+                    message=why, err_type="InvalidUserInput", status_code=HTTPStatus.BAD_REQUEST
+                )
+        return await original(self, request)
+
+    setattr(_check_load_lora_adapter_request, MARK, True)
+    OpenAIServingModels._check_load_lora_adapter_request = _check_load_lora_adapter_request
+
+
+def _patch_cpu_pipeline_eager() -> None:
+    """vLLM 0.32's CPU worker skips its warm-up run in eager mode with a set KV cache size (limachat sets
+    VLLM_CPU_KVCACHE_SPACE), and that run is where a later pipeline stage allocates the buffer its
+    activations arrive in: with server.pipeline_parallel = 2 and enforce_eager, the first request killed
+    the engine (`assert self.intermediate_tensors is not None`). The buffer is allocated on first use,
+    as the warm-up would have."""
+    from vllm.v1.worker.gpu_model_runner import GPUModelRunner
+
+    original = GPUModelRunner.sync_and_gather_intermediate_tensors
+
+    def sync_and_gather_intermediate_tensors(self, num_tokens, intermediate_tensors, sync_self):
+        if self.intermediate_tensors is None:
+            self.intermediate_tensors = self.model.make_empty_intermediate_tensors(
+                batch_size=self.max_num_tokens, dtype=self.model_config.dtype, device=self.device
+            )
+        return original(self, num_tokens, intermediate_tensors, sync_self)
+
+    setattr(sync_and_gather_intermediate_tensors, MARK, True)
+    GPUModelRunner.sync_and_gather_intermediate_tensors = sync_and_gather_intermediate_tensors
+
+
+OPEN_PATHS = ("/health", "/ping", "/version", "/metrics")  # what the port answers without the key: probes, counters
+
+
+def _patch_guard_every_route() -> None:
+    """vLLM's `--api-key` (VLLM_API_KEY) guards only paths under /v1, /v2, /inference and /cohere. The same
+    server answers completions on /invocations and loads and unloads adapters on /adapters (its SageMaker
+    routes), and tokenizes on /tokenize, all without the key. Under `limachat serve` every path but the
+    probes and counters of OPEN_PATHS needs the key."""
+    from starlette.datastructures import Headers
+    from starlette.responses import JSONResponse
+    from vllm.entrypoints.serve.middleware.authenticate import AuthenticationMiddleware
+
+    def __call__(self, scope, receive, send):
+        if scope["type"] in ("http", "websocket") and scope.get("method") != "OPTIONS":
+            path = scope["path"].removeprefix(scope.get("root_path", ""))
+            if path not in OPEN_PATHS and not self.verify_token(Headers(scope=scope)):
+                return JSONResponse(content={"error": "Unauthorized"}, status_code=401)(scope, receive, send)
+        return self.app(scope, receive, send)
+
+    setattr(__call__, MARK, True)
+    AuthenticationMiddleware.__call__ = __call__
 
 
 CACHED_PROMPT = "limachat_cached_prompt"  # vllm_xargs key: prompt log-probabilities may start after the cache
@@ -450,6 +551,44 @@ PATCHES = (
         "(prompt logprobs skip reading the prefix cache)",
         "when the canary test_prompt_logprobs_still_skip_the_prefix_cache fails",
         _patch_cached_prompt_logprobs,
+    ),
+    Patch(
+        "guard-every-route",
+        ">=0.32.0,<0.33",
+        "any",
+        (
+            "vllm.entrypoints.serve.middleware.authenticate:AuthenticationMiddleware.__call__",
+            "vllm.entrypoints.serve.middleware.authenticate:AuthenticationMiddleware.verify_token",
+        ),
+        "https://github.com/vllm-project/vllm/issues/58144 (--api-key is bypassed by /invocations)",
+        "when the canary test_vllm_still_answers_invocations_without_the_key fails",
+        _patch_guard_every_route,
+    ),
+    Patch(
+        "adapter-root",
+        ">=0.32.0,<0.33",
+        "any",
+        (
+            "vllm.entrypoints.openai.models.serving:OpenAIServingModels._check_load_lora_adapter_request",
+            "vllm.entrypoints.serve:create_error_response",
+        ),
+        "https://github.com/vllm-project/vllm/blob/v0.32.0/vllm/entrypoints/openai/models/serving.py "
+        "(runtime LoRA loading takes any path)",
+        "when the canary test_vllm_still_loads_adapters_from_any_path fails",
+        _patch_adapter_root,
+    ),
+    Patch(
+        "cpu-pipeline-eager",
+        ">=0.32.0,<0.33",
+        "cpu",
+        (
+            "vllm.v1.worker.gpu_model_runner:GPUModelRunner.sync_and_gather_intermediate_tensors",
+            "vllm.v1.worker.cpu_worker:CPUWorker._should_warm_up_model",
+        ),
+        "https://github.com/vllm-project/vllm/blob/v0.32.0/vllm/v1/worker/cpu_worker.py "
+        "(eager mode skips the warm-up that allocates a pipeline stage's input buffer)",
+        "when the canary test_a_later_pipeline_stage_still_needs_the_warm_up fails",
+        _patch_cpu_pipeline_eager,
     ),
     Patch(
         "cpu-seeded-rewind",

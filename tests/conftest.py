@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import os
 import shutil
 import signal
@@ -95,6 +96,27 @@ class RunningServer:
     def output(self) -> str:
         return self.stderr_path.read_text(errors="replace")
 
+    @property
+    def key(self) -> str | None:
+        """The API key `limachat serve` made in its home, which every request to /v1 must carry."""
+        from limachat.layout import Home
+
+        return Home(self.home).api_key()
+
+    @property
+    def headers(self) -> dict[str, str]:
+        return {"Authorization": f"Bearer {self.key}"}
+
+    def checkpoint(self, name: str, model: str | None = None):
+        from limachat.serve.checkpoints import Checkpoint
+
+        return Checkpoint(name=name, model=model or name, base_url=self.url, api_key=self.key)
+
+    def share_key(self, home: Path) -> None:
+        """Give another data home this server's key, as a user of two homes on one server would."""
+        home.mkdir(parents=True, exist_ok=True)
+        shutil.copy(self.home / "server.key", home / "server.key")
+
     def track(self) -> None:
         import psutil
 
@@ -125,13 +147,15 @@ class RunningServer:
 
 
 @pytest.fixture(scope="session")
-def vllm_server(trained_home) -> RunningServer:
+def vllm_server(trained_home, tmp_path_factory) -> RunningServer:
     """The real vLLM CPU server on the bundled model with both adapters, for the whole session.
 
     Tests marked `kills_vllm` run after every other test that uses it (they kill vLLM under it and wait
     for `limachat serve` to bring it back); tests marked `stops_server` run after those and stop it. The
-    teardown stops it if they did not."""
-    server = RunningServer(trained_home, free_port())
+    teardown stops it if they did not. Adapters the tests train in their own homes load from the session's
+    temporary folder (server.adapter_dirs)."""
+    dirs = json.dumps([str(tmp_path_factory.getbasetemp())])
+    server = RunningServer(trained_home, free_port(), env={"LIMACHAT_SERVER__ADAPTER_DIRS": dirs})
     try:
         server.wait_ready()
         yield server
@@ -161,5 +185,5 @@ def pytest_collection_modifyitems(config, items):
     items.sort(key=lambda item: max((n for m, n in order.items() if item.get_closest_marker(m)), default=0))
 
 
-def models(url: str) -> set[str]:
-    return {m["id"] for m in httpx.get(url + "/models", timeout=5).json()["data"]}
+def models(url: str, headers: dict[str, str] | None = None) -> set[str]:
+    return {m["id"] for m in httpx.get(url + "/models", headers=headers, timeout=5).json()["data"]}

@@ -35,6 +35,7 @@ def running_app(vllm_server, home: Path, *args: str, procs: list | None = None, 
     the chat-compare-collect test below is the end-to-end test at a user's settings. `procs` collects
     the process (for tests that kill it)."""
     port = free_port()
+    vllm_server.share_key(home)  # the app reads the server's key from its home
     env = {k: v for k, v in os.environ.items() if not k.startswith("LIMACHAT_")}
     env.update(settings or {})
     env.update(

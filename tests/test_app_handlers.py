@@ -26,7 +26,8 @@ def deps(vllm_server, tmp_path):
     settings.server.port = vllm_server.port
     settings.server.base = str(vllm_server.home / "base" / "SmolLM2-135M-Instruct" / "model")
     names = ["zero-shot", "dialogue"]
-    cks = {n: Checkpoint(name=n, model=n, base_url=vllm_server.url) for n in names}
+    cks = {n: vllm_server.checkpoint(n) for n in names}
+    vllm_server.share_key(tmp_path)
     d = Deps(Store(tmp_path / "app.db"), cks, settings, fluency_url=vllm_server.url)
     yield d
     d.store.close()
@@ -77,6 +78,7 @@ def test_an_endpoint_that_cannot_apply_limas_penalty_records_it_was_not_sent(dep
             name="llama-cpp-box",
             model="dialogue",
             base_url=vllm_server.url,
+            api_key=vllm_server.key,
             omit_params=["generated_repetition_penalty"],
         )
     )
@@ -282,7 +284,7 @@ def test_compare_side_that_fails_keeps_its_question_and_retries(deps, vllm_serve
     ok, failed = (deps.store.turn(state[lane][-1]) for lane in ("a", "b"))
     assert ok["status"] == "ok" and failed["status"] == "error" and "⚠️" in vb.history[-1]["content"]
     # the endpoint comes back: retry that side only
-    deps.add_checkpoint(Checkpoint(name="gpu-box", model="dialogue", base_url=vllm_server.url))
+    deps.add_checkpoint(vllm_server.checkpoint("gpu-box", "dialogue"))
     state, va2, vb2 = drain(compare.retry(deps, state, "b", "ana"))[-1]
     assert deps.store.turn(state["b"][-1])["status"] == "ok" and state["b"][0] == failed["parent_id"]
     assert state["a"][-1] == ok["id"] and va2.history == va.history
@@ -377,13 +379,18 @@ def test_collect_counts_exports_and_trains_in_the_background(deps):
     assert (deps.settings.home / "checkpoints" / name / "adapter_model.safetensors").is_file()
     try:
         assert "Serving **dialogue-r2**" in collect.serve_trained(deps, job)
-        assert name in models(deps.settings.local_base_url) and name in deps.names
+        assert name in models(deps.settings.local_base_url, deps.settings.local_headers) and name in deps.names
         state, v = drain(chat.send(deps, chat.blank(), "What is the capital of France?", name, "ana"))[-1]
         reply = deps.store.turn(state["ids"][1])
         assert reply["status"] == "ok" and reply["checkpoint"] == name and reply["content"]
     finally:
-        httpx.post(deps.settings.local_base_url + "/unload_lora_adapter", json={"lora_name": name}, timeout=60)
-    assert name not in models(deps.settings.local_base_url)
+        httpx.post(
+            deps.settings.local_base_url + "/unload_lora_adapter",
+            json={"lora_name": name},
+            headers=deps.settings.local_headers,
+            timeout=60,
+        )
+    assert name not in models(deps.settings.local_base_url, deps.settings.local_headers)
 
 
 def test_report_tab(deps):

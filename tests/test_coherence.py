@@ -37,7 +37,7 @@ def test_default_preset_answers_every_follow_up_of_the_held_out_conversations(vl
         runs[name] = (name, {**params, "seed": SEED})
     convos = followups.conversations()
     assert len(convos) >= 8 and all(len(c["turns"]) >= 3 for c in convos)
-    results = asyncio.run(followups.run(vllm_server.url, runs, convos))
+    results = asyncio.run(followups.run(vllm_server.url, runs, convos, api_key=vllm_server.key))
     summary = {name: followups.summary(replies) for name, replies in results.items()}
     for name, replies in results.items():
         s = summary[name]
@@ -67,5 +67,5 @@ def test_fluency_threshold_separates_word_salad_from_coherent_text(vllm_server, 
     """Both fixtures are real third-turn replies of the bundled model to the same conversation: the
     salad with vLLM's whole-context penalty 1.2 (the old default), the other with LIMA's."""
     case = json.loads((DATA / fixture).read_text())
-    score = asyncio.run(fluency(vllm_server.url, "base", case["messages"], case["reply"]))
+    score = asyncio.run(fluency(vllm_server.url, "base", case["messages"], case["reply"], headers=vllm_server.headers))
     assert (score < FLUENT_BELOW) is fluent, f"{fixture}: fluency {score:.2f} (threshold {FLUENT_BELOW})"

@@ -21,7 +21,6 @@ from limachat.demo import chat
 from limachat.demo.answer import Deps
 from limachat.dialogues.store import INTERRUPTED, Store
 from limachat.serve import vllm_plugin
-from limachat.serve.checkpoints import Checkpoint
 from limachat.serve.client import StreamBroken
 from limachat.settings import Settings
 
@@ -142,6 +141,7 @@ def test_sigkill_of_serve_takes_its_vllm_server_down(trained_home):
             assert (
                 httpx.post(
                     second.url + "/chat/completions",
+                    headers=second.headers,
                     timeout=60,
                     json={"model": "dialogue", "messages": [{"role": "user", "content": "Hi"}], "max_tokens": 4},
                 ).status_code
@@ -174,7 +174,7 @@ def test_vllm_killed_mid_stream_keeps_the_partial_reply_and_retry_works_once_it_
     settings.server.base = str(vllm_server.home / "base" / "SmolLM2-135M-Instruct" / "model")
     deps = Deps(
         Store(tmp_path / "app.db"),
-        {"dialogue": Checkpoint(name="dialogue", model="dialogue", base_url=vllm_server.url)},
+        {"dialogue": vllm_server.checkpoint("dialogue")},
         settings,
     )
     vllm = next(

@@ -18,7 +18,6 @@ from limachat.dialogues import report as rep
 from limachat.dialogues.export import Filters, chains, export
 from limachat.dialogues.formats import import_file
 from limachat.dialogues.store import Store
-from limachat.serve.checkpoints import Checkpoint
 from limachat.settings import Settings
 
 
@@ -39,7 +38,8 @@ def collected(vllm_server, tmp_path_factory):
     home = tmp_path_factory.mktemp("curate")
     settings = Settings(home=home, sampling={"max_tokens": 96, "extra": {"seed": 0}})  # seeded: the same draws each run
     settings.server.port = vllm_server.port
-    cks = {n: Checkpoint(name=n, model=n, base_url=vllm_server.url) for n in ("zero-shot", "dialogue")}
+    vllm_server.share_key(home)  # the home's own clients (judge, teacher, rounds) read the server's key there
+    cks = {n: vllm_server.checkpoint(n) for n in ("zero-shot", "dialogue")}
     deps = Deps(Store(home / "limachat.db"), cks, settings)
     for ck, (first, second) in (
         ("dialogue", ("How do I boil an egg?", "And how long for a soft one?")),
@@ -229,7 +229,7 @@ def test_revise_rounds_train_serve_replay_and_judge_each_round(collected, vllm_s
         )
         assert lines[0].startswith("round 1: teacher/base/revise-v1:") and "turns revised" in lines[0], lines
         assert "citing-r1 trained on" in lines[1] and "served" in lines[1], lines
-        assert "citing-r1" in models(vllm_server.url)
+        assert "citing-r1" in models(vllm_server.url, vllm_server.headers)
         replies = [
             t
             for s in store.sessions()
@@ -245,7 +245,13 @@ def test_revise_rounds_train_serve_replay_and_judge_each_round(collected, vllm_s
         assert judged == ([], len(replies)), "the judge labelled every reply of the round"
         assert rep.document(store).judges.checkpoints["citing-r1"].rated == len(replies)
     finally:
-        httpx.post(vllm_server.url + "/unload_lora_adapter", json={"lora_name": "citing-r1"}, timeout=60)
+        body = {"lora_name": "citing-r1"}
+        httpx.post(
+            vllm_server.url + "/unload_lora_adapter",
+            headers=vllm_server.headers,
+            json=body,
+            timeout=60,
+        )
 
 
 def test_a_judge_without_structured_outputs_is_parsed_and_a_failure_is_kept_and_asked_again(collected):

@@ -6,6 +6,7 @@ each request alone, and prompt log-probabilities (the fluency score) under an ad
 from __future__ import annotations
 
 import asyncio
+import shutil
 
 import httpx
 import pytest
@@ -72,9 +73,11 @@ async def served(http, url: str, model: str, ids: list[int]) -> tuple[list[int],
     return tokens, tops
 
 
-def each(url: str, jobs: list[tuple[str, list[int]]], together: bool):
+def each(server, jobs: list[tuple[str, list[int]]], together: bool):
+    url = server.url
+
     async def go():
-        async with httpx.AsyncClient(timeout=300) as http:
+        async with httpx.AsyncClient(timeout=300, headers=server.headers) as http:
             if together:
                 return await asyncio.gather(*(served(http, url, m, ids) for m, ids in jobs))
             return [await served(http, url, m, ids) for m, ids in jobs]
@@ -87,7 +90,7 @@ def test_each_checkpoint_matches_transformers_and_peft(vllm_server, reference):
     tok, models = reference
     for messages in MESSAGES:
         ids = prompt_ids(tok, messages)
-        for name, (tokens, tops) in zip(NAMES, each(vllm_server.url, [(n, ids) for n in NAMES], together=False)):
+        for name, (tokens, tops) in zip(NAMES, each(vllm_server, [(n, ids) for n in NAMES], together=False)):
             reference_lp = teacher_forced(models[name], ids + tokens, len(ids) - 1)
             expected = [int(reference_lp[i].argmax()) for i in range(TOKENS)]
             assert tokens == expected, (name, tok.decode(tokens), tok.decode(expected))
@@ -100,8 +103,8 @@ def test_a_batch_mixing_base_and_both_adapters_gives_each_what_it_gets_alone(vll
     tok, _ = reference
     jobs = [(name, prompt_ids(tok, messages)) for messages in MESSAGES for name in NAMES]
     jobs += jobs[:3]  # the same request twice in one batch
-    alone = each(vllm_server.url, jobs, together=False)
-    mixed = each(vllm_server.url, jobs, together=True)
+    alone = each(vllm_server, jobs, together=False)
+    mixed = each(vllm_server, jobs, together=True)
     for (name, _), (tokens, tops), (mixed_tokens, mixed_tops) in zip(jobs, alone, mixed):
         assert mixed_tokens == tokens, name
         for top, mixed_top in zip(tops, mixed_tops):
@@ -117,7 +120,7 @@ def test_prompt_logprobs_under_an_adapter_match_peft_while_others_decode(vllm_se
     ids = prompt_ids(tok, MESSAGES[1]) + tok.encode("Let it rise until it doubles, one to two hours.")
 
     async def go():
-        async with httpx.AsyncClient(timeout=300) as http:
+        async with httpx.AsyncClient(timeout=300, headers=vllm_server.headers) as http:
             body = {"model": "dialogue", "prompt": ids, "max_tokens": 1, "temperature": 0, "prompt_logprobs": 0}
             others = [served(http, vllm_server.url, m, prompt_ids(tok, MESSAGES[0])) for m in ("base", "zero-shot")]
             results = await asyncio.gather(http.post(vllm_server.url + "/completions", json=body), *others)
@@ -144,11 +147,11 @@ def test_a_reply_is_scored_from_the_cached_conversation_with_the_same_score(vllm
     tok, models = reference
     first = [{"role": "user", "content": "I want to learn to bake bread."}]
     reply1 = "Start with a simple loaf: flour, water, salt and yeast, kneaded for ten minutes until smooth. " * 8
-    asyncio.run(fluency(vllm_server.url, "base", first, reply1))
+    asyncio.run(fluency(vllm_server.url, "base", first, reply1, headers=vllm_server.headers))
     second = [*first, {"role": "assistant", "content": reply1}, {"role": "user", "content": "How long should it rise?"}]
     reply2 = "Let it rise somewhere warm until it has doubled, which takes one to two hours."
     before = _cache_hits(vllm_server.url)
-    score = asyncio.run(fluency(vllm_server.url, "base", second, reply2))
+    score = asyncio.run(fluency(vllm_server.url, "base", second, reply2, headers=vllm_server.headers))
     hits = _cache_hits(vllm_server.url) - before
     head = prompt_ids(tok, second)
     # vLLM caches whole blocks (128 tokens on CPU): all but the last partial block of the first turn's prompt
@@ -160,18 +163,21 @@ def test_a_reply_is_scored_from_the_cached_conversation_with_the_same_score(vllm
         len(ids) - len(head)
     )
     assert score == pytest.approx(expected, abs=ABS)
-    assert asyncio.run(fluency(vllm_server.url, "base", second, reply2)) == pytest.approx(score, abs=ABS)  # all cached
+    assert asyncio.run(fluency(vllm_server.url, "base", second, reply2, headers=vllm_server.headers)) == pytest.approx(
+        score, abs=ABS
+    )  # all cached
 
 
-def test_an_adapter_on_more_layers_than_the_server_wraps_is_refused_in_one_line(vllm_server):
+def test_an_adapter_on_more_layers_than_the_server_wraps_is_refused_in_one_line(vllm_server, tmp_path):
     """The untrained adapter puts LoRA on all 30 layers; the server wraps the 15 the demo adapters touch."""
     from conftest import models
 
     from limachat.serve.server import load_adapter
 
-    wide = vllm_server.home / "base" / "SmolLM2-135M-Instruct" / "untrained-lora"
+    wide = tmp_path / "wide"  # the session's temporary folder: one the server loads adapters from
+    shutil.copytree(vllm_server.home / "base" / "SmolLM2-135M-Instruct" / "untrained-lora", wide)
     with pytest.raises(ValueError) as e:
-        load_adapter(vllm_server.url, "wide", wide)
+        load_adapter(vllm_server.url, "wide", wide, vllm_server.key)
     message = str(e.value)
     assert "does not wrap" in message and "restart `limachat serve`" in message and "\n" not in message, message
-    assert models(vllm_server.url) == {"base", "zero-shot", "dialogue"}  # still serving
+    assert models(vllm_server.url, vllm_server.headers) == {"base", "zero-shot", "dialogue"}  # still serving

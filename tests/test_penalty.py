@@ -60,9 +60,9 @@ def test_real_server_never_penalises_a_token_only_in_the_prompt(vllm_server):
 
     def reply(**params) -> str:
         body = {"model": "dialogue", "messages": messages, "max_tokens": 6, "temperature": 0, **params}
-        return httpx.post(vllm_server.url + "/chat/completions", json=body, timeout=120).json()["choices"][0][
-            "message"
-        ]["content"]
+        return httpx.post(
+            vllm_server.url + "/chat/completions", headers=vllm_server.headers, json=body, timeout=120
+        ).json()["choices"][0]["message"]["content"]
 
     plain = reply()
     assert plain.startswith("The capital of France is")  # every word of it is in the prompt
@@ -81,9 +81,9 @@ def test_real_server_output_differs_with_the_processor_on_and_off(vllm_server):
             "seed": 3,
             **params,
         }
-        return httpx.post(vllm_server.url + "/chat/completions", json=body, timeout=300).json()["choices"][0][
-            "message"
-        ]["content"]
+        return httpx.post(
+            vllm_server.url + "/chat/completions", headers=vllm_server.headers, json=body, timeout=300
+        ).json()["choices"][0]["message"]["content"]
 
     off = reply()
     assert reply() == off  # same prompt and seed: the same text
@@ -93,6 +93,7 @@ def test_real_server_output_differs_with_the_processor_on_and_off(vllm_server):
 def test_real_server_rejects_a_bad_penalty_with_a_clear_400(vllm_server):
     r = httpx.post(
         vllm_server.url + "/chat/completions",
+        headers=vllm_server.headers,
         timeout=60,
         json={
             "model": "dialogue",
@@ -104,6 +105,7 @@ def test_real_server_rejects_a_bad_penalty_with_a_clear_400(vllm_server):
     assert r.status_code == 400 and "generated_repetition_penalty must be a number above 0" in r.text
     r = httpx.post(
         vllm_server.url + "/chat/completions",
+        headers=vllm_server.headers,
         timeout=60,
         json={
             "model": "dialogue",
@@ -121,10 +123,9 @@ def test_real_server_conversation_scope_never_penalises_a_token_only_in_a_user_t
     reply, LIMA's at 5 leaves it as it is. Once the earlier reply is that same text, it changes it."""
     import asyncio
 
-    from limachat.serve.checkpoints import Checkpoint
     from limachat.serve.client import ChatClient
 
-    client = ChatClient(Checkpoint(name="dialogue", model="dialogue", base_url=vllm_server.url))
+    client = ChatClient(vllm_server.checkpoint("dialogue"))
     ask = "Complete this sentence:\nThe capital of France is"
 
     def reply(earlier: str, **params) -> str:
@@ -140,6 +141,7 @@ def test_real_server_conversation_scope_never_penalises_a_token_only_in_a_user_t
     def ids(text: str) -> set[int]:
         r = httpx.post(
             vllm_server.url.removesuffix("/v1") + "/tokenize",
+            headers=vllm_server.headers,
             json={"model": "dialogue", "prompt": text, "add_special_tokens": False},
             timeout=30,
         )

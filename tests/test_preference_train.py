@@ -21,7 +21,6 @@ from limachat.demo.answer import Deps
 from limachat.dialogues.dataset import Output, write_jsonl
 from limachat.dialogues.export import Filters
 from limachat.dialogues.store import Store
-from limachat.serve.checkpoints import Checkpoint
 from limachat.settings import Settings
 
 
@@ -32,7 +31,7 @@ def demo_user(vllm_server, tmp_path_factory):
     tokens and seeded (their length is not what this checks)."""
     home = tmp_path_factory.mktemp("prefs")
     settings = Settings(home=home, sampling={"max_tokens": 64, "extra": {"seed": 0}})
-    cks = {n: Checkpoint(name=n, model=n, base_url=vllm_server.url) for n in ("zero-shot", "dialogue")}
+    cks = {n: vllm_server.checkpoint(n) for n in ("zero-shot", "dialogue")}
     deps = Deps(Store(home / "limachat.db"), cks, settings)
     state = compare.blank()
     for text, choice in (("How do I boil an egg?", "b"), ("And a soft one?", "a")):
@@ -130,10 +129,11 @@ def test_train_method_dpo_makes_a_checkpoint_the_server_serves(demo_user, vllm_s
     folder = user_home / "checkpoints" / "dialogue-dpo"
     assert (folder / "adapter_model.safetensors").is_file() and not (folder / "ref").exists()
     try:
-        load_adapter(vllm_server.url, "dialogue-dpo", folder)
-        assert "dialogue-dpo" in models(vllm_server.url)
+        load_adapter(vllm_server.url, "dialogue-dpo", folder, vllm_server.key)
+        assert "dialogue-dpo" in models(vllm_server.url, vllm_server.headers)
         r = httpx.post(
             vllm_server.url + "/chat/completions",
+            headers=vllm_server.headers,
             json={
                 "model": "dialogue-dpo",
                 "messages": [{"role": "user", "content": "Name a colour."}],
@@ -143,7 +143,12 @@ def test_train_method_dpo_makes_a_checkpoint_the_server_serves(demo_user, vllm_s
         )
         assert r.status_code == 200 and r.json()["choices"][0]["message"]["content"].strip(), r.text
     finally:
-        httpx.post(vllm_server.url + "/unload_lora_adapter", json={"lora_name": "dialogue-dpo"}, timeout=60)
+        httpx.post(
+            vllm_server.url + "/unload_lora_adapter",
+            headers=vllm_server.headers,
+            json={"lora_name": "dialogue-dpo"},
+            timeout=60,
+        )
 
 
 @pytest.mark.parametrize(

@@ -3,17 +3,23 @@
 from __future__ import annotations
 
 import asyncio
+import os
+import re
+import shutil
+import stat
+import tempfile
 import time
+from pathlib import Path
 
+import httpx
 import pytest
 from conftest import models
 
-from limachat.serve.checkpoints import Checkpoint
 from limachat.serve.client import ChatClient, Completion, ContextTooLong, UnknownModel
 
 
 def stream(server, model: str, messages, **params):
-    client = ChatClient(Checkpoint(name=model, model=model, base_url=server.url))
+    client = ChatClient(server.checkpoint(model))
 
     async def go():
         return [e async for e in client.stream(messages, params)]
@@ -22,7 +28,7 @@ def stream(server, model: str, messages, **params):
 
 
 def test_serves_base_and_both_adapters(vllm_server):
-    assert models(vllm_server.url) == {"base", "zero-shot", "dialogue"}
+    assert models(vllm_server.url, vllm_server.headers) == {"base", "zero-shot", "dialogue"}
     out = vllm_server.output()
     assert "vLLM ready in" in out and f"http://127.0.0.1:{vllm_server.port}/v1 serving base, zero-shot, dialogue" in out
     home = vllm_server.home / "checkpoints"
@@ -30,6 +36,66 @@ def test_serves_base_and_both_adapters(vllm_server):
         f"zero-shot: trained adapter {home / 'zero-shot'}" in out
         and f"dialogue: trained adapter {home / 'dialogue'}" in out
     )
+
+
+def test_without_the_key_the_port_refuses_completions_and_adapter_changes(vllm_server):
+    """A plain curl of the model server's port, with no key or a wrong one: no completion on any route
+    (vLLM's own /v1 and its SageMaker /invocations), no adapter loaded or unloaded (/v1/*_lora_adapter
+    and /adapters). The probes answer. The key lives in the home, readable by its owner only, and shows
+    in neither the command line nor the log."""
+    root = vllm_server.url.removesuffix("/v1")
+    chat = {"model": "dialogue", "messages": [{"role": "user", "content": "Hi"}], "max_tokens": 4}
+    attempts = [
+        ("POST", "/v1/chat/completions", chat),
+        ("POST", "/v1/completions", {"model": "base", "prompt": "Hi", "max_tokens": 4}),
+        ("POST", "/invocations", chat),
+        ("GET", "/v1/models", None),
+        ("POST", "/v1/unload_lora_adapter", {"lora_name": "dialogue"}),
+        ("POST", "/v1/load_lora_adapter", {"lora_name": "mine", "lora_path": "/tmp"}),
+        ("POST", "/adapters", {"name": "mine", "src": "/tmp"}),
+        ("DELETE", "/adapters/dialogue", None),
+        ("POST", "/tokenize", {"model": "base", "prompt": "Hi"}),
+    ]
+    for headers in ({}, {"Authorization": "Bearer not-the-key"}):
+        for method, path, body in attempts:
+            r = httpx.request(method, root + path, json=body, headers=headers, timeout=30)
+            assert r.status_code == 401, (method, path, headers, r.status_code, r.text[:200])
+    for path in ("/health", "/ping", "/version"):
+        assert httpx.get(root + path, timeout=30).status_code == 200, path
+    assert models(vllm_server.url, vllm_server.headers) == {"base", "zero-shot", "dialogue"}, "nothing was unloaded"
+    r = httpx.post(vllm_server.url + "/chat/completions", json=chat, headers=vllm_server.headers, timeout=120)
+    assert r.status_code == 200 and r.json()["choices"][0]["message"]["content"]
+
+    key_file = vllm_server.home / "server.key"
+    assert stat.S_IMODE(key_file.stat().st_mode) == 0o600 and len(vllm_server.key) >= 32
+    vllm_server.track()
+    for p in vllm_server.started.values():
+        assert vllm_server.key not in " ".join(p.cmdline()), p.cmdline()
+    assert vllm_server.key not in (vllm_server.home / "logs" / f"vllm-{vllm_server.port}.log").read_text()
+
+
+def test_adapters_load_at_run_time_only_from_the_homes_checkpoints(vllm_server):
+    """With the key, an adapter outside the home's checkpoints (and server.adapter_dirs) is refused in one
+    line, also through a symlink that points out; nothing else changes."""
+    untrained = vllm_server.home / "base" / "SmolLM2-135M-Instruct" / "untrained-lora"
+    with tempfile.TemporaryDirectory(prefix="elsewhere-") as d:  # not under the session's temporary folder
+        outside = Path(d) / "stolen"
+        shutil.copytree(untrained, outside)
+        link = vllm_server.home / "checkpoints" / "link-out"
+        link.symlink_to(outside)
+        try:
+            climbing = link.parent / os.path.relpath(outside, link.parent)  # checkpoints/../../..: out of the home
+            for path in (outside, link, climbing):
+                r = httpx.post(
+                    vllm_server.url + "/load_lora_adapter",
+                    json={"lora_name": "mine", "lora_path": str(path)},
+                    headers=vllm_server.headers,
+                    timeout=60,
+                )
+                assert r.status_code == 400 and "adapters are loaded only from" in r.text, (path, r.text)
+        finally:
+            link.unlink()
+    assert models(vllm_server.url, vllm_server.headers) == {"base", "zero-shot", "dialogue"}
 
 
 @pytest.mark.parametrize("model", ["zero-shot", "dialogue", "base"])
@@ -69,7 +135,9 @@ def test_each_checkpoint_answers_with_its_own_weights(vllm_server):
             "logprobs": True,
             "top_logprobs": 3,
         }
-        top = httpx.post(vllm_server.url + "/chat/completions", json=body, timeout=120).json()["choices"][0]["logprobs"]
+        top = httpx.post(
+            vllm_server.url + "/chat/completions", headers=vllm_server.headers, json=body, timeout=120
+        ).json()["choices"][0]["logprobs"]
         return {t["token"]: t["logprob"] for t in top["content"][0]["top_logprobs"]}
 
     served = {m: first_logprobs(m) for m in ("base", "zero-shot", "dialogue")}
@@ -109,3 +177,20 @@ def test_ctrl_c_stops_every_process_it_started(vllm_server):
     time.sleep(1)
     assert vllm_server.leftovers() == []
     assert vllm_server.output().rstrip().endswith("stopped")
+
+
+def test_the_image_and_the_compose_file_publish_only_the_apps_port():
+    """On a GPU host the model server's port is not published unless the user asks: the Dockerfile
+    exposes the app alone and keeps vLLM on the container's loopback; in compose.yaml only the app has
+    `ports:`, vLLM is on the compose network, and both share the home that holds the key."""
+    import yaml
+    from conftest import REPO
+
+    docker = (REPO / "Dockerfile").read_text()
+    assert re.findall(r"^EXPOSE (.*)$", docker, re.M) == ["7860"]
+    assert "LIMACHAT_SERVER__HOST" not in re.sub(r"^#.*$", "", docker, flags=re.M)
+    services = yaml.safe_load((REPO / "compose.yaml").read_text())["services"]
+    assert {name for name, s in services.items() if s.get("ports")} == {"app"}
+    assert services["app"]["ports"] == ["7860:7860"]
+    assert services["app"]["environment"]["LIMACHAT_SERVER__HOST"] == "vllm"
+    assert all("limachat-data:/data" in s["volumes"] for s in services.values()), "one home: one key"

@@ -122,6 +122,93 @@ def test_prompt_logprobs_still_skip_the_prefix_cache():
     assert SamplingParams(prompt_logprobs=0).skip_reading_prefix_cache is True, FIXED.format("cached-prompt-logprobs")
 
 
+def _asgi(middleware_cls, path: str, headers: list[tuple[bytes, bytes]] = ()):
+    """What the API server's key guard does with one request: "app" (let through) or its HTTP status."""
+    import asyncio
+
+    seen = []
+
+    async def app(scope, receive, send):
+        seen.append("app")
+
+    async def send(message):
+        if message["type"] == "http.response.start":
+            seen.append(message["status"])
+
+    async def receive():
+        return {"type": "http.request"}
+
+    guard = middleware_cls(app, tokens=["the-key"])
+    scope = {"type": "http", "method": "POST", "path": path, "root_path": "", "headers": list(headers)}
+    asyncio.run(guard(scope, receive, send))
+    return seen[0]
+
+
+def test_a_later_pipeline_stage_still_needs_the_warm_up():
+    """Eager mode with a set KV cache size skips the CPU warm-up, and without it a later pipeline stage has
+    no buffer for the activations it receives."""
+    import inspect
+
+    from vllm.v1.worker.cpu_worker import CPUWorker
+    from vllm.v1.worker.gpu_model_runner import GPUModelRunner
+
+    skips = inspect.getsource(CPUWorker._should_warm_up_model)
+    assert "CompilationMode.NONE" in skips and "kv_cache_memory_bytes" in skips, FIXED.format("cpu-pipeline-eager")
+    with pytest.raises(AssertionError):
+        GPUModelRunner.sync_and_gather_intermediate_tensors(SimpleNamespace(intermediate_tensors=None), 1, None, False)
+        pytest.fail(FIXED.format("cpu-pipeline-eager"))
+
+
+def test_vllm_still_answers_invocations_without_the_key():
+    """`--api-key` guards /v1 only: /invocations (completions) and /adapters (loading, unloading) answer
+    anyone (vLLM #58144)."""
+    from vllm.entrypoints.serve.middleware.authenticate import AuthenticationMiddleware
+
+    assert _asgi(AuthenticationMiddleware, "/v1/chat/completions") == 401
+    assert _asgi(AuthenticationMiddleware, "/invocations") == "app", FIXED.format("guard-every-route")
+
+
+def test_vllm_still_loads_adapters_from_any_path():
+    import inspect
+
+    from vllm.entrypoints.openai.models.serving import OpenAIServingModels
+
+    source = inspect.getsource(OpenAIServingModels._check_load_lora_adapter_request)
+    assert "lora_path" in source and "resolve" not in source and "allowed" not in source, FIXED.format("adapter-root")
+
+
+def test_the_guard_lets_only_probes_and_counters_through_without_the_key(monkeypatch):
+    """The patched guard, on the paths the real server tests (tests/test_serve.py) also try."""
+    from vllm.entrypoints.serve.middleware import authenticate
+
+    class Guard(authenticate.AuthenticationMiddleware):  # a subclass: vLLM's own class stays unpatched here
+        pass
+
+    monkeypatch.setattr(authenticate, "AuthenticationMiddleware", Guard)
+    vllm_plugin._patch_guard_every_route()
+    key = [(b"authorization", b"Bearer the-key")]
+    for path in ("/invocations", "/adapters", "/adapters/dialogue", "/tokenize", "/v1/load_lora_adapter", "/docs"):
+        assert _asgi(Guard, path) == 401, path
+        assert _asgi(Guard, path, key) == "app", path
+    for path in vllm_plugin.OPEN_PATHS:
+        assert _asgi(Guard, path) == "app", path
+    assert _asgi(Guard, "/v1/models", [(b"authorization", b"Bearer another")]) == 401
+
+
+def test_adapters_load_only_from_the_allowed_folders(tmp_path):
+    root, other = tmp_path / "home" / "checkpoints", tmp_path / "elsewhere"
+    (root / "dialogue-r1").mkdir(parents=True)
+    other.mkdir()
+    (root / "out").symlink_to(other)
+    static = str((tmp_path / "base" / "untrained-lora").resolve())
+    assert vllm_plugin.adapter_refusal(str(root / "dialogue-r1"), [str(root)], [static]) is None
+    assert vllm_plugin.adapter_refusal(static, [str(root)], [static]) is None  # named when the server started
+    for path in (other, root / ".." / ".." / "elsewhere", root / "out", "/etc"):
+        why = vllm_plugin.adapter_refusal(str(path), [str(root)], [static])
+        assert why and str(root) in why and "server.adapter_dirs" in why, path
+    assert vllm_plugin.adapter_refusal(str(other), [str(root), str(other)], []) is None
+
+
 def _layer(slots: int, outs: tuple[int, ...], rank: int, width: int, seed: int):
     """A stand-in linear LoRA layer as vLLM lays one out: per slice, A (slots, 1, rank, in), B (slots, 1, out, rank)."""
     g = torch.Generator().manual_seed(seed)
@@ -180,6 +267,23 @@ def test_an_adapter_on_modules_the_server_did_not_wrap_is_named():
     adapter = ["model.layers.15.self_attn.q_proj", "model.layers.15.mlp.down_proj", "model.layers.3.self_attn.v_proj"]
     assert vllm_plugin.uncovered_modules(adapter, wrapped, packed) == ["model.layers.3.self_attn.v_proj"]
     assert vllm_plugin.uncovered_modules(adapter[:2], wrapped, packed) == []
+
+
+def test_layers_another_pipeline_stage_holds_are_not_counted_as_unwrapped():
+    """Under pipeline parallel 2 the first stage holds layers 0-14; layer 15 is vLLM's placeholder there."""
+    from vllm.model_executor.models.utils import PPMissingLayer
+
+    layer = torch.nn.Module()
+    layer.self_attn = torch.nn.Module()
+    layer.self_attn.qkv_proj = torch.nn.Linear(2, 2)
+    model = torch.nn.Module()
+    model.model = torch.nn.Module()
+    model.model.layers = torch.nn.ModuleList([layer, PPMissingLayer()])
+    packed = {"qkv_proj": ["q_proj", "k_proj", "v_proj"]}
+    adapter = ["model.layers.0.self_attn.q_proj", "model.layers.1.self_attn.q_proj"]
+    held = vllm_plugin._holds(model)
+    assert vllm_plugin.uncovered_modules(adapter, {}, packed, held) == ["model.layers.0.self_attn.q_proj"]
+    assert vllm_plugin.uncovered_modules(adapter, {"model.layers.0.self_attn.qkv_proj": 1}, packed, held) == []
 
 
 def test_each_patch_names_its_range_platform_upstream_and_when_to_go():
