@@ -27,7 +27,7 @@ def trainer_steps(model, tokenizer, rows, steps: int) -> list[float]:
 
     from limachat.train.trainer import trainer_class
 
-    config = make_config(micro_batch_size=len(rows), batch_size=len(rows), max_length=512)
+    config = make_config(micro_batch_size=len(rows), batch_size=len(rows), max_length=512, max_steps=steps + 1)
     stamps: list[float] = []
 
     class Clock(TrainerCallback):
@@ -38,7 +38,7 @@ def trainer_steps(model, tokenizer, rows, steps: int) -> list[float]:
             stamps.append(time.perf_counter())
 
     with tempfile.TemporaryDirectory() as d:
-        args = sft_args(config, Path(d), steps=steps + 1)
+        args = sft_args(config, Path(d))
         args.logging_steps = 10**6  # progress logging is the caller's; the clock needs none
         trainer = trainer_class()(
             model=model,

@@ -16,7 +16,12 @@ from conftest import REPO
 from limachat.cli import main
 
 DOCS = [REPO / "README.md", *sorted((REPO / "docs").glob("*.md"))]
-UPSTREAM = {"kcenter_greedy.py", "punica_cpu.py", "sampling_params.py", "cpu_worker.py"}  # files of other projects the docs cite by name
+UPSTREAM = {
+    "kcenter_greedy.py",
+    "punica_cpu.py",
+    "sampling_params.py",
+    "cpu_worker.py",
+}  # files of other projects the docs cite by name
 TOP = {p.name for p in REPO.iterdir()} - {"data", ".venv", ".git"}  # a path starting here names the repository
 
 

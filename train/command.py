@@ -4,7 +4,9 @@ from __future__ import annotations
 
 import hashlib
 import json
+import os
 import re
+import sys
 from pathlib import Path
 
 import click
@@ -84,10 +86,42 @@ def run(
         from limachat.train.trainer import main
 
         record = main(config, examples, base_model, out_dir, progress, serve_epoch=epoch, fingerprint=stamp)
+        if record is None:  # a data-parallel run's other processes: rank 0 saved it
+            continue
         progress(
             f"{variant}: trained in {record['seconds']:.0f} s ({record['tokens_per_second']:.0f} tokens/s), "
             f"final loss {record['losses'][-1][1] if record['losses'] else 'n/a'}; saved {out_dir}"
         )
+
+
+def launch(processes: int, argv: list[str]) -> None:
+    """Run this same `limachat train` as `processes` data-parallel processes on this machine: torchrun's
+    launcher (torch.distributed; transformers takes gloo on CPU, NCCL on GPUs), each process with its
+    share of the cores. A process that fails has said why; this raises one line on top."""
+    import logging
+    import uuid
+
+    from torch.distributed.elastic.multiprocessing.errors import ChildFailedError
+    from torch.distributed.launcher.api import LaunchConfig, elastic_launch
+
+    logging.getLogger("torch.distributed.elastic").setLevel(logging.CRITICAL)  # its own report of the failure
+    os.environ.setdefault("OMP_NUM_THREADS", str(max(1, len(os.sched_getaffinity(0)) // processes)))
+    config = LaunchConfig(
+        min_nodes=1,
+        max_nodes=1,
+        nproc_per_node=processes,
+        run_id=str(uuid.uuid4()),
+        rdzv_backend="c10d",
+        rdzv_endpoint="127.0.0.1:0",  # torchrun --standalone: a free port on this machine
+        max_restarts=0,
+    )
+    try:
+        elastic_launch(config, entrypoint=sys.executable)("-m", "limachat.cli", *argv)
+    except ChildFailedError as e:
+        codes = sorted({f.exitcode for f in e.failures.values()})
+        raise click.ClickException(
+            f"training in {processes} processes failed (exit code {', '.join(map(str, codes))}); see above"
+        ) from None
 
 
 def _dry_run(config, examples, base_model: str, progress) -> None:
@@ -183,6 +217,13 @@ def _preference(settings, method, data, base, name, start_from, overrides) -> No
 @click.option("--epoch", type=click.IntRange(1), help="Serve this epoch's checkpoint (default: the last).")
 @click.option("--base", help="Base model (HF id or folder) instead of the one `limachat base` prepared.")
 @click.option("--name", help="Save as <home>/checkpoints/NAME instead of the variant's folder (one variant only).")
+@click.option("--max-steps", type=click.IntRange(1), help="Stop after this many optimizer steps (a trial run).")
+@click.option(
+    "--processes",
+    type=click.IntRange(1),
+    help="Train data-parallel in this many processes (torchrun; each takes a share of every batch). Under "
+    "`accelerate launch` or torchrun: their number.",
+)
 @click.option("--dry-run", is_flag=True, help="Print counts, tokens, steps and an estimated time; train nothing.")
 @click.option("--force", is_flag=True, help="Train even when data, settings and base are unchanged.")
 @click.pass_context
@@ -205,6 +246,8 @@ def train_cmd(
     epoch,
     base,
     name,
+    max_steps,
+    processes,
     dry_run,
     force,
     **filters,
@@ -214,6 +257,11 @@ def train_cmd(
     from limachat.serve.base import BaseModelError, prepare_base
 
     settings = context.settings(ctx)
+    rank, launched = int(os.environ.get("RANK", 0)), int(os.environ.get("WORLD_SIZE", 1))
+    if processes is not None and launched > 1 and processes != launched:
+        raise click.ClickException(f"--processes {processes}: this run was launched with {launched} processes")
+    if method in ("dpo", "kto") and (processes or 1) > 1:
+        raise click.ClickException(f"--processes goes with --method lora or full, not {method}")
     if method in ("dpo", "kto"):
         given = [
             flag
@@ -248,11 +296,12 @@ def train_cmd(
         raise click.ClickException("--beta and --start-from go with --method dpo or kto")
     if name is not None and (variant == "both" or not re.fullmatch(r"[A-Za-z0-9][A-Za-z0-9._-]*", name)):
         raise click.ClickException(f"--name {name!r}: give one --variant and a name of letters, digits, '.', '_', '-'")
+    say = (lambda m: click.echo(m, err=True)) if rank == 0 else (lambda m: None)
     try:
         split_ = gather(settings, data, fmt, bundled, from_db, filters)
-        base_model = prepare_base(settings.home, base or settings.server.base, lambda m: click.echo(m, err=True)).model
+        base_model = prepare_base(settings.home, base or settings.server.base, say).model  # once, before any launch
         variants = list(VARIANTS) if variant == "both" else [variant]
-        click.echo(f"examples: {len(split_.single)} single-turn, {len(split_.chains)} multi-turn chains", err=True)
+        say(f"examples: {len(split_.single)} single-turn, {len(split_.chains)} multi-turn chains")
         overrides = dict(
             method=method,
             recipe=recipe,
@@ -261,7 +310,16 @@ def train_cmd(
             batch_size=batch_size,
             micro_batch_size=micro_batch_size,
             max_length=max_length,
+            max_steps=max_steps,
         )
+        if (processes or 1) > 1 and launched == 1 and not dry_run:
+            from limachat.train.recipe import make_config
+            from limachat.train.trainer import accumulation
+
+            for v in variants:  # a batch the processes cannot share stops here, not in each process
+                accumulation(make_config(variant=v, **overrides), processes)
+            say(f"training in {processes} processes (torchrun, torch.distributed)")
+            return launch(processes, sys.argv[1:])
         run(
             settings,
             variants,
@@ -270,7 +328,7 @@ def train_cmd(
             overrides,
             dry_run=dry_run,
             epoch=epoch,
-            progress=lambda m: click.echo(m, err=True),
+            progress=say,
             force=force,
             name=name,
         )

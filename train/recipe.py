@@ -48,6 +48,7 @@ class TrainConfig(BaseModel):
     lora_layer_share: float = Field(1.0, gt=0.0, le=1.0)
     seed: int = 42
     save_every_epoch: bool = True
+    max_steps: int | None = Field(None, ge=1)  # stop after this many optimizer steps (a trial run)
 
 
 PRESETS: dict[str, dict] = {

@@ -11,6 +11,7 @@ TRL's scripts/sft.py. Output, picked up by `limachat serve`:
 from __future__ import annotations
 
 import math
+import os
 import shutil
 import time
 from collections.abc import Callable
@@ -60,6 +61,31 @@ def ensure_chat_template(tokenizer) -> bool:
     return True
 
 
+def world() -> tuple[int, int]:
+    """(this process's rank, the number of processes) of a data-parallel run: torchrun and `accelerate
+    launch` say so in RANK and WORLD_SIZE; a plain run is (0, 1)."""
+    return int(os.environ.get("RANK", 0)), int(os.environ.get("WORLD_SIZE", 1))
+
+
+def accumulation(config: TrainConfig, processes: int) -> int:
+    """Gradient accumulation steps that keep the effective batch: batch = per-device × processes × this."""
+    per_device = min(config.micro_batch_size, config.batch_size)
+    if config.batch_size % (per_device * processes):
+        raise ValueError(
+            f"batch size {config.batch_size} is not {per_device} per device × {processes} processes × a whole number "
+            "of accumulation steps: change --batch-size, --micro-batch-size or --processes"
+        )
+    return config.batch_size // (per_device * processes)
+
+
+def batch_line(config: TrainConfig, processes: int) -> str:
+    per_device = min(config.micro_batch_size, config.batch_size)
+    return (
+        f"{config.variant}: effective batch {config.batch_size} = {per_device} per device × {processes} "
+        f"process{'es' if processes > 1 else ''} × {accumulation(config, processes)} accumulation steps"
+    )
+
+
 def prepare(config: TrainConfig, examples: list[Example], tokenizer) -> tuple[Plan, list[dict]]:
     rows = [tokenize(ex, tokenizer, config.max_length) for ex in examples]
     rows = [r for r in rows if any(label != IGNORE for label in r["labels"])]  # fully trimmed away: nothing to learn
@@ -69,7 +95,7 @@ def prepare(config: TrainConfig, examples: list[Example], tokenizer) -> tuple[Pl
         sum(ex.multi_turn for ex in examples),
         sum(len(r["input_ids"]) for r in rows),
         sum(r["trimmed"] for r in rows),
-        math.ceil(len(rows) / config.batch_size) * config.epochs,
+        min(math.ceil(len(rows) / config.batch_size) * config.epochs, config.max_steps or math.inf),
         data_hash(examples),
     )
     return plan, [{"input_ids": r["input_ids"], "labels": r["labels"]} for r in rows]
@@ -93,6 +119,9 @@ def load_model(base_model: str, config: TrainConfig, tokenizer, added_eot: bool)
     if added_eot:
         model.resize_token_embeddings(len(tokenizer))
     params = sum(p.numel() for p in model.parameters())
+    # Seeded before PEFT draws LoRA's A matrices: unseeded, every run (and every process of a data-parallel
+    # run, until DDP copies rank 0's) started from other weights, so no two trainings matched.
+    torch.manual_seed(config.seed)
     if config.method == "lora":
         from peft import LoraConfig, get_peft_model
 
@@ -200,17 +229,18 @@ def _trl():
     return trl
 
 
-def sft_args(config: TrainConfig, output_dir: Path, steps: int | None = None):
+def sft_args(config: TrainConfig, output_dir: Path):
+    """TRL's settings for this run, on every process of a data-parallel one (torch.distributed: gloo on CPU,
+    NCCL on GPUs, which transformers picks); each process takes its share of every batch."""
     SFTConfig = _trl().SFTConfig
 
     device, _ = _device()
-    accumulation = max(1, config.batch_size // config.micro_batch_size)
     return SFTConfig(
         output_dir=str(output_dir),
         per_device_train_batch_size=min(config.micro_batch_size, config.batch_size),
-        gradient_accumulation_steps=accumulation,
+        gradient_accumulation_steps=accumulation(config, world()[1]),
         num_train_epochs=config.epochs,
-        max_steps=steps or -1,
+        max_steps=config.max_steps or -1,
         learning_rate=config.learning_rate,
         # Linear decay from learning_rate to final_learning_rate (LIMA: 1e-5 -> 1e-6).
         lr_scheduler_type="polynomial",
@@ -226,6 +256,7 @@ def sft_args(config: TrainConfig, output_dir: Path, steps: int | None = None):
         bf16=device == "cuda",
         gradient_checkpointing=False,
         use_cpu=device == "cpu",
+        ddp_find_unused_parameters=False,  # every trainable weight is used: no extra pass over the graph
         logging_steps=1,
         save_strategy="no",
         report_to=[],
@@ -260,7 +291,10 @@ def _callback(progress_bar, epochs_dir: Path, model, tokenizer, losses: list, to
             progress_bar.update(1, **self.postfix)
 
         def on_epoch_end(self, args, state, control, **kw):
-            epoch = round(state.epoch)
+            if not state.is_world_process_zero:  # one process writes the checkpoint
+                return
+            # a whole epoch, or the one --max-steps stopped in
+            epoch = round(state.epoch) if abs(state.epoch - round(state.epoch)) < 1e-6 else math.ceil(state.epoch)
             target = epochs_dir / f"epoch-{epoch}"
             model.save_pretrained(target)
             tokenizer.save_pretrained(target)
@@ -294,7 +328,8 @@ def main(
     fingerprint: str | None = None,
 ) -> dict:
     """Train one variant; returns the record written to training.json. The progress bar's record is the
-    Collect tab's view of the run (limachat.jobs)."""
+    Collect tab's view of the run (limachat.jobs). In a data-parallel run every process trains and the
+    first (rank 0) alone shows progress and writes the checkpoint; the others return None."""
     from datasets import Dataset
     from transformers import AutoTokenizer
 
@@ -303,23 +338,28 @@ def main(
     tokenizer = AutoTokenizer.from_pretrained(base_model)
     added_eot = ensure_chat_template(tokenizer)
     plan, rows = prepare(config, examples, tokenizer)
+    rank, processes = world()
+    lead = rank == 0
+    if not lead:
+        progress = _quiet
     progress(plan.line())
+    progress(batch_line(config, processes))
     if not rows:
         raise ValueError(f"{config.variant}: no examples to train on")
     model, rates = load_model(base_model, config, tokenizer, added_eot)
     tmp = out_dir.with_name(out_dir.name + ".partial")
-    shutil.rmtree(tmp, ignore_errors=True)
+    if lead:
+        shutil.rmtree(tmp, ignore_errors=True)
     epochs_dir = tmp / "epochs"
     losses: list = []
-    bar = Bar(f"training {config.variant}", total=plan.steps, unit="step")
+    tokens_per_step = plan.tokens / math.ceil(len(rows) / config.batch_size)  # an epoch's tokens over its steps
+    bar = Bar(f"training {config.variant}", total=plan.steps, unit="step") if lead else _Silent()
     trainer = trainer_class()(
         model=model,
         args=sft_args(config, tmp / "trainer"),
         train_dataset=Dataset.from_list(rows),
         processing_class=tokenizer,
-        callbacks=[
-            _callback(bar, epochs_dir, model, tokenizer, losses, plan.tokens / max(plan.steps, 1) * config.epochs)
-        ],
+        callbacks=[_callback(bar, epochs_dir, model, tokenizer, losses, tokens_per_step)],
     )
     from transformers.trainer_callback import PrinterCallback
 
@@ -327,6 +367,8 @@ def main(
     started = time.monotonic()
     trainer.train()
     bar.finish()
+    if not lead:
+        return None
     seconds = time.monotonic() - started
     shutil.rmtree(tmp / "trainer", ignore_errors=True)
     heldout = {**heldout_loss(model, tokenizer), "epoch": config.epochs}  # the model after the last epoch
@@ -343,19 +385,37 @@ def main(
         "base_identity": base_identity(base_model),
         **asdict(plan),
         "seconds": round(seconds, 1),
-        "tokens_per_second": round(plan.tokens * config.epochs / seconds, 1),
+        "tokens_per_second": round(tokens_per_step * plan.steps / seconds, 1),
         "losses": losses,
         "residual_dropout": rates,
         "end_of_turn_token": EOT if added_eot else None,
         "fingerprint": fingerprint,
         "heldout": heldout,
+        "processes": processes,
+        "per_device_batch": min(config.micro_batch_size, config.batch_size),
+        "accumulation_steps": accumulation(config, processes),
     }
     (tmp / "train_config.json").write_text(config.model_dump_json(indent=1) + "\n")
     write_training_record(tmp, record)
     shutil.rmtree(out_dir, ignore_errors=True)
     tmp.rename(out_dir)
-    select_epoch(out_dir, serve_epoch or config.epochs)
+    last = max(int(p.name.removeprefix("epoch-")) for p in (out_dir / "epochs").glob("epoch-*"))
+    select_epoch(out_dir, serve_epoch or last)
     return training_record(out_dir)
+
+
+def _quiet(message: str) -> None:
+    pass
+
+
+class _Silent:
+    """The progress bar of a process that is not rank 0: rank 0 shows the run."""
+
+    def update(self, n: int = 1, **postfix) -> None:
+        pass
+
+    def finish(self, *args, **kwargs) -> None:
+        pass
 
 
 def select_epoch(out_dir: Path, epoch: int) -> None:
