@@ -65,9 +65,11 @@ bench: venv
 	$(PIP) install -q --progress-bar off -e '.[bench]'
 	$(PY) benchmarks/run.py
 
-# 32 chat streams through the app, a SIGKILL of the app half-way, a restart, then the check (BENCHMARKS.md).
+# 32 chat streams through the app, a SIGKILL of the app half-way, a restart, then the check; then the app
+# alone under 32, 128 and 256 sessions against a GPU-speed stand-in endpoint (BENCHMARKS.md).
 soak: venv
 	$(PY) benchmarks/soak.py
+	$(PY) benchmarks/load.py
 
 clean:
 	rm -rf $(VENV)

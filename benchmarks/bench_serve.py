@@ -201,6 +201,37 @@ def scoring(home: Path, rounds: int) -> dict[str, list[float]]:
     return out
 
 
+LAYOUTS = {
+    "1 rank": {},
+    "data parallel 2": {"LIMACHAT_SERVER__DATA_PARALLEL": "2"},
+    "pipeline parallel 2": {"LIMACHAT_SERVER__PIPELINE_PARALLEL": "2"},
+}
+
+
+def ranks(home: Path, rounds: int, spread) -> list[str]:
+    """Decode throughput of `dialogue` on 1 and 8 streams as `limachat serve` runs each layout (compiled; a
+    layout's first start compiles unless vLLM's cache has it)."""
+    rows, medians = [], {}
+    for name, env in LAYOUTS.items():
+        with serving(home, env) as (url, ready):
+            asyncio.run(decode(url, "dialogue", 1))  # warm-up
+            r = {n: [asyncio.run(decode(url, "dialogue", n)) for _ in range(rounds)] for n in (1, 8)}
+        print(f"  {name}: ready {ready:.0f} s, {r}")
+        medians[name] = {n: st.median(v) for n, v in r.items()}
+        rows += [
+            f"| {name}: 1 stream | {spread(r[1], unit='tokens/s', digits=1)} | - |",
+            f"| {name}: 8 streams | {spread(r[8], unit='tokens/s', digits=1)} | - |",
+            f"| {name}: ready after | {ready:.0f} s | - |",
+        ]
+    for name in list(LAYOUTS)[1:]:
+        rows += [
+            f"| {name} / 1 rank, {n} stream{'s' if n > 1 else ''} (medians) | "
+            f"{medians[name][n] / medians['1 rank'][n]:.2f} | - |"
+            for n in (1, 8)
+        ]
+    return rows
+
+
 def section(home: Path, rounds: int, spread) -> list[str]:
     from gguf_f32 import write_f32
 

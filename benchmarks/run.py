@@ -94,6 +94,10 @@ def serve_section(runs: int) -> list[str]:
     return bench_serve.section(HOME, runs, bench_store.spread)
 
 
+def ranks_section(runs: int) -> list[str]:
+    return bench_serve.ranks(HOME, runs, bench_store.spread)
+
+
 def sampling_section(seeds: int) -> list[str]:
     import asyncio
 
@@ -173,6 +177,17 @@ SECTIONS = {
             "answer of `/v1/models`. Scoring: a 5-turn `dialogue` conversation, 128-token replies, 3 rounds; each",
             "odd turn's reply scored alone (cached, then whole), each even turn's score started together with",
             "the next turn's request, as the app does.",
+        ],
+    ),
+    "ranks": (
+        "## Serving across ranks (CPU, 2 cores, `dialogue`, 128 greedy tokens per reply)",
+        [
+            "`limachat serve` with `server.data_parallel = 2` or `server.pipeline_parallel = 2` against one rank,",
+            "each compiled as `serve` runs it, each rank bound to one of the 2 cores; medians of 3 per level, all in",
+            "one run. Two ranks on two cores split the cores one rank had: data parallel runs two engines of one",
+            "core each (a single stream gets one core), pipeline parallel passes each token's activations from",
+            "stage to stage. What they show on this machine is that the paths work and what they cost; on GPUs",
+            "each rank brings its own device.",
         ],
     ),
     "sampling": (
@@ -267,6 +282,7 @@ def main() -> None:
         "train": lambda: train_section(args.train_steps),
         "app": lambda: app_section(args.runs),
         "serve": lambda: serve_section(args.runs),
+        "ranks": lambda: ranks_section(args.runs),
         "sampling": lambda: sampling_section(args.seeds),
         "followups": lambda: followups_section(7),
         "curate": lambda: curate_section(min(args.runs, 3), args.chains),

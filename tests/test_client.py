@@ -198,3 +198,31 @@ def test_unreachable_endpoint():
     client = ChatClient(Checkpoint(name="x", model="x", base_url=f"http://127.0.0.1:{free_port()}/v1"))
     with pytest.raises(EndpointUnreachable, match="cannot reach http://127.0.0.1"):
         asyncio.run(client.complete([{"role": "user", "content": "hi"}]))
+
+
+def test_the_stand_in_endpoint_streams_as_vllm_does_at_its_stated_pace():
+    """benchmarks/standin.py (the load test's GPU-speed endpoint) speaks what ChatClient reads: SSE chunks,
+    a finish reason, usage; its first token comes after --ttft and the rest at --rate tokens a second."""
+    import subprocess
+    import sys
+    import time
+
+    from conftest import REPO
+
+    port = free_port()
+    proc = subprocess.Popen(
+        [sys.executable, str(REPO / "benchmarks" / "standin.py"), "--port", str(port), "--ttft", "0.2", "--rate", "50",
+         "--tokens", "25"],
+    )  # fmt: skip
+    try:
+        client = ChatClient(Checkpoint(name="dialogue", model="dialogue", base_url=f"http://127.0.0.1:{port}/v1"))
+        deadline = time.monotonic() + 30
+        while client.status() != "ready":
+            assert time.monotonic() < deadline and proc.poll() is None, "the stand-in did not come up"
+            time.sleep(0.2)
+        done = asyncio.run(client.complete([{"role": "user", "content": "hi"}], {"max_tokens": 100}))
+        assert done.finish_reason == "stop" and done.usage.completion_tokens == 25 and len(done.text.split()) == 25
+        assert 0.2 <= done.ttft < 0.6 and 0.2 + 24 / 50 <= done.latency < 0.2 + 24 / 50 + 0.6, (done.ttft, done.latency)
+    finally:
+        proc.terminate()
+        proc.wait(timeout=30)
