@@ -66,7 +66,7 @@ bench: venv
 	$(PY) benchmarks/run.py
 
 # 32 chat streams through the app, a SIGKILL of the app half-way, a restart, then the check; then the app
-# alone under 32, 128 and 256 sessions against a GPU-speed stand-in endpoint (BENCHMARKS.md).
+# alone under 32, 64, 128 and 256 sessions against a GPU-speed stand-in endpoint (BENCHMARKS.md).
 soak: venv
 	$(PY) benchmarks/soak.py
 	$(PY) benchmarks/load.py

@@ -1,5 +1,5 @@
 """`make soak`, second part: how many annotators one app process holds. The app alone (its handlers, the
-store, the Gradio queue) under 32, 128 and 256 concurrent chat sessions, each a person's pace: send a
+store, the Gradio queue) under 32, 64, 128 and 256 concurrent chat sessions, each a person's pace: send a
 message, watch the reply stream in, read it for a while, rate it with a key, write the next message.
 
 The checkpoints are a stand-in OpenAI endpoint that streams at GPU speed (benchmarks/standin.py: a real
@@ -33,7 +33,8 @@ sys.path.insert(0, str(ROOT / "benchmarks"))
 from bench_serve import free_port  # noqa: E402 - importable once the path above is set
 from soak import App  # noqa: E402
 
-LEVELS = (32, 128, 256)
+LEVELS = (32, 64, 128, 256)
+CONNECT_EVERY = 0.1  # seconds between two sessions opening the page
 STANDIN_TTFT, STANDIN_RATE, STANDIN_TOKENS = 0.05, 60.0, 200
 THINK = (6.0, 14.0)  # seconds a person reads a reply before rating it and writing on (seeded per session)
 POLL = 0.025  # seconds between looks at a streaming reply: the first token's time is known to this
@@ -53,6 +54,7 @@ def session(n: int, url: str, go: threading.Event, stop: threading.Event, out: d
     from gradio_client import Client
 
     rng = random.Random(n)
+    time.sleep(CONNECT_EVERY * n)  # people open the page one after another, not in one burst
     try:
         client = Client(url, verbose=False)
     except Exception as e:  # noqa: BLE001 - counted: the app refused a session
@@ -107,7 +109,7 @@ def level(url: str, app_pid: int, sessions: int, seconds: float) -> dict:
     ]
     for t in threads:
         t.start()
-    time.sleep(min(60, 0.2 * sessions))  # the sessions connect (gradio_client fetches the app's config)
+    time.sleep(CONNECT_EVERY * sessions + 5)  # the sessions connect (gradio_client fetches the app's config)
     app = psutil.Process(app_pid)
     cpu0, wall0 = sum(app.cpu_times()[:2]), time.monotonic()
     go.set()

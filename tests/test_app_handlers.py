@@ -6,6 +6,7 @@ import asyncio
 import inspect
 import json
 import re
+import time
 
 import httpx
 import pytest
@@ -459,3 +460,27 @@ def test_the_highlighted_button_is_the_focused_replys_label_whatever_the_key_ord
     )
     variants = dict(zip(p.buttons, (u["variant"] for u in panel_mod.updates(v, 0)[1:])))
     assert variants == {"excellent": "secondary", "fail": "primary", "pass": "secondary"}
+
+
+def test_a_streaming_reply_reaches_the_page_at_most_twenty_times_a_second():
+    """The page gets the first update at once, then the newest one per 50 ms, and always the last: at a
+    GPU's pace one update per token was what held the app to 32 annotators (BENCHMARKS.md)."""
+    from limachat.demo.ui import PAGE_EVERY, _stream
+
+    async def tokens():
+        for i in range(200):  # 200 tokens at ~1,000 a second
+            yield i
+            await asyncio.sleep(0.001)
+
+    async def go():
+        start, seen = time.monotonic(), []
+        async for item in _stream(tokens()):
+            seen.append((item, time.monotonic() - start))
+        return seen
+
+    seen = asyncio.run(go())
+    items = [i for i, _ in seen]
+    wall = seen[-1][1]
+    assert items[0] == 0 and items[-1] == 199 and items == sorted(items)
+    assert len(items) <= wall / PAGE_EVERY + 2, (len(items), wall)
+    assert all(b - a >= PAGE_EVERY * 0.9 for (_, a), (_, b) in zip(seen[1:-2], seen[2:-1]))
