@@ -86,7 +86,9 @@ def _serve(settings: Settings, prepared, *, app: bool = False, users: dict[str, 
         max_lora_rank=s.max_lora_rank,
         kv_cache_gib=s.kv_cache_gib,
         extra_args=s.extra_args,
-        lora_targets=lora_targets(prepared.model, adapters),
+        # Under pipeline parallelism a stage whose layers no adapter touches would wrap nothing, and vLLM's
+        # compiled warm-up fails on a stage without LoRA modules (StopIteration in _create_merged_loras_inplace).
+        lora_targets=lora_targets(prepared.model, adapters) if s.pipeline_parallel == 1 else None,
         api_key=settings.layout.api_key(create=True),
         adapter_roots=[settings.layout.checkpoints, *s.adapter_dirs],
         data_parallel=s.data_parallel,
