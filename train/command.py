@@ -42,7 +42,8 @@ def fingerprint(config, examples, base_model: str) -> str:
     from limachat.serve.base import base_identity
     from limachat.train.data import data_hash
 
-    settings = config.model_dump(exclude={"variant"})
+    # A setting added later at its default (max_steps None) leaves earlier fingerprints as they were.
+    settings = config.model_dump(exclude={"variant"} | ({"max_steps"} if config.max_steps is None else set()))
     parts = [data_hash(examples), settings, base_identity(base_model)]
     return hashlib.sha256(json.dumps(parts, sort_keys=True).encode()).hexdigest()[:16]
 
