@@ -1,13 +1,18 @@
-"""Compare tab handlers: one user turn to two checkpoints at once, each side with its own history.
+"""Compare tab handlers: one user turn to two checkpoints at once, each side with its own history or
+one shared history.
 
 Side "a" is shown on the left, "b" on the right; each is its own branch of the session's turn tree
-(lane "a" / "b"), so each checkpoint sees only its own earlier answers. In blind mode the session
+(lane "a" / "b"), so each checkpoint sees only its own earlier answers. With a shared history
+(`state["history"] == "shared"`), each new question of both sides follows one reply instead: the one
+the exchange verdict preferred (A's on a tie; rule "verdict") or the prompt set's reference reply
+(rule "reference"), so the tree itself says which history each reply saw. In blind mode the session
 draws which checkpoint sits on which side, shows them as A and B, and says who was who only when
 the session is closed.
 
 `state = {"session", "a": [ids], "b": [ids], "names": {"a": checkpoint, "b": checkpoint}, "blind",
-"closed", "origin": {"set", "id", "text"} | None, "study": name | None, "slot": int | None}`. A study
-conversation (see dialogues/study.py) comes with its sides and blindness fixed by the study's plan.
+"closed", "origin": {"set", "id", "text"} | None, "study": name | None, "slot": int | None, "history":
+"own" | "shared", "rule": "verdict" | "reference"}`. A study conversation (see dialogues/study.py) comes
+with its sides, blindness and history fixed by the study's plan.
 """
 
 from __future__ import annotations
@@ -17,11 +22,9 @@ from pathlib import Path
 
 from limachat.demo.answer import Deps, answer, merged
 from limachat.demo.history import NAME_FIRST, View, check_message, label_of, listed, view
-from limachat.dialogues import bundled, study
-from limachat.dialogues.formats import load_prompts
+from limachat.dialogues import study
 
 LANES = ("a", "b")
-BUNDLED_SET = "bundled"
 
 
 def blank() -> dict:
@@ -35,6 +38,8 @@ def blank() -> dict:
         "origin": None,
         "study": None,
         "slot": None,
+        "history": "own",
+        "rule": "verdict",
     }
 
 
@@ -64,11 +69,8 @@ async def _views(deps: Deps, state: dict, annotator: str | None) -> tuple[View, 
 
 
 def prompt_set(path: str | Path | None) -> tuple[str, list[dict[str, str]]]:
-    """(name, prompts) of the bundled set or a file the user loaded."""
-    if path is None:
-        return BUNDLED_SET, load_prompts(bundled("prompts.jsonl"))
-    path = Path(path)
-    return path.name, load_prompts(path)
+    """(name, prompts) of a bundled set or a file the user loaded."""
+    return study.prompt_set(path)
 
 
 def pick_prompt(state: dict, set_name: str, prompt: dict[str, str]) -> tuple[dict, str]:
@@ -94,7 +96,7 @@ async def _start(deps: Deps, state: dict, text: str, left: str, right: str, blin
         annotator=annotator or None,
         prompt_set=origin["set"] if origin else None,
         prompt=origin["id"] if origin else None,
-        meta={"lanes": names},
+        meta={"lanes": names, "history": state.get("history") or "own", "rule": state.get("rule") or "verdict"},
         study=state.get("study"),
         slot=state.get("slot"),
     )
@@ -114,10 +116,13 @@ async def send(
     if state["session"] is None:
         state = await _start(deps, state, text, left, right, blind, annotator)
     sid, store = state["session"], deps.store.aio
-    users = {
-        lane: await store.add_user_turn(sid, text, parent_id=state[lane][-1] if state[lane] else None, lane=lane)
-        for lane in LANES
-    }
+    parents = {lane: state[lane][-1] if state[lane] else None for lane in LANES}
+    if state.get("history") == "shared" and state["a"] and state["b"]:
+        shared = await store.read(continued_from, deps.store, state, annotator)
+        if state.get("rule") == "reference":
+            shared = await store.add_reference_turn(sid, *shared)
+        parents = {lane: shared for lane in LANES}
+    users = {lane: await store.add_user_turn(sid, text, parent_id=parents[lane], lane=lane) for lane in LANES}
     names = state["names"]
     live = {lane: await store.read(view, deps.store, users[lane], annotator, blind_as(state, lane)) for lane in LANES}
     asked = dict(live)
@@ -126,6 +131,43 @@ async def send(
         state = {**state, lane: live[lane].ids}
         yield state, live["a"], live["b"]
     yield (state, *await _views(deps, state, annotator))
+
+
+def continued_from(store, state: dict, annotator: str | None) -> str | tuple[str, str]:
+    """Under a shared history, what both sides' next question follows: the reply the annotator's verdict on
+    the latest exchange preferred, side A's on a tie (rule "verdict"); under rule "reference", (the user
+    turn, the prompt set's reference reply to it) for the caller to store. ValueError when the exchange
+    is not ready to continue from."""
+    last = {lane: store.turn(state[lane][-1]) for lane in LANES}
+    if any(t["role"] != "assistant" or t["status"] != "ok" for t in last.values()):
+        raise ValueError("Both sides need a finished reply before the conversation goes on (retry the failed one).")
+    if state.get("rule") == "reference":
+        st = store.study(state["study"]) if state.get("study") else None
+        slot = study.slot_of(st, annotator, state["slot"]) if st else None
+        exchange = last["a"]["exchange"]
+        if slot is None or len(slot.replies) < exchange:
+            raise ValueError(f"Shared history by reference: the prompt set has no reference reply to turn {exchange}.")
+        return last["a"]["parent_id"], slot.replies[exchange - 1]
+    if not annotator:
+        raise ValueError(NAME_FIRST)
+    mine = [
+        v
+        for v in store.verdicts(state["session"])
+        if v["annotator"] == annotator and v["turn_a"] == last["a"]["id"] and v["turn_b"] == last["b"]["id"]
+    ]
+    if not mine:
+        raise ValueError(
+            "Shared history: give your verdict on this exchange first (a / t / b); both sides then continue "
+            "from the reply it prefers (A's on a tie)."
+        )
+    return last["b" if mine[-1]["verdict"] == "b" else "a"]["id"]
+
+
+def history_line(state: dict) -> str:
+    """What the page says about the history condition of a shared-history comparison ("" for its own)."""
+    if state.get("history") != "shared":
+        return ""
+    return "History: " + study.SAID[("shared", state.get("rule") or "verdict")] + "."
 
 
 async def retry(
@@ -234,6 +276,8 @@ def resume(deps: Deps, session_id: str, annotator: str | None) -> tuple[dict, Vi
         "closed": bool(s["closed"]),
         "study": s.get("study"),
         "slot": s.get("slot"),
+        "history": (s["meta"] or {}).get("history") or "own",
+        "rule": (s["meta"] or {}).get("rule") or "verdict",
     }
     for lane in LANES:
         state[lane] = view(deps.store, deps.store.latest_turn(session_id, lane), annotator).ids
@@ -271,8 +315,9 @@ def coverage(deps: Deps, set_name: str, prompts: list[dict[str, str]]) -> tuple[
 
 
 def study_next(deps: Deps, study_name: str | None, annotator: str | None) -> tuple[dict, str | None]:
-    """The annotator's next conversation of a study: (state, opening prompt to send), or (state of the
-    started conversation, None) to resume it; ValueError when the walk is done or cannot go on."""
+    """The annotator's next conversation of a study: (state, opening prompt to send); or the started
+    conversation's state, with its next scripted user turn when the prompt set has one and both sides
+    answered the last (None: resume it as it is); ValueError when the walk is done or cannot go on."""
     if not study_name:
         raise ValueError("Pick a study first (or create one in the Study tab).")
     st = deps.store.study(study_name)
@@ -281,7 +326,9 @@ def study_next(deps: Deps, study_name: str | None, annotator: str | None) -> tup
     if conv is None:
         raise study.WalkDone(study.status_line(st, None).replace("**", ""))
     if conv.session is not None:
-        return resume(deps, conv.session, who)[0], None
+        answered = all(n == conv.exchanges for n, _ in conv.lanes.values())
+        scripted = conv.slot.scripted(conv.exchanges + 1) if answered and not conv.reached(st["turns"]) else None
+        return resume(deps, conv.session, who)[0], scripted
     missing = [c for c in conv.slot.sides.values() if c not in deps.checkpoints]
     if missing:
         raise ValueError(
@@ -295,13 +342,16 @@ def study_next(deps: Deps, study_name: str | None, annotator: str | None) -> tup
         "study": st["name"],
         "slot": conv.slot.index,
         "origin": {"set": st["prompt_set"], "id": conv.slot.prompt_id, "text": conv.slot.prompt},
+        "history": conv.slot.history,
+        "rule": st["history_rule"],
     }
     return state, conv.slot.prompt
 
 
 def study_line(deps: Deps, state: dict, annotator: str | None) -> str:
-    """Where the annotator stands in the study of the shown conversation ("" outside a study)."""
+    """Where the annotator stands in the study of the shown conversation (outside a study: its history
+    condition, when shared)."""
     if not state.get("study") or not annotator:
-        return ""
+        return history_line(state)
     st = deps.store.study(state["study"])
     return study.status_line(st, *study.conversation_at(deps.store, st, annotator, state["slot"]))

@@ -23,6 +23,14 @@ def compare_tab(deps: Deps, names, annotator, who, tab) -> list:
         left = gr.Dropdown(names, value=names[0] if names else None, label="Left", scale=1)
         right = gr.Dropdown(names, value=names[1] if len(names) > 1 else None, label="Right", scale=1)
         blind = gr.Checkbox(True, label="Blind (show A / B; names revealed on close)", scale=1)
+        history = gr.Radio(
+            ["own", "shared"],
+            value="own",
+            label="History",
+            info="shared: after each verdict both sides continue from the preferred reply (A's on a tie)",
+            scale=1,
+            elem_id="compare-history",
+        )
         new = gr.Button("New comparison", scale=0, min_width=150)
         close = gr.Button("Close and reveal", scale=0, min_width=150, elem_id="compare-close")
     with gr.Row(equal_height=True):
@@ -129,8 +137,8 @@ def compare_tab(deps: Deps, names, annotator, who, tab) -> list:
         n = compare.side_names(st)
         return st, _shown(va, n["a"]), _shown(vb, n["b"]), message, _coverage(deps, ps)
 
-    def on_new(b_):
-        st = {**compare.blank(), "blind": b_}
+    def on_new(b_, h_):
+        st = {**compare.blank(), "blind": b_, "history": h_}
         side = compare.side_names(st)
         return st, gr.update(value=[], label=side["a"]), gr.update(value=[], label=side["b"]), "", None
 
@@ -286,13 +294,18 @@ def compare_tab(deps: Deps, names, annotator, who, tab) -> list:
     close.click(on_close, [state, pset, annotator], [state, bot_a, bot_b, said, cover]).then(
         refresh_sessions, None, resumable
     )
-    new.click(on_new, blind, [state, bot_a, bot_b, said, pick]).then(newest, [state, annotator], after)
+    new.click(on_new, [blind, history], [state, bot_a, bot_b, said, pick]).then(newest, [state, annotator], after)
     resumable.select(on_resume, [resumable, annotator], [state, bot_a, bot_b]).then(newest, [state, annotator], after)
     resumable.focus(refresh_sessions, None, resumable)
     studied.focus(lambda: gr.update(choices=[s["name"] for s in deps.store.studies()]), None, studied)
     blind.change(
         lambda st, b_: labels({**st, "blind": b_} if st["session"] is None else st), [state, blind], [bot_a, bot_b]
     )
+    history.change(
+        lambda st, h_: {**st, "history": h_} if st["session"] is None and not st.get("study") else st,
+        [state, history],
+        state,
+    ).then(newest, [state, annotator], after)
     pick.select(on_pick, [state, pset, pick], [state, box])
     upload.upload(on_upload, upload, [pset, pick, cover])
     tab.select(lambda ps: _coverage(deps, ps), pset, cover).then(refresh_sessions, None, resumable)

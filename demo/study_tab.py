@@ -22,6 +22,9 @@ def create(
     seed,
     raters=None,
     adjudicators: str = "",
+    history: str = "own",
+    rule: str = "verdict",
+    bundled_set: str | None = None,
 ) -> str:
     def whole(value, key):
         if value is None or float(value) != int(value):
@@ -32,7 +35,7 @@ def create(
         deps.store,
         name,
         list(checkpoints or []),
-        prompts=prompts or None,
+        prompts=prompts or bundled_set or None,
         conversations=whole(conversations, "conversations"),
         turns=whole(turns, "turns"),
         blind=bool(blind),
@@ -41,6 +44,8 @@ def create(
         known=deps.names,
         raters_per_conversation=whole(raters, "raters per conversation") if raters else None,
         adjudicators=(adjudicators or "").split(","),
+        history=history or "own",
+        history_rule=rule or "verdict",
     )
     shared = (
         f" Each conversation is rated by {st['raters_per_conversation']}: its driver, and the others from the "
@@ -50,7 +55,13 @@ def create(
     )
     return (
         f"Created study **{st['name']}**: {', '.join(st['checkpoints'])}, {st['conversations']} conversations per "
-        f"checkpoint of {st['turns']} turns. In the Compare tab, pick it and press **n** for its first prompt.{shared}"
+        f"checkpoint of {st['turns']} turns"
+        + (
+            f" under each history ({study.SAID['own']}; {study.SAID[('shared', st['history_rule'])]})"
+            if st["history"] == "both"
+            else f", {study.SAID[st['history'] if st['history'] == 'own' else ('shared', st['history_rule'])]}"
+        )
+        + f". In the Compare tab, pick it and press **n** for its first prompt.{shared}"
     )
 
 
@@ -111,7 +122,28 @@ def study_tab(deps: Deps, names: list[str], tab) -> None:
                 None, precision=0, label="Raters per conversation (blank: everyone walks all)", elem_id="study-raters"
             )
             adjudicators = gr.Textbox(label="Adjudicators (comma-separated)", max_lines=1, elem_id="study-adjudicators")
-            prompts = gr.File(label="Prompt set (blank: the bundled set)", file_types=[".jsonl", ".txt"], height=90)
+        with gr.Row():
+            history = gr.Radio(
+                ["own", "shared", "both"],
+                value="own",
+                label="History (own: LIMA's; both: each conversation twice)",
+                elem_id="study-history",
+            )
+            rule = gr.Radio(
+                ["verdict", "reference"],
+                value="verdict",
+                label="Shared history continues from",
+                info="verdict: the preferred reply (A's on a tie); reference: the prompt set's reference reply",
+                elem_id="study-rule",
+            )
+            bundled_set = gr.Radio(
+                list(study.BUNDLED_SETS),
+                value=study.BUNDLED_SET,
+                label="Bundled prompt set",
+                info="bundled: 10 opening prompts; scripted: 12 conversations of 3 scripted turns",
+                elem_id="study-set",
+            )
+            prompts = gr.File(label="Or a prompt set file", file_types=[".jsonl", ".txt"], height=90)
         create_btn = gr.Button("Create study", variant="primary", elem_id="study-create")
         created = gr.Markdown(elem_id="study-created")
     with gr.Row(equal_height=True):
@@ -137,8 +169,8 @@ def study_tab(deps: Deps, names: list[str], tab) -> None:
     def studies():
         return gr.update(choices=[s["name"] for s in deps.store.studies()])
 
-    def on_create(n, c, p, conv, t, b, a, s, k, adj):
-        message = _user(lambda: create(deps, n, c, p, conv, t, b, a, s, k, adj))
+    def on_create(n, c, p, conv, t, b, a, s, k, adj, h, r, bs):
+        message = _user(lambda: create(deps, n, c, p, conv, t, b, a, s, k, adj, h, r, bs))
         return message, gr.update(choices=[x["name"] for x in deps.store.studies()], value=n.strip())
 
     def on_show(n):
@@ -148,7 +180,21 @@ def study_tab(deps: Deps, names: list[str], tab) -> None:
     shown = [progress, needed, chart, page, text]
     create_btn.click(
         on_create,
-        [name, cks, prompts, conversations, turns, blind, annotators, seed, raters, adjudicators],
+        [
+            name,
+            cks,
+            prompts,
+            conversations,
+            turns,
+            blind,
+            annotators,
+            seed,
+            raters,
+            adjudicators,
+            history,
+            rule,
+            bundled_set,
+        ],
         [created, pick],
     ).then(on_show, pick, shown)
     pick.select(on_show, pick, shown)

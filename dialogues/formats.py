@@ -421,8 +421,21 @@ def session_records(store: Store) -> Iterator[dict[str, Any]]:
         yield {"format": SESSION_FORMAT, "session": session, **parts}
 
 
-def load_prompts(path: Path) -> list[dict[str, str]]:
-    """A prompt set: JSONL lines with "prompt" (and optional "id"), or plain text, one prompt a line."""
+# A scripted prompt-set line: "turns", the later user turns, sent in order after the opening prompt;
+# "replies", a reference reply to each user turn but the last (the shared history of a study whose
+# rule is "reference").
+SCRIPTED = ("turns", "replies")
+
+
+def _texts(value: Any, where: str, key: str) -> list[str]:
+    if not isinstance(value, list) or not all(isinstance(v, str) and v.strip() for v in value):
+        raise FormatError(f'{where}: "{key}" must be a list of non-empty strings')
+    return value
+
+
+def load_prompts(path: Path) -> list[dict[str, Any]]:
+    """A prompt set: JSONL lines with "prompt" (and optional "id", "turns" and "replies": see SCRIPTED),
+    or plain text, one prompt a line."""
     path = Path(path)
     prompts = []
     try:
@@ -451,7 +464,11 @@ def load_prompts(path: Path) -> list[dict[str, str]]:
                 or not record["prompt"].strip()
             ):
                 raise FormatError(f'{path}:{number}: needs a "prompt" string')
-            prompts.append({"id": str(record.get("id", f"p{len(prompts) + 1:02d}")), "prompt": record["prompt"]})
+            item = {"id": str(record.get("id", f"p{len(prompts) + 1:02d}")), "prompt": record["prompt"]}
+            for key in SCRIPTED:
+                if key in record:
+                    item[key] = _texts(record[key], f"{path}:{number}", key)
+            prompts.append(item)
         else:
             prompts.append({"id": f"p{len(prompts) + 1:02d}", "prompt": line.strip()})
     if not prompts:

@@ -373,3 +373,22 @@ def m007_team(db: Database) -> None:
         },
     )
     db["conversation_verdicts"].create_index(["session_id", "annotator"])
+
+
+@migrations()
+def m008_history(db: Database) -> None:
+    """Which history a study's conversations continue from (issue 24). `history`: 'own' (each side its
+    own replies, as LIMA), 'shared' (after each exchange both sides continue from one reply, chosen by
+    `history_rule`: 'verdict', the reply the exchange verdict preferred and side A's on a tie, or
+    'reference', the prompt set's scripted reference reply) or 'both' (every conversation of the plan
+    under each). The tree itself records which history each reply saw: a shared-history user turn's
+    parent is the reply both sides continued from (a reference reply is a turn of checkpoint
+    'reference' and no lane)."""
+    db.execute(
+        "ALTER TABLE studies ADD COLUMN history TEXT NOT NULL DEFAULT 'own' "
+        "CHECK (history in ('own', 'shared', 'both'))"
+    )
+    db.execute(
+        "ALTER TABLE studies ADD COLUMN history_rule TEXT NOT NULL DEFAULT 'verdict' "
+        "CHECK (history_rule in ('verdict', 'reference'))"
+    )

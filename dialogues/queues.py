@@ -52,9 +52,8 @@ def _shared(store: Store, st: dict[str, Any]) -> dict[str, set[str]]:
         if s is None or len(a.raters) < 2:
             continue
         for lane in ("a", "b"):
-            leaf = s[f"leaf_{lane}"]
-            for t in store.branch(leaf) if leaf else []:
-                if t["role"] == "assistant" and t["status"] == "ok":
+            for t in store.lane_replies(s, lane):
+                if t["status"] == "ok":
                     out[t["id"]] = set(a.raters) - {a.driver}
     return out
 

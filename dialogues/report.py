@@ -92,12 +92,13 @@ def build(store: Store, raters: str = "humans") -> Report:
         s.counts[label] += 1
         s.by_turn[turns[turn][5]][label] += 1
 
-    # Conversations: each (session, lane) followed down its latest branch.
+    # Conversations: each (session, lane) followed down its latest branch, counting that lane's replies only
+    # (under a shared history the branch passes through the reply both sides continued from).
     lane_scores: dict[str, dict[str, tuple[str, float]]] = defaultdict(dict)
     for session_id, lane, leaf in latest:
         labelled, node = [], leaf
         while node is not None:
-            if node in lowest:
+            if node in lowest and (turns[node][7] or "") == lane:
                 labelled.append(lowest[node])
             node = turns[node][1]
         labelled.reverse()

@@ -97,6 +97,31 @@ def difference(first: list[list[str]], second: list[list[str]], label: str = "ex
     return Estimate(float(stat(i, j)), *_bootstrap((i, j), stat, seed))
 
 
+def difference_of_differences(
+    first_own: list[list[str]],
+    second_own: list[list[str]],
+    first_shared: list[list[str]],
+    second_shared: list[list[str]],
+    label: str = "excellent",
+    seed: int = 0,
+) -> Estimate:
+    """How much larger the gap `second` − `first` in `label` share is under one condition (own history)
+    than under the other (shared history), with the four groups' conversations each resampled on their own."""
+    groups = [[c for c in g if c] for g in (first_own, second_own, first_shared, second_shared)]
+    counts = [_counts(g, label) for g in groups]
+    if not all(n.sum() for _, n in counts):
+        return Estimate(math.nan, math.nan, math.nan)
+
+    def stat(i, j, k, m, axis=-1):
+        (h1, n1), (h2, n2), (h3, n3), (h4, n4) = counts
+        own = h2[j].sum(axis=axis) / n2[j].sum(axis=axis) - h1[i].sum(axis=axis) / n1[i].sum(axis=axis)
+        shared = h4[m].sum(axis=axis) / n4[m].sum(axis=axis) - h3[k].sum(axis=axis) / n3[k].sum(axis=axis)
+        return own - shared
+
+    index = tuple(np.arange(len(g)) for g in groups)
+    return Estimate(float(stat(*index)), *_bootstrap(index, stat, seed))
+
+
 def fails(conversations: list[list[str]]) -> tuple[int, int]:
     """(turns failed, turns): LIMA's "15 of 42"."""
     return sum(c.count("fail") for c in conversations), sum(len(c) for c in conversations)

@@ -28,6 +28,14 @@ from limachat.dialogues.store import Store
 
 NAME = re.compile(r"^[\w.-]{1,64}$")
 BUNDLED_SET = "bundled"
+BUNDLED_SETS = {BUNDLED_SET: "prompts.jsonl", "scripted": "scripted.jsonl"}  # name -> file in dialogues/data
+HISTORIES = ("own", "shared", "both")  # see migrations.m008_history
+RULES = ("verdict", "reference")
+SAID = {
+    "own": "own history: each side continues from its own replies",
+    ("shared", "verdict"): "shared history: both sides continue from the reply your verdict preferred (A's on a tie)",
+    ("shared", "reference"): "shared history: both sides continue from the prompt set's reference reply",
+}
 
 
 class WalkDone(ValueError):
@@ -40,6 +48,13 @@ class Slot:
     prompt_id: str
     prompt: str
     sides: dict[str, str]  # lane ("a" left, "b" right) -> checkpoint
+    history: str = "own"  # which history its sides continue from: "own" or "shared"
+    turns: tuple[str, ...] = ()  # the scripted user turns after the opening prompt (sent in order)
+    replies: tuple[str, ...] = ()  # the reference reply to each user turn (the "reference" rule's history)
+
+    def scripted(self, exchange: int) -> str | None:
+        """The scripted user turn of `exchange` (2 for the first follow-up), if the prompt set has one."""
+        return self.turns[exchange - 2] if 2 <= exchange <= len(self.turns) + 1 else None
 
 
 def create(
@@ -56,11 +71,14 @@ def create(
     known: list[str] | None = None,
     raters_per_conversation: int | None = None,
     adjudicators: list[str] | None = None,
+    history: str = "own",
+    history_rule: str = "verdict",
 ) -> dict[str, Any]:
     """Define a study; bad input is a ValueError naming the field. `known`: the checkpoints that can
     be served (a study of one that cannot would never finish). `raters_per_conversation`: split the
     conversations among the annotators, so many rating each (None: everyone walks everything);
-    `adjudicators`: who may settle disagreements."""
+    `adjudicators`: who may settle disagreements. `history`: "own", "shared" (by `history_rule`) or
+    "both" (every conversation of the plan under each)."""
     name = (name or "").strip()
     if not NAME.match(name):
         raise ValueError(f"study name {name!r}: use 1-64 letters, digits, '.', '-' or '_'")
@@ -74,10 +92,19 @@ def create(
     for key, value in (("conversations", conversations), ("turns", turns)):
         if not isinstance(value, int) or isinstance(value, bool) or not 1 <= value <= 1000:
             raise ValueError(f"{key}: a whole number from 1 to 1000, not {value!r}")
-    if prompts is None:
-        set_name, items = BUNDLED_SET, load_prompts(bundled("prompts.jsonl"))
-    else:
-        set_name, items = Path(prompts).name, load_prompts(Path(prompts))
+    set_name, items = prompt_set(prompts)
+    if history not in HISTORIES:
+        raise ValueError(f"history: one of {', '.join(HISTORIES)}, not {history!r}")
+    if history_rule not in RULES:
+        raise ValueError(f"history rule: one of {', '.join(RULES)}, not {history_rule!r}")
+    if history != "own" and history_rule == "reference":
+        short = [p["id"] for p in items if min(len(p.get("turns", ())), len(p.get("replies", ()))) < turns - 1]
+        if short:
+            raise ValueError(
+                f"history rule reference: prompt set {set_name} needs {turns - 1} scripted turns and reference "
+                f"replies for each of its prompts; {', '.join(short[:5])}{' and more' if len(short) > 5 else ''} "
+                "have fewer"
+            )
     people = sorted({a.strip() for a in (annotators or []) if a.strip()})
     k = raters_per_conversation
     if k is not None:
@@ -100,6 +127,8 @@ def create(
         seed=int(seed),
         raters_per_conversation=k,
         adjudicators=judges,
+        history=history,
+        history_rule=history_rule,
     )
     if k and k >= 2:  # the shared conversations' queue, which grows as the drivers chat
         store.create_queue(
@@ -108,13 +137,29 @@ def create(
     return store.study(name)
 
 
+def prompt_set(prompts: str | Path | None) -> tuple[str, list[dict[str, Any]]]:
+    """(name, prompts) of a bundled set ("bundled": 10 opening prompts, the default; "scripted": 12 conversations
+    of 3 scripted user turns with reference replies) or of a file."""
+    if prompts is None or str(prompts) in BUNDLED_SETS:
+        name = str(prompts or BUNDLED_SET)
+        return name, load_prompts(bundled(BUNDLED_SETS[name]))
+    return Path(prompts).name, load_prompts(Path(prompts))
+
+
 def study_queue(study_name: str) -> str:
     """The name of a split study's own queue (`queues.py`): its shared conversations' replies."""
     return f"{study_name}-shared"
 
 
-def _slots(study: dict[str, Any], rng: random.Random) -> list[Slot]:
-    """The plan's conversations in slot order, prompts and sides drawn from `rng`."""
+def conditions(study: dict[str, Any]) -> list[str]:
+    """The history conditions a study runs each planned conversation under."""
+    history = study.get("history") or "own"
+    return ["own", "shared"] if history == "both" else [history]
+
+
+def _slots(study: dict[str, Any], rng: random.Random) -> list[tuple]:
+    """The plan's conversations in slot order, prompts and sides drawn from `rng`; under history "both",
+    each conversation twice, once per condition."""
     pairs = list(combinations(study["checkpoints"], 2))
     per_round = len(pairs) * 2 // len(study["checkpoints"])  # conversations each checkpoint gets per round of pairs
     rounds = -(-study["conversations"] // per_round)
@@ -124,14 +169,23 @@ def _slots(study: dict[str, Any], rng: random.Random) -> list[Slot]:
     for r in range(rounds):
         p = prompts[r % len(prompts)]
         for left, right in pairs:
-            slots.append((p, left, right))
-    return [(i, p, left, right) for i, (p, left, right) in enumerate(slots)]
+            for history in conditions(study):
+                slots.append((p, left, right, history))
+    return [(i, *slot) for i, slot in enumerate(slots)]
 
 
-def _sided(index: int, p: dict[str, str], left: str, right: str, rng: random.Random) -> Slot:
+def _sided(index: int, p: dict[str, Any], left: str, right: str, history: str, rng: random.Random) -> Slot:
     if rng.random() < 0.5:
         left, right = right, left
-    return Slot(index, p["id"], p["prompt"], {"a": left, "b": right})
+    return Slot(
+        index,
+        p["id"],
+        p["prompt"],
+        {"a": left, "b": right},
+        history,
+        tuple(p.get("turns", ())),
+        tuple(p.get("replies", ())),
+    )
 
 
 @dataclass(frozen=True)
@@ -202,6 +256,11 @@ def plan(study: dict[str, Any], annotator: str) -> list[Slot]:
     return [_sided(*slots[index], rng) for index in order]
 
 
+def slot_of(study: dict[str, Any], annotator: str | None, index: int) -> Slot | None:
+    """Slot `index` as `annotator`'s walk has it (prompts are drawn per walk)."""
+    return next((s for s in plan(study, annotator or "") if s.index == index), None)
+
+
 def check_annotator(study: dict[str, Any], annotator: str | None) -> str:
     if not annotator:
         raise ValueError("Enter your name at the top of the page first: a study keeps each annotator's own walk.")
@@ -250,8 +309,7 @@ def _conversation(store: Store, slot: Slot, session: dict[str, Any] | None, anno
     labels = store.current_labels(session["id"], annotator)
     reached = []
     for lane in ("a", "b"):
-        leaf = session[f"leaf_{lane}"]
-        replies = [t for t in store.branch(leaf) if t["role"] == "assistant"] if leaf else []
+        replies = store.lane_replies(session, lane)
         reached.append(max((t["exchange"] for t in replies if t["status"] == "ok"), default=0))
         c.lanes[lane] = (len(replies), sum(t["id"] in labels for t in replies))
     c.exchanges = min(reached)
@@ -296,7 +354,8 @@ def progress(store: Store, study: dict[str, Any]) -> list[dict[str, Any]]:
     if study.get("raters_per_conversation"):
         return _split_progress(store, study)
     rows = []
-    goal_turns = study["conversations"] * study["turns"]
+    of = study["conversations"] * len(conditions(study))
+    goal_turns = of * study["turns"]
     for who in annotators_of(store, study):
         tally = {c: {"done": 0, "rated": 0, "started": 0} for c in study["checkpoints"]}
         for conv in walk(store, study, who):
@@ -306,8 +365,8 @@ def progress(store: Store, study: dict[str, Any]) -> list[dict[str, Any]]:
                 t["done"] += conv.done(study["turns"])
                 t["rated"] += conv.lanes.get(lane, (0, 0))[1]
         for checkpoint, t in tally.items():
-            done = min(t["done"], study["conversations"])
-            rows.append(_row(who, checkpoint, t["started"], done, study["conversations"], t["rated"], goal_turns))
+            done = min(t["done"], of)
+            rows.append(_row(who, checkpoint, t["started"], done, of, t["rated"], goal_turns))
     return rows
 
 
@@ -366,6 +425,10 @@ def status_line(
         )
         return f"Study **{study['name']}**: your walk is done.{shared} See the Study tab for the report."
     where = f"conversation {place} of {total}" if place else "a conversation"
+    if study.get("history", "own") != "own":
+        where += (
+            f" ({SAID[conv.slot.history] if conv.slot.history == 'own' else SAID[('shared', study['history_rule'])]})"
+        )
     if conv.reached(turns):
         left = conv.replies - conv.rated
         todo = f"Rate its {left} unrated repl{'ies' if left != 1 else 'y'}, then give" if left > 0 else "Give"
@@ -374,7 +437,12 @@ def status_line(
             f"{todo} a verdict on the last exchange (a / t / b) and on the whole conversation (A / T / B), "
             "then press **n** for the next prompt."
         )
+    then = "write the next message"
+    if conv.slot.scripted(conv.exchanges + 1):
+        then = "press **n** for the scripted next question"
+    if conv.slot.history == "shared" and study["history_rule"] == "verdict" and conv.exchanges:
+        then = "give a verdict (a / t / b), then " + then
     return (
         f"Study **{study['name']}**, {where}: turn {conv.exchanges + 1} of {turns}. Rate each reply (1 / 2 / 3), "
-        "then write the next message."
+        f"then {then}."
     )

@@ -42,6 +42,35 @@ class Side:
 
 
 @dataclass
+class HistoryEffect:
+    """A checkpoint pair's excellent-share gap (second − first) with its own history and with a shared one,
+    and how much of the first the history explains: their difference."""
+
+    first: str
+    second: str
+    own: stats.Estimate
+    shared: stats.Estimate
+    explained: stats.Estimate
+
+    def words(self) -> str:
+        a, b, own, shared, d = self.first, self.second, self.own, self.shared, self.explained
+        if own.value != own.value or shared.value != shared.value:
+            return "Not yet: this needs rated conversations of both checkpoints under both histories."
+        said = (
+            f"With its own history, {b}'s excellent share is {_points(own)} against {a}'s; when both sides continue "
+            f"from one shared history, {_points(shared)}."
+        )
+        if own.value <= 0:
+            return f"{said} There is no gain with its own history for the history to explain."
+        part = d.value / own.value
+        share = "more than all" if part > 1 else "none" if part <= 0 else f"about {100 * part:.0f}%"
+        said += f" The history it builds accounts for {_points(d)}: {share} of the gain"
+        if d.low <= 0 <= d.high:
+            return said + "; the interval includes 0, so this study cannot tell that part from no effect."
+        return said + "; the interval excludes 0."
+
+
+@dataclass
 class StudyReport:
     study: dict[str, Any]
     raters: str
@@ -54,6 +83,8 @@ class StudyReport:
     needed: list[stats.Needed]  # per checkpoint pair: conversations for the excellent gap to clear 0
     agreement: PeopleAgreement
     why_failed: dict[str, list[tuple[str, str]]]  # checkpoint -> (annotator, reason) of fails with a reason
+    by_history: dict[str, list[Side]] = field(default_factory=dict)  # under history "both": condition -> sides
+    history_effects: list[HistoryEffect] = field(default_factory=list)  # per checkpoint pair, under "both"
 
     @property
     def rated(self) -> int:
@@ -67,20 +98,36 @@ def build(store: Store, name: str, raters: str = "humans") -> StudyReport:
     keep = store.takes(raters)
     lowest = store.lowest_labels(raters=raters)
     sides = {c: Side(c) for c in study["checkpoints"]}
+    conditions = {h: {c: Side(c) for c in study["checkpoints"]} for h in ("own", "shared")}
     means: dict[str, dict[str, float]] = {}
     for s in sessions:
+        history = (s["meta"] or {}).get("history") or "own"
         for lane in ("a", "b"):
-            leaf = s[f"leaf_{lane}"]
-            replies = (
-                [t for t in store.branch(leaf) if t["role"] == "assistant" and t["status"] == "ok"] if leaf else []
-            )
+            replies = [t for t in store.lane_replies(s, lane) if t["status"] == "ok"]
             labels = [lowest[t["id"]] for t in replies if t["id"] in lowest]
             checkpoint = (s["meta"] or {}).get("lanes", {}).get(lane) or (replies[0]["checkpoint"] if replies else None)
             if checkpoint in sides and labels:
                 sides[checkpoint].conversations.append(labels)
+                conditions[history][checkpoint].conversations.append(labels)
                 means.setdefault(s["id"], {})[checkpoint] = sum(RANK[x] for x in labels) / len(labels)
-    for side in sides.values():
+    for side in [*sides.values(), *(x for by in conditions.values() for x in by.values())]:
         side.shares = stats.shares(side.conversations, seed)
+    both = study.get("history") == "both"
+    effects = [
+        HistoryEffect(
+            a,
+            b,
+            stats.difference(conditions["own"][a].conversations, conditions["own"][b].conversations, "excellent", seed),
+            stats.difference(
+                conditions["shared"][a].conversations, conditions["shared"][b].conversations, "excellent", seed
+            ),
+            stats.difference_of_differences(
+                *(conditions[h][c].conversations for h in ("own", "shared") for c in (a, b)), seed=seed
+            ),
+        )
+        for a, b in combinations(study["checkpoints"], 2)
+        if both
+    ]
     ids = {s["id"] for s in sessions}
     verdicts = [v for v in store.current_verdicts() if v["session_id"] in ids and keep(v["annotator"])]
     whole = [v for v in store.conversation_verdicts() if v["session_id"] in ids and keep(v["annotator"])]
@@ -108,17 +155,13 @@ def build(store: Store, name: str, raters: str = "humans") -> StudyReport:
         ],
         _agreement(store, study, sessions, raters),
         why_failed(store, keep, {t for s in sessions for t in _replies(store, s)}),
+        {h: list(by.values()) for h, by in conditions.items()} if both else {},
+        effects,
     )
 
 
 def _replies(store: Store, s: dict[str, Any]) -> list[str]:
-    return [
-        t["id"]
-        for lane in ("a", "b")
-        if s[f"leaf_{lane}"]
-        for t in store.branch(s[f"leaf_{lane}"])
-        if t["role"] == "assistant"
-    ]
+    return [t["id"] for lane in ("a", "b") for t in store.lane_replies(s, lane)]
 
 
 def _agreement(store: Store, study: dict[str, Any], sessions, raters: str) -> PeopleAgreement:
@@ -128,10 +171,8 @@ def _agreement(store: Store, study: dict[str, Any], sessions, raters: str) -> Pe
     conversation_of = {}
     for s in sessions:
         for lane in ("a", "b"):
-            leaf = s[f"leaf_{lane}"]
-            for t in store.branch(leaf) if leaf else []:
-                if t["role"] == "assistant":
-                    conversation_of[t["id"]] = f"{s['id']}:{lane}"
+            for t in store.lane_replies(s, lane):
+                conversation_of[t["id"]] = f"{s['id']}:{lane}"
     by_annotator: dict[str, dict[str, str]] = defaultdict(dict)
     for turn, who, label in store.current_ratings():
         if turn in conversation_of and keep(who) and kinds.get(who) != "adjudicator":
@@ -213,20 +254,7 @@ def _points(e: stats.Estimate) -> str:
 
 def sections(report: StudyReport) -> list[tuple[str, list[str], list[list[str]], str]]:
     """(title, header, rows, note) of each table: the one source of the Markdown and the HTML."""
-    out, rows = [], []
-    for s in report.sides:
-        f, n = stats.fails(s.conversations)
-        k, m = stats.failed_within(s.conversations, 3)
-        rows.append(
-            [
-                s.checkpoint,
-                str(len(s.conversations)),
-                str(s.turns),
-                *(pct(s.shares[x]) for x in LABELS),
-                f"{f} of {n}",
-                f"{k} of {m}",
-            ]
-        )
+    out, rows = [], [_label_row(s) for s in report.sides]
     out.append(
         (
             "Labels per checkpoint",
@@ -286,6 +314,7 @@ def sections(report: StudyReport) -> list[tuple[str, list[str], list[list[str]],
             + ".",
         )
     )
+    out += _history_sections(report)
     out += _agreement_sections(report)
     out.append(
         (
@@ -328,6 +357,54 @@ def sections(report: StudyReport) -> list[tuple[str, list[str], list[list[str]],
         )
     )
     return out
+
+
+def _label_row(s: Side, *first: str) -> list[str]:
+    f, n = stats.fails(s.conversations)
+    k, m = stats.failed_within(s.conversations, 3)
+    return [
+        *first,
+        s.checkpoint,
+        str(len(s.conversations)),
+        str(s.turns),
+        *(pct(s.shares[x]) for x in LABELS),
+        f"{f} of {n}",
+        f"{k} of {m}",
+    ]
+
+
+def _history_sections(report: StudyReport) -> list[tuple[str, list[str], list[list[str]], str]]:
+    """Under history "both": the labels per condition, and how much of each gap the history explains."""
+    if not report.by_history:
+        return []
+    rows = [_label_row(s, h) for h, sides in report.by_history.items() for s in sides]
+    rule = (
+        "the one the verdict preferred, A's on a tie"
+        if report.study["history_rule"] == "verdict"
+        else "the prompt set's reference reply"
+    )
+    return [
+        (
+            "Labels per history",
+            ["history", "checkpoint", "conversations", "rated turns", "fail", "pass", "excellent", "turns failed"]
+            + ["failed within 3 turns"],
+            rows,
+            "own: each side continued from its own replies, as in LIMA; shared: after each exchange both sides "
+            f"continued from one reply ({rule}). "
+            "Every conversation of the plan ran under both, in a random order per annotator.",
+        ),
+        (
+            "How much of the gain the history explains",
+            ["comparison", "gap, own history", "gap, shared history", "own − shared", "in plain words"],
+            [
+                [f"{e.second} − {e.first}", _points(e.own), _points(e.shared), _points(e.explained), e.words()]
+                for e in report.history_effects
+            ],
+            "Excellent-share gaps with 95% intervals; own − shared resamples the conversations of each checkpoint "
+            "under each history on their own. With a shared history a side is no longer helped or hurt by what it "
+            "said before, so the gap that remains is skill at each turn, and own − shared is what the history adds.",
+        ),
+    ]
 
 
 def _agreement_sections(report: StudyReport) -> list[tuple[str, list[str], list[list[str]], str]]:
@@ -399,9 +476,14 @@ def _summary(st: dict[str, Any]) -> str:
 def to_csv(reports: list[StudyReport]) -> str:
     out = io.StringIO()
     w = csv.writer(out)
-    w.writerow(["study", "raters", "checkpoint", "conversations", "turns", "label", "count", "share", "low", "high"])
+    w.writerow(
+        ["study", "raters", "checkpoint", "conversations", "turns", "label", "count", "share", "low", "high", "history"]
+    )
     for r in reports:
-        for s in r.sides:
+        groups = (
+            [("all", r.sides), *r.by_history.items()] if r.by_history else [(r.study.get("history", "own"), r.sides)]
+        )
+        for history, s in ((h, x) for h, sides in groups for x in sides):
             counts = Counter(x for c in s.conversations for x in c)
             for label in LABELS:
                 e = s.shares[label]
@@ -415,6 +497,7 @@ def to_csv(reports: list[StudyReport]) -> str:
                         label,
                         counts[label],
                         *("" if v != v else f"{v:.4f}" for v in (e.value, e.low, e.high)),
+                        history,
                     ]
                 )
     return out.getvalue()
@@ -428,9 +511,16 @@ def figure(reports: list[StudyReport], path: Path | None = None) -> bytes:
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
+    histories = [r for r in reports if r.by_history]
     fig, axes = plt.subplots(
-        len(reports), 2, figsize=(11, 3.8 * len(reports)), squeeze=False, gridspec_kw={"width_ratios": [1.4, 1]}
+        len(reports) + len(histories),
+        2,
+        figsize=(11, 3.8 * (len(reports) + len(histories))),
+        squeeze=False,
+        gridspec_kw={"width_ratios": [1.4, 1]},
     )
+    for report, (ax, ax2) in zip(histories, axes[len(reports) :]):
+        _history_axes(report, ax, ax2)
     for report, (ax, ax2) in zip(reports, axes):
         who = f" (rated by {WHO.get(report.raters, report.raters)})"
         width = 0.8 / len(LABELS)
@@ -477,6 +567,47 @@ def figure(reports: list[StudyReport], path: Path | None = None) -> bytes:
         Path(path).parent.mkdir(parents=True, exist_ok=True)
         Path(path).write_bytes(data)
     return data
+
+
+def _history_axes(report: StudyReport, ax, ax2) -> None:
+    """Excellent share per checkpoint under each history; and each pair's gap under each, with own − shared."""
+    who = f" (rated by {WHO.get(report.raters, report.raters)})"
+    colors = {"own": "#4c72b0", "shared": "#dd8452"}
+    for k, (history, sides) in enumerate(report.by_history.items()):
+        xs = [i + (k - 0.5) * 0.38 for i in range(len(sides))]
+        es = [x.shares["excellent"] for x in sides]
+        vals = [0 if e.value != e.value else 100 * e.value for e in es]
+        err = [
+            [max(v - 100 * e.low, 0) if e.low == e.low else 0 for v, e in zip(vals, es)],
+            [max(100 * e.high - v, 0) if e.high == e.high else 0 for v, e in zip(vals, es)],
+        ]
+        ax.bar(xs, vals, 0.38, yerr=err, capsize=3, color=colors[history], label=f"{history} history")
+    ax.set_xticks(range(len(report.study["checkpoints"])), report.study["checkpoints"])
+    ax.set_ylim(0, 100)
+    ax.set_ylabel("excellent share (%)")
+    ax.set_title("Excellent share per history, 95% intervals" + who)
+    ax.legend(frameon=False, loc="upper left")
+    rows = [
+        (f"{e.second} − {e.first}: {what}", est)
+        for e in report.history_effects
+        for what, est in (("own", e.own), ("shared", e.shared), ("own − shared", e.explained))
+    ][::-1]
+    ys = range(len(rows))
+    vals = [0 if e.value != e.value else 100 * e.value for _, e in rows]
+    ax2.errorbar(
+        vals,
+        list(ys),
+        xerr=[
+            [max(v - 100 * e.low, 0) if e.low == e.low else 0 for v, (_, e) in zip(vals, rows)],
+            [max(100 * e.high - v, 0) if e.high == e.high else 0 for v, (_, e) in zip(vals, rows)],
+        ],
+        fmt="o",
+        capsize=4,
+    )
+    ax2.set_yticks(list(ys), [name for name, _ in rows])
+    ax2.axvline(0, color="#999", lw=0.8, ls="--")
+    ax2.set_xlabel("excellent-share gap (points)")
+    ax2.set_title("What the history adds" + who)
 
 
 def to_html(reports: list[StudyReport], chart: bytes | None = None) -> str:

@@ -27,6 +27,7 @@ QUEUE_SOURCES = ("study", "filter", "disagree", "judge-disagrees", "one-rater") 
 JUDGE_MODES = ("label", "score", "pairwise")
 GOLD_SOURCES = ("humans", "teachers", "both")  # whose gold edits training takes
 JSON_COLUMNS = {"params", "meta", "omitted"}
+REFERENCE = "reference"  # the checkpoint of a scripted reference reply (no model wrote it)
 RANKER = "oasst-ranking"  # the annotator OpenAssistant's sibling ranks are imported under (a human's)
 INTERRUPTED = "interrupted: the app stopped while this reply was streaming"
 

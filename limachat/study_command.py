@@ -35,8 +35,24 @@ def study_cmd() -> None:
 @click.option(
     "--prompts",
     "prompts",
-    type=click.Path(exists=True, dir_okay=False, path_type=Path),
-    help='A prompt set (.jsonl with "prompt", or .txt, one a line); default: the bundled set.',
+    help='A prompt set (.jsonl with "prompt" and optional scripted "turns" and "replies", or .txt, one a line), '
+    'or a bundled one: "bundled" (10 opening prompts, the default) or "scripted" (12 three-turn conversations).',
+)
+@click.option(
+    "--history",
+    type=click.Choice(["own", "shared", "both"]),
+    default="own",
+    show_default=True,
+    help="own: each side continues from its own replies (LIMA); shared: both continue from one reply, by --rule; "
+    "both: every conversation under each, in a random order per annotator.",
+)
+@click.option(
+    "--rule",
+    type=click.Choice(["verdict", "reference"]),
+    default="verdict",
+    show_default=True,
+    help="A shared history's reply: the one the exchange verdict preferred (A's on a tie), or the prompt set's "
+    "reference reply.",
 )
 @click.option(
     "--conversations", type=int, default=10, show_default=True, help="Conversations per checkpoint (LIMA: 10)."
@@ -60,7 +76,9 @@ def create_cmd(
     ctx: click.Context,
     name: str,
     checkpoints: str,
-    prompts: Path | None,
+    prompts: str | None,
+    history: str,
+    rule: str,
     conversations: int,
     turns: int,
     blind: bool,
@@ -87,6 +105,8 @@ def create_cmd(
             known=known,
             raters_per_conversation=raters,
             adjudicators=_names(adjudicators),
+            history=history,
+            history_rule=rule,
         )
     except ValueError as e:
         raise click.ClickException(f"{e} (see `limachat study create --help`)") from None
@@ -101,7 +121,9 @@ def create_cmd(
         said = f"{len(study.plan(st, ''))} compare conversations per annotator"
     click.echo(
         f"study {st['name']}: {', '.join(st['checkpoints'])}; {said}, {st['turns']} turns each, from "
-        f"{len(st['prompts'])} prompts ({st['prompt_set']}); {'blind' if st['blind'] else 'not blind'}"
+        f"{len(st['prompts'])} prompts ({st['prompt_set']}); {'blind' if st['blind'] else 'not blind'}; "
+        + (study.SAID["own"] if history == "own" else study.SAID[("shared", rule)])
+        + ("; and every conversation again with its own history" if history == "both" else "")
     )
 
 

@@ -24,6 +24,7 @@ ALL = [
     "m005_studies",
     "m006_repeat",
     "m007_team",
+    "m008_history",
 ]
 
 

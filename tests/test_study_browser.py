@@ -5,10 +5,14 @@ screenshot for the docs. Over the real vLLM server at the app's default sampling
 
 from __future__ import annotations
 
+import json
 import re
 import time
 
 from test_app_browser import browser_page, open_as, query, replies_done, running_app, shot, wait_for
+
+from limachat.dialogues import bundled
+from limachat.dialogues.formats import load_prompts
 
 KEY = {"fail": "1", "pass": "2", "excellent": "3"}
 CHAT = [
@@ -196,3 +200,86 @@ def test_a_two_checkpoint_study_by_keyboard(vllm_server, tmp_path):
         f"{len(rated)}); key to stored rating: median {sorted(keys.latencies)[len(keys.latencies) // 2]:.2f} s, "
         f"max {max(keys.latencies):.2f} s, total {sum(keys.latencies):.1f} s"
     )
+
+
+def test_a_study_under_both_histories_with_scripted_followups(vllm_server, tmp_path):
+    """`--history both` in the browser: the Study tab defines it on the bundled scripted set; n sends the
+    opening prompt and then the scripted follow-up; the shared condition waits for a verdict and then both
+    sides continue from the preferred reply; the report gives both conditions and their difference."""
+    db = tmp_path / "limachat.db"
+    with running_app(vllm_server, tmp_path, settings=SHORT) as url, browser_page() as page:
+        keys = Keys(page, db)
+        open_as(page, url, "ana")
+        page.get_by_role("tab", name="Study").click()
+        page.get_by_text("New study").click()
+        page.fill("#study-name textarea, #study-name input", "hist")
+        page.fill("#study-conversations input", "1")
+        page.fill("#study-turns input", "2")
+        page.fill("#study-annotators textarea, #study-annotators input", "ana")
+        page.locator("#study-history label", has_text="both").click()
+        page.locator("#study-set label", has_text="scripted").click()
+        page.click("#study-create")
+        caption_says(page, "#study-created", "under each history")
+
+        page.get_by_role("tab", name="Compare").click()
+        page.locator("#compare-study input").click()
+        page.get_by_role("option", name="hist").click()
+        page.wait_for_timeout(500)
+        seen = []
+        for conversation in (1, 2):
+            before = query(db, "select count(*) from turns where role = 'assistant'")[0][0]
+            page.keyboard.press("n")  # the opening prompt
+            wait_for(lambda b=before: replies_done(db, b + 2), f"conversation {conversation}, turn 1", timeout=600)
+            caption_says(page, "#study-status", "turn 2 of 2")
+            status = page.locator("#study-status").inner_text()
+            history = "shared" if "shared history" in status else "own"
+            assert "press n for the scripted next question" in status, status
+            seen.append(history)
+            keys.rate("pass")
+            keys.rate("excellent")
+            if history == "shared":  # the scripted follow-up waits for the verdict that picks the history
+                page.keyboard.press("n")
+                page.get_by_text("give your verdict on this exchange first").first.wait_for()
+            page.keyboard.press("b")
+            caption_says(page, "#compare-status", "turn 1:")
+            page.keyboard.press("n")  # the scripted follow-up, sent without typing
+            wait_for(lambda b=before: replies_done(db, b + 4), f"conversation {conversation}, turn 2", timeout=600)
+            caption_says(page, "#study-status", "has reached its 2 turns")
+            keys.rate("fail")
+            keys.rate("pass")
+            page.keyboard.press("a")
+            caption_says(page, "#compare-status", "turn 2:")
+            if history == "shared":
+                page.evaluate("window.scrollTo(0, 0)")
+                shot(page, "history-compare", full_page=True)
+        assert sorted(seen) == ["own", "shared"]
+        page.keyboard.press("n")
+        page.get_by_text("your walk is done").first.wait_for()
+
+        page.get_by_role("tab", name="Study").click()
+        page.locator("#study-pick input").click()
+        page.get_by_role("option", name="hist").click()
+        caption_says(page, "#study-report", "How much of the gain the history explains")
+        report = page.locator("#study-report").inner_text()
+        assert "Labels per history" in report and "own − shared" in report
+        page.goto((tmp_path / "reports" / "study-hist.html").as_uri())
+        page.wait_for_selector("img[alt='label shares and leaderboard']")
+        page.set_viewport_size({"width": 1150, "height": 1400})
+        page.get_by_text("How much of the gain the history explains").scroll_into_view_if_needed()
+        shot(page, "history-report", full_page=True)
+
+    # What the tree says each reply saw. Own history: each side's follow-up follows its own reply. Shared:
+    # both follow side B's (the verdict was b).
+    rows = query(
+        db,
+        """select s.meta, u.lane, u.content, p.id, p.lane, p.role from turns u join sessions s on s.id = u.session_id
+           join turns p on p.id = u.parent_id where u.role = 'user' and u.exchange = 2 order by s.created, u.lane""",
+    )
+    scripted = {p["turns"][0] for p in load_prompts(bundled("scripted.jsonl"))}
+    assert len(rows) == 4 and all(content in scripted for _, _, content, _, _, _ in rows)  # the scripted turn, sent
+    for meta, lane, _, _, parent_lane, role in rows:
+        assert role == "assistant"
+        assert parent_lane == (lane if json.loads(meta)["history"] == "own" else "b")
+    shared = [r for r in rows if json.loads(r[0])["history"] == "shared"]
+    assert shared[0][3] == shared[1][3]  # one reply, both sides' history
+    assert keys.rating_actions == 8
