@@ -3,6 +3,8 @@ Collect tab runs the same commands as background jobs)."""
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import click
 
 from limachat import context
@@ -144,6 +146,35 @@ def select_cmd(ctx, name, size, clusters, per_cluster, seed, replace, **filters)
     except ValueError as e:
         raise click.ClickException(str(e)) from None
     click.echo(result.line())
+
+
+@click.command("filter")
+@click.argument("source", type=click.Path(dir_okay=False, path_type=Path))
+@click.option("--recipe", type=click.Choice(["lima"]), required=True, help="lima: LIMA's rules (section 2.1).")
+@click.option("--name", required=True, help="Save the kept chains as this selection (`export --selection NAME`).")
+@click.option("--min-chars", type=click.IntRange(1), default=1200, show_default=True, help="Shortest answer kept.")
+@click.option("--max-chars", type=click.IntRange(1), default=4096, show_default=True, help="Longest answer kept.")
+@click.option("--per-category", type=click.IntRange(1), help="At most this many per community, sampled (default: all).")
+@click.option("--seed", type=int, default=0, show_default=True, help="Seeds the sample and the title-or-body draw.")
+@click.option("--replace", is_flag=True, help="Replace a saved selection of the same name.")
+@click.pass_context
+def filter_cmd(ctx, source, recipe, name, min_chars, max_chars, per_category, seed, replace) -> None:
+    """Filter question-and-answer data (SOURCE: JSON Lines of questions with their answers, or any format
+    `limachat import` reads) by a recipe's named steps, import what is left and save it as a selection."""
+    from limachat.curate import lima
+
+    if min_chars > max_chars:
+        raise click.ClickException(f"--min-chars {min_chars} is more than --max-chars {max_chars}")
+    settings = lima.Settings(min_chars=min_chars, max_chars=max_chars, per_category=per_category, seed=seed)
+    try:
+        result = lima.run(lima.read(source), settings)
+        click.echo(result.table())
+        kept = lima.save(context.store(context.settings(ctx)), result, name, settings, source.name, replace=replace)
+    except ValueError as e:
+        raise click.ClickException(str(e)) from None
+    click.echo(
+        f"selection {name}: {kept} chains (limachat export --selection {name}; limachat train --from-db --selection {name})"
+    )
 
 
 @click.command("revise")

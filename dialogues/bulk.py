@@ -23,6 +23,11 @@ def digest(*parts: str) -> str:
     return hashlib.sha256("\x1f".join(parts).encode()).hexdigest()[:26]
 
 
+def _imported_turn(session_id: str, index: int) -> str:
+    """The id of an imported conversation's turn `index` (from 0): derived, so a re-import adds nothing."""
+    return digest(session_id, str(index))
+
+
 def _turn(tid: str, sid: str, parent: str | None, lane: str | None, exchange: int, role: str, text: str, created: str):
     """An imported turn: finished, answered by no checkpoint of ours."""
     return {
@@ -78,7 +83,7 @@ class Bulk:
         """One conversation as an `imported` session, its id derived from its content; None when it is
         already there, else the number of turns added. Call inside `transaction`."""
         db = self.db
-        sid = digest(fmt, json.dumps(pairs), json.dumps(meta, sort_keys=True))
+        sid = self._conversation_id(pairs, meta, fmt)
         if db["sessions"].count_where("id = ?", [sid]):
             return None
         created, meta = now(), {**meta, "file": file, "line": line}
@@ -97,11 +102,19 @@ class Bulk:
         )
         parent, rows = None, []
         for i, (role, text) in enumerate(pairs):
-            tid = digest(sid, str(i))
+            tid = _imported_turn(sid, i)
             rows.append(_turn(tid, sid, parent, None, i // 2 + 1, role, text, created))
             parent = tid
         db["turns"].insert_all(rows)
         return len(rows)
+
+    @staticmethod
+    def _conversation_id(pairs: list[tuple[str, str]], meta: dict[str, Any], fmt: str) -> str:
+        return digest(fmt, json.dumps(pairs), json.dumps(meta, sort_keys=True))
+
+    def conversation_leaf(self, pairs: list[tuple[str, str]], meta: dict[str, Any], fmt: str) -> str:
+        """The last turn's id of the conversation `import_conversation` makes of these (ids are content's)."""
+        return _imported_turn(self._conversation_id(pairs, meta, fmt), len(pairs) - 1)
 
     def import_tree(
         self, fmt: str, tree: str, nodes: list[dict[str, Any]], meta: dict[str, Any], file: str, line: int
