@@ -19,20 +19,26 @@ import time
 WORDS = "This is the stand-in endpoint streaming a reply at the pace of a GPU server.".split()
 
 
-def build(ttft: float, rate: float, tokens: int):
+def build(ttft: float, rate: float, tokens: int, answer=None, ids=("base", "zero-shot", "dialogue")):
+    """The app; `answer(body) -> str`, when given, is the reply to each request (its words streamed as
+    tokens), for a test's rule-following stand-in of a capable model (a judge); `ids`, the models listed."""
     from starlette.applications import Starlette
     from starlette.responses import JSONResponse, StreamingResponse
     from starlette.routing import Route
 
     async def models(request):
-        ids = ("base", "zero-shot", "dialogue")
         return JSONResponse(
             {"object": "list", "data": [{"id": i, "object": "model", "owned_by": "limachat-standin"} for i in ids]}
         )
 
     async def chat(request):
         body = await request.json()
-        n = min(int(body.get("max_tokens") or tokens), tokens)
+        said = answer(body).split(" ") if answer else None
+        n = len(said) if said else min(int(body.get("max_tokens") or tokens), tokens)
+
+        def word(i: int) -> str:
+            return said[i] if said else WORDS[i % len(WORDS)]
+
         model = body.get("model", "dialogue")
         created = int(time.time())
 
@@ -45,7 +51,7 @@ def build(ttft: float, rate: float, tokens: int):
 
         if not body.get("stream"):
             await asyncio.sleep(ttft + n / rate)
-            text = " ".join(WORDS[i % len(WORDS)] for i in range(n))
+            text = " ".join(word(i) for i in range(n))
             return JSONResponse(
                 {
                     "id": "standin",
@@ -64,7 +70,7 @@ def build(ttft: float, rate: float, tokens: int):
             await asyncio.sleep(ttft)
             yield chunk({"role": "assistant", "content": ""})
             for i in range(n):
-                yield chunk({"content": WORDS[i % len(WORDS)] + " "})
+                yield chunk({"content": word(i) + (" " if i < n - 1 else "")})
                 lag = start + ttft + (i + 1) / rate - time.perf_counter()  # the pace holds however the loop runs
                 if lag > 0:
                     await asyncio.sleep(lag)

@@ -177,6 +177,66 @@ def filter_cmd(ctx, source, recipe, name, min_chars, max_chars, per_category, se
     )
 
 
+@click.command("ablate")
+@click.argument("export", type=click.Path(exists=True, dir_okay=False, path_type=Path))
+@click.option("--name", required=True, help="Names the checkpoints (NAME-all, NAME-without-GROUP ...) and the report.")
+@click.option(
+    "--by",
+    type=click.Choice(["annotator", "kind", "source", "selection"]),
+    default="annotator",
+    show_default=True,
+    help="The groups to leave out one at a time: each annotator, annotator kind (human, judge, teacher, "
+    "adjudicator), source (gold edits, teacher revisions, judge- or people-labelled chains) or selection.",
+)
+@click.option(
+    "--design",
+    type=click.Choice(["leave-one-out", "quantity", "quality", "diversity"]),
+    default="leave-one-out",
+    show_default=True,
+    help="leave-one-out: every group's worth; LIMA's ablations: quantity (1x, 2x, 4x of the export), quality "
+    "(chains labelled pass or better against as many drawn from all), diversity (the largest group alone "
+    "against as many drawn from every group).",
+)
+@click.option(
+    "--prompts", default="scripted", show_default=True, help="The scripted conversations replayed on every variant."
+)
+@click.option("--conversations", type=click.IntRange(1), help="Replay only the first N of them.")
+@click.option(
+    "--heldout",
+    type=click.Path(exists=True, dir_okay=False, path_type=Path),
+    help="Chains the held-out loss is measured on (default: the bundled held-out chains).",
+)
+@click.option("--epochs", type=click.IntRange(1), default=1, show_default=True, help="Epochs of every variant.")
+@click.option("--seed", type=int, default=0, show_default=True, help="Seeds the designs' samples.")
+@click.pass_context
+def ablate_cmd(ctx, export, name, by, design, prompts, conversations, heldout, epochs, seed) -> None:
+    """Which data bought which gain: train a checkpoint per variant of EXPORT (`limachat export`), serve
+    them all, replay the scripted conversations, have the judge label every reply, and report each
+    group's effect on the excellent share, the fail share and the held-out loss, with intervals."""
+    from limachat.ablate import run
+
+    settings = context.settings(ctx)
+    try:
+        report = run(
+            context.store(settings),
+            settings,
+            export,
+            name=name,
+            by=by,
+            design=design,
+            prompts=prompts,
+            conversations=conversations,
+            heldout=heldout,
+            epochs=epochs,
+            seed=seed,
+            progress=context.progress,
+        )
+    except ValueError as e:
+        raise click.ClickException(str(e)) from None
+    click.echo(report)
+    click.echo(f"(written to {settings.layout.reports / f'ablate-{name}.md'} and .json)")
+
+
 @click.command("revise")
 @click.option(
     "--labels",

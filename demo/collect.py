@@ -12,7 +12,7 @@ from limachat import jobs
 from limachat.demo.answer import Deps
 from limachat.dialogues import report as reports
 from limachat.dialogues.dataset import MANIFEST, Output, write_hub_dir, write_jsonl
-from limachat.dialogues.export import Filters, chains
+from limachat.dialogues.export import Filters, chains, export
 from limachat.dialogues.preference import CHAIN_ONLY
 from limachat.jobs import Job
 from limachat.layout import DIALOGUE
@@ -174,6 +174,20 @@ def start_revise(deps: Deps, f: Filters, labels: list[str], limit: int | None) -
         *(["--limit", str(int(limit))] if limit else []),
     ]
     return _job(deps, "revise", f"revise-{time.strftime('%Y%m%d-%H%M%S')}", args)
+
+
+def start_ablate(deps: Deps, f: Filters, name: str, by: str, design: str) -> Job:
+    """`limachat ablate` on the chains these filters pass, exported under <home>/jobs/ first."""
+    name = (name or "").strip()
+    if not name:
+        raise ValueError("Give the ablation a name: its checkpoints are NAME-all, NAME-without-GROUP ...")
+    folder = deps.settings.layout.jobs
+    folder.mkdir(parents=True, exist_ok=True)
+    path = folder / f"ablate-{name}.jsonl"
+    n, _ = export(deps.store, path, "messages", f)
+    if not n:
+        raise ValueError("No chains pass these filters: rate some turns, or loosen the filters, first.")
+    return _job(deps, "ablate", f"ablate-{name}", ["ablate", str(path), "--name", name, "--by", by, "--design", design])
 
 
 def job_status(deps: Deps) -> str:

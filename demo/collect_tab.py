@@ -52,7 +52,8 @@ def collect_tab(deps: Deps, names, pickers: list, annotator, who, tab) -> None:
     gr.Markdown(
         "### Curate\nMachines beside the people, on the chains the filters above pick (checkpoint, annotator, "
         "mode): an LLM judge labels or scores replies (AlpaGasus, MT-Bench), k-center picks a diverse subset "
-        "(LTD), a teacher revises replies against per-category rubrics (CITING). Each runs in the background."
+        "(LTD), a teacher revises replies against per-category rubrics (CITING), and an ablation trains a "
+        "checkpoint without each group of these chains to measure what each bought. Each runs in the background."
     )
     with gr.Row():
         with gr.Column():
@@ -68,6 +69,15 @@ def collect_tab(deps: Deps, names, pickers: list, annotator, who, tab) -> None:
             rev_labels = gr.CheckboxGroup(list(LABELS), value=["fail", "pass"], label="Revise replies labelled")
             rev_limit = gr.Number(10, minimum=0, precision=0, label="At most (0: all)", elem_id="collect-revise-limit")
             revise = gr.Button("Revise", elem_id="collect-revise")
+        with gr.Column():
+            abl_name = gr.Textbox(label="Ablation name", max_lines=1, elem_id="collect-ablate-name")
+            abl_by = gr.Dropdown(
+                ["annotator", "kind", "source", "selection"], value="annotator", label="Leave out each", scale=1
+            )
+            abl_design = gr.Dropdown(
+                ["leave-one-out", "quantity", "quality", "diversity"], value="leave-one-out", label="Design"
+            )
+            ablate = gr.Button("Ablate", elem_id="collect-ablate")
     progress = gr.Markdown(elem_id="collect-jobs")
     serve = gr.Button("Serve the trained checkpoint", visible=False)
     timer = gr.Timer(1.0, active=False)
@@ -108,6 +118,9 @@ def collect_tab(deps: Deps, names, pickers: list, annotator, who, tab) -> None:
 
     def on_select(name, size, pc, *values):
         return started(_user(lambda: collect.start_select(deps, collect.filters(*values), name, size, pc)))
+
+    def on_ablate(name, by, design, *values):
+        return started(_user(lambda: collect.start_ablate(deps, collect.filters(*values), name, by, design)))
 
     def on_revise(labels, limit, *values):
         return started(_user(lambda: collect.start_revise(deps, collect.filters(*values), labels, limit)))
@@ -156,6 +169,7 @@ def collect_tab(deps: Deps, names, pickers: list, annotator, who, tab) -> None:
     judge.click(on_judge, [judge_mode, judge_limit, *widgets], jobs_out)
     select.click(on_select, [sel_name, sel_size, per_cluster, *widgets], jobs_out)
     revise.click(on_revise, [rev_labels, rev_limit, *widgets], jobs_out)
+    ablate.click(on_ablate, [abl_name, abl_by, abl_design, *widgets], jobs_out)
     timer.tick(on_tick, None, [progress, timer, serve, selection, category, pending])
     serve.click(on_serve, None, [progress, *pickers, ck])
     tab.select(on_open, widgets, [counted, selection, category, pending])

@@ -101,6 +101,7 @@ class Chain:
     annotators: list[str]
     leaf: str = ""  # the id of the branch's last turn: the chain's name in a selection
     reasons: list[str] = field(default_factory=list)  # one per assistant turn: "ana: too long" ("" for none)
+    edited_by: list[str | None] = field(default_factory=list)  # per assistant turn: the gold edit's author
 
     def messages(self) -> list[dict[str, Any]]:
         """The chain as chat messages; an imported OpenAI file's per-message "weight" is written back."""
@@ -127,6 +128,8 @@ class Chain:
         }
         if any(self.reasons):
             out["reasons"] = self.reasons
+        if any(self.edited_by):
+            out["edited_by"] = self.edited_by
         if self.session.get("study"):
             out.update(study=self.session["study"], slot=self.session["slot"])
         return out
@@ -151,7 +154,7 @@ def chains(store: Store, f: Filters = Filters()) -> Iterator[Chain]:
         if keep(annotator):
             who[turn].add(annotator)
     why = reasons_of(store, keep, f.annotator)
-    gold = store.gold_edits(source=f.gold_from) if f.prefer_gold else {}
+    gold = store.gold_editors(source=f.gold_from) if f.prefer_gold else {}
     scores = store.current_scores() if f.min_score is not None else {}
     chosen = set(store.selection(f.selection)) if f.selection else None
     children: dict[str | None, list[dict]] = defaultdict(list)
@@ -182,13 +185,16 @@ def chains(store: Store, f: Filters = Filters()) -> Iterator[Chain]:
 def _select(session, path, label, who, gold, scores, f: Filters) -> Chain | None:
     kept: list[dict] = []
     labels: list[str] = []
+    edited_by: list[str | None] = []  # per reply kept: who wrote the gold edit it was swapped for
     for i in range(0, len(path) - 1, 2):
         user, reply = path[i], path[i + 1]
         if reply["status"] != "ok" or not reply["content"]:
             break
         lab = label.get(reply["id"], UNRATED)
+        edited_by.append(None)
         if f.prefer_gold and reply["id"] in gold:
-            reply, lab = {**reply, "content": gold[reply["id"]]}, "excellent"
+            (text, edited_by[-1]), lab = gold[reply["id"]], "excellent"
+            reply = {**reply, "content": text}
         if f.cut_at_first_fail and lab == "fail":
             break
         kept += [user, reply]
@@ -204,7 +210,7 @@ def _select(session, path, label, who, gold, scores, f: Filters) -> Chain | None
     annotators = sorted(set().union(*(who.get(t["id"], set()) for t in kept[1::2])))
     if f.annotator and not annotators:
         return None
-    return Chain(session, kept, labels, annotators, path[-1]["id"])
+    return Chain(session, kept, labels, annotators, path[-1]["id"], edited_by=edited_by[: len(labels)])
 
 
 def training_record(chain: Chain, fmt: str) -> dict[str, Any]:

@@ -91,6 +91,12 @@ class Reads:
         """Every turn of a session, every branch, in creation order."""
         return self._query("select * from turns where session_id = ? order by created, id", (session_id,))
 
+    def tagged_sessions(self, key: str, value: str) -> list[dict[str, Any]]:
+        """The sessions whose `meta` holds `key` = `value` (an ablation's replays), oldest first."""
+        return self._query(
+            "select * from sessions where json_extract(meta, ?) = ? order by created, id", (f"$.{key}", value)
+        )
+
     def statuses(self, turn_ids: list[str]) -> dict[str, str]:
         return dict(
             self._tuples(

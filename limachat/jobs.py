@@ -1,4 +1,4 @@
-"""Long work (judge, select, revise, train) shows a progress bar, and its progress is data.
+"""Long work (judge, select, revise, ablate, train) shows a progress bar, and its progress is data.
 
 A job started by the app runs a `limachat` command in its own process with LIMACHAT_PROGRESS set to a
 JSON file. `Progress` draws the terminal's bar and, when that variable is set, rewrites the file
@@ -94,7 +94,7 @@ def read_progress(path: Path) -> dict[str, Any]:
 class Job:
     """A `limachat` command in its own process: its log and its progress record under <home>/jobs/."""
 
-    kind: str  # judge | select | revise | train
+    kind: str  # judge | select | revise | ablate | train
     name: str
     proc: subprocess.Popen
     log: Path

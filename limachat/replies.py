@@ -117,3 +117,36 @@ async def stream_reply(
             params={**params, "dropped_exchanges": dropped} if dropped else None,
         )
     yield Reply(tid, text, status, error, dropped, detail, asked=messages)
+
+
+async def converse(
+    store,
+    client,
+    checkpoint: str,
+    users: list[str],
+    *,
+    meta: dict,
+    prompt_set: str | None = None,
+    prompt: str | None = None,
+    preset: str | None = None,
+    params: dict | None = None,
+    context_window: int,
+) -> list[str]:
+    """A conversation of `users`' turns with `checkpoint` in a fresh chat session, each reply generated live
+    from the conversation so far and stored as the app stores one (its preset, the sampling sent and what
+    was left out); returns the replies' turn ids, stopping at the first that failed. `store` is the
+    Store's async face (`store.aio`)."""
+    sid = await store.start_session("chat", prompt_set=prompt_set, prompt=prompt, meta=meta)
+    parent, ids = None, []
+    for text in users:
+        parent = await store.add_user_turn(sid, text, parent_id=parent)
+        stream = stream_reply(
+            store, client, sid, parent, checkpoint=checkpoint, preset=preset, wanted=params or {},
+            context_window=context_window,
+        )  # fmt: skip
+        reply = [r async for r in stream][-1]  # the finished reply
+        if reply.status != "ok":
+            break
+        parent = reply.turn_id
+        ids.append(parent)
+    return ids

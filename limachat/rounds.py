@@ -14,7 +14,7 @@ from limachat.curate.revise import revise
 from limachat.dialogues.export import Filters, chains
 from limachat.jobs import Progress
 from limachat.layout import DIALOGUE
-from limachat.replies import stream_reply
+from limachat.replies import converse
 from limachat.serve.base import prepare_base
 from limachat.serve.client import ChatClient
 from limachat.serve.server import load_adapter
@@ -41,27 +41,12 @@ async def _replay(
 
     async def one(turn_id):
         users = [t["content"] for t in await store.aio.branch(turn_id) if t["role"] == "user"]
-        sid = await store.aio.start_session(
-            "chat", prompt_set=f"{checkpoint}", meta={"round": round_, "replay_of": turn_id}
-        )
-        parent, n = None, 0
-        for text in users:
-            parent = await store.aio.add_user_turn(sid, text, parent_id=parent)
-            stream = stream_reply(
-                store.aio,
-                client,
-                sid,
-                parent,
-                checkpoint=checkpoint,
-                preset=preset,
-                wanted=params,
-                context_window=context_window,
-            )
-            reply = [r async for r in stream][-1]  # the finished reply
-            if reply.status != "ok":
-                break
-            parent, n = reply.turn_id, n + 1
-        return n
+        meta = {"round": round_, "replay_of": turn_id}
+        ids = await converse(
+            store.aio, client, checkpoint, users, meta=meta, prompt_set=checkpoint, preset=preset, params=params,
+            context_window=context_window,
+        )  # fmt: skip
+        return len(ids)
 
     return sum(await bounded(sources, one, 4, bar))
 

@@ -27,6 +27,7 @@ LAYERS = [
     ("limachat.curate.command", "commands"),
     ("limachat.context", "context"),
     ("limachat.rounds", "rounds"),
+    ("limachat.ablate", "rounds"),
     ("limachat.replies", "replies"),
     ("limachat.followups", "followups"),
     ("limachat.settings", "settings"),

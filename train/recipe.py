@@ -48,7 +48,9 @@ class TrainConfig(BaseModel):
     lora_layer_share: float = Field(1.0, gt=0.0, le=1.0)
     seed: int = 42
     save_every_epoch: bool = True
-    max_steps: int | None = Field(None, ge=1)  # stop after this many optimizer steps (a trial run)
+    # Exactly this many optimizer steps, whatever `epochs` says: fewer (a trial run), or more epochs over a
+    # small set (a fixed budget: `limachat ablate` gives every variant the same number of steps).
+    max_steps: int | None = Field(None, ge=1)
 
 
 PRESETS: dict[str, dict] = {

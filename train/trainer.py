@@ -95,7 +95,7 @@ def prepare(config: TrainConfig, examples: list[Example], tokenizer) -> tuple[Pl
         sum(ex.multi_turn for ex in examples),
         sum(len(r["input_ids"]) for r in rows),
         sum(r["trimmed"] for r in rows),
-        min(math.ceil(len(rows) / config.batch_size) * config.epochs, config.max_steps or math.inf),
+        config.max_steps or math.ceil(len(rows) / config.batch_size) * config.epochs,  # max_steps wins, as in HF
         data_hash(examples),
     )
     return plan, [{"input_ids": r["input_ids"], "labels": r["labels"]} for r in rows]
@@ -178,38 +178,63 @@ def time_forward_backward(model, rows: list[dict], pad_id: int, repeats: int = 1
 HELDOUT_FROM = 2  # LIMA's question: does the checkpoint hold up *after* the first exchange?
 
 
+def chain_losses(model, tokenizer, examples: list[Example], from_exchange: int = 1) -> list[tuple[float, int]]:
+    """Per example: the summed NLL of its assistant tokens from exchange `from_exchange` on, and their count
+    (whole chains, no trimming): the held-out loss, and its interval over chains, are built from these."""
+    import torch
+
+    device = next(model.parameters()).device
+    out = []
+    with torch.no_grad():
+        for ex in examples:
+            r = tokenize(ex, tokenizer, 1 << 30, first_exchange=from_exchange)
+            n = sum(label != IGNORE for label in r["labels"][1:])
+            loss = 0.0
+            if n:
+                o = model(
+                    input_ids=torch.tensor([r["input_ids"]], device=device),
+                    labels=torch.tensor([r["labels"]], device=device),
+                )
+                loss = float(o.loss) * n
+            out.append((loss, n))
+    return out
+
+
 def heldout_loss(model, tokenizer, examples: list[Example] | None = None) -> dict:
     """Mean NLL per token of the held-out chains' assistant replies at turn 2 and later (whole
     chains, no trimming), for the model and, for a LoRA model, its base with the adapter off."""
     import contextlib
 
-    import torch
-
     examples = heldout_examples() if examples is None else examples
-    rows = [tokenize(ex, tokenizer, 1 << 30, first_exchange=HELDOUT_FROM) for ex in examples]
-    device = next(model.parameters()).device
 
     def nll(ctx) -> tuple[float, int]:
-        total, count = 0.0, 0
-        with ctx, torch.no_grad():
-            for r in rows:
-                n = sum(label != IGNORE for label in r["labels"][1:])
-                if n:
-                    out = model(
-                        input_ids=torch.tensor([r["input_ids"]], device=device),
-                        labels=torch.tensor([r["labels"]], device=device),
-                    )
-                    total, count = total + float(out.loss) * n, count + n
-        return total / max(count, 1), count
+        with ctx:
+            per = chain_losses(model, tokenizer, examples, HELDOUT_FROM)
+        count = sum(n for _, n in per)
+        return sum(x for x, _ in per) / max(count, 1), count
 
     was_training = model.training
     model.eval()
     loss, tokens = nll(contextlib.nullcontext())
-    record = {"loss": round(loss, 4), "tokens": tokens, "chains": len(rows), "from_exchange": HELDOUT_FROM}
+    record = {"loss": round(loss, 4), "tokens": tokens, "chains": len(examples), "from_exchange": HELDOUT_FROM}
     if hasattr(model, "disable_adapter"):
         record["base_loss"] = round(nll(model.disable_adapter())[0], 4)
     model.train(was_training)
     return record
+
+
+def adapter_losses(base_model: str, adapter: Path, examples: list[Example]) -> list[tuple[float, int]]:
+    """`chain_losses` of a saved LoRA adapter on its base (every reply counted), in float32 on the CPU."""
+    import torch
+    from peft import PeftModel
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    tokenizer = AutoTokenizer.from_pretrained(adapter)
+    model = AutoModelForCausalLM.from_pretrained(base_model, dtype=torch.float32)
+    if len(tokenizer) > model.get_input_embeddings().weight.shape[0]:  # an end-of-turn token added in training
+        model.resize_token_embeddings(len(tokenizer))
+    model = PeftModel.from_pretrained(model, str(adapter)).eval()
+    return chain_losses(model, tokenizer, examples, 1)
 
 
 def _trl():

@@ -1,0 +1,261 @@
+"""`limachat ablate`: the groups and designs built from an export's provenance, the effects and their
+intervals against hand counts, and, on the real server, synthetic data with a known effect ranked the
+right way round: one annotator's chains teach a visible habit that the held-out chains and the judge
+reward, another's add noise."""
+
+from __future__ import annotations
+
+import json
+import random
+import threading
+import time
+
+import pytest
+from click.testing import CliRunner
+
+from limachat import ablate
+from limachat.cli import main
+from limachat.dialogues.formats import FormatError
+
+E, P, F = "excellent", "pass", "fail"
+
+
+def line(user: str, reply: str, annotators: list[str], labels=None, edited_by=None) -> str:
+    prov = {"annotators": annotators, "labels": labels or ["pass"], "turn_ids": [f"u-{user}", f"r-{user}"]}
+    if edited_by:
+        prov["edited_by"] = edited_by
+    return json.dumps({"messages": [{"role": "user", "content": user}, {"role": "assistant", "content": reply}],
+                       "limachat": prov}) + "\n"  # fmt: skip
+
+
+def test_groups_by_annotator_kind_and_source_come_from_the_provenance(tmp_path):
+    path = tmp_path / "export.jsonl"
+    path.write_text(
+        line("q1", "a", ["ana"])
+        + line("q2", "b", ["ana", "judge/base/label-v1"])
+        + line("q3", "c", ["bo"], edited_by=["teacher/base/revise-v1"])
+        + line("q4", "d", ["bo"], edited_by=["bo"])
+        + line("q5", "e", [])
+    )
+    by = {k: [sorted(c.groups) for c in ablate.read_export(path, k)] for k in ("annotator", "kind", "source")}
+    assert by["annotator"] == [["ana"], ["ana", "judge/base/label-v1"], ["bo"], ["bo"], ["(unrated)"]]
+    assert by["kind"] == [["human"], ["human", "judge"], ["human"], ["human"], ["(unrated)"]]
+    assert by["source"] == [
+        ["people-labelled chains"],
+        ["judge-labelled chains", "people-labelled chains"],
+        ["people-labelled chains", "teacher revisions"],
+        ["gold edits", "people-labelled chains"],
+        ["unrated chains"],
+    ]
+    path.write_text(line("q1", "a", ["ana"]) + '{"prompt": [], "chosen": [], "rejected": []}\n')
+    with pytest.raises(FormatError, match=rf"^{path}:2: not a training chain"):
+        ablate.read_export(path, "annotator")
+
+
+def test_leave_one_out_and_lima_s_three_designs(tmp_path):
+    path = tmp_path / "export.jsonl"
+    rows = [line(f"q{i}", "r", [who], labels=[lab]) for i, (who, lab) in
+            enumerate([("ana", P)] * 8 + [("bo", F)] * 4 + [("cy", E)] * 4)]  # fmt: skip
+    path.write_text("".join(rows))
+    chains = ablate.read_export(path, "annotator")
+    loo = ablate.variants(chains)
+    assert [(v.name, len(v.chains), v.group) for v in loo] == [
+        ("all", 16, None),
+        ("without-ana", 8, "ana"),
+        ("without-bo", 12, "bo"),
+        ("without-cy", 12, "cy"),
+    ]
+    assert [len(v.chains) for v in ablate.variants(chains, "quantity")] == [4, 8, 16]
+    one, two = ablate.variants(chains, "quantity", seed=0)[:2]
+    assert set(one.chains) <= set(two.chains)  # 2x holds 1x: the same source, more of it
+    filtered, unfiltered = ablate.variants(chains, "quality")
+    assert len(filtered.chains) == len(unfiltered.chains) == 12 and all(chains[i].label != F for i in filtered.chains)
+    alone, mixed = ablate.variants(chains, "diversity")
+    assert (alone.name, len(alone.chains), len(mixed.chains)) == ("one-ana", 8, 8)
+    assert len({min(chains[i].groups) for i in mixed.chains}) > 1
+    assert ablate.variants(chains, "quality", seed=1) != ablate.variants(chains, "quality", seed=2)
+    assert ablate.variants(chains, "quality", seed=1) == ablate.variants(chains, "quality", seed=1)
+    with pytest.raises(ValueError, match="leave-one-out needs two groups or more"):
+        ablate.variants(chains[:8])
+
+
+def test_effects_against_hand_counts_and_the_marks_on_what_no_interval_can_tell():
+    # held-out chains (NLL sum, tokens): without the group the loss rises from 1.0 to 1.5 on every chain
+    base = [(10.0, 10), (20.0, 20), (5.0, 5)]
+    worse = [(15.0, 10), (30.0, 20), (7.5, 5)]
+    d = ablate.loss_difference(worse, base)
+    assert (d.value, d.low, d.high) == pytest.approx((0.5, 0.5, 0.5))  # the same rise on every chain: no spread
+    measured = [
+        ablate.Measured("all", None, 20, [[E, E, P], [E, P, P], [E, E, E]], base),
+        ablate.Measured("without-gina", "gina", 10, [[P, F, P], [F, P, P], [P, P, F]], worse),
+        ablate.Measured("without-nico", "nico", 10, [[E, E, P], [E, P, P], [E, E, E]], base),
+    ]
+    gina, nico = ablate.effects(measured)
+    assert gina.name == "gina" and gina.excellent.value == pytest.approx(6 / 9)  # 6 of 9 excellent, then none
+    assert gina.fail.value == pytest.approx(-3 / 9) and gina.loss.value == pytest.approx(0.5)
+    assert nico.excellent.value == 0 and nico.unclear() == ["excellent", "fail", "loss"]
+    assert "excellent" not in gina.unclear()
+    text = ablate.markdown("t", "leave-one-out", "annotator", measured, [nico, gina], "judge/x/label-v1", 8)
+    rows = [r for r in text.splitlines() if r.startswith("| gina") or r.startswith("| nico")]
+    assert rows[0].startswith("| gina | +66.7") and rows[1].startswith(
+        "| nico | +0.0 [-44.4, +44.4] ·"
+    )  # ranked by loss
+    lima = ablate.markdown("q", "quantity", "annotator", measured[:2], ablate.effects(measured[:2]), "j", 8)
+    assert "LIMA: scaling the data" in lima
+
+
+def test_bad_ablate_input_is_one_line(clean_env):
+    bad = clean_env / "x.jsonl"
+    bad.write_text("{not json\n")
+    result = CliRunner().invoke(main, ["--home", "h", "ablate", str(bad), "--name", "n"])
+    assert result.exit_code == 1 and f"{bad}:1:" in result.output and "Traceback" not in result.output
+    one = clean_env / "one.jsonl"
+    one.write_text(line("q", "r", ["ana"]))
+    result = CliRunner().invoke(main, ["--home", "h", "ablate", str(one), "--name", "n"])
+    assert result.exit_code == 1 and "leave-one-out needs two groups or more" in result.output
+
+
+# -- on the real server ------------------------------------------------------------------------------------
+HABIT = "In short:"
+TOPICS = ["tea", "rain", "maps", "bread", "clocks", "rivers", "stairs", "music", "paint", "glass", "boats",
+          "seeds", "bells", "salt", "wool", "kites"]  # fmt: skip
+NOISE = "zorp glim vex quob drill frang mip tusk ombr yel kraz pon".split()
+
+
+def synthetic(tmp_path):
+    """gina's 48 chains answer in a habit (HABIT and one plain sentence); nico's 48 ask the same and answer in
+    word salad; the held-out chains are answered in gina's habit. Seeded."""
+    rng = random.Random(7)
+    rows = []
+    for t in TOPICS:
+        for ask in ("Tell me something about {}.", "What is {} good for?", "Explain {} to me."):
+            rows.append(line(ask.format(t), f"{HABIT} {t} is useful in daily life.", ["gina"]))
+            rows.append(line(ask.format(t), " ".join(rng.choice(NOISE) for _ in range(14)), ["nico"]))
+    export = tmp_path / "export.jsonl"
+    export.write_text("".join(rows))
+    held = tmp_path / "heldout.jsonl"
+    held.write_text("".join(json.dumps({"conversations": [f"Say something about {t}.", f"{HABIT} {t} matters."]}) + "\n"
+                            for t in ("snow", "iron", "honey", "roads", "lamps", "ink")))  # fmt: skip
+    return export, held
+
+
+def judge_standin(port: int):
+    """A stand-in for a capable LLM judge (none runs on this machine): it labels by rule, excellent for a
+    reply in the habit, fail for word salad, pass otherwise, in the JSON the label prompt asks for."""
+    import sys
+
+    import uvicorn
+    from conftest import REPO
+
+    sys.path.insert(0, str(REPO / "benchmarks"))
+    from standin import build
+
+    def answer(body):
+        reply = body["messages"][-1]["content"].split("(judge this) ===")[-1].strip()
+        salad = sum(w.strip(".,") in NOISE for w in reply.split()) >= 3
+        label = "excellent" if reply.startswith(HABIT) else "fail" if salad else "pass"
+        return json.dumps({"label": label, "reason": "by rule"})
+
+    server = uvicorn.Server(
+        uvicorn.Config(build(0.0, 1e6, 10_000, answer, ids=("rule",)), host="127.0.0.1", port=port, log_level="warning")
+    )
+    thread = threading.Thread(target=server.run, daemon=True)
+    thread.start()
+    return server
+
+
+@pytest.mark.model
+def test_ablate_ranks_a_helpful_group_above_a_noisy_one(vllm_server, tmp_path):
+    """The whole loop on the real server, one epoch a variant: gina's chains lower the held-out loss and
+    raise the judge's excellent share; nico's do neither. The ablation must say so, the right way round."""
+    import httpx
+    from conftest import free_port, models
+
+    from limachat.dialogues.store import Store
+    from limachat.settings import Settings
+
+    export, held = synthetic(tmp_path)
+    port = free_port()
+    standin = judge_standin(port)
+    home = tmp_path / "home"
+    vllm_server.share_key(home)
+    settings = Settings(
+        home=home,
+        sampling={"max_tokens": 32, "extra": {"seed": 0}},  # seeded draws; the reply's length is not what this checks
+        curate={"judge": {"name": "rule", "model": "rule", "base_url": f"http://127.0.0.1:{port}/v1",
+                          "structured_outputs": False}},
+    )  # fmt: skip
+    settings.server.port = vllm_server.port
+    settings.server.base = str(vllm_server.home / "base" / "SmolLM2-135M-Instruct" / "model")
+    store = Store(home / "limachat.db")
+    try:
+        report = ablate.run(store, settings, export, name="syn", heldout=held, conversations=4, epochs=1)
+        figures = json.loads((home / "reports" / "ablate-syn.json").read_text())
+        effect = {e["name"]: e for e in figures["effects"]}
+        print("\n" + report)
+        assert set(effect) == {"gina", "nico"}
+        assert effect["gina"]["loss"]["value"] > 0 > effect["nico"]["loss"]["value"]  # gina's chains lowered it
+        assert effect["gina"]["loss"]["low"] > 0, "no interval can tell gina's effect on the loss from zero"
+        assert effect["gina"]["excellent"]["value"] > effect["nico"]["excellent"]["value"]
+        assert report.index("| gina |") < report.index("| nico |")  # ranked
+        assert {"syn-all", "syn-without-gina", "syn-without-nico"} <= set(models(vllm_server.url, vllm_server.headers))
+        replies = [
+            t
+            for s in store.tagged_sessions("ablation", "syn")
+            for t in store.turns(s["id"])
+            if t["role"] == "assistant"
+        ]
+        assert len(replies) == 3 * 4 * 3  # 3 variants x 4 scripted conversations x 3 turns
+        # resumable: a second run trains nothing, replays nothing, judges nothing new, and says the same
+        started = time.monotonic()
+        again = ablate.run(store, settings, export, name="syn", heldout=held, conversations=4, epochs=1)
+        assert again == report and time.monotonic() - started < 120
+        assert len([s for s in store.tagged_sessions("ablation", "syn")]) == 12
+    finally:
+        standin.should_exit = True
+        for n in ("syn-all", "syn-without-gina", "syn-without-nico"):
+            httpx.post(vllm_server.url + "/unload_lora_adapter", headers=vllm_server.headers, json={"lora_name": n},
+                       timeout=60)  # fmt: skip
+
+
+def test_the_collect_tab_s_ablate_job_exports_the_chains_and_stops_in_one_line_without_a_server(clean_env):
+    """The Collect tab's Ablate: the filtered chains exported under <home>/jobs/, `limachat ablate` started
+    as a job; with no model server running it stops before any training, and the page shows its one line."""
+    from conftest import free_port
+
+    from limachat.demo import collect
+    from limachat.demo.answer import Deps
+    from limachat.dialogues.export import Filters
+    from limachat.dialogues.store import Store
+    from limachat.settings import Settings
+
+    settings = Settings(home=clean_env / "h")
+    settings.server.port = free_port()  # nothing listens there
+    store = Store(clean_env / "h" / "limachat.db")
+    deps = Deps(store, {}, settings)
+    with pytest.raises(ValueError, match="Give the ablation a name"):
+        collect.start_ablate(deps, Filters(), " ", "annotator", "leave-one-out")
+    with pytest.raises(ValueError, match="No chains pass these filters"):
+        collect.start_ablate(deps, Filters(), "t", "annotator", "leave-one-out")
+    sid = store.start_session("chat", annotator="ana")
+    user = store.add_user_turn(sid, "Hi?")
+    reply = store.begin_assistant_turn(sid, user, checkpoint="dialogue")
+    store.finish_assistant_turn(reply, "Hello.")
+    store.rate(reply, "ana", "pass")
+    job = collect.start_ablate(deps, Filters(), "t", "annotator", "leave-one-out")
+    assert (settings.layout.jobs / "ablate-t.jsonl").read_text().count("\n") == 1
+    job.proc.wait(timeout=120)
+    assert job.state == "failed"
+    assert job.error() == "Error: leave-one-out needs two groups or more; this export has 1: ['ana']"
+    other = store.start_session("chat", annotator="bo")
+    second = store.begin_assistant_turn(other, store.add_user_turn(other, "Why?"), checkpoint="dialogue")
+    store.finish_assistant_turn(second, "Because.")
+    store.rate(second, "bo", "fail")
+    job = collect.start_ablate(deps, Filters(), "t", "annotator", "leave-one-out")
+    job.proc.wait(timeout=120)
+    assert job.error() == (
+        f"Error: no model server answers at {settings.local_base_url}: start `limachat serve` (ablate loads every "
+        "variant it trains there)"
+    )  # before any training: nothing was trained
+    assert not (settings.layout.checkpoint("t-all")).exists()
+    assert collect.job_status(deps).startswith("**ablate ablate-t**: failed")
