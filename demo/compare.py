@@ -233,9 +233,15 @@ def verdicts_line(deps: Deps, state: dict, annotator: str | None) -> str:
         return ""
     names = side_names(state)
     said = {"a": f"{names['a']} better", "b": f"{names['b']} better", "tie": "a tie"}
-    exchange = {t: i // 2 + 1 for i, t in enumerate(state["a"])}  # the branch alternates question, reply
+    # each exchange's newest verdict on side A's newest reply there (under a shared history side A's
+    # earlier replies are off its branch, so the exchange comes from the turn, not from the branch)
+    newest = {}
+    for t in deps.store.turns(state["session"]):
+        if t["lane"] == "a" and t["role"] == "assistant":
+            newest[t["exchange"]] = t["id"]
+    exchange = {tid: n for n, tid in newest.items()}
     mine = sorted(
-        (exchange.get(v["turn_a"], 0), said.get(v["verdict"], v["verdict"]))
+        (exchange[v["turn_a"]], said.get(v["verdict"], v["verdict"]))
         for v in deps.store.verdicts(state["session"])
         if v["annotator"] == annotator and v["turn_a"] in exchange
     )

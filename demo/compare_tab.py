@@ -188,6 +188,8 @@ def compare_tab(deps: Deps, names, annotator, who, tab) -> list:
             *panels(st, bk, name, request),
             compare.verdicts_line(deps, st, who_),
             _user(lambda: compare.study_line(deps, st, who_)),
+            # the condition of the conversation shown (a study's, or a started one's, is fixed)
+            gr.update(value=st.get("history") or "own", interactive=st["session"] is None and not st.get("study")),
         ]
 
     def key_rater(lane, label):
@@ -242,7 +244,7 @@ def compare_tab(deps: Deps, names, annotator, who, tab) -> list:
             n = compare.side_names(st3)
             yield st3, _shown(va, n["a"]), _shown(vb, n["b"]), ""
 
-    after = [backs, *panel_a.outputs, *panel_b.outputs, said, study_said]
+    after = [backs, *panel_a.outputs, *panel_b.outputs, said, study_said, history]
     inputs = [state, box, left, right, blind, annotator]
     runs = [
         send.click(on_send, inputs, [state, bot_a, bot_b, box]),
@@ -301,7 +303,7 @@ def compare_tab(deps: Deps, names, annotator, who, tab) -> list:
     blind.change(
         lambda st, b_: labels({**st, "blind": b_} if st["session"] is None else st), [state, blind], [bot_a, bot_b]
     )
-    history.change(
+    history.input(
         lambda st, h_: {**st, "history": h_} if st["session"] is None and not st.get("study") else st,
         [state, history],
         state,

@@ -57,8 +57,8 @@ class HistoryEffect:
         if own.value != own.value or shared.value != shared.value:
             return "Not yet: this needs rated conversations of both checkpoints under both histories."
         said = (
-            f"With its own history, {b}'s excellent share is {_points(own)} against {a}'s; when both sides continue "
-            f"from one shared history, {_points(shared)}."
+            f"{b} − {a} in excellent share: {_points(own)} with each side's own history, {_points(shared)} when both "
+            "continue from one shared history."
         )
         if own.value <= 0:
             return f"{said} There is no gain with its own history for the history to explain."

@@ -201,6 +201,31 @@ def test_context_overflow_drops_oldest_turns_with_a_notice(deps):
     assert v.history[-1]["content"].startswith("⚠️ **dialogue: this message is too long")
 
 
+def test_an_ad_hoc_comparison_with_a_shared_history_continues_from_the_preferred_reply(deps):
+    """The Compare tab's History: shared, on the real server: the second question waits for a verdict, then
+    both sides are asked it after the reply the verdict preferred, and the page lists both verdicts."""
+    state = {**compare.blank(), "history": "shared"}
+    state = drain(compare.send(deps, state, "Name a fruit.", "zero-shot", "dialogue", False, "ana"))[-1][0]
+    assert deps.store.session(state["session"])["meta"]["history"] == "shared"
+    assert compare.study_line(deps, state, "ana").startswith("History: shared history: both sides continue")
+    with pytest.raises(ValueError, match="give your verdict on this exchange first"):
+        drain(compare.send(deps, state, "Why that one?", "zero-shot", "dialogue", False, "ana"))
+    assert len(deps.store.turns(state["session"])) == 4, "a refused question stores nothing"
+    preferred = state["b"][-1]
+    compare.verdict(deps, state, "b", "ana")
+    state, va, vb = drain(compare.send(deps, state, "Why that one?", "zero-shot", "dialogue", False, "ana"))[-1]
+    for lane in ("a", "b"):
+        question = deps.store.turn(state[lane][-2])
+        assert question["lane"] == lane and question["parent_id"] == preferred
+        sent = deps.store.messages(question["id"])
+        assert [m["content"] for m in sent] == ["Name a fruit.", deps.store.turn(preferred)["content"], "Why that one?"]
+    assert va.history[1]["content"] == vb.history[1]["content"], "both sides show the history they continued from"
+    compare.verdict(deps, state, "tie", "ana")
+    assert compare.verdicts_line(deps, state, "ana") == (
+        "Your verdicts: turn 1: dialogue better; turn 2: a tie."
+    )  # fmt: skip
+
+
 def test_blind_compare_from_a_prompt_both_sides_own_history(deps):
     name, prompts = compare.prompt_set(None)
     assert name == "bundled" and len(prompts) == 10

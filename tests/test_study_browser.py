@@ -259,9 +259,12 @@ def test_a_study_under_both_histories_with_scripted_followups(vllm_server, tmp_p
         page.get_by_role("tab", name="Study").click()
         page.locator("#study-pick input").click()
         page.get_by_role("option", name="hist").click()
-        caption_says(page, "#study-report", "How much of the gain the history explains")
+        caption_says(page, "#study-report", "with each side's own history")  # the walk's report, not the empty one
         report = page.locator("#study-report").inner_text()
-        assert "Labels per history" in report and "own − shared" in report
+        assert "Labels per history" in report and "How much of the gain the history explains" in report
+        for history in ("own", "shared"):
+            for checkpoint in ("zero-shot", "dialogue"):  # one conversation of 2 rated turns each
+                assert re.search(rf"{history}\s+{checkpoint}\s+1\s+2\s", report), (history, checkpoint, report)
         page.goto((tmp_path / "reports" / "study-hist.html").as_uri())
         page.wait_for_selector("img[alt='label shares and leaderboard']")
         page.set_viewport_size({"width": 1150, "height": 1400})
