@@ -27,7 +27,7 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
-from limachat.dialogues.formats import FormatError, conversation_pairs, detect_format, jsonl_records
+from limachat.dialogues.formats import FormatError, chain_pairs, jsonl_records
 
 RECIPE = "lima"
 
@@ -135,13 +135,7 @@ def read(path: Path) -> list[Item]:
                 raise FormatError(f'{where}: a question needs a "title" or a "body"')
             answers = _answers(record, where)
         else:
-            fmt = detect_format(record)
-            if fmt is None or fmt in ("oasst", "preference", "sessions"):
-                raise FormatError(f'{where}: neither a question with "answers" nor a conversation limachat imports')
-            try:
-                pairs, _ = conversation_pairs(record, fmt)
-            except ValueError as e:
-                raise FormatError(f"{where}: {e}") from None
+            pairs = chain_pairs(record, where, 'neither a question with "answers" nor a conversation limachat imports')
             title, body = "", pairs[0][1] if pairs else ""
             answers = [(pairs[1][1], None)] if len(pairs) >= 2 and pairs[1][0] == "assistant" else []
         exchanges = 1 if "answers" in record else (len(pairs) + 1) // 2

@@ -152,6 +152,18 @@ def conversation_pairs(record: dict[str, Any], fmt: str) -> tuple[list[tuple[str
     return pairs, meta
 
 
+def chain_pairs(record: Any, where: str, refusal: str) -> list[tuple[str, str]]:
+    """The (role, text) pairs of one conversation record of a chain format (lima, messages, sharegpt,
+    alpaca); FormatError "WHERE: REFUSAL" for anything else, "WHERE: what is wrong" for a bad one."""
+    fmt = detect_format(record) if isinstance(record, dict) else None
+    if fmt is None or fmt in ("oasst", "preference", "sessions"):
+        raise FormatError(f"{where}: {refusal}")
+    try:
+        return conversation_pairs(record, fmt)[0]
+    except ValueError as e:
+        raise FormatError(f"{where}: {e}") from None
+
+
 def preference_parts(record: dict[str, Any]) -> tuple[list[tuple[str, str]], dict[str, Any], str, str, str]:
     """(prompt pairs, meta, chosen, rejected, annotator) of a preference row, conversational (lists of
     messages) or standard (strings); ValueError saying what is wrong."""

@@ -22,7 +22,7 @@ from typing import Any
 import numpy as np
 
 from limachat.dialogues import stats
-from limachat.dialogues.formats import FormatError, conversation_pairs, detect_format, jsonl_records
+from limachat.dialogues.formats import FormatError, chain_pairs, jsonl_records
 from limachat.jobs import Progress
 from limachat.layout import BASE_NAME, DIALOGUE
 
@@ -32,7 +32,7 @@ ALL = "all"
 KINDS = ("judge", "teacher", "adjudicator")  # name prefixes of machine and reviewer annotators (judge/...)
 # LIMA section 5 (Zhou et al., 2023), the direction each ablation went on their 7B model.
 PAPER = {
-    "quantity": "LIMA: scaling the data 2x to 32x from one source did not raise the generation quality",
+    "quantity": "LIMA: 2,000 to 32,000 examples of one source, each step doubling it, gave no better generations",
     "quality": "LIMA: the filtered data beat the unfiltered at the same size, by about half a point of 6",
     "diversity": "LIMA: the more diverse source beat the more homogeneous one at the same size",
 }
@@ -84,13 +84,7 @@ def read_export(path: Path, by: str, store=None) -> list[Chain]:
         where = f"{path}:{number}"
         if problem:
             raise FormatError(f"{where}: {problem}")
-        fmt = detect_format(record) if isinstance(record, dict) else None
-        if fmt is None or fmt in ("oasst", "preference", "sessions"):
-            raise FormatError(f"{where}: not a training chain (export with --format messages or lima)")
-        try:
-            pairs, _ = conversation_pairs(record, fmt)
-        except ValueError as e:
-            raise FormatError(f"{where}: {e}") from None
+        pairs = chain_pairs(record, where, "not a training chain (export with --format messages or lima)")
         prov = record.get("limachat") or ({"source": record["source"]} if isinstance(record.get("source"), str) else {})
         labels = [x for x in prov.get("labels") or [] if x in stats.LABELS]
         lowest = min(labels, key=stats.LABELS.index) if labels else None

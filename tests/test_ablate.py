@@ -101,7 +101,7 @@ def test_effects_against_hand_counts_and_the_marks_on_what_no_interval_can_tell(
         "| nico | +0.0 [-44.4, +44.4] ·"
     )  # ranked by loss
     lima = ablate.markdown("q", "quantity", "annotator", measured[:2], ablate.effects(measured[:2]), "j", 8)
-    assert "LIMA: scaling the data" in lima
+    assert "LIMA: 2,000 to 32,000 examples of one source" in lima
 
 
 def test_bad_ablate_input_is_one_line(clean_env):

@@ -49,6 +49,20 @@ class Keys:
         self.page.keyboard.press("Enter")
 
 
+def new_study(page, name: str, *, conversations: int, turns: int, history: str = "own", prompts: str = "bundled"):
+    """A study for ana, defined in the Study tab's New study form."""
+    page.get_by_role("tab", name="Study").click()
+    page.get_by_text("New study").click()
+    page.fill("#study-name textarea, #study-name input", name)
+    page.fill("#study-conversations input", str(conversations))
+    page.fill("#study-turns input", str(turns))
+    page.fill("#study-annotators textarea, #study-annotators input", "ana")
+    page.locator("#study-history label", has_text=history).click()
+    page.locator("#study-set label", has_text=prompts).click()
+    page.click("#study-create")
+    page.wait_for_function(f"document.querySelector('#study-created').innerText.includes('Created study {name}')")
+
+
 def caption_says(page, selector: str, text: str) -> None:
     page.wait_for_function(f"document.querySelector('{selector}')?.innerText.includes({text!r})", timeout=600_000)
 
@@ -65,14 +79,7 @@ def test_a_two_checkpoint_study_by_keyboard(vllm_server, tmp_path):
         open_as(page, url, "ana")
 
         # The study: zero-shot against dialogue, 2 conversations each of 2 turns, blind, for ana.
-        page.get_by_role("tab", name="Study").click()
-        page.get_by_text("New study").click()
-        page.fill("#study-name textarea, #study-name input", "pilot")
-        page.fill("#study-conversations input", "2")
-        page.fill("#study-turns input", "2")
-        page.fill("#study-annotators textarea, #study-annotators input", "ana")
-        page.click("#study-create")
-        page.wait_for_function("document.querySelector('#study-created').innerText.includes('Created study pilot')")
+        new_study(page, "pilot", conversations=2, turns=2)
 
         # Chat: four replies, each rated with one key as it arrives.
         page.get_by_role("tab", name="Chat").click()
@@ -210,15 +217,7 @@ def test_a_study_under_both_histories_with_scripted_followups(vllm_server, tmp_p
     with running_app(vllm_server, tmp_path, settings=SHORT) as url, browser_page() as page:
         keys = Keys(page, db)
         open_as(page, url, "ana")
-        page.get_by_role("tab", name="Study").click()
-        page.get_by_text("New study").click()
-        page.fill("#study-name textarea, #study-name input", "hist")
-        page.fill("#study-conversations input", "1")
-        page.fill("#study-turns input", "2")
-        page.fill("#study-annotators textarea, #study-annotators input", "ana")
-        page.locator("#study-history label", has_text="both").click()
-        page.locator("#study-set label", has_text="scripted").click()
-        page.click("#study-create")
+        new_study(page, "hist", conversations=1, turns=2, history="both", prompts="scripted")
         caption_says(page, "#study-created", "under each history")
 
         page.get_by_role("tab", name="Compare").click()
