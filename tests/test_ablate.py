@@ -259,3 +259,27 @@ def test_the_collect_tab_s_ablate_job_exports_the_chains_and_stops_in_one_line_w
     )  # before any training: nothing was trained
     assert not (settings.layout.checkpoint("t-all")).exists()
     assert collect.job_status(deps).startswith("**ablate ablate-t**: failed")
+
+
+def test_groups_by_selection_come_from_the_store_s_saved_selections(tmp_path):
+    """--by selection: a chain's groups are the saved selections its last turn is on, read from the store
+    beside the export it came out of."""
+    from limachat.dialogues.export import Filters, export
+    from limachat.dialogues.store import Store
+
+    store = Store(tmp_path / "s.db")
+    leaves = []
+    for text in ("One?", "Two?", "Three?"):
+        sid = store.start_session("chat", annotator="ana")
+        reply = store.begin_assistant_turn(sid, store.add_user_turn(sid, text), checkpoint="dialogue")
+        store.finish_assistant_turn(reply, f"Answer to {text}")
+        store.rate(reply, "ana", "pass")
+        leaves.append(reply)
+    store.save_selection("diverse", "kcenter", {}, {}, [(leaves[0], 0), (leaves[1], 0)])
+    store.save_selection("rules", "lima", {}, {}, [(leaves[1], 0)])
+    path = tmp_path / "export.jsonl"
+    export(store, path, "messages", Filters())
+    groups = {c.messages[0][1]: sorted(c.groups) for c in ablate.read_export(path, "selection", store)}
+    assert groups == {"One?": ["diverse"], "Two?": ["diverse", "rules"], "Three?": ["(no selection)"]}
+    names = [v.name for v in ablate.variants(ablate.read_export(path, "selection", store))]
+    assert names == ["all", "without-no-selection", "without-diverse", "without-rules"]
