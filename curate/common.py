@@ -49,8 +49,10 @@ def prompt(name: str, version: int | None = None) -> Prompt:
     return Prompt(name, version, found[version].read_text(encoding="utf-8"))
 
 
-def reachable(endpoint: Checkpoint, role: str) -> None:
-    """Stop before any work (and before storing a failure per turn) when the endpoint is not there."""
+def reachable(endpoint: Checkpoint, role: str, fix: tuple[str, str] | None = None) -> None:
+    """Stop before any work (and before storing a failure per turn) when the endpoint is not there.
+    `fix`: what the user changes when it cannot be reached, and when it does not serve the model
+    (default: curate.<role>'s settings and the --base-url and --model options)."""
     import httpx
 
     headers = {"Authorization": f"Bearer {endpoint.api_key}"} if endpoint.api_key else {}
@@ -59,7 +61,7 @@ def reachable(endpoint: Checkpoint, role: str) -> None:
     except httpx.HTTPError as e:
         raise ValueError(
             f"{role} endpoint {endpoint.base_url}: cannot be reached ({type(e).__name__}); start "
-            f"`limachat serve`, or set curate.{role}.base_url or --base-url"
+            f"`limachat serve`, or {fix[0] if fix else f'set curate.{role}.base_url or --base-url'}"
         ) from None
     try:
         served = {m["id"] for m in r.json()["data"]} if r.status_code == 200 else None
@@ -68,7 +70,7 @@ def reachable(endpoint: Checkpoint, role: str) -> None:
     if served is not None and endpoint.model not in served:
         raise ValueError(
             f"{role} endpoint {endpoint.base_url} does not serve {endpoint.model!r} (it serves "
-            f"{', '.join(sorted(served))}); set curate.{role}.model or --model"
+            f"{', '.join(sorted(served))}); {fix[1] if fix else f'set curate.{role}.model or --model'}"
         )
 
 

@@ -445,11 +445,36 @@ def _texts(value: Any, where: str, key: str) -> list[str]:
     return value
 
 
+def _question(record: dict[str, Any], where: str) -> dict[str, Any]:
+    """A line in FastChat's question layout (MT-Bench's `question.jsonl`) as a prompt-set item: its first
+    turn opens, the later ones are the scripted follow-ups; the record itself is kept for `limachat bench`."""
+    qid = record.get("question_id")
+    if qid is None or isinstance(qid, bool) or not isinstance(qid, (int, str)) or not str(qid).strip():
+        raise FormatError(f'{where}: a question needs a "question_id" (a number or a string)')
+    turns = record.get("turns")
+    if not isinstance(turns, list) or not turns or not all(isinstance(t, str) and t.strip() for t in turns):
+        raise FormatError(f'{where}: "turns" must be a non-empty list of non-empty strings')
+    category = record.get("category", "general")
+    if not isinstance(category, str) or not category.strip():
+        raise FormatError(f'{where}: "category" must be a non-empty string')
+    reference = record.get("reference")
+    if reference is not None and (not isinstance(reference, list) or not all(isinstance(r, str) for r in reference)):
+        raise FormatError(f'{where}: "reference" must be a list of strings, one per turn')
+    item = {"id": str(qid), "prompt": turns[0], "category": category, "record": record}
+    if len(turns) > 1:
+        item["turns"] = turns[1:]
+    if reference:
+        item["reference"] = reference
+    return item
+
+
 def load_prompts(path: Path) -> list[dict[str, Any]]:
-    """A prompt set: JSONL lines with "prompt" (and optional "id", "turns" and "replies": see SCRIPTED),
-    or plain text, one prompt a line."""
+    """A prompt set: JSONL lines with "prompt" (and optional "id", "category", "turns" and "replies": see
+    SCRIPTED), lines in FastChat's question layout ("question_id", "category", "turns", optional
+    "reference": MT-Bench's question file), or plain text, one prompt a line. Ids are unique."""
     path = Path(path)
-    prompts = []
+    prompts: list[dict[str, Any]] = []
+    lines: dict[str, int] = {}
     try:
         data = path.read_bytes().removeprefix(BOM)
     except OSError as e:
@@ -465,24 +490,33 @@ def load_prompts(path: Path) -> list[dict[str, Any]]:
             raise FormatError(f"{path}:{number}: a NUL byte: this is not a text file")
         if not line.strip():
             continue
+        where = f"{path}:{number}"
         if line.lstrip().startswith("{"):
             try:
                 record = json.loads(line)
             except json.JSONDecodeError as e:
-                raise FormatError(f"{path}:{number}: not valid JSON ({e.msg})") from None
-            if (
+                raise FormatError(f"{where}: not valid JSON ({e.msg})") from None
+            if isinstance(record, dict) and "prompt" not in record and ("turns" in record or "question_id" in record):
+                item = _question(record, where)
+            elif (
                 not isinstance(record, dict)
                 or not isinstance(record.get("prompt"), str)
                 or not record["prompt"].strip()
             ):
-                raise FormatError(f'{path}:{number}: needs a "prompt" string')
-            item = {"id": str(record.get("id", f"p{len(prompts) + 1:02d}")), "prompt": record["prompt"]}
-            for key in SCRIPTED:
-                if key in record:
-                    item[key] = _texts(record[key], f"{path}:{number}", key)
-            prompts.append(item)
+                raise FormatError(f'{where}: needs a "prompt" string (or "question_id" and "turns", as FastChat)')
+            else:
+                item = {"id": str(record.get("id", f"p{len(prompts) + 1:02d}")), "prompt": record["prompt"]}
+                if isinstance(record.get("category"), str) and record["category"].strip():
+                    item["category"] = record["category"]
+                for key in SCRIPTED:
+                    if key in record:
+                        item[key] = _texts(record[key], where, key)
         else:
-            prompts.append({"id": f"p{len(prompts) + 1:02d}", "prompt": line.strip()})
+            item = {"id": f"p{len(prompts) + 1:02d}", "prompt": line.strip()}
+        if item["id"] in lines:
+            raise FormatError(f"{where}: id {item['id']!r} again (first on line {lines[item['id']]})")
+        lines[item["id"]] = number
+        prompts.append(item)
     if not prompts:
         raise FormatError(f"{path}: no prompts")
     return prompts

@@ -392,3 +392,66 @@ def m008_history(db: Database) -> None:
         "ALTER TABLE studies ADD COLUMN history_rule TEXT NOT NULL DEFAULT 'verdict' "
         "CHECK (history_rule in ('verdict', 'reference'))"
     )
+
+
+@migrations()
+def m009_bench(db: Database) -> None:
+    """Benchmarks in FastChat's layout (issue 32). `bench_questions` keeps each run's questions as they
+    were read (the whole record, so an export writes them back unchanged), in file order. An answer is a
+    session of mode 'bench' (meta: the run and the question id), each checkpoint's conversation its own
+    branch, so people rate it like any other. `bench_judgments` keeps MT-Bench's judgments: a 1-10 grade
+    of one reply ('single'; -1 when the judge's output held no rating, FastChat's marker) or two games of
+    a pair with the answers' positions swapped ('pairwise'), with what the judge was sent and answered."""
+    _rebuild(
+        db,
+        "sessions",
+        {"sessions_mode": "mode in ('chat', 'compare', 'blind', 'imported', 'bench')"},
+        drop=("sessions_mode",),
+    )
+    db["bench_questions"].create(
+        {"run": str, "question_id": str, "position": int, "category": str, "record": str},
+        pk=("run", "question_id"),
+        not_null={"position", "record"},
+    )
+    db["bench_judgments"].create(
+        {
+            "id": str,
+            "run": str,
+            "judge": str,
+            "prompt": str,
+            "mode": str,
+            "question_id": str,
+            "turn": int,
+            "repeat": int,
+            "model_1": str,
+            "model_2": str,
+            "turn_1": str,
+            "turn_2": str,
+            "score": float,
+            "g1_winner": str,
+            "g2_winner": str,
+            "user_prompt": str,
+            "judgment": str,
+            "g2_user_prompt": str,
+            "g2_judgment": str,
+            "created": str,
+        },
+        pk="id",
+        not_null={"run", "judge", "prompt", "mode", "question_id", "turn", "repeat", "model_1", "turn_1", "created"},
+        foreign_keys=[("judge", "annotators", "name"), ("turn_1", "turns", "id"), ("turn_2", "turns", "id")],
+    )
+    _rebuild(
+        db,
+        "bench_judgments",
+        {
+            "bench_judgments_mode": "mode in ('single', 'pairwise')",
+            "bench_judgments_turn": "turn >= 1",
+            "bench_judgments_single": "mode != 'single' or (score is not null and model_2 is null)",
+            "bench_judgments_pair": "mode != 'pairwise' or (model_2 is not null and turn_2 is not null and "
+            "g1_winner in ('model_1', 'model_2', 'tie', 'error') and g2_winner in ('model_1', 'model_2', 'tie', 'error'))",
+        },
+    )
+    db.execute(
+        "CREATE UNIQUE INDEX bench_judgments_one ON bench_judgments "
+        "(run, judge, mode, question_id, turn, repeat, model_1, coalesce(model_2, ''))"
+    )

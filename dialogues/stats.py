@@ -122,6 +122,28 @@ def difference_of_differences(
     return Estimate(float(stat(*index)), *_bootstrap(index, stat, seed))
 
 
+def mean(groups: list[list[float]], seed: int = 0) -> Estimate:
+    """The mean of every value, with its 95% interval over the groups (a benchmark's questions: a
+    question's two turns are not independent), resampled."""
+    groups = [g for g in groups if g]
+    if not groups:
+        return Estimate(math.nan, math.nan, math.nan)
+    sums = np.array([sum(g) for g in groups], dtype=float)
+    counts = np.array([len(g) for g in groups], dtype=float)
+
+    def stat(i, axis=-1):
+        return sums[i].sum(axis=axis) / counts[i].sum(axis=axis)
+
+    index = np.arange(len(groups))
+    return Estimate(float(stat(index)), *_bootstrap((index,), stat, seed))
+
+
+def paired_mean(values: list[float], seed: int = 0) -> Estimate:
+    """The mean of one value per item (a paired gap per question, a win counted 1, a tie 0.5), with its
+    95% interval over the items, resampled."""
+    return mean([[v] for v in values], seed)
+
+
 def fails(conversations: list[list[str]]) -> tuple[int, int]:
     """(turns failed, turns): LIMA's "15 of 42"."""
     return sum(c.count("fail") for c in conversations), sum(len(c) for c in conversations)

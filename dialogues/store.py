@@ -27,6 +27,7 @@ from typing import Any
 from sqlite_utils import Database
 
 from limachat import procs
+from limachat.dialogues.benches import Benches
 from limachat.dialogues.bulk import Bulk
 from limachat.dialogues.machines import Machines
 from limachat.dialogues.migrations import migrations
@@ -103,7 +104,7 @@ class _Async:
         )
 
 
-class Store(Reads, Bulk, Machines, Studies, Team):
+class Store(Reads, Bulk, Machines, Studies, Team, Benches):
     def __init__(self, path: str | Path, busy_timeout_ms: int = 10_000, readers: int = 8):
         self.path = Path(path)
         if self.path.is_dir():

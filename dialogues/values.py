@@ -9,7 +9,7 @@ import time
 from datetime import datetime, timezone
 from typing import Any
 
-MODES = ("chat", "compare", "blind", "imported")
+MODES = ("chat", "compare", "blind", "imported", "bench")  # bench: a benchmark answer (limachat bench)
 ROLES = ("user", "assistant")
 LANES = ("a", "b")
 LABELS = ("fail", "pass", "excellent")
@@ -25,6 +25,9 @@ RATERS = ("humans", "judges", "all", "adjudicated")
 PURPOSES = ("rate", "adjudicate")  # what a queue's annotators do
 QUEUE_SOURCES = ("study", "filter", "disagree", "judge-disagrees", "one-rater")  # where a queue's replies come from
 JUDGE_MODES = ("label", "score", "pairwise")
+BENCH_MODES = ("single", "pairwise")  # MT-Bench's protocols: a 1-10 grade per reply, or two answers compared
+# A pairwise game's outcome in FastChat's words; "error": the judge's output held no verdict
+GAME_WINNERS = ("model_1", "model_2", "tie", "error")
 GOLD_SOURCES = ("humans", "teachers", "both")  # whose gold edits training takes
 JSON_COLUMNS = {"params", "meta", "omitted"}
 REFERENCE = "reference"  # the checkpoint of a scripted reference reply (no model wrote it)
@@ -87,6 +90,7 @@ ENUMS = {
     "annotators": {"kind": KINDS},
     "queues": {"purpose": PURPOSES},
     "conversation_verdicts": {"verdict": VERDICTS},
+    "bench_judgments": {"mode": BENCH_MODES},
 }
 
 

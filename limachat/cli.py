@@ -7,6 +7,7 @@ from pathlib import Path
 
 import click
 
+from limachat.bench_command import bench_cmd
 from limachat.curate.command import ablate_cmd, filter_cmd, judge_cmd, revise_cmd, select_cmd
 from limachat.data_command import config_cmd, export_cmd, import_cmd, report_cmd
 from limachat.run_command import app_cmd, base_cmd, demo_cmd, serve_cmd, users_cmd
@@ -111,6 +112,7 @@ for command in (
     revise_cmd,
     study_cmd,
     queue_cmd,
+    bench_cmd,
 ):
     main.add_command(command)
 

@@ -25,6 +25,7 @@ ALL = [
     "m006_repeat",
     "m007_team",
     "m008_history",
+    "m009_bench",
 ]
 
 
