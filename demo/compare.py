@@ -22,7 +22,7 @@ from pathlib import Path
 
 from limachat.demo.answer import Deps, answer, merged
 from limachat.demo.history import NAME_FIRST, View, check_message, label_of, listed, view
-from limachat.dialogues import study
+from limachat.dialogues import bench, study
 
 LANES = ("a", "b")
 
@@ -110,6 +110,8 @@ async def send(
     if not (text or "").strip():
         yield (state, *await _views(deps, state, annotator))
         return
+    if state.get("bench"):
+        raise ValueError("A benchmark's answers take no more messages: press New comparison to start another.")
     if state["closed"]:
         raise ValueError("This session is closed: press New comparison to start another.")
     check_message(text)
@@ -237,7 +239,7 @@ def verdicts_line(deps: Deps, state: dict, annotator: str | None) -> str:
     # earlier replies are off its branch, so the exchange comes from the turn, not from the branch)
     newest = {}
     for t in deps.store.turns(state["session"]):
-        if t["lane"] == "a" and t["role"] == "assistant":
+        if (t["id"] in state["a"] if state.get("bench") else t["lane"] == "a") and t["role"] == "assistant":
             newest[t["exchange"]] = t["id"]
     exchange = {tid: n for n, tid in newest.items()}
     mine = sorted(
@@ -263,12 +265,28 @@ def sessions(deps: Deps, user: str | None = None, limit: int = 200) -> list[tupl
         who = "A vs B (blind)" if s["mode"] == "blind" and not s["closed"] else f"{lanes.get('a')} vs {lanes.get('b')}"
         study_ = f"study {s['study']} · " if s.get("study") else ""
         out.append((listed(s, f"{study_}{who} · {s['rated']} rated", 50), s["id"]))
+    for run in deps.store.bench_runs():  # a benchmark's answers, pair by pair and turn by turn (anyone's)
+        for x in bench.exchanges(deps.store, run)[:limit]:
+            out.append(
+                (
+                    f"bench {run} · question {x.question_id} · {x.a.checkpoint} vs {x.b.checkpoint} · turn {x.turn}",
+                    x.key,
+                )
+            )
     return out
 
 
 def resume(deps: Deps, session_id: str, annotator: str | None) -> tuple[dict, View, View]:
     """A compare or blind session where it left off: both lanes' newest branches, the annotator's
-    ratings; a blind one stays blind until it is closed."""
+    ratings; a blind one stays blind until it is closed. A benchmark's exchange (`bench.Exchange.key`):
+    the two checkpoints' answers up to that turn, to rate and give a verdict on (they take no more messages)."""
+    if session_id.startswith("bench|"):
+        x = bench.exchange(deps.store, session_id)
+        state = {**blank(), "session": x.a.session, "names": {"a": x.a.checkpoint, "b": x.b.checkpoint}}
+        state.update(closed=True, bench=True)
+        for lane, ans in (("a", x.a), ("b", x.b)):
+            state[lane] = view(deps.store, ans.replies[x.turn - 1]["id"], annotator).ids
+        return (state, *views(deps, state, annotator))
     s = deps.store.session(session_id)
     if s["mode"] not in ("compare", "blind"):
         raise ValueError("That is not a compare session: resume it in the Chat tab.")

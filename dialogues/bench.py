@@ -17,6 +17,7 @@ import re
 from collections import defaultdict
 from dataclasses import dataclass, field
 from datetime import datetime
+from itertools import combinations
 from pathlib import Path
 from typing import Any
 
@@ -341,3 +342,44 @@ def add_votes(store, run: str, path: Path) -> dict[str, int]:
         store.verdict(a.session, a.replies[t]["id"], b.replies[t]["id"], verdict, v["judge"])
         counts["added"] += 1
     return counts
+
+
+@dataclass(frozen=True)
+class Exchange:
+    """Two checkpoints' replies to one question at one turn: what a person compares in the Compare tab."""
+
+    run: str
+    question_id: str
+    a: Answer
+    b: Answer
+    turn: int
+
+    @property
+    def key(self) -> str:
+        """The value the Compare tab's resume list carries for it."""
+        return "|".join(("bench", self.run, self.question_id, self.a.checkpoint, self.b.checkpoint, str(self.turn)))
+
+
+def exchanges(store, run: str) -> list[Exchange]:
+    """Every (question, pair of checkpoints, turn) both checkpoints answered, in question order."""
+    found = answers(store.bench_turns(run))
+    order = list(dict.fromkeys(ck for _, ck in found))
+    out = []
+    for q in store.bench_questions(run):
+        ready = [found[(q["id"], ck)] for ck in order if (q["id"], ck) in found]
+        for a, b in combinations(ready, 2):
+            for t in range(min(len(a.texts()), len(b.texts()))):
+                out.append(Exchange(run, q["id"], a, b, t + 1))
+    return out
+
+
+def exchange(store, key: str) -> Exchange:
+    """The exchange a resume-list value names (`Exchange.key`)."""
+    parts = key.split("|")
+    if len(parts) != 6 or parts[0] != "bench":
+        raise ValueError(f"not a bench exchange: {key!r}")
+    _, run, qid, a, b, turn = parts
+    for x in exchanges(store, run):
+        if (x.question_id, x.a.checkpoint, x.b.checkpoint, str(x.turn)) == (qid, a, b, turn):
+            return x
+    raise ValueError(f"bench {run}: no answers of {a} and {b} to question {qid} at turn {turn}")

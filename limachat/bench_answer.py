@@ -9,7 +9,7 @@ import asyncio
 from dataclasses import dataclass, field
 from typing import Any
 
-from limachat.dialogues.bench import MAX_NEW_TOKENS, answers, read_questions, temperature
+from limachat.dialogues.bench import MAX_NEW_TOKENS, answers, temperature
 from limachat.replies import stream_reply
 
 PRESET = "mt-bench"  # what a bench reply records as its preset: FastChat's sampling, not the app's
@@ -19,6 +19,7 @@ PRESET = "mt-bench"  # what a bench reply records as its preset: FastChat's samp
 class Summary:
     run: str
     questions: int
+    answers: int = 0  # (question, checkpoint) answers asked for
     replies: int = 0  # replies asked this run
     failed: int = 0
     held: int = 0  # (question, checkpoint) answers already complete
@@ -30,7 +31,8 @@ class Summary:
         rate = f", {self.tokens / self.seconds:.1f} tokens/s" if self.seconds and self.tokens else ""
         out = (
             f"bench {self.run}: {self.questions} questions; {self.replies - self.failed} replies written "
-            f"({self.tokens} tokens in {self.seconds:.0f} s{rate}); {self.held} answers already complete"
+            f"({self.tokens} tokens in {self.seconds:.0f} s{rate}); {self.held} of {self.answers} answers were complete "
+            "before this run"
         )
         if self.failed:
             out += f"; {self.failed} failed ({self.errors[0]}): run the same command again to resume"
@@ -63,28 +65,26 @@ def params_for(category: str, override: float | None, max_tokens: int | None, pe
 def run(
     store,
     settings,
-    source,
+    questions: list[dict],
     name: str,
     checkpoints: list,
     *,
-    categories: tuple[str, ...] | None = None,
-    limit: int | None = None,
     temperature_override: float | None = None,
     max_tokens: int | None = None,
     penalty: float | None = None,
     concurrency: int = 8,
     progress_cls=None,
 ) -> Summary:
-    """Answer the questions of `source` with each of `checkpoints` (Checkpoints with their endpoints)."""
+    """Answer `questions` (`dialogues.bench.read_questions`) with each of `checkpoints` (Checkpoints with
+    their endpoints)."""
     import time
 
     from limachat.jobs import Progress
     from limachat.serve.client import ChatClient
 
-    questions = pick(read_questions(source), categories, limit)
     store.add_bench_questions(name, questions)
     found = answers(store.bench_turns(name))
-    summary = Summary(name, len(questions))
+    summary = Summary(name, len(questions), answers=len(questions) * len(checkpoints))
     todo = []
     for q in questions:
         for ck in checkpoints:
@@ -119,7 +119,7 @@ def run(
             bar.update(1)
             if reply.status != "ok":
                 summary.failed += 1
-                summary.errors.append(f"{ck.name}: {reply.detail or reply.error}")
+                summary.errors.append(" ".join(f"{ck.name}: {reply.detail or reply.error}".split()))
                 return
             summary.tokens += (await store.aio.turn(reply.turn_id))["completion_tokens"] or 0
             parent, k = reply.turn_id, k + 1
@@ -136,7 +136,7 @@ def run(
     with (progress_cls or Progress)(f"bench answer ({name})", total=left, unit="reply") as bar:
         bar.message(
             f"{len(questions)} questions x {len(checkpoints)} checkpoints: {left} replies to write, "
-            f"{summary.held} answers already complete"
+            f"{summary.held} of {summary.answers} answers complete before this run"
         )
         start = time.monotonic()
         asyncio.run(all_())

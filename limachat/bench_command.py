@@ -98,20 +98,24 @@ def answer_cmd(
     prompt set: a file, "bundled" or "scripted") turn by turn, every turn on its own history. Each answer is
     a session of mode `bench` that people open, rate and compare in the app. A second run answers only
     what is missing."""
-    from limachat.bench_answer import run
+    from limachat.bench_answer import pick, run
+    from limachat.dialogues.bench import read_questions
 
     settings = context.settings(ctx)
     cats = tuple(c.strip() for c in (categories or "").split(",") if c.strip()) or None
-    cks = _checkpoints(settings, _names(checkpoints), base_url, api_key)
+    names = _names(checkpoints)
+    try:  # the file and the options first, then the endpoints: bad input costs no request
+        asked = pick(read_questions(questions), cats, limit)
+    except ValueError as e:
+        raise click.ClickException(str(e)) from None
+    cks = _checkpoints(settings, names, base_url, api_key)
     try:
         summary = run(
             context.store(settings),
             settings,
-            questions,
+            asked,
             name,
             cks,
-            categories=cats,
-            limit=limit,
             temperature_override=temperature,
             max_tokens=max_tokens,
             penalty=penalty,

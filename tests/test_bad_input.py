@@ -55,6 +55,59 @@ RATING_ROW = {"id": "r", "turn_id": "t-bad", "annotator": "a", "label": "pass", 
 # (id, files to write in the working folder, environment, CLI arguments, what the one line must contain)
 CLI_CASES = [
     (
+        "bench-no-question-id",
+        {
+            "q.jsonl": b'{"question_id": 1, "category": "math", "turns": ["a", "b"]}\n{"category": "math", "turns": ["c"]}\n'
+        },
+        {},
+        ["bench", "answer", "q.jsonl", "--name", "b", "--checkpoints", "dialogue"],
+        'q.jsonl:2: a question needs a "question_id"',
+    ),
+    (
+        "bench-duplicate-id",
+        {
+            "q.jsonl": b'{"question_id": 7, "turns": ["a"]}\n{"question_id": "x", "turns": ["b"]}\n{"question_id": 7, "turns": ["c"]}\n'
+        },
+        {},
+        ["bench", "answer", "q.jsonl", "--name", "b", "--checkpoints", "dialogue"],
+        "q.jsonl:3: id '7' again (first on line 1)",
+    ),
+    (
+        "bench-turns-not-strings",
+        {"q.jsonl": b'{"question_id": 1, "turns": ["a", 2]}\n'},
+        {},
+        ["bench", "answer", "q.jsonl", "--name", "b", "--checkpoints", "dialogue"],
+        'q.jsonl:1: "turns" must be a non-empty list of non-empty strings',
+    ),
+    (
+        "bench-turns-empty",
+        {"q.jsonl": b'{"question_id": 1, "category": "stem", "turns": []}\n'},
+        {},
+        ["bench", "answer", "q.jsonl", "--name", "b", "--checkpoints", "dialogue"],
+        'q.jsonl:1: "turns" must be a non-empty list of non-empty strings',
+    ),
+    (
+        "bench-judge-prompts-without-a-template",
+        {
+            "p.jsonl": b'{"name": "g", "type": "single", "system_prompt": "", "prompt_template": "{question} {answer}", '
+            b'"output_format": "[[rating]]"}\n'
+        },
+        {},
+        ["bench", "judge", "b", "--mode", "single", "--judge-prompts", "p.jsonl"],
+        "p.jsonl: no single template for the second turn",
+    ),
+    (
+        "bench-judge-prompts-unknown-field",
+        {
+            "p.jsonl": b'{"name": "g", "type": "pairwise", "system_prompt": "", "prompt_template": "{question} {answer}", '
+            b'"output_format": "[[A]]"}\n'
+        },
+        {},
+        ["bench", "judge", "b", "--mode", "pairwise", "--judge-prompts", "p.jsonl"],
+        "p.jsonl:1: prompt_template uses answer; a pairwise template may use",
+    ),
+    ("bench-judge-no-run", {}, {}, ["bench", "judge", "nope", "--mode", "single"], "no bench run 'nope'"),
+    (
         "import-binary",
         {"in.jsonl": b"\x89PNG\r\n\x1a\n\x00\x00binary"},
         {},
@@ -735,6 +788,7 @@ def test_cases_cover_every_entry_point():
         "judge",
         "select",
         "revise",
+        "bench",
     } <= kinds
     assert len(CLI_CASES) + len(APP_CASES) + 2 >= 30
 
