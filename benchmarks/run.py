@@ -13,6 +13,7 @@ from pathlib import Path
 import bench_app
 import bench_curate
 import bench_followups
+import bench_mtbench
 import bench_presets
 import bench_serve
 import bench_store
@@ -147,6 +148,31 @@ def curate_section(runs: int, chains: int) -> list[str]:
     return rows
 
 
+def mtbench_section() -> list[str]:
+    with bench_serve.serving(HOME) as (url, _):
+        r = bench_mtbench.run(HOME, url)
+    print(f"  mtbench: { {k: v for k, v in r.items() if k not in ('by', 'gaps')} }")
+    total = r["answer_s"] + r["judge_s"]
+    rows = [
+        f"| answer: {r['questions']} questions x 2 checkpoints x 2 turns ({r['replies']} replies) | {r['answer_s'] / 60:.1f} min | - |",
+        f"| &nbsp; generated tokens, aggregate rate | {r['tokens']:,} tokens, {r['tokens'] / r['answer_s']:.1f} tokens/s "
+        f"(longest reply {r['max_tokens']}, {r['at_limit']} at the 1024 limit) | - |",
+        f"| judge single: {r['graded']} grades by the local `base` | {r['judge_s'] / 60:.1f} min ({r['unparsed']} without a rating) | - |",
+        f"| answer + judge | {total / 60:.1f} min | <= 30 min |",
+    ]
+    for ck, by in r["by"].items():
+        rows.append(
+            f"| {ck}: mean grade turn 1 / turn 2 / overall (95% interval) | "
+            + " / ".join(f"{e.value:.2f} [{e.low:.2f}, {e.high:.2f}]" for e in by.values())
+            + " | - |"
+        )
+    for first, other, turn, e, n in r["gaps"]:
+        rows.append(
+            f"| gap {other} − {first}, turn {turn} ({n} questions) | {e.value:+.2f} [{e.low:+.2f}, {e.high:+.2f}] | - |"
+        )
+    return rows
+
+
 SECTIONS = {
     "store": (
         "## Store (SQLite)",
@@ -235,6 +261,18 @@ SECTIONS = {
             "own (no run finds another's prompts in vLLM's prefix cache). Tokens per turn from vLLM's /metrics.",
         ],
     ),
+    "mtbench": (
+        "## Bench (MT-Bench-sized: answers and single grades, one run)",
+        [
+            "`limachat bench answer` with both demo checkpoints at the defaults (FastChat's temperature per",
+            "category, up to 1024 new tokens a reply, concurrency 8), then `limachat bench judge --mode single` with the",
+            "default judge (the local server's `base`, limachat's prompts, 256 tokens, the verdict constrained to end",
+            "the judgment), as a user runs them, on one `limachat serve` (benchmarks/bench_mtbench.py). The questions:",
+            "the user's MT-Bench copy when LIMACHAT_MTBENCH_QUESTIONS names it, else benchmarks/data/bench-questions.jsonl",
+            "(80 two-turn questions, 10 per MT-Bench category, written for this project). A 135M judge's grades say",
+            "little about the answers: they measure the pipeline, not the models.",
+        ],
+    ),
 }
 
 
@@ -286,6 +324,7 @@ def main() -> None:
         "sampling": lambda: sampling_section(args.seeds),
         "followups": lambda: followups_section(7),
         "curate": lambda: curate_section(min(args.runs, 3), args.chains),
+        "mtbench": mtbench_section,
     }
     old = _existing(args.output)
     body: list[str] = []

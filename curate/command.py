@@ -198,7 +198,10 @@ def filter_cmd(ctx, source, recipe, name, min_chars, max_chars, per_category, se
     "against as many drawn from every group).",
 )
 @click.option(
-    "--prompts", default="scripted", show_default=True, help="The scripted conversations replayed on every variant."
+    "--prompts",
+    default="scripted",
+    show_default=True,
+    help="The scripted conversations replayed on every variant (a prompt set, or a FastChat question file).",
 )
 @click.option("--conversations", type=click.IntRange(1), help="Replay only the first N of them.")
 @click.option(

@@ -35,8 +35,9 @@ def study_cmd() -> None:
 @click.option(
     "--prompts",
     "prompts",
-    help='A prompt set (.jsonl with "prompt" and optional scripted "turns" and "replies", or .txt, one a line), '
-    'or a bundled one: "bundled" (10 opening prompts, the default) or "scripted" (12 three-turn conversations).',
+    help='A prompt set (.jsonl with "prompt" and optional scripted "turns" and "replies"; a FastChat question file '
+    'such as MT-Bench\'s, its later turns scripted; or .txt, one a line), or a bundled one: "bundled" (10 opening '
+    'prompts, the default) or "scripted" (12 three-turn conversations).',
 )
 @click.option(
     "--history",

@@ -21,6 +21,9 @@ UPSTREAM = {
     "punica_cpu.py",
     "sampling_params.py",
     "cpu_worker.py",
+    "gen_model_answer.py",  # FastChat's llm_judge scripts (docs/bench.md)
+    "show_result.py",
+    "compute_agreement.py",
 }  # files of other projects the docs cite by name
 TOP = {p.name for p in REPO.iterdir()} - {"data", ".venv", ".git"}  # a path starting here names the repository
 
