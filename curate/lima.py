@@ -140,6 +140,8 @@ def read(path: Path) -> list[Item]:
             answers = [(pairs[1][1], None)] if len(pairs) >= 2 and pairs[1][0] == "assistant" else []
         exchanges = 1 if "answers" in record else (len(pairs) + 1) // 2
         items.append(Item(str(record.get("id", f"q{number}")), category, title, body, answers, where, exchanges))
+    if not items:
+        raise FormatError(f"{path}: empty: no questions to filter")
     return items
 
 

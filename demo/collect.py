@@ -102,7 +102,7 @@ def hub_folder(
     folder = deps.settings.layout.exports / "hub"
     folder.parent.mkdir(parents=True, exist_ok=True)
     output = _output(deps, f, fmt, pass_is_good, dedupe)
-    write_hub_dir(output, list(output), folder, license.strip() or None)
+    write_hub_dir(output, list(output), folder, license.strip() or None, force=True)  # the app's own folder
     configs = ", ".join(json.loads((folder / MANIFEST).read_text())["configs"])
     return folder, (
         f"Wrote {output.summary()} as the `{fmt}` config of `{folder}` (configs: {configs}); "

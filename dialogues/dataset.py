@@ -9,7 +9,6 @@ export of another format into the same folder adds its config, the same format r
 from __future__ import annotations
 
 import json
-import shutil
 from collections import Counter
 from collections.abc import Iterator
 from importlib.metadata import version
@@ -123,8 +122,50 @@ def _facts(out: Output, rows: list[dict[str, Any]]) -> dict[str, Any]:
     }
 
 
-def write_hub_dir(out: Output, rows: list[dict[str, Any]], folder: Path, license: str | None = None) -> Path:
-    """Write (or update) the Hub folder: this format's Parquet, the manifest, the card."""
+PARQUET = "train-00000-of-00001.parquet"  # the one file a config's folder holds
+
+
+def _sha256(path: Path) -> str:
+    import hashlib
+
+    return hashlib.sha256(path.read_bytes()).hexdigest()
+
+
+def _check_folder(folder: Path, fmt: str, force: bool) -> None:
+    """Refuse a folder that holds anything limachat did not write: a non-empty folder without limachat's
+    manifest, a dataset card changed since limachat wrote it, or a file in a config's folder other than its
+    Parquet. limachat's own config of the same format is replaced only with `force`."""
+    entries = sorted(folder.iterdir()) if folder.is_dir() else []
+    if not entries:
+        return
+    if not (folder / MANIFEST).is_file():
+        raise ValueError(
+            f"--hf-dir {folder}: holds {entries[0].name}, which limachat did not write; give a new or empty folder"
+        )
+    manifest = json.loads((folder / MANIFEST).read_text())
+    card_path = folder / "README.md"
+    if card_path.is_file() and manifest.get("card_sha256") not in (None, _sha256(card_path)):
+        raise ValueError(
+            f"--hf-dir {folder}: README.md was changed since limachat wrote it; move your edits elsewhere or "
+            "give another folder (limachat never overwrites a file it did not write)"
+        )
+    part = folder / fmt
+    if not part.exists():
+        return
+    foreign = [p for p in sorted(part.rglob("*")) if p.name != PARQUET]
+    if fmt not in manifest.get("configs", {}) or foreign:
+        name = f"{fmt}/{foreign[0].relative_to(part)}" if foreign else f"{fmt}/"
+        raise ValueError(f"--hf-dir {folder}: holds {name}, which limachat did not write; give another folder")
+    if not force:
+        raise ValueError(f"--hf-dir {folder}: already holds the {fmt} config limachat wrote; --force replaces it")
+
+
+def write_hub_dir(
+    out: Output, rows: list[dict[str, Any]], folder: Path, license: str | None = None, *, force: bool = False
+) -> Path:
+    """Write this format's Parquet, the manifest and the card into the Hub folder (new, empty, or limachat's
+    own, a config of another format added; `force` replaces the same format's). Nothing limachat did not
+    write is overwritten or deleted."""
     from datasets import Dataset
 
     if out.fmt not in HUB_FORMATS:
@@ -132,18 +173,19 @@ def write_hub_dir(out: Output, rows: list[dict[str, Any]], folder: Path, license
     if not rows:
         raise ValueError(f"--hf-dir {folder}: the filters leave no rows to write")
     folder = Path(folder)
+    _check_folder(folder, out.fmt, force)
     folder.mkdir(parents=True, exist_ok=True)
     manifest_path = folder / MANIFEST
     manifest = json.loads(manifest_path.read_text()) if manifest_path.is_file() else {"configs": {}}
     part = folder / out.fmt
-    shutil.rmtree(part, ignore_errors=True)
-    part.mkdir()
-    Dataset.from_list(rows).to_parquet(str(part / "train-00000-of-00001.parquet"))
+    part.mkdir(exist_ok=True)
+    Dataset.from_list(rows).to_parquet(str(part / PARQUET))
     manifest["configs"][out.fmt] = _facts(out, rows)
     if license is not None:
         manifest["license"] = license
-    manifest_path.write_text(json.dumps(manifest, indent=1) + "\n")
     (folder / "README.md").write_text(card(manifest))
+    manifest["card_sha256"] = _sha256(folder / "README.md")
+    manifest_path.write_text(json.dumps(manifest, indent=1) + "\n")
     return folder
 
 

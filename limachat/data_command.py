@@ -77,6 +77,9 @@ def import_cmd(ctx: click.Context, file: Path, fmt: str | None, skip_bad: bool) 
     type=click.Path(file_okay=False, path_type=Path),
     help="Also write a Hub-ready dataset folder: Parquet per format and a dataset card.",
 )
+@click.option(
+    "--force", is_flag=True, help="With --hf-dir: replace this format's config that limachat wrote there before."
+)
 @click.option("--license", "license_", help="The dataset card's license (a Hub license id, e.g. cc-by-4.0).")
 @click.option("--push-to-hub", "repo", help="Upload the --hf-dir folder as this dataset repo, with your own token.")
 @click.option("--private", is_flag=True, help="With --push-to-hub: create the repo private.")
@@ -88,6 +91,7 @@ def export_cmd(
     dedupe: bool,
     pass_is_good: bool,
     hf_dir: Path | None,
+    force: bool,
     license_: str | None,
     repo: str | None,
     private: bool,
@@ -133,7 +137,7 @@ def export_cmd(
             rows = list(out)
         click.echo(f"{output or hf_dir}: {out.summary()}")
         if hf_dir is not None:
-            dataset.write_hub_dir(out, rows, hf_dir, license_)
+            dataset.write_hub_dir(out, rows, hf_dir, license_, force=force)
             click.echo(f"{hf_dir}: a dataset folder (load it with datasets.load_dataset({str(hf_dir)!r}))")
         if repo:
             click.echo(f"uploaded: {dataset.push(hf_dir, repo, private)}")

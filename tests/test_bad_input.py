@@ -106,6 +106,13 @@ CLI_CASES = [
         ["bench", "judge", "b", "--mode", "pairwise", "--judge-prompts", "p.jsonl"],
         "p.jsonl:1: prompt_template uses answer; a pairwise template may use",
     ),
+    (
+        "filter-empty",
+        {"qa.jsonl": b"\n"},
+        {},
+        ["filter", "qa.jsonl", "--recipe", "lima", "--name", "x"],
+        "qa.jsonl: empty",
+    ),
     ("bench-judge-no-run", {}, {}, ["bench", "judge", "nope", "--mode", "single"], "no bench run 'nope'"),
     (
         "import-binary",

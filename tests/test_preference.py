@@ -174,6 +174,34 @@ def test_the_hub_folder_loads_as_it_is_and_its_card_states_the_counts(store, tmp
     assert "`limachat export --format kto --pass-is-good`" in readme
 
 
+def test_the_hub_folder_never_overwrites_what_limachat_did_not_write(store, tmp_path):
+    demo_user(store)
+    out = Output(store, "preference", Filters())
+    mine = tmp_path / "mine"
+    mine.mkdir()
+    (mine / "README.md").write_text("my own notes\n")
+    with pytest.raises(ValueError, match=rf"^--hf-dir {mine}: holds README.md, which limachat did not write"):
+        write_hub_dir(out, list(out), mine)
+    assert (mine / "README.md").read_text() == "my own notes\n" and sorted(p.name for p in mine.iterdir()) == [
+        "README.md"
+    ]
+    folder = tmp_path / "hub"
+    write_hub_dir(out, list(out), folder)
+    with pytest.raises(ValueError, match="already holds the preference config limachat wrote; --force replaces it"):
+        write_hub_dir(out, list(out), folder)
+    write_hub_dir(out, list(out), folder, force=True)  # limachat's own output, replaced on request
+    kto = Output(store, "kto", Filters(), pass_is_good=True)
+    write_hub_dir(kto, list(kto), folder)  # another format joins limachat's folder
+    (folder / "preference" / "notes.txt").write_text("mine")
+    with pytest.raises(ValueError, match="holds preference/notes.txt, which limachat did not write"):
+        write_hub_dir(out, list(out), folder, force=True)
+    (folder / "preference" / "notes.txt").unlink()
+    (folder / "README.md").write_text((folder / "README.md").read_text() + "\nMy edit.\n")
+    with pytest.raises(ValueError, match="README.md was changed since limachat wrote it"):
+        write_hub_dir(out, list(out), folder, force=True)
+    assert (folder / "README.md").read_text().endswith("My edit.\n")
+
+
 def run(*args: str):
     return CliRunner().invoke(main, list(args), catch_exceptions=False)
 
@@ -237,7 +265,7 @@ def test_push_without_a_token_or_a_network_is_one_line(home, monkeypatch):
 
     monkeypatch.setenv("HF_TOKEN", "hf_not_a_real_token")
     monkeypatch.setenv("HF_ENDPOINT", f"http://127.0.0.1:{free_port()}")  # nothing listens there
-    result = run(*args)
+    result = run(*args, "--force")  # the folder is the first run's: replacing it takes --force
     assert result.exit_code != 0 and "--push-to-hub me/limachat-pairs: cannot reach the Hub" in result.output, (
         result.output
     )
