@@ -43,12 +43,13 @@ $(CHROMIUM):
 	$(SUDO) apt-get update -q
 	$(SUDO) DEBIAN_FRONTEND=noninteractive apt-get install -y -q chromium
 
+# The slowest tests' durations close every run, so each CI log shows where the time goes.
 test: venv lint $(CHROMIUM)
-	$(PY) -m pytest
+	$(PY) -m pytest --durations=25
 
 # The inner loop: ruff, then every test that needs no model (no base, no training, no vLLM server, no browser).
 test-fast: venv lint
-	$(PY) -m pytest -m "not model" -q
+	$(PY) -m pytest -m "not model" -q --durations=10
 
 lint: venv
 	$(VENV)/bin/ruff check .

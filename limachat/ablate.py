@@ -337,8 +337,8 @@ def run(
     from limachat.serve.base import prepare_base
     from limachat.serve.client import ChatClient
     from limachat.serve.server import load_adapter
-    from limachat.train.command import run as train
     from limachat.train.data import heldout_examples, read_file, split
+    from limachat.train.pipeline import run as train
     from limachat.train.recipe import make_config
     from limachat.train.trainer import adapter_losses
 

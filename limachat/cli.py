@@ -7,14 +7,14 @@ from pathlib import Path
 
 import click
 
-from limachat.bench_command import bench_cmd
-from limachat.curate.command import ablate_cmd, filter_cmd, judge_cmd, revise_cmd, select_cmd
-from limachat.data_command import config_cmd, export_cmd, import_cmd, report_cmd
-from limachat.run_command import app_cmd, base_cmd, demo_cmd, serve_cmd, users_cmd
+from limachat.commands.bench import bench_cmd
+from limachat.commands.curate import ablate_cmd, filter_cmd, judge_cmd, revise_cmd, select_cmd
+from limachat.commands.data import config_cmd, export_cmd, import_cmd, report_cmd
+from limachat.commands.run import app_cmd, base_cmd, demo_cmd, serve_cmd, users_cmd
+from limachat.commands.study import queue_cmd, study_cmd
+from limachat.commands.train import train_cmd
 from limachat.serve.net import AddressError
 from limachat.settings import SettingsError, load_settings
-from limachat.study_command import queue_cmd, study_cmd
-from limachat.train.command import train_cmd
 
 
 class _Main(click.Group):

@@ -18,8 +18,8 @@ from limachat.replies import converse
 from limachat.serve.base import prepare_base
 from limachat.serve.client import ChatClient
 from limachat.serve.server import load_adapter
-from limachat.train.command import run
 from limachat.train.data import bundled_examples, from_chains, split
+from limachat.train.pipeline import run
 
 
 async def _replay(

@@ -19,8 +19,8 @@ from pydantic_settings import BaseSettings, PydanticBaseSettingsSource, Settings
 from limachat.layout import VARIANTS, Home
 from limachat.serve.checkpoints import Checkpoint
 from limachat.serve.net import url_host
-from limachat.serve.vllm_plugin import ENABLE as PLUGIN_ENABLE
-from limachat.serve.vllm_plugin import RANGE_OVERRIDE as PLUGIN_RANGE
+from limachat.serve.plugin_env import ENABLE as PLUGIN_ENABLE
+from limachat.serve.plugin_env import RANGE_OVERRIDE as PLUGIN_RANGE
 
 ENV_PREFIX = "LIMACHAT_"
 CONFIG_FILE = "limachat.toml"

@@ -19,7 +19,7 @@ import math
 
 import httpx
 
-from limachat.serve.vllm_plugin import CACHED_PROMPT
+from limachat.serve.plugin_env import CACHED_PROMPT
 
 # Calibrated on the bundled SmolLM2-135M-Instruct (tests/test_coherence.py, benchmarks/bench_presets.py):
 # coherent replies scored 1.3-3.0, replies rambling to the token limit 3.3-3.8, and the word salad

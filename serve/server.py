@@ -22,8 +22,8 @@ import httpx
 from limachat import procs
 from limachat.layout import BASE_NAME, VARIANTS, Home, training_record
 from limachat.serve.net import AddressError, check_bind, url_host
-from limachat.serve.vllm_plugin import ADAPTER_ROOTS, STATIC_ADAPTERS
-from limachat.serve.vllm_plugin import ENABLE as PLUGIN
+from limachat.serve.plugin_env import ADAPTER_ROOTS, STATIC_ADAPTERS
+from limachat.serve.plugin_env import ENABLE as PLUGIN
 
 # LIMA's penalty on generated tokens only, selected per request (see limachat.serve.vllm_ext).
 LOGITS_PROCESSOR = "limachat.serve.vllm_ext:GeneratedTokensPenalty"

@@ -20,9 +20,8 @@ import os
 from collections.abc import Callable
 from dataclasses import dataclass
 
-ENABLE = "LIMACHAT_VLLM_PLUGIN"  # set to 1 by `limachat serve` (serve/server.py)
-# Replaces every patch's own version range: lets a test check how the plugin stands aside.
-RANGE_OVERRIDE = "LIMACHAT_VLLM_PATCH_RANGE"
+from limachat.serve.plugin_env import ADAPTER_ROOTS, CACHED_PROMPT, ENABLE, RANGE_OVERRIDE, STATIC_ADAPTERS
+
 MARK = "_limachat_patch"
 log = logging.getLogger("vllm.limachat")  # under vLLM's own logger: its handlers, its log
 
@@ -355,10 +354,6 @@ def _patch_refuse_unwrapped_adapter() -> None:
     WorkerLoRAManager._load_adapter = _load_adapter
 
 
-ADAPTER_ROOTS = "LIMACHAT_ADAPTER_ROOTS"  # set by `limachat serve`: the folders adapters load from at run time
-STATIC_ADAPTERS = "LIMACHAT_STATIC_ADAPTERS"  # and the adapters it names on the command line (os.pathsep-joined)
-
-
 def adapter_refusal(path: str, roots: list[str], static: list[str]) -> str | None:
     """Why an adapter at `path` may not be loaded (None: it may): only folders under one of `roots`
     (resolved, so neither `..` nor a symlink leads out) and the adapters the server was started with."""
@@ -438,9 +433,6 @@ def _patch_guard_every_route() -> None:
 
     setattr(__call__, MARK, True)
     AuthenticationMiddleware.__call__ = __call__
-
-
-CACHED_PROMPT = "limachat_cached_prompt"  # vllm_xargs key: prompt log-probabilities may start after the cache
 
 
 def _patch_cached_prompt_logprobs() -> None:

@@ -60,8 +60,8 @@ def trained_home(model_home) -> Path:
     default recipe; TRL on CPU, ~8 minutes) into <home>/checkpoints/: the tests talk to what a user
     gets."""
     from limachat.settings import Settings
-    from limachat.train.command import run
     from limachat.train.data import bundled_examples, split
+    from limachat.train.pipeline import run
 
     base = str(model_home / "base" / "SmolLM2-135M-Instruct" / "model")
     run(

@@ -340,7 +340,7 @@ def test_the_filters_flags_and_their_arguments_come_from_one_dataclass():
 
     import click
 
-    from limachat.data_command import export_cmd
+    from limachat.commands.data import export_cmd
     from limachat.dialogues.export import Filters
 
     def parsed(*args):

@@ -5,6 +5,8 @@ from __future__ import annotations
 
 import ast
 import re
+import subprocess
+import sys
 from collections import defaultdict
 from pathlib import Path
 
@@ -21,11 +23,7 @@ FOLDERS = {
 # A module's layer: the first prefix that matches, so a module named here wins over its folder.
 LAYERS = [
     ("limachat.cli", "cli"),
-    ("limachat.run_command", "commands"),
-    ("limachat.data_command", "commands"),
-    ("limachat.study_command", "commands"),
-    ("limachat.curate.command", "commands"),
-    ("limachat.bench_command", "commands"),
+    ("limachat.commands", "commands"),
     ("limachat.context", "context"),
     ("limachat.rounds", "rounds"),
     ("limachat.ablate", "rounds"),
@@ -127,3 +125,14 @@ def test_no_module_imports_itself_back():
 def test_no_command_module_imports_the_cli():
     graph = imports(modules())
     assert sorted(m for m, targets in graph.items() if "limachat.cli" in targets) == []
+
+
+def test_typed_settings_do_not_load_the_module_that_patches_vllm():
+    """The settings share names with the plugin through serve/plugin_env.py, never through the patches."""
+    done = subprocess.run(
+        [sys.executable, "-c", "import sys, limachat.settings; print('limachat.serve.vllm_plugin' in sys.modules)"],
+        capture_output=True,
+        text=True,
+        check=True,
+    )
+    assert done.stdout.strip() == "False"

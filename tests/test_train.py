@@ -182,8 +182,8 @@ def test_demo_training_lowers_the_loss_and_dialogue_wins_on_held_out_chains(trai
 
 def test_unchanged_data_is_not_retrained_however_the_base_is_spelled(trained_home, monkeypatch):
     from limachat.settings import Settings
-    from limachat.train.command import run
     from limachat.train.data import bundled_examples, split
+    from limachat.train.pipeline import run
     from limachat.train.recipe import make_config
 
     last = make_config().epochs
@@ -216,8 +216,8 @@ def test_unchanged_data_is_not_retrained_however_the_base_is_spelled(trained_hom
 def test_fingerprint_follows_content_not_paths(model_home, tmp_path):
     import shutil
 
-    from limachat.train.command import fingerprint
     from limachat.train.data import bundled_examples
+    from limachat.train.pipeline import fingerprint
     from limachat.train.recipe import make_config
 
     config, examples = make_config(), bundled_examples()

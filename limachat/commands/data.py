@@ -178,7 +178,7 @@ def report_cmd(
         if path is not None:
             context.writable(path, option)
     if study is not None:
-        from limachat.study_command import write_report
+        from limachat.commands.study import write_report
 
         click.echo(
             write_report(

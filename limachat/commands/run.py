@@ -167,8 +167,8 @@ def demo_cmd(ctx: click.Context, base: str | None, auth_file: Path | None) -> No
     """Everything `make demo` runs: prepare the base, train both adapters on the bundled set (once;
     skipped while data and settings are unchanged), serve both checkpoints with vLLM and the app on
     top of them until Ctrl-C."""
-    from limachat.train.command import run
     from limachat.train.data import bundled_examples, split
+    from limachat.train.pipeline import run
 
     settings = context.settings(ctx)
     users = _users(auth_file)

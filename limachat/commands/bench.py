@@ -8,7 +8,7 @@ from pathlib import Path
 import click
 
 from limachat import context
-from limachat.curate.command import _endpoint, endpoint_options
+from limachat.commands.curate import _endpoint, endpoint_options
 
 
 @click.group("bench")
