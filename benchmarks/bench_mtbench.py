@@ -10,7 +10,6 @@ import os
 import shutil
 import subprocess
 import sys
-import tempfile
 import time
 from pathlib import Path
 
@@ -39,29 +38,31 @@ def run(server_home: Path, url: str) -> dict:
 
     port = int(url.rsplit(":", 1)[1].split("/")[0])
     path = questions()
-    with tempfile.TemporaryDirectory() as d:
-        home = Path(d)
-        shutil.copy(server_home / "server.key", home / "server.key")
-        answer_s, answer_out = _cli(
-            home, port, "bench", "answer", str(path), "--name", "mt", "--checkpoints", "zero-shot,dialogue"
-        )
-        judge_s, judge_out = _cli(home, port, "bench", "judge", "mt", "--mode", "single")
-        store = Store(home / "limachat.db")
-        found = bench.answers(store.bench_turns("mt"))
-        tokens = [r["completion_tokens"] or 0 for a in found.values() for r in a.replies if r]
-        report = bench_report.build(store, "mt")
-        print(answer_out.strip(), judge_out.strip(), sep="\n")
-        return {
-            "questions": len(store.bench_questions("mt")),
-            "source": path.name if path != OWN else "benchmarks/data/bench-questions.jsonl",
-            "answer_s": answer_s,
-            "judge_s": judge_s,
-            "replies": len(tokens),
-            "tokens": sum(tokens),
-            "max_tokens": max(tokens),
-            "at_limit": sum(t >= 1024 for t in tokens),
-            "graded": report.grades.graded,
-            "unparsed": report.grades.unparsed,
-            "by": {ck: {t: report.grades.by[ck][t] for t in (1, 2, 0)} for ck in report.checkpoints},
-            "gaps": report.grades.gaps,
-        }
+    home = server_home / "bench-mtbench"  # a fresh home each run, kept afterwards to look at (and resume)
+    shutil.rmtree(home, ignore_errors=True)
+    home.mkdir(parents=True)
+    shutil.copy(server_home / "server.key", home / "server.key")
+    answer_s, answer_out = _cli(
+        home, port, "bench", "answer", str(path), "--name", "mt", "--checkpoints", "zero-shot,dialogue"
+    )
+    judge_s, judge_out = _cli(home, port, "bench", "judge", "mt", "--mode", "single")
+    store = Store(home / "limachat.db")
+    found = bench.answers(store.bench_turns("mt"))
+    tokens = [r["completion_tokens"] or 0 for a in found.values() for r in a.replies if r]
+    report = bench_report.build(store, "mt")
+    print(answer_out.strip(), judge_out.strip(), sep="\n")
+    return {
+        "questions": len(store.bench_questions("mt")),
+        "source": path.name if path != OWN else "benchmarks/data/bench-questions.jsonl",
+        "answer_s": answer_s,
+        "judge_s": judge_s,
+        "replies": len(tokens),
+        "tokens": sum(tokens),
+        "max_tokens": max(tokens),
+        "at_limit": sum(t >= 1024 for t in tokens),
+        "graded": report.grades.graded,
+        "unparsed": report.grades.unparsed,
+        "too_long": sum(j["judgment"].startswith("(not judged") for j in store.bench_judgments("mt", "single")),
+        "by": {ck: {t: report.grades.by[ck][t] for t in (1, 2, 0)} for ck in report.checkpoints},
+        "gaps": report.grades.gaps,
+    }

@@ -157,7 +157,7 @@ def mtbench_section() -> list[str]:
         f"| answer: {r['questions']} questions x 2 checkpoints x 2 turns ({r['replies']} replies) | {r['answer_s'] / 60:.1f} min | - |",
         f"| &nbsp; generated tokens, aggregate rate | {r['tokens']:,} tokens, {r['tokens'] / r['answer_s']:.1f} tokens/s "
         f"(longest reply {r['max_tokens']}, {r['at_limit']} at the 1024 limit) | - |",
-        f"| judge single: {r['graded']} grades by the local `base` | {r['judge_s'] / 60:.1f} min ({r['unparsed']} without a rating) | - |",
+        f"| judge single: {r['graded']} grades by the local `base` | {r['judge_s'] / 60:.1f} min ({r['unparsed']} with score -1: {r['too_long']} longer than the judge's 2048-token context, the rest without a rating) | - |",
         f"| answer + judge | {total / 60:.1f} min | <= 30 min |",
     ]
     for ck, by in r["by"].items():

@@ -167,6 +167,7 @@ class Summary:
     failed: int = 0
     skipped: int = 0
     without_reference: int = 0
+    too_long: int = 0  # prompts longer than the judge's context window: kept unjudged (score -1 / error)
     error: str | None = None
     scores: list[float] = field(default_factory=list)
 
@@ -176,6 +177,8 @@ class Summary:
         if self.scores:
             out += f", mean grade {sum(self.scores) / len(self.scores):.2f}"
         out += f"; {self.unparsed} without a verdict (kept, score -1 / error); {self.skipped} already judged, skipped"
+        if self.too_long:
+            out += f"; {self.too_long} longer than the judge's context window (kept unjudged: give a judge with a longer one)"
         if self.without_reference:
             out += f"; {self.without_reference} graded without a reference answer (none given)"
         return out
@@ -250,7 +253,7 @@ def run(
 ) -> Summary:
     """Judge the run's answers with `endpoint` (a Checkpoint with its base_url)."""
     from limachat.jobs import Progress
-    from limachat.serve.client import ChatClient, ClientError
+    from limachat.serve.client import ChatClient, ClientError, ContextTooLong
 
     prompts = load_prompts(prompts_file)
     prompts.need(mode, False, False)  # a template the mode needs, and the run itself: before any request
@@ -284,35 +287,39 @@ def run(
         texts = [a.texts() for a in group]
         common = dict(run=run_name, judge=judge, prompt=t.name, question_id=q["id"], turn=turn, repeat=repeat)
         first = _fields(q, turn, texts, ref)
+        swapped = _fields(q, turn, texts[::-1], ref)
+        too_long = False
         try:
             if mode == "single":
                 judgment = await _ask(client, t, t.render(**first), params)
             else:
-                swapped = _fields(q, turn, texts[::-1], ref)
                 g1, g2 = await asyncio.gather(
                     _ask(client, t, t.render(**first), params), _ask(client, t, t.render(**swapped), params)
                 )
+        except ContextTooLong as e:  # the same next time: kept as a judgment without a verdict, and said
+            summary.too_long, too_long = summary.too_long + 1, True
+            judgment = g1 = g2 = f"(not judged: {' '.join(str(e).split())})"
         except ClientError as e:
             summary.failed += 1
             summary.error = " ".join(str(e).split())
             return None
         a = group[0]
         if mode == "single":
-            score = score_of(judgment)
+            score = -1.0 if too_long else score_of(judgment)
             await store.aio.record_bench_judgment(
                 mode="single", model_1=a.checkpoint, turn_1=a.replies[turn - 1]["id"], score=score,
                 user_prompt=t.render(**first), judgment=judgment, **common,
             )  # fmt: skip
-            return score
+            return "too long" if too_long else score
         b = group[1]
-        w1 = {"A": "model_1", "B": "model_2"}.get(winner_of(g1), winner_of(g1))
-        w2 = {"A": "model_2", "B": "model_1"}.get(winner_of(g2), winner_of(g2))
+        w1 = "error" if too_long else {"A": "model_1", "B": "model_2"}.get(winner_of(g1), winner_of(g1))
+        w2 = "error" if too_long else {"A": "model_2", "B": "model_1"}.get(winner_of(g2), winner_of(g2))
         await store.aio.record_bench_judgment(
             mode="pairwise", model_1=a.checkpoint, turn_1=a.replies[turn - 1]["id"], model_2=b.checkpoint,
             turn_2=b.replies[turn - 1]["id"], g1_winner=w1, g2_winner=w2, user_prompt=t.render(**first),
             judgment=g1, g2_user_prompt=t.render(**swapped), g2_judgment=g2, **common,
         )  # fmt: skip
-        return "error" if "error" in (w1, w2) else w1
+        return "too long" if too_long else "error" if "error" in (w1, w2) else w1
 
     unit = "grade" if mode == "single" else "pair"
     with (progress_cls or Progress)(f"bench judge ({mode})", total=len(todo), unit=unit) as bar:

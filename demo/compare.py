@@ -169,7 +169,7 @@ def history_line(state: dict) -> str:
     """What the page says about the history condition of a shared-history comparison ("" for its own)."""
     if state.get("history") != "shared":
         return ""
-    return "History: " + study.SAID[("shared", state.get("rule") or "verdict")] + "."
+    return "History: " + study.said("shared", state.get("rule") or "verdict") + "."
 
 
 async def retry(

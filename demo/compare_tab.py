@@ -24,7 +24,7 @@ def compare_tab(deps: Deps, names, annotator, who, tab) -> list:
         right = gr.Dropdown(names, value=names[1] if len(names) > 1 else None, label="Right", scale=1)
         blind = gr.Checkbox(True, label="Blind (show A / B; names revealed on close)", scale=1)
         history = gr.Radio(
-            ["own", "shared"],
+            list(study.CONDITIONS),
             value="own",
             label="History",
             info="shared: after each verdict both sides continue from the preferred reply (A's on a tie)",

@@ -56,11 +56,8 @@ def create(
     return (
         f"Created study **{st['name']}**: {', '.join(st['checkpoints'])}, {st['conversations']} conversations per "
         f"checkpoint of {st['turns']} turns"
-        + (
-            f" under each history ({study.SAID['own']}; {study.SAID[('shared', st['history_rule'])]})"
-            if st["history"] == "both"
-            else f", {study.SAID[st['history'] if st['history'] == 'own' else ('shared', st['history_rule'])]}"
-        )
+        + (" " if st["history"] == "both" else ", ")
+        + study.said(st["history"], st["history_rule"])
         + f". In the Compare tab, pick it and press **n** for its first prompt.{shared}"
     )
 
@@ -124,13 +121,13 @@ def study_tab(deps: Deps, names: list[str], tab) -> None:
             adjudicators = gr.Textbox(label="Adjudicators (comma-separated)", max_lines=1, elem_id="study-adjudicators")
         with gr.Row():
             history = gr.Radio(
-                ["own", "shared", "both"],
+                list(study.HISTORIES),
                 value="own",
                 label="History (own: LIMA's; both: each conversation twice)",
                 elem_id="study-history",
             )
             rule = gr.Radio(
-                ["verdict", "reference"],
+                list(study.RULES),
                 value="verdict",
                 label="Shared history continues from",
                 info="verdict: the preferred reply (A's on a tie); reference: the prompt set's reference reply",

@@ -17,8 +17,6 @@ the judge can be trusted. Computed once (`build`), rendered in one place per for
 
 from __future__ import annotations
 
-import base64
-import html
 import math
 import statistics
 from collections import defaultdict
@@ -27,7 +25,7 @@ from itertools import combinations
 from pathlib import Path
 from typing import Any
 
-from limachat.dialogues import stats
+from limachat.dialogues import render, stats
 from limachat.dialogues.bench import answers, checkpoints_of
 
 # The MT-Bench paper's agreement on its expert votes (Zheng et al., 2023): GPT-4 pairwise against the
@@ -370,14 +368,10 @@ def sections(r: BenchReport) -> list[tuple[str, list[str], list[list[str]], str]
 
 
 def markdown(r: BenchReport) -> str:
-    lines = [f"# Bench {r.run}", "", _summary(r), ""]
-    for title, header, rows, note in sections(r):
-        lines += [f"## {title}", "", "| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
-        lines += ["| " + " | ".join(x) + " |" for x in rows] or ["| " + " | ".join(["-"] * len(header)) + " |"]
-        lines += ["", note, ""]
+    out = render.markdown(f"Bench {r.run}", _summary(r), [(None, sections(r))])
     if not r.grades and not r.games:
-        lines += ["No judgments yet: `limachat bench judge " + r.run + " --mode single` grades the answers.", ""]
-    return "\n".join(lines)
+        out += f"\nNo judgments yet: `limachat bench judge {r.run} --mode single` grades the answers.\n"
+    return out
 
 
 def _summary(r: BenchReport) -> str:
@@ -434,30 +428,13 @@ def figure(r: BenchReport, path: Path | None = None) -> bytes:
 
 
 def to_html(r: BenchReport, chart: bytes | None = None) -> str:
-    e = html.escape
-    png = base64.b64encode(chart if chart is not None else figure(r)).decode()
-    parts = [
-        f"<h1>Bench {e(r.run)}</h1>",
-        f"<p>{e(_summary(r))}</p>",
-        f'<img alt="grades per turn and category" src="data:image/png;base64,{png}">',
-    ]
-    for title, header, rows, note in sections(r):
-        head = "".join(f"<th>{e(h)}</th>" for h in header)
-        body = "".join("<tr>" + "".join(f"<td>{e(c)}</td>" for c in x) + "</tr>" for x in rows) or (
-            f'<tr><td colspan="{len(header)}">none yet</td></tr>'
-        )
-        parts.append(
-            f"<h2>{e(title)}</h2><table><thead><tr>{head}</tr></thead><tbody>{body}</tbody></table><p class=note>{e(note)}</p>"
-        )
-    style = (
-        "body{font-family:system-ui,sans-serif;max-width:1100px;margin:2em auto;padding:0 1em;color:#222}"
-        "table{border-collapse:collapse;margin:.5em 0}th,td{border:1px solid #ccc;padding:.3em .7em;text-align:left}"
-        "th{background:#f4f4f4}img{max-width:100%}.note{color:#555;font-size:.9em}"
-    )
-    return (
-        f'<!doctype html><html lang="en"><head><meta charset="utf-8"><title>Bench {e(r.run)} - limachat</title>'
-        f"<style>{style}</style></head><body>{''.join(parts)}"
-        "<p class=note>Written by limachat (limachat bench report).</p></body></html>\n"
+    return render.html_page(
+        f"Bench {r.run}",
+        _summary(r),
+        chart if chart is not None else figure(r),
+        "grades per turn and category",
+        [(None, sections(r))],
+        "Written by limachat (limachat bench report).",
     )
 
 

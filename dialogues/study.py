@@ -29,13 +29,21 @@ from limachat.dialogues.store import Store
 NAME = re.compile(r"^[\w.-]{1,64}$")
 BUNDLED_SET = "bundled"
 BUNDLED_SETS = {BUNDLED_SET: "prompts.jsonl", "scripted": "scripted.jsonl"}  # name -> file in dialogues/data
-HISTORIES = ("own", "shared", "both")  # see migrations.m008_history
-RULES = ("verdict", "reference")
+HISTORIES = ("own", "shared", "both")  # a study's history option: see migrations.m008_history
+CONDITIONS = ("own", "shared")  # what one conversation runs under
+RULES = ("verdict", "reference")  # what a shared history continues from
 SAID = {
     "own": "own history: each side continues from its own replies",
     ("shared", "verdict"): "shared history: both sides continue from the reply your verdict preferred (A's on a tie)",
     ("shared", "reference"): "shared history: both sides continue from the prompt set's reference reply",
 }
+
+
+def said(history: str, rule: str = "verdict") -> str:
+    """The words every page and terminal use for a history option: "own", "shared" (by `rule`) or "both"."""
+    if history == "both":
+        return f"under each history ({SAID['own']}; {SAID[('shared', rule)]})"
+    return SAID["own"] if history == "own" else SAID[("shared", rule)]
 
 
 class WalkDone(ValueError):
@@ -426,9 +434,7 @@ def status_line(
         return f"Study **{study['name']}**: your walk is done.{shared} See the Study tab for the report."
     where = f"conversation {place} of {total}" if place else "a conversation"
     if study.get("history", "own") != "own":
-        where += (
-            f" ({SAID[conv.slot.history] if conv.slot.history == 'own' else SAID[('shared', study['history_rule'])]})"
-        )
+        where += f" ({said(conv.slot.history, study['history_rule'])})"
     if conv.reached(turns):
         left = conv.replies - conv.rated
         todo = f"Rate its {left} unrated repl{'ies' if left != 1 else 'y'}, then give" if left > 0 else "Give"

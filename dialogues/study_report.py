@@ -9,9 +9,7 @@ with the lowest current label among the raters taken (as everywhere in limachat)
 
 from __future__ import annotations
 
-import base64
 import csv
-import html
 import io
 from collections import Counter, defaultdict
 from dataclasses import dataclass, field
@@ -19,7 +17,7 @@ from itertools import combinations
 from pathlib import Path
 from typing import Any
 
-from limachat.dialogues import stats
+from limachat.dialogues import render, stats
 from limachat.dialogues.agreement import PeopleAgreement, people_agreement
 from limachat.dialogues.report import why_failed
 from limachat.dialogues.store import LABELS, RANK, Store
@@ -453,16 +451,13 @@ def _agreement_sections(report: StudyReport) -> list[tuple[str, list[str], list[
     return out
 
 
+def _groups(reports: list[StudyReport]) -> list[tuple[str, list]]:
+    return [(f"Rated by {WHO.get(r.raters, r.raters)}", sections(r)) for r in reports]
+
+
 def markdown(reports: list[StudyReport]) -> str:
     st = reports[0].study
-    lines = [f"# Study {st['name']}", "", _summary(st), ""]
-    for report in reports:
-        lines += [f"## Rated by {WHO.get(report.raters, report.raters)}", ""]
-        for title, header, rows, note in sections(report):
-            lines += [f"### {title}", "", "| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
-            lines += ["| " + " | ".join(r) + " |" for r in rows] or ["| " + " | ".join(["-"] * len(header)) + " |"]
-            lines += ["", note, ""]
-    return "\n".join(lines)
+    return render.markdown(f"Study {st['name']}", _summary(st), _groups(reports))
 
 
 def _summary(st: dict[str, Any]) -> str:
@@ -611,37 +606,15 @@ def _history_axes(report: StudyReport, ax, ax2) -> None:
 
 
 def to_html(reports: list[StudyReport], chart: bytes | None = None) -> str:
-    """One self-contained page: the summary, the chart (`chart`, PNG bytes, drawn when not given)
-    embedded as a data URI, and every table."""
+    """One self-contained page: the summary, the chart (`chart`, PNG bytes, drawn when not given) and every table."""
     st = reports[0].study
-    e = html.escape
-    png = base64.b64encode(chart if chart is not None else figure(reports)).decode()
-    parts = [
-        f"<h1>Study {e(st['name'])}</h1>",
-        f"<p>{e(_summary(st))}</p>",
-        f'<img alt="label shares and leaderboard" src="data:image/png;base64,{png}">',
-    ]
-    for report in reports:
-        parts.append(f"<h2>Rated by {e(WHO.get(report.raters, report.raters))}</h2>")
-        for title, header, rows, note in sections(report):
-            head = "".join(f"<th>{e(h)}</th>" for h in header)
-            body = (
-                "".join("<tr>" + "".join(f"<td>{e(c)}</td>" for c in r) + "</tr>" for r in rows)
-                or f'<tr><td colspan="{len(header)}">none yet</td></tr>'
-            )
-            parts.append(
-                f"<h3>{e(title)}</h3><table><thead><tr>{head}</tr></thead><tbody>{body}</tbody></table>"
-                f"<p class=note>{e(note)}</p>"
-            )
-    style = (
-        "body{font-family:system-ui,sans-serif;max-width:1100px;margin:2em auto;padding:0 1em;color:#222}"
-        "table{border-collapse:collapse;margin:.5em 0}th,td{border:1px solid #ccc;padding:.3em .7em;text-align:left}"
-        "th{background:#f4f4f4}img{max-width:100%}.note{color:#555;font-size:.9em}"
-    )
-    return (
-        f'<!doctype html><html lang="en"><head><meta charset="utf-8"><title>Study {e(st["name"])} - limachat</title>'
-        f"<style>{style}</style></head><body>{''.join(parts)}"
-        "<p class=note>Written by limachat (limachat report --study).</p></body></html>\n"
+    return render.html_page(
+        f"Study {st['name']}",
+        _summary(st),
+        chart if chart is not None else figure(reports),
+        "label shares and leaderboard",
+        _groups(reports),
+        "Written by limachat (limachat report --study).",
     )
 
 

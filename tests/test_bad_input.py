@@ -169,7 +169,7 @@ CLI_CASES = [
         {"in.jsonl": session_with(session={**SESSION["session"], "mode": "party"}).encode()},
         {},
         ["import", "in.jsonl"],
-        "mode must be one of chat, compare, blind, imported, not 'party'",
+        "mode must be one of chat, compare, blind, imported, bench, not 'party'",
     ),
     (
         "import-unknown-status",

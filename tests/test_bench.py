@@ -391,6 +391,63 @@ def test_bench_answers_open_in_the_compare_tab_for_ratings_and_verdicts(tmp_path
         asyncio.run(send())
 
 
+class TooLong:
+    """A stand-in judge endpoint whose every chat request is longer than its context window (vLLM's own HTTP
+    400 and message): what a 2048-token judge answers a second turn of two 1024-token replies."""
+
+    def __init__(self):
+        class Handler(BaseHTTPRequestHandler):
+            def log_message(self, *args):
+                pass
+
+            def _send(self, status: int, body: dict) -> None:
+                data = json.dumps(body).encode()
+                self.send_response(status)
+                self.send_header("Content-Type", "application/json")
+                self.send_header("Content-Length", str(len(data)))
+                self.end_headers()
+                self.wfile.write(data)
+
+            def do_GET(self):
+                self._send(200, {"object": "list", "data": [{"id": "base", "object": "model"}]})
+
+            def do_POST(self):
+                self.rfile.read(int(self.headers.get("Content-Length") or 0))
+                message = (
+                    "This model's maximum context length is 2048 tokens. However, your prompt contains at least "
+                    "2049 input tokens, which exceeds this limit even without any output tokens."
+                )
+                self._send(400, {"error": {"message": message, "type": "BadRequestError", "code": 400}})
+
+        self.server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        self.url = f"http://127.0.0.1:{self.server.server_address[1]}/v1"
+        threading.Thread(target=self.server.serve_forever, daemon=True).start()
+
+
+def test_a_prompt_longer_than_the_judges_context_is_kept_unjudged_not_retried(tmp_path):
+    from limachat.serve.checkpoints import Checkpoint
+
+    store, _ = _run_by_hand(tmp_path / "b.db")
+    judge = TooLong()
+    try:
+        endpoint = Checkpoint(name="judge", model="base", base_url=judge.url)
+        quiet = type("Quiet", (), {"__init__": lambda s, *a, **k: None, "__enter__": lambda s: s,
+                                   "__exit__": lambda s, *a: None, "message": lambda s, *a: None,
+                                   "update": lambda s, *a: None, "finish": lambda s, *a, **k: None})  # fmt: skip
+        first = bench_judge.run(store, endpoint, "hand", "single", progress_cls=quiet)
+        assert (first.too_long, first.failed, first.unparsed) == (24, 0, 0)  # 3 checkpoints x 4 questions x 2 turns
+        assert "24 longer than the judge's context window (kept unjudged" in first.line()
+        rows = store.bench_judgments("hand", "single", first.judge)
+        assert len(rows) == 24 and all(
+            r["score"] == -1 and r["judgment"].startswith("(not judged: prompt too long") for r in rows
+        )
+        again = bench_judge.run(store, endpoint, "hand", "single", progress_cls=quiet)
+        assert (again.asked, again.skipped) == (0, 24)  # the same next time: not asked again
+    finally:
+        judge.server.shutdown()
+        judge.server.server_close()
+
+
 # -- on the real server ------------------------------------------------------------------------------
 class GoesAway:
     """A stand-in for an endpoint that goes away half-way (a healthy server cannot be made to on demand):

@@ -8,6 +8,7 @@ from pathlib import Path
 import click
 
 from limachat import context
+from limachat.dialogues.study import HISTORIES, RULES
 from limachat.dialogues.values import QUEUE_SOURCES
 from limachat.options import filter_options
 
@@ -41,7 +42,7 @@ def study_cmd() -> None:
 )
 @click.option(
     "--history",
-    type=click.Choice(["own", "shared", "both"]),
+    type=click.Choice(HISTORIES),
     default="own",
     show_default=True,
     help="own: each side continues from its own replies (LIMA); shared: both continue from one reply, by --rule; "
@@ -49,7 +50,7 @@ def study_cmd() -> None:
 )
 @click.option(
     "--rule",
-    type=click.Choice(["verdict", "reference"]),
+    type=click.Choice(RULES),
     default="verdict",
     show_default=True,
     help="A shared history's reply: the one the exchange verdict preferred (A's on a tie), or the prompt set's "
@@ -123,8 +124,7 @@ def create_cmd(
     click.echo(
         f"study {st['name']}: {', '.join(st['checkpoints'])}; {said}, {st['turns']} turns each, from "
         f"{len(st['prompts'])} prompts ({st['prompt_set']}); {'blind' if st['blind'] else 'not blind'}; "
-        + (study.SAID["own"] if history == "own" else study.SAID[("shared", rule)])
-        + ("; and every conversation again with its own history" if history == "both" else "")
+        + study.said(history, rule)
     )
 
 
