@@ -277,6 +277,7 @@ SECTIONS = {
 
 
 HEADERS = {
+    "mtbench": ["| what | figure (one run) | target |", "|---|---|---|"],
     "followups": bench_followups.HEADER,
     "sampling": [
         "| checkpoint, preset | replies | stopped | run > 30 | median tokens | fluency, median (range) | fluency >= 3.5 |",

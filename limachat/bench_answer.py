@@ -95,6 +95,7 @@ def run(
                 todo.append((q, ck, a))
     left = sum(len(q["record"]["turns"]) - (len(a.texts()) if a else 0) for q, _, a in todo)
     clients = {ck.name: ChatClient(ck, timeout=900) for ck in checkpoints}
+    written: list[str] = []  # the replies this run finished
 
     async def one(job) -> None:
         q, ck, a = job
@@ -121,7 +122,7 @@ def run(
                 summary.failed += 1
                 summary.errors.append(" ".join(f"{ck.name}: {reply.detail or reply.error}".split()))
                 return
-            summary.tokens += (await store.aio.turn(reply.turn_id))["completion_tokens"] or 0
+            written.append(reply.turn_id)
             parent, k = reply.turn_id, k + 1
 
     async def all_() -> None:
@@ -141,5 +142,6 @@ def run(
         start = time.monotonic()
         asyncio.run(all_())
         summary.seconds = time.monotonic() - start
+        summary.tokens = sum(store.turn(t)["completion_tokens"] or 0 for t in written)
         bar.finish(state="failed" if summary.failed else "done", message=summary.line())
     return summary
