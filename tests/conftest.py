@@ -39,11 +39,35 @@ def clean_env(monkeypatch, tmp_path):
 
 
 @pytest.fixture(scope="session")
-def model_home(tmp_path_factory) -> Path:
-    """A data directory holding the bundled base, converted once for the whole session."""
+def tiny_base(tmp_path_factory) -> Path:
+    """The tiny random model of the bundled architecture (tests/tiny.py), built once per session."""
+    from tiny import build_tiny
+
+    return build_tiny(tmp_path_factory.mktemp("tiny") / "model")
+
+
+@pytest.fixture(scope="session")
+def model_home(tmp_path_factory, tiny_base) -> Path:
+    """A data directory whose base is the tiny model (`server.base`), with its untrained adapter."""
     from limachat.serve.base import prepare_base
 
     home = tmp_path_factory.mktemp("home")
+    prepare_base(home, str(tiny_base), progress=lambda m: print(m, file=sys.stderr))
+    return home
+
+
+@pytest.fixture(scope="session")
+def trained_home(model_home, tiny_base) -> Path:
+    """Both demo adapters trained on the tiny base by the demo's own recipe and data (TRL, ~1 min)."""
+    return _train_demo(model_home, str(tiny_base))
+
+
+@pytest.fixture(scope="session")
+def real_home(tmp_path_factory) -> Path:
+    """A data directory holding the bundled base (SmolLM2-135M), converted once for the whole session."""
+    from limachat.serve.base import prepare_base
+
+    home = tmp_path_factory.mktemp("real")
     seed = os.environ.get("TESTS_SEED_HOME")
     if seed:  # a developer's shortcut (CI never sets it): start from a home with the base and adapters made;
         # prepare_base and training still check their fingerprints and redo whatever does not match
@@ -55,24 +79,20 @@ def model_home(tmp_path_factory) -> Path:
 
 
 @pytest.fixture(scope="session")
-def trained_home(model_home) -> Path:
-    """Both demo adapters trained exactly as `limachat demo` trains them (the bundled set, the
-    default recipe; TRL on CPU, ~8 minutes) into <home>/checkpoints/: the tests talk to what a user
-    gets."""
+def real_trained_home(real_home) -> Path:
+    """Both demo adapters trained exactly as `limachat demo` trains them on the bundled base (TRL on CPU,
+    ~8 minutes): the tests where what a user reads is the point talk to what a user gets."""
+    return _train_demo(real_home, str(real_home / "base" / "SmolLM2-135M-Instruct" / "model"))
+
+
+def _train_demo(home: Path, base: str) -> Path:
     from limachat.settings import Settings
     from limachat.train.data import bundled_examples, split
     from limachat.train.pipeline import run
 
-    base = str(model_home / "base" / "SmolLM2-135M-Instruct" / "model")
-    run(
-        Settings(home=model_home),
-        ["zero-shot", "dialogue"],
-        split(bundled_examples()),
-        base,
-        {},
-        progress=lambda m: print(m, file=sys.stderr),
-    )
-    return model_home
+    progress = lambda m: print(m, file=sys.stderr)  # noqa: E731
+    run(Settings(home=home), ["zero-shot", "dialogue"], split(bundled_examples()), base, {}, progress=progress)
+    return home
 
 
 class RunningServer:
@@ -92,6 +112,22 @@ class RunningServer:
             cwd=home,
         )
         self.started: dict[int, object] = {}
+        from limachat.serve.base import base_slug
+
+        configured = env.get("LIMACHAT_SERVER__BASE")
+        self.base = configured or str(home / "base" / "SmolLM2-135M-Instruct" / "model")  # the folder vLLM serves
+        self.untrained = home / "base" / base_slug(configured) / "untrained-lora"
+        self.eager = env.get("LIMACHAT_SERVER__ENFORCE_EAGER") == "true"
+
+    def settings(self, home: Path, **fields):
+        """Settings for a data home of a test's own that uses this server: its port, its base and its key."""
+        from limachat.settings import Settings
+
+        settings = Settings(home=home, **fields)
+        settings.server.port, settings.server.base = self.port, self.base
+        settings.server.enforce_eager = self.eager or None
+        self.share_key(home)
+        return settings
 
     def output(self) -> str:
         return self.stderr_path.read_text(errors="replace")
@@ -146,20 +182,14 @@ class RunningServer:
         return [p for p in self.started.values() if p.is_running() and p.status() != psutil.STATUS_ZOMBIE]
 
 
-@pytest.fixture(scope="session")
-def vllm_server(trained_home, tmp_path_factory) -> RunningServer:
-    """The real vLLM CPU server on the bundled model with both adapters, for the whole session.
-
-    Tests marked `kills_vllm` run after every other test that uses it (they kill vLLM under it and wait
-    for `limachat serve` to bring it back); tests marked `stops_server` run after those and stop it. The
-    teardown stops it if they did not. Adapters the tests train in their own homes load from the session's
-    temporary folder (server.adapter_dirs)."""
+def _serve(home: Path, tmp_path_factory, env: dict[str, str]):
+    """Start `limachat serve` for the whole session; leave nothing running whatever the tests did."""
     dirs = json.dumps([str(tmp_path_factory.getbasetemp())])
-    server = RunningServer(trained_home, free_port(), env={"LIMACHAT_SERVER__ADAPTER_DIRS": dirs})
+    server = RunningServer(home, free_port(), env={"LIMACHAT_SERVER__ADAPTER_DIRS": dirs, **env})
     try:
         server.wait_ready()
         yield server
-    finally:  # whatever the tests did, leave nothing running
+    finally:
         try:
             if server.proc.poll() is None:
                 server.interrupt()
@@ -169,9 +199,42 @@ def vllm_server(trained_home, tmp_path_factory) -> RunningServer:
                 p.kill()
 
 
+@pytest.fixture(scope="session")
+def tiny_env(tiny_base) -> dict[str, str]:
+    """The settings that make `limachat serve` serve the tiny model, eagerly (compiling would cost more than
+    it saves on replies of random tokens)."""
+    return {"LIMACHAT_SERVER__BASE": str(tiny_base), "LIMACHAT_SERVER__ENFORCE_EAGER": "true"}
+
+
+@pytest.fixture(scope="session")
+def vllm_server(trained_home, tiny_env, tmp_path_factory) -> RunningServer:
+    """The real vLLM CPU server on the tiny model with its two demo adapters, for the whole session.
+
+    Tests marked `kills_vllm` run after every other test that uses it (they kill vLLM under it and wait
+    for `limachat serve` to bring it back); tests marked `stops_server` run after those and stop it.
+    Adapters the tests train in their own homes load from the session's temporary folder
+    (server.adapter_dirs)."""
+    yield from _serve(trained_home, tmp_path_factory, tiny_env)
+
+
+@pytest.fixture(scope="session")
+def real_server(real_trained_home, tmp_path_factory) -> RunningServer:
+    """The real vLLM CPU server on the bundled model with both demo adapters, at the defaults a user gets
+    (docs/testing.md says which tests need it, and why)."""
+    yield from _serve(real_trained_home, tmp_path_factory, {})
+
+
 # A test's tier follows from the fixtures it uses (directly or through other fixtures): `make test-fast`
 # runs those without the `model` marker.
-TIERS = {"model_home": "model", "trained_home": "training", "vllm_server": "server"}
+TIERS = {
+    "tiny_base": "model",
+    "model_home": "model",
+    "trained_home": "training",
+    "vllm_server": "server",
+    "real_home": "model",
+    "real_trained_home": "training",
+    "real_server": "server",
+}
 
 
 def pytest_collection_modifyitems(config, items):
@@ -181,6 +244,8 @@ def pytest_collection_modifyitems(config, items):
         for fixture, marker in TIERS.items():
             if fixture in item.fixturenames:
                 item.add_marker(marker)
+        if any(f.startswith("real_") for f in item.fixturenames):
+            item.add_marker("real")
     order = {"kills_vllm": 1, "stops_server": 2}
     items.sort(key=lambda item: max((n for m, n in order.items() if item.get_closest_marker(m)), default=0))
 

@@ -165,9 +165,10 @@ def judge_standin(port: int):
 
 
 @pytest.mark.model
-def test_ablate_ranks_a_helpful_group_above_a_noisy_one(vllm_server, tmp_path):
-    """The whole loop on the real server, one epoch a variant: gina's chains lower the held-out loss and
-    raise the judge's excellent share; nico's do neither. The ablation must say so, the right way round."""
+def test_ablate_ranks_a_helpful_group_above_a_noisy_one(real_server, tmp_path):
+    """The whole loop on the real server with the bundled model (a random one learns no habit in one epoch),
+    one epoch a variant: gina's chains lower the held-out loss and raise the judge's excellent share; nico's
+    do neither. The ablation must say so, the right way round."""
     import httpx
     from conftest import free_port, models
 
@@ -178,15 +179,15 @@ def test_ablate_ranks_a_helpful_group_above_a_noisy_one(vllm_server, tmp_path):
     port = free_port()
     standin = judge_standin(port)
     home = tmp_path / "home"
-    vllm_server.share_key(home)
+    real_server.share_key(home)
     settings = Settings(
         home=home,
         sampling={"max_tokens": 32, "extra": {"seed": 0}},  # seeded draws; the reply's length is not what this checks
         curate={"judge": {"name": "rule", "model": "rule", "base_url": f"http://127.0.0.1:{port}/v1",
                           "structured_outputs": False}},
     )  # fmt: skip
-    settings.server.port = vllm_server.port
-    settings.server.base = str(vllm_server.home / "base" / "SmolLM2-135M-Instruct" / "model")
+    settings.server.port = real_server.port
+    settings.server.base = real_server.base
     store = Store(home / "limachat.db")
     try:
         report = ablate.run(store, settings, export, name="syn", heldout=held, conversations=4, epochs=1)
@@ -198,7 +199,7 @@ def test_ablate_ranks_a_helpful_group_above_a_noisy_one(vllm_server, tmp_path):
         assert effect["gina"]["loss"]["low"] > 0, "no interval can tell gina's effect on the loss from zero"
         assert effect["gina"]["excellent"]["value"] > effect["nico"]["excellent"]["value"]
         assert report.index("| gina |") < report.index("| nico |")  # ranked
-        assert {"syn-all", "syn-without-gina", "syn-without-nico"} <= set(models(vllm_server.url, vllm_server.headers))
+        assert {"syn-all", "syn-without-gina", "syn-without-nico"} <= set(models(real_server.url, real_server.headers))
         replies = [
             t
             for s in store.tagged_sessions("ablation", "syn")
@@ -214,7 +215,7 @@ def test_ablate_ranks_a_helpful_group_above_a_noisy_one(vllm_server, tmp_path):
     finally:
         standin.should_exit = True
         for n in ("syn-all", "syn-without-gina", "syn-without-nico"):
-            httpx.post(vllm_server.url + "/unload_lora_adapter", headers=vllm_server.headers, json={"lora_name": n},
+            httpx.post(real_server.url + "/unload_lora_adapter", headers=real_server.headers, json={"lora_name": n},
                        timeout=60)  # fmt: skip
 
 

@@ -42,7 +42,7 @@ def running_app(vllm_server, home: Path, *args: str, procs: list | None = None, 
         LIMACHAT_HOME=str(home),
         LIMACHAT_SERVER__PORT=str(vllm_server.port),
         PYTHONUNBUFFERED="1",
-        LIMACHAT_SERVER__BASE=str(vllm_server.home / "base" / "SmolLM2-135M-Instruct" / "model"),
+        LIMACHAT_SERVER__BASE=vllm_server.base,
     )
     log = home / "app.log"
     started = log.read_text().count("app ready") if log.exists() else 0
@@ -68,8 +68,10 @@ def running_app(vllm_server, home: Path, *args: str, procs: list | None = None, 
 
 
 @pytest.fixture
-def app_url(vllm_server, tmp_path):
-    with running_app(vllm_server, tmp_path) as url:
+def app_url(real_server, tmp_path):
+    """The app on the bundled model and its demo adapters at the defaults: the one browser walk where what
+    the replies say matters (docs/testing.md)."""
+    with running_app(real_server, tmp_path) as url:
         yield url, tmp_path
 
 

@@ -18,17 +18,14 @@ from limachat.demo.history import inert
 from limachat.demo.users import AuthFileError, Logins, add_user, plain, read_users
 from limachat.dialogues.store import Store
 from limachat.serve.checkpoints import Checkpoint
-from limachat.settings import Settings
+from limachat.serve.fluency import fluency
 
 
 @pytest.fixture
 def deps(vllm_server, tmp_path):
-    settings = Settings(home=tmp_path, sampling={"max_tokens": 24, "temperature": 0.0})
-    settings.server.port = vllm_server.port
-    settings.server.base = str(vllm_server.home / "base" / "SmolLM2-135M-Instruct" / "model")
-    names = ["zero-shot", "dialogue"]
-    cks = {n: vllm_server.checkpoint(n) for n in names}
-    vllm_server.share_key(tmp_path)
+    # the preset the bundled model gets by default, named (the tiny model is not the bundled one)
+    settings = vllm_server.settings(tmp_path, sampling={"preset": "focused", "max_tokens": 24, "temperature": 0.0})
+    cks = {n: vllm_server.checkpoint(n) for n in ["zero-shot", "dialogue"]}
     d = Deps(Store(tmp_path / "app.db"), cks, settings, fluency_url=vllm_server.url)
     yield d
     d.store.close()
@@ -43,14 +40,14 @@ def drain(gen):
     return asyncio.run(go())
 
 
-def test_chat_two_turns_stream_and_are_stored(deps):
+def test_chat_two_turns_stream_and_are_stored(deps, vllm_server):
     outs = drain(chat.send(deps, chat.blank(), "Complete this sentence: The capital of France is", "dialogue", "ana"))
     assert len(outs) >= 3, "the reply should reach the page in several pieces"
     first_state, first_view = outs[0]
     assert first_view.history[0] == {"role": "user", "content": "Complete this sentence: The capital of France is"}
     state, v = outs[-1]
     assert [m["role"] for m in v.history] == ["user", "assistant"] and v.feedback == [None]
-    assert "Paris" in v.history[1]["content"]
+    assert v.history[1]["content"] == deps.store.turns(state["session"])[1]["content"].strip()  # shown as stored
     state, v = drain(chat.send(deps, state, "And of Italy?", "dialogue", "ana"))[-1]
     assert len(v.history) == 4 and len(state["ids"]) == 4
     turns = deps.store.turns(state["session"])
@@ -58,7 +55,7 @@ def test_chat_two_turns_stream_and_are_stored(deps):
     reply = turns[3]
     assert reply["status"] == "ok" and reply["checkpoint"] == "dialogue" and reply["completion_tokens"] > 0
     assert reply["ttft"] > 0
-    # what was sent is what is stored: the bundled model's preset under the overrides
+    # what was sent is what is stored: the preset under the overrides
     assert reply["preset"] == "focused" and reply["omitted"] is None
     assert reply["params"] == {
         "max_tokens": 24,
@@ -67,7 +64,9 @@ def test_chat_two_turns_stream_and_are_stored(deps):
         "generated_repetition_penalty": 1.1,
         "penalty_scope": "conversation",
     }
-    assert 0 < reply["fluency"] < 3.5  # scored under the base once the reply is done
+    # scored under the base once the reply is done, as the fluency score of that reply in its conversation
+    scored = asyncio.run(fluency(vllm_server.url, "base", deps.store.messages(reply["id"])[:-1], reply["content"], headers=vllm_server.headers))  # fmt: skip
+    assert reply["fluency"] == pytest.approx(scored, abs=1e-3)
     # the second request carried the first exchange
     assert [m["content"] for m in deps.store.messages(turns[2]["id"])][:2] == [turns[0]["content"], turns[1]["content"]]
     assert deps.store.session(state["session"])["mode"] == "chat"

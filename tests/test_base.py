@@ -5,8 +5,8 @@ import json
 from limachat.serve.base import MANIFEST, bundled_gguf, check_converted, prepare_base
 
 
-def test_conversion_is_complete_and_idempotent(model_home):
-    model_dir = model_home / "base" / "SmolLM2-135M-Instruct" / "model"
+def test_conversion_is_complete_and_idempotent(real_home):
+    model_dir = real_home / "base" / "SmolLM2-135M-Instruct" / "model"
     files = {p.name for p in model_dir.iterdir()}
     assert {"config.json", "model.safetensors", "tokenizer.json", MANIFEST} <= files
     record = json.loads((model_dir / MANIFEST).read_text())
@@ -16,7 +16,7 @@ def test_conversion_is_complete_and_idempotent(model_home):
     before = {p.name: p.stat().st_mtime_ns for p in model_dir.iterdir()}
 
     messages = []
-    base = prepare_base(model_home, None, progress=messages.append)
+    base = prepare_base(real_home, None, progress=messages.append)
     assert messages == [f"base model up to date: {model_dir}"]
     assert {p.name: p.stat().st_mtime_ns for p in model_dir.iterdir()} == before
     assert base.model == str(model_dir)
@@ -32,8 +32,8 @@ def test_conversion_is_complete_and_idempotent(model_home):
     }
 
 
-def test_a_changed_or_partial_result_is_detected(model_home, tmp_path):
-    model_dir = model_home / "base" / "SmolLM2-135M-Instruct" / "model"
+def test_a_changed_or_partial_result_is_detected(real_home, tmp_path):
+    model_dir = real_home / "base" / "SmolLM2-135M-Instruct" / "model"
     assert check_converted(model_dir, bundled_gguf()) is None
     copy = tmp_path / "model"
     copy.mkdir()
@@ -55,11 +55,11 @@ def test_user_base_must_be_a_model_folder(tmp_path):
         prepare_base(tmp_path / "home", str(tmp_path), progress=lambda m: None)
 
 
-def test_untrained_adapter_for_a_local_base(model_home, tmp_path):
+def test_untrained_adapter_for_a_local_base(real_home, tmp_path):
     """`--base FOLDER` serves the folder as is and makes an adapter sized from its config."""
     from safetensors import safe_open
 
-    model_dir = model_home / "base" / "SmolLM2-135M-Instruct" / "model"
+    model_dir = real_home / "base" / "SmolLM2-135M-Instruct" / "model"
     base = prepare_base(tmp_path, str(model_dir), progress=lambda m: None)
     assert base.model == str(model_dir) and base.name == "model"
     with safe_open(base.adapter / "adapter_model.safetensors", "pt") as f:

@@ -501,7 +501,7 @@ class GoesAway:
 
 def _cli(home: Path, server, *args: str) -> subprocess.CompletedProcess:
     env = {k: v for k, v in os.environ.items() if not k.startswith("LIMACHAT_")}
-    env.update(LIMACHAT_HOME=str(home), LIMACHAT_SERVER__PORT=str(server.port))
+    env.update(LIMACHAT_HOME=str(home), LIMACHAT_SERVER__PORT=str(server.port), LIMACHAT_SERVER__BASE=server.base)
     return subprocess.run(
         [sys.executable, "-m", "limachat.cli", *args], cwd=home, capture_output=True, text=True, env=env, timeout=900
     )

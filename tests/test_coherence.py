@@ -1,4 +1,5 @@
-"""Coherence as a user sees it, on the real vLLM server at the default preset and reply length:
+"""Coherence as a user sees it, on the real vLLM server with the bundled model and its demo adapters, at the
+default preset and reply length:
 the held-out follow-up conversations (limachat.followups) with both demo checkpoints at once, as
 several users would chat, checked for what went wrong before (rambling to the token limit, words
 run together, word salad, a reply that gives back the previous one instead of answering); and the
@@ -28,8 +29,8 @@ def longest_run(text: str) -> int:
     return max((len(w) for w in re.split(r"\s+", text)), default=0)
 
 
-def test_default_preset_answers_every_follow_up_of_the_held_out_conversations(vllm_server, clean_env):
-    settings = Settings(home=vllm_server.home)
+def test_default_preset_answers_every_follow_up_of_the_held_out_conversations(real_server, clean_env):
+    settings = Settings(home=real_server.home)
     runs = {}
     for name in ("zero-shot", "dialogue"):
         preset, params = settings.sampling_for(name)
@@ -37,7 +38,7 @@ def test_default_preset_answers_every_follow_up_of_the_held_out_conversations(vl
         runs[name] = (name, {**params, "seed": SEED})
     convos = followups.conversations()
     assert len(convos) >= 8 and all(len(c["turns"]) >= 3 for c in convos)
-    results = asyncio.run(followups.run(vllm_server.url, runs, convos, api_key=vllm_server.key))
+    results = asyncio.run(followups.run(real_server.url, runs, convos, api_key=real_server.key))
     summary = {name: followups.summary(replies) for name, replies in results.items()}
     for name, replies in results.items():
         s = summary[name]
@@ -63,9 +64,9 @@ def test_default_preset_answers_every_follow_up_of_the_held_out_conversations(vl
 
 
 @pytest.mark.parametrize("fixture, fluent", [("word_salad.json", False), ("coherent.json", True)])
-def test_fluency_threshold_separates_word_salad_from_coherent_text(vllm_server, fixture, fluent):
+def test_fluency_threshold_separates_word_salad_from_coherent_text(real_server, fixture, fluent):
     """Both fixtures are real third-turn replies of the bundled model to the same conversation: the
     salad with vLLM's whole-context penalty 1.2 (the old default), the other with LIMA's."""
     case = json.loads((DATA / fixture).read_text())
-    score = asyncio.run(fluency(vllm_server.url, "base", case["messages"], case["reply"], headers=vllm_server.headers))
+    score = asyncio.run(fluency(real_server.url, "base", case["messages"], case["reply"], headers=real_server.headers))
     assert (score < FLUENT_BELOW) is fluent, f"{fixture}: fluency {score:.2f} (threshold {FLUENT_BELOW})"

@@ -111,13 +111,13 @@ def test_the_next_serve_recognises_its_own_stale_server_and_nothing_else(tmp_pat
             p.wait()
 
 
-def test_sigkill_of_serve_takes_its_vllm_server_down(trained_home):
+def test_sigkill_of_serve_takes_its_vllm_server_down(trained_home, tiny_env):
     """`kill -9` of `limachat serve`: the vLLM server it started gets the parent-death signal and
     frees the port within 10 s; a new `limachat serve` on the same port comes up. The first runs with
     limachat's vLLM patches (the plugin says so); the second with their version range set to exclude
     the installed vLLM: it still comes up, and says, in one warning per vLLM process, that they stand aside."""
     port = free_port()
-    first = RunningServer(trained_home, port)
+    first = RunningServer(trained_home, port, env=tiny_env)
     try:
         first.wait_ready()
         vllm_log = trained_home / "logs" / f"vllm-{port}.log"
@@ -134,7 +134,7 @@ def test_sigkill_of_serve_takes_its_vllm_server_down(trained_home):
         assert port_free(port), "the port is still held 10 s after the supervisor died"
         wait_for(lambda: not first.leftovers(), "vLLM's processes to exit", timeout=30)
         started = len(vllm_log.read_text())
-        second = RunningServer(trained_home, port, env={"LIMACHAT_VLLM_PATCH_RANGE": "<0.1"})
+        second = RunningServer(trained_home, port, env={**tiny_env, "LIMACHAT_VLLM_PATCH_RANGE": "<0.1"})
         try:
             second.wait_ready()
             assert "left on port" not in second.output(), "nothing stale was there to replace"
@@ -169,9 +169,7 @@ def test_vllm_killed_mid_stream_keeps_the_partial_reply_and_retry_works_once_it_
     """SIGKILL of the real vLLM process while a reply streams (default sampling and length): the
     reply keeps its text with status error and a clear message; `limachat serve` says vLLM stopped
     and starts it again; then retry answers."""
-    settings = Settings(home=tmp_path)
-    settings.server.port = vllm_server.port
-    settings.server.base = str(vllm_server.home / "base" / "SmolLM2-135M-Instruct" / "model")
+    settings = vllm_server.settings(tmp_path)
     deps = Deps(
         Store(tmp_path / "app.db"),
         {"dialogue": vllm_server.checkpoint("dialogue")},
@@ -199,7 +197,10 @@ def test_vllm_killed_mid_stream_keeps_the_partial_reply_and_retry_works_once_it_
         StreamBroken.public,
         "its server cannot be reached (stopped, starting, or a wrong address)",
     )
-    assert v.history[-1]["content"].startswith(reply["content"][:20]) and "⚠️ **dialogue:" in v.history[-1]["content"]
+    assert (
+        v.history[-1]["content"].startswith(reply["content"].strip()[:20])
+        and "⚠️ **dialogue:" in v.history[-1]["content"]
+    )
     assert "retry" in v.history[-1]["content"]
 
     wait_for(

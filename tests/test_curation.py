@@ -31,15 +31,16 @@ def drain(gen):
 
 
 @pytest.fixture(scope="module")
-def collected(vllm_server, tmp_path_factory):
+def collected(real_server, tmp_path_factory):
     """Conversations a user had through the app: two chats of two exchanges and a compare session of two,
     rated by a person. Replies are capped at 96 tokens (their length is not what these tests check) and
-    every request is seeded; the judge and the teacher run with their defaults."""
+    every request is seeded; the judge and the teacher run with their defaults. On the bundled model: a
+    judge and a teacher must end their answers and keep to a format, which a random model never does."""
     home = tmp_path_factory.mktemp("curate")
     settings = Settings(home=home, sampling={"max_tokens": 96, "extra": {"seed": 0}})  # seeded: the same draws each run
-    settings.server.port = vllm_server.port
-    vllm_server.share_key(home)  # the home's own clients (judge, teacher, rounds) read the server's key there
-    cks = {n: vllm_server.checkpoint(n) for n in ("zero-shot", "dialogue")}
+    settings.server.port, settings.server.base = real_server.port, real_server.base
+    real_server.share_key(home)  # the home's own clients (judge, teacher, rounds) read the server's key there
+    cks = {n: real_server.checkpoint(n) for n in ("zero-shot", "dialogue")}
     deps = Deps(Store(home / "limachat.db"), cks, settings)
     for ck, (first, second) in (
         ("dialogue", ("How do I boil an egg?", "And how long for a soft one?")),
@@ -99,8 +100,9 @@ def test_judge_labels_scores_and_compares_and_a_second_run_adds_nothing(collecte
     assert (store.counts(), len(store.judgments())) == before
 
 
-def test_judge_from_the_command_line_with_another_model_and_a_limit(collected, vllm_server, monkeypatch):
-    monkeypatch.setenv("LIMACHAT_SERVER__PORT", str(vllm_server.port))
+def test_judge_from_the_command_line_with_another_model_and_a_limit(collected, real_server, monkeypatch):
+    monkeypatch.setenv("LIMACHAT_SERVER__PORT", str(real_server.port))
+    monkeypatch.setenv("LIMACHAT_SERVER__BASE", real_server.base)
     result = CliRunner().invoke(
         main,
         [
@@ -201,7 +203,7 @@ def test_select_on_the_bundled_chains_beats_random_and_embeds_each_chain_once(tm
         select.select(store, Filters(), name="twenty", size=5)
 
 
-def test_revise_rounds_train_serve_replay_and_judge_each_round(collected, vllm_server):
+def test_revise_rounds_train_serve_replay_and_judge_each_round(collected, real_server):
     """One CITING round end to end: revise, train `citing-r1` on the bundled set plus the revised chains
     (one epoch: the number of epochs is not what this checks), load it into the running server, ask it
     the revised chains' questions again, and have the judge label its replies for the report."""
@@ -209,7 +211,6 @@ def test_revise_rounds_train_serve_replay_and_judge_each_round(collected, vllm_s
     from conftest import models
 
     store, settings = collected.store, collected.settings
-    settings.server.base = str(vllm_server.home / "base" / "SmolLM2-135M-Instruct" / "model")
     teacher = settings.endpoint(settings.curate.teacher)
     try:
         lines = list(
@@ -229,7 +230,7 @@ def test_revise_rounds_train_serve_replay_and_judge_each_round(collected, vllm_s
         )
         assert lines[0].startswith("round 1: teacher/base/revise-v1:") and "turns revised" in lines[0], lines
         assert "citing-r1 trained on" in lines[1] and "served" in lines[1], lines
-        assert "citing-r1" in models(vllm_server.url, vllm_server.headers)
+        assert "citing-r1" in models(real_server.url, real_server.headers)
         replies = [
             t
             for s in store.sessions()
@@ -247,8 +248,8 @@ def test_revise_rounds_train_serve_replay_and_judge_each_round(collected, vllm_s
     finally:
         body = {"lora_name": "citing-r1"}
         httpx.post(
-            vllm_server.url + "/unload_lora_adapter",
-            headers=vllm_server.headers,
+            real_server.url + "/unload_lora_adapter",
+            headers=real_server.headers,
             json=body,
             timeout=60,
         )

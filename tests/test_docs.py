@@ -125,3 +125,17 @@ def test_each_repository_path_named_exists():
     assert len(named) > 20
     missing = [f"{where}: {p}" for where, p in sorted(named) if not ((REPO / p).exists() if "/" in p else p in files)]
     assert not missing, f"paths the repository does not have: {missing}"
+
+
+# A timing as the README writes it: "34 s", "5 min 35 s", "12 tokens/s", "0.4 s".
+TIMING = re.compile(r"\b\d[\d,.]*(?: min(?: \d+ s)?| s| ms| tokens/s)(?![\w/])")
+
+
+def test_every_timing_the_readme_quotes_is_one_benchmarks_md_holds():
+    """A figure in the README is true on the machine `make bench` measured, with its date, or it is not there."""
+    readme, bench = (REPO / "README.md").read_text(), (REPO / "BENCHMARKS.md").read_text()
+    figures = TIMING.findall(readme)
+    assert len(figures) >= 3, figures  # the README does quote its timings
+    missing = [f for f in figures if f not in bench]
+    assert not missing, f"README.md quotes {missing}, which BENCHMARKS.md does not hold"
+    assert "(BENCHMARKS.md)" in readme, "the README points to where its figures come from"

@@ -1,7 +1,8 @@
 """What vLLM serves equals what transformers and PEFT compute on the same weights, with limachat's own
 LoRA path in the server (serve/vllm_plugin.py: fused adapter slots, compiled, only the adapters' layers
 wrapped): `base` against transformers, each adapter against PEFT, a batch that mixes all three against
-each request alone, and prompt log-probabilities (the fluency score) under an adapter."""
+each request alone, and prompt log-probabilities (the fluency score) under an adapter. On the bundled
+model and its trained demo adapters, the weights a user gets (docs/testing.md)."""
 
 from __future__ import annotations
 
@@ -26,18 +27,18 @@ NAMES = ("base", "zero-shot", "dialogue")
 
 
 @pytest.fixture(scope="module")
-def reference(vllm_server):
+def reference(real_server):
     """Per model name: transformers (base) or PEFT (adapters) on the served weights, float32."""
     import torch
     from peft import PeftModel
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
-    folder = vllm_server.home / "base" / "SmolLM2-135M-Instruct" / "model"
+    folder = real_server.base
     tok = AutoTokenizer.from_pretrained(folder)
     models = {"base": AutoModelForCausalLM.from_pretrained(folder, dtype=torch.float32).eval()}
     for name in NAMES[1:]:
         base = AutoModelForCausalLM.from_pretrained(folder, dtype=torch.float32)
-        models[name] = PeftModel.from_pretrained(base, vllm_server.home / "checkpoints" / name).eval()
+        models[name] = PeftModel.from_pretrained(base, real_server.home / "checkpoints" / name).eval()
     return tok, models
 
 
@@ -85,12 +86,12 @@ def each(server, jobs: list[tuple[str, list[int]]], together: bool):
     return asyncio.run(go())
 
 
-def test_each_checkpoint_matches_transformers_and_peft(vllm_server, reference):
+def test_each_checkpoint_matches_transformers_and_peft(real_server, reference):
     """Greedy text and top log-probabilities of `base` equal transformers', each adapter's equal PEFT's."""
     tok, models = reference
     for messages in MESSAGES:
         ids = prompt_ids(tok, messages)
-        for name, (tokens, tops) in zip(NAMES, each(vllm_server, [(n, ids) for n in NAMES], together=False)):
+        for name, (tokens, tops) in zip(NAMES, each(real_server, [(n, ids) for n in NAMES], together=False)):
             reference_lp = teacher_forced(models[name], ids + tokens, len(ids) - 1)
             expected = [int(reference_lp[i].argmax()) for i in range(TOKENS)]
             assert tokens == expected, (name, tok.decode(tokens), tok.decode(expected))
@@ -99,12 +100,12 @@ def test_each_checkpoint_matches_transformers_and_peft(vllm_server, reference):
                     assert logprob == pytest.approx(float(reference_lp[i, token]), abs=ABS), (name, i, token)
 
 
-def test_a_batch_mixing_base_and_both_adapters_gives_each_what_it_gets_alone(vllm_server, reference):
+def test_a_batch_mixing_base_and_both_adapters_gives_each_what_it_gets_alone(real_server, reference):
     tok, _ = reference
     jobs = [(name, prompt_ids(tok, messages)) for messages in MESSAGES for name in NAMES]
     jobs += jobs[:3]  # the same request twice in one batch
-    alone = each(vllm_server, jobs, together=False)
-    mixed = each(vllm_server, jobs, together=True)
+    alone = each(real_server, jobs, together=False)
+    mixed = each(real_server, jobs, together=True)
     for (name, _), (tokens, tops), (mixed_tokens, mixed_tops) in zip(jobs, alone, mixed):
         assert mixed_tokens == tokens, name
         for top, mixed_top in zip(tops, mixed_tops):
@@ -113,17 +114,17 @@ def test_a_batch_mixing_base_and_both_adapters_gives_each_what_it_gets_alone(vll
                 assert mixed_top[token] == pytest.approx(logprob, abs=ABS), name
 
 
-def test_prompt_logprobs_under_an_adapter_match_peft_while_others_decode(vllm_server, reference):
+def test_prompt_logprobs_under_an_adapter_match_peft_while_others_decode(real_server, reference):
     """The fluency score's request (prompt log-probabilities) under `dialogue`, sharing the engine with
     replies of the other checkpoints, equals PEFT's log-probabilities of the same tokens."""
     tok, models = reference
     ids = prompt_ids(tok, MESSAGES[1]) + tok.encode("Let it rise until it doubles, one to two hours.")
 
     async def go():
-        async with httpx.AsyncClient(timeout=300, headers=vllm_server.headers) as http:
+        async with httpx.AsyncClient(timeout=300, headers=real_server.headers) as http:
             body = {"model": "dialogue", "prompt": ids, "max_tokens": 1, "temperature": 0, "prompt_logprobs": 0}
-            others = [served(http, vllm_server.url, m, prompt_ids(tok, MESSAGES[0])) for m in ("base", "zero-shot")]
-            results = await asyncio.gather(http.post(vllm_server.url + "/completions", json=body), *others)
+            others = [served(http, real_server.url, m, prompt_ids(tok, MESSAGES[0])) for m in ("base", "zero-shot")]
+            results = await asyncio.gather(http.post(real_server.url + "/completions", json=body), *others)
             results[0].raise_for_status()
             return results[0].json()["choices"][0]["prompt_logprobs"]
 
@@ -139,7 +140,7 @@ def _cache_hits(url: str) -> float:
     return sum(float(line.split()[-1]) for line in text.splitlines() if line.startswith("vllm:prefix_cache_hits_total"))
 
 
-def test_a_reply_is_scored_from_the_cached_conversation_with_the_same_score(vllm_server, reference):
+def test_a_reply_is_scored_from_the_cached_conversation_with_the_same_score(real_server, reference):
     """Fluency of a second turn reads the conversation the first turn's score left in the prefix cache
     (only the new turn and the reply are computed) and equals the score of the whole prompt computed."""
     from limachat.serve.fluency import fluency
@@ -147,12 +148,12 @@ def test_a_reply_is_scored_from_the_cached_conversation_with_the_same_score(vllm
     tok, models = reference
     first = [{"role": "user", "content": "I want to learn to bake bread."}]
     reply1 = "Start with a simple loaf: flour, water, salt and yeast, kneaded for ten minutes until smooth. " * 8
-    asyncio.run(fluency(vllm_server.url, "base", first, reply1, headers=vllm_server.headers))
+    asyncio.run(fluency(real_server.url, "base", first, reply1, headers=real_server.headers))
     second = [*first, {"role": "assistant", "content": reply1}, {"role": "user", "content": "How long should it rise?"}]
     reply2 = "Let it rise somewhere warm until it has doubled, which takes one to two hours."
-    before = _cache_hits(vllm_server.url)
-    score = asyncio.run(fluency(vllm_server.url, "base", second, reply2, headers=vllm_server.headers))
-    hits = _cache_hits(vllm_server.url) - before
+    before = _cache_hits(real_server.url)
+    score = asyncio.run(fluency(real_server.url, "base", second, reply2, headers=real_server.headers))
+    hits = _cache_hits(real_server.url) - before
     head = prompt_ids(tok, second)
     # vLLM caches whole blocks (128 tokens on CPU): all but the last partial block of the first turn's prompt
     assert hits >= 128 * ((len(prompt_ids(tok, first)) + len(tok.encode(reply1))) // 128) > 0, (hits, len(head))
@@ -163,19 +164,20 @@ def test_a_reply_is_scored_from_the_cached_conversation_with_the_same_score(vllm
         len(ids) - len(head)
     )
     assert score == pytest.approx(expected, abs=ABS)
-    assert asyncio.run(fluency(vllm_server.url, "base", second, reply2, headers=vllm_server.headers)) == pytest.approx(
+    assert asyncio.run(fluency(real_server.url, "base", second, reply2, headers=real_server.headers)) == pytest.approx(
         score, abs=ABS
     )  # all cached
 
 
 def test_an_adapter_on_more_layers_than_the_server_wraps_is_refused_in_one_line(vllm_server, tmp_path):
-    """The untrained adapter puts LoRA on all 30 layers; the server wraps the 15 the demo adapters touch."""
+    """The untrained adapter puts LoRA on every layer; the server wraps only the layers the demo adapters
+    touch (the upper half)."""
     from conftest import models
 
     from limachat.serve.server import load_adapter
 
     wide = tmp_path / "wide"  # the session's temporary folder: one the server loads adapters from
-    shutil.copytree(vllm_server.home / "base" / "SmolLM2-135M-Instruct" / "untrained-lora", wide)
+    shutil.copytree(vllm_server.untrained, wide)
     with pytest.raises(ValueError) as e:
         load_adapter(vllm_server.url, "wide", wide, vllm_server.key)
     message = str(e.value)

@@ -1,10 +1,12 @@
-"""vLLM across ranks, configured rather than coded: `limachat serve` with `server.data_parallel = 2` and
-with `server.pipeline_parallel = 2` (two ranks, one core each, on this 2-core machine) serves what one
-rank serves. Each checkpoint's greedy tokens and top log-probabilities are checked against transformers
-and PEFT on the same weights, as tests/test_lora_parity.py checks the one-rank server: `base`, both demo
-adapters, an adapter on all 30 layers (so that under pipeline parallelism both stages apply LoRA; the demo
-adapters touch only the top 15 layers, which the second stage holds), and one loaded at run time, as a
-CITING round loads its checkpoint.
+"""vLLM across ranks, configured rather than coded: `limachat serve` with `server.data_parallel = 2`,
+`server.pipeline_parallel = 2` and `server.tensor_parallel = 2` (two ranks, one core each, on this 2-core
+machine) serves what one rank serves. Each checkpoint's greedy tokens and top log-probabilities are
+checked against transformers and PEFT on the same weights, as tests/test_lora_parity.py checks the
+one-rank server: `base`, both demo adapters, an adapter on every layer (so that under pipeline parallelism
+both stages apply LoRA; the demo adapters touch only the top half of the layers, which the second stage
+holds), and one loaded at run time, as a CITING round loads its checkpoint. On the tiny model (two
+layers, two heads: one stage or one head per rank), where what is checked is that the ranks compute
+what one process computes.
 
 Both servers run eager: compiling is not what these tests check, and on a cold cache each new layout
 compiles for minutes (a setting lowered that is not the one tested)."""
@@ -23,12 +25,11 @@ from test_lora_parity import ABS, MESSAGES, prompt_ids, served, teacher_forced
 
 from limachat.serve.server import load_adapter
 
-BASE = ("base", "SmolLM2-135M-Instruct", "model")
 CHECKPOINTS = ("base", "zero-shot", "dialogue", "wide", "late")  # `late`: loaded once the server runs
 
 
 def synthetic_adapter(base_folder, folder, seed: int) -> None:
-    """A LoRA adapter on every linear module of all 30 layers with seeded random weights (PEFT starts B at
+    """A LoRA adapter on every linear module of every layer with seeded random weights (PEFT starts B at
     zero, which would answer like the base): what a rank that dropped it would visibly get wrong."""
     import torch
     from peft import LoraConfig, get_peft_model
@@ -46,25 +47,24 @@ def synthetic_adapter(base_folder, folder, seed: int) -> None:
 
 
 @pytest.fixture(scope="module")
-def parallel_home(trained_home, tmp_path_factory):
+def parallel_home(trained_home, tiny_base, tmp_path_factory):
     """A data home with the session's base and demo adapters, plus `wide`; `late` waits outside checkpoints."""
     home = tmp_path_factory.mktemp("parallel")
     (home / "base").symlink_to(trained_home / "base")
     for name in ("zero-shot", "dialogue"):
         shutil.copytree(trained_home / "checkpoints" / name, home / "checkpoints" / name)
-    base = trained_home.joinpath(*BASE)
-    synthetic_adapter(base, home / "checkpoints" / "wide", seed=1)
-    synthetic_adapter(base, home / "late", seed=2)
+    synthetic_adapter(tiny_base, home / "checkpoints" / "wide", seed=1)
+    synthetic_adapter(tiny_base, home / "late", seed=2)
     return home
 
 
 @pytest.fixture(scope="module")
-def reference(parallel_home):
+def reference(parallel_home, tiny_base):
     import torch
     from peft import PeftModel
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
-    folder = parallel_home.joinpath(*BASE)
+    folder = tiny_base
     tok = AutoTokenizer.from_pretrained(folder)
     out = {"base": AutoModelForCausalLM.from_pretrained(folder, dtype=torch.float32).eval()}
     for name in CHECKPOINTS[1:]:
@@ -90,12 +90,13 @@ def greedy(server, jobs):
     return asyncio.run(go())
 
 
-@pytest.mark.parametrize("setting", ["data_parallel", "pipeline_parallel"])
-def test_two_ranks_serve_what_one_rank_serves(parallel_home, reference, setting):
+@pytest.mark.parametrize("setting", ["data_parallel", "pipeline_parallel", "tensor_parallel"])
+def test_two_ranks_serve_what_one_rank_serves(parallel_home, tiny_base, reference, setting):
     tok, refs = reference
     env = {
         f"LIMACHAT_SERVER__{setting.upper()}": "2",
         "LIMACHAT_SERVER__ENFORCE_EAGER": "true",
+        "LIMACHAT_SERVER__BASE": str(tiny_base),
         "LIMACHAT_SERVER__ADAPTER_DIRS": json.dumps([str(parallel_home)]),
     }
     server = RunningServer(parallel_home, free_port(), env=env)

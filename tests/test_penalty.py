@@ -1,5 +1,7 @@
 """LIMA's repetition penalty on generated tokens only: the logits processor itself, and on the real
-vLLM server that `limachat serve` starts with it."""
+vLLM server that `limachat serve` starts with it. Which tokens it penalises is checked on the bundled
+model, whose greedy reply repeats the prompt's words (a random model's does not); that it is applied and
+refused when bad, on the tiny one."""
 
 from __future__ import annotations
 
@@ -53,7 +55,7 @@ def test_conversation_scope_adds_the_earlier_replies_tokens_and_nothing_else():
     assert _processor_with({0: (2.0, [], [])}, prior={0: [3]}).apply(torch.ones(1, 4) * 4)[0].tolist() == [4, 4, 4, 2]
 
 
-def test_real_server_never_penalises_a_token_only_in_the_prompt(vllm_server):
+def test_real_server_never_penalises_a_token_only_in_the_prompt(real_server):
     """The reply repeats words of the prompt and none of its own: LIMA's penalty, however strong,
     leaves it as it is; vLLM's own penalty pushes the prompt's words down and changes it."""
     messages = [{"role": "user", "content": "Complete this sentence: The capital of France is"}]
@@ -61,7 +63,7 @@ def test_real_server_never_penalises_a_token_only_in_the_prompt(vllm_server):
     def reply(**params) -> str:
         body = {"model": "dialogue", "messages": messages, "max_tokens": 6, "temperature": 0, **params}
         return httpx.post(
-            vllm_server.url + "/chat/completions", headers=vllm_server.headers, json=body, timeout=120
+            real_server.url + "/chat/completions", headers=real_server.headers, json=body, timeout=120
         ).json()["choices"][0]["message"]["content"]
 
     plain = reply()
@@ -117,7 +119,7 @@ def test_real_server_rejects_a_bad_penalty_with_a_clear_400(vllm_server):
     assert r.status_code == 400 and "prior_reply_ids must be a list of token ids" in r.text
 
 
-def test_real_server_conversation_scope_never_penalises_a_token_only_in_a_user_turn(vllm_server):
+def test_real_server_conversation_scope_never_penalises_a_token_only_in_a_user_turn(real_server):
     """Scope `conversation` through the chat client. The user turns hold the greedy reply's words and
     the earlier reply none of them: vLLM's own penalty (which counts the user's text) changes the
     reply, LIMA's at 5 leaves it as it is. Once the earlier reply is that same text, it changes it."""
@@ -125,7 +127,7 @@ def test_real_server_conversation_scope_never_penalises_a_token_only_in_a_user_t
 
     from limachat.serve.client import ChatClient
 
-    client = ChatClient(vllm_server.checkpoint("dialogue"))
+    client = ChatClient(real_server.checkpoint("dialogue"))
     ask = "Complete this sentence:\nThe capital of France is"
 
     def reply(earlier: str, **params) -> str:
@@ -140,8 +142,8 @@ def test_real_server_conversation_scope_never_penalises_a_token_only_in_a_user_t
 
     def ids(text: str) -> set[int]:
         r = httpx.post(
-            vllm_server.url.removesuffix("/v1") + "/tokenize",
-            headers=vllm_server.headers,
+            real_server.url.removesuffix("/v1") + "/tokenize",
+            headers=real_server.headers,
             json={"model": "dialogue", "prompt": text, "add_special_tokens": False},
             timeout=30,
         )

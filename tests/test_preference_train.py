@@ -85,7 +85,7 @@ def test_the_collect_tab_counts_pairs_by_source_and_writes_them(demo_user):
     assert "license: cc-by-4.0" in (folder / "README.md").read_text()
 
 
-def test_dpo_and_kto_trainers_each_take_a_step_on_the_exports(demo_user, model_home):
+def test_dpo_and_kto_trainers_each_take_a_step_on_the_exports(demo_user, tiny_base):
     """One optimizer step of each, on the bundled base, float32 on CPU, a fresh LoRA: at the start the
     policy is its reference (DPO's loss is ln 2, KTO's 0.5), and after one step DPO's reward margin on
     the same pairs is positive. The learning rate is raised (not what this checks) so one step shows."""
@@ -95,7 +95,7 @@ def test_dpo_and_kto_trainers_each_take_a_step_on_the_exports(demo_user, model_h
     from limachat.train.preference import RECIPE, load_rows, model_to_train, trainer
 
     _, home = demo_user
-    base = str(model_home / "base" / "SmolLM2-135M-Instruct" / "model")
+    base = str(tiny_base)
     tokenizer = AutoTokenizer.from_pretrained(base)
     for method, name in (("dpo", "pairs.jsonl"), ("kto", "kto.jsonl")):
         assert set(load_dataset("json", data_files=str(home / name), split="train").column_names) >= {"prompt"}
@@ -119,7 +119,7 @@ def test_train_method_dpo_makes_a_checkpoint_the_server_serves(demo_user, vllm_s
     user_home = tmp_path / "home"
     shutil.copytree(vllm_server.home / "checkpoints" / "dialogue", user_home / "checkpoints" / "dialogue")
     monkeypatch.setenv("LIMACHAT_HOME", str(user_home))
-    base = str(vllm_server.home / "base" / "SmolLM2-135M-Instruct" / "model")
+    base = vllm_server.base
     args = ["train", "--method", "dpo", "--data", str(home / "pairs.jsonl"), "--name", "dialogue-dpo", "--base", base]
     result = CliRunner().invoke(main, args)
     assert result.exit_code == 0, result.output

@@ -77,7 +77,7 @@ def test_without_the_key_the_port_refuses_completions_and_adapter_changes(vllm_s
 def test_adapters_load_at_run_time_only_from_the_homes_checkpoints(vllm_server):
     """With the key, an adapter outside the home's checkpoints (and server.adapter_dirs) is refused in one
     line, also through a symlink that points out; nothing else changes."""
-    untrained = vllm_server.home / "base" / "SmolLM2-135M-Instruct" / "untrained-lora"
+    untrained = vllm_server.untrained
     with tempfile.TemporaryDirectory(prefix="elsewhere-") as d:  # not under the session's temporary folder
         outside = Path(d) / "stolen"
         shutil.copytree(untrained, outside)
@@ -111,8 +111,18 @@ def test_streams_a_reply_with_usage_and_timing(vllm_server, model):
     pieces = events[:-1]
     assert isinstance(done, Completion) and all(isinstance(p, str) for p in pieces)
     assert len(pieces) >= 2, "the reply should arrive in several pieces, not at once"
-    assert "Paris" in done.text and done.text == "".join(pieces)
-    assert done.finish_reason in ("stop", "length")
+    body = {
+        "model": model,
+        "messages": [{"role": "user", "content": "Complete this sentence: The capital of France is"}],
+    }
+    whole = httpx.post(
+        vllm_server.url + "/chat/completions",
+        headers=vllm_server.headers,
+        json={**body, "temperature": 0.0, "max_tokens": 24},
+        timeout=120,
+    ).json()["choices"][0]
+    assert done.text == "".join(pieces) == whole["message"]["content"]  # the pieces make up the greedy reply
+    assert done.finish_reason == whole["finish_reason"] and done.finish_reason in ("stop", "length")
     assert done.usage.prompt_tokens > 5 and 1 <= done.usage.completion_tokens <= 24
     assert 0 < done.ttft < done.latency < 120
 
@@ -126,7 +136,7 @@ def test_each_checkpoint_answers_with_its_own_weights(vllm_server):
 
     messages = [{"role": "user", "content": "Can you explain what photosynthesis is?"}]
 
-    def first_logprobs(model: str) -> dict[str, float]:
+    def first_logprobs(model: str) -> dict[int, float]:
         body = {
             "model": model,
             "messages": messages,
@@ -134,14 +144,15 @@ def test_each_checkpoint_answers_with_its_own_weights(vllm_server):
             "temperature": 0,
             "logprobs": True,
             "top_logprobs": 3,
+            "return_tokens_as_token_ids": True,  # a token's text can be many tokens' ("Ġ Zone" and " Zone")
         }
         top = httpx.post(
             vllm_server.url + "/chat/completions", headers=vllm_server.headers, json=body, timeout=120
         ).json()["choices"][0]["logprobs"]
-        return {t["token"]: t["logprob"] for t in top["content"][0]["top_logprobs"]}
+        return {int(t["token"].removeprefix("token_id:")): t["logprob"] for t in top["content"][0]["top_logprobs"]}
 
     served = {m: first_logprobs(m) for m in ("base", "zero-shot", "dialogue")}
-    folder = vllm_server.home / "base" / "SmolLM2-135M-Instruct" / "model"
+    folder = vllm_server.base
     tok, model = (
         AutoTokenizer.from_pretrained(folder),
         AutoModelForCausalLM.from_pretrained(folder, dtype=torch.float32),
@@ -152,7 +163,7 @@ def test_each_checkpoint_answers_with_its_own_weights(vllm_server):
     with torch.no_grad():
         reference = torch.log_softmax(model(ids).logits[0, -1], -1)
     for token, logprob in served["base"].items():
-        assert logprob == pytest.approx(float(reference[tok.convert_tokens_to_ids(token)]), abs=2e-3), (token, served)
+        assert logprob == pytest.approx(float(reference[token]), abs=2e-3), (token, served)
     # the three top-3 distributions all differ (two adapters can share a top token's rounded logprob)
     assert len({tuple(sorted((t, round(lp, 4)) for t, lp in top.items())) for top in served.values()}) == 3, served
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 from pathlib import Path
 
 import pytest
@@ -11,10 +12,6 @@ from limachat.train.data import IGNORE, Example, read_file, split, tokenize
 from limachat.train.dropout import add_residual_dropout, layer_rates
 from limachat.train.recipe import make_config
 from limachat.train.trainer import EOT, ensure_chat_template
-
-
-def smol_model(model_home: Path) -> str:
-    return str(model_home / "base" / "SmolLM2-135M-Instruct" / "model")
 
 
 def test_variant_split_on_a_lima_shaped_file(tmp_path):
@@ -39,10 +36,10 @@ def test_a_bad_training_line_names_file_and_line(tmp_path):
         read_file(path)
 
 
-def test_loss_mask_covers_exactly_the_assistant_turns(model_home):
+def test_loss_mask_covers_exactly_the_assistant_turns(tiny_base):
     from transformers import AutoTokenizer
 
-    tok = AutoTokenizer.from_pretrained(smol_model(model_home))
+    tok = AutoTokenizer.from_pretrained(tiny_base)
     ex = Example(
         (("user", "Name a colour."), ("assistant", "Blue."), ("user", "Another?"), ("assistant", "Green, like grass.")),
         True,
@@ -68,10 +65,10 @@ def test_loss_mask_covers_exactly_the_assistant_turns(model_home):
     assert "Name a colour." in unlabeled and "Another?" in unlabeled and "Blue." not in unlabeled
 
 
-def test_trimming_is_counted(model_home):
+def test_trimming_is_counted(tiny_base):
     from transformers import AutoTokenizer
 
-    tok = AutoTokenizer.from_pretrained(smol_model(model_home))
+    tok = AutoTokenizer.from_pretrained(tiny_base)
     row = tokenize(Example((("user", "hi " * 50), ("assistant", "yes " * 50)), False, "t"), tok, 64)
     assert row["trimmed"] and len(row["input_ids"]) == 64 and row["tokens"] > 64
 
@@ -129,11 +126,11 @@ def test_small_models_top_out_at_0_2_and_large_at_0_3():
     assert (cfg.adam_beta1, cfg.adam_beta2, cfg.weight_decay, cfg.warmup_steps) == (0.9, 0.95, 0.1, 0)
 
 
-def test_end_of_turn_token_for_a_base_without_chat_template(model_home):
+def test_end_of_turn_token_for_a_base_without_chat_template(tiny_base):
     """A tiny llama built here, with SmolLM2's tokenizer stripped of its chat template."""
     from transformers import AutoTokenizer
 
-    tok = AutoTokenizer.from_pretrained(smol_model(model_home))
+    tok = AutoTokenizer.from_pretrained(tiny_base)
     tok.chat_template = None
     assert ensure_chat_template(tok)
     eot = tok.convert_tokens_to_ids(EOT)
@@ -150,10 +147,11 @@ def test_end_of_turn_token_for_a_base_without_chat_template(model_home):
     assert model.get_input_embeddings().weight.shape[0] == len(tok) > eot
 
 
-def test_demo_training_lowers_the_loss_and_dialogue_wins_on_held_out_chains(trained_home):
-    """The adapters `limachat demo` trains, with its recipe: the loss falls epoch over epoch, every
-    adapter weight moved, and on two held-out multi-turn chains (replies from turn 2 on) the
+def test_demo_training_lowers_the_loss_and_dialogue_wins_on_held_out_chains(real_trained_home):
+    """The adapters `limachat demo` trains, with its recipe, on the bundled model: the loss falls epoch over
+    epoch, every adapter weight moved, and on two held-out multi-turn chains (replies from turn 2 on) the
     dialogue checkpoint, which saw multi-turn chains, beats zero-shot, which did not."""
+    trained_home = real_trained_home
     from safetensors import safe_open
 
     from limachat.train.recipe import make_config
@@ -180,7 +178,7 @@ def test_demo_training_lowers_the_loss_and_dialogue_wins_on_held_out_chains(trai
     }
 
 
-def test_unchanged_data_is_not_retrained_however_the_base_is_spelled(trained_home, monkeypatch):
+def test_unchanged_data_is_not_retrained_however_the_base_is_spelled(trained_home, tiny_base, monkeypatch):
     from limachat.settings import Settings
     from limachat.train.data import bundled_examples, split
     from limachat.train.pipeline import run
@@ -191,11 +189,8 @@ def test_unchanged_data_is_not_retrained_however_the_base_is_spelled(trained_hom
     out = trained_home / "checkpoints" / "zero-shot"
     said = []
     monkeypatch.chdir(trained_home)  # `make demo` spells the base absolute, `limachat demo` relative: the same base
-    for spelling in (
-        "base/SmolLM2-135M-Instruct/model",
-        str(trained_home / "base" / "SmolLM2-135M-Instruct" / "model"),
-        "./base/../base/SmolLM2-135M-Instruct/model",
-    ):
+    relative = os.path.relpath(tiny_base, trained_home)
+    for spelling in (relative, str(tiny_base), f"./{relative}/../{tiny_base.name}"):
         run(Settings(home=Path(".")), ["zero-shot"], data, spelling, {}, epoch=1, progress=said.append)
         assert said[-1] == f"zero-shot: up to date in {Path('.') / 'checkpoints' / 'zero-shot'}; now serving epoch 1"
     assert (out / "adapter_model.safetensors").read_bytes() == (
@@ -205,7 +200,7 @@ def test_unchanged_data_is_not_retrained_however_the_base_is_spelled(trained_hom
         Settings(home=trained_home),
         ["zero-shot"],
         data,
-        str(trained_home / "base" / "SmolLM2-135M-Instruct" / "model"),
+        str(tiny_base),
         {},
         epoch=last,
         progress=said.append,
@@ -213,7 +208,7 @@ def test_unchanged_data_is_not_retrained_however_the_base_is_spelled(trained_hom
     assert json.loads((out / "training.json").read_text())["served_epoch"] == last
 
 
-def test_fingerprint_follows_content_not_paths(model_home, tmp_path):
+def test_fingerprint_follows_content_not_paths(real_home, tmp_path):
     import shutil
 
     from limachat.train.data import bundled_examples
@@ -221,7 +216,7 @@ def test_fingerprint_follows_content_not_paths(model_home, tmp_path):
     from limachat.train.recipe import make_config
 
     config, examples = make_config(), bundled_examples()
-    base = model_home / "base" / "SmolLM2-135M-Instruct" / "model"
+    base = real_home / "base" / "SmolLM2-135M-Instruct" / "model"
     stamp = fingerprint(config, examples, str(base))
     assert fingerprint(config, examples[:-1], str(base)) != stamp  # other data
     assert fingerprint(make_config(epochs=5), examples, str(base)) != stamp  # other settings

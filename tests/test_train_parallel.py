@@ -1,6 +1,7 @@
 """Training across processes: `limachat train --processes 2` trains data-parallel (torch.distributed,
 gloo on this CPU) what one process trains, at the same effective batch and seed, and rank 0's adapter
-serves. The demo recipe, stopped after 3 optimizer steps (how many steps is not what this checks)."""
+serves. The demo recipe on the tiny model, stopped after 3 optimizer steps (how many steps is not what this
+checks)."""
 
 from __future__ import annotations
 
@@ -19,18 +20,18 @@ LOSS_ABS = 1e-3  # per logged step: the processes sum their gradients in another
 WEIGHT_ABS = 1e-4  # on the adapter's weights (LoRA B reaches ~1e-3 after 3 steps)
 
 
-def train(home, *args: str) -> subprocess.CompletedProcess:
-    cmd = [sys.executable, "-m", "limachat.cli", "--home", str(home), "train", "--variant", "dialogue"]
+def train(home, base, *args: str) -> subprocess.CompletedProcess:
+    cmd = [sys.executable, "-m", "limachat.cli", "--home", str(home), "train", "--variant", "dialogue", "--base", base]
     return subprocess.run([*cmd, "--max-steps", str(STEPS), *args], capture_output=True, text=True, timeout=900)
 
 
 @pytest.fixture(scope="module")
-def two_runs(model_home, tmp_path_factory):
+def two_runs(model_home, tiny_base, tmp_path_factory):
     runs = {}
     for processes in (1, 2):
         home = tmp_path_factory.mktemp(f"train-{processes}p")
         (home / "base").symlink_to(model_home / "base")
-        done = train(home, *(["--processes", "2"] if processes == 2 else []))
+        done = train(home, str(tiny_base), *(["--processes", "2"] if processes == 2 else []))
         assert done.returncode == 0, done.stderr[-3000:]
         runs[processes] = (home / "checkpoints" / "dialogue", done.stderr)
     return runs
@@ -69,9 +70,11 @@ def test_the_adapter_rank_0_saved_serves(two_runs, vllm_server):
         httpx.post(vllm_server.url + "/unload_lora_adapter", json=body, headers=vllm_server.headers, timeout=60)
 
 
-def test_a_batch_the_processes_cannot_share_is_refused_in_one_line(model_home, tmp_path):
+def test_a_batch_the_processes_cannot_share_is_refused_in_one_line(model_home, tiny_base, tmp_path):
     (tmp_path / "base").symlink_to(model_home / "base")
-    done = train(tmp_path, "--processes", "3")  # the demo recipe's batch of 4 is not 1 × 3 × a whole number
+    done = train(
+        tmp_path, str(tiny_base), "--processes", "3"
+    )  # the demo recipe's batch of 4 is not 1 × 3 × a whole number
     assert done.returncode == 1 and "Traceback" not in done.stderr, done.stderr[-2000:]
     assert done.stderr.strip().splitlines()[-1] == (
         "Error: batch size 4 is not 1 per device × 3 processes × a whole number of accumulation steps: change "

