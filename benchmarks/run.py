@@ -173,7 +173,47 @@ def mtbench_section() -> list[str]:
     return rows
 
 
+def tests_section() -> list[str]:
+    """`make test` and `make test-fast` on a clean clone of this repository's HEAD, as CI runs them."""
+    import re
+    import subprocess
+    import time
+
+    rows = []
+    with tempfile.TemporaryDirectory(prefix="limachat-clone-") as tmp:
+        subprocess.run(["git", "clone", "-q", str(ROOT), tmp], check=True)
+        env = {k: v for k, v in os.environ.items() if not k.startswith(("LIMACHAT_", "VIRTUAL_ENV"))}
+        for target, what in (("test", "the whole suite, set-up included"), ("test-fast", "the fast tier")):
+            start = time.monotonic()
+            done = subprocess.run(["make", target], cwd=tmp, env=env, capture_output=True, text=True)
+            wall = time.monotonic() - start
+            summary = re.findall(r"=+ (\d+ passed.*) in ([\d.]+)s", done.stdout)
+            if done.returncode or not summary:
+                raise SystemExit(f"make {target} failed in the clone:\n{done.stdout[-3000:]}{done.stderr[-2000:]}")
+            counts, seconds = summary[-1][0].split(",")[0], float(summary[-1][1])
+            print(f"  make {target}: {counts}, pytest {seconds:.0f} s, {wall:.0f} s in all")
+            target_row = "<= 15 min" if target == "test" else "<= 90 s"
+            rows += [
+                f"| `make {target}` ({what}): pytest, {counts} | {_duration(seconds)} | {target_row} |",
+                f"| `make {target}`: command to prompt | {_duration(wall)} | - |",
+            ]
+    return rows
+
+
+def _duration(seconds: float) -> str:
+    return f"{seconds:.0f} s" if seconds < 120 else f"{int(seconds // 60)} min {round(seconds % 60):02d} s"
+
+
 SECTIONS = {
+    "tests": (
+        "## Tests (a clean clone of HEAD, one run each)",
+        [
+            "`git clone` of this repository into a temporary folder, then `make test` there (a fresh `.venv`:",
+            "pip installs everything; chromium is already on this machine), then `make test-fast` in the same",
+            "clone. One run each: the suite takes too long to repeat. The pytest figure is pytest's own;",
+            "command to prompt adds the set-up (`make test`) and ruff.",
+        ],
+    ),
     "store": (
         "## Store (SQLite)",
         [
@@ -278,6 +318,7 @@ SECTIONS = {
 
 HEADERS = {
     "mtbench": ["| what | figure (one run) | target |", "|---|---|---|"],
+    "tests": ["| what | figure (one run) | target |", "|---|---|---|"],
     "followups": bench_followups.HEADER,
     "sampling": [
         "| checkpoint, preset | replies | stopped | run > 30 | median tokens | fluency, median (range) | fluency >= 3.5 |",
@@ -326,6 +367,7 @@ def main() -> None:
         "followups": lambda: followups_section(7),
         "curate": lambda: curate_section(min(args.runs, 3), args.chains),
         "mtbench": mtbench_section,
+        "tests": tests_section,
     }
     old = _existing(args.output)
     body: list[str] = []
