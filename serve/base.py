@@ -187,6 +187,11 @@ def create_untrained_adapter(model_source: str, folder: Path, progress: Progress
     tmp.rename(folder)
 
 
+def bundled_identity() -> str:
+    """The identity of the bundled base, as `base_identity` gives it once converted (no conversion needed)."""
+    return f"sha256:{_sha256(bundled_gguf())}:v{CONVERTER_VERSION}"
+
+
 def base_identity(model: str) -> str:
     """What the base *is*, independent of how its path is spelled: the content hash recorded in a
     converted base's limachat-base.json; for another local folder, the hash of its config and the

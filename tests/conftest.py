@@ -80,8 +80,9 @@ def real_home(tmp_path_factory) -> Path:
 
 @pytest.fixture(scope="session")
 def real_trained_home(real_home) -> Path:
-    """Both demo adapters trained exactly as `limachat demo` trains them on the bundled base (TRL on CPU,
-    ~8 minutes): the tests where what a user reads is the point talk to what a user gets."""
+    """Both demo adapters on the bundled base as `limachat demo` makes them (the shipped ones, train/adapters/,
+    while the recipe's fingerprint matches; else trained here, TRL on CPU, ~8 minutes): the tests where what a
+    user reads is the point talk to what a user gets."""
     return _train_demo(real_home, str(real_home / "base" / "SmolLM2-135M-Instruct" / "model"))
 
 

@@ -148,9 +148,10 @@ def test_end_of_turn_token_for_a_base_without_chat_template(tiny_base):
 
 
 def test_demo_training_lowers_the_loss_and_dialogue_wins_on_held_out_chains(real_trained_home):
-    """The adapters `limachat demo` trains, with its recipe, on the bundled model: the loss falls epoch over
-    epoch, every adapter weight moved, and on two held-out multi-turn chains (replies from turn 2 on) the
-    dialogue checkpoint, which saw multi-turn chains, beats zero-shot, which did not."""
+    """The adapters `limachat demo` serves (the shipped ones: trained with its recipe on the bundled model):
+    the loss fell epoch over epoch, every adapter weight moved, and on two held-out multi-turn chains
+    (replies from turn 2 on) the dialogue checkpoint, which saw multi-turn chains, beats zero-shot, which
+    did not."""
     trained_home = real_trained_home
     from safetensors import safe_open
 
@@ -166,8 +167,7 @@ def test_demo_training_lowers_the_loss_and_dialogue_wins_on_held_out_chains(real
         losses = [loss for _, loss in record["losses"]]
         first, last = losses[:per_epoch], losses[-per_epoch:]
         assert sum(last) / len(last) < sum(first) / len(first) - 0.1, losses
-        assert record["served_epoch"] == recipe.epochs
-        assert sorted(p.name for p in (out / "epochs").iterdir()) == [f"epoch-{i}" for i in range(1, recipe.epochs + 1)]
+        assert record["served_epoch"] == recipe.epochs and record["shipped"]
         with safe_open(out / "adapter_model.safetensors", "pt") as f:
             b = [f.get_tensor(k) for k in f.keys() if "lora_B" in k]
         assert len(b) == 15 * 7 and all(t.abs().max() > 0 for t in b)  # top half of 30 layers; B starts at zero
@@ -254,3 +254,41 @@ def test_training_leaves_the_vllm_log_level_alone():
     env = {k: v for k, v in __import__("os").environ.items() if k != "VLLM_LOGGING_LEVEL"}
     out = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, check=True).stdout
     assert out.strip().splitlines()[-1] == "None"
+
+
+def test_the_shipped_demo_adapters_are_what_the_recipe_trains_today():
+    """train/adapters/ holds what `limachat train` makes of the bundled data with the default recipe on the
+    bundled base: a change to any of them without `make adapters` fails here."""
+    from limachat.layout import VARIANTS, training_record
+    from limachat.serve.base import bundled_identity
+    from limachat.train.data import bundled_examples
+    from limachat.train.pipeline import fingerprint_of
+    from limachat.train.shipped import shipped
+
+    data, identity = split(bundled_examples()), bundled_identity()
+    for variant in VARIANTS:
+        record = training_record(shipped(variant))
+        expected = fingerprint_of(make_config(variant=variant), data.variant(variant), identity)
+        assert record["fingerprint"] == expected, f"{variant}: the recipe, data or base changed: run `make adapters`"
+        assert (
+            record["base_identity"] == identity and "base_model" not in record
+        )  # no path of the machine that built it
+
+
+def test_a_shipped_adapter_is_installed_only_for_its_own_fingerprint(tmp_path):
+    from limachat.layout import training_record
+    from limachat.train.shipped import install, shipped
+    from limachat.train.trainer import select_epoch
+
+    stamp = training_record(shipped("dialogue"))["fingerprint"]
+    out = tmp_path / "checkpoints" / "dialogue"
+    assert not install("dialogue", "0" * 16, out, "/bases/smol") and not out.exists()
+    assert install("dialogue", stamp, out, "/bases/smol")
+    record = training_record(out)
+    assert record["shipped"] and record["base_model"] == "/bases/smol" and record["fingerprint"] == stamp
+    assert json.loads((out / "adapter_config.json").read_text())["base_model_name_or_path"] == "/bases/smol"
+    assert (out / "adapter_model.safetensors").read_bytes() == (
+        shipped("dialogue") / "adapter_model.safetensors"
+    ).read_bytes()
+    with pytest.raises(ValueError, match=r"^--epoch 2: .* keeps its last epoch only; add --force to train it here"):
+        select_epoch(out, 2)

@@ -33,11 +33,16 @@ def gather(settings, data: tuple[Path, ...], fmt: str | None, use_bundled: bool,
 def fingerprint(config, examples, base_model: str) -> str:
     """Content, not spelling: the data's hash, the resolved config and the base's identity."""
     from limachat.serve.base import base_identity
+
+    return fingerprint_of(config, examples, base_identity(base_model))
+
+
+def fingerprint_of(config, examples, identity: str) -> str:
     from limachat.train.data import data_hash
 
     # A setting added later at its default (max_steps None) leaves earlier fingerprints as they were.
     settings = config.model_dump(exclude={"variant"} | ({"max_steps"} if config.max_steps is None else set()))
-    parts = [data_hash(examples), settings, base_identity(base_model)]
+    parts = [data_hash(examples), settings, identity]
     return hashlib.sha256(json.dumps(parts, sort_keys=True).encode()).hexdigest()[:16]
 
 
@@ -76,6 +81,13 @@ def run(
                 progress(f"{variant}: up to date in {out_dir}; now serving epoch {epoch}")
             else:
                 progress(f"{variant}: up to date in {out_dir} (same data, settings and base); not retrained")
+            continue
+        from limachat.train import shipped
+
+        if not force and epoch is None and shipped.install(variant, stamp, out_dir, base_model):
+            progress(
+                f"{variant}: the adapter shipped in {shipped.shipped(variant)} (same data, settings and base); not trained"
+            )
             continue
         from limachat.train.trainer import main
 

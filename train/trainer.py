@@ -447,6 +447,11 @@ def select_epoch(out_dir: Path, epoch: int) -> None:
     """Serve epoch N: copy its files to the top of the checkpoint folder (LIMA chose one by hand)."""
     source = out_dir / "epochs" / f"epoch-{epoch}"
     if not source.is_dir():
+        if (training_record(out_dir) or {}).get("shipped"):
+            raise ValueError(
+                f"--epoch {epoch}: {out_dir} is the adapter limachat ships, which keeps its last epoch only; "
+                "add --force to train it here with every epoch"
+            )
         have = sorted(p.name for p in (out_dir / "epochs").glob("epoch-*"))
         raise ValueError(f"--epoch {epoch}: {out_dir} has {', '.join(have) or 'no epochs'}")
     for f in source.iterdir():
