@@ -128,7 +128,7 @@ def test_each_repository_path_named_exists():
 
 
 # A timing as the README writes it: "34 s", "5 min 35 s", "12 tokens/s", "0.4 s".
-TIMING = re.compile(r"\b\d[\d,.]*(?: min(?: \d+ s)?| s| ms| tokens/s)(?![\w/])")
+TIMING = re.compile(r"\b\d[\d,.]*(?: min(?: \d+ s)?| s| ms| tokens/s| minutes| seconds)(?![\w/])")
 
 
 def test_every_timing_the_readme_quotes_is_one_benchmarks_md_holds():
