@@ -1,5 +1,5 @@
-"""limachat's patches to vLLM (serve/vllm_plugin.py): canaries that show each upstream bug is still
-there, and the plugin standing aside where a patch does not fit.
+"""limachat's patches to vLLM (registered in serve/vllm_plugin.py, one module per concern): canaries that show
+each upstream bug is still there, and the plugin standing aside where a patch does not fit.
 
 A canary runs vLLM's own, unpatched function (this test process never loads the plugin) on the case its
 patch fixes. When one fails, vLLM has fixed the bug: delete the patch and its canary."""
@@ -13,9 +13,9 @@ import numpy as np
 import pytest
 import torch
 
-from limachat.serve import vllm_plugin
+from limachat.serve import vllm_lora, vllm_patch, vllm_plugin, vllm_routes
 
-FIXED = "vLLM no longer has this bug: delete the patch {} from serve/vllm_plugin.py, and this canary"
+FIXED = "vLLM no longer has this bug: delete the patch {} (serve/vllm_plugin.py lists where it lives), and this canary"
 
 
 def test_the_canaries_see_vllms_own_functions():
@@ -24,7 +24,7 @@ def test_the_canaries_see_vllms_own_functions():
     from vllm.v1.worker.gpu_model_runner import GPUModelRunner
 
     for fn in (lora_ops.bgmv_shrink, PunicaWrapperCPU.add_lora_logits, GPUModelRunner._bookkeeping_sync):
-        assert not getattr(fn, vllm_plugin.MARK, False), (
+        assert not getattr(fn, vllm_patch.MARK, False), (
             "this process loaded the plugin: the canaries would test limachat's code"
         )
 
@@ -185,12 +185,12 @@ def test_the_guard_lets_only_probes_and_counters_through_without_the_key(monkeyp
         pass
 
     monkeypatch.setattr(authenticate, "AuthenticationMiddleware", Guard)
-    vllm_plugin._patch_guard_every_route()
+    vllm_routes._patch_guard_every_route()
     key = [(b"authorization", b"Bearer the-key")]
     for path in ("/invocations", "/adapters", "/adapters/dialogue", "/tokenize", "/v1/load_lora_adapter", "/docs"):
         assert _asgi(Guard, path) == 401, path
         assert _asgi(Guard, path, key) == "app", path
-    for path in vllm_plugin.OPEN_PATHS:
+    for path in vllm_routes.OPEN_PATHS:
         assert _asgi(Guard, path) == "app", path
     assert _asgi(Guard, "/v1/models", [(b"authorization", b"Bearer another")]) == 401
 
@@ -201,12 +201,12 @@ def test_adapters_load_only_from_the_allowed_folders(tmp_path):
     other.mkdir()
     (root / "out").symlink_to(other)
     static = str((tmp_path / "base" / "untrained-lora").resolve())
-    assert vllm_plugin.adapter_refusal(str(root / "dialogue-r1"), [str(root)], [static]) is None
-    assert vllm_plugin.adapter_refusal(static, [str(root)], [static]) is None  # named when the server started
+    assert vllm_routes.adapter_refusal(str(root / "dialogue-r1"), [str(root)], [static]) is None
+    assert vllm_routes.adapter_refusal(static, [str(root)], [static]) is None  # named when the server started
     for path in (other, root / ".." / ".." / "elsewhere", root / "out", "/etc"):
-        why = vllm_plugin.adapter_refusal(str(path), [str(root)], [static])
+        why = vllm_routes.adapter_refusal(str(path), [str(root)], [static])
         assert why and str(root) in why and "server.adapter_dirs" in why, path
-    assert vllm_plugin.adapter_refusal(str(other), [str(root), str(other)], []) is None
+    assert vllm_routes.adapter_refusal(str(other), [str(root), str(other)], []) is None
 
 
 def _layer(slots: int, outs: tuple[int, ...], rank: int, width: int, seed: int):
@@ -226,7 +226,7 @@ def test_the_fused_path_adds_each_tokens_own_adapter_and_nothing_for_base():
     layer = _layer(slots, outs, rank, width, seed=0)
     before_a = [t.clone() for t in layer.lora_a_stacked]
     before_b = [t.clone() for t in layer.lora_b_stacked]
-    assert vllm_plugin.fuse_layer(layer)
+    assert vllm_lora.fuse_layer(layer)
     for old, new in zip(before_a + before_b, layer.lora_a_stacked + layer.lora_b_stacked):
         assert torch.equal(old, new) and old.shape == new.shape  # vLLM's views hold the same weights
 
@@ -236,8 +236,8 @@ def test_the_fused_path_adds_each_tokens_own_adapter_and_nothing_for_base():
 
     indices = torch.tensor([0, -1, 2, 1, 2])
     layer.punica_wrapper = SimpleNamespace(no_lora=False)
-    setattr(layer.punica_wrapper, vllm_plugin.MASK, torch.zeros(8, slots + 1))
-    mask = getattr(layer.punica_wrapper, vllm_plugin.MASK)
+    setattr(layer.punica_wrapper, vllm_lora.MASK, torch.zeros(8, slots + 1))
+    mask = getattr(layer.punica_wrapper, vllm_lora.MASK)
     mask[: len(indices)] = (indices.unsqueeze(1) == torch.arange(slots + 1)).float()
 
     x = torch.randn(len(indices), width, generator=torch.Generator().manual_seed(1))
@@ -249,7 +249,7 @@ def test_the_fused_path_adds_each_tokens_own_adapter_and_nothing_for_base():
             if slot >= 0:
                 expected[t, start : start + out] += before_b[s][slot, 0] @ (before_a[s][slot, 0] @ x[t])
             start += out
-    got = vllm_plugin.fused_delta(layer, x, y)
+    got = vllm_lora.fused_delta(layer, x, y)
     assert got is y  # in place, as vLLM's own path
     assert torch.allclose(got, expected, atol=1e-5)
     assert torch.equal(got[1], y[1])  # the base row: untouched
@@ -258,15 +258,15 @@ def test_the_fused_path_adds_each_tokens_own_adapter_and_nothing_for_base():
 def test_a_layer_that_is_not_the_plain_kind_keeps_vllms_own_path():
     layer = _layer(2, (4,), 2, 3, seed=0)
     layer.tp_size = 2  # a tensor-parallel shard
-    assert not vllm_plugin.fuse_layer(layer) and not hasattr(layer, vllm_plugin.FUSED)
+    assert not vllm_lora.fuse_layer(layer) and not hasattr(layer, vllm_lora.FUSED)
 
 
 def test_an_adapter_on_modules_the_server_did_not_wrap_is_named():
     packed = {"qkv_proj": ["q_proj", "k_proj", "v_proj"], "gate_up_proj": ["gate_proj", "up_proj"]}
     wrapped = {"model.layers.15.self_attn.qkv_proj": 1, "model.layers.15.mlp.down_proj": 1}
     adapter = ["model.layers.15.self_attn.q_proj", "model.layers.15.mlp.down_proj", "model.layers.3.self_attn.v_proj"]
-    assert vllm_plugin.uncovered_modules(adapter, wrapped, packed) == ["model.layers.3.self_attn.v_proj"]
-    assert vllm_plugin.uncovered_modules(adapter[:2], wrapped, packed) == []
+    assert vllm_lora.uncovered_modules(adapter, wrapped, packed) == ["model.layers.3.self_attn.v_proj"]
+    assert vllm_lora.uncovered_modules(adapter[:2], wrapped, packed) == []
 
 
 def test_layers_another_pipeline_stage_holds_are_not_counted_as_unwrapped():
@@ -281,9 +281,9 @@ def test_layers_another_pipeline_stage_holds_are_not_counted_as_unwrapped():
     model.model.layers = torch.nn.ModuleList([layer, PPMissingLayer()])
     packed = {"qkv_proj": ["q_proj", "k_proj", "v_proj"]}
     adapter = ["model.layers.0.self_attn.q_proj", "model.layers.1.self_attn.q_proj"]
-    held = vllm_plugin._holds(model)
-    assert vllm_plugin.uncovered_modules(adapter, {}, packed, held) == ["model.layers.0.self_attn.q_proj"]
-    assert vllm_plugin.uncovered_modules(adapter, {"model.layers.0.self_attn.qkv_proj": 1}, packed, held) == []
+    held = vllm_lora._holds(model)
+    assert vllm_lora.uncovered_modules(adapter, {}, packed, held) == ["model.layers.0.self_attn.q_proj"]
+    assert vllm_lora.uncovered_modules(adapter, {"model.layers.0.self_attn.qkv_proj": 1}, packed, held) == []
 
 
 def test_each_patch_names_its_range_platform_upstream_and_when_to_go():
@@ -307,7 +307,7 @@ def test_outside_its_range_a_patch_stands_aside_with_one_warning(monkeypatch, ca
     assert all(f"{p.name} (vLLM 0.40.0 is outside {p.versions}" in line for p in vllm_plugin.PATCHES)
 
     caplog.clear()
-    gone = vllm_plugin.Patch(
+    gone = vllm_patch.Patch(
         "gone",
         ">=0",
         "cpu",
@@ -316,7 +316,7 @@ def test_outside_its_range_a_patch_stands_aside_with_one_warning(monkeypatch, ca
         "when the canary x fails",
         lambda: pytest.fail("a patch whose symbol is gone must not run"),
     )
-    on_gpu = vllm_plugin.Patch(
+    on_gpu = vllm_patch.Patch(
         "gpu",
         ">=0",
         "cpu",
