@@ -62,7 +62,8 @@ lint: venv
 	$(VENV)/bin/ruff format --check .
 
 # Refresh the pictures in docs/screenshots/ that the browser tests take (a plain `make test` writes them to a
-# temporary folder). The others there (demo-*, judges-report) are taken by hand from `make demo`.
+# temporary folder), on the bundled model and its demo adapters rather than the tiny one, so the pictures
+# show real replies. The others there (demo-*, judges-report, bench-compare) are taken by hand from `make demo`.
 screenshots: venv $(CHROMIUM)
 	SCREENSHOTS=$(CURDIR)/docs/screenshots $(PY) -m pytest -q tests/test_app_browser.py tests/test_study_browser.py \
 		tests/test_team_browser.py

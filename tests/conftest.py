@@ -19,6 +19,7 @@ import pytest
 REPO = Path(__file__).resolve().parents[1]
 # Where the browser tests save their screenshots: a folder of this session's own, so a test run writes
 # nothing tracked; `make screenshots` sets SCREENSHOTS=docs/screenshots to refresh the docs' pictures.
+SCREENSHOTS = bool(os.environ.get("SCREENSHOTS"))
 SHOTS = Path(os.environ.get("SCREENSHOTS") or tempfile.mkdtemp(prefix="limachat-shots-")).resolve()
 
 
@@ -208,14 +209,19 @@ def tiny_env(tiny_base) -> dict[str, str]:
 
 
 @pytest.fixture(scope="session")
-def vllm_server(trained_home, tiny_env, tmp_path_factory) -> RunningServer:
+def vllm_server(request, tmp_path_factory) -> RunningServer:
     """The real vLLM CPU server on the tiny model with its two demo adapters, for the whole session.
 
     Tests marked `kills_vllm` run after every other test that uses it (they kill vLLM under it and wait
     for `limachat serve` to bring it back); tests marked `stops_server` run after those and stop it.
     Adapters the tests train in their own homes load from the session's temporary folder
-    (server.adapter_dirs)."""
-    yield from _serve(trained_home, tmp_path_factory, tiny_env)
+    (server.adapter_dirs). Under `make screenshots` (SCREENSHOTS set) it is `real_server`: the pictures in
+    the docs show the bundled model's replies, not random tokens."""
+    if SCREENSHOTS:
+        yield request.getfixturevalue("real_server")
+        return
+    home, env = request.getfixturevalue("trained_home"), request.getfixturevalue("tiny_env")
+    yield from _serve(home, tmp_path_factory, env)
 
 
 @pytest.fixture(scope="session")
@@ -227,14 +233,14 @@ def real_server(real_trained_home, tmp_path_factory) -> RunningServer:
 
 # A test's tier follows from the fixtures it uses (directly or through other fixtures): `make test-fast`
 # runs those without the `model` marker.
-TIERS = {
-    "tiny_base": "model",
-    "model_home": "model",
-    "trained_home": "training",
-    "vllm_server": "server",
-    "real_home": "model",
-    "real_trained_home": "training",
-    "real_server": "server",
+TIERS = {  # each fixture's markers, those of the fixtures it stands on included
+    "tiny_base": ("model",),
+    "model_home": ("model",),
+    "trained_home": ("model", "training"),
+    "vllm_server": ("model", "training", "server", *(("real",) if SCREENSHOTS else ())),
+    "real_home": ("model", "real"),
+    "real_trained_home": ("model", "training", "real"),
+    "real_server": ("model", "training", "server", "real"),
 }
 
 
@@ -242,11 +248,8 @@ def pytest_collection_modifyitems(config, items):
     """Mark each test by the fixtures it needs; then order by what a test does to the shared server:
     those that kill vLLM under it (it comes back) after the others, those that stop it last."""
     for item in items:
-        for fixture, marker in TIERS.items():
-            if fixture in item.fixturenames:
-                item.add_marker(marker)
-        if any(f.startswith("real_") for f in item.fixturenames):
-            item.add_marker("real")
+        for marker in {m for f, ms in TIERS.items() if f in item.fixturenames for m in ms}:
+            item.add_marker(marker)
     order = {"kills_vllm": 1, "stops_server": 2}
     items.sort(key=lambda item: max((n for m, n in order.items() if item.get_closest_marker(m)), default=0))
 

@@ -158,6 +158,7 @@ def test_chat_compare_collect_report_in_a_browser(app_url):
             page.wait_for_timeout(800)  # the page gets the finished reply
         rate(page, "#chat-bot", 0, "Pass")
         wait_for(lambda: query(db, "select count(*) from ratings")[0][0] == 1, "the first rating")
+        page.wait_for_timeout(800)  # the page gets the chat back with the rating shown (a re-render)
         rate(page, "#chat-bot", 1, "Excellent")
         wait_for(lambda: query(db, "select count(*) from ratings")[0][0] == 2, "the second rating")
         page.locator("#chat-bot button[aria-label=Retry]").last.click()
