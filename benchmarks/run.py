@@ -189,7 +189,7 @@ def tests_section() -> list[str]:
             wall = time.monotonic() - start
             log = Path(tempfile.gettempdir()) / f"limachat-make-{target}.log"
             log.write_text(done.stdout + done.stderr)
-            summary = re.findall(r"=+ (\d+ passed.*) in ([\d.]+)s", done.stdout)
+            summary = re.findall(r"(\d+ passed[^\n]*?) in ([\d.]+)s", done.stdout)  # with or without -q's borders
             if done.returncode or not summary:
                 raise SystemExit(f"make {target} failed in the clone (its output: {log}):\n{done.stdout[-3000:]}")
             counts, seconds = summary[-1][0].split(",")[0], float(summary[-1][1])
