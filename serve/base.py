@@ -99,10 +99,22 @@ def check_converted(folder: Path, source: Path) -> str | None:
     return None
 
 
+def gguf_config(source: Path):
+    """The model config a GGUF carries (read from its metadata, no tensor de-quantized), unquantized, float32."""
+    import torch
+    from transformers import AutoConfig
+
+    config = AutoConfig.from_pretrained(str(source.parent), gguf_file=source.name)
+    if hasattr(config, "quantization_config"):
+        del config.quantization_config
+    config.dtype = torch.float32
+    return config
+
+
 def convert_gguf(source: Path, folder: Path, progress: Progress = print) -> None:
     """De-quantize a GGUF into a float32 safetensors checkpoint (written atomically)."""
     import torch
-    from transformers import AutoConfig, AutoModelForCausalLM, AutoTokenizer
+    from transformers import AutoModelForCausalLM, AutoTokenizer
 
     steps = ["read and de-quantize GGUF tensors", "rebuild an unquantized model", "write safetensors", "verify"]
     tmp = folder.with_name(folder.name + ".partial")
@@ -112,10 +124,7 @@ def convert_gguf(source: Path, folder: Path, progress: Progress = print) -> None
     quantized = AutoModelForCausalLM.from_pretrained(**gguf, dtype=torch.float32)
     tokenizer = AutoTokenizer.from_pretrained(**gguf)
     progress(f"[2/{len(steps)}] {steps[1]}")
-    config = AutoConfig.from_pretrained(**gguf)
-    if hasattr(config, "quantization_config"):
-        del config.quantization_config
-    config.dtype = torch.float32
+    config = gguf_config(source)
     model = AutoModelForCausalLM.from_config(config, dtype=torch.float32)
     missing, unexpected = model.load_state_dict(quantized.state_dict(), strict=False)
     missing = [m for m in missing if not (config.tie_word_embeddings and m == "lm_head.weight")]
@@ -189,7 +198,11 @@ def create_untrained_adapter(model_source: str, folder: Path, progress: Progress
 
 def bundled_identity() -> str:
     """The identity of the bundled base, as `base_identity` gives it once converted (no conversion needed)."""
-    return f"sha256:{_sha256(bundled_gguf())}:v{CONVERTER_VERSION}"
+    return _identity(_sha256(bundled_gguf()), CONVERTER_VERSION)
+
+
+def _identity(source_sha256: str, converter_version: int) -> str:
+    return f"sha256:{source_sha256}:v{converter_version}"
 
 
 def base_identity(model: str) -> str:
@@ -203,7 +216,7 @@ def base_identity(model: str) -> str:
     if manifest.is_file():
         try:
             record = json.loads(manifest.read_text())
-            return f"sha256:{record['source_sha256']}:v{record['converter_version']}"
+            return _identity(record["source_sha256"], record["converter_version"])
         except (ValueError, KeyError):
             pass
     h = hashlib.sha256((folder / "config.json").read_bytes() if (folder / "config.json").is_file() else b"")

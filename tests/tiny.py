@@ -27,25 +27,21 @@ SHAPE = dict(
 def build_tiny(folder: Path) -> Path:
     """Write the tiny model to `folder` (once: a folder already holding it is kept) and return it."""
     import torch
-    from transformers import AutoConfig, AutoModelForCausalLM, AutoTokenizer
+    from transformers import AutoModelForCausalLM, AutoTokenizer
 
-    from limachat.serve.base import bundled_gguf
+    from limachat.serve.base import bundled_gguf, gguf_config
 
     if (folder / "tiny.json").is_file():
         return folder
     gguf = bundled_gguf()
-    source = dict(pretrained_model_name_or_path=str(gguf.parent), gguf_file=gguf.name)
-    config = AutoConfig.from_pretrained(**source)
-    if hasattr(config, "quantization_config"):
-        del config.quantization_config
+    config = gguf_config(gguf)
     for key, value in SHAPE.items():
         setattr(config, key, value)
-    config.dtype = torch.float32
     torch.manual_seed(SEED)
     model = AutoModelForCausalLM.from_config(config, dtype=torch.float32)
     tmp = folder.with_name(folder.name + ".partial")
     model.save_pretrained(tmp, safe_serialization=True)
-    AutoTokenizer.from_pretrained(**source).save_pretrained(tmp)
+    AutoTokenizer.from_pretrained(str(gguf.parent), gguf_file=gguf.name).save_pretrained(tmp)
     (tmp / "tiny.json").write_text(json.dumps({"seed": SEED, **SHAPE}) + "\n")
     tmp.rename(folder)
     return folder
