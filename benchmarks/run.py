@@ -6,6 +6,7 @@ import argparse
 import os
 import platform
 import statistics as st
+import sys
 import tempfile
 from datetime import date
 from pathlib import Path
@@ -217,7 +218,7 @@ def adapters_section() -> list[str]:
         home, target = Path(tmp) / "home", Path(tmp) / "adapters"
         env = {**{k: v for k, v in os.environ.items() if not k.startswith("LIMACHAT_")}, "LIMACHAT_HOME": str(home)}
         start = time.monotonic()
-        subprocess.run([str(ROOT / ".venv" / "bin" / "limachat"), "train", "--force"], env=env, check=True)
+        subprocess.run([sys.executable, "-m", "limachat.cli", "train", "--force"], env=env, check=True)
         wall = time.monotonic() - start
         ship(home, target)
         for variant in VARIANTS:

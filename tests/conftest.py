@@ -84,7 +84,9 @@ def real_trained_home(real_home) -> Path:
     """Both demo adapters on the bundled base as `limachat demo` makes them (the shipped ones, train/adapters/,
     while the recipe's fingerprint matches; else trained here, TRL on CPU, ~8 minutes): the tests where what a
     user reads is the point talk to what a user gets."""
-    return _train_demo(real_home, str(real_home / "base" / "SmolLM2-135M-Instruct" / "model"))
+    from limachat.settings import Settings
+
+    return _train_demo(real_home, str(Settings(home=real_home).base_folder()))
 
 
 def _train_demo(home: Path, base: str) -> Path:
@@ -115,9 +117,10 @@ class RunningServer:
         )
         self.started: dict[int, object] = {}
         from limachat.serve.base import base_slug
+        from limachat.settings import Settings
 
         configured = env.get("LIMACHAT_SERVER__BASE")
-        self.base = configured or str(home / "base" / "SmolLM2-135M-Instruct" / "model")  # the folder vLLM serves
+        self.base = configured or str(Settings(home=home).base_folder())  # the folder vLLM serves
         self.untrained = home / "base" / base_slug(configured) / "untrained-lora"
         self.eager = env.get("LIMACHAT_SERVER__ENFORCE_EAGER") == "true"
 

@@ -173,21 +173,17 @@ def test_ablate_ranks_a_helpful_group_above_a_noisy_one(real_server, tmp_path):
     from conftest import free_port, models
 
     from limachat.dialogues.store import Store
-    from limachat.settings import Settings
 
     export, held = synthetic(tmp_path)
     port = free_port()
     standin = judge_standin(port)
     home = tmp_path / "home"
-    real_server.share_key(home)
-    settings = Settings(
-        home=home,
+    settings = real_server.settings(
+        home,
         sampling={"max_tokens": 32, "extra": {"seed": 0}},  # seeded draws; the reply's length is not what this checks
         curate={"judge": {"name": "rule", "model": "rule", "base_url": f"http://127.0.0.1:{port}/v1",
                           "structured_outputs": False}},
     )  # fmt: skip
-    settings.server.port = real_server.port
-    settings.server.base = real_server.base
     store = Store(home / "limachat.db")
     try:
         report = ablate.run(store, settings, export, name="syn", heldout=held, conversations=4, epochs=1)

@@ -18,7 +18,6 @@ from limachat.dialogues import report as rep
 from limachat.dialogues.export import Filters, chains, export
 from limachat.dialogues.formats import import_file
 from limachat.dialogues.store import Store
-from limachat.settings import Settings
 
 
 def drain(gen):
@@ -37,9 +36,8 @@ def collected(real_server, tmp_path_factory):
     every request is seeded; the judge and the teacher run with their defaults. On the bundled model: a
     judge and a teacher must end their answers and keep to a format, which a random model never does."""
     home = tmp_path_factory.mktemp("curate")
-    settings = Settings(home=home, sampling={"max_tokens": 96, "extra": {"seed": 0}})  # seeded: the same draws each run
-    settings.server.port, settings.server.base = real_server.port, real_server.base
-    real_server.share_key(home)  # the home's own clients (judge, teacher, rounds) read the server's key there
+    # seeded: the same draws each run; the home's own clients (judge, teacher, rounds) read the server's key there
+    settings = real_server.settings(home, sampling={"max_tokens": 96, "extra": {"seed": 0}})
     cks = {n: real_server.checkpoint(n) for n in ("zero-shot", "dialogue")}
     deps = Deps(Store(home / "limachat.db"), cks, settings)
     for ck, (first, second) in (
