@@ -14,11 +14,13 @@ log = logging.getLogger("limachat")
 log.addHandler(logging.NullHandler())  # without a home to log to, nothing is printed in the user's way
 log.propagate = False
 _path: Path | None = None
+_handler: logging.Handler | None = None
 
 
 def setup(home: Path) -> Path:
-    """Log limachat's warnings and errors to <home>/logs/limachat.log (once per process and file)."""
-    global _path
+    """Log limachat's warnings and errors to <home>/logs/limachat.log (one file at a time per process: a
+    second home replaces the first)."""
+    global _path, _handler
     path = Home(Path(home)).logs / "limachat.log"
     if not os.access(Path(home) if Path(home).is_dir() else Path(home).parent, os.W_OK):
         # a home on a read-only disk can still be read (report, export elsewhere): log beside the temp files
@@ -27,9 +29,12 @@ def setup(home: Path) -> Path:
         path.parent.mkdir(parents=True, exist_ok=True)
         handler = logging.FileHandler(path, encoding="utf-8")
         handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s"))
+        if _handler is not None:
+            log.removeHandler(_handler)
+            _handler.close()
         log.addHandler(handler)
         log.setLevel(logging.INFO)
-        _path = path
+        _path, _handler = path, handler
     return path
 
 

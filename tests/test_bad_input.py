@@ -552,8 +552,21 @@ def assert_one_clear_line(text: str, expected: str) -> None:
     assert expected in lines[0], f"{expected!r} not in {lines[0]!r}"
 
 
-@pytest.mark.parametrize("case", CLI_CASES, ids=[c[0] for c in CLI_CASES])
-def test_cli_bad_input(case, seeded_db, tmp_path):
+def invoke_cli(cwd: Path, args: list[str], env: dict[str, str], monkeypatch) -> subprocess.CompletedProcess:
+    """The `limachat` command in this process (click's runner), as `run_cli` runs it in its own: the same
+    group, its error discipline and exit code, at a fraction of a process start and its imports."""
+    from click.testing import CliRunner
+
+    from limachat.cli import main
+
+    monkeypatch.chdir(cwd)
+    unset = {k: None for k in os.environ if k.startswith("LIMACHAT_")}
+    result = CliRunner().invoke(main, args, env={**unset, "LIMACHAT_HOME": str(cwd / "data"), **env})
+    assert not isinstance(result.exception, Exception) or isinstance(result.exception, SystemExit), result.exc_info
+    return subprocess.CompletedProcess(args, result.exit_code, result.stdout, result.stderr)
+
+
+def check_case(case, seeded_db, tmp_path, run) -> None:
     _, files, env, args, expected = case
     db = tmp_path / "data" / "limachat.db"
     db.parent.mkdir()
@@ -562,10 +575,29 @@ def test_cli_bad_input(case, seeded_db, tmp_path):
         (tmp_path / name).parent.mkdir(parents=True, exist_ok=True)
         (tmp_path / name).write_bytes(data)
     before = state_of(db)
-    result = run_cli(tmp_path, args, env)
+    result = run(tmp_path, args, env)
     assert result.returncode != 0, result.stdout + result.stderr
     assert_one_clear_line(result.stderr, expected)
     assert state_of(db) == before, "the database changed"
+
+
+@pytest.mark.parametrize("case", CLI_CASES, ids=[c[0] for c in CLI_CASES])
+def test_cli_bad_input(case, seeded_db, tmp_path, monkeypatch):
+    check_case(case, seeded_db, tmp_path, lambda cwd, args, env: invoke_cli(cwd, args, env, monkeypatch))
+
+
+AS_A_PROCESS = [
+    c
+    for c in CLI_CASES
+    if c[0] in ("import-second-line-bad", "app-port-too-high", "toml-syntax", "home-is-a-file", "db-not-sqlite")
+]
+
+
+@pytest.mark.parametrize("case", AS_A_PROCESS, ids=[c[0] for c in AS_A_PROCESS])
+def test_cli_bad_input_as_a_process(case, seeded_db, tmp_path):
+    """What a shell sees from `python -m limachat.cli`: the exit status, and the one line on stderr, for one case
+    of each kind (a file's line, an option, the settings, the home, the database)."""
+    check_case(case, seeded_db, tmp_path, run_cli)
 
 
 def test_a_database_locked_past_the_busy_timeout(seeded_db, tmp_path):
