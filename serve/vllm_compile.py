@@ -1,9 +1,23 @@
-"""limachat's patches to how vLLM compiles and warms up on CPU (registered in serve/vllm_plugin.py): compiling
-with LoRA on, reloading the compile cache, and a later pipeline stage's warm-up in eager mode."""
+"""limachat's patches to how vLLM starts, compiles and warms up on CPU (registered in serve/vllm_plugin.py):
+inspecting the model class in the process, compiling with LoRA on, reloading the compile cache, and a later
+pipeline stage's warm-up in eager mode."""
 
 from __future__ import annotations
 
 from limachat.serve.vllm_patch import MARK
+
+
+def _patch_cpu_inspect_in_process() -> None:
+    """On a first start (no model info in vLLM's cache yet) vLLM 0.32 inspects the model class in a fresh
+    Python process, so as not to initialise CUDA in the API server: an import of vLLM and torch, 8 s of a
+    cold start here. A CPU has no CUDA to keep out of the API server: the class is inspected in it."""
+    from vllm.model_executor.models import registry
+
+    def _run_in_subprocess(fn):
+        return fn()
+
+    setattr(_run_in_subprocess, MARK, True)
+    registry._run_in_subprocess = _run_in_subprocess
 
 
 def _patch_cpu_compile_with_lora() -> None:

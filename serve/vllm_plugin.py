@@ -22,6 +22,7 @@ from limachat.serve.plugin_env import ENABLE, RANGE_OVERRIDE
 from limachat.serve.vllm_compile import (
     _patch_cpu_compile_cache_load,
     _patch_cpu_compile_with_lora,
+    _patch_cpu_inspect_in_process,
     _patch_cpu_pipeline_eager,
 )
 from limachat.serve.vllm_lora import (
@@ -135,6 +136,16 @@ PATCHES = (
         "(runtime LoRA loading takes any path)",
         "when the canary test_vllm_still_loads_adapters_from_any_path fails",
         _patch_adapter_root,
+    ),
+    Patch(
+        "cpu-inspect-in-process",
+        ">=0.32.0,<0.33",
+        "cpu",
+        ("vllm.model_executor.models.registry:_run_in_subprocess",),
+        "https://github.com/vllm-project/vllm/blob/v0.32.0/vllm/model_executor/models/registry.py "
+        "(the model class is inspected in a subprocess to keep CUDA out of the API server, on CPU too)",
+        "when the canary test_the_model_class_is_still_inspected_in_a_subprocess fails",
+        _patch_cpu_inspect_in_process,
     ),
     Patch(
         "cpu-pipeline-eager",

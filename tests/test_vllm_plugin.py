@@ -95,6 +95,20 @@ def test_cpu_lora_still_turns_compilation_off():
     )
 
 
+def test_the_model_class_is_still_inspected_in_a_subprocess():
+    """On a miss of vLLM's model-info cache (every first start), the API server starts a Python process
+    to inspect the model class, whatever the platform."""
+    import inspect
+
+    from vllm.model_executor.models import registry
+
+    inspect_source = inspect.getsource(registry._LazyRegisteredModel.inspect_model_cls)
+    run_source = inspect.getsource(registry._run_in_subprocess)
+    assert "_run_in_subprocess(" in inspect_source and "subprocess.run(" in run_source, FIXED.format(
+        "cpu-inspect-in-process"
+    )
+
+
 def test_cpu_compile_cache_still_calls_finalize_loading():
     """The AOT cache's loader calls finalize_loading, which torch's plain inductor artifact (the CPU
     backend's) lacks, whatever the artifact."""
