@@ -99,7 +99,10 @@ class Server(_Section):
     base: str | None = None  # Hugging Face id or local folder; None = the bundled SmolLM2-135M
     device: Literal["auto", "cpu", "cuda"] = "auto"
     dtype: str | None = None  # None: float32 on CPU (bf16 is broken without AVX-512), bfloat16 on GPU
-    enforce_eager: bool | None = None  # None: compiled (CPU: ~3 min the first start, then the cache: ~1 min)
+    # None: compiled; on CPU (one rank) a configuration's first start on a machine serves uncompiled at once
+    # and compiles in the background for the next (serve/precompile.py). True: never compile; False: compile
+    # before serving, on the first start too.
+    enforce_eager: bool | None = None
     max_model_len: int = Field(2048, ge=128)
     max_lora_rank: int = Field(8, ge=1)
     kv_cache_gib: int = Field(1, ge=1)  # VLLM_CPU_KVCACHE_SPACE on CPU (whole GiB)

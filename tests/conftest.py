@@ -107,6 +107,7 @@ class RunningServer:
         self.url = f"http://127.0.0.1:{port}/v1"
         env = {**{k: v for k, v in os.environ.items() if not k.startswith("LIMACHAT_")}, **(env or {})}
         env.update(LIMACHAT_HOME=str(home), PYTHONUNBUFFERED="1")
+        self.env = env
         self.stderr_path = home / f"serve-{port}.stderr"
         self.proc = subprocess.Popen(
             [sys.executable, "-m", "limachat.cli", "serve", "--port", str(port)],
@@ -176,6 +177,14 @@ class RunningServer:
             time.sleep(1)
         self.track()
 
+    def wait_compiled(self, timeout: float = 300) -> None:
+        """Until the background compile of a first start (serve/precompile.py) says it is done."""
+        deadline = time.monotonic() + timeout
+        while "the next start serves the compiled model" not in self.output():
+            if self.proc.poll() is not None or time.monotonic() > deadline:
+                raise RuntimeError(f"the background compile did not finish:\n{self.output()[-3000:]}")
+            time.sleep(1)
+
     def interrupt(self, timeout: float = 120) -> int:
         self.track()
         self.proc.send_signal(signal.SIGINT)
@@ -213,7 +222,8 @@ def tiny_env(tiny_base) -> dict[str, str]:
 
 @pytest.fixture(scope="session")
 def vllm_server(request, tmp_path_factory) -> RunningServer:
-    """The real vLLM CPU server on the tiny model with its two demo adapters, for the whole session.
+    """The real vLLM CPU server on the tiny model with its two demo adapters, for the whole session, at the
+    default compile setting.
 
     Tests marked `kills_vllm` run after every other test that uses it (they kill vLLM under it and wait
     for `limachat serve` to bring it back); tests marked `stops_server` run after those and stop it.
@@ -223,7 +233,12 @@ def vllm_server(request, tmp_path_factory) -> RunningServer:
     if SCREENSHOTS:
         yield request.getfixturevalue("real_server")
         return
-    home, env = request.getfixturevalue("trained_home"), request.getfixturevalue("tiny_env")
+    home, tiny = request.getfixturevalue("trained_home"), request.getfixturevalue("tiny_env")
+    # Compiling left to the default, with an empty vLLM cache of its own: the first start serves uncompiled
+    # and compiles in the background (test_serve.py waits for it), so vLLM's restart after the kill
+    # (test_crash.py) loads the compiled model, as a user's next start does.
+    env = {k: v for k, v in tiny.items() if k != "LIMACHAT_SERVER__ENFORCE_EAGER"}
+    env["VLLM_CACHE_ROOT"] = str(tmp_path_factory.mktemp("vllm-cache"))
     yield from _serve(home, tmp_path_factory, env)
 
 

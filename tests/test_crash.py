@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import re
 import signal
 import subprocess
 import sys
@@ -169,6 +170,7 @@ def test_vllm_killed_mid_stream_keeps_the_partial_reply_and_retry_works_once_it_
     """SIGKILL of the real vLLM process while a reply streams (default sampling and length): the
     reply keeps its text with status error and a clear message; `limachat serve` says vLLM stopped
     and starts it again; then retry answers."""
+    vllm_server.wait_compiled()  # so that the restart below is a next start, which loads the compiled model
     settings = vllm_server.settings(tmp_path)
     deps = Deps(
         Store(tmp_path / "app.db"),
@@ -179,6 +181,7 @@ def test_vllm_killed_mid_stream_keeps_the_partial_reply_and_retry_works_once_it_
         p
         for p in psutil.Process(vllm_server.proc.pid).children(recursive=True)
         if "vllm.entrypoints.openai.api_server" in " ".join(p.cmdline())
+        and f"--port {vllm_server.port}" in " ".join(p.cmdline())  # not a background compile's
     )
 
     async def go():
@@ -209,6 +212,9 @@ def test_vllm_killed_mid_stream_keeps_the_partial_reply_and_retry_works_once_it_
         timeout=300,
     )
     assert vllm_server.proc.poll() is None and "Restarting it (1 of 3)" in vllm_server.output()
+    # The first start compiled in the background (the session's vLLM cache was empty): this one loads it.
+    restart = vllm_server.output().rsplit("vLLM ready in", 1)[1].split("\n")[0]
+    assert re.findall(r"(\w+) \d+ s", restart.split(")")[0]) == ["processes", "weights", "cached", "engine"]
     state, v = asyncio.run(_last(chat.regenerate(deps, state, 1, "dialogue", "ana")))
     assert deps.store.turn(state["ids"][-1])["status"] == "ok"
     assert [t["status"] for t in deps.store.turns(state["session"]) if t["role"] == "assistant"] == ["error", "ok"]

@@ -27,15 +27,51 @@ def stream(server, model: str, messages, **params):
     return asyncio.run(go())
 
 
+def start_phases(out: str) -> list[str]:
+    """The phases the last "vLLM ready in N s (phase N s, ...)" line of `limachat serve` names."""
+    ready = re.findall(r"vLLM ready in \d+ s \(([^)]*)\)", out)
+    return re.findall(r"(\w+) \d+ s", ready[-1]) if ready else []
+
+
 def test_serves_base_and_both_adapters(vllm_server):
     assert models(vllm_server.url, vllm_server.headers) == {"base", "zero-shot", "dialogue"}
     out = vllm_server.output()
     assert "vLLM ready in" in out and f"http://127.0.0.1:{vllm_server.port}/v1 serving base, zero-shot, dialogue" in out
+    # The start reads as phases with their times (the tiny model is served eagerly: nothing to compile), and
+    # vLLM's own lines, its warnings among them, stay in its log file.
+    assert start_phases(out) == ["processes", "weights", "engine"]
+    assert "starting vLLM,   0 s: starting vLLM's processes" in out and "pid=" not in out
     home = vllm_server.home / "checkpoints"
     assert (
         f"zero-shot: trained adapter {home / 'zero-shot'}" in out
         and f"dialogue: trained adapter {home / 'dialogue'}" in out
     )
+
+
+def test_a_default_start_serves_the_compiled_model_or_says_it_is_compiling_it(real_server):
+    """At the defaults vLLM serves the compiled model from its cache; on a machine whose cache lacks it (a
+    fresh one), the start serves uncompiled and says it compiles in the background. The ready line says
+    which, with the time each phase took."""
+    out = real_server.output()
+    if "uncompiled for now" in out:
+        assert start_phases(out) == ["processes", "weights", "engine"]
+        assert "compiling in the background for the next start" in out
+    else:
+        assert start_phases(out) == ["processes", "weights", "cached", "engine"]
+
+
+def test_a_first_start_serves_at_once_and_compiles_for_the_next_in_the_background(vllm_server):
+    """Compiling left to the default and vLLM's cache empty (a new machine): `limachat serve` was ready
+    without compiling, and a niced vLLM compiles the same configuration into the cache meanwhile. (The
+    next start loading it: test_crash.py's restart of vLLM.)"""
+    out = vllm_server.output()
+    assert "serving uncompiled at once, and compiling in the background for the next start" in out
+    assert "uncompiled for now)" in out.split("vLLM ready in")[1].split("\n")[0]
+    vllm_server.wait_compiled()
+    cache = Path(vllm_server.env["VLLM_CACHE_ROOT"])
+    assert len(list((cache / "limachat-compiled").glob("*.json"))) == 1
+    assert list(cache.glob("torch_compile_cache/torch_aot_compile/*")), "vLLM's own compile is in the cache"
+    assert models(vllm_server.url, vllm_server.headers) == {"base", "zero-shot", "dialogue"}
 
 
 def test_without_the_key_the_port_refuses_completions_and_adapter_changes(vllm_server):
@@ -69,7 +105,7 @@ def test_without_the_key_the_port_refuses_completions_and_adapter_changes(vllm_s
     key_file = vllm_server.home / "server.key"
     assert stat.S_IMODE(key_file.stat().st_mode) == 0o600 and len(vllm_server.key) >= 32
     vllm_server.track()
-    for p in vllm_server.started.values():
+    for p in vllm_server.leftovers():  # every process it runs now (a background compile's are gone)
         assert vllm_server.key not in " ".join(p.cmdline()), p.cmdline()
     assert vllm_server.key not in (vllm_server.home / "logs" / f"vllm-{vllm_server.port}.log").read_text()
 

@@ -113,7 +113,8 @@ def _serve(settings: Settings, prepared, *, app: bool = False, users: dict[str, 
         nonlocal ui
         names = ", ".join([BASE_NAME, *(a.name for a in adapters)])
         click.echo(
-            f"vLLM ready in {server.start_seconds:.0f} s: {config.url} serving {names}."
+            f"vLLM ready in {server.start_seconds:.0f} s ({server.phases.summary()}"
+            f"{', uncompiled for now' if server.eager_now else ''}): {config.url} serving {names}."
             f"{'' if app else ' Ctrl-C stops it.'}",
             err=True,
         )
