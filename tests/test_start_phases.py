@@ -5,6 +5,8 @@ The log lines below are vLLM 0.32's own, as a cold and a warm start on this CPU 
 
 from __future__ import annotations
 
+from pathlib import Path
+
 from limachat.serve import start
 from limachat.serve.start import StartPhases
 
@@ -125,3 +127,28 @@ def test_a_first_start_serves_uncompiled_only_until_its_configuration_is_compile
     assert not compile_first(replace(config, max_model_len=4096, enforce_eager=False))  # compiled now, as set
     assert not compile_first(replace(config, max_model_len=4096, gpu=True))  # CUDA graphs: vLLM's own way
     assert not compile_first(replace(config, max_model_len=4096, data_parallel=2))  # ranks compile at once
+
+
+def test_a_home_spelled_relative_or_absolute_is_one_configuration(tmp_path, monkeypatch):
+    """`make demo` names the home by its absolute path, a `limachat serve` in the same folder by the default
+    `data`: the second start still finds the first's compile."""
+    from dataclasses import replace
+
+    from limachat.serve.precompile import record
+    from limachat.serve.server import Adapter, ServerConfig, compile_first
+
+    monkeypatch.setenv("VLLM_CACHE_ROOT", str(tmp_path / "vllm-cache"))
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "data" / "base" / "model").mkdir(parents=True)
+    (tmp_path / "data" / "checkpoints" / "dialogue").mkdir(parents=True)
+    absolute = ServerConfig(
+        str(tmp_path / "data" / "base" / "model"),
+        [Adapter("dialogue", tmp_path / "data" / "checkpoints" / "dialogue", True)],
+        "127.0.0.1", 8000, False, None, None, 2048, 8, 1, [],
+    )  # fmt: skip
+    record(absolute.command(eager=False), absolute.env(), 30.0)
+    relative = replace(
+        absolute, model="data/base/model", adapters=[Adapter("dialogue", Path("data/checkpoints/dialogue"), True)]
+    )
+    assert relative.command(eager=False) == absolute.command(eager=False)
+    assert not compile_first(relative)
