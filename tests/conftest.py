@@ -123,7 +123,7 @@ class RunningServer:
         configured = env.get("LIMACHAT_SERVER__BASE")
         self.base = configured or str(Settings(home=home).base_folder())  # the folder vLLM serves
         self.untrained = home / "base" / base_slug(configured) / "untrained-lora"
-        self.eager = env.get("LIMACHAT_SERVER__ENFORCE_EAGER") == "true"
+        self.eager = {"true": True, "false": False}.get(env.get("LIMACHAT_SERVER__ENFORCE_EAGER", ""))
 
     def settings(self, home: Path, **fields):
         """Settings for a data home of a test's own that uses this server: its port, its base and its key."""
@@ -131,7 +131,7 @@ class RunningServer:
 
         settings = Settings(home=home, **fields)
         settings.server.port, settings.server.base = self.port, self.base
-        settings.server.enforce_eager = self.eager or None
+        settings.server.enforce_eager = self.eager
         self.share_key(home)
         return settings
 
@@ -245,8 +245,11 @@ def vllm_server(request, tmp_path_factory) -> RunningServer:
 @pytest.fixture(scope="session")
 def real_server(real_trained_home, tmp_path_factory) -> RunningServer:
     """The real vLLM CPU server on the bundled model with both demo adapters, at the defaults a user gets
-    (docs/testing.md says which tests need it, and why)."""
-    yield from _serve(real_trained_home, tmp_path_factory, {})
+    (docs/testing.md says which tests need it, and why), compiled as every start after a machine's first
+    serves it: `enforce_eager = false` compiles before serving where vLLM's cache lacks the compile (a new
+    machine), so the parity tests check the compiled path. (The first start's uncompiled serving and
+    background compile: `vllm_server`.)"""
+    yield from _serve(real_trained_home, tmp_path_factory, {"LIMACHAT_SERVER__ENFORCE_EAGER": "false"})
 
 
 # A test's tier follows from the fixtures it uses (directly or through other fixtures): `make test-fast`
