@@ -272,9 +272,10 @@ SECTIONS = {
     "firstrun": (
         "## A newcomer's first `make demo` (a clean clone, empty caches, one run)",
         [
-            "`git clone` of HEAD into a temporary folder, then `make demo` there with no pip cache (pip downloads",
-            "every package; torch's CPU wheel comes from this machine's wheel folder), vLLM's and torch's caches in",
-            "an empty folder, and a fresh data home. Each phase ends at the line `make demo` prints for it; the",
+            "`git clone` of HEAD into a temporary folder, then `make demo` there with no pip cache (pip fetches",
+            "every package from the indexes this machine is configured with, a local wheel folder among them),",
+            "vLLM's and torch's caches in an empty folder, and a fresh data home. Each phase ends at the line",
+            "`make demo` prints for it; the",
             "last is one short reply from each demo checkpoint through the server the app uses. vLLM's phases",
             "come from its ready line (serve/start.py reads them off vLLM's log). The first start serves",
             "uncompiled and compiles in the background (serve/precompile.py); the second start, `limachat serve`",
