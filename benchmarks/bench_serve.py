@@ -202,6 +202,38 @@ def scoring(home: Path, rounds: int) -> dict[str, list[float]]:
     with serving(home) as (url, _):
         for i in range(rounds):
             asyncio.run(conversation(url, i))
+        out.update(score_profile(url, rounds))
+    return out
+
+
+def score_profile(url: str, rounds: int) -> dict[str, list[float]]:
+    """Where a score's time goes: one prompt-processing request of 16 and of 128 tokens, with and without
+    prompt log-probabilities (a fresh first token each time, so the prefix cache holds none of it), and a
+    /tokenize round trip (a score makes two)."""
+    import random
+
+    root, rng = url.removesuffix("/v1"), random.Random(0)
+    ids = httpx.post(root + "/tokenize", json={"model": "base", "prompt": PROMPT * 20}, headers=auth(url)).json()
+    ids = ids["tokens"]
+    out: dict[str, list[float]] = {"p16": [], "p128": [], "p128_bare": [], "tokenize": []}
+
+    def timed(fn) -> float:
+        start = time.perf_counter()
+        fn()
+        return time.perf_counter() - start
+
+    def prompt(n: int, logprobs: bool) -> None:
+        body = {"model": "base", "prompt": [rng.randrange(1000, 40000), *ids[: n - 1]], "max_tokens": 1}
+        body |= {"temperature": 0, **({"prompt_logprobs": 0} if logprobs else {})}
+        httpx.post(url + "/completions", json=body, headers=auth(url), timeout=120).raise_for_status()
+
+    conversation = [{"role": "user", "content": PROMPT}]
+    tokenize = {"model": "base", "messages": conversation, "add_generation_prompt": True}
+    for _ in range(rounds):
+        out["p16"].append(timed(lambda: prompt(16, True)))
+        out["p128"].append(timed(lambda: prompt(128, True)))
+        out["p128_bare"].append(timed(lambda: prompt(128, False)))
+        out["tokenize"].append(timed(lambda: httpx.post(root + "/tokenize", json=tokenize, headers=auth(url))))
     return out
 
 
@@ -286,5 +318,9 @@ def section(home: Path, rounds: int, spread) -> list[str]:
         f"| next reply's first token, no score running | {spread(sc['ttft_alone'])} | - |",
         f"| first token: scored - alone (medians) | "
         f"{1000 * (st.median(sc['ttft_scored']) - st.median(sc['ttft_alone'])):+.0f} ms | <= +50 ms |",
+        f"| a score's parts: one request, a 16-token prompt with log-probabilities | {spread(sc['p16'])} | - |",
+        f"| a score's parts: a 128-token prompt with log-probabilities | {spread(sc['p128'])} | - |",
+        f"| a score's parts: a 128-token prompt without log-probabilities | {spread(sc['p128_bare'])} | - |",
+        f"| a score's parts: a /tokenize round trip (a score makes two) | {spread(sc['tokenize'])} | - |",
     ]
     return rows

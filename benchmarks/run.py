@@ -318,7 +318,8 @@ SECTIONS = {
             "time); 4 streams: all tokens / wall time. Ready: from start to `vLLM ready` (LoRA) or the first",
             "answer of `/v1/models`. Scoring: a 5-turn `dialogue` conversation, 128-token replies, 3 rounds; each",
             "odd turn's reply scored alone (cached, then whole), each even turn's score started together with",
-            "the next turn's request, as the app does.",
+            "the next turn's request, as the app does. A score's parts: single requests of a 16- and a 128-token",
+            "prompt (a fresh first token each, so nothing comes from the prefix cache), and a /tokenize round trip.",
         ],
     ),
     "ranks": (
