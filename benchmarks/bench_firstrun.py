@@ -114,11 +114,10 @@ def first_run(free_port) -> dict:
             for model in ("zero-shot", "dialogue"):
                 _answer(url, key, model)
             ends["both demo checkpoints' first replies"] = time.monotonic() - start
-            compiled_at, compiled_line = lines.when("the next start serves the compiled model", proc)
+            compiled_at, _ = lines.when("the next start serves the compiled model", proc)
         finally:
             _stop(proc)
         result = {"ends": ends, "first_breakdown": _breakdown(ready_line), "compiled_after": compiled_at}
-        result["compile_line"] = compiled_line
         second, start = _start([str(clone / ".venv" / "bin" / "limachat"), "serve"], clone, env)
         again = Lines(second, start, echo=False)
         try:

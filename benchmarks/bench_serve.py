@@ -10,7 +10,6 @@ from __future__ import annotations
 import asyncio
 import os
 import signal
-import socket
 import statistics as st
 import subprocess
 import sys
@@ -22,6 +21,7 @@ import httpx
 from bench_app import KEYS, auth, direct_stream
 
 from limachat.layout import Home
+from limachat.serve.net import free_local_port as free_port
 
 PROMPT = "Explain in a few paragraphs how a bicycle stays upright while moving."
 TOKENS = 128
@@ -36,12 +36,6 @@ print("llama.cpp ready", flush=True)
 while True:
     time.sleep(1)
 """
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 async def decode(url: str, model: str, streams: int) -> float:

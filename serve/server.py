@@ -538,8 +538,7 @@ class BackgroundCompile:
         self.log_path = log_path
         self.progress = progress
         self.server: VLLMServer | None = None
-        self.done = threading.Event()
-        self.ok = self.stopping = False
+        self.stopping = False
         self._thread = threading.Thread(target=self._run, name="limachat-compile", daemon=True)
 
     def start(self) -> BackgroundCompile:
@@ -551,7 +550,6 @@ class BackgroundCompile:
         try:
             self.server.start()
             precompile.record(self.config.command(), self.config.env(), self.server.start_seconds)
-            self.ok = True
             self.progress(
                 f"compiled for this CPU in the background in {self.server.start_seconds:.0f} s: "
                 "the next start serves the compiled model"
@@ -561,7 +559,6 @@ class BackgroundCompile:
                 self.progress(f"the background compile did not finish (the next start tries again): {e}")
         finally:
             self.server.stop()
-            self.done.set()
 
     def alive(self) -> bool:
         return self._thread.is_alive()

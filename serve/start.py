@@ -58,7 +58,7 @@ class StartPhases:
                 if pattern is not None and pattern.search(line) and name != self.phase:
                     if name == "cached" and self.phase == "compile":  # the warm-up was a load from the cache
                         self.phases[-1] = ("cached", self.phases[-1][1])
-                    elif [n for n, _ in self.phases].count(name) == 0:
+                    elif name not in {n for n, _ in self.phases}:
                         self.phases.append((name, now))
 
     def poll(self) -> str | None:

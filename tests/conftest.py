@@ -6,7 +6,6 @@ import json
 import os
 import shutil
 import signal
-import socket
 import subprocess
 import sys
 import tempfile
@@ -16,17 +15,13 @@ from pathlib import Path
 import httpx
 import pytest
 
+from limachat.serve.net import free_local_port as free_port
+
 REPO = Path(__file__).resolve().parents[1]
 # Where the browser tests save their screenshots: a folder of this session's own, so a test run writes
 # nothing tracked; `make screenshots` sets SCREENSHOTS=docs/screenshots to refresh the docs' pictures.
 SCREENSHOTS = bool(os.environ.get("SCREENSHOTS"))
 SHOTS = Path(os.environ.get("SCREENSHOTS") or tempfile.mkdtemp(prefix="limachat-shots-")).resolve()
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 @pytest.fixture
@@ -169,21 +164,20 @@ class RunningServer:
         for p in children:
             self.started.setdefault(p.pid, p)
 
-    def wait_ready(self, timeout: float = 900) -> None:
+    def _wait_for(self, line: str, what: str, timeout: float) -> None:
         deadline = time.monotonic() + timeout
-        while "vLLM ready" not in self.output():
+        while line not in self.output():
             if self.proc.poll() is not None or time.monotonic() > deadline:
-                raise RuntimeError(f"limachat serve did not come up:\n{self.output()[-3000:]}")
+                raise RuntimeError(f"{what}:\n{self.output()[-3000:]}")
             time.sleep(1)
+
+    def wait_ready(self, timeout: float = 900) -> None:
+        self._wait_for("vLLM ready", "limachat serve did not come up", timeout)
         self.track()
 
     def wait_compiled(self, timeout: float = 300) -> None:
         """Until the background compile of a first start (serve/precompile.py) says it is done."""
-        deadline = time.monotonic() + timeout
-        while "the next start serves the compiled model" not in self.output():
-            if self.proc.poll() is not None or time.monotonic() > deadline:
-                raise RuntimeError(f"the background compile did not finish:\n{self.output()[-3000:]}")
-            time.sleep(1)
+        self._wait_for("the next start serves the compiled model", "the background compile did not finish", timeout)
 
     def interrupt(self, timeout: float = 120) -> int:
         self.track()
