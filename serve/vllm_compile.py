@@ -1,6 +1,6 @@
 """limachat's patches to how vLLM starts, compiles and warms up on CPU (registered in serve/vllm_plugin.py):
-inspecting the model class in the process, compiling with LoRA on, reloading the compile cache, and a later
-pipeline stage's warm-up in eager mode."""
+inspecting the model class in the process, running one rank's model in the engine's process, compiling with
+LoRA on, reloading the compile cache, and a later pipeline stage's warm-up in eager mode."""
 
 from __future__ import annotations
 
@@ -18,6 +18,28 @@ def _patch_cpu_inspect_in_process() -> None:
 
     setattr(_run_in_subprocess, MARK, True)
     registry._run_in_subprocess = _run_in_subprocess
+
+
+def _patch_cpu_engine_runs_the_model() -> None:
+    """vLLM 0.32's CPU platform turns one rank's in-process executor ("uni") into the multiprocess one
+    ("mp"), so the model runs in a third process (a Worker) beside the API server and the engine, and each
+    step crosses between engine and worker through a shared-memory queue that both spin on. On this 2-core
+    machine that costs a Python start (about 12 s of every start) and a fifth of the decode rate: the spin
+    takes cycles from the model's two threads (bench_serve, BENCHMARKS.md). With one rank and one engine,
+    the engine runs the model itself. Several ranks or data-parallel engines keep vLLM's processes and
+    their thread binding. limachat never asks for "mp" itself, so the only "mp" seen here is the platform's."""
+    from vllm.v1.executor.abstract import Executor
+
+    original = Executor.get_class
+
+    def get_class(vllm_config):
+        parallel = vllm_config.parallel_config
+        if parallel.distributed_executor_backend == "mp" and parallel.world_size_across_dp == 1:
+            parallel.distributed_executor_backend = "uni"
+        return original(vllm_config)
+
+    setattr(get_class, MARK, True)
+    Executor.get_class = staticmethod(get_class)
 
 
 def _patch_cpu_compile_with_lora() -> None:

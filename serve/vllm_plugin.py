@@ -22,6 +22,7 @@ from limachat.serve.plugin_env import ENABLE, RANGE_OVERRIDE
 from limachat.serve.vllm_compile import (
     _patch_cpu_compile_cache_load,
     _patch_cpu_compile_with_lora,
+    _patch_cpu_engine_runs_the_model,
     _patch_cpu_inspect_in_process,
     _patch_cpu_pipeline_eager,
 )
@@ -146,6 +147,16 @@ PATCHES = (
         "(the model class is inspected in a subprocess to keep CUDA out of the API server, on CPU too)",
         "when the canary test_the_model_class_is_still_inspected_in_a_subprocess fails",
         _patch_cpu_inspect_in_process,
+    ),
+    Patch(
+        "cpu-engine-runs-the-model",
+        ">=0.32.0,<0.33",
+        "cpu",
+        ("vllm.v1.executor.abstract:Executor.get_class", "vllm.v1.executor.uniproc_executor:UniProcExecutor"),
+        'https://github.com/vllm-project/vllm/blob/v0.32.0/vllm/platforms/cpu.py (one rank\'s "uni" executor '
+        'forced to "mp"); https://github.com/vllm-project/vllm/pull/34670 (mp\'s worker queue spin-waits)',
+        "when the canary test_cpu_still_runs_one_rank_in_a_worker_process fails",
+        _patch_cpu_engine_runs_the_model,
     ),
     Patch(
         "cpu-pipeline-eager",

@@ -41,6 +41,9 @@ def test_serves_base_and_both_adapters(vllm_server):
     # vLLM's own lines, its warnings among them, stay in its log file.
     assert start_phases(out) == ["processes", "weights", "engine"]
     assert "starting vLLM,   0 s: starting vLLM's processes" in out and "pid=" not in out
+    # One rank: the engine runs the model itself, no worker process beside it (cpu-engine-runs-the-model).
+    log = (vllm_server.home / "logs" / f"vllm-{vllm_server.port}.log").read_text(errors="replace")
+    assert set(re.findall(r"^\((\w+?)(?:-\d+)? pid=\d+\)", log, re.M)) == {"APIServer", "EngineCore"}
     home = vllm_server.home / "checkpoints"
     assert (
         f"zero-shot: trained adapter {home / 'zero-shot'}" in out

@@ -7,6 +7,7 @@ patch fixes. When one fails, vLLM has fixed the bug: delete the patch and its ca
 from __future__ import annotations
 
 import logging
+import re
 from types import SimpleNamespace
 
 import numpy as np
@@ -107,6 +108,17 @@ def test_the_model_class_is_still_inspected_in_a_subprocess():
     assert "_run_in_subprocess(" in inspect_source and "subprocess.run(" in run_source, FIXED.format(
         "cpu-inspect-in-process"
     )
+
+
+def test_cpu_still_runs_one_rank_in_a_worker_process():
+    """vLLM's CPU platform still turns one rank's in-process executor into the multiprocess one."""
+    import inspect
+
+    from vllm.platforms.cpu import CpuPlatform
+
+    source = inspect.getsource(CpuPlatform.check_and_update_config)
+    forced = re.search(r'distributed_executor_backend == "uni"\s*\):[^=]*distributed_executor_backend = "mp"', source)
+    assert forced, FIXED.format("cpu-engine-runs-the-model")
 
 
 def test_cpu_compile_cache_still_calls_finalize_loading():
