@@ -3,7 +3,7 @@
 Word salad (runs of words without spaces, broken grammar) is improbable text to the base model, so
 its mean NLL is high; a coherent reply's is low. vLLM scores it: the conversation with the
 generation prompt and the reply are tokenized by the server's own `/tokenize` (chat template and
-all), sent as one prompt to `/v1/completions` with `prompt_logprobs=0`, and the log-probabilities
+all; both at once), sent as one prompt to `/v1/completions` with `prompt_logprobs=0`, and the log-probabilities
 of the reply's tokens are averaged. One request of prompt processing, no generation to speak of.
 
 The conversation before the reply is usually in vLLM's prefix cache under the base already (the last
@@ -15,6 +15,7 @@ request is sent again without the cache.
 
 from __future__ import annotations
 
+import asyncio
 import math
 
 import httpx
@@ -43,11 +44,11 @@ async def fluency(
     whole prompt (the benchmark's yardstick)."""
     root = base_url.rstrip("/").removesuffix("/v1")
     async with httpx.AsyncClient(timeout=timeout, headers=headers) as http:
-        prefix = await http.post(
-            f"{root}/tokenize", json={"model": model, "messages": messages, "add_generation_prompt": True}
+        prefix, tail = await asyncio.gather(  # the two tokenizations at once: one round trip's wait
+            http.post(f"{root}/tokenize", json={"model": model, "messages": messages, "add_generation_prompt": True}),
+            http.post(f"{root}/tokenize", json={"model": model, "prompt": reply, "add_special_tokens": False}),
         )
         prefix.raise_for_status()
-        tail = await http.post(f"{root}/tokenize", json={"model": model, "prompt": reply, "add_special_tokens": False})
         tail.raise_for_status()
         head, ids = prefix.json()["tokens"], tail.json()["tokens"]
         if not ids:

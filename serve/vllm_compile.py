@@ -22,24 +22,27 @@ def _patch_cpu_inspect_in_process() -> None:
 
 def _patch_cpu_engine_runs_the_model() -> None:
     """vLLM 0.32's CPU platform turns one rank's in-process executor ("uni") into the multiprocess one
-    ("mp"), so the model runs in a third process (a Worker) beside the API server and the engine, and each
+    ("mp"), so the model runs in a third process (a worker) beside the API server and the engine, and each
     step crosses between engine and worker through a shared-memory queue that both spin on. On this 2-core
-    machine that costs a Python start (about 12 s of every start) and a fifth of the decode rate: the spin
-    takes cycles from the model's two threads (bench_serve, BENCHMARKS.md). With one rank and one engine,
-    the engine runs the model itself. Several ranks or data-parallel engines keep vLLM's processes and
-    their thread binding. limachat never asks for "mp" itself, so the only "mp" seen here is the platform's."""
-    from vllm.v1.executor.abstract import Executor
+    machine that costs a Python start (8-12 s of every start) and up to a quarter of the decode rate and a
+    sixth of a prompt's: the spin takes cycles from the model's two threads (measured side by side with
+    `server.extra_args = ["--distributed-executor-backend", "mp"]`, which keeps vLLM's worker). With one
+    rank and one engine, the engine runs the model itself. Several ranks or data-parallel engines keep
+    vLLM's processes and their thread binding, and so does an explicit `--distributed-executor-backend mp` (server.extra_args)."""
+    from vllm.platforms.cpu import CpuPlatform
+    from vllm.v1.executor.uniproc_executor import UniProcExecutor
 
-    original = Executor.get_class
+    original = CpuPlatform.check_and_update_config.__func__
 
-    def get_class(vllm_config):
+    def check_and_update_config(cls, vllm_config):
         parallel = vllm_config.parallel_config
-        if parallel.distributed_executor_backend == "mp" and parallel.world_size_across_dp == 1:
+        chosen = parallel.distributed_executor_backend  # "uni": vLLM's own choice for one rank
+        original(cls, vllm_config)
+        if chosen == "uni" and parallel.distributed_executor_backend == "mp" and parallel.world_size_across_dp == 1:
             parallel.distributed_executor_backend = "uni"
-        return original(vllm_config)
 
-    setattr(get_class, MARK, True)
-    Executor.get_class = staticmethod(get_class)
+    CpuPlatform.check_and_update_config = classmethod(check_and_update_config)
+    setattr(UniProcExecutor, MARK, True)  # the mark apply() reads: check_and_update_config carries another's
 
 
 def _patch_cpu_compile_with_lora() -> None:

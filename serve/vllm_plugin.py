@@ -152,7 +152,7 @@ PATCHES = (
         "cpu-engine-runs-the-model",
         ">=0.32.0,<0.33",
         "cpu",
-        ("vllm.v1.executor.abstract:Executor.get_class", "vllm.v1.executor.uniproc_executor:UniProcExecutor"),
+        ("vllm.v1.executor.uniproc_executor:UniProcExecutor", "vllm.platforms.cpu:CpuPlatform.check_and_update_config"),
         'https://github.com/vllm-project/vllm/blob/v0.32.0/vllm/platforms/cpu.py (one rank\'s "uni" executor '
         'forced to "mp"); https://github.com/vllm-project/vllm/pull/34670 (mp\'s worker queue spin-waits)',
         "when the canary test_cpu_still_runs_one_rank_in_a_worker_process fails",
