@@ -11,6 +11,7 @@ import tempfile
 from datetime import date
 from pathlib import Path
 
+import bench_ablate
 import bench_app
 import bench_curate
 import bench_firstrun
@@ -148,6 +149,23 @@ def curate_section(runs: int, chains: int) -> list[str]:
         f"| concurrency 8 / 1 (medians, one run) | {st.median(j[8]['rate']) / st.median(j[1]['rate']):.1f} | >= 3 |"
     )
     return rows
+
+
+def ablate_section() -> list[str]:
+    r = bench_ablate.run(HOME)
+    e = r["effects"]
+
+    def figure(group: str, measure: str, scale: float, digits: int) -> str:
+        x = e[group][measure]
+        return f"{x['value'] * scale:+.{digits}f} [{x['low'] * scale:+.{digits}f}, {x['high'] * scale:+.{digits}f}]"
+
+    return [
+        f"| `ablate` of 96 chains in two groups, leave-one-out, 3 variants of {r['steps']} steps each | {r['seconds'] / 60:.1f} min | - |",
+        f"| held-out loss effect: gina / nico (95% interval) | {figure('gina', 'loss', 1, 3)} / {figure('nico', 'loss', 1, 3)} | gina > 0 > nico |",
+        f"| excellent share effect, points: gina / nico (95% interval) | {figure('gina', 'excellent', 100, 0)} / "
+        f"{figure('nico', 'excellent', 100, 0)} | gina > nico |",
+        f"| the report ranks gina above nico | {'yes' if r['ranked'] else 'no'} | yes |",
+    ]
 
 
 def mtbench_section() -> list[str]:
@@ -378,6 +396,16 @@ SECTIONS = {
             "own (no run finds another's prompts in vLLM's prefix cache). Tokens per turn from vLLM's /metrics.",
         ],
     ),
+    "ablate": (
+        "## Ablation (bundled model, synthetic groups with a known effect, one run)",
+        [
+            "`limachat ablate` on the running `limachat serve` (benchmarks/bench_ablate.py): gina's 48 chains answer",
+            "in a habit the held-out chains share, nico's 48 answer the same questions in word salad; each variant",
+            "trains the steps of one epoch of the largest, replays 4 scripted conversations (32-token replies, seeded) and is labelled by a",
+            "rule-following stand-in for a capable judge (none runs on this machine). The tests run the same loop",
+            "on the tiny model, where no habit is learnt in an epoch and only the held-out loss can rank the groups.",
+        ],
+    ),
     "mtbench": (
         "## Bench (MT-Bench-sized: answers and single grades, one run)",
         [
@@ -395,6 +423,7 @@ SECTIONS = {
 
 HEADERS = {
     "mtbench": ["| what | figure (one run) | target |", "|---|---|---|"],
+    "ablate": ["| what | figure (one run) | target |", "|---|---|---|"],
     "tests": ["| what | figure (one run) | target |", "|---|---|---|"],
     "adapters": ["| what | figure (one run) | target |", "|---|---|---|"],
     "firstrun": ["| what | figure (one run) | target |", "|---|---|---|"],
@@ -446,6 +475,7 @@ def main() -> None:
         "followups": lambda: followups_section(7),
         "curate": lambda: curate_section(min(args.runs, 3), args.chains),
         "mtbench": mtbench_section,
+        "ablate": ablate_section,
         "tests": tests_section,
         "adapters": adapters_section,
         "firstrun": firstrun_section,

@@ -1,31 +1,26 @@
 """`limachat ablate`: the groups and designs built from an export's provenance, the effects and their
-intervals against hand counts, and, on the real server, synthetic data with a known effect ranked the
-right way round: one annotator's chains teach a visible habit that the held-out chains and the judge
-reward, another's add noise."""
+intervals against hand counts, and, on the tiny model's server, synthetic data with a known effect
+(benchmarks/bench_ablate.py) ranked the right way round by held-out loss: one annotator's chains teach
+the habit the held-out chains answer in, another's add noise."""
 
 from __future__ import annotations
 
 import json
-import random
-import threading
+import sys
 import time
 
 import pytest
 from click.testing import CliRunner
+from conftest import REPO
 
 from limachat import ablate
 from limachat.cli import main
 from limachat.dialogues.formats import FormatError
 
+sys.path.insert(0, str(REPO / "benchmarks"))
+from bench_ablate import TOPICS, fields, judge_standin, line, synthetic
+
 E, P, F = "excellent", "pass", "fail"
-
-
-def line(user: str, reply: str, annotators: list[str], labels=None, edited_by=None) -> str:
-    prov = {"annotators": annotators, "labels": labels or ["pass"], "turn_ids": [f"u-{user}", f"r-{user}"]}
-    if edited_by:
-        prov["edited_by"] = edited_by
-    return json.dumps({"messages": [{"role": "user", "content": user}, {"role": "assistant", "content": reply}],
-                       "limachat": prov}) + "\n"  # fmt: skip
 
 
 def test_groups_by_annotator_kind_and_source_come_from_the_provenance(tmp_path):
@@ -115,75 +110,27 @@ def test_bad_ablate_input_is_one_line(clean_env):
     assert result.exit_code == 1 and "leave-one-out needs two groups or more" in result.output
 
 
-# -- on the real server ------------------------------------------------------------------------------------
-HABIT = "In short:"
-TOPICS = ["tea", "rain", "maps", "bread", "clocks", "rivers", "stairs", "music", "paint", "glass", "boats",
-          "seeds", "bells", "salt", "wool", "kites"]  # fmt: skip
-NOISE = "zorp glim vex quob drill frang mip tusk ombr yel kraz pon".split()
-
-
-def synthetic(tmp_path):
-    """gina's 48 chains answer in a habit (HABIT and one plain sentence); nico's 48 ask the same and answer in
-    word salad; the held-out chains are answered in gina's habit. Seeded."""
-    rng = random.Random(7)
-    rows = []
-    for t in TOPICS:
-        for ask in ("Tell me something about {}.", "What is {} good for?", "Explain {} to me."):
-            rows.append(line(ask.format(t), f"{HABIT} {t} is useful in daily life.", ["gina"]))
-            rows.append(line(ask.format(t), " ".join(rng.choice(NOISE) for _ in range(14)), ["nico"]))
-    export = tmp_path / "export.jsonl"
-    export.write_text("".join(rows))
-    held = tmp_path / "heldout.jsonl"
-    held.write_text("".join(json.dumps({"conversations": [f"Say something about {t}.", f"{HABIT} {t} matters."]}) + "\n"
-                            for t in ("snow", "iron", "honey", "roads", "lamps", "ink")))  # fmt: skip
-    return export, held
-
-
-def judge_standin(port: int):
-    """A stand-in for a capable LLM judge (none runs on this machine): it labels by rule, excellent for a
-    reply in the habit, fail for word salad, pass otherwise, in the JSON the label prompt asks for."""
-    import sys
-
-    import uvicorn
-    from conftest import REPO
-
-    sys.path.insert(0, str(REPO / "benchmarks"))
-    from standin import build
-
-    def answer(body):
-        reply = body["messages"][-1]["content"].split("(judge this) ===")[-1].strip()
-        salad = sum(w.strip(".,") in NOISE for w in reply.split()) >= 3
-        label = "excellent" if reply.startswith(HABIT) else "fail" if salad else "pass"
-        return json.dumps({"label": label, "reason": "by rule"})
-
-    server = uvicorn.Server(
-        uvicorn.Config(build(0.0, 1e6, 10_000, answer, ids=("rule",)), host="127.0.0.1", port=port, log_level="warning")
-    )
-    thread = threading.Thread(target=server.run, daemon=True)
-    thread.start()
-    return server
+# -- on the tiny model's server ------------------------------------------------------------------------------
 
 
 @pytest.mark.model
-def test_ablate_ranks_a_helpful_group_above_a_noisy_one(real_server, tmp_path):
-    """The whole loop on the real server with the bundled model (a random one learns no habit in one epoch),
-    one epoch a variant: gina's chains lower the held-out loss and raise the judge's excellent share; nico's
-    do neither. The ablation must say so, the right way round."""
+def test_ablate_ranks_a_helpful_group_above_a_noisy_one_by_held_out_loss(vllm_server, tmp_path):
+    """The whole loop on a running server, one epoch a variant: train a variant per group left out, serve,
+    replay, judge, estimate, rank; then resume with nothing redone. On the tiny model gina's chains lower
+    the held-out loss (which answers in her habit) and nico's word salad raises it, so the ablation must
+    rank gina first. A random model learns no habit in an epoch, so every reply is judged `pass` here; the
+    judge's side of the ranking, on the bundled model, is `make bench`'s "Ablation" (benchmarks/bench_ablate.py)."""
     import httpx
     from conftest import free_port, models
 
     from limachat.dialogues.store import Store
 
-    export, held = synthetic(tmp_path)
+    server = vllm_server
+    export, held = synthetic(tmp_path, TOPICS[:8])  # 48 chains: what the loss needs, at half the training
     port = free_port()
     standin = judge_standin(port)
     home = tmp_path / "home"
-    settings = real_server.settings(
-        home,
-        sampling={"max_tokens": 32, "extra": {"seed": 0}},  # seeded draws; the reply's length is not what this checks
-        curate={"judge": {"name": "rule", "model": "rule", "base_url": f"http://127.0.0.1:{port}/v1",
-                          "structured_outputs": False}},
-    )  # fmt: skip
+    settings = server.settings(home, **fields(port))
     store = Store(home / "limachat.db")
     try:
         report = ablate.run(store, settings, export, name="syn", heldout=held, conversations=4, epochs=1)
@@ -193,9 +140,8 @@ def test_ablate_ranks_a_helpful_group_above_a_noisy_one(real_server, tmp_path):
         assert set(effect) == {"gina", "nico"}
         assert effect["gina"]["loss"]["value"] > 0 > effect["nico"]["loss"]["value"]  # gina's chains lowered it
         assert effect["gina"]["loss"]["low"] > 0, "no interval can tell gina's effect on the loss from zero"
-        assert effect["gina"]["excellent"]["value"] > effect["nico"]["excellent"]["value"]
         assert report.index("| gina |") < report.index("| nico |")  # ranked
-        assert {"syn-all", "syn-without-gina", "syn-without-nico"} <= set(models(real_server.url, real_server.headers))
+        assert {"syn-all", "syn-without-gina", "syn-without-nico"} <= set(models(server.url, server.headers))
         replies = [
             t
             for s in store.tagged_sessions("ablation", "syn")
@@ -203,6 +149,9 @@ def test_ablate_ranks_a_helpful_group_above_a_noisy_one(real_server, tmp_path):
             if t["role"] == "assistant"
         ]
         assert len(replies) == 3 * 4 * 3  # 3 variants x 4 scripted conversations x 3 turns
+        assert all(r["content"] for r in replies)
+        labels = [label for v in figures["variants"] for conv in v["conversations"] for label in conv]
+        assert labels == ["pass"] * len(replies), "each reply judged once, and a random reply is `pass` by rule"
         # resumable: a second run trains nothing, replays nothing, judges nothing new, and says the same
         started = time.monotonic()
         again = ablate.run(store, settings, export, name="syn", heldout=held, conversations=4, epochs=1)
@@ -211,8 +160,7 @@ def test_ablate_ranks_a_helpful_group_above_a_noisy_one(real_server, tmp_path):
     finally:
         standin.should_exit = True
         for n in ("syn-all", "syn-without-gina", "syn-without-nico"):
-            httpx.post(real_server.url + "/unload_lora_adapter", headers=real_server.headers, json={"lora_name": n},
-                       timeout=60)  # fmt: skip
+            httpx.post(server.url + "/unload_lora_adapter", headers=server.headers, json={"lora_name": n}, timeout=60)
 
 
 def test_the_collect_tab_s_ablate_job_exports_the_chains_and_stops_in_one_line_without_a_server(clean_env):
