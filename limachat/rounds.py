@@ -61,6 +61,7 @@ def rounds(
     name: str,
     epochs: int | None,
     labels: tuple[str, ...],
+    max_steps: int | None = None,
     raters: str,
     limit: int | None,
     concurrency: int,
@@ -113,7 +114,7 @@ def rounds(
             [DIALOGUE],
             split(bundled_examples() + from_chains(data)),
             base,
-            {"epochs": epochs} if epochs else {},
+            {"epochs": epochs, "max_steps": max_steps},
             name=checkpoint,
             progress=print,
         )

@@ -308,6 +308,13 @@ CLI_CASES = [
         "--labels: great is not one of fail, pass, excellent",
     ),
     (
+        "revise-steps-without-rounds",
+        {},
+        {},
+        ["revise", "--max-steps", "2"],
+        "--max-steps: only with --rounds (they set its training)",
+    ),
+    (
         "revise-unreachable",
         {},
         {},

@@ -203,7 +203,7 @@ def test_select_on_the_bundled_chains_beats_random_and_embeds_each_chain_once(tm
 
 def test_revise_rounds_train_serve_replay_and_judge_each_round(collected, real_server):
     """One CITING round end to end: revise, train `citing-r1` on the bundled set plus the revised chains
-    (one epoch: the number of epochs is not what this checks), load it into the running server, ask it
+    (two optimizer steps: how long it trains is not what this checks), load it into the running server, ask it
     the revised chains' questions again, and have the judge label its replies for the report."""
     import httpx
     from conftest import models
@@ -220,6 +220,7 @@ def test_revise_rounds_train_serve_replay_and_judge_each_round(collected, real_s
                 rounds=1,
                 name="citing",
                 epochs=1,
+                max_steps=2,
                 labels=("fail", "pass"),
                 raters="all",
                 limit=1,
@@ -229,6 +230,8 @@ def test_revise_rounds_train_serve_replay_and_judge_each_round(collected, real_s
         assert lines[0].startswith("round 1: teacher/base/revise-v1:") and "turns revised" in lines[0], lines
         assert "citing-r1 trained on" in lines[1] and "served" in lines[1], lines
         assert "citing-r1" in models(real_server.url, real_server.headers)
+        trained = json.loads((settings.layout.checkpoint("citing-r1") / "train_config.json").read_text())
+        assert (trained["epochs"], trained["max_steps"]) == (1, 2), "the round trains as it was told"
         replies = [
             t
             for s in store.sessions()

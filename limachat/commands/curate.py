@@ -264,6 +264,7 @@ def ablate_cmd(ctx, export, name, by, design, prompts, conversations, heldout, e
     "--name", default="citing", show_default=True, help="Checkpoint names of the rounds: NAME-r1, NAME-r2 ..."
 )
 @click.option("--epochs", type=click.IntRange(1), help="Training epochs per round (default: the recipe's).")
+@click.option("--max-steps", type=click.IntRange(1), help="Stop each round's training after this many optimizer steps.")
 @selection_options
 @endpoint_options("teacher")
 @click.pass_context
@@ -275,6 +276,7 @@ def revise_cmd(
     rounds,
     name,
     epochs,
+    max_steps,
     checkpoint,
     annotator,
     mode,
@@ -301,6 +303,10 @@ def revise_cmd(
         raise click.ClickException(f"--labels: {', '.join(bad) or 'nothing'} is not one of {', '.join(LABELS)}")
     if prompt_version is not None:
         raise click.ClickException("--prompt-version: revise has one prompt version so far (1)")
+    if not rounds and (epochs or max_steps):
+        raise click.ClickException(
+            f"--{'epochs' if epochs else 'max-steps'}: only with --rounds (they set its training)"
+        )
     endpoint = _endpoint(settings, "teacher", model, base_url, api_key)
     f = Filters(checkpoint=checkpoint, annotator=annotator, mode=mode, since=since, until=until, selection=selection)
     try:
@@ -312,6 +318,7 @@ def revise_cmd(
             rounds=rounds,
             name=name,
             epochs=epochs,
+            max_steps=max_steps,
             labels=wanted,
             raters=raters,
             limit=limit,
