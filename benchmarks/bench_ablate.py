@@ -78,10 +78,12 @@ def fields(judge_port: int) -> dict:
 
 def settings_for(home: Path, url: str, served_home: Path, judge_port: int):
     """Settings for a scratch home that uses the server `limachat serve` runs from `served_home`."""
+    import httpx
+
     from limachat.settings import Settings
 
     settings = Settings(home=home, **fields(judge_port))
-    settings.server.port = int(url.rsplit(":", 1)[1].split("/")[0])
+    settings.server.port = httpx.URL(url).port
     settings.server.base = str(Settings(home=served_home).base_folder())
     home.mkdir(parents=True, exist_ok=True)
     shutil.copy(served_home / "server.key", home / "server.key")
