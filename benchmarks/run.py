@@ -399,11 +399,12 @@ SECTIONS = {
     "ablate": (
         "## Ablation (bundled model, synthetic groups with a known effect, one run)",
         [
-            "`limachat ablate` on the running `limachat serve` (benchmarks/bench_ablate.py): gina's 48 chains answer",
-            "in a habit the held-out chains share, nico's 48 answer the same questions in word salad; each variant",
-            "trains the steps of one epoch of the largest, replays 4 scripted conversations (32-token replies, seeded) and is labelled by a",
-            "rule-following stand-in for a capable judge (none runs on this machine). The tests run the same loop",
-            "on the tiny model, where no habit is learnt in an epoch and only the held-out loss can rank the groups.",
+            "`limachat ablate` on the running `limachat serve` (benchmarks/bench_ablate.py): gina's 48 chains",
+            "answer in a habit the held-out chains share, nico's 48 answer the same questions in word salad. Each",
+            "variant trains the steps of one epoch of the largest, replays 4 scripted conversations (32-token",
+            "replies, seeded) and is labelled by a rule-following stand-in for a capable judge (none runs on this",
+            "machine). The tests run the same loop on the tiny model, where no habit is learnt in an epoch and",
+            "only the held-out loss can rank the groups.",
         ],
     ),
     "mtbench": (
@@ -421,12 +422,14 @@ SECTIONS = {
 }
 
 
+# A one-run section says its own date: `--only` reruns some sections and keeps the others as they were.
+ONE_RUN = [f"| what | figure (one run, {date.today().isoformat()}) | target |", "|---|---|---|"]
 HEADERS = {
-    "mtbench": ["| what | figure (one run) | target |", "|---|---|---|"],
-    "ablate": ["| what | figure (one run) | target |", "|---|---|---|"],
-    "tests": ["| what | figure (one run) | target |", "|---|---|---|"],
-    "adapters": ["| what | figure (one run) | target |", "|---|---|---|"],
-    "firstrun": ["| what | figure (one run) | target |", "|---|---|---|"],
+    "mtbench": ONE_RUN,
+    "ablate": ONE_RUN,
+    "tests": ONE_RUN,
+    "adapters": ONE_RUN,
+    "firstrun": ONE_RUN,
     "followups": bench_followups.HEADER,
     "sampling": [
         "| checkpoint, preset | replies | stopped | run > 30 | median tokens | fluency, median (range) | fluency >= 3.5 |",
