@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import ctypes
 import json
 import os
 import shutil
@@ -22,6 +23,17 @@ REPO = Path(__file__).resolve().parents[1]
 # nothing tracked; `make screenshots` sets SCREENSHOTS=docs/screenshots to refresh the docs' pictures.
 SCREENSHOTS = bool(os.environ.get("SCREENSHOTS"))
 SHOTS = Path(os.environ.get("SCREENSHOTS") or tempfile.mkdtemp(prefix="limachat-shots-")).resolve()
+
+# The tiny model keeps the bundled tokenizer's 49,152-token vocabulary, so a training step's logits are
+# blocks of hundreds of MB, which glibc maps fresh and unmaps at every step: a third of a tiny training's
+# time went to page faults (9.4 M of them in 48 steps). This session's processes (this one, and through the
+# environment every one it starts) keep freed memory for the next step instead. The bundled model's
+# training is bound by its arithmetic and gained nothing from it (docs/testing.md, "The tiny model").
+KEEP_FREED = 2**31 - 1  # bytes a process may keep free before glibc gives them back
+os.environ.setdefault("GLIBC_TUNABLES", f"glibc.malloc.mmap_max=0:glibc.malloc.trim_threshold={KEEP_FREED}")
+_libc = ctypes.CDLL(None)
+_libc.mallopt(-4, 0)  # M_MMAP_MAX: no block of its own mapped for a large allocation
+_libc.mallopt(-1, KEEP_FREED)  # M_TRIM_THRESHOLD
 
 
 @pytest.fixture
