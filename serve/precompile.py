@@ -8,8 +8,9 @@ niced vLLM with the same command on a free local port only to compile it into th
 one once it is ready. The next start loads the compiled model from the cache.
 
 A marker in vLLM's cache folder (`<VLLM_CACHE_ROOT>/limachat-compiled/<key>.json`) says that a compiled
-start of the configuration finished there; the key is the vLLM version and the command without its host
-and port. Clearing vLLM's cache clears the marker with it.
+start of the configuration finished there; the key is the vLLM version, limachat's patches to it (a new
+one may change what vLLM compiles, and with it vLLM's own cache key) and the command without its host and
+port. Clearing vLLM's cache clears the marker with it.
 """
 
 from __future__ import annotations
@@ -19,6 +20,8 @@ import json
 import time
 from importlib import metadata
 from pathlib import Path
+
+from limachat.serve.vllm_plugin import PATCHES
 
 
 def cache_root(env: dict[str, str]) -> Path:
@@ -47,7 +50,8 @@ def marker(command: list[str], env: dict[str, str]) -> Path:
             skip = True
         else:
             args.append(arg)
-    key = hashlib.sha256(json.dumps([_vllm_version(), args]).encode()).hexdigest()[:24]
+    patches = [p.name for p in PATCHES]
+    key = hashlib.sha256(json.dumps([_vllm_version(), patches, args]).encode()).hexdigest()[:24]
     return cache_root(env) / "limachat-compiled" / f"{key}.json"
 
 

@@ -1,8 +1,11 @@
 """limachat's patches to how vLLM starts, compiles and warms up on CPU (registered in serve/vllm_plugin.py):
-inspecting the model class in the process, running one rank's model in the engine's process, compiling with
-LoRA on, reloading the compile cache, and a later pipeline stage's warm-up in eager mode."""
+inspecting the model class in the process, running one rank's model in the engine's process, forking that
+process, compiling with LoRA on, reloading the compile cache, and a later pipeline stage's warm-up in eager
+mode."""
 
 from __future__ import annotations
+
+import os
 
 from limachat.serve.vllm_patch import MARK
 
@@ -43,6 +46,26 @@ def _patch_cpu_engine_runs_the_model() -> None:
 
     CpuPlatform.check_and_update_config = classmethod(check_and_update_config)
     setattr(UniProcExecutor, MARK, True)  # the mark apply() reads: check_and_update_config carries another's
+
+
+def _patch_cpu_engine_forks() -> None:
+    """vLLM 0.32's CPU platform makes every process it starts (the engine, and with several ranks their
+    workers) with `spawn`: a fresh Python that imports vLLM and torch again, 8-9 s of every start on this
+    machine, and with two ranks two more at once on two cores. When vLLM starts them, none of its processes
+    has run model code, so none has an OpenMP thread pool a child could inherit: they are forked, as vLLM
+    does on a GPU without CUDA initialised, and each binds its own threads afterwards as before (the
+    parallel tests check both ranks' binding and their replies against PEFT)."""
+    from vllm.platforms.cpu import CpuPlatform
+    from vllm.utils import system_utils
+
+    original = CpuPlatform.check_and_update_config.__func__
+
+    def check_and_update_config(cls, vllm_config):
+        original(cls, vllm_config)
+        os.environ["VLLM_WORKER_MULTIPROC_METHOD"] = "fork"  # read by vLLM's get_mp_context
+
+    CpuPlatform.check_and_update_config = classmethod(check_and_update_config)
+    setattr(system_utils.get_mp_context, MARK, True)  # the mark apply() reads
 
 
 def _patch_cpu_compile_with_lora() -> None:

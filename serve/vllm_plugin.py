@@ -17,11 +17,13 @@ from __future__ import annotations
 import importlib
 import logging
 import os
+import sys
 
 from limachat.serve.plugin_env import ENABLE, RANGE_OVERRIDE
 from limachat.serve.vllm_compile import (
     _patch_cpu_compile_cache_load,
     _patch_cpu_compile_with_lora,
+    _patch_cpu_engine_forks,
     _patch_cpu_engine_runs_the_model,
     _patch_cpu_inspect_in_process,
     _patch_cpu_pipeline_eager,
@@ -37,6 +39,15 @@ from limachat.serve.vllm_routes import _patch_adapter_root, _patch_guard_every_r
 from limachat.serve.vllm_sampling import _patch_cached_prompt_logprobs, _patch_cpu_seeded_rewind
 
 log = logging.getLogger("vllm.limachat")  # under vLLM's own logger: its handlers, its log
+
+
+def _say(level: int, message: str, *args) -> None:
+    """Log under vLLM's logger; in the API server, which loads plugins before vLLM sets up its logging (and
+    whose engine, forked with cpu-engine-forks, does not load them again), straight to the log (stderr)."""
+    if log.hasHandlers():
+        log.log(level, message, *args)
+    else:
+        print(f"{logging.getLevelName(level)} [vllm_plugin.py] {message % args}", file=sys.stderr, flush=True)
 
 
 PATCHES = (
@@ -159,6 +170,16 @@ PATCHES = (
         _patch_cpu_engine_runs_the_model,
     ),
     Patch(
+        "cpu-engine-forks",
+        ">=0.32.0,<0.33",
+        "cpu",
+        ("vllm.utils.system_utils:get_mp_context", "vllm.platforms.cpu:CpuPlatform.check_and_update_config"),
+        "https://github.com/vllm-project/vllm/blob/v0.32.0/vllm/platforms/cpu.py "
+        "(VLLM_WORKER_MULTIPROC_METHOD set to spawn for every CPU layout)",
+        "when the canary test_cpu_still_spawns_every_process fails",
+        _patch_cpu_engine_forks,
+    ),
+    Patch(
         "cpu-pipeline-eager",
         ">=0.32.0,<0.33",
         "cpu",
@@ -238,7 +259,11 @@ def apply(patches=PATCHES, version: str | None = None, platform: str | None = No
         else:
             aside.append(f"{patch.name} ({reason}; upstream: {patch.upstream})")
     if aside:
-        log.warning("limachat's vLLM patches standing aside, the server runs without them: %s", "; ".join(aside))
+        _say(
+            logging.WARNING,
+            "limachat's vLLM patches standing aside, the server runs without them: %s",
+            "; ".join(aside),
+        )
     return applied
 
 
@@ -247,4 +272,4 @@ def register() -> None:
     if os.environ.get(ENABLE) != "1":
         return
     names = apply()
-    log.info("limachat's vLLM patches applied: %s", ", ".join(names) or "none")
+    _say(logging.INFO, "limachat's vLLM patches applied: %s", ", ".join(names) or "none")

@@ -44,6 +44,9 @@ def test_serves_base_and_both_adapters(vllm_server):
     # One rank: the engine runs the model itself, no worker process beside it (cpu-engine-runs-the-model).
     log = (vllm_server.home / "logs" / f"vllm-{vllm_server.port}.log").read_text(errors="replace")
     assert set(re.findall(r"^\((\w+?)(?:-\d+)? pid=\d+\)", log, re.M)) == {"APIServer", "EngineCore"}
+    # ... forked from the API server (cpu-engine-forks): one Python start, so the plugin loaded once, not again
+    # in a fresh engine process.
+    assert log.count("limachat's vLLM patches applied") == 1
     home = vllm_server.home / "checkpoints"
     assert (
         f"zero-shot: trained adapter {home / 'zero-shot'}" in out

@@ -121,6 +121,18 @@ def test_cpu_still_runs_one_rank_in_a_worker_process():
     assert forced, FIXED.format("cpu-engine-runs-the-model")
 
 
+def test_cpu_still_spawns_every_process():
+    """vLLM's CPU platform still sets the start method of the processes it makes to `spawn`, whatever the
+    layout."""
+    import inspect
+
+    from vllm.platforms.cpu import CpuPlatform
+
+    source = inspect.getsource(CpuPlatform.check_and_update_config)
+    forced = re.search(r'^ {8}os\.environ\["VLLM_WORKER_MULTIPROC_METHOD"\] = "spawn"$', source, re.M)
+    assert forced, FIXED.format("cpu-engine-forks")
+
+
 def test_cpu_compile_cache_still_calls_finalize_loading():
     """The AOT cache's loader calls finalize_loading, which torch's plain inductor artifact (the CPU
     backend's) lacks, whatever the artifact."""
