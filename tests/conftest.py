@@ -112,7 +112,9 @@ class EarlyReal(threading.Thread):
     def run(self) -> None:
         try:
             _seed(self.home)
-            subprocess.run([sys.executable, "-c", PREPARE_REAL, str(self.home)], check=True)
+            # One thread: the tests running meanwhile have the other core.
+            env = {**os.environ, "OMP_NUM_THREADS": "1"}
+            subprocess.run([sys.executable, "-c", PREPARE_REAL, str(self.home)], check=True, env=env)
             self.server = RunningServer(self.home, free_port(), env=self.env)
         except (subprocess.CalledProcessError, OSError) as e:  # raised where a fixture waits for it
             self.error = e
