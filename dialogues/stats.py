@@ -41,6 +41,8 @@ class Estimate:
 def _one_blas_thread(fn):
     @functools.wraps(fn)
     def wrapper(*args, **kwargs):
+        import scipy.stats  # noqa: F401  (loaded first: a library loaded inside the limit would escape it)
+
         with threadpool_limits(limits=1):
             return fn(*args, **kwargs)
 

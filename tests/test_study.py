@@ -64,6 +64,28 @@ def test_bradley_terry_by_hand():
     assert stats.bradley_terry(three) == board  # seeded: the same intervals again
 
 
+def test_resampling_runs_on_one_blas_thread(monkeypatch):
+    """The app resamples beside vLLM on the same cores, where a BLAS thread per core waits on threads the
+    server pushed off (dialogues/stats.py): every resample's statistic and Bradley-Terry fit sees one."""
+    import numpy as np
+    from threadpoolctl import threadpool_info
+
+    def blas_threads() -> set[int]:
+        return {p["num_threads"] for p in threadpool_info() if p["user_api"] == "blas"}
+
+    seen = []
+
+    def mean(index, axis=-1):
+        seen.append(blas_threads())
+        return np.mean(index, axis=axis)
+
+    stats._bootstrap((np.arange(6.0),), mean, seed=0, resamples=50)
+    fit = stats._fit
+    monkeypatch.setattr(stats, "_fit", lambda *a: seen.append(blas_threads()) or fit(*a))
+    stats.bradley_terry([(f"c{i}", "x", "y", v) for i, v in enumerate("aab")], resamples=20)
+    assert len(seen) > 20 and all(s == {1} for s in seen), seen
+
+
 # -- LIMA's section 6 as a synthetic study ---------------------------------------------------------------
 # Zhou et al. (2023), section 6: 10 conversations per checkpoint; zero-shot 42 turns (45.2% excellent,
 # 15 failed), dialogue 46 (76.1% excellent, 1 failed); zero-shot failed within 3 turns in 6 of 10;
