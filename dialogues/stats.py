@@ -43,7 +43,7 @@ def _one_blas_thread(fn):
     def wrapper(*args, **kwargs):
         import scipy.stats  # noqa: F401  (loaded first: a library loaded inside the limit would escape it)
 
-        with threadpool_limits(limits=1):
+        with threadpool_limits(limits=1, user_api="blas"):
             return fn(*args, **kwargs)
 
     return wrapper
