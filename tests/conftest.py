@@ -10,7 +10,6 @@ import signal
 import subprocess
 import sys
 import tempfile
-import threading
 import time
 from pathlib import Path
 
@@ -71,79 +70,19 @@ def trained_home(model_home, tiny_base) -> Path:
     return _train_demo(model_home, str(tiny_base))
 
 
-def _seed(home: Path) -> None:
-    """A developer's shortcut (CI never sets TESTS_SEED_HOME): start from a home with the base and adapters made;
-    preparing the base and training still check their fingerprints and redo whatever does not match."""
-    seed = os.environ.get("TESTS_SEED_HOME")
-    for part in ("base", "checkpoints"):
-        if seed and (Path(seed) / part).is_dir() and not (home / part).exists():
-            shutil.copytree(Path(seed) / part, home / part, symlinks=True)
-
-
-# What real_home and real_trained_home make, in a process of its own (a thread here would share the GIL with
-# the tests running meanwhile).
-PREPARE_REAL = """
-import sys
-from pathlib import Path
-from limachat.serve.base import prepare_base
-from limachat.settings import Settings
-from limachat.train.data import bundled_examples, split
-from limachat.train.pipeline import run
-
-home, say = Path(sys.argv[1]), lambda m: print(m, file=sys.stderr)
-prepare_base(home, None, progress=say)
-base = str(Settings(home=home).base_folder())
-run(Settings(home=home), ["zero-shot", "dialogue"], split(bundled_examples()), base, {}, progress=say)
-"""
-
-
-class EarlyReal(threading.Thread):
-    """The bundled model's home and `real_server`, made in the background from the start of a session that
-    has tests on them: converting the base and compiling the server (about 2 minutes on a clean clone, most
-    of it on one core) then overlap the tests that need no model (one core too) instead of following them."""
-
-    def __init__(self, home: Path, env: dict[str, str]):
-        super().__init__(name="early-real", daemon=True)
-        self.home, self.env = home, env
-        self.server: RunningServer | None = None
-        self.error: subprocess.CalledProcessError | OSError | None = None
-        self.start()
-
-    def run(self) -> None:
-        try:
-            _seed(self.home)
-            # One thread: the tests running meanwhile have the other core.
-            env = {**os.environ, "OMP_NUM_THREADS": "1"}
-            subprocess.run([sys.executable, "-c", PREPARE_REAL, str(self.home)], check=True, env=env)
-            self.server = RunningServer(self.home, free_port(), env=self.env)
-        except (subprocess.CalledProcessError, OSError) as e:  # raised where a fixture waits for it
-            self.error = e
-
-    def wait(self) -> None:
-        self.join()
-        if self.error is not None:
-            raise RuntimeError("the early start of the bundled model's home and server failed") from self.error
-
-
-@pytest.fixture(scope="session", autouse=True)
-def early_real(request, tmp_path_factory) -> EarlyReal | None:
-    if not any("real_server" in item.fixturenames for item in request.session.items):
-        return None
-    return EarlyReal(tmp_path_factory.mktemp("real"), _real_env(tmp_path_factory))
-
-
 @pytest.fixture(scope="session")
-def real_home(tmp_path_factory, early_real) -> Path:
+def real_home(tmp_path_factory) -> Path:
     """A data directory holding the bundled base (SmolLM2-135M), converted once for the whole session."""
     from limachat.serve.base import prepare_base
 
-    if early_real is not None:
-        early_real.wait()
-        home = early_real.home
-    else:
-        home = tmp_path_factory.mktemp("real")
-        _seed(home)
-    prepare_base(home, None, progress=lambda m: print(m, file=sys.stderr))  # made early: only checked
+    home = tmp_path_factory.mktemp("real")
+    seed = os.environ.get("TESTS_SEED_HOME")
+    if seed:  # a developer's shortcut (CI never sets it): start from a home with the base and adapters made;
+        # prepare_base and training still check their fingerprints and redo whatever does not match
+        for part in ("base", "checkpoints"):
+            if (Path(seed) / part).is_dir():
+                shutil.copytree(Path(seed) / part, home / part, symlinks=True)
+    prepare_base(home, None, progress=lambda m: print(m, file=sys.stderr))
     return home
 
 
@@ -263,17 +202,10 @@ class RunningServer:
         return [p for p in self.started.values() if p.is_running() and p.status() != psutil.STATUS_ZOMBIE]
 
 
-def _adapter_dirs(tmp_path_factory) -> dict[str, str]:
-    """Adapters the tests train in their own homes load from the session's temporary folder."""
-    return {"LIMACHAT_SERVER__ADAPTER_DIRS": json.dumps([str(tmp_path_factory.getbasetemp())])}
-
-
-def _real_env(tmp_path_factory) -> dict[str, str]:
-    return {**_adapter_dirs(tmp_path_factory), "LIMACHAT_SERVER__ENFORCE_EAGER": "false"}
-
-
-def _serve(server: RunningServer):
-    """`limachat serve` for the whole session, once ready; leave nothing running whatever the tests did."""
+def _serve(home: Path, tmp_path_factory, env: dict[str, str]):
+    """Start `limachat serve` for the whole session; leave nothing running whatever the tests did."""
+    dirs = json.dumps([str(tmp_path_factory.getbasetemp())])
+    server = RunningServer(home, free_port(), env={"LIMACHAT_SERVER__ADAPTER_DIRS": dirs, **env})
     try:
         server.wait_ready()
         yield server
@@ -313,18 +245,17 @@ def vllm_server(request, tmp_path_factory) -> RunningServer:
     # (test_crash.py) loads the compiled model, as a user's next start does.
     env = {k: v for k, v in tiny.items() if k != "LIMACHAT_SERVER__ENFORCE_EAGER"}
     env["VLLM_CACHE_ROOT"] = str(tmp_path_factory.mktemp("vllm-cache"))
-    yield from _serve(RunningServer(home, free_port(), env={**_adapter_dirs(tmp_path_factory), **env}))
+    yield from _serve(home, tmp_path_factory, env)
 
 
 @pytest.fixture(scope="session")
-def real_server(real_trained_home, tmp_path_factory, early_real) -> RunningServer:
+def real_server(real_trained_home, tmp_path_factory) -> RunningServer:
     """The real vLLM CPU server on the bundled model with both demo adapters, at the defaults a user gets
     (docs/testing.md says which tests need it, and why), compiled as every start after a machine's first
     serves it: `enforce_eager = false` compiles before serving where vLLM's cache lacks the compile (a new
     machine), so the parity tests check the compiled path. (The first start's uncompiled serving and
     background compile: `vllm_server`.)"""
-    server = early_real.server if early_real is not None else None
-    yield from _serve(server or RunningServer(real_trained_home, free_port(), env=_real_env(tmp_path_factory)))
+    yield from _serve(real_trained_home, tmp_path_factory, {"LIMACHAT_SERVER__ENFORCE_EAGER": "false"})
 
 
 # A test's tier follows from the fixtures it uses (directly or through other fixtures): `make test-fast`
@@ -341,20 +272,13 @@ TIERS = {  # each fixture's markers, those of the fixtures it stands on included
 
 
 def pytest_collection_modifyitems(config, items):
-    """Mark each test by the fixtures it needs; then order by what a test does to the shared server (those
-    that kill vLLM under it, which comes back, after the others; those that stop it last) and, within that,
-    by model: no model first (meanwhile `early_real` makes the bundled model's home and server), then the
-    tiny model, then the bundled one."""
+    """Mark each test by the fixtures it needs; then order by what a test does to the shared server:
+    those that kill vLLM under it (it comes back) after the others, those that stop it last."""
     for item in items:
         for marker in {m for f, ms in TIERS.items() if f in item.fixturenames for m in ms}:
             item.add_marker(marker)
     order = {"kills_vllm": 1, "stops_server": 2}
-
-    def key(item) -> tuple[int, int]:
-        server = max((n for m, n in order.items() if item.get_closest_marker(m)), default=0)
-        return server, sum(item.get_closest_marker(m) is not None for m in ("model", "real"))
-
-    items.sort(key=key)
+    items.sort(key=lambda item: max((n for m, n in order.items() if item.get_closest_marker(m)), default=0))
 
 
 def models(url: str, headers: dict[str, str] | None = None) -> set[str]:
