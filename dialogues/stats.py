@@ -7,8 +7,8 @@ scipy's; the Bradley-Terry fit is scipy's L-BFGS on the model's log-likelihood. 
 
 Resampling is thousands of small array operations, and the app computes them beside vLLM on the same
 cores. With a BLAS thread per core each operation waits for a thread the busy server has pushed off its
-core: a Bradley-Terry board with its intervals took 25 s beside two busy cores, against 5 s with one
-BLAS thread (1.3 s on an idle machine). So the resampling runs with one BLAS thread (threadpoolctl).
+core: a Bradley-Terry board with its intervals took 25 s beside two busy cores, against about 1.5 s with
+one BLAS thread (1.4 s on an idle machine). So the resampling runs with one BLAS thread (threadpoolctl).
 """
 
 from __future__ import annotations
