@@ -5,6 +5,7 @@ from __future__ import annotations
 import ctypes
 import json
 import os
+import re
 import shutil
 import signal
 import subprocess
@@ -191,6 +192,37 @@ class RunningServer:
         """Until the background compile of a first start (serve/precompile.py) says it is done."""
         self._wait_for("the next start serves the compiled model", "the background compile did not finish", timeout)
 
+    def vllm(self):
+        """The vLLM server process `limachat serve` runs for this port (not a background compile's)."""
+        import psutil
+
+        return next(
+            p
+            for p in psutil.Process(self.proc.pid).children(recursive=True)
+            if "vllm.entrypoints.openai.api_server" in " ".join(p.cmdline())
+            and f"--port {self.port}" in " ".join(p.cmdline())
+        )
+
+    def last_start(self) -> list[str]:
+        """The phases of the latest start of vLLM, from its ready line: ['processes', 'weights', ...]."""
+        ready = re.findall(r"vLLM ready in \d+ s \(([^)]*)\)", self.output())
+        return re.findall(r"(\w+) \d+ s", ready[-1]) if ready else []
+
+    def serve_compiled(self, timeout: float = 300) -> None:
+        """Until vLLM serves the compiled model: after the first start's background compile, a restart loads
+        it from vLLM's cache. In the whole suite test_crash.py's kill made that restart; a test run on its
+        own kills the first, uncompiled vLLM here, and `limachat serve` starts it again."""
+        self.wait_compiled(timeout)
+        if "cached" not in self.last_start():
+            starts = self.output().count("vLLM ready")
+            self.vllm().send_signal(signal.SIGKILL)
+            deadline = time.monotonic() + timeout
+            while self.output().count("vLLM ready") == starts:
+                if self.proc.poll() is not None or time.monotonic() > deadline:
+                    raise RuntimeError(f"vLLM did not start again:\n{self.output()[-3000:]}")
+                time.sleep(1)
+        assert self.last_start() == ["processes", "weights", "cached", "engine"], self.last_start()
+
     def interrupt(self, timeout: float = 120) -> int:
         self.track()
         self.proc.send_signal(signal.SIGINT)
@@ -251,11 +283,11 @@ def vllm_server(request, tmp_path_factory) -> RunningServer:
 @pytest.fixture(scope="session")
 def real_server(real_trained_home, tmp_path_factory) -> RunningServer:
     """The real vLLM CPU server on the bundled model with both demo adapters, at the defaults a user gets
-    (docs/testing.md says which tests need it, and why), compiled as every start after a machine's first
-    serves it: `enforce_eager = false` compiles before serving where vLLM's cache lacks the compile (a new
-    machine), so the parity tests check the compiled path. (The first start's uncompiled serving and
-    background compile: `vllm_server`.)"""
-    yield from _serve(real_trained_home, tmp_path_factory, {"LIMACHAT_SERVER__ENFORCE_EAGER": "false"})
+    (docs/testing.md says which tests need it, and why), uncompiled, as a user's first start on a new
+    machine serves it (`enforce_eager = true`: without it, a clean clone's empty vLLM cache would compile
+    the bundled model for 100 s before the first test). What these tests check is what the model says; the
+    compiled path computes the same, which test_lora_parity.py checks against PEFT on the tiny model."""
+    yield from _serve(real_trained_home, tmp_path_factory, {"LIMACHAT_SERVER__ENFORCE_EAGER": "true"})
 
 
 # A test's tier follows from the fixtures it uses (directly or through other fixtures): `make test-fast`
@@ -273,11 +305,12 @@ TIERS = {  # each fixture's markers, those of the fixtures it stands on included
 
 def pytest_collection_modifyitems(config, items):
     """Mark each test by the fixtures it needs; then order by what a test does to the shared server:
-    those that kill vLLM under it (it comes back) after the others, those that stop it last."""
+    those that kill vLLM under it (it comes back, compiled) after the others, then those that need it
+    compiled, and those that stop it last."""
     for item in items:
         for marker in {m for f, ms in TIERS.items() if f in item.fixturenames for m in ms}:
             item.add_marker(marker)
-    order = {"kills_vllm": 1, "stops_server": 2}
+    order = {"kills_vllm": 1, "after_restart": 2, "stops_server": 3}
     items.sort(key=lambda item: max((n for m, n in order.items() if item.get_closest_marker(m)), default=0))
 
 

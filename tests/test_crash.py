@@ -5,14 +5,12 @@ from __future__ import annotations
 
 import asyncio
 import json
-import re
 import signal
 import subprocess
 import sys
 import time
 
 import httpx
-import psutil
 import pytest
 from conftest import RunningServer, free_port
 from test_app_browser import browser_page, query, running_app, wait_for
@@ -177,12 +175,7 @@ def test_vllm_killed_mid_stream_keeps_the_partial_reply_and_retry_works_once_it_
         {"dialogue": vllm_server.checkpoint("dialogue")},
         settings,
     )
-    vllm = next(
-        p
-        for p in psutil.Process(vllm_server.proc.pid).children(recursive=True)
-        if "vllm.entrypoints.openai.api_server" in " ".join(p.cmdline())
-        and f"--port {vllm_server.port}" in " ".join(p.cmdline())  # not a background compile's
-    )
+    vllm = vllm_server.vllm()
 
     async def go():
         outs = []
@@ -213,8 +206,7 @@ def test_vllm_killed_mid_stream_keeps_the_partial_reply_and_retry_works_once_it_
     )
     assert vllm_server.proc.poll() is None and "Restarting it (1 of 3)" in vllm_server.output()
     # The first start compiled in the background (the session's vLLM cache was empty): this one loads it.
-    restart = vllm_server.output().rsplit("vLLM ready in", 1)[1].split("\n")[0]
-    assert re.findall(r"(\w+) \d+ s", restart.split(")")[0]) == ["processes", "weights", "cached", "engine"]
+    assert vllm_server.last_start() == ["processes", "weights", "cached", "engine"]
     state, v = asyncio.run(_last(chat.regenerate(deps, state, 1, "dialogue", "ana")))
     assert deps.store.turn(state["ids"][-1])["status"] == "ok"
     assert [t["status"] for t in deps.store.turns(state["session"]) if t["role"] == "assistant"] == ["error", "ok"]

@@ -1,8 +1,10 @@
 """What vLLM serves equals what transformers and PEFT compute on the same weights, with limachat's own
-LoRA path in the server (serve/vllm_plugin.py: fused adapter slots, compiled, only the adapters' layers
-wrapped): `base` against transformers, each adapter against PEFT, a batch that mixes all three against
-each request alone, and prompt log-probabilities (the fluency score) under an adapter. On the bundled
-model and its trained demo adapters, the weights a user gets (docs/testing.md)."""
+LoRA path in the server (serve/vllm_plugin.py: fused adapter slots, only the adapters' layers wrapped):
+`base` against transformers, each adapter against PEFT, a batch that mixes all three against each
+request alone, and prompt log-probabilities (the fluency score) under an adapter. On the bundled model
+and its trained demo adapters, the weights a user gets (docs/testing.md), served uncompiled as a first
+start serves them; and compiled, as every later start serves them, on the tiny model's shared server once
+it loads the compile its first start made in the background."""
 
 from __future__ import annotations
 
@@ -26,20 +28,24 @@ MESSAGES = [
 NAMES = ("base", "zero-shot", "dialogue")
 
 
-@pytest.fixture(scope="module")
-def reference(real_server):
-    """Per model name: transformers (base) or PEFT (adapters) on the served weights, float32."""
+def references(folder, adapters: dict) -> tuple:
+    """The tokenizer, and per model name transformers (base) or PEFT (each adapter's folder) on the
+    served weights, float32."""
     import torch
     from peft import PeftModel
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
-    folder = real_server.base
     tok = AutoTokenizer.from_pretrained(folder)
     models = {"base": AutoModelForCausalLM.from_pretrained(folder, dtype=torch.float32).eval()}
-    for name in NAMES[1:]:
+    for name, where in adapters.items():
         base = AutoModelForCausalLM.from_pretrained(folder, dtype=torch.float32)
-        models[name] = PeftModel.from_pretrained(base, real_server.home / "checkpoints" / name).eval()
+        models[name] = PeftModel.from_pretrained(base, where).eval()
     return tok, models
+
+
+@pytest.fixture(scope="module")
+def reference(real_server):
+    return references(real_server.base, {n: real_server.home / "checkpoints" / n for n in NAMES[1:]})
 
 
 def prompt_ids(tok, messages) -> list[int]:
@@ -86,32 +92,56 @@ def each(server, jobs: list[tuple[str, list[int]]], together: bool):
     return asyncio.run(go())
 
 
-def test_each_checkpoint_matches_transformers_and_peft(real_server, reference):
-    """Greedy text and top log-probabilities of `base` equal transformers', each adapter's equal PEFT's."""
-    tok, models = reference
+def matches_the_reference(server, tok, models) -> dict[str, set]:
+    """Greedy tokens and top log-probabilities of each checkpoint equal its reference's; the answers."""
+    answers: dict[str, set] = {name: set() for name in NAMES}
     for messages in MESSAGES:
         ids = prompt_ids(tok, messages)
-        for name, (tokens, tops) in zip(NAMES, each(real_server, [(n, ids) for n in NAMES], together=False)):
+        for name, (tokens, tops) in zip(NAMES, each(server, [(n, ids) for n in NAMES], together=False)):
             reference_lp = teacher_forced(models[name], ids + tokens, len(ids) - 1)
             expected = [int(reference_lp[i].argmax()) for i in range(TOKENS)]
             assert tokens == expected, (name, tok.decode(tokens), tok.decode(expected))
             for i, top in enumerate(tops):
                 for token, logprob in top.items():
                     assert logprob == pytest.approx(float(reference_lp[i, token]), abs=ABS), (name, i, token)
+            answers[name].add((tuple(ids), tuple(tokens)))
+    return answers
 
 
-def test_a_batch_mixing_base_and_both_adapters_gives_each_what_it_gets_alone(real_server, reference):
-    tok, _ = reference
+def a_mixed_batch_gives_each_what_it_gets_alone(server, tok) -> None:
     jobs = [(name, prompt_ids(tok, messages)) for messages in MESSAGES for name in NAMES]
     jobs += jobs[:3]  # the same request twice in one batch
-    alone = each(real_server, jobs, together=False)
-    mixed = each(real_server, jobs, together=True)
+    alone = each(server, jobs, together=False)
+    mixed = each(server, jobs, together=True)
     for (name, _), (tokens, tops), (mixed_tokens, mixed_tops) in zip(jobs, alone, mixed):
         assert mixed_tokens == tokens, name
         for top, mixed_top in zip(tops, mixed_tops):
             assert mixed_top.keys() == top.keys(), name
             for token, logprob in top.items():
                 assert mixed_top[token] == pytest.approx(logprob, abs=ABS), name
+
+
+def test_each_checkpoint_matches_transformers_and_peft(real_server, reference):
+    """Greedy text and top log-probabilities of `base` equal transformers', each adapter's equal PEFT's."""
+    matches_the_reference(real_server, *reference)
+
+
+def test_a_batch_mixing_base_and_both_adapters_gives_each_what_it_gets_alone(real_server, reference):
+    a_mixed_batch_gives_each_what_it_gets_alone(real_server, reference[0])
+
+
+@pytest.mark.after_restart
+def test_the_compiled_model_matches_transformers_and_peft(vllm_server):
+    """The shared tiny server, once vLLM loads the compile its first start made in the background (the
+    restart of test_crash.py's kill), still serves each checkpoint as transformers and PEFT compute it,
+    alone and in a mixed batch: limachat's LoRA path compiled by torch.compile (cpu-compile-with-lora)."""
+    vllm_server.serve_compiled()
+    home = vllm_server.home / "checkpoints"
+    tok, models = references(vllm_server.base, {n: home / n for n in NAMES[1:]})
+    answers = matches_the_reference(vllm_server, tok, models)
+    for name in NAMES[1:]:  # else the parity above would not show a compiled path that dropped the adapters
+        assert answers[name] - answers["base"], f"{name} answers every prompt as the base does"
+    a_mixed_batch_gives_each_what_it_gets_alone(vllm_server, tok)
 
 
 def test_prompt_logprobs_under_an_adapter_match_peft_while_others_decode(real_server, reference):

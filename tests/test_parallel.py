@@ -21,7 +21,7 @@ import shutil
 import httpx
 import pytest
 from conftest import RunningServer, free_port, models
-from test_lora_parity import ABS, MESSAGES, prompt_ids, served, teacher_forced
+from test_lora_parity import ABS, MESSAGES, prompt_ids, references, served, teacher_forced
 
 from limachat.serve.server import load_adapter
 
@@ -60,18 +60,8 @@ def parallel_home(trained_home, tiny_base, tmp_path_factory):
 
 @pytest.fixture(scope="module")
 def reference(parallel_home, tiny_base):
-    import torch
-    from peft import PeftModel
-    from transformers import AutoModelForCausalLM, AutoTokenizer
-
-    folder = tiny_base
-    tok = AutoTokenizer.from_pretrained(folder)
-    out = {"base": AutoModelForCausalLM.from_pretrained(folder, dtype=torch.float32).eval()}
-    for name in CHECKPOINTS[1:]:
-        where = parallel_home / "late" if name == "late" else parallel_home / "checkpoints" / name
-        base = AutoModelForCausalLM.from_pretrained(folder, dtype=torch.float32)
-        out[name] = PeftModel.from_pretrained(base, where).eval()
-    return tok, out
+    where = {name: parallel_home / "checkpoints" / name for name in CHECKPOINTS[1:]}
+    return references(tiny_base, {**where, "late": parallel_home / "late"})
 
 
 def requests_per_engine(server) -> dict[str, float]:
