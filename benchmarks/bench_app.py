@@ -14,6 +14,7 @@ import json
 import statistics
 import tempfile
 import time
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import httpx
@@ -137,3 +138,85 @@ def compare_vs_single(base_url: str, rounds: int = 5, tokens: int = 48) -> dict:
         deps.store.close()
     print(f"  single {[round(x, 2) for x in single]} s, compare {[round(x, 2) for x in both]} s")
     return {"single": single, "compare": both, "ratio": statistics.median(both) / statistics.median(single)}
+
+
+def in_browser(base_url: str, server_home: Path, rounds: int = 3, tokens: int = 256) -> dict:
+    """A reply as a person sees it: `limachat app` against the server, Chromium on the same cores, a chat
+    turn of `tokens` tokens sent from the page (its rate from the stored turn's timings, as the app read
+    the stream), alternated with the same request from the direct client. Returns tokens/s per side."""
+    import os
+    import shutil
+    import subprocess
+    import sys
+
+    from playwright.sync_api import sync_playwright
+
+    from limachat.serve.net import free_local_port
+
+    out: dict[str, list[float]] = {"page": [], "direct": []}
+    with tempfile.TemporaryDirectory() as d:
+        home, port = Path(d), free_local_port()
+        shutil.copy(server_home / "server.key", home / "server.key")
+        env = {k: v for k, v in os.environ.items() if not k.startswith("LIMACHAT_")}
+        env.update(
+            LIMACHAT_HOME=str(home),
+            LIMACHAT_SERVER__PORT=base_url.rsplit(":", 1)[1].split("/")[0],
+            LIMACHAT_SAMPLING__MAX_TOKENS=str(tokens),
+            LIMACHAT_SAMPLING__EXTRA=json.dumps({"ignore_eos": True}),
+        )
+        log = home / "app.log"
+        app = subprocess.Popen(
+            [sys.executable, "-m", "limachat.cli", "app", "--port", str(port)],
+            env=env,
+            stdout=subprocess.DEVNULL,
+            stderr=log.open("wb"),
+        )
+        try:
+            while "app ready" not in log.read_text(errors="replace"):
+                if app.poll() is not None:
+                    raise SystemExit(f"the app did not start; see {log}")
+                time.sleep(0.5)
+            with sync_playwright() as p:
+                browser = p.chromium.launch(executable_path=shutil.which("chromium"))
+                page = browser.new_page(viewport={"width": 1400, "height": 1000})
+                page.goto(f"http://127.0.0.1:{port}", wait_until="load")
+                page.locator("#annotator textarea, #annotator input").first.fill("bench")
+                box = page.locator("#chat-input textarea")
+                for i in range(rounds + 1):  # the first is a warm-up
+                    page.get_by_role("button", name="New session").click()  # one turn each, as the direct side
+                    time.sleep(1)
+                    box.fill(PROMPT)
+                    box.press("Enter")
+                    while (row := _finished(home / "limachat.db", i)) is None:
+                        time.sleep(0.2)
+                    time.sleep(2)  # a person reads; the reply's fluency score finishes meanwhile
+                    with ThreadPoolExecutor(1) as pool:  # Playwright's sync API holds this thread's event loop
+                        ttft, total, got = pool.submit(asyncio.run, _direct(base_url, tokens)).result()
+                    if i:
+                        out["page"].append(row[0] / (row[2] - row[1]))
+                        out["direct"].append(got / (total - ttft))
+                browser.close()
+        finally:
+            app.terminate()
+            app.wait(timeout=30)
+    print(
+        f"  in a browser: page {[round(x, 1) for x in out['page']]} tok/s, direct {[round(x, 1) for x in out['direct']]}"
+    )
+    return out
+
+
+def _finished(db: Path, n: int) -> tuple | None:
+    """(completion tokens, time to first token, latency) of the newest finished reply, once there are n + 1."""
+    import sqlite3
+
+    with sqlite3.connect(db) as c:
+        rows = c.execute(
+            "select completion_tokens, ttft, latency from turns where role = 'assistant' and status = 'ok' "
+            "order by created desc"
+        ).fetchall()
+    return rows[0] if len(rows) > n else None
+
+
+async def _direct(base_url: str, tokens: int) -> tuple[float, float, int]:
+    async with httpx.AsyncClient(timeout=600) as http:
+        return await direct_stream(http, base_url, "dialogue", tokens)

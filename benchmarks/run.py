@@ -73,6 +73,7 @@ def app_section(rounds: int) -> list[str]:
     with bench_serve.serving(HOME) as (url, _):
         c = bench_app.compare_vs_single(url, rounds=rounds)
         levels = bench_app.streams_vs_direct(url, rounds=max(3, rounds // 2))
+        page = bench_app.in_browser(url, HOME, rounds=max(3, rounds // 2))
     rows = [
         f"| single turn through the chat handler, 48 tokens | {bench_store.spread(c['single'])} | - |",
         f"| compare turn (both checkpoints at once), 48 tokens each | {bench_store.spread(c['compare'])} | - |",
@@ -91,6 +92,12 @@ def app_section(rounds: int) -> list[str]:
             f"{bench_store.spread(dir_ttft, unit='ms', digits=0)} | - |",
             f"| {n} stream{'s' if n > 1 else ''}: added time to first token (medians) | {st.median(app_ttft) - st.median(dir_ttft):+.0f} ms | <= 20 ms |",
         ]
+    what = "1 stream, 256 tokens, a reply sent from the page in Chromium (same cores)"
+    rows += [
+        f"| {what}: tokens/s as the app read it | {bench_store.spread(page['page'], unit='tokens/s', digits=1)} | - |",
+        f"| {what}: tokens/s, direct client between them | {bench_store.spread(page['direct'], unit='tokens/s', digits=1)} | - |",
+        f"| {what}: page / direct tokens/s (medians) | {st.median(page['page']) / st.median(page['direct']):.2f} | - |",
+    ]
     return rows
 
 
@@ -376,12 +383,16 @@ SECTIONS = {
         ],
     ),
     "app": (
-        "## App (chat and compare handlers over vLLM on CPU, eager, float32, LoRA)",
+        "## App (chat and compare handlers over vLLM on CPU, as `limachat serve` runs it, float32, LoRA)",
         [
             "Every reply is exactly 48 tokens (`ignore_eos`), so the sides compare like for like. The app path is",
             "the handler a Gradio event calls: session and user turn saved, the reply streamed through the",
             "client with partial saves and the view rebuilt per piece, the finished turn written. The direct",
             "client is one httpx SSE stream. Streams run concurrently with asyncio; rounds alternate the sides.",
+            "The page rows: `limachat app` and Chromium on the same 2 cores as vLLM, a chat turn of 256 tokens",
+            "sent from the page (a new session each, after a warm-up), its rate from the stored turn's timings;",
+            "the direct client sends the same prompt for the same length between them. What the page costs",
+            "(the app's updates, the browser's rendering) is CPU time vLLM's decode does not get.",
         ],
     ),
     "curate": (

@@ -29,14 +29,17 @@ def _user(fn):
         raise _error(e) from None
 
 
-PAGE_EVERY = 0.05  # seconds: a streaming reply reaches the page at most 20 times a second
+PAGE_EVERY = 0.1  # seconds: a streaming reply reaches the page at most 10 times a second
 
 
 async def _stream(gen):
     """A handler's updates on their way to the page: the first at once, then at most one per PAGE_EVERY (the
     newest; each is a whole view), and always the last. Every update is the whole history, which Gradio
-    diffs and sends; at a GPU's 60 tokens a second per stream, one per token took the app's one core at
-    32 annotators (make soak)."""
+    diffs and sends and the browser renders again; at a GPU's 60 tokens a second per stream, one per token
+    took the app's one core at 32 annotators (make soak). Where vLLM shares the cores with the app and the
+    browser (a laptop, this 2-core machine), the page's work is taken from vLLM's decode: at 20 updates a
+    second a reply reached the page at half vLLM's speed, at 10 a second it gained a quarter
+    (BENCHMARKS.md, "App")."""
     loop = asyncio.get_running_loop()
     sent, held = -PAGE_EVERY, None
     try:

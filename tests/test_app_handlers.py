@@ -486,13 +486,14 @@ def test_the_highlighted_button_is_the_focused_replys_label_whatever_the_key_ord
     assert variants == {"excellent": "secondary", "fail": "primary", "pass": "secondary"}
 
 
-def test_a_streaming_reply_reaches_the_page_at_most_twenty_times_a_second():
-    """The page gets the first update at once, then the newest one per 50 ms, and always the last: at a
-    GPU's pace one update per token was what held the app to 32 annotators (BENCHMARKS.md)."""
+def test_a_streaming_reply_reaches_the_page_at_most_ten_times_a_second():
+    """The page gets the first update at once, then the newest one per 100 ms, and always the last: at a
+    GPU's pace one update per token was what held the app to 32 annotators, and on shared cores each
+    update is taken from vLLM's decode (BENCHMARKS.md)."""
     from limachat.demo.ui import PAGE_EVERY, _stream
 
     async def tokens():
-        for i in range(200):  # 200 tokens at ~1,000 a second
+        for i in range(400):  # 400 tokens at ~1,000 a second
             yield i
             await asyncio.sleep(0.001)
 
@@ -505,6 +506,6 @@ def test_a_streaming_reply_reaches_the_page_at_most_twenty_times_a_second():
     seen = asyncio.run(go())
     items = [i for i, _ in seen]
     wall = seen[-1][1]
-    assert items[0] == 0 and items[-1] == 199 and items == sorted(items)
+    assert items[0] == 0 and items[-1] == 399 and items == sorted(items)
     assert len(items) <= wall / PAGE_EVERY + 2, (len(items), wall)
     assert all(b - a >= PAGE_EVERY * 0.9 for (_, a), (_, b) in zip(seen[1:-2], seen[2:-1]))
