@@ -143,7 +143,7 @@ def compare_vs_single(base_url: str, rounds: int = 5, tokens: int = 48) -> dict:
 def in_browser(base_url: str, server_home: Path, rounds: int = 3, tokens: int = 256) -> dict:
     """A reply as a person sees it: `limachat app` against the server, Chromium on the same cores, a chat
     turn of `tokens` tokens sent from the page (its rate from the stored turn's timings, as the app read
-    the stream), alternated with the same request from the direct client. Returns tokens/s per side."""
+    the stream), alternated with the direct client on the same prompt and length. Returns tokens/s per side."""
     import os
     import shutil
     import subprocess
@@ -187,7 +187,10 @@ def in_browser(base_url: str, server_home: Path, rounds: int = 3, tokens: int = 
                     time.sleep(1)
                     box.fill(PROMPT)
                     box.press("Enter")
+                    deadline = time.monotonic() + 600
                     while (row := _finished(home / "limachat.db", i)) is None:
+                        if time.monotonic() > deadline:
+                            raise SystemExit(f"no finished reply from the page after 600 s; see {log}")
                         time.sleep(0.2)
                     time.sleep(2)  # a person reads; the reply's fluency score finishes meanwhile
                     with ThreadPoolExecutor(1) as pool:  # Playwright's sync API holds this thread's event loop
