@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import json
 import os
 import re
 import shutil
@@ -65,6 +66,9 @@ def test_a_first_start_serves_at_once_and_compiles_for_the_next_in_the_backgroun
     cache = Path(vllm_server.env["VLLM_CACHE_ROOT"])
     assert len(list((cache / "limachat-compiled").glob("*.json"))) == 1
     assert list(cache.glob("torch_compile_cache/torch_aot_compile/*")), "vLLM's own compile is in the cache"
+    # The compile phase is read off this vLLM's own log (serve/start.py): its time is kept for the next estimate.
+    kept = json.loads((vllm_server.home / "logs" / f"vllm-{vllm_server.port}-compile.start.json").read_text())
+    assert kept["compile_s"] > 0
     assert models(vllm_server.url, vllm_server.headers) == {"base", "zero-shot", "dialogue"}
 
 
