@@ -58,12 +58,14 @@ class Summary:
     unchanged: int = 0  # the teacher gave the reply back as it was: nothing stored, nothing to review
     failed: int = 0
     skipped: int = 0  # revised by this teacher before
+    asked_again: int = 0  # revisions cut off by the token limit and asked for once more
     errors: list[str] = field(default_factory=list)
 
     def line(self) -> str:
         return (
             f"{self.teacher}: {self.categorized} instructions filed, {self.rubrics} new rubrics, {self.revised} turns revised"
             f"{f', {self.unchanged} given back unchanged' if self.unchanged else ''}"
+            f"{f', {self.asked_again} asked again after hitting the token limit' if self.asked_again else ''}"
             f"{f', {self.failed} failed ({self.errors[0]})' if self.failed else ''}; {self.skipped} revised before, skipped"
         )
 
@@ -175,6 +177,11 @@ async def _revise_all(
         chat = [{"role": "system", "content": system}, *messages, {"role": "user", "content": request}]
         try:
             done = await client.complete(chat, params)
+            if done.finish_reason == "length":  # cut off: one fresh draw (the next seed, where one is set)
+                summary.asked_again += 1
+                done = await client.complete(
+                    chat, {**params, **({"seed": params["seed"] + 1} if "seed" in params else {})}
+                )
         except ClientError as e:
             summary.failed += 1
             summary.errors.append(str(e)[:200])
@@ -182,7 +189,7 @@ async def _revise_all(
         revised = done.text.strip()
         if not revised or done.finish_reason == "length":
             summary.failed += 1
-            summary.errors.append("the revision was empty" if not revised else "the revision hit the token limit")
+            summary.errors.append("the revision was empty" if not revised else "the revision hit the token limit twice")
             return
         if " ".join(revised.split()) == " ".join(messages[-1]["content"].split()):
             summary.unchanged += 1

@@ -170,6 +170,9 @@ def test_revise_turns_stores_rubrics_and_teacher_edits_and_exports_them(collecte
         max_tokens=settings.curate.judge_max_tokens,
     )
     assert again.skipped >= s.revised
+    # at 16 tokens a revision is cut off: it is asked for once more, with the next seed
+    assert again.asked_again >= 1, again.line()
+    assert f"{again.asked_again} asked again after hitting the token limit" in again.line()
 
 
 def test_collect_tab_runs_a_judge_job_whose_progress_is_data(collected):
