@@ -295,7 +295,15 @@ def _child_setup(nice: int) -> Callable[[], None]:
     def setup() -> None:
         _die_with_parent()
         if nice:
-            os.nice(nice)
+            niceness = os.nice(nice)
+            # Under autogroup scheduling (Linux's default on most distributions) the CPU is shared between
+            # sessions first: the new session this child leads is a group of its own, whose niceness, not
+            # the process's, is what counts against the user's other work.
+            try:
+                with open("/proc/self/autogroup", "w") as f:
+                    f.write(str(niceness))
+            except OSError:
+                pass  # no autogroup here: the process's niceness is what counts
 
     return setup
 
