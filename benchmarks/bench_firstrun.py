@@ -1,7 +1,7 @@
 """A newcomer's first `make demo`: a clean clone of HEAD, with no pip, vLLM, torch or limachat caches (pip
 downloads every package; vLLM's and torch's caches point into an empty folder), timed from the command to
-both demo checkpoints answering, phase by phase from the lines `make demo` prints; then the background
-compile the first start began, and a second start in the same home."""
+both demo checkpoints answering, phase by phase from the lines `make demo` prints; then decode while the
+background compile the first start began runs and once it is done, and a second start in the same home."""
 
 from __future__ import annotations
 
@@ -80,6 +80,21 @@ def _answer(url: str, key: str, model: str) -> None:
     assert r.json()["choices"][0]["message"]["content"].strip(), f"{model} answered nothing"
 
 
+def _decode(url: str, key: str, model: str = "dialogue", tokens: int = 128) -> float:
+    """Tokens a second of one greedy reply of `tokens` tokens (it does not stop early)."""
+    body = {
+        "model": model,
+        "messages": [{"role": "user", "content": "Tell me a long story about a lighthouse keeper."}],
+        "max_tokens": tokens,
+        "temperature": 0,
+        "ignore_eos": True,
+    }
+    began = time.monotonic()
+    r = httpx.post(url + "/chat/completions", json=body, headers={"Authorization": f"Bearer {key}"}, timeout=900)
+    r.raise_for_status()
+    return r.json()["usage"]["completion_tokens"] / (time.monotonic() - began)
+
+
 def _breakdown(line: str) -> str:
     found = re.search(r"vLLM ready in \d+ s \(([^)]*)\)", line)
     return found.group(1) if found else "?"
@@ -114,10 +129,20 @@ def first_run(free_port) -> dict:
             for model in ("zero-shot", "dialogue"):
                 _answer(url, key, model)
             ends["both demo checkpoints' first replies"] = time.monotonic() - start
+            # A newcomer's first replies come while the background compile runs: decode then, and once it is done
+            # (the same uncompiled server, nothing beside it).
+            during = [_decode(url, key) for _ in range(3)]
             compiled_at, _ = lines.when("the next start serves the compiled model", proc)
+            alone = [_decode(url, key) for _ in range(3)]
         finally:
             _stop(proc)
-        result = {"ends": ends, "first_breakdown": _breakdown(ready_line), "compiled_after": compiled_at}
+        result = {
+            "ends": ends,
+            "first_breakdown": _breakdown(ready_line),
+            "compiled_after": compiled_at,
+            "decode_during": during,
+            "decode_alone": alone,
+        }
         second, start = _start([str(clone / ".venv" / "bin" / "limachat"), "serve"], clone, env)
         again = Lines(second, start, echo=False)
         try:

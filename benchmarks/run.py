@@ -246,6 +246,9 @@ def firstrun_section() -> list[str]:
         f"{_duration(total[3] - total[0])} | <= 120 s |",
         f"| first start's vLLM, by phase (uncompiled: vLLM's cache is empty) | {r['first_breakdown']} | - |",
         f"| the first start's background compile done, after the command | {_duration(r['compiled_after'])} | - |",
+        "| decode on the first start while it compiles in the background, tokens/s (128-token replies) | "
+        f"{bench_store.spread(r['decode_during'], unit='', digits=1)} | - |",
+        f"| the same server once the compile is done | {bench_store.spread(r['decode_alone'], unit='', digits=1)} | - |",
         f"| second start (`limachat serve` in the same home): ready after | {_duration(r['second'])} | <= 45 s |",
         f"| second start's vLLM, by phase | {r['second_breakdown']} | - |",
     ]
@@ -304,7 +307,9 @@ SECTIONS = {
             "last is one short reply from each demo checkpoint through the server the app uses. vLLM's phases",
             "come from its ready line (serve/start.py reads them off vLLM's log). The first start serves",
             "uncompiled and compiles in the background (serve/precompile.py); the second start, `limachat serve`",
-            "in the same home afterwards, loads the compiled model from vLLM's cache.",
+            "in the same home afterwards, loads the compiled model from vLLM's cache. Decode: three greedy",
+            "128-token replies from `dialogue` right after the first replies, while the compile runs, then three",
+            "once it is done, on the same uncompiled server (median, with the range).",
         ],
     ),
     "adapters": (
