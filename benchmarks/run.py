@@ -246,9 +246,10 @@ def firstrun_section() -> list[str]:
         f"{_duration(total[3] - total[0])} | <= 120 s |",
         f"| first start's vLLM, by phase (uncompiled: vLLM's cache is empty) | {r['first_breakdown']} | - |",
         f"| the first start's background compile done, after the command | {_duration(r['compiled_after'])} | - |",
-        "| decode on the first start while it compiles in the background, tokens/s (128-token replies) | "
-        f"{bench_store.spread(r['decode_during'], unit='', digits=1)} | - |",
-        f"| the same server once the compile is done | {bench_store.spread(r['decode_alone'], unit='', digits=1)} | - |",
+        "| decode on the first start while it compiles in the background (128-token replies) | "
+        f"{bench_store.spread(r['decode_during'], unit='tokens/s', digits=1)} | - |",
+        "| the same server once the compile is done | "
+        f"{bench_store.spread(r['decode_alone'], unit='tokens/s', digits=1)} | - |",
         f"| second start (`limachat serve` in the same home): ready after | {_duration(r['second'])} | <= 45 s |",
         f"| second start's vLLM, by phase | {r['second_breakdown']} | - |",
     ]
