@@ -121,10 +121,11 @@ def convert_gguf(source: Path, folder: Path, progress: Progress = print) -> None
     shutil.rmtree(tmp, ignore_errors=True)
     progress(f"[1/{len(steps)}] {steps[0]}: {source} ({source.stat().st_size / 1e6:.0f} MB)")
     gguf = dict(pretrained_model_name_or_path=str(source.parent), gguf_file=source.name)
-    quantized = AutoModelForCausalLM.from_pretrained(**gguf, dtype=torch.float32)
+    # Each read of the GGUF's metadata costs seconds (49k vocabulary strings): the config is read once, for both.
+    config = gguf_config(source)
+    quantized = AutoModelForCausalLM.from_pretrained(**gguf, config=config, dtype=torch.float32)
     tokenizer = AutoTokenizer.from_pretrained(**gguf)
     progress(f"[2/{len(steps)}] {steps[1]}")
-    config = gguf_config(source)
     model = AutoModelForCausalLM.from_config(config, dtype=torch.float32)
     missing, unexpected = model.load_state_dict(quantized.state_dict(), strict=False)
     missing = [m for m in missing if not (config.tie_word_embeddings and m == "lm_head.weight")]
