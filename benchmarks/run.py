@@ -207,6 +207,7 @@ def tests_section() -> list[str]:
     import time
 
     rows = []
+    had_chromium = Path("/usr/bin/chromium").exists()  # else `make test` installs it with apt, as on CI's machine
     with tempfile.TemporaryDirectory(prefix="limachat-clone-") as tmp:
         subprocess.run(["git", "clone", "-q", str(ROOT), tmp], check=True)
         env = {k: v for k, v in os.environ.items() if not k.startswith(("LIMACHAT_", "VIRTUAL_ENV"))}
@@ -228,6 +229,9 @@ def tests_section() -> list[str]:
                 f"| `make {target}` ({what}): pytest, {counts} | {_duration(seconds)} | {target_row} |",
                 f"| `make {target}`: command to prompt | {_duration(wall)} | - |",
             ]
+    rows.insert(
+        2, f"| `make test`: chromium installed by it (apt) | {'no, already there' if had_chromium else 'yes'} | - |"
+    )
     return rows
 
 
@@ -293,8 +297,8 @@ SECTIONS = {
         "## Tests (a clean clone of HEAD, one run each)",
         [
             "`git clone` of this repository into a temporary folder, then `make test` there (a fresh `.venv`:",
-            "pip installs everything; chromium is already on this machine), then `make test-fast` in the same",
-            "clone. One run each: the suite takes too long to repeat. The pytest figure is pytest's own;",
+            "pip installs everything, apt installs chromium where the machine lacks it), then `make test-fast`",
+            "in the same clone. One run each: the suite takes too long to repeat. The pytest figure is pytest's own;",
             "command to prompt adds the set-up (`make test`) and ruff.",
         ],
     ),
