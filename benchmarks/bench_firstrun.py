@@ -5,16 +5,18 @@ background compile the first start began runs and once it is done, and a second 
 
 from __future__ import annotations
 
+import asyncio
 import os
 import re
 import signal
 import subprocess
-import sys
 import tempfile
 import threading
 import time
 from pathlib import Path
 
+import bench_app
+import bench_serve
 import httpx
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -80,21 +82,6 @@ def _answer(url: str, key: str, model: str) -> None:
     assert r.json()["choices"][0]["message"]["content"].strip(), f"{model} answered nothing"
 
 
-def _decode(url: str, key: str, model: str = "dialogue", tokens: int = 128) -> float:
-    """Tokens a second of one greedy reply of `tokens` tokens (it does not stop early)."""
-    body = {
-        "model": model,
-        "messages": [{"role": "user", "content": "Tell me a long story about a lighthouse keeper."}],
-        "max_tokens": tokens,
-        "temperature": 0,
-        "ignore_eos": True,
-    }
-    began = time.monotonic()
-    r = httpx.post(url + "/chat/completions", json=body, headers={"Authorization": f"Bearer {key}"}, timeout=900)
-    r.raise_for_status()
-    return r.json()["usage"]["completion_tokens"] / (time.monotonic() - began)
-
-
 def _breakdown(line: str) -> str:
     found = re.search(r"vLLM ready in \d+ s \(([^)]*)\)", line)
     return found.group(1) if found else "?"
@@ -131,9 +118,11 @@ def first_run(free_port) -> dict:
             ends["both demo checkpoints' first replies"] = time.monotonic() - start
             # A newcomer's first replies come while the background compile runs: decode then, and once it is done
             # (the same uncompiled server, nothing beside it).
-            during = [_decode(url, key) for _ in range(3)]
+            # One stream, as the serving section measures it (bench_serve.decode).
+            bench_app.KEYS[url] = key
+            during = [asyncio.run(bench_serve.decode(url, "dialogue", 1)) for _ in range(3)]
             compiled_at, _ = lines.when("the next start serves the compiled model", proc)
-            alone = [_decode(url, key) for _ in range(3)]
+            alone = [asyncio.run(bench_serve.decode(url, "dialogue", 1)) for _ in range(3)]
         finally:
             _stop(proc)
         result = {
@@ -154,7 +143,4 @@ def first_run(free_port) -> dict:
 
 
 if __name__ == "__main__":
-    sys.path.insert(0, str(Path(__file__).parent))
-    from bench_serve import free_port
-
-    print(first_run(free_port))
+    print(first_run(bench_serve.free_port))

@@ -314,7 +314,8 @@ SECTIONS = {
             "uncompiled and compiles in the background (serve/precompile.py); the second start, `limachat serve`",
             "in the same home afterwards, loads the compiled model from vLLM's cache. Decode: three greedy",
             "128-token replies from `dialogue` right after the first replies, while the compile runs, then three",
-            "once it is done, on the same uncompiled server (median, with the range).",
+            "once it is done, on the same uncompiled server, each timed as the serving section times one stream",
+            "(median, with the range).",
         ],
     ),
     "adapters": (
