@@ -180,7 +180,7 @@ async def _revise_all(
             if done.finish_reason == "length":  # cut off: one fresh draw (the next seed, where one is set)
                 summary.asked_again += 1
                 done = await client.complete(
-                    chat, {**params, **({"seed": params["seed"] + 1} if "seed" in params else {})}
+                    chat, {**params, "seed": params["seed"] + 1} if "seed" in params else params
                 )
         except ClientError as e:
             summary.failed += 1

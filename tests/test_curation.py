@@ -166,13 +166,16 @@ def test_revise_turns_stores_rubrics_and_teacher_edits_and_exports_them(collecte
         labels=("fail", "pass"),
         raters="humans",
         limit=2,
-        params={**params, "max_tokens": 16},
+        params={**params, "max_tokens": 2},
         max_tokens=settings.curate.judge_max_tokens,
     )
     assert again.skipped >= s.revised
-    # at 16 tokens a revision is cut off: it is asked for once more, with the next seed
+    # at 2 tokens a revision is cut off: it is asked for once more, with the next seed, and cut off again,
+    # so the turn fails with that reason and nothing is stored for it
     assert again.asked_again >= 1, again.line()
     assert f"{again.asked_again} asked again after hitting the token limit" in again.line()
+    assert again.failed >= 1 and "the revision hit the token limit twice" in again.errors, again.line()
+    assert len(store.teacher_edits()) == s.revised + again.revised
 
 
 def test_collect_tab_runs_a_judge_job_whose_progress_is_data(collected):
