@@ -52,8 +52,8 @@ class Adapter:
 
     def describe(self) -> str:
         if self.trained:
-            return f"trained adapter {self.path}"
-        return f"untrained LoRA adapter (same answers as the base; {self.why_untrained})"
+            return f"serving the trained adapter in {self.path}"
+        return f"serving an untrained LoRA adapter (same answers as the base; {self.why_untrained})"
 
 
 def _trained_for(folder: Path) -> str | None:

@@ -44,8 +44,8 @@ def test_serves_base_and_both_adapters(vllm_server):
     assert log.count("limachat's vLLM patches applied") == 1
     home = vllm_server.home / "checkpoints"
     assert (
-        f"zero-shot: trained adapter {home / 'zero-shot'}" in out
-        and f"dialogue: trained adapter {home / 'dialogue'}" in out
+        f"zero-shot: serving the trained adapter in {home / 'zero-shot'}" in out
+        and f"dialogue: serving the trained adapter in {home / 'dialogue'}" in out
     )
 
 
