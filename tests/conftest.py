@@ -67,8 +67,10 @@ def model_home(tmp_path_factory, tiny_base) -> Path:
 
 @pytest.fixture(scope="session")
 def trained_home(model_home, tiny_base) -> Path:
-    """Both demo adapters trained on the tiny base by the demo's own recipe and data (TRL, ~1 min)."""
-    return _train_demo(model_home, str(tiny_base))
+    """Both demo adapters trained on the tiny base by the demo's own recipe, on a slice of its data (TRL, ~10 s)."""
+    from tiny import training_data
+
+    return _train_demo(model_home, str(tiny_base), training_data())
 
 
 @pytest.fixture(scope="session")
@@ -93,17 +95,17 @@ def real_trained_home(real_home) -> Path:
     while the recipe's fingerprint matches; else trained here, TRL on CPU, ~8 minutes): the tests where what a
     user reads is the point talk to what a user gets."""
     from limachat.settings import Settings
-
-    return _train_demo(real_home, str(Settings(home=real_home).base_folder()))
-
-
-def _train_demo(home: Path, base: str) -> Path:
-    from limachat.settings import Settings
     from limachat.train.data import bundled_examples, split
+
+    return _train_demo(real_home, str(Settings(home=real_home).base_folder()), split(bundled_examples()))
+
+
+def _train_demo(home: Path, base: str, data) -> Path:
+    from limachat.settings import Settings
     from limachat.train.pipeline import run
 
     progress = lambda m: print(m, file=sys.stderr)  # noqa: E731
-    run(Settings(home=home), ["zero-shot", "dialogue"], split(bundled_examples()), base, {}, progress=progress)
+    run(Settings(home=home), ["zero-shot", "dialogue"], data, base, {}, progress=progress)
     return home
 
 

@@ -73,23 +73,19 @@ def test_real_server_never_penalises_a_token_only_in_the_prompt(real_server):
 
 
 def test_real_server_output_differs_with_the_processor_on_and_off(vllm_server):
-    def reply(**params) -> str:
-        body = {
-            "model": "dialogue",
-            "messages": RECIPE,
-            "max_tokens": 120,
-            "temperature": 0.7,
-            "top_p": 0.9,
-            "seed": 3,
-            **params,
-        }
-        return httpx.post(
-            vllm_server.url + "/chat/completions", headers=vllm_server.headers, json=body, timeout=300
-        ).json()["choices"][0]["message"]["content"]
+    def reply(**params) -> list[str]:
+        body = {"model": "dialogue", "messages": RECIPE, "max_tokens": 120, "logprobs": True, **params}
+        r = httpx.post(vllm_server.url + "/chat/completions", headers=vllm_server.headers, json=body, timeout=300)
+        return [t["token"] for t in r.json()["choices"][0]["logprobs"]["content"]]
 
-    off = reply()
-    assert reply() == off  # same prompt and seed: the same text
-    assert reply(vllm_xargs={"generated_repetition_penalty": 1.2}) != off
+    # LIMA's sampling: the same prompt and seed give the same text
+    lima = {"temperature": 0.7, "top_p": 0.9, "seed": 3}
+    assert reply(**lima) == reply(**lima)
+    # Greedy, so that only a logits processor can change the reply: this one repeats tokens, and the
+    # penalty on what the reply generated pushes those down.
+    off = reply(temperature=0)
+    assert len(set(off)) < len(off), off
+    assert reply(temperature=0, vllm_xargs={"generated_repetition_penalty": 1.2}) != off
 
 
 def test_real_server_rejects_a_bad_penalty_with_a_clear_400(vllm_server):

