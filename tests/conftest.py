@@ -67,7 +67,7 @@ def model_home(tmp_path_factory, tiny_base) -> Path:
 
 @pytest.fixture(scope="session")
 def trained_home(model_home, tiny_base) -> Path:
-    """Both demo adapters trained on the tiny base by the demo's own recipe, on a slice of its data (TRL, ~10 s)."""
+    """Both demo adapters trained on the tiny base by the demo's own recipe, on a slice of its data (TRL, ~12 s)."""
     from tiny import training_data
 
     return _train_demo(model_home, str(tiny_base), training_data())

