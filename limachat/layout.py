@@ -7,6 +7,7 @@ import json
 import os
 import secrets
 import stat
+import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -87,13 +88,20 @@ class Home:
         path = self.server_key
         if create and not path.exists():
             path.parent.mkdir(parents=True, exist_ok=True)
+            # Written whole into a file of its own, then linked into place: a `serve` started beside
+            # this one in the same home finds either no key or the whole key, never an empty file.
+            fd, draft = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.")  # owner-only
+            with os.fdopen(fd, "w") as f:
+                f.write(secrets.token_urlsafe(32) + "\n")
             try:
-                fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+                os.link(draft, path)
             except FileExistsError:  # another `serve` made it first: use that one
                 pass
-            else:
-                with os.fdopen(fd, "w") as f:
-                    f.write(secrets.token_urlsafe(32) + "\n")
+            except OSError:  # a filesystem without hard links (FAT, some network shares): moved into place
+                if not path.exists():
+                    os.replace(draft, path)
+            finally:
+                Path(draft).unlink(missing_ok=True)
         try:
             if create and stat.S_IMODE(path.stat().st_mode) & 0o077:
                 path.chmod(0o600)  # copied in with looser permissions: only its owner may read it

@@ -224,6 +224,41 @@ def test_ctrl_c_stops_every_process_it_started(vllm_server):
     assert vllm_server.output().rstrip().endswith("stopped")
 
 
+def test_serves_started_at_once_in_one_home_share_one_whole_key(tmp_path, monkeypatch):
+    """Eight `limachat serve` started at once in an empty home (on several ports) each ask for its key. Making
+    a key is slowed down here, so that every other asks while the first is still writing it: each gets the
+    same whole key, none an empty file, owner-only, and nothing else is left in the home."""
+    import secrets
+    from concurrent.futures import ThreadPoolExecutor
+
+    from limachat.layout import Home
+
+    make = secrets.token_urlsafe
+    monkeypatch.setattr(secrets, "token_urlsafe", lambda n: (time.sleep(0.2), make(n))[1])
+    with ThreadPoolExecutor(8) as pool:
+        keys = list(pool.map(lambda _: Home(tmp_path).api_key(create=True), range(8)))
+    assert len(set(keys)) == 1 and keys[0] is not None and len(keys[0]) >= 32, keys
+    assert [p.name for p in tmp_path.iterdir()] == ["server.key"]
+    assert stat.S_IMODE((tmp_path / "server.key").stat().st_mode) == 0o600
+
+
+def test_a_home_on_a_filesystem_without_hard_links_still_gets_its_key(tmp_path, monkeypatch):
+    """FAT and some network shares refuse hard links (EPERM): the key is then moved into place. A stand-in for
+    such a filesystem, which this machine's disk is not."""
+    import errno
+
+    from limachat.layout import Home
+
+    def no_links(src, dst):
+        raise OSError(errno.EPERM, "Operation not permitted")
+
+    monkeypatch.setattr(os, "link", no_links)
+    key = Home(tmp_path).api_key(create=True)
+    assert key is not None and len(key) >= 32 and Home(tmp_path).api_key() == key
+    assert [p.name for p in tmp_path.iterdir()] == ["server.key"]
+    assert stat.S_IMODE((tmp_path / "server.key").stat().st_mode) == 0o600
+
+
 def test_the_image_and_the_compose_file_publish_only_the_apps_port():
     """On a GPU host the model server's port is not published unless the user asks: the Dockerfile
     exposes the app alone and keeps vLLM on the container's loopback; in compose.yaml only the app has
