@@ -112,11 +112,15 @@ def test_the_next_serve_recognises_its_own_stale_server_and_nothing_else(tmp_pat
 
 def test_sigkill_of_serve_takes_its_vllm_server_down(trained_home, tiny_env):
     """`kill -9` of `limachat serve`: the vLLM server it started gets the parent-death signal and
-    frees the port within 10 s; a new `limachat serve` on the same port comes up. The first runs with
-    limachat's vLLM patches (the plugin says so); the second with their version range set to exclude
-    the installed vLLM: it still comes up, and says, in one warning per vLLM process, that they stand aside."""
-    port = free_port()
+    frees the port within 10 s; a new `limachat serve` on the same port comes up. Both run with limachat's
+    vLLM patches (the plugin says so). Beside them, from the start, a third `limachat serve` runs with the
+    patches' version range set to exclude the installed vLLM: it comes up, answers, and says, in one warning
+    per vLLM process, that they stand aside. It starts first because it is the slow one (vLLM's own `spawn`
+    of each process), and most of a start is one core importing vLLM."""
+    port, aside_port = free_port(), free_port()
+    aside = RunningServer(trained_home, aside_port, env={**tiny_env, "LIMACHAT_VLLM_PATCH_RANGE": "<0.1"})
     first = RunningServer(trained_home, port, env=tiny_env)
+    servers = [aside, first]
     try:
         first.wait_ready()
         vllm_log = trained_home / "logs" / f"vllm-{port}.log"
@@ -133,34 +137,39 @@ def test_sigkill_of_serve_takes_its_vllm_server_down(trained_home, tiny_env):
         assert port_free(port), "the port is still held 10 s after the supervisor died"
         wait_for(lambda: not first.leftovers(), "vLLM's processes to exit", timeout=30)
         started = len(vllm_log.read_text())
-        second = RunningServer(trained_home, port, env={**tiny_env, "LIMACHAT_VLLM_PATCH_RANGE": "<0.1"})
-        try:
-            second.wait_ready()
-            assert "left on port" not in second.output(), "nothing stale was there to replace"
+        again = RunningServer(trained_home, port, env=tiny_env)
+        servers.append(again)
+        again.wait_ready()
+        assert "left on port" not in again.output(), "nothing stale was there to replace"
+        assert f"limachat's vLLM patches applied: {applied}" in vllm_log.read_text()[started:]
+        aside.wait_ready()
+        for server in (again, aside):
             assert (
                 httpx.post(
-                    second.url + "/chat/completions",
-                    headers=second.headers,
+                    server.url + "/chat/completions",
+                    headers=server.headers,
                     timeout=60,
                     json={"model": "dialogue", "messages": [{"role": "user", "content": "Hi"}], "max_tokens": 4},
                 ).status_code
                 == 200
             )
-            warnings = {
-                line.split("WARNING", 1)[1].split("]", 1)[-1].strip()
-                for line in vllm_log.read_text()[started:].splitlines()
-                if "WARNING" in line and "limachat's vLLM patches" in line
-            }
-            assert len(warnings) == 1 and "standing aside" in next(iter(warnings)), warnings
-            assert "lora-no-adapter-rows (vLLM 0.32.0 is outside <0.1" in next(iter(warnings))
-        finally:
-            second.interrupt()
+        aside_log = (trained_home / "logs" / f"vllm-{aside_port}.log").read_text()
+        warnings = {
+            line.split("WARNING", 1)[1].split("]", 1)[-1].strip()
+            for line in aside_log.splitlines()
+            if "WARNING" in line and "limachat's vLLM patches" in line
+        }
+        assert len(warnings) == 1 and "standing aside" in next(iter(warnings)), warnings
+        assert "lora-no-adapter-rows (vLLM 0.32.0 is outside <0.1" in next(iter(warnings))
+        for server in (again, aside):
+            server.interrupt()
         print(f"port freed {freed:.1f} s after SIGKILL")
     finally:  # the supervisor first: alive, it would start the vLLM killed here again (a failed assertion above)
-        first.proc.kill()
-        first.proc.wait()
-        for p in first.leftovers():
-            p.kill()
+        for server in servers:
+            server.proc.kill()
+            server.proc.wait()
+            for p in server.leftovers():
+                p.kill()
 
 
 @pytest.mark.kills_vllm
