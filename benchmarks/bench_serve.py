@@ -231,6 +231,49 @@ def score_profile(url: str, rounds: int) -> dict[str, list[float]]:
     return out
 
 
+# One decode step's weight traffic, outside the server: every linear layer of the base at one token, through
+# the function vLLM's CPU layers call (dispatch_cpu_unquantized_gemm: oneDNN, float32), and the same bytes
+# read once by a plain reduction; 2 OpenMP threads bound one per core, as vLLM binds its engine's.
+STEP_PARTS = """
+import json, statistics as st, sys, time, torch
+from transformers import AutoConfig
+from vllm.model_executor.layers.utils import dispatch_cpu_unquantized_gemm
+c = AutoConfig.from_pretrained(sys.argv[1])
+h, i, d = c.hidden_size, c.intermediate_size, c.hidden_size // c.num_attention_heads
+layer = [(h + 2 * c.num_key_value_heads * d, h), (h, h), (2 * i, h), (h, i)]  # qkv, o, gate_up, down
+shapes = layer * c.num_hidden_layers + [(c.vocab_size, h)]  # and the logits
+layers = []
+for out_f, in_f in shapes:
+    m = torch.nn.Linear(in_f, out_f, bias=False).requires_grad_(False)
+    dispatch_cpu_unquantized_gemm(m, remove_weight=False)
+    layers.append((m, torch.randn(1, in_f)))
+flat = torch.randn(sum(o * i for o, i in shapes))
+def timed(fn, n):
+    fn()
+    out = []
+    for _ in range(n):
+        t = time.perf_counter(); fn(); out.append(time.perf_counter() - t)
+    return out
+gemv = timed(lambda: [m.cpu_linear(x, m.weight, None) for m, x in layers], 20)
+read = timed(lambda: flat.sum(), 20)
+print(json.dumps({"gemv": gemv, "read": read, "bytes": flat.numel() * 4}))
+"""
+
+
+def step_parts(home: Path) -> dict:
+    """Seconds for one decode step's linear layers (vLLM's CPU path) and for reading their weights once."""
+    import json
+
+    from limachat.serve.base import prepare_base
+
+    env = {**os.environ, "OMP_NUM_THREADS": "2", "OMP_PROC_BIND": "close", "OMP_PLACES": "cores"}
+    run = subprocess.run(
+        [sys.executable, "-c", STEP_PARTS, str(prepare_base(home, None).model)],
+        env=env, capture_output=True, text=True, check=True,
+    )  # fmt: skip
+    return json.loads(run.stdout.strip().splitlines()[-1])
+
+
 LAYOUTS = {
     "1 rank": {},
     "data parallel 2": {"LIMACHAT_SERVER__DATA_PARALLEL": "2"},
@@ -303,6 +346,19 @@ def section(home: Path, rounds: int, spread) -> list[str]:
             f"| vLLM without LoRA / llama.cpp float32, {label} (medians) | "
             f"{st.median(bare[n]) / st.median(f32_run[n]):.2f} | - |",
         ]
+    parts = step_parts(home)
+    print(f"  a step's parts: {parts}")
+    gemv, read, gb = st.median(parts["gemv"]), st.median(parts["read"]), parts["bytes"] / 1e9
+    rows += [
+        f"| one decode step, vLLM+LoRA (1 / its 1-stream rate, median) | {1000 / st.median(ours['1']):.1f} ms | - |",
+        f"| one decode step, llama.cpp float32 (1 / its 1-stream rate, median) | {1000 / st.median(f32_run['1']):.1f} ms | - |",
+        f"| a step's linear layers alone, vLLM's CPU path (oneDNN, float32, {gb:.2f} GB of weights) | "
+        f"{spread(parts['gemv'], 1000, 'ms', 1)} ({gb / gemv:.0f} GB/s) | - |",
+        f"| the same weights read once (a plain sum, 2 threads) | {spread(parts['read'], 1000, 'ms', 1)} "
+        f"({gb / read:.0f} GB/s) | - |",
+        f"| vLLM's ceiling at 1 stream: llama.cpp's step / vLLM's linear layers alone (medians) | "
+        f"{1 / st.median(f32_run['1']) / gemv:.2f} | - |",
+    ]
     sc = scoring(home, rounds)
     print(f"  scoring: {sc}")
     rows += [

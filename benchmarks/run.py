@@ -346,16 +346,20 @@ SECTIONS = {
     "serve": (
         "## Serving (CPU, SmolLM2-135M-Instruct, 128 greedy tokens per reply)",
         [
-            "One prompt, every reply exactly 128 greedy tokens (`ignore_eos`), medians of 3, all in one run. vLLM",
+            "One prompt, every reply exactly 128 greedy tokens (`ignore_eos`), medians of 5, all in one run. vLLM",
             "is `limachat serve` with the demo adapters (float32, compiled, limachat's fused CPU LoRA path, only",
             "the 15 layers the adapters touch wrapped) and `dialogue` in every request; no LoRA is the same vLLM",
             "started without `--enable-lora`. llama.cpp is the `xllamacpp` wheel (2 threads, 4 slots) with no",
             "adapter, a yardstick, not an engine limachat ships. Single stream: (tokens - 1) / (last - first token",
             "time); 4 streams: all tokens / wall time. Ready: from start to `vLLM ready` (LoRA) or the first",
-            "answer of `/v1/models`. Scoring: a 5-turn `dialogue` conversation, 128-token replies, 3 rounds; each",
+            "answer of `/v1/models`. Scoring: a 5-turn `dialogue` conversation, 128-token replies, 5 rounds; each",
             "odd turn's reply scored alone (cached, then whole), each even turn's score started together with",
             "the next turn's request, as the app does. A score's parts: single requests of a 16- and a 128-token",
             "prompt (a fresh first token each, so nothing comes from the prefix cache), and a /tokenize round trip.",
+            "A step's parts: outside the server, every linear layer of the base at one token (each layer's four",
+            "projections and the logits) through the function vLLM's CPU layers call (`dispatch_cpu_unquantized_gemm`:",
+            "oneDNN, float32), and the same weights read once by a plain sum, 20 times each in a process of 2 OpenMP",
+            "threads bound one per core. At one token a step reads every weight once, so the memory speed is its floor.",
         ],
     ),
     "ranks": (
