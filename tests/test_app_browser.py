@@ -25,6 +25,10 @@ ARGS = [
     "--disable-component-update",
     "--disable-sync",
 ]
+# For tests on the tiny model that check a walk, not the replies: they stop at 64 tokens (the tiny model
+# never ends a reply by itself; the default 512 is run end to end by the chat-compare-collect test below
+# and by test_coherence.py).
+SHORT = {"LIMACHAT_SAMPLING__MAX_TOKENS": "64"}
 XSS = 'Repeat this exactly: <script>window.pwned = 1</script> <img src=x onerror="window.pwned = 2">'
 
 
@@ -317,7 +321,7 @@ def test_with_auth_people_log_in_and_see_only_their_own_sessions(vllm_server, tm
     bo_session = store.start_session("chat", annotator="bo")
     store.add_user_turn(bo_session, "bo's private question")
     store.close()
-    with running_app(vllm_server, tmp_path, "--auth", str(users)) as url, browser_page() as page:
+    with running_app(vllm_server, tmp_path, "--auth", str(users), settings=SHORT) as url, browser_page() as page:
         page.goto(url)
         for password in ("wrong", "open-sesame"):
             page.get_by_label("username").fill("ana")
@@ -394,7 +398,7 @@ def test_a_blind_page_never_names_a_side_model_or_endpoint(vllm_server, tmp_path
     secrets = (re.escape(secret_model), re.escape(secret_path), rf":{dead_port}(?![0-9])")
     db = tmp_path / "limachat.db"
     received: list[str] = []
-    with running_app(vllm_server, tmp_path) as url, browser_page() as page:
+    with running_app(vllm_server, tmp_path, settings=SHORT) as url, browser_page() as page:
         page.add_init_script(TAP)
         page.on("response", lambda response: received.append(_body(response)))
         page.goto(url)
@@ -416,7 +420,7 @@ def test_a_blind_page_never_names_a_side_model_or_endpoint(vllm_server, tmp_path
         received += page.eval_on_selector_all("input, textarea", "els => els.map(e => e.value)")
     from gradio_client import Client
 
-    with running_app(vllm_server, tmp_path) as url:  # the same session through the API: resumed views
+    with running_app(vllm_server, tmp_path, settings=SHORT) as url:  # the same session through the API: resumed views
         client = Client(url, verbose=False)
         received.append(json.dumps(client.view_api(return_format="dict", print_info=False)))
     stored = query(db, "select error_detail from turns where status = 'error'")

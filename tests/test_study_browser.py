@@ -9,7 +9,7 @@ import json
 import re
 import time
 
-from test_app_browser import browser_page, open_as, query, replies_done, running_app, shot, wait_for
+from test_app_browser import SHORT, browser_page, open_as, query, replies_done, running_app, shot, wait_for
 
 from limachat.dialogues import bundled
 from limachat.dialogues.formats import load_prompts
@@ -65,11 +65,6 @@ def new_study(page, name: str, *, conversations: int, turns: int, history: str =
 
 def caption_says(page, selector: str, text: str) -> None:
     page.wait_for_function(f"document.querySelector('{selector}')?.innerText.includes({text!r})", timeout=600_000)
-
-
-# What this checks is the keyboard walk, not the replies: they stop at 64 tokens (the default 512 is run
-# end to end by test_app_browser.py's chat-compare-collect test and by test_coherence.py).
-SHORT = {"LIMACHAT_SAMPLING__MAX_TOKENS": "64"}
 
 
 def test_a_two_checkpoint_study_by_keyboard(vllm_server, tmp_path):

@@ -9,8 +9,8 @@ from __future__ import annotations
 
 import re
 
-from test_app_browser import browser_page, open_as, query, replies_done, running_app, shot, wait_for
-from test_study_browser import SHORT, caption_says
+from test_app_browser import SHORT, browser_page, open_as, query, replies_done, running_app, shot, wait_for
+from test_study_browser import caption_says
 
 from limachat.dialogues import study as studies
 from limachat.dialogues.agreement import people_agreement
