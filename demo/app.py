@@ -87,7 +87,9 @@ def build_app(
 
         @app.load(inputs=[saved_name], outputs=[annotator])
         def _restore(saved, request: gr.Request):
-            return who(saved, request) or ""
+            # Nothing remembered (a first visit): leave the box alone, or a name typed while the page was
+            # still loading would be wiped by this late answer.
+            return who(saved, request) or gr.skip()
 
         annotator.change(lambda n: n, annotator, saved_name)
 

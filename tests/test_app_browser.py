@@ -141,8 +141,7 @@ def pick_first_option(page, selector: str, tries: int = 10) -> None:
 def open_as(page, url: str, annotator: str) -> None:
     """The app's page, with the annotator's name typed in (as a first visit has none remembered)."""
     page.goto(url)
-    page.wait_for_selector("#chat-input textarea")
-    page.wait_for_timeout(2000)  # the page's load event restores a remembered name (none yet)
+    page.wait_for_selector("#chat-input textarea")  # typed at once, as a quick user does
     name = page.locator("#annotator textarea, #annotator input").first
     name.fill(annotator)
     name.press("Tab")

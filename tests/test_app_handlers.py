@@ -111,6 +111,27 @@ def test_ratings_need_a_name_and_stay_per_annotator(deps):
     assert any(sid == state["session"] for _, sid in chat.sessions(deps))
 
 
+def test_the_page_load_restores_a_remembered_name_and_never_wipes_a_typed_one(tmp_path):
+    """The page's load event answers after the page is shown: a name typed meanwhile on a first visit (nothing
+    remembered) must stay, so the event leaves the box alone; a remembered name, or a login, fills it."""
+    import gradio as gr
+
+    from limachat.demo.app import build_app
+    from limachat.settings import Settings
+
+    settings = Settings(home=tmp_path)
+    dead = Checkpoint(name="dialogue", model="dialogue", base_url=f"http://127.0.0.1:{free_port()}/v1")
+    for auth in (False, True):
+        store = Store(tmp_path / f"app-{auth}.db")
+        app = build_app(store, [dead], settings, auth=auth)
+        (restore,) = [f.fn for f in app.fns.values() if f.name == "_restore"]
+        anonymous = type("Request", (), {"username": None})()
+        assert restore("", anonymous) == gr.skip()  # no update: what was typed stays
+        assert restore("ana", anonymous) == "ana"
+        assert restore("", type("Request", (), {"username": "bo"})()) == ("bo" if auth else gr.skip())
+        store.close()
+
+
 def test_regenerate_keeps_the_old_reply_and_edit_branches(deps):
     state, v = drain(chat.send(deps, chat.blank(), "Say hello.", "zero-shot", "ana"))[-1]
     old_reply = state["ids"][1]
