@@ -125,10 +125,9 @@ def test_the_page_load_restores_a_remembered_name_and_never_wipes_a_typed_one(tm
         store = Store(tmp_path / f"app-{auth}.db")
         app = build_app(store, [dead], settings, auth=auth)
         (restore,) = [f.fn for f in app.fns.values() if f.name == "_restore"]
-        anonymous = type("Request", (), {"username": None})()
-        assert restore("", anonymous) == gr.skip()  # no update: what was typed stays
-        assert restore("ana", anonymous) == "ana"
-        assert restore("", type("Request", (), {"username": "bo"})()) == ("bo" if auth else gr.skip())
+        assert restore("", gr.Request()) == gr.skip()  # no update: what was typed stays
+        assert restore("ana", gr.Request()) == "ana"
+        assert restore("", gr.Request(username="bo")) == ("bo" if auth else gr.skip())
         store.close()
 
 
