@@ -233,7 +233,8 @@ def score_profile(url: str, rounds: int) -> dict[str, list[float]]:
 
 # One decode step's weight traffic, outside the server: every linear layer of the base at one token, through
 # the function vLLM's CPU layers call (dispatch_cpu_unquantized_gemm: oneDNN, float32), and the same bytes
-# read once by a plain reduction; 2 OpenMP threads bound one per core, as vLLM binds its engine's.
+# read once by a plain reduction; 2 OpenMP threads bound one per core. vLLM 0.32 binds threads only for
+# several ranks: a one-rank engine runs torch's 2 threads unbound, so this is its linear layers' best case.
 STEP_PARTS = """
 import json, statistics as st, sys, time, torch
 from transformers import AutoConfig
